@@ -1,0 +1,1 @@
+//! loom models of sync-kit (see tests/).

@@ -1,0 +1,240 @@
+//! [`Mutex`]: mutual exclusion with levels, deadlock detection and statistics.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
+use std::ops::{Deref, DerefMut};
+use std::panic::Location;
+use std::time::{Duration, Instant};
+
+use super::acquire::{self, Wait};
+use super::meta::{AccessMode, Level, LockInfo, LockKind, LockMeta, MetaHandle};
+use super::raw_mutex::RawMutex;
+use crate::error::LockError;
+use crate::loom::cell::{MutPtr, UnsafeCell};
+use crate::stats::LockStats;
+
+/// A mutual-exclusion lock that checks lock order, refuses deadlocks and counts its use.
+///
+/// - Built with [`Mutex::new`] it is unleveled: no order check, but deadlock detection and
+///   statistics. [`Mutex::named`] adds a name (listed by [`crate::stats::all`]);
+///   [`Mutex::with_level`] places it in the hierarchy.
+/// - Acquisition returns `Result`: [`LockError::LevelViolation`] at once if the thread holds a
+///   leveled lock at the same or a higher level, [`LockError::Deadlock`] if waiting would close a
+///   wait-for cycle, [`LockError::Timeout`] from the timed and `try_` forms.
+/// - No poisoning: a panic while the lock is held releases it, and the data is left as the
+///   panicking code left it (as in parking_lot).
+/// - Not reentrant: locking a mutex the thread already holds is refused as a deadlock (or as a
+///   level violation if the mutex is leveled).
+///
+/// ```
+/// use sync_kit::{Level, LockError, Mutex};
+///
+/// let accounts = Mutex::with_level("doc-accounts", Level(10), vec![1, 2]);
+/// let ledger = Mutex::with_level("doc-ledger", Level(20), 0u64);
+///
+/// let a = accounts.lock()?;
+/// let mut l = ledger.lock()?;          // 10 then 20: in order
+/// *l += a.iter().sum::<u64>();
+/// drop(a);
+///
+/// // Holding level 20, asking for level 10 is refused before it could ever deadlock.
+/// assert!(matches!(accounts.lock(), Err(LockError::LevelViolation { .. })));
+/// # Ok::<(), LockError>(())
+/// ```
+pub struct Mutex<T> {
+    raw: RawMutex,
+    meta: MetaHandle,
+    data: UnsafeCell<T>,
+}
+
+// SAFETY: the mutex hands out access to `T` to one thread at a time, so it can be shared between
+// threads when `T` can be sent between them (as std's Mutex).
+unsafe impl<T: Send> Sync for Mutex<T> {}
+// SAFETY: owning the mutex is owning the `T`.
+unsafe impl<T: Send> Send for Mutex<T> {}
+
+impl<T> Mutex<T> {
+    /// An unleveled, unnamed mutex.
+    #[track_caller]
+    pub fn new(value: T) -> Self {
+        Self::build(None, None, value)
+    }
+
+    /// An unleveled mutex listed by [`crate::stats::all`] under `name`.
+    #[track_caller]
+    pub fn named(name: &'static str, value: T) -> Self {
+        Self::build(Some(name), None, value)
+    }
+
+    /// A named mutex at `level` of the lock hierarchy.
+    #[track_caller]
+    pub fn with_level(name: &'static str, level: Level, value: T) -> Self {
+        Self::build(Some(name), Some(level), value)
+    }
+
+    #[track_caller]
+    fn build(name: Option<&'static str>, level: Option<Level>, value: T) -> Self {
+        Self {
+            raw: RawMutex::new(),
+            meta: LockMeta::register(name, level, LockKind::Mutex, Location::caller()),
+            data: UnsafeCell::new(value),
+        }
+    }
+
+    /// Acquires the mutex, waiting as long as needed unless waiting would deadlock.
+    #[inline]
+    #[track_caller]
+    pub fn lock(&self) -> Result<MutexGuard<'_, T>, LockError> {
+        self.acquire(Wait::Forever, Location::caller())
+    }
+
+    /// Acquires the mutex only if it is free now; `Err(Timeout)` otherwise.
+    #[inline]
+    #[track_caller]
+    pub fn try_lock(&self) -> Result<MutexGuard<'_, T>, LockError> {
+        self.acquire(Wait::No, Location::caller())
+    }
+
+    /// Acquires the mutex, waiting at most `timeout`.
+    #[inline]
+    #[track_caller]
+    pub fn try_lock_for(&self, timeout: Duration) -> Result<MutexGuard<'_, T>, LockError> {
+        self.acquire(Wait::For(timeout), Location::caller())
+    }
+
+    /// Acquires the mutex, waiting at most until `deadline`.
+    #[inline]
+    #[track_caller]
+    pub fn try_lock_until(&self, deadline: Instant) -> Result<MutexGuard<'_, T>, LockError> {
+        self.acquire(Wait::Until(deadline), Location::caller())
+    }
+
+    #[inline]
+    fn acquire(
+        &self,
+        wait: Wait,
+        at: &'static Location<'static>,
+    ) -> Result<MutexGuard<'_, T>, LockError> {
+        acquire::acquire(
+            &self.meta,
+            AccessMode::Exclusive,
+            at,
+            wait,
+            || self.raw.try_lock_fast(),
+            &|deadline, hook| self.raw.lock_slow(deadline, hook),
+        )?;
+        Ok(MutexGuard {
+            mutex: self,
+            data: ManuallyDrop::new(self.data.get_mut()),
+            _not_send: PhantomData,
+        })
+    }
+
+    /// This lock's statistics so far.
+    pub fn stats(&self) -> LockStats {
+        self.meta.stats()
+    }
+
+    /// This lock's identity: id, name, level, where it was created.
+    pub fn info(&self) -> LockInfo {
+        self.meta.info
+    }
+
+    /// Whether some thread holds the mutex right now (a snapshot that may be stale at once).
+    pub fn is_locked(&self) -> bool {
+        self.raw.is_locked()
+    }
+
+    /// Mutable access without locking: `&mut self` proves no guard exists.
+    pub fn get_mut(&mut self) -> &mut T {
+        // SAFETY: `&mut self` rules out any guard and any other access to the data.
+        self.data.with_mut(|data| unsafe { &mut *data })
+    }
+
+    /// Consumes the mutex, returning the data.
+    pub fn into_inner(self) -> T {
+        self.data.into_inner()
+    }
+}
+
+impl<T: Default> Default for Mutex<T> {
+    #[track_caller]
+    fn default() -> Self {
+        Self::new(T::default())
+    }
+}
+
+impl<T> fmt::Debug for Mutex<T> {
+    /// Shows the lock's identity and state, never the data (that would need the lock).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mutex")
+            .field("info", &self.meta.info)
+            .field("locked", &self.is_locked())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Exclusive access to a [`Mutex`]'s data; released when dropped.
+///
+/// Not `Send`: the lock is recorded as held by the thread that acquired it, so it must be released
+/// there.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+#[clippy::has_significant_drop]
+pub struct MutexGuard<'a, T> {
+    mutex: &'a Mutex<T>,
+    data: ManuallyDrop<MutPtr<T>>,
+    _not_send: PhantomData<*const ()>,
+}
+
+// SAFETY: a shared guard only gives `&T`, so sharing it across threads is sharing `&T`.
+unsafe impl<T: Sync> Sync for MutexGuard<'_, T> {}
+
+impl<T> MutexGuard<'_, T> {
+    /// The mutex this guard locks.
+    pub fn mutex(guard: &Self) -> &Mutex<T> {
+        guard.mutex
+    }
+}
+
+impl<T> Deref for MutexGuard<'_, T> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        // SAFETY: the guard holds the lock, so no other thread accesses the data, and `&self`
+        // rules out a live `&mut T` from this guard.
+        self.data.with(|data| unsafe { &*data })
+    }
+}
+
+impl<T> DerefMut for MutexGuard<'_, T> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: the guard holds the lock and `&mut self` makes this the only access.
+        self.data.with(|data| unsafe { &mut *data })
+    }
+}
+
+impl<T> Drop for MutexGuard<'_, T> {
+    #[inline]
+    fn drop(&mut self) {
+        // SAFETY: dropped exactly once, here; the pointer is not used afterwards. (Under loom this
+        // ends the tracked access before the lock is released.)
+        unsafe { ManuallyDrop::drop(&mut self.data) };
+        acquire::released(&self.mutex.meta, AccessMode::Exclusive);
+        // SAFETY: this guard was created by a successful acquisition and is dropped once.
+        unsafe { self.mutex.raw.unlock() };
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for MutexGuard<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl<T: fmt::Display> fmt::Display for MutexGuard<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&**self, f)
+    }
+}

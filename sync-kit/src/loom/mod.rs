@@ -1,0 +1,189 @@
+//! The one place that chooses between the standard library and loom.
+//!
+//! Every atomic, thread, thread-local, global and `UnsafeCell` that takes part in sync-kit's
+//! synchronisation is imported from here, so `RUSTFLAGS="--cfg loom"` model-checks the same code
+//! that ships. Items:
+//!
+//! - [`atomic`]: `AtomicU8`, `AtomicUsize`, `AtomicU64`, `Ordering`.
+//! - [`thread`]: `current`, `ThreadId`, `yield_now`.
+//! - [`cell::UnsafeCell`]: loom's `UnsafeCell` API (`get`/`get_mut` returning tracked pointers),
+//!   mirrored over `std::cell::UnsafeCell` for normal builds.
+//! - [`InternalMutex`]: a plain mutex for sync-kit's own bookkeeping (the wait-for graph, the
+//!   lock registry). It is never one of sync-kit's instrumented locks, so the detector cannot
+//!   recurse into itself.
+//! - [`park`]: `park`/`unpark_one`/`unpark_all` with parking_lot_core's semantics; under loom a
+//!   per-lock emulation built from loom's `Mutex` and `Condvar`.
+//! - [`SpinWait`]: bounded spinning before parking; under loom it never spins (a spin loop would
+//!   only multiply the interleavings loom has to explore).
+//! - `global!`: a lazily initialised `static` (std `LazyLock`, or `loom::lazy_static!`, which loom
+//!   resets for every explored execution).
+//! - `thread_local!`: std's or loom's.
+//!
+//! Known loom gaps, worked around here and nowhere else:
+//! - loom has no clock. A timed park under loom behaves as if its deadline passed the moment the
+//!   thread would have slept, which exercises every timeout clean-up path without real time.
+//! - loom cannot park on an address, so under loom each raw lock carries its own wait queue
+//!   ([`park::ParkingLot`]); in normal builds that type is zero-sized and defers to the
+//!   process-wide parking lot of `parking_lot_core`.
+
+pub(crate) mod park;
+
+#[cfg(not(loom))]
+pub(crate) mod atomic {
+    pub(crate) use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+}
+#[cfg(loom)]
+pub(crate) mod atomic {
+    pub(crate) use loom::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+}
+
+#[cfg(not(loom))]
+pub(crate) mod thread {
+    pub(crate) use std::thread::{ThreadId, current};
+}
+#[cfg(loom)]
+pub(crate) mod thread {
+    pub(crate) use loom::thread::{ThreadId, current};
+}
+
+#[cfg(not(loom))]
+pub(crate) use std::thread_local;
+
+#[cfg(loom)]
+pub(crate) use loom::thread_local;
+
+/// Declares a lazily initialised global: `global! { static NAME: Type = init; }`.
+#[cfg(not(loom))]
+macro_rules! global {
+    ($(#[$attr:meta])* static $name:ident: $ty:ty = $init:expr;) => {
+        $(#[$attr])*
+        static $name: std::sync::LazyLock<$ty> = std::sync::LazyLock::new(|| $init);
+    };
+}
+#[cfg(loom)]
+macro_rules! global {
+    ($(#[$attr:meta])* static $name:ident: $ty:ty = $init:expr;) => {
+        loom::lazy_static! {
+            $(#[$attr])*
+            static ref $name: $ty = $init;
+        }
+    };
+}
+pub(crate) use global;
+
+/// A mutex for sync-kit's internal bookkeeping; never instrumented, never poisoned.
+#[derive(Debug, Default)]
+pub(crate) struct InternalMutex<T> {
+    #[cfg(not(loom))]
+    inner: parking_lot::Mutex<T>,
+    #[cfg(loom)]
+    inner: loom::sync::Mutex<T>,
+}
+
+impl<T> InternalMutex<T> {
+    pub(crate) fn new(value: T) -> Self {
+        Self {
+            #[cfg(not(loom))]
+            inner: parking_lot::Mutex::new(value),
+            #[cfg(loom)]
+            inner: loom::sync::Mutex::new(value),
+        }
+    }
+
+    #[cfg(not(loom))]
+    pub(crate) fn lock(&self) -> parking_lot::MutexGuard<'_, T> {
+        self.inner.lock()
+    }
+
+    #[cfg(loom)]
+    pub(crate) fn lock(&self) -> loom::sync::MutexGuard<'_, T> {
+        // A panic while holding an internal lock is a sync-kit bug; keep going with the data.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Bounded spinning before a thread parks (exponential back-off, then yields).
+#[cfg(not(loom))]
+#[derive(Default)]
+pub(crate) struct SpinWait(parking_lot_core::SpinWait);
+
+#[cfg(not(loom))]
+impl SpinWait {
+    /// Spins once more; `false` once spinning is no longer worth it.
+    #[inline]
+    pub(crate) fn spin(&mut self) -> bool {
+        self.0.spin()
+    }
+}
+
+/// Under loom spinning is pointless: every retry is already an explored interleaving.
+#[cfg(loom)]
+#[derive(Default)]
+pub(crate) struct SpinWait;
+
+#[cfg(loom)]
+impl SpinWait {
+    #[inline]
+    pub(crate) fn spin(&mut self) -> bool {
+        false
+    }
+}
+
+pub(crate) mod cell {
+    //! `UnsafeCell` with loom's access-tracking API.
+
+    #[cfg(loom)]
+    pub(crate) use loom::cell::{ConstPtr, MutPtr, UnsafeCell};
+
+    /// `std::cell::UnsafeCell` behind loom's API.
+    #[cfg(not(loom))]
+    #[derive(Debug)]
+    pub(crate) struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
+
+    #[cfg(not(loom))]
+    impl<T> UnsafeCell<T> {
+        pub(crate) fn new(value: T) -> Self {
+            Self(std::cell::UnsafeCell::new(value))
+        }
+        pub(crate) fn into_inner(self) -> T {
+            self.0.into_inner()
+        }
+        pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+            f(self.0.get())
+        }
+        #[inline]
+        pub(crate) fn get(&self) -> ConstPtr<T> {
+            ConstPtr(self.0.get())
+        }
+        #[inline]
+        pub(crate) fn get_mut(&self) -> MutPtr<T> {
+            MutPtr(self.0.get())
+        }
+    }
+
+    /// A shared access to the cell's value (loom tracks it while this lives).
+    #[cfg(not(loom))]
+    #[derive(Debug)]
+    pub(crate) struct ConstPtr<T>(*const T);
+
+    #[cfg(not(loom))]
+    impl<T> ConstPtr<T> {
+        #[inline]
+        pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+            f(self.0)
+        }
+    }
+
+    /// An exclusive access to the cell's value (loom tracks it while this lives).
+    #[cfg(not(loom))]
+    #[derive(Debug)]
+    pub(crate) struct MutPtr<T>(*mut T);
+
+    #[cfg(not(loom))]
+    impl<T> MutPtr<T> {
+        #[inline]
+        pub(crate) fn with<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+            f(self.0)
+        }
+    }
+}
