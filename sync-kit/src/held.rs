@@ -7,15 +7,16 @@
 //! - the deadlock detector, which copies it into the wait-for graph when this thread is about to
 //!   sleep (a sleeping thread's holdings cannot change, so the copy stays exact while it waits).
 //!
-//! Invariant: the leveled entries, read bottom to top, have strictly increasing levels (each was
-//! checked against every leveled entry below it, and removals keep the order). So the topmost
-//! leveled entry is the highest level held.
+//! Invariant: the leveled entries, read bottom to top, have strictly increasing `(level, id)`
+//! (each was checked against every leveled entry below it, and removals keep the order; plain
+//! acquisitions even need a strictly higher level). So the topmost leveled entry is the highest
+//! level held.
 
 use std::cell::RefCell;
 use std::panic::Location;
 
 use crate::error::LockError;
-use crate::lock::meta::{AccessMode, LockId, LockInfo, LockUse};
+use crate::lock::meta::{AccessMode, Level, LockId, LockInfo, LockUse};
 
 #[cfg(not(loom))]
 crate::loom::thread_local! {
@@ -26,12 +27,24 @@ crate::loom::thread_local! {
     static HELD: RefCell<Vec<LockUse>> = RefCell::new(Vec::new());
 }
 
-/// Refuses `lock` if the thread holds a leveled lock at the same or a higher level.
+/// Which order a leveled acquisition must respect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LevelRule {
+    /// Above the highest level held (every plain acquisition).
+    Above,
+    /// Above the highest `(level, id)` held: locks taken together by a
+    /// [`LockSet`](crate::LockSet) may share a level, taken in id order.
+    AboveInSetOrder,
+}
+
+/// Refuses `lock` if the thread holds a leveled lock at the same or a higher level (under
+/// `AboveInSetOrder`: the same level and a higher or equal id, or a higher level).
 #[inline]
 pub(crate) fn check_level(
     lock: &LockInfo,
     mode: AccessMode,
     at: &'static Location<'static>,
+    rule: LevelRule,
 ) -> Result<(), LockError> {
     let Some(level) = lock.level else {
         return Ok(());
@@ -44,7 +57,7 @@ pub(crate) fn check_level(
             .copied()
     });
     match highest {
-        Some(held) if held.lock.level >= Some(level) => {
+        Some(held) if out_of_order(&held.lock, level, lock, rule) => {
             crate::deadlock::count_level_violation();
             Err(LockError::LevelViolation {
                 held: Box::new(held),
@@ -52,6 +65,13 @@ pub(crate) fn check_level(
             })
         }
         _ => Ok(()),
+    }
+}
+
+fn out_of_order(held: &LockInfo, level: Level, lock: &LockInfo, rule: LevelRule) -> bool {
+    match rule {
+        LevelRule::Above => held.level >= Some(level),
+        LevelRule::AboveInSetOrder => (held.level, held.id) >= (Some(level), lock.id),
     }
 }
 

@@ -46,6 +46,9 @@ mod lock;
 pub(crate) mod loom;
 
 pub mod deadlock;
+pub mod fs;
+pub mod mvcc;
+pub mod ratelimit;
 pub mod stats;
 
 pub use deadlock::DeadlockReport;
@@ -54,4 +57,9 @@ pub use held::held_by_current_thread;
 pub use lock::meta::{AccessMode, Level, LockId, LockInfo, LockKind, LockUse};
 pub use lock::mutex::{Mutex, MutexGuard};
 pub use lock::rwlock::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+pub use lock::set::{LockSet, LockedSet, Ops, ReadSlot, Readable, Slot};
 pub use stats::LockStats;
+
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

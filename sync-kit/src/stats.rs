@@ -33,10 +33,17 @@ pub struct LockStats {
     pub acquisitions: u64,
     /// Acquisitions that found the lock unavailable and had to wait (spin or sleep).
     pub contentions: u64,
-    /// Time spent waiting, summed over all contended acquisitions.
+    /// Time spent waiting, summed over all contended acquisitions (serialized as
+    /// `total_wait_ns`, integer nanoseconds).
+    #[serde(rename = "total_wait_ns", serialize_with = "as_nanos")]
     pub total_wait: Duration,
-    /// The longest single wait.
+    /// The longest single wait (serialized as `max_wait_ns`).
+    #[serde(rename = "max_wait_ns", serialize_with = "as_nanos")]
     pub max_wait: Duration,
+}
+
+fn as_nanos<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_u64(u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// One live named lock and its statistics.

@@ -15,7 +15,7 @@ use super::meta::{AccessMode, LockMeta, LockUse};
 use super::{Deadline, SlowPathError};
 use crate::deadlock::{self, DeadlockReport};
 use crate::error::LockError;
-use crate::held;
+use crate::held::{self, LevelRule};
 
 /// How long the caller is willing to wait.
 #[derive(Clone, Copy, Debug)]
@@ -52,10 +52,11 @@ pub(crate) fn acquire(
     mode: AccessMode,
     at: &'static Location<'static>,
     wait: Wait,
+    rule: LevelRule,
     fast: impl FnOnce() -> bool,
     slow: SlowPath<'_>,
 ) -> Result<(), LockError> {
-    held::check_level(&meta.info, mode, at)?;
+    held::check_level(&meta.info, mode, at, rule)?;
     if fast() {
         acquired(meta, mode, at);
         return Ok(());

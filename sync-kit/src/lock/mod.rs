@@ -6,6 +6,7 @@
 //!   hook on the slow path, statistics, per-thread held list).
 //! - `mutex`, `rwlock`: [`Mutex`](crate::Mutex) and [`RwLock`](crate::RwLock) with their guards.
 //! - `meta`: identity, level and counters of a lock.
+//! - `set`: [`LockSet`](crate::LockSet), several locks acquired together in hierarchy order.
 
 pub(crate) mod acquire;
 pub(crate) mod meta;
@@ -13,6 +14,7 @@ pub(crate) mod mutex;
 pub(crate) mod raw_mutex;
 pub(crate) mod raw_rwlock;
 pub(crate) mod rwlock;
+pub(crate) mod set;
 
 use std::time::Instant;
 

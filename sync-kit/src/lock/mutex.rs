@@ -11,6 +11,7 @@ use super::acquire::{self, Wait};
 use super::meta::{AccessMode, Level, LockInfo, LockKind, LockMeta, MetaHandle};
 use super::raw_mutex::RawMutex;
 use crate::error::LockError;
+use crate::held::LevelRule;
 use crate::loom::cell::{MutPtr, UnsafeCell};
 use crate::stats::LockStats;
 
@@ -86,41 +87,43 @@ impl<T> Mutex<T> {
     #[inline]
     #[track_caller]
     pub fn lock(&self) -> Result<MutexGuard<'_, T>, LockError> {
-        self.acquire(Wait::Forever, Location::caller())
+        self.acquire(Wait::Forever, Location::caller(), LevelRule::Above)
     }
 
     /// Acquires the mutex only if it is free now; `Err(Timeout)` otherwise.
     #[inline]
     #[track_caller]
     pub fn try_lock(&self) -> Result<MutexGuard<'_, T>, LockError> {
-        self.acquire(Wait::No, Location::caller())
+        self.acquire(Wait::No, Location::caller(), LevelRule::Above)
     }
 
     /// Acquires the mutex, waiting at most `timeout`.
     #[inline]
     #[track_caller]
     pub fn try_lock_for(&self, timeout: Duration) -> Result<MutexGuard<'_, T>, LockError> {
-        self.acquire(Wait::For(timeout), Location::caller())
+        self.acquire(Wait::For(timeout), Location::caller(), LevelRule::Above)
     }
 
     /// Acquires the mutex, waiting at most until `deadline`.
     #[inline]
     #[track_caller]
     pub fn try_lock_until(&self, deadline: Instant) -> Result<MutexGuard<'_, T>, LockError> {
-        self.acquire(Wait::Until(deadline), Location::caller())
+        self.acquire(Wait::Until(deadline), Location::caller(), LevelRule::Above)
     }
 
     #[inline]
-    fn acquire(
+    pub(crate) fn acquire(
         &self,
         wait: Wait,
         at: &'static Location<'static>,
+        rule: LevelRule,
     ) -> Result<MutexGuard<'_, T>, LockError> {
         acquire::acquire(
             &self.meta,
             AccessMode::Exclusive,
             at,
             wait,
+            rule,
             || self.raw.try_lock_fast(),
             &|deadline, hook| self.raw.lock_slow(deadline, hook),
         )?;

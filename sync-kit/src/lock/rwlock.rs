@@ -12,6 +12,7 @@ use super::acquire::{self, Wait};
 use super::meta::{AccessMode, Level, LockInfo, LockKind, LockMeta, MetaHandle};
 use super::raw_rwlock::RawRwLock;
 use crate::error::LockError;
+use crate::held::LevelRule;
 use crate::loom::cell::{ConstPtr, MutPtr, UnsafeCell};
 use crate::stats::LockStats;
 
@@ -22,20 +23,28 @@ use crate::stats::LockStats;
 ///   under a continuous flood of readers. (A continuous stream of writers can starve readers.)
 /// - Levels, deadlock detection, statistics and the absence of poisoning are as for
 ///   [`crate::Mutex`]. Read and write acquisitions share one level and one set of counters.
-/// - Reading again while holding a read lock is allowed while no writer waits; once one waits it
-///   is a real deadlock (the writer waits for you, you wait behind the writer) and is refused.
-///   Upgrading (writing while holding a read lock) is always refused.
+/// - Reading an unleveled lock again while holding a read lock is allowed while no writer waits;
+///   once one waits it is a real deadlock (the writer waits for you, you wait behind the writer)
+///   and is refused with [`LockError::Deadlock`]. On a leveled lock a second acquisition by the
+///   same thread is always a [`LockError::LevelViolation`] (same level). Upgrading (writing while
+///   holding a read lock) is refused.
 ///
 /// ```
 /// use std::collections::HashMap;
-/// use sync_kit::{Level, RwLock};
+/// use sync_kit::{Level, LockError, RwLock};
 ///
-/// let mailboxes = RwLock::with_level("doc-mailboxes", Level(20), HashMap::new());
-/// mailboxes.write()?.insert("bob", vec!["hi"]);
-/// let a = mailboxes.read()?;
-/// let b = mailboxes.read()?; // readers share
+/// let cache = RwLock::named("doc-cache", HashMap::new());
+/// cache.write()?.insert("bob", vec!["hi"]);
+/// let a = cache.read()?;
+/// let b = cache.read()?; // readers share (no writer is waiting)
 /// assert_eq!(a["bob"], b["bob"]);
-/// # Ok::<(), sync_kit::LockError>(())
+///
+/// // A leveled lock is stricter: reading it again on the same thread is a level violation,
+/// // because it deadlocks as soon as a writer queues between the two reads.
+/// let mailboxes = RwLock::with_level("doc-mailboxes", Level(20), ());
+/// let _first = mailboxes.read()?;
+/// assert!(matches!(mailboxes.read(), Err(LockError::LevelViolation { .. })));
+/// # Ok::<(), LockError>(())
 /// ```
 pub struct RwLock<T> {
     raw: RawRwLock,
@@ -81,49 +90,49 @@ impl<T> RwLock<T> {
     #[inline]
     #[track_caller]
     pub fn read(&self) -> Result<RwLockReadGuard<'_, T>, LockError> {
-        self.acquire_read(Wait::Forever, Location::caller())
+        self.acquire_read(Wait::Forever, Location::caller(), LevelRule::Above)
     }
 
     /// Acquires shared access only if available now; `Err(Timeout)` otherwise.
     #[inline]
     #[track_caller]
     pub fn try_read(&self) -> Result<RwLockReadGuard<'_, T>, LockError> {
-        self.acquire_read(Wait::No, Location::caller())
+        self.acquire_read(Wait::No, Location::caller(), LevelRule::Above)
     }
 
     /// Acquires shared access, waiting at most `timeout`.
     #[inline]
     #[track_caller]
     pub fn try_read_for(&self, timeout: Duration) -> Result<RwLockReadGuard<'_, T>, LockError> {
-        self.acquire_read(Wait::For(timeout), Location::caller())
+        self.acquire_read(Wait::For(timeout), Location::caller(), LevelRule::Above)
     }
 
     /// Acquires shared access, waiting at most until `deadline`.
     #[inline]
     #[track_caller]
     pub fn try_read_until(&self, deadline: Instant) -> Result<RwLockReadGuard<'_, T>, LockError> {
-        self.acquire_read(Wait::Until(deadline), Location::caller())
+        self.acquire_read(Wait::Until(deadline), Location::caller(), LevelRule::Above)
     }
 
     /// Acquires exclusive access, waiting while anyone holds the lock.
     #[inline]
     #[track_caller]
     pub fn write(&self) -> Result<RwLockWriteGuard<'_, T>, LockError> {
-        self.acquire_write(Wait::Forever, Location::caller())
+        self.acquire_write(Wait::Forever, Location::caller(), LevelRule::Above)
     }
 
     /// Acquires exclusive access only if nobody holds the lock now; `Err(Timeout)` otherwise.
     #[inline]
     #[track_caller]
     pub fn try_write(&self) -> Result<RwLockWriteGuard<'_, T>, LockError> {
-        self.acquire_write(Wait::No, Location::caller())
+        self.acquire_write(Wait::No, Location::caller(), LevelRule::Above)
     }
 
     /// Acquires exclusive access, waiting at most `timeout`.
     #[inline]
     #[track_caller]
     pub fn try_write_for(&self, timeout: Duration) -> Result<RwLockWriteGuard<'_, T>, LockError> {
-        self.acquire_write(Wait::For(timeout), Location::caller())
+        self.acquire_write(Wait::For(timeout), Location::caller(), LevelRule::Above)
     }
 
     /// Acquires exclusive access, waiting at most until `deadline`.
@@ -133,20 +142,22 @@ impl<T> RwLock<T> {
         &self,
         deadline: Instant,
     ) -> Result<RwLockWriteGuard<'_, T>, LockError> {
-        self.acquire_write(Wait::Until(deadline), Location::caller())
+        self.acquire_write(Wait::Until(deadline), Location::caller(), LevelRule::Above)
     }
 
     #[inline]
-    fn acquire_read(
+    pub(crate) fn acquire_read(
         &self,
         wait: Wait,
         at: &'static Location<'static>,
+        rule: LevelRule,
     ) -> Result<RwLockReadGuard<'_, T>, LockError> {
         acquire::acquire(
             &self.meta,
             AccessMode::Shared,
             at,
             wait,
+            rule,
             || self.raw.try_read_fast(),
             &|deadline, hook| self.raw.read_slow(deadline, hook),
         )?;
@@ -158,16 +169,18 @@ impl<T> RwLock<T> {
     }
 
     #[inline]
-    fn acquire_write(
+    pub(crate) fn acquire_write(
         &self,
         wait: Wait,
         at: &'static Location<'static>,
+        rule: LevelRule,
     ) -> Result<RwLockWriteGuard<'_, T>, LockError> {
         acquire::acquire(
             &self.meta,
             AccessMode::Exclusive,
             at,
             wait,
+            rule,
             || self.raw.try_write_fast(),
             &|deadline, hook| self.raw.write_slow(deadline, hook),
         )?;

@@ -1,0 +1,115 @@
+//! [`Snapshot`]: one immutable version of an [`MvccMap`](super::MvccMap).
+
+use std::fmt;
+use std::ops::RangeBounds;
+use std::sync::Arc;
+
+use super::state::{Entry, Registration, Shared, Version};
+
+/// A consistent view of an [`MvccMap`](super::MvccMap) at one version.
+///
+/// It never changes, whatever is committed after it, and keeps its version alive until dropped.
+/// Cloning registers another snapshot of the same version.
+pub struct Snapshot<K: Ord + Clone, V: Clone> {
+    version: Arc<Version<K, V>>,
+    registration: Registration<K, V>,
+}
+
+impl<K: Ord + Clone, V: Clone> Snapshot<K, V> {
+    pub(crate) fn register(shared: &Arc<Shared<K, V>>) -> Self {
+        let (registration, version) = Registration::latest(shared);
+        Self {
+            version,
+            registration,
+        }
+    }
+
+    /// Gives up the data, keeping the registration (for a commit to release).
+    pub(crate) fn into_registration(self) -> Registration<K, V> {
+        self.registration
+    }
+
+    pub(crate) fn entry(&self, key: &K) -> Option<&Entry<V>> {
+        self.version.entries.get(key)
+    }
+
+    /// The value of `key` at this version.
+    pub fn get(&self, key: &K) -> Option<V> {
+        self.version.get(key)
+    }
+
+    /// Whether `key` has a value at this version.
+    pub fn contains_key(&self, key: &K) -> bool {
+        self.entry(key).is_some_and(|e| e.value.is_some())
+    }
+
+    /// The version number this snapshot sees.
+    pub fn version(&self) -> u64 {
+        self.version.number
+    }
+
+    /// Number of keys at this version.
+    pub fn len(&self) -> usize {
+        self.version.len
+    }
+
+    /// Whether the map was empty at this version.
+    pub fn is_empty(&self) -> bool {
+        self.version.len == 0
+    }
+
+    /// All entries at this version, in key order.
+    pub fn iter(&self) -> Iter<'_, K, V> {
+        Iter {
+            inner: Box::new(self.version.entries.iter()),
+        }
+    }
+
+    /// The entries whose keys fall in `range`, in key order (for paging: resume after the last
+    /// key of the previous page with `(Bound::Excluded(last), Bound::Unbounded)`).
+    pub fn range<R: RangeBounds<K>>(&self, range: R) -> Iter<'_, K, V> {
+        Iter {
+            inner: Box::new(self.version.entries.range(range)),
+        }
+    }
+}
+
+impl<K: Ord + Clone, V: Clone> Clone for Snapshot<K, V> {
+    fn clone(&self) -> Self {
+        // Register the same version again (not the latest one).
+        Self {
+            version: Arc::clone(&self.version),
+            registration: self.registration.duplicate(),
+        }
+    }
+}
+
+impl<K: Ord + Clone, V: Clone> fmt::Debug for Snapshot<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("version", &self.version.number)
+            .field("len", &self.version.len)
+            .finish()
+    }
+}
+
+/// Iterator over a snapshot's entries, in key order (tombstones skipped).
+pub struct Iter<'a, K, V> {
+    inner: Box<dyn Iterator<Item = (&'a K, &'a Entry<V>)> + 'a>,
+}
+
+impl<'a, K, V> Iterator for Iter<'a, K, V> {
+    type Item = (&'a K, &'a V);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.inner
+            .by_ref()
+            .find_map(|(k, e)| e.value.as_ref().map(|v| (k, v)))
+    }
+}
+
+impl<K, V> fmt::Debug for Iter<'_, K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Iter").finish_non_exhaustive()
+    }
+}

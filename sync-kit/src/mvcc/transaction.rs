@@ -1,0 +1,100 @@
+//! [`Transaction`]: reads from a snapshot, buffered writes, validated commit.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use super::snapshot::Snapshot;
+
+/// A multi-key transaction on an [`MvccMap`](super::MvccMap).
+///
+/// Reads see the snapshot the transaction began at plus its own writes; writes are buffered and
+/// applied together by [`commit`](Transaction::commit). Dropping a transaction without committing
+/// discards it.
+pub struct Transaction<K: Ord + Clone, V: Clone> {
+    snapshot: Snapshot<K, V>,
+    reads: BTreeSet<K>,
+    writes: BTreeMap<K, Option<V>>,
+}
+
+impl<K: Ord + Clone, V: Clone> Transaction<K, V> {
+    pub(crate) fn new(snapshot: Snapshot<K, V>) -> Self {
+        Self {
+            snapshot,
+            reads: BTreeSet::new(),
+            writes: BTreeMap::new(),
+        }
+    }
+
+    /// The value of `key` as this transaction sees it. The key joins the read set: the commit
+    /// fails if another transaction commits it first.
+    pub fn get(&mut self, key: &K) -> Option<V> {
+        if let Some(written) = self.writes.get(key) {
+            return written.clone();
+        }
+        self.reads.insert(key.clone());
+        self.snapshot.get(key)
+    }
+
+    /// Sets `key` to `value` when the transaction commits.
+    pub fn insert(&mut self, key: K, value: V) {
+        self.writes.insert(key, Some(value));
+    }
+
+    /// Removes `key` when the transaction commits.
+    pub fn remove(&mut self, key: &K) {
+        self.writes.insert(key.clone(), None);
+    }
+
+    /// The version this transaction reads from.
+    pub fn snapshot_version(&self) -> u64 {
+        self.snapshot.version()
+    }
+
+    /// Applies every write atomically at a new version and returns it (a transaction that wrote
+    /// nothing returns the latest version). Fails with [`Conflict`], changing nothing, if any key
+    /// read or written here was committed by another transaction after this one began.
+    pub fn commit(self) -> Result<u64, Conflict<K>> {
+        let Transaction {
+            snapshot,
+            reads,
+            writes,
+        } = self;
+        let mut registration = snapshot.into_registration();
+        let shared = std::sync::Arc::clone(&registration.shared);
+        shared.commit(&mut registration, &reads, writes)
+    }
+}
+
+impl<K: Ord + Clone + fmt::Debug, V: Clone> fmt::Debug for Transaction<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transaction")
+            .field("snapshot_version", &self.snapshot.version())
+            .field("reads", &self.reads)
+            .field("writes", &self.writes.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// A commit refused because another transaction committed `key` after this one's snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflict<K> {
+    /// A key this transaction read or wrote that changed under it.
+    pub key: K,
+    /// The version this transaction read from.
+    pub snapshot_version: u64,
+    /// The version that wrote `key` after it.
+    pub committed_version: u64,
+}
+
+impl<K: fmt::Debug> fmt::Display for Conflict<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "commit conflict on key {:?}: written at version {} after this transaction's snapshot \
+             (version {})",
+            self.key, self.committed_version, self.snapshot_version
+        )
+    }
+}
+
+impl<K: fmt::Debug> std::error::Error for Conflict<K> {}
