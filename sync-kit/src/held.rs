@@ -49,13 +49,17 @@ pub(crate) fn check_level(
     let Some(level) = lock.level else {
         return Ok(());
     };
-    let highest = HELD.with(|held| {
-        held.borrow()
-            .iter()
-            .rev()
-            .find(|entry| entry.lock.level.is_some())
-            .copied()
-    });
+    // `try_with`: during thread teardown the list may be gone; there is nothing to check then.
+    let highest = HELD
+        .try_with(|held| {
+            held.borrow()
+                .iter()
+                .rev()
+                .find(|entry| entry.lock.level.is_some())
+                .copied()
+        })
+        .ok()
+        .flatten();
     match highest {
         Some(held) if out_of_order(&held.lock, level, lock, rule) => {
             crate::deadlock::count_level_violation();
@@ -78,7 +82,8 @@ fn out_of_order(held: &LockInfo, level: Level, lock: &LockInfo, rule: LevelRule)
 /// Records that the thread now holds `entry.lock`.
 #[inline]
 pub(crate) fn push(entry: LockUse) {
-    HELD.with(|held| held.borrow_mut().push(entry));
+    // A lock taken in a thread-local destructor, after the list is gone, goes unrecorded.
+    let _ = HELD.try_with(|held| held.borrow_mut().push(entry));
 }
 
 /// Records that the thread released one hold of `id` in `mode` (guards may drop in any order).
@@ -98,5 +103,6 @@ pub(crate) fn remove(id: LockId, mode: AccessMode) {
 
 /// A copy of what the current thread holds, oldest first.
 pub fn held_by_current_thread() -> Vec<LockUse> {
-    HELD.with(|held| held.borrow().clone())
+    HELD.try_with(|held| held.borrow().clone())
+        .unwrap_or_default()
 }

@@ -1,0 +1,59 @@
+//! The node's settings: embedded defaults, overridden by an optional TOML file, overridden by
+//! command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Everything a node needs to start. `Config::default()` is what `synckit-node serve` uses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Chat protocol (binary and JSON on one port).
+    pub chat_addr: SocketAddr,
+    /// HTTP statistics endpoint.
+    pub http_addr: SocketAddr,
+    /// Where the log and snapshots live (locked by one node at a time).
+    pub data_dir: PathBuf,
+    /// Connections served at once; more are refused.
+    pub max_connections: usize,
+    /// Requests per second per client address (token bucket refill).
+    pub requests_per_sec: u32,
+    /// Request burst per client address.
+    pub request_burst: u32,
+    /// Login attempts per minute per username.
+    pub logins_per_minute: u32,
+    /// Login attempt burst per username.
+    pub login_burst: u32,
+    /// Take a snapshot (and truncate the log) after this many log records...
+    pub snapshot_every_records: u64,
+    /// ...or after this many seconds with at least one record.
+    pub snapshot_interval_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            chat_addr: "127.0.0.1:7878".parse().expect("valid address"),
+            http_addr: "127.0.0.1:7879".parse().expect("valid address"),
+            data_dir: PathBuf::from("./synckit-data"),
+            max_connections: 4096,
+            requests_per_sec: 1000,
+            request_burst: 2000,
+            logins_per_minute: 30,
+            login_burst: 10,
+            snapshot_every_records: 50_000,
+            snapshot_interval_secs: 300,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; keys it does not set keep their defaults; unknown keys are an error.
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("invalid config {}: {e}", path.display()))
+    }
+}

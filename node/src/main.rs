@@ -1,0 +1,120 @@
+//! The `synckit-node` binary: `serve`, `client`, `bench`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use synckit_node::cli;
+use synckit_node::config::Config;
+
+#[derive(Parser, Debug)]
+#[command(name = "synckit-node", version, about = "A chat node built on sync-kit")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a node (defaults: chat on 127.0.0.1:7878, HTTP on 127.0.0.1:7879, data in
+    /// ./synckit-data).
+    Serve(ServeArgs),
+    /// Talk to a node from the command line (one request per run, JSON output).
+    Client(cli::ClientArgs),
+    /// Load-test a node: C connections sending M messages each, binary or JSON.
+    Bench(cli::BenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// TOML file overriding the defaults (flags override it in turn).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Chat address (binary and JSON protocols).
+    #[arg(long)]
+    chat_addr: Option<SocketAddr>,
+    /// HTTP statistics address.
+    #[arg(long)]
+    http_addr: Option<SocketAddr>,
+    /// Data directory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Maximum concurrent connections.
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Requests per second per client address.
+    #[arg(long)]
+    requests_per_sec: Option<u32>,
+    /// Request burst per client address.
+    #[arg(long)]
+    request_burst: Option<u32>,
+    /// Login attempts per minute per username.
+    #[arg(long)]
+    logins_per_minute: Option<u32>,
+    /// Login attempt burst per username.
+    #[arg(long)]
+    login_burst: Option<u32>,
+    /// Snapshot after this many log records.
+    #[arg(long)]
+    snapshot_every_records: Option<u64>,
+    /// Log filter (tracing's EnvFilter syntax; RUST_LOG wins if set).
+    #[arg(long, default_value = "info")]
+    log: String,
+}
+
+impl ServeArgs {
+    fn config(&self) -> Result<Config, String> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        macro_rules! flag {
+            ($($field:ident),*) => {$(
+                if let Some(value) = self.$field.clone() {
+                    config.$field = value;
+                }
+            )*};
+        }
+        flag!(
+            chat_addr,
+            http_addr,
+            data_dir,
+            max_connections,
+            requests_per_sec,
+            request_burst,
+            logins_per_minute,
+            login_burst,
+            snapshot_every_records
+        );
+        Ok(config)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            init_logging(&args.log);
+            let result = args.config().and_then(|config| cli::serve(&config));
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("synckit-node: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Client(args) => cli::client(&args),
+        Command::Bench(args) => cli::bench(&args),
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
