@@ -152,7 +152,9 @@ fn run_client(args: &ClientArgs) -> Result<bool, String> {
         return Ok(outcome("create_account", &result));
     }
     let (Some(user), Some(password)) = (&args.user, &args.password) else {
-        return Err("this command needs --user and --password (or SYNCKIT_USER / SYNCKIT_PASSWORD)".into());
+        return Err(
+            "this command needs --user and --password (or SYNCKIT_USER / SYNCKIT_PASSWORD)".into(),
+        );
     };
     let login = client.login(user, password).map_err(io)?;
     if matches!(args.command, ClientCommand::Login) || login.is_err() {
@@ -270,34 +272,36 @@ fn run_bench(args: &BenchArgs) -> Result<serde_json::Value, String> {
         let (me, to) = (users[i].clone(), users[(i + 1) % users.len()].clone());
         let start_line = Arc::clone(&start_line);
         let (addr, messages, text) = (args.addr, args.messages, "x".repeat(args.size));
-        workers.push(std::thread::spawn(move || -> Result<(Vec<Duration>, usize), String> {
-            let setup = || -> std::io::Result<Result<Client, ErrorReply>> {
-                let mut client = Client::connect(addr, protocol)?;
-                if let Err(e) = client.create_account(&me, password)? {
-                    return Ok(Err(e));
+        workers.push(std::thread::spawn(
+            move || -> Result<(Vec<Duration>, usize), String> {
+                let setup = || -> std::io::Result<Result<Client, ErrorReply>> {
+                    let mut client = Client::connect(addr, protocol)?;
+                    if let Err(e) = client.create_account(&me, password)? {
+                        return Ok(Err(e));
+                    }
+                    Ok(client.login(&me, password)?.map(|_| client))
+                };
+                let outcome = setup();
+                start_line.wait();
+                let mut client = outcome
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("setup of {me}: {e}"))?;
+                let mut latencies = Vec::with_capacity(messages);
+                let mut failed = 0;
+                for _ in 0..messages {
+                    let sent = Instant::now();
+                    let result = client
+                        .call(&Request::SendMessage {
+                            to: to.clone(),
+                            text: text.clone(),
+                        })
+                        .map_err(|e| e.to_string())?;
+                    latencies.push(sent.elapsed());
+                    failed += usize::from(result.is_err());
                 }
-                Ok(client.login(&me, password)?.map(|_| client))
-            };
-            let outcome = setup();
-            start_line.wait();
-            let mut client = outcome
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("setup of {me}: {e}"))?;
-            let mut latencies = Vec::with_capacity(messages);
-            let mut failed = 0;
-            for _ in 0..messages {
-                let sent = Instant::now();
-                let result = client
-                    .call(&Request::SendMessage {
-                        to: to.clone(),
-                        text: text.clone(),
-                    })
-                    .map_err(|e| e.to_string())?;
-                latencies.push(sent.elapsed());
-                failed += usize::from(result.is_err());
-            }
-            Ok((latencies, failed))
-        }));
+                Ok((latencies, failed))
+            },
+        ));
     }
     start_line.wait();
     let started = Instant::now();

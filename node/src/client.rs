@@ -57,8 +57,9 @@ impl Client {
     /// Reads the next frame from the node.
     pub fn receive(&mut self) -> io::Result<ServerFrame> {
         let frame = match self.protocol {
-            Protocol::Binary => binary::read_frame(&mut self.reader)
-                .map(|raw| binary::decode_server_frame(&raw)),
+            Protocol::Binary => {
+                binary::read_frame(&mut self.reader).map(|raw| binary::decode_server_frame(&raw))
+            }
             Protocol::Json => {
                 json::read_line(&mut self.reader).map(|line| json::decode_server_frame(&line))
             }
@@ -109,7 +110,12 @@ impl Client {
         match frame {
             Ok(ServerFrame::Push(Push::Deliver(message))) => Ok(Some(message)),
             Ok(ServerFrame::Response(r)) => Err(invalid(format!("unexpected response {}", r.id))),
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 Ok(None)
             }
             Err(e) => Err(e),
@@ -117,7 +123,11 @@ impl Client {
     }
 
     /// Creates an account.
-    pub fn create_account(&mut self, username: &str, password: &str) -> io::Result<Result<Reply, ErrorReply>> {
+    pub fn create_account(
+        &mut self,
+        username: &str,
+        password: &str,
+    ) -> io::Result<Result<Reply, ErrorReply>> {
         self.call(&Request::CreateAccount {
             username: username.into(),
             password: password.into(),
@@ -125,7 +135,11 @@ impl Client {
     }
 
     /// Logs in.
-    pub fn login(&mut self, username: &str, password: &str) -> io::Result<Result<Reply, ErrorReply>> {
+    pub fn login(
+        &mut self,
+        username: &str,
+        password: &str,
+    ) -> io::Result<Result<Reply, ErrorReply>> {
         self.call(&Request::Login {
             username: username.into(),
             password: password.into(),

@@ -78,7 +78,9 @@ impl Hasher {
         self.jobs
             .send(Job::Hash { password, reply })
             .map_err(|_| "hashing pool stopped".to_string())?;
-        answer.recv().map_err(|_| "hashing pool stopped".to_string())?
+        answer
+            .recv()
+            .map_err(|_| "hashing pool stopped".to_string())?
     }
 
     /// Whether `password` matches the PHC string `hash`.

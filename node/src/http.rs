@@ -40,7 +40,8 @@ pub fn start(addr: SocketAddr, service: Arc<Service>) -> io::Result<SocketAddr> 
                     with_type(Response::from_string("ok\n"), "text/plain")
                 }
                 (tiny_http::Method::Get, _) => {
-                    with_type(Response::from_string("not found\n"), "text/plain").with_status_code(404)
+                    with_type(Response::from_string("not found\n"), "text/plain")
+                        .with_status_code(404)
                 }
                 _ => with_type(Response::from_string("method not allowed\n"), "text/plain")
                     .with_status_code(405),
@@ -54,8 +55,8 @@ pub fn start(addr: SocketAddr, service: Arc<Service>) -> io::Result<SocketAddr> 
 }
 
 fn with_type<R: io::Read>(response: Response<R>, content_type: &str) -> Response<R> {
-    let header = Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes())
-        .expect("a valid header");
+    let header =
+        Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes()).expect("a valid header");
     response.with_header(header)
 }
 
@@ -94,24 +95,48 @@ pub fn metrics_text(service: &Service) -> String {
     for lock in sync_kit::stats::all() {
         let labels = vec![
             ("lock".to_string(), lock.name.to_string()),
-            ("kind".to_string(), format!("{:?}", lock.kind).to_lowercase()),
+            (
+                "kind".to_string(),
+                format!("{:?}", lock.kind).to_lowercase(),
+            ),
             (
                 "level".to_string(),
-                lock.level.map_or_else(|| "none".to_string(), |l| l.0.to_string()),
+                lock.level
+                    .map_or_else(|| "none".to_string(), |l| l.0.to_string()),
             ),
         ];
-        acquisitions.get_or_create(&labels).inc_by(lock.stats.acquisitions);
-        contentions.get_or_create(&labels).inc_by(lock.stats.contentions);
+        acquisitions
+            .get_or_create(&labels)
+            .inc_by(lock.stats.acquisitions);
+        contentions
+            .get_or_create(&labels)
+            .inc_by(lock.stats.contentions);
         wait.get_or_create(&labels)
             .inc_by(lock.stats.total_wait.as_secs_f64());
         max_wait
             .get_or_create(&labels)
             .set(lock.stats.max_wait.as_secs_f64());
     }
-    registry.register("lock_acquisitions", "Acquisitions of each named lock", acquisitions);
-    registry.register("lock_contentions", "Acquisitions that had to wait", contentions);
-    registry.register("lock_wait_seconds", "Total time spent waiting for the lock", wait);
-    registry.register("lock_max_wait_seconds", "Longest single wait for the lock", max_wait);
+    registry.register(
+        "lock_acquisitions",
+        "Acquisitions of each named lock",
+        acquisitions,
+    );
+    registry.register(
+        "lock_contentions",
+        "Acquisitions that had to wait",
+        contentions,
+    );
+    registry.register(
+        "lock_wait_seconds",
+        "Total time spent waiting for the lock",
+        wait,
+    );
+    registry.register(
+        "lock_max_wait_seconds",
+        "Longest single wait for the lock",
+        max_wait,
+    );
 
     let detector = sync_kit::deadlock::stats();
     let counter = |value: u64| {
@@ -125,18 +150,62 @@ pub fn metrics_text(service: &Service) -> String {
         g
     };
     let as_i64 = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
-    registry.register("deadlocks_refused", "Acquisitions refused as deadlocks", counter(detector.cycles_detected));
-    registry.register("level_violations", "Acquisitions refused as lock-order violations", counter(detector.level_violations));
-    registry.register("lock_waits", "Acquisitions that entered the wait-for graph", counter(detector.waits_registered));
-    registry.register("rate_limited_requests", "Requests refused by the per-address limiter", counter(node.request_limiter.limited));
-    registry.register("rate_limited_logins", "Logins refused by the per-user limiter", counter(node.login_limiter.limited));
-    registry.register("mvcc_commits", "Account map commits", counter(node.accounts.commits));
-    registry.register("mvcc_conflicts", "Account map commit conflicts", counter(node.accounts.conflicts));
+    registry.register(
+        "deadlocks_refused",
+        "Acquisitions refused as deadlocks",
+        counter(detector.cycles_detected),
+    );
+    registry.register(
+        "level_violations",
+        "Acquisitions refused as lock-order violations",
+        counter(detector.level_violations),
+    );
+    registry.register(
+        "lock_waits",
+        "Acquisitions that entered the wait-for graph",
+        counter(detector.waits_registered),
+    );
+    registry.register(
+        "rate_limited_requests",
+        "Requests refused by the per-address limiter",
+        counter(node.request_limiter.limited),
+    );
+    registry.register(
+        "rate_limited_logins",
+        "Logins refused by the per-user limiter",
+        counter(node.login_limiter.limited),
+    );
+    registry.register(
+        "mvcc_commits",
+        "Account map commits",
+        counter(node.accounts.commits),
+    );
+    registry.register(
+        "mvcc_conflicts",
+        "Account map commit conflicts",
+        counter(node.accounts.conflicts),
+    );
     registry.register("accounts", "Accounts", gauge(as_i64(node.accounts.keys)));
-    registry.register("connections", "Open connections", gauge(as_i64(node.connections)));
-    registry.register("messages_stored", "Messages in mailboxes", gauge(as_i64(node.messages_stored)));
-    registry.register("messages_undelivered", "Messages not yet delivered", gauge(as_i64(node.messages_undelivered)));
-    registry.register("uptime_seconds", "Seconds since start", gauge(i64::try_from(node.uptime_secs).unwrap_or(i64::MAX)));
+    registry.register(
+        "connections",
+        "Open connections",
+        gauge(as_i64(node.connections)),
+    );
+    registry.register(
+        "messages_stored",
+        "Messages in mailboxes",
+        gauge(as_i64(node.messages_stored)),
+    );
+    registry.register(
+        "messages_undelivered",
+        "Messages not yet delivered",
+        gauge(as_i64(node.messages_undelivered)),
+    );
+    registry.register(
+        "uptime_seconds",
+        "Seconds since start",
+        gauge(i64::try_from(node.uptime_secs).unwrap_or(i64::MAX)),
+    );
 
     let mut text = String::new();
     encode(&mut text, &registry).expect("writing to a String cannot fail");

@@ -9,7 +9,11 @@ use synckit_node::cli;
 use synckit_node::config::Config;
 
 #[derive(Parser, Debug)]
-#[command(name = "synckit-node", version, about = "A chat node built on sync-kit")]
+#[command(
+    name = "synckit-node",
+    version,
+    about = "A chat node built on sync-kit"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -115,6 +119,7 @@ fn init_logging(filter: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }

@@ -88,7 +88,10 @@ fn serve_connection(stream: TcpStream, service: &Service) {
     let (outbox, queue) = bounded::<ServerFrame>(OUTBOX);
     let Some(mut connection) = service.connect(peer.ip(), outbox.clone()) else {
         tracing::warn!(%peer, "connection limit reached; refusing");
-        let refusal = refusal(ErrorReply::new(ErrorCode::Internal, "the node is at its connection limit"));
+        let refusal = refusal(ErrorReply::new(
+            ErrorCode::Internal,
+            "the node is at its connection limit",
+        ));
         let _ = (&stream).write_all(&protocol.encode(&refusal));
         return;
     };

@@ -123,7 +123,10 @@ fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     let mut found = Vec::new();
     for item in fs::read_dir(dir)? {
         let path = item?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         if let Some(seq) = name
             .strip_prefix("wal-")
             .and_then(|rest| rest.strip_suffix(".log"))
@@ -205,7 +208,10 @@ impl Wal {
             Some((_, path)) => path.clone(),
             None => dir.join(segment_name(snapshot_seq + 1)),
         };
-        let file = OpenOptions::new().create(true).append(true).open(&current)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&current)?;
         sync_dir(dir)?;
         let (jobs, queue) = unbounded();
         let writer = LogWriter {
@@ -225,8 +231,9 @@ impl Wal {
             entry,
             done: Some(done),
         };
-        if let Err(crossbeam_channel::SendError(Job::Append { done: Some(done), .. })) =
-            self.jobs.send(job)
+        if let Err(crossbeam_channel::SendError(Job::Append {
+            done: Some(done), ..
+        })) = self.jobs.send(job)
         {
             let _ = done.send(Err("the log thread has stopped".into()));
         }
@@ -269,7 +276,10 @@ impl LogWriter {
                         waiters.extend(done);
                     }
                     Job::Rotate { after_seq } => {
-                        if let Err(e) = self.flush(&mut buffer).and_then(|()| self.rotate(after_seq)) {
+                        if let Err(e) = self
+                            .flush(&mut buffer)
+                            .and_then(|()| self.rotate(after_seq))
+                        {
                             failure.get_or_insert(e.to_string());
                         }
                     }
@@ -351,7 +361,12 @@ mod tests {
             let (wal, recovered) = Wal::open(dir.path(), 0).unwrap();
             assert!(recovered.entries.is_empty());
             let waits: Vec<_> = (1..=50)
-                .map(|seq| wal.append(Entry { seq, record: message(seq) }))
+                .map(|seq| {
+                    wal.append(Entry {
+                        seq,
+                        record: message(seq),
+                    })
+                })
                 .collect();
             for w in waits {
                 w.recv().unwrap().unwrap();
@@ -367,14 +382,34 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let (wal, _) = Wal::open(dir.path(), 0).unwrap();
-            wal.append(Entry { seq: 1, record: message(1) }).recv().unwrap().unwrap();
-            wal.append(Entry { seq: 2, record: message(2) }).recv().unwrap().unwrap();
+            wal.append(Entry {
+                seq: 1,
+                record: message(1),
+            })
+            .recv()
+            .unwrap()
+            .unwrap();
+            wal.append(Entry {
+                seq: 2,
+                record: message(2),
+            })
+            .recv()
+            .unwrap()
+            .unwrap();
         }
         let (_, path) = segments(dir.path()).unwrap().pop().unwrap();
         let whole = fs::metadata(&path).unwrap().len();
-        let mut torn = encode(&Entry { seq: 3, record: message(3) });
+        let mut torn = encode(&Entry {
+            seq: 3,
+            record: message(3),
+        });
         torn.truncate(torn.len() / 2);
-        OpenOptions::new().append(true).open(&path).unwrap().write_all(&torn).unwrap();
+        OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(&torn)
+            .unwrap();
         let (_wal, recovered) = Wal::open(dir.path(), 0).unwrap();
         assert_eq!(recovered.entries.len(), 2);
         assert_eq!(recovered.truncated_bytes, torn.len() as u64);
@@ -386,8 +421,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let (wal, _) = Wal::open(dir.path(), 0).unwrap();
-            wal.append(Entry { seq: 1, record: message(1) }).recv().unwrap().unwrap();
-            wal.append(Entry { seq: 2, record: message(2) }).recv().unwrap().unwrap();
+            wal.append(Entry {
+                seq: 1,
+                record: message(1),
+            })
+            .recv()
+            .unwrap()
+            .unwrap();
+            wal.append(Entry {
+                seq: 2,
+                record: message(2),
+            })
+            .recv()
+            .unwrap()
+            .unwrap();
         }
         let (_, path) = segments(dir.path()).unwrap().pop().unwrap();
         let mut bytes = fs::read(&path).unwrap();
@@ -402,12 +449,30 @@ mod tests {
     fn rotation_and_pruning_keep_only_what_the_snapshot_does_not_cover() {
         let dir = tempfile::tempdir().unwrap();
         let (wal, _) = Wal::open(dir.path(), 0).unwrap();
-        wal.append(Entry { seq: 1, record: message(1) }).recv().unwrap().unwrap();
+        wal.append(Entry {
+            seq: 1,
+            record: message(1),
+        })
+        .recv()
+        .unwrap()
+        .unwrap();
         wal.rotate(1);
-        wal.append(Entry { seq: 2, record: message(2) }).recv().unwrap().unwrap();
+        wal.append(Entry {
+            seq: 2,
+            record: message(2),
+        })
+        .recv()
+        .unwrap()
+        .unwrap();
         assert_eq!(segments(dir.path()).unwrap().len(), 2);
         wal.prune(1);
-        wal.append(Entry { seq: 3, record: message(3) }).recv().unwrap().unwrap();
+        wal.append(Entry {
+            seq: 3,
+            record: message(3),
+        })
+        .recv()
+        .unwrap()
+        .unwrap();
         let left = segments(dir.path()).unwrap();
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].0, 2);

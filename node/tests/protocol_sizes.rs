@@ -135,7 +135,11 @@ fn binary_is_smaller_than_json_and_no_larger_than_protobuf() {
         let frame = binary::encode_request(1, &row.request).len();
         let payload = binary::request_payload(&row.request).len();
         let json = json::encode_request(1, &row.request).len();
-        assert!(frame < json, "{}: binary frame {frame} vs JSON {json}", row.name);
+        assert!(
+            frame < json,
+            "{}: binary frame {frame} vs JSON {json}",
+            row.name
+        );
         assert!(
             payload <= row.protobuf,
             "{}: binary payload {payload} vs protobuf {}",

@@ -10,7 +10,11 @@ use sync_kit::{Level, LockError, Mutex, RwLock};
 
 fn main() {
     let accounts = Arc::new(Mutex::with_level("accounts", Level(10), vec![100u64, 50]));
-    let ledger = Arc::new(RwLock::with_level("ledger", Level(20), Vec::<String>::new()));
+    let ledger = Arc::new(RwLock::with_level(
+        "ledger",
+        Level(20),
+        Vec::<String>::new(),
+    ));
 
     // 1. In hierarchy order everything works.
     {
@@ -61,5 +65,8 @@ fn main() {
         "locks": sync_kit::stats::all(),
         "detector": sync_kit::deadlock::stats(),
     });
-    println!("{}", serde_json::to_string_pretty(&stats).expect("serializable"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&stats).expect("serializable")
+    );
 }

@@ -65,7 +65,11 @@ pub(crate) fn check_level(
             crate::deadlock::count_level_violation();
             Err(LockError::LevelViolation {
                 held: Box::new(held),
-                requested: Box::new(LockUse { lock: *lock, mode, at }),
+                requested: Box::new(LockUse {
+                    lock: *lock,
+                    mode,
+                    at,
+                }),
             })
         }
         _ => Ok(()),

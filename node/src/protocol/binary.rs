@@ -125,7 +125,10 @@ pub fn read_frame(reader: &mut impl BufRead) -> Result<RawFrame, FrameError> {
             op: Op::from_code(op),
             error: ErrorReply::new(
                 ErrorCode::TooLarge,
-                format!("payload of {len} bytes exceeds the {} byte limit", limits::MAX_FRAME),
+                format!(
+                    "payload of {len} bytes exceeds the {} byte limit",
+                    limits::MAX_FRAME
+                ),
             ),
             recoverable: false,
         }));
@@ -297,13 +300,19 @@ type FieldResult<T> = Result<T, ErrorReply>;
 impl<'a> Fields<'a> {
     fn varint(&mut self, what: &str) -> FieldResult<u64> {
         decode_varint(&mut self.buf).map_err(|_| {
-            ErrorReply::new(ErrorCode::Malformed, format!("{what}: truncated or bad varint"))
+            ErrorReply::new(
+                ErrorCode::Malformed,
+                format!("{what}: truncated or bad varint"),
+            )
         })
     }
 
     fn u32(&mut self, what: &str) -> FieldResult<u32> {
         u32::try_from(self.varint(what)?).map_err(|_| {
-            ErrorReply::new(ErrorCode::InvalidArgument, format!("{what}: exceeds 32 bits"))
+            ErrorReply::new(
+                ErrorCode::InvalidArgument,
+                format!("{what}: exceeds 32 bits"),
+            )
         })
     }
 
@@ -329,7 +338,10 @@ impl<'a> Fields<'a> {
 
     fn opt_string(&mut self, what: &str) -> FieldResult<Option<String>> {
         if !self.buf.has_remaining() {
-            return Err(ErrorReply::new(ErrorCode::Malformed, format!("{what}: missing")));
+            return Err(ErrorReply::new(
+                ErrorCode::Malformed,
+                format!("{what}: missing"),
+            ));
         }
         match self.buf.get_u8() {
             0 => Ok(None),
@@ -458,7 +470,8 @@ pub fn decode_server_frame(frame: &RawFrame) -> Result<ServerFrame, ErrorReply> 
         f.buf = f.buf.get(1..).unwrap_or_default();
         let message = f.string("error message")?;
         f.end()?;
-        let code = code.ok_or_else(|| ErrorReply::new(ErrorCode::Malformed, "unknown error code"))?;
+        let code =
+            code.ok_or_else(|| ErrorReply::new(ErrorCode::Malformed, "unknown error code"))?;
         return Ok(ServerFrame::Response(Response {
             id: frame.id,
             op,

@@ -71,7 +71,12 @@ pub fn decode_request(line: &[u8]) -> Result<(u32, Request), DecodeError> {
     let value: Value = serde_json::from_str(text)
         .map_err(|e| fail(None, None, ErrorCode::Malformed, format!("not JSON: {e}")))?;
     let Value::Object(mut object) = value else {
-        return Err(fail(None, None, ErrorCode::Malformed, "a request is a JSON object".into()));
+        return Err(fail(
+            None,
+            None,
+            ErrorCode::Malformed,
+            "a request is a JSON object".into(),
+        ));
     };
     let id = match object.remove("id") {
         Some(Value::Number(n)) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
@@ -167,9 +172,11 @@ pub fn decode_server_frame(line: &[u8]) -> Result<ServerFrame, ErrorReply> {
         .as_u64()
         .and_then(|id| u32::try_from(id).ok())
         .ok_or_else(|| ErrorReply::new(ErrorCode::Malformed, "response without id"))?;
-    let op = value["op"]
-        .as_str()
-        .and_then(|name| (1..=32).filter_map(Op::from_code).find(|op| op.name() == name));
+    let op = value["op"].as_str().and_then(|name| {
+        (1..=32)
+            .filter_map(Op::from_code)
+            .find(|op| op.name() == name)
+    });
     let result = if value["ok"].as_bool() == Some(true) {
         Ok(serde_json::from_value::<Reply>(value["data"].take()).map_err(bad)?)
     } else {

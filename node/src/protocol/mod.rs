@@ -91,7 +91,12 @@ impl Op {
 
 /// A client's request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", content = "data", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(
+    tag = "op",
+    content = "data",
+    rename_all = "snake_case",
+    deny_unknown_fields
+)]
 pub enum Request {
     /// Create an account (does not log in).
     CreateAccount {
@@ -360,7 +365,9 @@ mod tests {
                 text: "Hello, Bob! ✓".into(),
             },
             Request::ReadMessages { limit: 10 },
-            Request::DeleteMessages { ids: vec![1, 300, u64::MAX] },
+            Request::DeleteMessages {
+                ids: vec![1, 300, u64::MAX],
+            },
             Request::DeleteAccount {
                 password: "correct horse".into(),
             },
@@ -383,8 +390,19 @@ mod tests {
                     next_cursor: Some("c2".into()),
                 }),
             ),
-            (Op::SendMessage, Ok(Reply::Sent { id: 9, timestamp: 5 })),
-            (Op::ReadMessages, Ok(Reply::Messages { messages: vec![message] })),
+            (
+                Op::SendMessage,
+                Ok(Reply::Sent {
+                    id: 9,
+                    timestamp: 5,
+                }),
+            ),
+            (
+                Op::ReadMessages,
+                Ok(Reply::Messages {
+                    messages: vec![message],
+                }),
+            ),
             (Op::DeleteMessages, Ok(Reply::Deleted { deleted: 2 })),
             (Op::Logout, Ok(Reply::Done {})),
             (
@@ -424,7 +442,10 @@ mod tests {
             let raw = binary::read_frame(&mut &bytes[..]).unwrap();
             assert_eq!(binary::decode_server_frame(&raw).unwrap(), frame);
             let line = json::encode_server_frame(&frame);
-            assert_eq!(json::decode_server_frame(&line[..line.len() - 1]).unwrap(), frame);
+            assert_eq!(
+                json::decode_server_frame(&line[..line.len() - 1]).unwrap(),
+                frame
+            );
         }
     }
 }

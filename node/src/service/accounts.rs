@@ -62,10 +62,19 @@ impl Service {
         }
     }
 
-    pub(super) fn create_account(&self, username: String, password: String) -> Result<Reply, ErrorReply> {
+    pub(super) fn create_account(
+        &self,
+        username: String,
+        password: String,
+    ) -> Result<Reply, ErrorReply> {
         check_username(&username)?;
         check_password(&password)?;
-        let exists = || ErrorReply::new(ErrorCode::UserExists, format!("username {username:?} is taken"));
+        let exists = || {
+            ErrorReply::new(
+                ErrorCode::UserExists,
+                format!("username {username:?} is taken"),
+            )
+        };
         if self.accounts.contains_key(&username) {
             return Err(exists());
         }
@@ -133,7 +142,11 @@ impl Service {
                 .push(connection.handle());
             let shard = self.shard(&username).lock().map_err(lock_failed)?;
             shard.get(&username).map_or(0, |mailbox| {
-                mailbox.messages.values().filter(|(_, delivered)| !delivered).count()
+                mailbox
+                    .messages
+                    .values()
+                    .filter(|(_, delivered)| !delivered)
+                    .count()
             })
         };
         connection.user = Some(username);
@@ -201,7 +214,10 @@ impl Service {
             }
         };
         // Everything before the first wildcard is a literal prefix: start the scan there.
-        let prefix: String = pattern.chars().take_while(|c| *c != '*' && *c != '?').collect();
+        let prefix: String = pattern
+            .chars()
+            .take_while(|c| *c != '*' && *c != '?')
+            .collect();
         let start = match &after {
             Some(after) if after.as_str() >= prefix.as_str() => Bound::Excluded(after.clone()),
             _ => Bound::Included(prefix.clone()),
@@ -267,7 +283,10 @@ impl Service {
                 tx.get(&user);
                 tx.remove(&user);
                 tx.commit().map_err(|_| {
-                    ErrorReply::new(ErrorCode::Internal, "the account changed concurrently; retry")
+                    ErrorReply::new(
+                        ErrorCode::Internal,
+                        "the account changed concurrently; retry",
+                    )
                 })?;
                 Ok(vec![Record::DeleteAccount {
                     username: user.clone(),

@@ -32,7 +32,8 @@ impl Service {
                 format!("a message has at most {MAX_TEXT} bytes"),
             ));
         }
-        let no_such_user = || ErrorReply::new(ErrorCode::NoSuchUser, format!("no such user {to:?}"));
+        let no_such_user =
+            || ErrorReply::new(ErrorCode::NoSuchUser, format!("no such user {to:?}"));
         let message = StoredMessage {
             id: self.next_message_id.fetch_add(1, Ordering::Relaxed),
             from,
@@ -91,21 +92,19 @@ impl Service {
             }
         }
         if !marked.is_empty() {
-            let mut sequence = self.sequence.lock().map_err(lock_failed)?;
-            *sequence += 1;
-            self.wal.append_quietly(crate::wal::Entry {
-                seq: *sequence,
-                record: Record::Delivered {
-                    user: user.to_string(),
-                    ids: marked,
-                },
-            });
-            self.records_since_snapshot.fetch_add(1, Ordering::Relaxed);
+            self.sequenced_quietly(vec![Record::Delivered {
+                user: user.to_string(),
+                ids: marked,
+            }])?;
         }
         Ok(())
     }
 
-    pub(super) fn read_messages(&self, connection: &mut Connection, limit: u32) -> Result<Reply, ErrorReply> {
+    pub(super) fn read_messages(
+        &self,
+        connection: &mut Connection,
+        limit: u32,
+    ) -> Result<Reply, ErrorReply> {
         let user = self.current_user(connection)?;
         if !(1..=MAX_PAGE).contains(&limit) {
             return Err(ErrorReply::new(

@@ -143,17 +143,26 @@ impl Service {
     /// hashing threads.
     pub fn open(config: &Config) -> Result<Service, StartError> {
         let dir = &config.data_dir;
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StartError(format!("cannot create data directory {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StartError(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
+        })?;
         let data_lock = FileLock::try_exclusive(dir.join("node")).map_err(|e| {
-            StartError(match e.get_ref().and_then(|inner| inner.downcast_ref::<sync_kit::fs::LockHeld>()) {
-                Some(held) => format!(
-                    "data directory {} is in use by another node ({held}); stop it or choose \
+            StartError(
+                match e
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<sync_kit::fs::LockHeld>())
+                {
+                    Some(held) => format!(
+                        "data directory {} is in use by another node ({held}); stop it or choose \
                      another --data-dir",
-                    dir.display()
-                ),
-                None => format!("cannot lock data directory {}: {e}", dir.display()),
-            })
+                        dir.display()
+                    ),
+                    None => format!("cannot lock data directory {}: {e}", dir.display()),
+                },
+            )
         })?;
         let recovered = persist::recover(dir)?;
         let mut mailboxes: Vec<Shard> = SHARD_NAMES
@@ -165,7 +174,8 @@ impl Service {
         for (name, account) in recovered.accounts {
             tx.insert(name, account);
         }
-        tx.commit().map_err(|e| StartError(format!("loading accounts: {e}")))?;
+        tx.commit()
+            .map_err(|e| StartError(format!("loading accounts: {e}")))?;
         for (user, mailbox) in recovered.mailboxes {
             let shard = shard_index(&user);
             mailboxes[shard].get_mut().insert(user, mailbox);
@@ -196,7 +206,10 @@ impl Service {
             wal: recovered.wal,
             hasher,
             decoy_hash,
-            requests: KeyedLimiter::new(config.requests_per_sec.max(1), config.request_burst.max(1)),
+            requests: KeyedLimiter::new(
+                config.requests_per_sec.max(1),
+                config.request_burst.max(1),
+            ),
             logins: KeyedLimiter::with_clock(per_minute, Default::default()),
             next_message_id: AtomicU64::new(recovered.next_message_id),
             records_since_snapshot: AtomicU64::new(recovered.records_after_snapshot),
@@ -210,9 +223,15 @@ impl Service {
     }
 
     /// Executes one request for `connection`.
-    pub fn execute(&self, connection: &mut Connection, request: Request) -> Result<Reply, ErrorReply> {
+    pub fn execute(
+        &self,
+        connection: &mut Connection,
+        request: Request,
+    ) -> Result<Reply, ErrorReply> {
         match request {
-            Request::CreateAccount { username, password } => self.create_account(username, password),
+            Request::CreateAccount { username, password } => {
+                self.create_account(username, password)
+            }
             Request::Login { username, password } => self.login(connection, username, password),
             Request::Logout => self.logout(connection),
             Request::ListAccounts {
@@ -248,16 +267,33 @@ impl Service {
     ) -> Result<Option<Durable>, ErrorReply> {
         let mut sequence = self.sequence.lock().map_err(lock_failed)?;
         let records = change()?;
+        Ok(self.queue(&mut sequence, records, true))
+    }
+
+    /// Like [`Service::sequenced`] for records nobody waits for: they become durable with the
+    /// next batch.
+    fn sequenced_quietly(&self, records: Vec<Record>) -> Result<(), ErrorReply> {
+        let mut sequence = self.sequence.lock().map_err(lock_failed)?;
+        self.queue(&mut sequence, records, false);
+        Ok(())
+    }
+
+    fn queue(&self, sequence: &mut u64, records: Vec<Record>, wait: bool) -> Option<Durable> {
         let mut durable = None;
         for record in records {
             *sequence += 1;
-            durable = Some(self.wal.append(Entry {
+            let entry = Entry {
                 seq: *sequence,
                 record,
-            }));
+            };
+            if wait {
+                durable = Some(self.wal.append(entry));
+            } else {
+                self.wal.append_quietly(entry);
+            }
             self.records_since_snapshot.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(durable)
+        durable
     }
 
     /// Waits until a logged change is durable.

@@ -44,9 +44,8 @@ pub(super) struct Recovered {
 pub(super) fn recover(dir: &Path) -> Result<Recovered, StartError> {
     let path = dir.join(SNAPSHOT_FILE);
     let snapshot: SnapshotFile = match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-            StartError(format!("snapshot {} is unreadable: {e}", path.display()))
-        })?,
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| StartError(format!("snapshot {} is unreadable: {e}", path.display())))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => SnapshotFile::default(),
         Err(e) => return Err(StartError(format!("cannot read {}: {e}", path.display()))),
     };
@@ -158,7 +157,10 @@ impl Service {
                 format: FORMAT,
                 seq,
                 next_message_id: self.next_message_id.load(Ordering::Relaxed),
-                accounts: accounts.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                accounts: accounts
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
                 mailboxes,
             };
             (file, seq)
@@ -186,7 +188,9 @@ pub fn start_snapshots(service: Arc<Service>) -> std::io::Result<()> {
                 if pending >= every || (pending > 0 && last.elapsed() >= interval) {
                     match service.snapshot_now() {
                         Ok(seq) => tracing::info!(seq, "snapshot written, log truncated"),
-                        Err(error) => tracing::error!(%error, "snapshot failed; the log keeps growing"),
+                        Err(error) => {
+                            tracing::error!(%error, "snapshot failed; the log keeps growing")
+                        }
                     }
                     last = Instant::now();
                 }

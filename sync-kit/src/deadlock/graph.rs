@@ -77,7 +77,10 @@ impl WaitForGraph {
             self.holders.entry(lock).or_default().push(id);
         }
         if waiter.wants.mode == AccessMode::Exclusive {
-            self.queued_writers.entry(waiter.wants.lock.id).or_default().push(id);
+            self.queued_writers
+                .entry(waiter.wants.lock.id)
+                .or_default()
+                .push(id);
         }
         self.waiters.insert(id, waiter);
     }

@@ -89,7 +89,11 @@ impl fmt::Display for LockInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.name {
             Some(name) => write!(f, "{} {name:?}", self.kind)?,
-            None => write!(f, "unnamed {} #{} (created at {})", self.kind, self.id.0, self.created_at)?,
+            None => write!(
+                f,
+                "unnamed {} #{} (created at {})",
+                self.kind, self.id.0, self.created_at
+            )?,
         }
         if let Some(level) = self.level {
             write!(f, " ({level})")?;
@@ -178,7 +182,8 @@ impl LockMeta {
     #[inline]
     pub(crate) fn count_exclusive(&self) {
         let n = self.acquisitions.load(Ordering::Relaxed);
-        self.acquisitions.store(n.wrapping_add(1), Ordering::Relaxed);
+        self.acquisitions
+            .store(n.wrapping_add(1), Ordering::Relaxed);
     }
 
     /// Counts a shared acquisition (other readers may count concurrently).

@@ -113,7 +113,10 @@ impl RawMutex {
             };
             // SAFETY: the key is this lock's address, and the lock outlives this call (we borrow
             // it). The callbacks only touch atomics: they cannot panic or re-enter the parking lot.
-            let parked = unsafe { self.parking.park(self.key(), validate, timed_out, deadline.instant()) };
+            let parked = unsafe {
+                self.parking
+                    .park(self.key(), validate, timed_out, deadline.instant())
+            };
             match parked {
                 // Woken by an unlock, or the state changed before we slept: try again.
                 ParkResult::Unparked(_) | ParkResult::Invalid => {}

@@ -72,7 +72,12 @@ impl RawRwLock {
             && state.checked_add(ONE_READER).is_some()
             && self
                 .state
-                .compare_exchange_weak(state, state + ONE_READER, Ordering::Acquire, Ordering::Relaxed)
+                .compare_exchange_weak(
+                    state,
+                    state + ONE_READER,
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                )
                 .is_ok()
     }
 
@@ -90,8 +95,15 @@ impl RawRwLock {
         let mut state = self.state.load(Ordering::Relaxed);
         loop {
             if Self::reader_may_enter(state) {
-                let next = state.checked_add(ONE_READER).expect("reader count overflow");
-                match self.state.compare_exchange_weak(state, next, Ordering::Acquire, Ordering::Relaxed) {
+                let next = state
+                    .checked_add(ONE_READER)
+                    .expect("reader count overflow");
+                match self.state.compare_exchange_weak(
+                    state,
+                    next,
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                ) {
                     Ok(_) => return Ok(waited),
                     Err(now) => {
                         state = now;
@@ -186,7 +198,12 @@ impl RawRwLock {
         let mut state = self.state.load(Ordering::Relaxed);
         loop {
             if Self::writer_may_enter(state) {
-                match self.state.compare_exchange_weak(state, state | WRITER, Ordering::Acquire, Ordering::Relaxed) {
+                match self.state.compare_exchange_weak(
+                    state,
+                    state | WRITER,
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                ) {
                     Ok(_) => return Ok(waited),
                     Err(now) => {
                         state = now;

@@ -138,10 +138,7 @@ impl<T> RwLock<T> {
     /// Acquires exclusive access, waiting at most until `deadline`.
     #[inline]
     #[track_caller]
-    pub fn try_write_until(
-        &self,
-        deadline: Instant,
-    ) -> Result<RwLockWriteGuard<'_, T>, LockError> {
+    pub fn try_write_until(&self, deadline: Instant) -> Result<RwLockWriteGuard<'_, T>, LockError> {
         self.acquire_write(Wait::Until(deadline), Location::caller(), LevelRule::Above)
     }
 

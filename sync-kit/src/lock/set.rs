@@ -216,7 +216,10 @@ pub struct LockedSet<'a> {
 
 impl<'a> LockedSet<'a> {
     fn guard(&self, (set, index): (u64, usize)) -> &(dyn Held + 'a) {
-        assert_eq!(set, self.set, "slot used with a LockSet it does not belong to");
+        assert_eq!(
+            set, self.set,
+            "slot used with a LockSet it does not belong to"
+        );
         &*self.guards[self.by_slot[index]]
     }
 
@@ -236,7 +239,10 @@ impl<'a> LockedSet<'a> {
     /// # Panics
     /// If `slot` belongs to another `LockSet`.
     pub fn get_mut<T: Any>(&mut self, slot: Slot<T>) -> &mut T {
-        assert_eq!(slot.set, self.set, "slot used with a LockSet it does not belong to");
+        assert_eq!(
+            slot.set, self.set,
+            "slot used with a LockSet it does not belong to"
+        );
         self.guards[self.by_slot[slot.index]]
             .data_mut()
             .and_then(|data| data.downcast_mut())
@@ -246,7 +252,10 @@ impl<'a> LockedSet<'a> {
     /// Runs `ops`. If it returns `Err`, every rollback it registered with
     /// [`Ops::on_rollback`] runs, most recent first, with the locks still held; then the error is
     /// returned. On `Ok` the rollbacks are discarded.
-    pub fn run<R, E>(&mut self, ops: impl FnOnce(&mut Ops<'_, 'a>) -> Result<R, E>) -> Result<R, E> {
+    pub fn run<R, E>(
+        &mut self,
+        ops: impl FnOnce(&mut Ops<'_, 'a>) -> Result<R, E>,
+    ) -> Result<R, E> {
         let mut context = Ops {
             set: self,
             rollbacks: Vec::new(),
@@ -334,7 +343,11 @@ impl<'a, T: Any> Member<'a> for MutexMember<'a, T> {
         self.0.info()
     }
     fn acquire(&self, at: &'static Location<'static>) -> Result<Box<dyn Held + 'a>, LockError> {
-        Ok(Box::new(self.0.acquire(Wait::Forever, at, LevelRule::AboveInSetOrder)?))
+        Ok(Box::new(self.0.acquire(
+            Wait::Forever,
+            at,
+            LevelRule::AboveInSetOrder,
+        )?))
     }
 }
 
@@ -343,7 +356,11 @@ impl<'a, T: Any> Member<'a> for ReadMember<'a, T> {
         self.0.info()
     }
     fn acquire(&self, at: &'static Location<'static>) -> Result<Box<dyn Held + 'a>, LockError> {
-        Ok(Box::new(self.0.acquire_read(Wait::Forever, at, LevelRule::AboveInSetOrder)?))
+        Ok(Box::new(self.0.acquire_read(
+            Wait::Forever,
+            at,
+            LevelRule::AboveInSetOrder,
+        )?))
     }
 }
 
@@ -352,7 +369,11 @@ impl<'a, T: Any> Member<'a> for WriteMember<'a, T> {
         self.0.info()
     }
     fn acquire(&self, at: &'static Location<'static>) -> Result<Box<dyn Held + 'a>, LockError> {
-        Ok(Box::new(self.0.acquire_write(Wait::Forever, at, LevelRule::AboveInSetOrder)?))
+        Ok(Box::new(self.0.acquire_write(
+            Wait::Forever,
+            at,
+            LevelRule::AboveInSetOrder,
+        )?))
     }
 }
 

@@ -98,7 +98,9 @@ impl<T> InternalMutex<T> {
     #[cfg(loom)]
     pub(crate) fn lock(&self) -> loom::sync::MutexGuard<'_, T> {
         // A panic while holding an internal lock is a sync-kit bug; keep going with the data.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

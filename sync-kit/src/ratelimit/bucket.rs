@@ -27,7 +27,10 @@ impl TokenBucket<MonotonicClock> {
     /// # Panics
     /// If `rate_per_sec` or `burst` is zero.
     pub fn new(rate_per_sec: u32, burst: u32) -> Self {
-        Self::with_clock(Quota::per_second(rate_per_sec, burst), MonotonicClock::new())
+        Self::with_clock(
+            Quota::per_second(rate_per_sec, burst),
+            MonotonicClock::new(),
+        )
     }
 }
 
@@ -82,7 +85,11 @@ impl<C: Clock> TokenBucket<C> {
 
     /// Tokens available right now.
     pub fn available(&self) -> u32 {
-        gcra::available(&self.quota, self.used.load(Ordering::Relaxed), self.clock.now())
+        gcra::available(
+            &self.quota,
+            self.used.load(Ordering::Relaxed),
+            self.clock.now(),
+        )
     }
 
     /// The bucket's quota.

@@ -18,12 +18,7 @@ use std::time::Duration;
 use super::{Quota, RetryAfter};
 
 /// Decides a request for `n` tokens at slot `now_slot`. `Ok(new_used)` grants it.
-pub(crate) fn decide(
-    quota: &Quota,
-    used: u64,
-    now: Duration,
-    n: u32,
-) -> Result<u64, RetryAfter> {
+pub(crate) fn decide(quota: &Quota, used: u64, now: Duration, n: u32) -> Result<u64, RetryAfter> {
     if n > quota.burst() {
         return Err(RetryAfter::Never {
             requested: n,

@@ -57,7 +57,10 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K, MonotonicClock> {
     /// # Panics
     /// If `rate_per_sec` or `burst` is zero.
     pub fn new(rate_per_sec: u32, burst: u32) -> Self {
-        Self::with_clock(Quota::per_second(rate_per_sec, burst), MonotonicClock::new())
+        Self::with_clock(
+            Quota::per_second(rate_per_sec, burst),
+            MonotonicClock::new(),
+        )
     }
 }
 
