@@ -57,3 +57,44 @@ impl Config {
         toml::from_str(&text).map_err(|e| format!("invalid config {}: {e}", path.display()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_overrides_only_the_keys_it_sets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "chat_addr = \"127.0.0.1:9000\"\nrequests_per_sec = 5\n",
+        )
+        .unwrap();
+        let config = Config::from_file(&path).unwrap();
+        assert_eq!(config.chat_addr, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(config.requests_per_sec, 5);
+        assert_eq!(config.http_addr, Config::default().http_addr);
+        assert_eq!(config.data_dir, Config::default().data_dir);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "chat_adr = \"127.0.0.1:9000\"\n").unwrap();
+        let error = Config::from_file(&path).unwrap_err();
+        assert!(error.contains("chat_adr"), "{error}");
+        std::fs::write(&path, "chat_addr = \"nowhere\"\n").unwrap();
+        assert!(
+            Config::from_file(&path)
+                .unwrap_err()
+                .contains("invalid config")
+        );
+        assert!(
+            Config::from_file(&dir.path().join("missing.toml"))
+                .unwrap_err()
+                .contains("cannot read")
+        );
+    }
+}

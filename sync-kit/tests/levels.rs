@@ -162,10 +162,25 @@ fn strictly_increasing_levels_are_accepted_across_kinds() {
     assert_eq!(
         summary,
         [
-            ("lv-inc-10", Level(10), LockKind::Mutex, AccessMode::Exclusive),
+            (
+                "lv-inc-10",
+                Level(10),
+                LockKind::Mutex,
+                AccessMode::Exclusive
+            ),
             ("lv-inc-20", Level(20), LockKind::RwLock, AccessMode::Shared),
-            ("lv-inc-30", Level(30), LockKind::Mutex, AccessMode::Exclusive),
-            ("lv-inc-40", Level(40), LockKind::RwLock, AccessMode::Exclusive),
+            (
+                "lv-inc-30",
+                Level(30),
+                LockKind::Mutex,
+                AccessMode::Exclusive
+            ),
+            (
+                "lv-inc-40",
+                Level(40),
+                LockKind::RwLock,
+                AccessMode::Exclusive
+            ),
         ]
     );
     drop((a, b, c, d));
@@ -388,4 +403,52 @@ fn levels_are_per_thread() {
         release_tx.send(()).unwrap();
         join(holder);
     });
+}
+
+#[test]
+fn deep_nesting_keeps_the_hierarchy_through_out_of_order_releases() {
+    // More holds than fit inline in the per-thread list, released out of order.
+    let locks: Vec<Mutex<u32>> = (0..40)
+        .map(|i| Mutex::with_level("lv-deep", Level(10 * (i + 1)), i))
+        .collect();
+    let probe = |level: u32| Mutex::with_level("lv-deep-probe", Level(level), ());
+    let mut guards: Vec<Option<_>> = locks.iter().map(|l| Some(l.lock().unwrap())).collect();
+    assert_eq!(sync_kit::held_by_current_thread().len(), 40);
+    let (held, _) = violation(probe(395).lock());
+    assert_eq!(held.level(), Some(Level(400)));
+
+    // Release the top, the middle, the inline/spill boundary and the bottom.
+    for i in [39, 20, 15, 16, 0] {
+        guards[i] = None;
+    }
+    assert_eq!(sync_kit::held_by_current_thread().len(), 35);
+    let (held, _) = violation(probe(385).lock());
+    assert_eq!(
+        held.level(),
+        Some(Level(390)),
+        "the highest held is now level 390"
+    );
+    drop(probe(395).lock().unwrap());
+
+    // Release everything above 100 (out of order): level 100 is the highest left.
+    let odd = (10..39).rev().filter(|i| i % 2 == 1);
+    let even = (10..39).filter(|i| i % 2 == 0);
+    for i in odd.chain(even) {
+        guards[i] = None;
+    }
+    let levels: Vec<u32> = sync_kit::held_by_current_thread()
+        .iter()
+        .map(|u| u.level().unwrap().0)
+        .collect();
+    assert_eq!(levels, (2..=10).map(|i| 10 * i).collect::<Vec<_>>());
+    let (held, _) = violation(probe(100).lock());
+    assert_eq!(held.level(), Some(Level(100)));
+    drop(probe(101).lock().unwrap());
+    // Reacquire the released locks (in increasing order): allowed again.
+    for (i, lock) in locks.iter().enumerate().skip(10) {
+        guards[i] = Some(lock.lock().unwrap());
+    }
+    assert_eq!(sync_kit::held_by_current_thread().len(), 39);
+    drop(guards);
+    assert!(sync_kit::held_by_current_thread().is_empty());
 }

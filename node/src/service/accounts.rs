@@ -48,10 +48,16 @@ pub(super) fn not_logged_in() -> ErrorReply {
 }
 
 impl Service {
-    /// The connection's user, if it is logged in and the account still exists.
+    /// The connection's user, if it is logged in and the account it logged into still exists
+    /// (not merely an account of the same name, created after a deletion).
     pub(super) fn current_user(&self, connection: &mut Connection) -> Result<String, ErrorReply> {
+        let same_account = |user: &String| {
+            self.accounts
+                .get(user)
+                .is_some_and(|account| account.password_hash == connection.account_hash)
+        };
         match &connection.user {
-            Some(user) if self.accounts.contains_key(user) => Ok(user.clone()),
+            Some(user) if same_account(user) => Ok(user.clone()),
             Some(_) => {
                 // The account was deleted (from another connection): this session is over.
                 connection.user = None;
@@ -124,9 +130,10 @@ impl Service {
             .get(&username)
             .map(|account| account.password_hash);
         let known = hash.is_some();
-        let verified = self
-            .hasher
-            .verify(hash.unwrap_or_else(|| self.decoy_hash.clone()), password);
+        let verified = self.hasher.verify(
+            hash.clone().unwrap_or_else(|| self.decoy_hash.clone()),
+            password,
+        );
         if !(known && verified) {
             tracing::info!(user = %username, peer = %connection.peer, "login failed");
             return Err(auth_failed());
@@ -136,6 +143,12 @@ impl Service {
         }
         let unread = {
             let mut sessions = self.sessions.write().map_err(lock_failed)?;
+            // Deletion removes the account while holding `sessions` for writing: checked here,
+            // under the same lock, the account verified above cannot vanish (or be replaced by a
+            // new one of the same name) before this session is registered.
+            if self.accounts.get(&username).map(|a| a.password_hash) != hash {
+                return Err(auth_failed());
+            }
             sessions
                 .entry(username.clone())
                 .or_default()
@@ -150,6 +163,7 @@ impl Service {
             })
         };
         connection.user = Some(username);
+        connection.account_hash = hash.unwrap_or_default();
         Ok(Reply::LoggedIn {
             unread: u32::try_from(unread).unwrap_or(u32::MAX),
         })

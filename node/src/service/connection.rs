@@ -34,6 +34,9 @@ pub struct Connection {
     pub(super) id: u64,
     pub(super) peer: IpAddr,
     pub(super) user: Option<String>,
+    /// The password hash of the account `user` logged into: it tells that account apart from a
+    /// later one created under the same name after a deletion (its salt is random).
+    pub(super) account_hash: String,
     pub(super) cursors: VecDeque<Cursor>,
     pub(super) next_cursor: u64,
     pub(super) outbox: Sender<ServerFrame>,
@@ -81,6 +84,7 @@ impl super::Service {
             id: self.next_connection.fetch_add(1, Ordering::Relaxed),
             peer,
             user: None,
+            account_hash: String::new(),
             cursors: VecDeque::new(),
             next_cursor: 1,
             outbox,

@@ -9,17 +9,38 @@ use std::path::Path;
 /// systems), write, `fsync` it, rename it over `path`, `fsync` the directory (so the rename
 /// itself is durable). A reader sees the old file or the new one, never a partial one, even if
 /// this process is killed at any point. On error the temporary file is removed and `path` is
-/// untouched. The new file gets the default permissions of a new file.
+/// untouched.
+///
+/// Permissions: a file that already exists keeps its permissions; a new file gets those of any
+/// new file (`0666` less the umask on Unix), as with `File::create`.
 pub fn atomic_write(path: impl AsRef<Path>, bytes: impl AsRef<[u8]>) -> io::Result<()> {
     let path = path.as_ref();
     let dir = parent_dir(path);
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let mut temp = tempfile::Builder::new()
-        .prefix(&format!(".{}.", name.to_string_lossy()))
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
+    let existing = match std::fs::metadata(path) {
+        Ok(metadata) => Some(metadata.permissions()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    let mut builder = tempfile::Builder::new();
+    // The temporary name adds 12 bytes or so to the target's: cap the part taken from the
+    // target, so that any name the file system accepts can be replaced.
+    let stem: String = name.to_string_lossy().chars().take(64).collect();
+    let prefix = format!(".{stem}.");
+    builder.prefix(&prefix).suffix(".tmp");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // Created with mode 0666, which the OS narrows by the umask, like `File::create`
+        // (tempfile's own default, 0600, would make every replaced file private).
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    let mut temp = builder.tempfile_in(dir)?;
+    if let Some(permissions) = existing {
+        temp.as_file().set_permissions(permissions)?;
+    }
     temp.write_all(bytes.as_ref())?;
     temp.as_file().sync_all()?;
     // On failure the returned error owns the temporary file, and dropping it deletes it.

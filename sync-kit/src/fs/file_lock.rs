@@ -89,11 +89,18 @@ impl FileLock {
     pub fn shared(path: impl AsRef<Path>) -> io::Result<Self> {
         let (file, sidecar) = open_sidecar(path.as_ref())?;
         file.lock_shared()?;
-        Ok(Self {
+        Ok(Self::shared_from(file, sidecar))
+    }
+
+    fn shared_from(file: File, sidecar: PathBuf) -> Self {
+        // No exclusive holder can exist now: a pid left in the sidecar is that of a holder that
+        // died without cleaning up (killed), and must not be blamed for this shared hold.
+        let _ = file.set_len(0);
+        Self {
             file,
             sidecar,
             exclusive: false,
-        })
+        }
     }
 
     /// Locks `path` shared if no exclusive holder has it; otherwise fails at once with kind
@@ -101,11 +108,7 @@ impl FileLock {
     pub fn try_shared(path: impl AsRef<Path>) -> io::Result<Self> {
         let (file, sidecar) = open_sidecar(path.as_ref())?;
         match file.try_lock_shared() {
-            Ok(()) => Ok(Self {
-                file,
-                sidecar,
-                exclusive: false,
-            }),
+            Ok(()) => Ok(Self::shared_from(file, sidecar)),
             Err(TryLockError::WouldBlock) => Err(held_error(&sidecar, io::ErrorKind::WouldBlock)),
             Err(TryLockError::Error(e)) => Err(e),
         }

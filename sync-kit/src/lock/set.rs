@@ -146,9 +146,12 @@ impl<'a> LockSet<'a> {
         self.members.len() - 1
     }
 
-    /// Acquires every member in `(level, id)` order, waiting as needed. If one acquisition fails
-    /// (level violation against a lock held outside the set, deadlock, a lock listed twice), the
-    /// members already acquired are released in reverse order and the error is returned.
+    /// Acquires every member in `(level, id)` order, waiting as needed. If one acquisition fails,
+    /// the members already acquired are released in reverse order and the error is returned:
+    /// a level violation against a lock held outside the set, a deadlock, or a lock listed twice
+    /// (a leveled lock listed twice is a level violation; an unleveled mutex, or an unleveled
+    /// `RwLock` listed for writing, is refused as the deadlock it would be; an unleveled
+    /// `RwLock` listed twice for reading is two read holds, like two `read()` calls).
     #[track_caller]
     pub fn acquire(self) -> Result<LockedSet<'a>, LockError> {
         let at = Location::caller();

@@ -26,7 +26,9 @@ impl Quota {
     /// `tokens` per `period` (e.g. 1 per 10 seconds), at most `burst` at once.
     ///
     /// # Panics
-    /// If `tokens` or `burst` is zero, or `period` is zero or longer than ~584 years.
+    /// If `tokens` or `burst` is zero, if `period` is zero or longer than ~584 years, or if the
+    /// rate exceeds one token per nanosecond (10⁹ per second). That bound keeps the slot count,
+    /// which grows at the rate, exact for at least 584 years of clock time.
     pub fn new(tokens: u32, period: Duration, burst: u32) -> Self {
         let tokens = NonZeroU32::new(tokens).expect("a quota needs a non-zero number of tokens");
         let burst = NonZeroU32::new(burst).expect("a quota needs a non-zero burst");
@@ -34,6 +36,10 @@ impl Quota {
             .ok()
             .filter(|&n| n > 0)
             .expect("a quota's period must be non-zero and fit in u64 nanoseconds");
+        assert!(
+            u64::from(tokens.get()) <= period_nanos,
+            "a quota may grant at most one token per nanosecond ({tokens} per {period:?} is more)"
+        );
         Self {
             tokens,
             period_nanos,

@@ -1,0 +1,672 @@
+//! Shared helpers for the integration tests: a real `synckit-node` process on a temporary data
+//! directory, clients logged in on it, raw sockets with read timeouts, plain HTTP GETs.
+//!
+//! Every node is started with port 0 for both listeners; the bound addresses come from the one
+//! line the node prints on stdout. A watchdog kills the node if a test runs longer than
+//! [`WATCHDOG`], so that a test blocked on a socket read fails (its read sees the connection
+//! close) instead of hanging; the node is also killed when its [`Node`] is dropped.
+
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use synckit_node::client::Client;
+use synckit_node::protocol::binary::{self, FrameError};
+use synckit_node::protocol::{ErrorCode, ErrorReply, Message, Reply, Request, ServerFrame, json};
+use synckit_node::server::Protocol;
+
+/// How long a node may take to print its listening line.
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// A node older than this is killed: the bound on every test's run time.
+pub const WATCHDOG: Duration = Duration::from_secs(300);
+/// How long a test waits for something that should happen at once (a push, a response).
+pub const PROMPT: Duration = Duration::from_secs(10);
+/// A password every test account uses unless a test says otherwise.
+pub const PASSWORD: &str = "correct horse battery";
+
+/// Limits generous enough that no test trips them by accident; a test that wants a limit passes
+/// its own flag, which replaces the generous one.
+const GENEROUS: &[&str] = &[
+    "--requests-per-sec",
+    "1000000",
+    "--request-burst",
+    "1000000",
+    "--logins-per-minute",
+    "100000",
+    "--login-burst",
+    "100000",
+];
+
+/// Both wire protocols, for tests that run once per protocol.
+pub const PROTOCOLS: [Protocol; 2] = [Protocol::Binary, Protocol::Json];
+
+/// A running node process.
+pub struct Node {
+    child: Arc<Mutex<Child>>,
+    pid: u32,
+    /// Chat address (both protocols).
+    pub chat: SocketAddr,
+    /// HTTP statistics address.
+    pub http: SocketAddr,
+    /// The data directory it runs on.
+    pub data_dir: PathBuf,
+    stderr: Arc<Mutex<String>>,
+    stop_watchdog: Option<mpsc::Sender<()>>,
+    watchdog: Option<JoinHandle<()>>,
+    stderr_reader: Option<JoinHandle<()>>,
+}
+
+/// A node that exited instead of serving.
+#[derive(Debug)]
+pub struct StartFailure {
+    /// Its exit status (`None` if it had to be killed because it neither served nor exited).
+    pub status: Option<ExitStatus>,
+    /// What it printed on stdout.
+    pub stdout: String,
+    /// What it printed on stderr.
+    pub stderr: String,
+}
+
+/// A fresh temporary data directory.
+pub fn data_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("synckit-node-test-")
+        .tempdir()
+        .expect("create a temporary data directory")
+}
+
+impl Node {
+    /// Starts a node on `dir` with generous limits overridden by `args`; panics if it does not
+    /// start.
+    pub fn start(dir: &Path, args: &[&str]) -> Node {
+        match Node::try_start(dir, args) {
+            Ok(node) => node,
+            Err(failure) => panic!("the node did not start: {failure:#?}"),
+        }
+    }
+
+    /// Starts a node; a node that exits (or stays silent for [`START_TIMEOUT`]) is a
+    /// [`StartFailure`].
+    pub fn try_start(dir: &Path, args: &[&str]) -> Result<Node, StartFailure> {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_synckit-node"));
+        command
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["--chat-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args(
+                GENEROUS
+                    .chunks(2)
+                    .filter(|flag| !args.contains(&flag[0]))
+                    .flatten(),
+            )
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("spawn synckit-node");
+        let pid = child.id();
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr_pipe = child.stderr.take().expect("piped stderr");
+
+        // Drain stderr for the whole life of the process (a full pipe would block its logging).
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let stderr_reader = {
+            let stderr = Arc::clone(&stderr);
+            thread::spawn(move || {
+                for line in BufReader::new(stderr_pipe).lines() {
+                    let Ok(line) = line else { break };
+                    let mut all = stderr.lock().unwrap();
+                    all.push_str(&line);
+                    all.push('\n');
+                }
+            })
+        };
+        // Stdout: the first line is the listening line; keep draining the rest.
+        let (lines, first_lines) = mpsc::channel::<String>();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                // Once nobody listens, keep reading anyway so the pipe never fills.
+                let _ = lines.send(line);
+            }
+        });
+        let child = Arc::new(Mutex::new(child));
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut stdout_seen = String::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match first_lines.recv_timeout(left) {
+                Ok(line) => line,
+                // Stdout closed: the process is exiting.
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(start_failure(
+                        &child,
+                        stderr_reader,
+                        &stderr,
+                        stdout_seen,
+                        false,
+                    ));
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(start_failure(
+                        &child,
+                        stderr_reader,
+                        &stderr,
+                        stdout_seen,
+                        true,
+                    ));
+                }
+            };
+            let Some((chat, http, data)) = parse_listening(&line) else {
+                stdout_seen.push_str(&line);
+                stdout_seen.push('\n');
+                continue;
+            };
+            assert_eq!(
+                Path::new(&data),
+                dir,
+                "the node reports the data directory it was given"
+            );
+            let (stop_watchdog, stop) = mpsc::channel::<()>();
+            let watchdog = {
+                let child = Arc::clone(&child);
+                thread::spawn(move || {
+                    if let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(WATCHDOG) {
+                        eprintln!("watchdog: node {pid} ran longer than {WATCHDOG:?}; killing it");
+                        let _ = child.lock().unwrap().kill();
+                    }
+                })
+            };
+            return Ok(Node {
+                child,
+                pid,
+                chat,
+                http,
+                data_dir: dir.to_path_buf(),
+                stderr,
+                stop_watchdog: Some(stop_watchdog),
+                watchdog: Some(watchdog),
+                stderr_reader: Some(stderr_reader),
+            });
+        }
+    }
+
+    /// The node's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Everything the node has logged on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// `Some(status)` if the process has exited.
+    pub fn try_wait(&self) -> Option<ExitStatus> {
+        self.child.lock().unwrap().try_wait().expect("try_wait")
+    }
+
+    /// Panics unless the process is still running.
+    pub fn assert_running(&self) {
+        if let Some(status) = self.try_wait() {
+            panic!(
+                "the node exited ({status}); stderr:\n{}",
+                tail(&self.stderr(), 60)
+            );
+        }
+    }
+
+    /// SIGKILL, then wait for the process to be gone (its data-directory lock is released).
+    pub fn kill(mut self) {
+        self.kill_now();
+    }
+
+    fn kill_now(&mut self) {
+        if let Some(stop) = self.stop_watchdog.take() {
+            let _ = stop.send(());
+        }
+        {
+            let mut child = self.child.lock().unwrap();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(watchdog) = self.watchdog.take() {
+            let _ = watchdog.join();
+        }
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = reader.join();
+        }
+    }
+
+    /// A new connection.
+    pub fn connect(&self, protocol: Protocol) -> Client {
+        Client::connect(self.chat, protocol).expect("connect to the node")
+    }
+
+    /// Creates `username` (password [`PASSWORD`]) on a new connection.
+    pub fn create(&self, username: &str) {
+        let mut client = self.connect(Protocol::Binary);
+        ok(client.create_account(username, PASSWORD));
+    }
+
+    /// A new connection logged in as `username` (password [`PASSWORD`]).
+    pub fn login(&self, protocol: Protocol, username: &str) -> Client {
+        let mut client = self.connect(protocol);
+        let reply = ok(client.login(username, PASSWORD));
+        assert!(matches!(reply, Reply::LoggedIn { .. }), "{reply:?}");
+        client
+    }
+
+    /// Creates `username` and returns a connection logged in as it.
+    pub fn user(&self, protocol: Protocol, username: &str) -> Client {
+        let mut client = self.connect(protocol);
+        ok(client.create_account(username, PASSWORD));
+        let reply = ok(client.login(username, PASSWORD));
+        assert_eq!(reply, Reply::LoggedIn { unread: 0 });
+        client
+    }
+
+    /// GET `path` on the HTTP endpoint.
+    pub fn get(&self, path: &str) -> HttpResponse {
+        http_request(self.http, "GET", path)
+    }
+
+    /// `/stats`, parsed.
+    pub fn stats(&self) -> serde_json::Value {
+        let response = self.get("/stats");
+        assert_eq!(response.status, 200, "{response:?}");
+        serde_json::from_str(&response.body).expect("/stats is JSON")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let running = self.stop_watchdog.is_some();
+        self.kill_now();
+        if running && thread::panicking() {
+            eprintln!(
+                "--- node {} stderr (last lines) ---\n{}",
+                self.pid,
+                tail(&self.stderr(), 80)
+            );
+        }
+    }
+}
+
+fn start_failure(
+    child: &Mutex<Child>,
+    stderr_reader: JoinHandle<()>,
+    stderr: &Mutex<String>,
+    stdout: String,
+    kill: bool,
+) -> StartFailure {
+    let status = {
+        let mut child = child.lock().unwrap();
+        if kill {
+            let _ = child.kill();
+        }
+        let status = child.wait().ok();
+        status.filter(|_| !kill)
+    };
+    let _ = stderr_reader.join();
+    StartFailure {
+        status,
+        stdout,
+        stderr: stderr.lock().unwrap().clone(),
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// `synckit-node listening chat=IP:PORT http=IP:PORT data=DIR`
+fn parse_listening(line: &str) -> Option<(SocketAddr, SocketAddr, String)> {
+    let rest = line.strip_prefix("synckit-node listening ")?;
+    let rest = rest.strip_prefix("chat=")?;
+    let (chat, rest) = rest.split_once(' ')?;
+    let rest = rest.strip_prefix("http=")?;
+    let (http, rest) = rest.split_once(' ')?;
+    let data = rest.strip_prefix("data=")?;
+    Some((chat.parse().ok()?, http.parse().ok()?, data.to_string()))
+}
+
+// ----- results -----
+
+/// Unwraps a successful reply.
+#[track_caller]
+pub fn ok(result: io::Result<Result<Reply, ErrorReply>>) -> Reply {
+    match result {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(error)) => panic!("expected success, got error {error}"),
+        Err(error) => panic!("expected success, got I/O error {error}"),
+    }
+}
+
+/// Unwraps an error reply and checks its code.
+#[track_caller]
+pub fn err(result: io::Result<Result<Reply, ErrorReply>>, code: ErrorCode) -> ErrorReply {
+    match result {
+        Ok(Err(error)) => {
+            assert_eq!(error.code, code, "wrong error code: {error}");
+            error
+        }
+        Ok(Ok(reply)) => panic!("expected error {code:?}, got success {reply:?}"),
+        Err(error) => panic!("expected error {code:?}, got I/O error {error}"),
+    }
+}
+
+/// Sends `text` to `to`; returns the message id.
+#[track_caller]
+pub fn send(client: &mut Client, to: &str, text: &str) -> u64 {
+    match ok(client.call(&Request::SendMessage {
+        to: to.into(),
+        text: text.into(),
+    })) {
+        Reply::Sent { id, timestamp } => {
+            assert!(timestamp > 0);
+            id
+        }
+        other => panic!("send_message answered {other:?}"),
+    }
+}
+
+/// Reads up to `limit` undelivered messages.
+#[track_caller]
+pub fn read(client: &mut Client, limit: u32) -> Vec<Message> {
+    match ok(client.call(&Request::ReadMessages { limit })) {
+        Reply::Messages { messages } => messages,
+        other => panic!("read_messages answered {other:?}"),
+    }
+}
+
+/// Reads until a read returns nothing; everything read, in order.
+#[track_caller]
+pub fn read_all(client: &mut Client) -> Vec<Message> {
+    let mut all = Vec::new();
+    loop {
+        let batch = read(client, 100);
+        if batch.is_empty() {
+            return all;
+        }
+        all.extend(batch);
+    }
+}
+
+/// One page of a listing: (accounts, next cursor).
+#[track_caller]
+pub fn list(
+    client: &mut Client,
+    pattern: &str,
+    page_size: u32,
+    cursor: Option<String>,
+) -> (Vec<String>, Option<String>) {
+    match ok(client.call(&Request::ListAccounts {
+        pattern: pattern.into(),
+        page_size,
+        cursor,
+    })) {
+        Reply::Accounts {
+            accounts,
+            next_cursor,
+        } => (accounts, next_cursor),
+        other => panic!("list_accounts answered {other:?}"),
+    }
+}
+
+/// Every account matching `pattern`, following the cursors.
+#[track_caller]
+pub fn list_all(client: &mut Client, pattern: &str, page_size: u32) -> Vec<String> {
+    let (mut all, mut cursor) = list(client, pattern, page_size, None);
+    while let Some(next) = cursor {
+        let (page, after) = list(client, pattern, page_size, Some(next));
+        assert!(!page.is_empty(), "a page with a cursor has accounts");
+        all.extend(page);
+        cursor = after;
+    }
+    all
+}
+
+/// Deletes message ids; returns how many were deleted.
+#[track_caller]
+pub fn delete(client: &mut Client, ids: &[u64]) -> u32 {
+    match ok(client.call(&Request::DeleteMessages { ids: ids.to_vec() })) {
+        Reply::Deleted { deleted } => deleted,
+        other => panic!("delete_messages answered {other:?}"),
+    }
+}
+
+/// The unread count a fresh login reports.
+#[track_caller]
+pub fn unread_at_login(client: &mut Client, username: &str) -> u32 {
+    match ok(client.login(username, PASSWORD)) {
+        Reply::LoggedIn { unread } => unread,
+        other => panic!("login answered {other:?}"),
+    }
+}
+
+/// Polls `condition` until it holds or `timeout` passes (for states with no other signal).
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ----- raw sockets -----
+
+/// A raw connection for bad input: every read has a timeout.
+pub struct Raw {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+    protocol: Protocol,
+}
+
+/// What a raw read found.
+#[derive(Debug)]
+pub enum RawRead {
+    /// A frame.
+    Frame(ServerFrame),
+    /// The node closed the connection (clean close or reset).
+    Closed,
+}
+
+impl Raw {
+    /// Connects; `protocol` says how to read what the node answers.
+    pub fn connect(addr: SocketAddr, protocol: Protocol) -> Raw {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_nodelay(true).unwrap();
+        stream.set_read_timeout(Some(PROMPT)).unwrap();
+        stream.set_write_timeout(Some(PROMPT)).unwrap();
+        Raw {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            stream,
+            protocol,
+        }
+    }
+
+    /// Writes bytes.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write to the node");
+    }
+
+    /// Writes a well-formed request with `id`.
+    pub fn request(&mut self, id: u32, request: &Request) {
+        let bytes = match self.protocol {
+            Protocol::Binary => binary::encode_request(id, request),
+            Protocol::Json => json::encode_request(id, request),
+        };
+        self.send(&bytes);
+    }
+
+    /// Closes the sending half.
+    pub fn shutdown_write(&self) {
+        let _ = self.stream.shutdown(Shutdown::Write);
+    }
+
+    /// The next frame, or `Closed`; panics on a timeout or an undecodable frame.
+    #[track_caller]
+    pub fn next(&mut self) -> RawRead {
+        let read = match self.protocol {
+            Protocol::Binary => binary::read_frame(&mut self.reader)
+                .map(|raw| binary::decode_server_frame(&raw).expect("a decodable frame")),
+            Protocol::Json => json::read_line(&mut self.reader)
+                .map(|line| json::decode_server_frame(&line).expect("a decodable line")),
+        };
+        match read {
+            Ok(frame) => RawRead::Frame(frame),
+            Err(FrameError::Closed) => RawRead::Closed,
+            Err(FrameError::Io(e))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::ConnectionAborted
+                        | io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                RawRead::Closed
+            }
+            Err(FrameError::Io(e)) => panic!("reading from the node failed: {e}"),
+            Err(FrameError::Invalid(bad)) => panic!("the node sent garbage: {:?}", bad.error),
+        }
+    }
+
+    /// The next frame must be an error response with `id` and `code`.
+    #[track_caller]
+    pub fn expect_error(&mut self, id: u32, code: ErrorCode) -> ErrorReply {
+        match self.next() {
+            RawRead::Frame(ServerFrame::Response(response)) => {
+                assert_eq!(response.id, id, "response id ({response:?})");
+                match response.result {
+                    Err(error) => {
+                        assert_eq!(error.code, code, "error code ({error})");
+                        error
+                    }
+                    Ok(reply) => panic!("expected error {code:?}, got {reply:?}"),
+                }
+            }
+            other => panic!("expected error {code:?}, got {other:?}"),
+        }
+    }
+
+    /// The next frame must be a successful response with `id`.
+    #[track_caller]
+    pub fn expect_ok(&mut self, id: u32) -> Reply {
+        match self.next() {
+            RawRead::Frame(ServerFrame::Response(response)) => {
+                assert_eq!(response.id, id, "response id ({response:?})");
+                response
+                    .result
+                    .unwrap_or_else(|e| panic!("expected success, got {e}"))
+            }
+            other => panic!("expected a response, got {other:?}"),
+        }
+    }
+
+    /// The node must close the connection (within the read timeout).
+    #[track_caller]
+    pub fn expect_closed(&mut self) {
+        match self.next() {
+            RawRead::Closed => {}
+            other => panic!("expected the node to close the connection, got {other:?}"),
+        }
+    }
+}
+
+// ----- HTTP -----
+
+/// A plain HTTP response.
+#[derive(Debug)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// Body text.
+    pub body: String,
+}
+
+/// One HTTP/1.0-style request over a fresh connection (`Connection: close`).
+pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> HttpResponse {
+    let mut stream = TcpStream::connect(addr).expect("connect to the HTTP endpoint");
+    stream.set_read_timeout(Some(PROMPT)).unwrap();
+    stream.set_write_timeout(Some(PROMPT)).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )
+    .expect("send the HTTP request");
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .expect("read the HTTP response");
+    let text = String::from_utf8(raw).expect("HTTP response is UTF-8");
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {text:?}"));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    HttpResponse { status, body }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    loop {
+        let Some((size, rest)) = body.split_once("\r\n") else {
+            return out;
+        };
+        let size = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+        if size == 0 {
+            return out;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size..];
+        body = body.strip_prefix("\r\n").unwrap_or(body);
+    }
+}
+
+/// `both!(scenario)` next to `fn scenario(protocol: Protocol)` makes the tests
+/// `scenario::binary` and `scenario::json`.
+#[allow(unused_macros)]
+macro_rules! both {
+    ($scenario:ident) => {
+        mod $scenario {
+            #[test]
+            fn binary() {
+                super::$scenario(synckit_node::server::Protocol::Binary);
+            }
+
+            #[test]
+            fn json() {
+                super::$scenario(synckit_node::server::Protocol::Json);
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use both;

@@ -1,0 +1,394 @@
+//! Statistics: per-lock counters (acquisitions, contentions, wait times), the live list of named
+//! locks (`stats::all`), the detector's counters (`deadlock::stats`), and their JSON form.
+//!
+//! Forced waits are observed through the process-wide probe
+//! `deadlock::stats().threads_waiting`, so the tests of this binary that make threads wait hold
+//! `common::serial()`.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{bounded, join, serial, spawn, wait_for_waiters, waiting};
+use serde_json::{Value, json};
+use sync_kit::stats::NamedLockStats;
+use sync_kit::{Level, LockError, LockKind, LockStats, Mutex, RwLock};
+
+/// The live named locks whose name starts with `prefix`.
+fn listed(prefix: &str) -> Vec<NamedLockStats> {
+    sync_kit::stats::all()
+        .into_iter()
+        .filter(|s| s.name.starts_with(prefix))
+        .collect()
+}
+
+/// How long the holder keeps the lock after the waiter is known to sleep on it. Waits are
+/// asserted to be at least this long, which holds whatever the scheduling: the waiter started
+/// waiting before this delay began.
+const HOLD: Duration = Duration::from_millis(20);
+
+#[test]
+fn acquisitions_are_exact_after_concurrent_use() {
+    let _serial = serial();
+    bounded("acquisitions", || {
+        const THREADS: u64 = 8;
+        const K: u64 = 500;
+        let m = Arc::new(Mutex::named("st-acq-m", 0u64));
+        let rw = Arc::new(RwLock::named("st-acq-rw", 0u64));
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (m, rw) = (m.clone(), rw.clone());
+                spawn(format!("st-acq-{t}"), move || {
+                    for i in 0..K {
+                        *m.lock().unwrap() += 1;
+                        if i % 4 == 0 {
+                            *rw.write().unwrap() += 1;
+                        } else {
+                            let _ = *rw.read().unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().for_each(join);
+        assert_eq!(m.stats().acquisitions, THREADS * K);
+        assert_eq!(rw.stats().acquisitions, THREADS * K);
+        assert_eq!(*m.lock().unwrap(), THREADS * K);
+        assert_eq!(m.stats().acquisitions, THREADS * K + 1);
+        let s = m.stats();
+        assert!(s.contentions <= s.acquisitions);
+        assert!(s.total_wait >= s.max_wait);
+
+        // The list shows the same counters.
+        let listed = listed("st-acq-");
+        let by_name = |n: &str| listed.iter().find(|s| s.name == n).unwrap().stats;
+        assert_eq!(by_name("st-acq-m").acquisitions, THREADS * K + 1);
+        assert_eq!(by_name("st-acq-rw").acquisitions, THREADS * K);
+    });
+}
+
+#[test]
+fn refused_and_failed_attempts_are_not_counted() {
+    let _serial = serial();
+    bounded("failed attempts", || {
+        let high = Mutex::with_level("st-fail-high", Level(9), ());
+        let low = Mutex::with_level("st-fail-low", Level(1), ());
+        let plain = Mutex::named("st-fail-plain", ());
+        let g = plain.lock().unwrap();
+        assert!(matches!(plain.try_lock(), Err(LockError::Timeout)));
+        assert!(matches!(plain.lock(), Err(LockError::Deadlock(_))));
+        drop(g);
+        let h = high.lock().unwrap();
+        assert!(matches!(low.lock(), Err(LockError::LevelViolation { .. })));
+        drop(h);
+        assert_eq!(plain.stats().acquisitions, 1);
+        assert_eq!(low.stats(), LockStats::default());
+        assert_eq!(high.stats().acquisitions, 1);
+    });
+}
+
+#[test]
+fn uncontended_locks_record_no_contention() {
+    let m = Mutex::new(());
+    let rw = RwLock::new(());
+    for _ in 0..10 {
+        drop(m.lock().unwrap());
+        drop(rw.read().unwrap());
+        drop(rw.write().unwrap());
+    }
+    for s in [m.stats(), rw.stats()] {
+        assert_eq!(s.contentions, 0);
+        assert_eq!(s.total_wait, Duration::ZERO);
+        assert_eq!(s.max_wait, Duration::ZERO);
+    }
+    assert_eq!(m.stats().acquisitions, 10);
+    assert_eq!(rw.stats().acquisitions, 20);
+}
+
+#[test]
+fn a_forced_wait_counts_a_contention_and_its_duration() {
+    let _serial = serial();
+    bounded("mutex contention", || {
+        let base = waiting();
+        let waits_before = sync_kit::deadlock::stats().waits_registered;
+        let m = Arc::new(Mutex::named("st-wait-m", 0u32));
+        for round in 1..=2u32 {
+            let g = m.lock().unwrap();
+            let waiter = {
+                let m = m.clone();
+                spawn(format!("st-wait-waiter-{round}"), move || {
+                    *m.lock().unwrap() += 1;
+                })
+            };
+            wait_for_waiters(base + 1);
+            // The waiter sleeps on the lock; hold on a little, then release.
+            std::thread::sleep(HOLD);
+            drop(g);
+            join(waiter);
+            let s = m.stats();
+            assert_eq!(s.contentions, u64::from(round), "{s:?}");
+            assert!(s.max_wait >= HOLD, "max_wait {:?} < {HOLD:?}", s.max_wait);
+            assert!(s.total_wait >= s.max_wait, "{s:?}");
+            assert!(s.total_wait >= HOLD * round, "{s:?}");
+            assert_eq!(s.acquisitions, u64::from(2 * round));
+        }
+        let after = sync_kit::deadlock::stats().waits_registered;
+        assert!(
+            after >= waits_before + 2,
+            "waits_registered {waits_before} -> {after}"
+        );
+        assert_eq!(*m.lock().unwrap(), 2);
+    });
+}
+
+#[test]
+fn forced_waits_on_an_rwlock_are_counted() {
+    let _serial = serial();
+    bounded("rwlock contention", || {
+        let base = waiting();
+        let rw = Arc::new(RwLock::named("st-wait-rw", 0u32));
+
+        // A writer waits for a reader.
+        let r = rw.read().unwrap();
+        let writer = {
+            let rw = rw.clone();
+            spawn("st-wait-rw-writer", move || *rw.write().unwrap() += 1)
+        };
+        wait_for_waiters(base + 1);
+        std::thread::sleep(HOLD);
+        drop(r);
+        join(writer);
+        let s = rw.stats();
+        assert_eq!((s.acquisitions, s.contentions), (2, 1), "{s:?}");
+        assert!(s.max_wait >= HOLD && s.total_wait >= s.max_wait, "{s:?}");
+
+        // A reader waits for a writer.
+        let w = rw.write().unwrap();
+        let reader = {
+            let rw = rw.clone();
+            spawn("st-wait-rw-reader", move || *rw.read().unwrap())
+        };
+        wait_for_waiters(base + 1);
+        std::thread::sleep(HOLD);
+        drop(w);
+        assert_eq!(join(reader), 1);
+        let s = rw.stats();
+        assert_eq!((s.acquisitions, s.contentions), (4, 2), "{s:?}");
+        assert!(
+            s.total_wait >= HOLD * 2 && s.total_wait >= s.max_wait,
+            "{s:?}"
+        );
+    });
+}
+
+#[test]
+fn all_lists_live_named_locks_with_name_level_and_kind() {
+    let m = Mutex::with_level("st-list-m", Level(31), ());
+    let rw = RwLock::named("st-list-rw", ());
+    let rwl = RwLock::with_level("st-list-rwl", Level(32), ());
+    let mn = Mutex::named("st-list-mn", ());
+    drop(m.lock().unwrap());
+    drop(rwl.read().unwrap());
+    drop(rwl.write().unwrap());
+
+    let found = listed("st-list-");
+    let summary: Vec<_> = found
+        .iter()
+        .map(|s| (s.name, s.level, s.kind, s.stats.acquisitions))
+        .collect();
+    // Ordered by level, unleveled last, then by name.
+    assert_eq!(
+        summary,
+        [
+            ("st-list-m", Some(Level(31)), LockKind::Mutex, 1),
+            ("st-list-rwl", Some(Level(32)), LockKind::RwLock, 2),
+            ("st-list-mn", None, LockKind::Mutex, 0),
+            ("st-list-rw", None, LockKind::RwLock, 0),
+        ]
+    );
+    for s in &found {
+        let own = match s.name {
+            "st-list-m" => m.stats(),
+            "st-list-rw" => rw.stats(),
+            "st-list-rwl" => rwl.stats(),
+            _ => mn.stats(),
+        };
+        assert_eq!(s.stats, own);
+    }
+
+    drop(m);
+    drop(rw);
+    let names: Vec<_> = listed("st-list-").iter().map(|s| s.name).collect();
+    assert_eq!(
+        names,
+        ["st-list-rwl", "st-list-mn"],
+        "dropped locks leave the list"
+    );
+    drop((rwl, mn));
+    assert!(listed("st-list-").is_empty());
+}
+
+#[test]
+fn a_lock_moved_into_a_thread_stays_listed_until_dropped_there() {
+    bounded("listed across threads", || {
+        let m = Mutex::named("st-moved", 1);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let t = spawn("st-moved-owner", move || {
+            drop(m.lock().unwrap());
+            tx.send(()).unwrap();
+            done_rx.recv().unwrap();
+            drop(m);
+        });
+        common::recv(&rx, "the owner used the lock");
+        assert_eq!(listed("st-moved")[0].stats.acquisitions, 1);
+        done_tx.send(()).unwrap();
+        join(t);
+        assert!(listed("st-moved").is_empty());
+    });
+}
+
+#[test]
+fn unnamed_locks_are_not_listed() {
+    let unnamed_m = Mutex::new(());
+    let unnamed_rw = RwLock::new(());
+    let default_m: Mutex<u8> = Mutex::default();
+    drop(unnamed_m.lock().unwrap());
+    drop(unnamed_rw.read().unwrap());
+    drop(default_m.lock().unwrap());
+    // No test creates a lock named "", so an empty name would be one of the unnamed locks.
+    let all = sync_kit::stats::all();
+    assert!(
+        all.iter().all(|s| !s.name.is_empty()),
+        "unnamed locks must not be listed: {all:?}"
+    );
+}
+
+#[test]
+fn lock_stats_serialize_to_json() {
+    let _serial = serial();
+    bounded("LockStats json", || {
+        let base = waiting();
+        let m = Arc::new(Mutex::named("st-json-stats", ()));
+        let g = m.lock().unwrap();
+        let waiter = {
+            let m = m.clone();
+            spawn("st-json-waiter", move || drop(m.lock().unwrap()))
+        };
+        wait_for_waiters(base + 1);
+        drop(g);
+        join(waiter);
+        let s = m.stats();
+        let v = serde_json::to_value(s).unwrap();
+        assert_eq!(v["acquisitions"], json!(2));
+        assert_eq!(v["contentions"], json!(1));
+        // Durations serialize as integer nanoseconds (`total_wait_ns`, `max_wait_ns`).
+        let obj = v.as_object().expect("a JSON object");
+        let mut keys: Vec<_> = obj.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "acquisitions",
+                "contentions",
+                "max_wait_ns",
+                "total_wait_ns"
+            ],
+            "{v}"
+        );
+        let total = v["total_wait_ns"]
+            .as_u64()
+            .expect("total_wait_ns is an integer");
+        let max = v["max_wait_ns"]
+            .as_u64()
+            .expect("max_wait_ns is an integer");
+        assert_eq!(u128::from(total), s.total_wait.as_nanos());
+        assert_eq!(u128::from(max), s.max_wait.as_nanos());
+        assert!(total >= max && max > 0, "{v}");
+        // Default stats serialize as well.
+        let zero = serde_json::to_value(LockStats::default()).unwrap();
+        assert_eq!(zero["acquisitions"], json!(0));
+        assert_eq!(zero["max_wait_ns"], json!(0));
+        assert_eq!(zero["total_wait_ns"], json!(0));
+    });
+}
+
+#[test]
+fn all_serializes_to_json() {
+    let m = Mutex::with_level("st-json-all-m", Level(77), ());
+    let rw = RwLock::named("st-json-all-rw", ());
+    drop(m.lock().unwrap());
+    let text = serde_json::to_string(&sync_kit::stats::all()).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let entries = v.as_array().expect("a JSON array");
+    let find = |name: &str| {
+        entries
+            .iter()
+            .find(|e| e["name"] == json!(name))
+            .unwrap_or_else(|| panic!("{name} missing from {text}"))
+    };
+    let em = find("st-json-all-m");
+    assert_eq!(em["level"], json!(77));
+    assert_eq!(em["kind"], json!("mutex"));
+    assert_eq!(em["stats"]["acquisitions"], json!(1));
+    assert_eq!(em["stats"]["contentions"], json!(0));
+    assert_eq!(em["stats"]["total_wait_ns"], json!(0));
+    let erw = find("st-json-all-rw");
+    assert_eq!(erw["level"], Value::Null);
+    assert_eq!(erw["kind"], json!("rwlock"));
+    assert_eq!(erw["stats"]["acquisitions"], json!(0));
+    drop((m, rw));
+}
+
+#[test]
+fn detector_counters_increase_and_serialize() {
+    let _serial = serial();
+    bounded("detector counters", || {
+        let before = sync_kit::deadlock::stats();
+
+        let m = Mutex::named("st-det-m", ());
+        let g = m.lock().unwrap();
+        assert!(matches!(m.lock(), Err(LockError::Deadlock(_))));
+        drop(g);
+
+        let high = Mutex::with_level("st-det-high", Level(2), ());
+        let low = RwLock::with_level("st-det-low", Level(1), ());
+        let h = high.lock().unwrap();
+        assert!(matches!(low.read(), Err(LockError::LevelViolation { .. })));
+        assert!(matches!(
+            low.try_write(),
+            Err(LockError::LevelViolation { .. })
+        ));
+        drop(h);
+
+        let after = sync_kit::deadlock::stats();
+        assert!(
+            after.cycles_detected > before.cycles_detected,
+            "cycles_detected {} -> {}",
+            before.cycles_detected,
+            after.cycles_detected
+        );
+        assert!(
+            after.level_violations >= before.level_violations + 2,
+            "level_violations {} -> {}",
+            before.level_violations,
+            after.level_violations
+        );
+        assert!(after.waits_registered >= before.waits_registered);
+
+        let v = serde_json::to_value(after).unwrap();
+        let obj = v.as_object().expect("a JSON object");
+        for key in [
+            "waits_registered",
+            "cycles_detected",
+            "level_violations",
+            "threads_waiting",
+        ] {
+            assert!(obj[key].is_u64(), "{key} in {v}");
+        }
+        assert_eq!(obj["cycles_detected"], json!(after.cycles_detected));
+        assert_eq!(obj["level_violations"], json!(after.level_violations));
+        assert_eq!(obj["threads_waiting"], json!(after.threads_waiting));
+    });
+}
