@@ -17,14 +17,19 @@ pub const DEFAULT_PREEMPTIONS: usize = 2;
 
 /// Runs `f` under loom for every interleaving within the preemption bound
 /// (`LOOM_MAX_PREEMPTIONS` if set, else [`DEFAULT_PREEMPTIONS`]).
+///
+/// With `LOOM_MAX_PREEMPTIONS` set this is exactly `loom::model`, which also honours `LOOM_LOG`
+/// and `LOOM_LOCATION` for a trace of the failing interleaving.
 #[cfg(loom)]
 pub fn model<F>(f: F)
 where
     F: Fn() + Sync + Send + 'static,
 {
-    let mut builder = loom::model::Builder::new();
-    if builder.preemption_bound.is_none() {
+    if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_some() {
+        loom::model(f);
+    } else {
+        let mut builder = loom::model::Builder::new();
         builder.preemption_bound = Some(DEFAULT_PREEMPTIONS);
+        builder.check(f);
     }
-    builder.check(f);
 }

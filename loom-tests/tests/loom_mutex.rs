@@ -1,5 +1,5 @@
-#![cfg(loom)]
 //! loom models of `sync_kit::Mutex`: mutual exclusion, no lost wake-up, timeout clean-up.
+#![cfg(loom)]
 
 use std::sync::atomic::{AtomicBool, Ordering as StdOrdering};
 use std::time::Duration;
@@ -13,7 +13,9 @@ use sync_kit::{LockError, Mutex};
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 fn increment(counter: &Mutex<usize>) {
-    let mut guard = counter.lock().expect("unleveled mutex, one lock held: never refused");
+    let mut guard = counter
+        .lock()
+        .expect("unleveled mutex, one lock held: never refused");
     // A read and a separate write: a second thread inside would lose an update (and loom's
     // UnsafeCell tracking inside sync-kit would report the concurrent access first).
     let seen = *guard;
@@ -44,11 +46,15 @@ fn mutex_mutual_exclusion() {
             SAW_CONTENTION.store(true, StdOrdering::Relaxed);
         }
     });
-    assert!(SAW_CONTENTION.load(StdOrdering::Relaxed), "no explored execution ever waited");
+    assert!(
+        SAW_CONTENTION.load(StdOrdering::Relaxed),
+        "no explored execution ever waited"
+    );
 }
 
-/// Three spawned threads contend, each holding the mutex across a second access: whoever parks
-/// is always woken (loom reports a deadlock if a thread is left parked when all others finish).
+/// Three spawned threads contend while main only joins: whoever parks is always woken (loom
+/// reports a deadlock if a thread is left parked when all others finish), with up to two threads
+/// parked at once (the unlock that finds more sleepers must keep PARKED set).
 #[test]
 fn mutex_no_lost_wakeup_three_threads() {
     model(|| {

@@ -1,6 +1,6 @@
-#![cfg(loom)]
 //! loom models of `sync_kit::mvcc::MvccMap`: the commit and snapshot paths under every
 //! interleaving (its internal lock comes from loom through sync-kit's facade).
+#![cfg(loom)]
 
 use loom::sync::Arc;
 use loom::thread;

@@ -1,5 +1,5 @@
-#![cfg(loom)]
 //! loom model of the token bucket's compare-exchange update: concurrent grants add up exactly.
+#![cfg(loom)]
 
 use loom::sync::Arc;
 use loom::thread;

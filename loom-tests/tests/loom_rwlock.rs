@@ -1,6 +1,6 @@
-#![cfg(loom)]
 //! loom models of `sync_kit::RwLock`: writers exclude everyone, readers share, nobody parked is
 //! left asleep, and timed writers that give up re-admit the readers they held back.
+#![cfg(loom)]
 
 use std::sync::atomic::{AtomicBool, Ordering as StdOrdering};
 use std::time::Duration;
@@ -19,14 +19,18 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 type Pair = (usize, usize);
 
 fn write_pair(lock: &RwLock<Pair>) {
-    let mut guard = lock.write().expect("unleveled lock, nothing else held: never refused");
+    let mut guard = lock
+        .write()
+        .expect("unleveled lock, nothing else held: never refused");
     guard.0 += 1;
     thread::yield_now();
     guard.1 += 1;
 }
 
 fn read_pair(lock: &RwLock<Pair>) -> usize {
-    let guard = lock.read().expect("unleveled lock, nothing else held: never refused");
+    let guard = lock
+        .read()
+        .expect("unleveled lock, nothing else held: never refused");
     let (a, b) = *guard;
     assert_eq!(a, b, "a reader saw a half-done write");
     a
@@ -96,7 +100,9 @@ fn rwlock_readers_share_and_exclude_writers() {
         let other_reader = {
             let lock = Arc::clone(&lock);
             thread::spawn(move || {
-                let guard = lock.try_read().expect("a second reader must share the lock");
+                let guard = lock
+                    .try_read()
+                    .expect("a second reader must share the lock");
                 assert_eq!(*guard, 7);
                 // The main thread holds its read lock until after this thread is joined.
                 assert_eq!(lock.reader_count(), 2);
@@ -146,7 +152,10 @@ fn rwlock_two_blocking_readers_can_overlap() {
         }
         assert_eq!(lock.stats().acquisitions, 2);
     });
-    assert!(SAW_OVERLAP.load(StdOrdering::Relaxed), "two readers never held the lock together");
+    assert!(
+        SAW_OVERLAP.load(StdOrdering::Relaxed),
+        "two readers never held the lock together"
+    );
 }
 
 /// Timed and blocking acquisitions mixed: a blocking writer, a timed writer and a timed reader
@@ -195,6 +204,7 @@ fn rwlock_timeouts_mixed_with_blocking() {
 /// left parked is a deadlock loom reports.
 #[test]
 fn rwlock_timed_out_writer_readmits_blocked_readers() {
+    static SAW_READER_WAIT: AtomicBool = AtomicBool::new(false);
     model(|| {
         let lock = Arc::new(RwLock::new(0usize));
         let guard = lock.read().unwrap();
@@ -207,11 +217,23 @@ fn rwlock_timed_out_writer_readmits_blocked_readers() {
             thread::spawn(move || *lock.read().unwrap())
         };
         assert_eq!(reader.join().unwrap(), 0);
-        assert!(matches!(timed_writer.join().unwrap(), Err(LockError::Timeout)));
+        assert!(matches!(
+            timed_writer.join().unwrap(),
+            Err(LockError::Timeout)
+        ));
+        // Only the blocking reader can have waited (main's read was first, the writer timed
+        // out): it waited because the timed writer had set writer preference.
+        if lock.stats().contentions > 0 {
+            SAW_READER_WAIT.store(true, StdOrdering::Relaxed);
+        }
         drop(guard);
         *lock.write().unwrap() += 1;
         assert_eq!(*lock.read().unwrap(), 1);
     });
+    assert!(
+        SAW_READER_WAIT.load(StdOrdering::Relaxed),
+        "no explored run had the reader wait behind the timed writer"
+    );
 }
 
 /// The same with a blocked writer: main holds a write lock, a timed writer gives up, a blocking
@@ -234,7 +256,10 @@ fn rwlock_timed_out_writer_does_not_strand_blocked_writer() {
             let lock = Arc::clone(&lock);
             thread::spawn(move || read_pair(&lock))
         };
-        assert!(matches!(timed_writer.join().unwrap(), Err(LockError::Timeout)));
+        assert!(matches!(
+            timed_writer.join().unwrap(),
+            Err(LockError::Timeout)
+        ));
         drop(guard);
         blocking_writer.join().unwrap();
         assert!(reader.join().unwrap() <= 1);

@@ -18,12 +18,12 @@
 //! let b = Arc::new(Mutex::named("b", ()));
 //! let (tx, rx) = std::sync::mpsc::channel();
 //! let (a2, b2) = (a.clone(), b.clone());
+//! let _a = a.lock()?; // this thread holds `a` ...
 //! let other = std::thread::spawn(move || {
-//!     let _b = b2.lock().unwrap();
+//!     let _b = b2.lock().unwrap(); // ... the other holds `b` ...
 //!     tx.send(()).unwrap();
-//!     a2.lock().map(drop) // waits for `a`, or is refused if it would close the cycle
+//!     a2.lock().map(drop) // ... and waits for `a`, or is refused if it would close the cycle
 //! });
-//! let _a = a.lock()?;
 //! rx.recv().unwrap();
 //! // Classic ABBA: exactly one of the two acquisitions is refused; the other then proceeds.
 //! let mine = b.lock().map(drop);

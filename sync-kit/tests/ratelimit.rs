@@ -539,7 +539,10 @@ fn the_highest_rate_stays_limited_for_centuries() {
     assert_eq!(bucket.try_acquire(1), Ok(()));
     // The clock is frozen: nothing beyond the burst may be granted.
     let extra = (0..100).filter(|_| bucket.try_acquire(1).is_ok()).count();
-    assert_eq!(extra, 0, "granted {extra} tokens beyond the burst with no time elapsed");
+    assert_eq!(
+        extra, 0,
+        "granted {extra} tokens beyond the burst with no time elapsed"
+    );
     clock.advance(Duration::from_nanos(1));
     assert_eq!(bucket.try_acquire(1), Ok(()));
 }

@@ -37,18 +37,43 @@ struct WaitForGraph {
 #[must_use]
 pub(crate) struct WaitRegistration {
     thread: ThreadId,
+    left: bool,
+}
+
+impl WaitRegistration {
+    /// Runs `attempt` under the graph's lock; if it acquires the lock, the thread leaves the
+    /// graph before the graph's lock is released.
+    pub(crate) fn attempt_and_leave(&mut self, attempt: &mut dyn FnMut() -> bool) -> bool {
+        if self.left {
+            return attempt();
+        }
+        let mut graph = GRAPH.lock();
+        let acquired = attempt();
+        if acquired {
+            graph.remove(self.thread);
+            self.left = true;
+            WAITING_NOW.fetch_sub(1, Ordering::Relaxed);
+        }
+        acquired
+    }
 }
 
 impl Drop for WaitRegistration {
     fn drop(&mut self) {
-        GRAPH.lock().remove(self.thread);
-        WAITING_NOW.fetch_sub(1, Ordering::Relaxed);
+        if !self.left {
+            GRAPH.lock().remove(self.thread);
+            WAITING_NOW.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
-/// Enters the current thread in the graph as waiting for `wants`, unless that closes a cycle.
+/// Enters the current thread in the graph as waiting for `wants`, unless that closes a cycle;
+/// `announce` marks the wait in the lock word, under the graph's lock, when it is accepted.
 #[cold]
-pub(crate) fn begin_wait(wants: LockUse) -> Result<WaitRegistration, DeadlockReport> {
+pub(crate) fn begin_wait(
+    wants: LockUse,
+    announce: &mut dyn FnMut(),
+) -> Result<WaitRegistration, DeadlockReport> {
     let current = thread::current();
     let id = current.id();
     let waiter = Waiter {
@@ -63,9 +88,13 @@ pub(crate) fn begin_wait(wants: LockUse) -> Result<WaitRegistration, DeadlockRep
         CYCLES.fetch_add(1, Ordering::Relaxed);
         return Err(DeadlockReport::new(cycle));
     }
+    announce();
     WAITS.fetch_add(1, Ordering::Relaxed);
     WAITING_NOW.fetch_add(1, Ordering::Relaxed);
-    Ok(WaitRegistration { thread: id })
+    Ok(WaitRegistration {
+        thread: id,
+        left: false,
+    })
 }
 
 impl WaitForGraph {

@@ -17,8 +17,10 @@
 //!   readers behind waiting writers).
 //!
 //! If the path exists the thread removes itself and its call returns
-//! [`LockError::Deadlock`](crate::LockError::Deadlock); otherwise it sleeps, and removes itself
-//! when it wakes with the lock, times out or gives up.
+//! [`LockError::Deadlock`](crate::LockError::Deadlock); otherwise it sleeps. Every later attempt
+//! to take the lock runs under the graph's mutex, and the attempt that succeeds removes the
+//! thread in the same critical section: a search never sees a thread that already holds what it
+//! is registered as waiting for. A thread that times out removes itself on the way out.
 //!
 //! # Why only waiting threads
 //!
@@ -36,7 +38,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
-pub(crate) use graph::begin_wait;
+pub(crate) use graph::{WaitRegistration, begin_wait};
 pub use report::{BlockedBy, CycleStep, DeadlockReport, ThreadInfo};
 
 // Plain counters for diagnostics; they order no other memory (hence std atomics even under loom).

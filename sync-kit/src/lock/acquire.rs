@@ -5,15 +5,17 @@
 //! 2. Fast path: one compare-exchange on the lock word. On success: count the acquisition, push
 //!    the hold on the thread's list. Nothing global is touched.
 //! 3. Slow path (`#[cold]`): the raw lock spins, then, right before it would sleep, calls the hook
-//!    that registers the wait in the deadlock detector (which may refuse it). When the raw lock
-//!    returns, the registration is dropped (the thread leaves the graph) and the wait is counted.
+//!    that registers the wait in the deadlock detector (which may refuse it). From then on each
+//!    attempt to take the lock runs under the graph's lock, and the attempt that succeeds leaves
+//!    the graph in the same critical section; a timeout leaves it when the raw lock returns. Then
+//!    the wait is counted.
 
 use std::panic::Location;
 use std::time::{Duration, Instant};
 
 use super::meta::{AccessMode, LockMeta, LockUse};
-use super::{Deadline, SlowPathError};
-use crate::deadlock::{self, DeadlockReport};
+use super::{Deadline, SlowPathError, WaitHooks};
+use crate::deadlock::{self, DeadlockReport, WaitRegistration};
 use crate::error::LockError;
 use crate::held::{self, LevelRule};
 
@@ -38,12 +40,35 @@ impl Wait {
     }
 }
 
-/// The raw slow path of one lock and mode: waits per the deadline, calling the hook before it
-/// first sleeps; returns whether it had to wait.
+/// The raw slow path of one lock and mode: waits per the deadline, calling the hooks; returns
+/// whether it had to wait.
 pub(crate) type SlowPath<'a> = &'a dyn Fn(
     Deadline,
-    &mut dyn FnMut() -> Result<(), DeadlockReport>,
+    &mut dyn WaitHooks<Refusal = DeadlockReport>,
 ) -> Result<bool, SlowPathError<DeadlockReport>>;
+
+/// The deadlock detector, as the raw slow path sees it.
+struct DetectorHooks {
+    request: LockUse,
+    registration: Option<WaitRegistration>,
+}
+
+impl WaitHooks for DetectorHooks {
+    type Refusal = DeadlockReport;
+
+    fn about_to_park(&mut self, announce: &mut dyn FnMut()) -> Result<(), DeadlockReport> {
+        self.registration = Some(deadlock::begin_wait(self.request, announce)?);
+        Ok(())
+    }
+
+    fn attempt(&mut self, attempt: &mut dyn FnMut() -> bool) -> bool {
+        match &mut self.registration {
+            // Not in the graph: no search can see this thread.
+            None => attempt(),
+            Some(registration) => registration.attempt_and_leave(attempt),
+        }
+    }
+}
 
 /// Runs the protocol. `fast` is one attempt on the lock word; `slow` is the raw slow path.
 #[inline]
@@ -78,13 +103,13 @@ fn acquire_slow(
         mode,
         at,
     };
-    let mut registration = None;
-    let result = slow(wait.deadline(start), &mut || {
-        registration = Some(deadlock::begin_wait(request)?);
-        Ok(())
-    });
-    // Leave the wait-for graph before doing anything else with (or without) the lock.
-    drop(registration);
+    let mut hooks = DetectorHooks {
+        request,
+        registration: None,
+    };
+    let result = slow(wait.deadline(start), &mut hooks);
+    // A thread that acquired has left the graph already; one that timed out leaves it here.
+    drop(hooks.registration);
     match result {
         Ok(waited) => {
             if waited {

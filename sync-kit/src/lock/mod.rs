@@ -44,6 +44,27 @@ impl Deadline {
     }
 }
 
+/// What the typed layer plugs into a raw slow path.
+///
+/// The raw state machines call [`about_to_park`](WaitHooks::about_to_park) once, the first time a
+/// thread decides to sleep, and route every compare-exchange that could acquire the lock through
+/// [`attempt`](WaitHooks::attempt). sync-kit's detector uses the first to enter the wait-for graph
+/// (or refuse the wait), and the second so that, once registered, a thread acquires the lock and
+/// leaves the graph in one critical section of the graph's lock: no cycle search can ever see a
+/// thread that already holds what it is registered as waiting for.
+pub(crate) trait WaitHooks {
+    /// Why a wait was refused.
+    type Refusal;
+    /// The thread is about to sleep for the first time in this acquisition. If the wait is
+    /// accepted, `announce` (which sets the lock's "parked" bit for this kind of waiter) must run
+    /// in the same critical section as the decision: from the moment a waiter can be seen in the
+    /// wait-for graph, the lock word already shows it waiting (so a queued writer already holds
+    /// back new readers, exactly as the graph's edges say).
+    fn about_to_park(&mut self, announce: &mut dyn FnMut()) -> Result<(), Self::Refusal>;
+    /// Runs one acquisition attempt; returns its outcome.
+    fn attempt(&mut self, attempt: &mut dyn FnMut() -> bool) -> bool;
+}
+
 /// Why a raw slow path returned without the lock.
 #[derive(Debug)]
 pub(crate) enum SlowPathError<E> {

@@ -14,11 +14,12 @@
 //! only under that queue lock, by the unpark callback or by the last waiter that times out. So an
 //! unlock that sees PARKED clear has nobody to wake: no wake-up is lost.
 //!
-//! The hook `about_to_park` runs once per acquisition, the first time the thread has decided to
-//! sleep. That is where sync-kit's deadlock detector registers the wait; a hook that returns an
-//! error aborts the acquisition before the thread ever sleeps.
+//! The [`WaitHooks`] run on the slow path only: `about_to_park` once per acquisition, the first
+//! time the thread has decided to sleep (where sync-kit's deadlock detector registers the wait; an
+//! error aborts the acquisition before the thread ever sleeps), and `attempt` around every
+//! compare-exchange that could acquire the lock.
 
-use super::{Deadline, SlowPathError};
+use super::{Deadline, SlowPathError, WaitHooks};
 use crate::loom::SpinWait;
 use crate::loom::atomic::{AtomicU8, Ordering};
 use crate::loom::park::{ParkResult, ParkingLot, TOKEN_RETRY};
@@ -59,26 +60,31 @@ impl RawMutex {
     pub(crate) fn lock_slow<E>(
         &self,
         deadline: Deadline,
-        about_to_park: &mut dyn FnMut() -> Result<(), E>,
+        hooks: &mut dyn WaitHooks<Refusal = E>,
     ) -> Result<bool, SlowPathError<E>> {
-        let mut spin = SpinWait::default();
+        let mut spin = SpinWait::new();
         let mut hooked = false;
         let mut waited = false;
         let mut state = self.state.load(Ordering::Relaxed);
         loop {
             if state & LOCKED == 0 {
-                match self.state.compare_exchange_weak(
-                    state,
-                    state | LOCKED,
-                    Ordering::Acquire,
-                    Ordering::Relaxed,
-                ) {
-                    Ok(_) => return Ok(waited),
-                    Err(now) => {
-                        state = now;
-                        continue;
-                    }
+                let mut current = state;
+                let acquired = hooks.attempt(&mut || {
+                    self.state
+                        .compare_exchange_weak(
+                            current,
+                            current | LOCKED,
+                            Ordering::Acquire,
+                            Ordering::Relaxed,
+                        )
+                        .map_err(|now| current = now)
+                        .is_ok()
+                });
+                if acquired {
+                    return Ok(waited);
                 }
+                state = current;
+                continue;
             }
             waited = true;
             if deadline.is_now() {
@@ -90,7 +96,9 @@ impl RawMutex {
                 continue;
             }
             if !hooked {
-                about_to_park().map_err(SlowPathError::Refused)?;
+                hooks
+                    .about_to_park(&mut || self.announce(LOCKED, PARKED))
+                    .map_err(SlowPathError::Refused)?;
                 hooked = true;
             }
             if state & PARKED == 0
@@ -122,8 +130,24 @@ impl RawMutex {
                 ParkResult::Unparked(_) | ParkResult::Invalid => {}
                 ParkResult::TimedOut => return Err(SlowPathError::TimedOut),
             }
-            spin = SpinWait::default();
+            spin = SpinWait::new();
             state = self.state.load(Ordering::Relaxed);
+        }
+    }
+
+    /// Sets `parked` unless the lock became free (no bit in `busy` set) meanwhile.
+    fn announce(&self, busy: u8, parked: u8) {
+        let mut state = self.state.load(Ordering::Relaxed);
+        while state & busy != 0 && state & parked == 0 {
+            match self.state.compare_exchange_weak(
+                state,
+                state | parked,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(now) => state = now,
+            }
         }
     }
 

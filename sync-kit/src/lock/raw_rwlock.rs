@@ -15,15 +15,19 @@
 //! (Readers can be starved by a continuous stream of writers; that is the documented price.)
 //!
 //! Writers park on key `addr + 1`, readers on key `addr`. Invariants, maintained like the mutex's
-//! PARKED bit (set before parking, re-validated under the queue lock, cleared under it):
+//! PARKED bit (set before parking, re-validated under the queue lock):
+//! - A waiter announces itself (sets its PARKED bit) in the same critical section as its accepted
+//!   registration in the deadlock detector's graph, so the graph's "reader queued behind a
+//!   waiting writer" edges are exactly the lock word's.
 //! - READER_PARKED is set whenever a reader is parked. Whoever makes the lock available to
 //!   readers (clears WRITER or WRITER_PARKED) wakes all parked readers if it is set.
-//! - WRITER_PARKED is set whenever a writer is parked. Whoever makes the lock available to writers
-//!   (the last reader out, a writer unlocking) wakes one parked writer if it is set. The bit is
-//!   left set when that writer is woken, so readers cannot slip in before it; it is cleared by an
-//!   unpark that finds no writer, or by the last parked writer timing out.
+//! - WRITER_PARKED is set whenever a writer is parked or on its way to park. The last reader out
+//!   wakes one parked writer and leaves the bit set even if none is in the queue yet (that writer
+//!   is between announcing itself and sleeping; its `validate` fails on the free lock and it takes
+//!   it), so no reader slips in first. The bit is cleared by a writer's unlock that finds no
+//!   writer in the queue, or by the last parked writer timing out; both then wake the readers.
 
-use super::{Deadline, SlowPathError};
+use super::{Deadline, SlowPathError, WaitHooks};
 use crate::loom::SpinWait;
 use crate::loom::atomic::{AtomicUsize, Ordering};
 use crate::loom::park::{ParkResult, ParkingLot, TOKEN_RETRY, UnparkResult};
@@ -87,29 +91,29 @@ impl RawRwLock {
     pub(crate) fn read_slow<E>(
         &self,
         deadline: Deadline,
-        about_to_park: &mut dyn FnMut() -> Result<(), E>,
+        hooks: &mut dyn WaitHooks<Refusal = E>,
     ) -> Result<bool, SlowPathError<E>> {
-        let mut spin = SpinWait::default();
+        let mut spin = SpinWait::new();
         let mut hooked = false;
         let mut waited = false;
         let mut state = self.state.load(Ordering::Relaxed);
         loop {
             if Self::reader_may_enter(state) {
-                let next = state
-                    .checked_add(ONE_READER)
-                    .expect("reader count overflow");
-                match self.state.compare_exchange_weak(
-                    state,
-                    next,
-                    Ordering::Acquire,
-                    Ordering::Relaxed,
-                ) {
-                    Ok(_) => return Ok(waited),
-                    Err(now) => {
-                        state = now;
-                        continue;
-                    }
+                let mut current = state;
+                let acquired = hooks.attempt(&mut || {
+                    let next = current
+                        .checked_add(ONE_READER)
+                        .expect("reader count overflow");
+                    self.state
+                        .compare_exchange_weak(current, next, Ordering::Acquire, Ordering::Relaxed)
+                        .map_err(|now| current = now)
+                        .is_ok()
+                });
+                if acquired {
+                    return Ok(waited);
                 }
+                state = current;
+                continue;
             }
             waited = true;
             if deadline.is_now() {
@@ -120,7 +124,11 @@ impl RawRwLock {
                 continue;
             }
             if !hooked {
-                about_to_park().map_err(SlowPathError::Refused)?;
+                hooks
+                    .about_to_park(&mut || {
+                        self.announce(|s| !Self::reader_may_enter(s), READER_PARKED)
+                    })
+                    .map_err(SlowPathError::Refused)?;
                 hooked = true;
             }
             if state & READER_PARKED == 0
@@ -152,8 +160,24 @@ impl RawRwLock {
             if parked == ParkResult::TimedOut {
                 return Err(SlowPathError::TimedOut);
             }
-            spin = SpinWait::default();
+            spin = SpinWait::new();
             state = self.state.load(Ordering::Relaxed);
+        }
+    }
+
+    /// Sets `parked` while `blocked(state)` holds (the waiter would still have to sleep).
+    fn announce(&self, blocked: impl Fn(usize) -> bool, parked: usize) {
+        let mut state = self.state.load(Ordering::Relaxed);
+        while blocked(state) && state & parked == 0 {
+            match self.state.compare_exchange_weak(
+                state,
+                state | parked,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(now) => state = now,
+            }
         }
     }
 
@@ -166,7 +190,21 @@ impl RawRwLock {
         let before = self.state.fetch_sub(ONE_READER, Ordering::Release);
         // Last reader out while a writer waits: hand the lock over.
         if before & (READERS_MASK | WRITER_PARKED) == ONE_READER | WRITER_PARKED {
-            self.wake_writer_or_readers();
+            self.wake_writer();
+        }
+    }
+
+    /// The last reader left while WRITER_PARKED was set: wake one writer. If none is in the
+    /// queue yet, the bit belongs to a writer between announcing itself and sleeping (readers
+    /// inside means no writer holds the lock, and a writer that gave up cleared the bit itself);
+    /// it is left set, so no new reader slips in before that writer, whose `validate` will now
+    /// fail and send it back to take the free lock.
+    #[cold]
+    fn wake_writer(&self) {
+        // SAFETY: the key is derived from this lock's address and the lock is alive; the
+        // callback does nothing.
+        unsafe {
+            self.parking.unpark_one(self.writer_key(), |_| TOKEN_RETRY);
         }
     }
 
@@ -190,26 +228,31 @@ impl RawRwLock {
     pub(crate) fn write_slow<E>(
         &self,
         deadline: Deadline,
-        about_to_park: &mut dyn FnMut() -> Result<(), E>,
+        hooks: &mut dyn WaitHooks<Refusal = E>,
     ) -> Result<bool, SlowPathError<E>> {
-        let mut spin = SpinWait::default();
+        let mut spin = SpinWait::new();
         let mut hooked = false;
         let mut waited = false;
         let mut state = self.state.load(Ordering::Relaxed);
         loop {
             if Self::writer_may_enter(state) {
-                match self.state.compare_exchange_weak(
-                    state,
-                    state | WRITER,
-                    Ordering::Acquire,
-                    Ordering::Relaxed,
-                ) {
-                    Ok(_) => return Ok(waited),
-                    Err(now) => {
-                        state = now;
-                        continue;
-                    }
+                let mut current = state;
+                let acquired = hooks.attempt(&mut || {
+                    self.state
+                        .compare_exchange_weak(
+                            current,
+                            current | WRITER,
+                            Ordering::Acquire,
+                            Ordering::Relaxed,
+                        )
+                        .map_err(|now| current = now)
+                        .is_ok()
+                });
+                if acquired {
+                    return Ok(waited);
                 }
+                state = current;
+                continue;
             }
             waited = true;
             if deadline.is_now() {
@@ -220,7 +263,11 @@ impl RawRwLock {
                 continue;
             }
             if !hooked {
-                about_to_park().map_err(SlowPathError::Refused)?;
+                hooks
+                    .about_to_park(&mut || {
+                        self.announce(|s| !Self::writer_may_enter(s), WRITER_PARKED)
+                    })
+                    .map_err(SlowPathError::Refused)?;
                 hooked = true;
             }
             if state & WRITER_PARKED == 0
@@ -258,7 +305,7 @@ impl RawRwLock {
                 }
                 return Err(SlowPathError::TimedOut);
             }
-            spin = SpinWait::default();
+            spin = SpinWait::new();
             state = self.state.load(Ordering::Relaxed);
         }
     }
@@ -282,8 +329,9 @@ impl RawRwLock {
 
     // ----- wake-ups -----
 
-    /// Called when the lock has just become free with WRITER_PARKED or READER_PARKED possibly set:
-    /// wakes one writer if any is parked, otherwise clears WRITER_PARKED and wakes the readers.
+    /// Called by a writer's unlock with WRITER_PARKED or READER_PARKED possibly set: wakes one
+    /// writer if any is parked, otherwise clears WRITER_PARKED (the unlocking writer's own, or one
+    /// whose writer will find the lock free and re-announce) and wakes the readers.
     #[cold]
     fn wake_writer_or_readers(&self) {
         if self.state.load(Ordering::Relaxed) & WRITER_PARKED != 0 {

@@ -106,11 +106,14 @@ impl<T> InternalMutex<T> {
 
 /// Bounded spinning before a thread parks (exponential back-off, then yields).
 #[cfg(not(loom))]
-#[derive(Default)]
 pub(crate) struct SpinWait(parking_lot_core::SpinWait);
 
 #[cfg(not(loom))]
 impl SpinWait {
+    pub(crate) fn new() -> Self {
+        Self(parking_lot_core::SpinWait::new())
+    }
+
     /// Spins once more; `false` once spinning is no longer worth it.
     #[inline]
     pub(crate) fn spin(&mut self) -> bool {
@@ -120,11 +123,14 @@ impl SpinWait {
 
 /// Under loom spinning is pointless: every retry is already an explored interleaving.
 #[cfg(loom)]
-#[derive(Default)]
 pub(crate) struct SpinWait;
 
 #[cfg(loom)]
 impl SpinWait {
+    pub(crate) fn new() -> Self {
+        SpinWait
+    }
+
     #[inline]
     pub(crate) fn spin(&mut self) -> bool {
         false
