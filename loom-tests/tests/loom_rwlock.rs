@@ -238,7 +238,7 @@ fn rwlock_timed_out_writer_readmits_blocked_readers() {
 
 /// The same with a blocked writer: main holds a write lock, a timed writer gives up, a blocking
 /// writer and a blocking reader wait. After main unlocks, both must get in (the timed-out writer
-/// clears WRITER_PARKED only if no other writer is queued).
+/// uncounts itself; readers are let in only once no writer is counted).
 #[test]
 fn rwlock_timed_out_writer_does_not_strand_blocked_writer() {
     model(|| {

@@ -1,14 +1,12 @@
 //! loom models of `sync_kit::RwLock`'s writer preference, asserting exactly what
 //! `raw_rwlock.rs` guarantees.
 //!
-//! What holds: once a writer that must wait for readers has announced itself (WRITER_PARKED,
-//! set in the same critical section as its accepted wait-for-graph registration), no new reader
-//! enters until that writer has written: the bit is cleared only by a writer unlocking or by the
-//! last sleeping writer giving up (timeout); the last reader out leaves it set even when the
-//! writer has not reached the parking queue yet. A re-read by one of the readers inside is
-//! refused as a deadlock. The only public probe of the bit is a `try_read` by a thread that
-//! already holds a read lock: with no writer holding (impossible while we read), it fails exactly
-//! when WRITER_PARKED is set.
+//! What holds: once a writer that must wait for readers has been counted among the waiting
+//! writers (in the same critical section as its accepted wait-for-graph registration), no new
+//! reader enters until that writer has written or given up. A re-read by one of the readers
+//! inside is refused as a deadlock. The only public probe of "a writer waits" is a `try_read` by
+//! a thread that already holds a read lock: with no writer holding (impossible while we read), it
+//! fails exactly when a writer is counted.
 #![cfg(loom)]
 
 use loom::sync::Arc;
@@ -19,7 +17,7 @@ use sync_kit::deadlock::BlockedBy;
 use sync_kit::{LockError, RwLock};
 
 /// Spins (yielding to loom) until a writer is observed waiting: `try_read` by this thread, which
-/// holds a read lock, fails only while WRITER_PARKED is set.
+/// holds a read lock, fails only while a writer is counted as waiting.
 fn wait_until_writer_queued<T>(lock: &RwLock<T>) {
     loop {
         match lock.try_read() {
@@ -107,9 +105,9 @@ fn new_reader_waits_behind_queued_writer() {
 
 /// Before a writer is queued, re-reading is allowed (no writer waits, so no deadlock); a writer
 /// that arrives meanwhile still gets in once both read guards are gone. Checks that the
-/// detector never refuses the re-read when the writer is merely registered but not yet queued
-/// (it registers before it sets WRITER_PARKED): the re-read either succeeds or, if it found the
-/// writer queued, is refused, never anything else and never a hang.
+/// detector never refuses the re-read unless the writer is queued (registered and counted, in
+/// one critical section): the re-read either succeeds or, if it found the writer queued, is
+/// refused, never anything else and never a hang.
 #[test]
 fn reentrant_read_races_arriving_writer() {
     model(|| {
@@ -133,13 +131,12 @@ fn reentrant_read_races_arriving_writer() {
     });
 }
 
-/// R2 arrives only after W was observed queued (WRITER_PARKED set while R1 reads); when R1
-/// releases, W writes before R2 reads, in every interleaving.
+/// R2 arrives only after W was observed queued (counted while R1 reads); when R1 releases, W
+/// writes before R2 reads, in every interleaving.
 ///
-/// History: loom first found a counterexample here. W had set WRITER_PARKED but not yet entered
-/// the parking queue; R1's unlock found no writer in the queue, cleared the bit as stale, and R2
-/// overtook W. The last reader's unlock now leaves the bit set (a writer that announced itself is
-/// on its way: its `validate` fails on the free lock and it takes it).
+/// History: loom first found a counterexample here. W had set a "writer parked" bit but not yet
+/// entered the parking queue; R1's unlock found no writer in the queue, cleared the bit as
+/// stale, and R2 overtook W. The lock word now counts waiting writers, so no unlock guesses.
 #[test]
 fn writer_first_after_release() {
     model(|| {

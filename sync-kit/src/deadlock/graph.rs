@@ -58,6 +58,21 @@ impl WaitRegistration {
     }
 }
 
+impl WaitRegistration {
+    /// Leaves the graph without the lock, running `undo` under the graph's lock first.
+    pub(crate) fn leave_with(&mut self, undo: &mut dyn FnMut()) {
+        if self.left {
+            undo();
+            return;
+        }
+        let mut graph = GRAPH.lock();
+        undo();
+        graph.remove(self.thread);
+        self.left = true;
+        WAITING_NOW.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Drop for WaitRegistration {
     fn drop(&mut self) {
         if !self.left {

@@ -68,6 +68,13 @@ impl WaitHooks for DetectorHooks {
             Some(registration) => registration.attempt_and_leave(attempt),
         }
     }
+
+    fn give_up(&mut self, undo: &mut dyn FnMut()) {
+        match &mut self.registration {
+            None => undo(),
+            Some(registration) => registration.leave_with(undo),
+        }
+    }
 }
 
 /// Runs the protocol. `fast` is one attempt on the lock word; `slow` is the raw slow path.

@@ -63,6 +63,9 @@ pub(crate) trait WaitHooks {
     fn about_to_park(&mut self, announce: &mut dyn FnMut()) -> Result<(), Self::Refusal>;
     /// Runs one acquisition attempt; returns its outcome.
     fn attempt(&mut self, attempt: &mut dyn FnMut() -> bool) -> bool;
+    /// The wait ends without the lock (timeout): `undo` (which withdraws what `announce` did,
+    /// where that matters to others) runs in the same critical section as leaving the graph.
+    fn give_up(&mut self, undo: &mut dyn FnMut());
 }
 
 /// Why a raw slow path returned without the lock.

@@ -2,40 +2,45 @@
 //!
 //! `state` is one word:
 //!
-//! | bits      | name          | meaning                                                         |
-//! |-----------|---------------|-----------------------------------------------------------------|
-//! | 0         | WRITER        | a writer holds the lock                                         |
-//! | 1         | WRITER_PARKED | a writer is parked, or was just woken and is about to take the lock; new readers must wait |
-//! | 2         | READER_PARKED | readers are parked                                               |
-//! | 3..       | readers       | number of readers holding the lock (`state / ONE_READER`)       |
+//! | bits   | name            | meaning                                                          |
+//! |--------|-----------------|------------------------------------------------------------------|
+//! | 0      | WRITER          | a writer holds the lock                                          |
+//! | 1      | READER_PARKED   | readers may be parked                                            |
+//! | 2..22  | waiting writers | writers that announced they wait (`(state & WAITING_MASK) / ONE_WAITING_WRITER`) |
+//! | 22..   | readers         | readers holding the lock (`state / ONE_READER`)                  |
 //!
-//! Writer preference: a reader may enter only while WRITER and WRITER_PARKED are both clear, so
-//! once a writer has decided to sleep no new reader gets in; the readers inside drain, and the
-//! last one out wakes a writer. Writers are therefore never starved by a flood of readers.
-//! (Readers can be starved by a continuous stream of writers; that is the documented price.)
+//! **Writer preference.** A reader may enter only while no writer holds the lock and no writer
+//! waits. A writer that must sleep counts itself in "waiting writers" once, and stays counted
+//! until it takes the lock (the acquiring compare-exchange uncounts it in the same step) or gives
+//! up (timeout). From the moment it is counted no new reader gets in; the readers inside drain,
+//! the last one out wakes a writer. Writers are never starved by readers; a continuous stream of
+//! writers can starve readers, the classic price.
 //!
-//! Writers park on key `addr + 1`, readers on key `addr`. Invariants, maintained like the mutex's
-//! PARKED bit (set before parking, re-validated under the queue lock):
-//! - A waiter announces itself (sets its PARKED bit) in the same critical section as its accepted
-//!   registration in the deadlock detector's graph, so the graph's "reader queued behind a
-//!   waiting writer" edges are exactly the lock word's.
-//! - READER_PARKED is set whenever a reader is parked. Whoever makes the lock available to
-//!   readers (clears WRITER or WRITER_PARKED) wakes all parked readers if it is set.
-//! - WRITER_PARKED is set whenever a writer is parked or on its way to park. The last reader out
-//!   wakes one parked writer and leaves the bit set even if none is in the queue yet (that writer
-//!   is between announcing itself and sleeping; its `validate` fails on the free lock and it takes
-//!   it), so no reader slips in first. The bit is cleared by a writer's unlock that finds no
-//!   writer in the queue, or by the last parked writer timing out; both then wake the readers.
+//! A count rather than one bit: the lock word then always says exactly whether a writer waits, so
+//! no unlock has to guess whether a "writer parked" bit is stale, and the deadlock detector's edge
+//! "this reader is queued behind that waiting writer" is true exactly as long as the writer is in
+//! the detector's graph (a writer is counted in the same critical section as its accepted
+//! registration, and uncounted in the same one as its departure).
+//!
+//! Parking: writers on key `addr + 1`, readers on key `addr`.
+//! - A counted writer sleeps only while the lock is held (`validate`: WRITER or readers). Whoever
+//!   frees the lock while writers are counted (the last reader out, a writer unlocking) wakes one
+//!   parked writer. If none is parked yet, the counted writer is on its way: its `validate` fails
+//!   on the free lock and it takes the lock. No wake-up is lost.
+//! - READER_PARKED is set before a reader sleeps and re-validated under the queue lock. Whoever
+//!   makes the lock available to readers (a writer unlocking with no writer counted, the last
+//!   counted writer giving up) clears it and wakes every parked reader.
 
 use super::{Deadline, SlowPathError, WaitHooks};
 use crate::loom::SpinWait;
 use crate::loom::atomic::{AtomicUsize, Ordering};
-use crate::loom::park::{ParkResult, ParkingLot, TOKEN_RETRY, UnparkResult};
+use crate::loom::park::{ParkResult, ParkingLot, TOKEN_RETRY};
 
-const WRITER: usize = 0b001;
-const WRITER_PARKED: usize = 0b010;
-const READER_PARKED: usize = 0b100;
-const ONE_READER: usize = 0b1000;
+const WRITER: usize = 1 << 0;
+const READER_PARKED: usize = 1 << 1;
+const ONE_WAITING_WRITER: usize = 1 << 2;
+const WAITING_MASK: usize = ((1 << 20) - 1) * ONE_WAITING_WRITER;
+const ONE_READER: usize = 1 << 22;
 const READERS_MASK: usize = !(ONE_READER - 1);
 
 /// A raw writer-preferring reader-writer lock without data or instrumentation.
@@ -65,7 +70,7 @@ impl RawRwLock {
 
     #[inline]
     fn reader_may_enter(state: usize) -> bool {
-        state & (WRITER | WRITER_PARKED) == 0
+        state & (WRITER | WAITING_MASK) == 0
     }
 
     /// One attempt to take a read lock, no waiting.
@@ -119,15 +124,13 @@ impl RawRwLock {
             if deadline.is_now() {
                 return Err(SlowPathError::TimedOut);
             }
-            if state & (WRITER_PARKED | READER_PARKED) == 0 && spin.spin() {
+            if state & (WAITING_MASK | READER_PARKED) == 0 && spin.spin() {
                 state = self.state.load(Ordering::Relaxed);
                 continue;
             }
             if !hooked {
                 hooks
-                    .about_to_park(&mut || {
-                        self.announce(|s| !Self::reader_may_enter(s), READER_PARKED)
-                    })
+                    .about_to_park(&mut || self.set_reader_parked())
                     .map_err(SlowPathError::Refused)?;
                 hooked = true;
             }
@@ -165,13 +168,13 @@ impl RawRwLock {
         }
     }
 
-    /// Sets `parked` while `blocked(state)` holds (the waiter would still have to sleep).
-    fn announce(&self, blocked: impl Fn(usize) -> bool, parked: usize) {
+    /// Sets READER_PARKED while readers are held back.
+    fn set_reader_parked(&self) {
         let mut state = self.state.load(Ordering::Relaxed);
-        while blocked(state) && state & parked == 0 {
+        while !Self::reader_may_enter(state) && state & READER_PARKED == 0 {
             match self.state.compare_exchange_weak(
                 state,
-                state | parked,
+                state | READER_PARKED,
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             ) {
@@ -188,23 +191,9 @@ impl RawRwLock {
     #[inline]
     pub(crate) unsafe fn unlock_read(&self) {
         let before = self.state.fetch_sub(ONE_READER, Ordering::Release);
-        // Last reader out while a writer waits: hand the lock over.
-        if before & (READERS_MASK | WRITER_PARKED) == ONE_READER | WRITER_PARKED {
+        // Last reader out while writers wait: wake one.
+        if before & READERS_MASK == ONE_READER && before & WAITING_MASK != 0 {
             self.wake_writer();
-        }
-    }
-
-    /// The last reader left while WRITER_PARKED was set: wake one writer. If none is in the
-    /// queue yet, the bit belongs to a writer between announcing itself and sleeping (readers
-    /// inside means no writer holds the lock, and a writer that gave up cleared the bit itself);
-    /// it is left set, so no new reader slips in before that writer, whose `validate` will now
-    /// fail and send it back to take the free lock.
-    #[cold]
-    fn wake_writer(&self) {
-        // SAFETY: the key is derived from this lock's address and the lock is alive; the
-        // callback does nothing.
-        unsafe {
-            self.parking.unpark_one(self.writer_key(), |_| TOKEN_RETRY);
         }
     }
 
@@ -231,17 +220,20 @@ impl RawRwLock {
         hooks: &mut dyn WaitHooks<Refusal = E>,
     ) -> Result<bool, SlowPathError<E>> {
         let mut spin = SpinWait::new();
-        let mut hooked = false;
+        // Whether this writer is counted in "waiting writers" (from its accepted registration
+        // until it takes the lock or gives up).
+        let mut counted = false;
         let mut waited = false;
         let mut state = self.state.load(Ordering::Relaxed);
         loop {
             if Self::writer_may_enter(state) {
+                let uncount = if counted { ONE_WAITING_WRITER } else { 0 };
                 let mut current = state;
                 let acquired = hooks.attempt(&mut || {
                     self.state
                         .compare_exchange_weak(
                             current,
-                            current | WRITER,
+                            (current | WRITER) - uncount,
                             Ordering::Acquire,
                             Ordering::Relaxed,
                         )
@@ -258,49 +250,39 @@ impl RawRwLock {
             if deadline.is_now() {
                 return Err(SlowPathError::TimedOut);
             }
-            if state & WRITER_PARKED == 0 && spin.spin() {
+            if !counted {
+                if state & WAITING_MASK == 0 && spin.spin() {
+                    state = self.state.load(Ordering::Relaxed);
+                    continue;
+                }
+                hooks
+                    .about_to_park(&mut || {
+                        let before = self.state.fetch_add(ONE_WAITING_WRITER, Ordering::Relaxed);
+                        assert!(
+                            before & WAITING_MASK != WAITING_MASK,
+                            "waiting writer overflow"
+                        );
+                    })
+                    .map_err(SlowPathError::Refused)?;
+                counted = true;
                 state = self.state.load(Ordering::Relaxed);
                 continue;
             }
-            if !hooked {
-                hooks
-                    .about_to_park(&mut || {
-                        self.announce(|s| !Self::writer_may_enter(s), WRITER_PARKED)
-                    })
-                    .map_err(SlowPathError::Refused)?;
-                hooked = true;
-            }
-            if state & WRITER_PARKED == 0
-                && let Err(now) = self.state.compare_exchange_weak(
-                    state,
-                    state | WRITER_PARKED,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-            {
-                state = now;
-                continue;
-            }
-            let validate = || {
-                let state = self.state.load(Ordering::Relaxed);
-                !Self::writer_may_enter(state) && state & WRITER_PARKED != 0
-            };
-            let mut readers_unblocked = false;
-            let timed_out = |was_last: bool| {
-                if was_last {
-                    // No writer left asleep: readers may enter again.
-                    self.state.fetch_and(!WRITER_PARKED, Ordering::Relaxed);
-                    readers_unblocked = true;
-                }
-            };
+            let validate = || !Self::writer_may_enter(self.state.load(Ordering::Relaxed));
             // SAFETY: the key is derived from this lock's address and the lock outlives the call;
-            // the callbacks only touch atomics and a local flag.
+            // the callbacks only read an atomic.
             let parked = unsafe {
                 self.parking
-                    .park(self.writer_key(), validate, timed_out, deadline.instant())
+                    .park(self.writer_key(), validate, |_| {}, deadline.instant())
             };
             if parked == ParkResult::TimedOut {
-                if readers_unblocked {
+                // Uncount in the same critical section as leaving the detector's graph.
+                let mut remaining = 0;
+                hooks.give_up(&mut || {
+                    remaining = self.state.fetch_sub(ONE_WAITING_WRITER, Ordering::Relaxed)
+                        - ONE_WAITING_WRITER;
+                });
+                if remaining & WAITING_MASK == 0 {
                     self.wake_readers();
                 }
                 return Err(SlowPathError::TimedOut);
@@ -323,36 +305,35 @@ impl RawRwLock {
         {
             return;
         }
-        self.state.fetch_and(!WRITER, Ordering::Release);
-        self.wake_writer_or_readers();
+        self.unlock_write_slow();
+    }
+
+    #[cold]
+    fn unlock_write_slow(&self) {
+        let before = self.state.fetch_and(!WRITER, Ordering::Release);
+        if before & WAITING_MASK != 0 {
+            self.wake_writer();
+        } else {
+            self.wake_readers();
+        }
     }
 
     // ----- wake-ups -----
 
-    /// Called by a writer's unlock with WRITER_PARKED or READER_PARKED possibly set: wakes one
-    /// writer if any is parked, otherwise clears WRITER_PARKED (the unlocking writer's own, or one
-    /// whose writer will find the lock free and re-announce) and wakes the readers.
+    /// The lock became free while writers are counted: wake one parked writer. If none is in the
+    /// queue yet, the counted writer is on its way to park; its `validate` fails on the free lock
+    /// and it takes it.
     #[cold]
-    fn wake_writer_or_readers(&self) {
-        if self.state.load(Ordering::Relaxed) & WRITER_PARKED != 0 {
-            let callback = |result: UnparkResult| {
-                if result.unparked_threads == 0 {
-                    // A stale bit (its writer timed out or acquired already): readers may enter.
-                    self.state.fetch_and(!WRITER_PARKED, Ordering::Relaxed);
-                }
-                TOKEN_RETRY
-            };
-            // SAFETY: the key is derived from this lock's address and the lock is alive; the
-            // callback only touches an atomic.
-            let result = unsafe { self.parking.unpark_one(self.writer_key(), callback) };
-            if result.unparked_threads > 0 {
-                return;
-            }
+    fn wake_writer(&self) {
+        // SAFETY: the key is derived from this lock's address and the lock is alive; the
+        // callback does nothing.
+        unsafe {
+            self.parking.unpark_one(self.writer_key(), |_| TOKEN_RETRY);
         }
-        self.wake_readers();
     }
 
     /// Wakes every parked reader if readers may now enter.
+    #[cold]
     fn wake_readers(&self) {
         let state = self.state.load(Ordering::Relaxed);
         if state & READER_PARKED == 0 || !Self::reader_may_enter(state) {
