@@ -6,32 +6,14 @@ use std::fs;
 use std::io;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
 use std::thread;
-use std::time::Duration;
 
 use sync_kit::fs::atomic_write;
 
-/// Runs `body` on its own thread; fails the test if it does not finish within 60 s.
-fn bounded<T: Send + 'static>(what: &str, body: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    let handle = thread::spawn(move || {
-        let value = body();
-        let _ = tx.send(value);
-    });
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(value) => {
-            handle.join().expect("body thread");
-            value
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what}: did not finish within 60 s"),
-        Err(mpsc::RecvTimeoutError::Disconnected) => match handle.join() {
-            Err(payload) => std::panic::resume_unwind(payload),
-            Ok(()) => unreachable!(),
-        },
-    }
-}
+mod common;
+use common::bounded;
 
 /// The names in `dir`, sorted.
 fn names(dir: &Path) -> Vec<String> {

@@ -15,30 +15,13 @@ use std::time::{Duration, Instant};
 
 use sync_kit::fs::{FileLock, LockHeld, atomic_write, update_locked};
 
+mod common;
+use common::bounded;
+
 const CHILD_PATH_ENV: &str = "SYNC_KIT_TEST_FILE_LOCK_CHILD_PATH";
 const CHILD_MODE_ENV: &str = "SYNC_KIT_TEST_FILE_LOCK_CHILD_MODE";
 const CHILD_TEST: &str = "file_lock_child";
 const MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Runs `body` on its own thread; fails the test if it does not finish within 60 s.
-fn bounded<T: Send + 'static>(what: &str, body: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    let handle = thread::spawn(move || {
-        let value = body();
-        let _ = tx.send(value);
-    });
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(value) => {
-            handle.join().expect("body thread");
-            value
-        }
-        Err(RecvTimeoutError::Timeout) => panic!("{what}: did not finish within 60 s"),
-        Err(RecvTimeoutError::Disconnected) => match handle.join() {
-            Err(payload) => std::panic::resume_unwind(payload),
-            Ok(()) => unreachable!(),
-        },
-    }
-}
 
 /// The other process. Modes: `exclusive` / `shared` (lock, print "locked", wait for a line on
 /// stdin, unlock, print "released"), `increment:N` (N `update_locked` increments, then print

@@ -4,41 +4,15 @@
 //! (level violation, a lock listed twice) that leave nothing held.
 
 use std::cell::RefCell;
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Barrier, Mutex as StdMutex, MutexGuard as StdMutexGuard, PoisonError};
+use std::sync::mpsc::{self};
+use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use sync_kit::{AccessMode, Level, LockError, LockId, LockSet, Mutex, RwLock};
 
-/// Runs `body` on its own thread; fails the test if it does not finish within 60 s (a hang on a
-/// lock becomes a failure instead of a stuck test run).
-fn bounded<T: Send + 'static>(what: &str, body: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    let handle = thread::spawn(move || {
-        let value = body();
-        let _ = tx.send(value);
-    });
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(value) => {
-            handle.join().expect("body thread");
-            value
-        }
-        Err(RecvTimeoutError::Timeout) => panic!("{what}: did not finish within 60 s"),
-        Err(RecvTimeoutError::Disconnected) => match handle.join() {
-            Err(payload) => std::panic::resume_unwind(payload),
-            Ok(()) => unreachable!(),
-        },
-    }
-}
-
-static SERIAL: StdMutex<()> = StdMutex::new(());
-
-/// Serialises the tests of this binary that make threads wait on locks, so that one of them can
-/// read the process-wide count of waiting threads.
-fn serial() -> StdMutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
-}
+mod common;
+use common::{bounded, serial};
 
 fn held_ids() -> Vec<(LockId, AccessMode)> {
     sync_kit::held_by_current_thread()

@@ -4,31 +4,13 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Barrier, mpsc};
+use std::sync::{Arc, Barrier};
 use std::thread;
-use std::time::Duration;
 
 use sync_kit::mvcc::{Conflict, MvccMap, MvccStats, Snapshot};
 
-/// Runs `body` on its own thread; fails the test if it does not finish within 60 s.
-fn bounded<T: Send + 'static>(what: &str, body: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    let handle = thread::spawn(move || {
-        let value = body();
-        let _ = tx.send(value);
-    });
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(value) => {
-            handle.join().expect("body thread");
-            value
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what}: did not finish within 60 s"),
-        Err(mpsc::RecvTimeoutError::Disconnected) => match handle.join() {
-            Err(payload) => std::panic::resume_unwind(payload),
-            Ok(()) => unreachable!(),
-        },
-    }
-}
+mod common;
+use common::bounded;
 
 fn contents<K: Ord + Clone, V: Clone>(snapshot: &Snapshot<K, V>) -> Vec<(K, V)> {
     snapshot

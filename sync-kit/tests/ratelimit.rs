@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Barrier, OnceLock, Weak, mpsc};
+use std::sync::{Arc, Barrier, OnceLock, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -13,25 +13,8 @@ use sync_kit::ratelimit::{
     Clock, FakeClock, KeyedLimiter, KeyedStats, MonotonicClock, Quota, RetryAfter, TokenBucket,
 };
 
-/// Runs `body` on its own thread; fails the test if it does not finish within 60 s.
-fn bounded<T: Send + 'static>(what: &str, body: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    let handle = thread::spawn(move || {
-        let value = body();
-        let _ = tx.send(value);
-    });
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(value) => {
-            handle.join().expect("body thread");
-            value
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what}: did not finish within 60 s"),
-        Err(mpsc::RecvTimeoutError::Disconnected) => match handle.join() {
-            Err(payload) => std::panic::resume_unwind(payload),
-            Ok(()) => unreachable!(),
-        },
-    }
-}
+mod common;
+use common::bounded;
 
 /// A small deterministic PRNG (splitmix64).
 struct Rng(u64);
