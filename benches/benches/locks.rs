@@ -111,9 +111,10 @@ const THREADS: u64 = 2;
 
 /// Runs `iters` lock / increment / unlock operations split over [`THREADS`] threads, started
 /// once for this sample and released together by a barrier; returns the wall time from the
-/// release to the last thread's finish (so criterion reports wall time per operation).
+/// first thread's start to the last thread's finish, both read by the workers (so criterion
+/// reports wall time per operation).
 fn contended<L: Sync>(iters: u64, lock: &L, op: impl Fn(&L) + Sync) -> Duration {
-    let barrier = Barrier::new(THREADS as usize + 1);
+    let barrier = Barrier::new(THREADS as usize);
     thread::scope(|s| {
         let workers: Vec<_> = (0..THREADS)
             .map(|t| {
@@ -122,20 +123,22 @@ fn contended<L: Sync>(iters: u64, lock: &L, op: impl Fn(&L) + Sync) -> Duration 
                 let (barrier, op) = (&barrier, &op);
                 s.spawn(move || {
                     barrier.wait();
+                    let start = Instant::now();
                     for _ in 0..n {
                         op(black_box(lock));
                     }
-                    Instant::now()
+                    (start, Instant::now())
                 })
             })
             .collect();
-        barrier.wait();
-        let start = Instant::now();
-        let end = workers
+        let spans: Vec<(Instant, Instant)> = workers
             .into_iter()
             .map(|w| w.join().expect("benchmark thread panicked"))
-            .max()
-            .unwrap_or(start);
+            .collect();
+        // Both ends are read by the workers themselves: a main thread scheduled late (2 vCPUs,
+        // 3 threads) can neither shorten the span nor make it zero.
+        let start = spans.iter().map(|&(s, _)| s).min().expect("THREADS > 0");
+        let end = spans.iter().map(|&(_, e)| e).max().expect("THREADS > 0");
         end.saturating_duration_since(start)
     })
 }

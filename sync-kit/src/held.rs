@@ -7,14 +7,24 @@
 //! - the deadlock detector, which copies it into the wait-for graph when this thread is about to
 //!   sleep (a sleeping thread's holdings cannot change, so the copy stays exact while it waits).
 //!
-//! Storage: the first [`INLINE`] holds live in a fixed array of `Cell`s (a thread-local with a
-//! constant initialiser and no destructor, so an access is a plain TLS offset: no lazy
-//! registration, no borrow flag, no capacity check); deeper nesting spills to a `Vec`.
+//! Storage, shaped for the fast path (push on acquire, pop of the top entry on release):
 //!
-//! Invariant: the leveled entries, read bottom to top, have strictly increasing `(level, id)`
-//! (each was checked against every leveled entry below it, and removals keep the order; plain
-//! acquisitions even need a strictly higher level). So the topmost leveled entry is the highest
-//! level held.
+//! - the first [`INLINE`] holds live in fixed arrays of `Cell`s in a thread-local with a
+//!   constant initialiser and no destructor, so an access is a plain TLS offset: no lazy
+//!   registration, no borrow flag, no capacity check;
+//! - beside each entry, its [`HoldKey`] (lock id and mode in one word), so a release finds its
+//!   entry by comparing words instead of copying whole entries out of their cells;
+//! - deeper nesting spills to a `Vec` in a *second* thread-local, touched only past [`INLINE`]
+//!   holds, so the first one stays destructor-free.
+//!
+//! Invariants:
+//! - entries `0..len` are the holds, oldest first; entry `i` lives in `inline[i]` for
+//!   `i < INLINE` and in `spill[i - INLINE]` above; slots at `len` and beyond are stale and never
+//!   read; `spill.len() == len.saturating_sub(INLINE)`.
+//! - the leveled entries, read bottom to top, have strictly increasing `(level, id)` (each was
+//!   checked against every leveled entry below it, and removals keep the order; plain
+//!   acquisitions even need a strictly higher level). So the topmost leveled entry is the highest
+//!   level held.
 
 use std::cell::{Cell, RefCell};
 use std::panic::Location;
@@ -25,85 +35,146 @@ use crate::lock::meta::{AccessMode, Level, LockId, LockInfo, LockUse};
 /// Holds kept inline before spilling to the heap.
 const INLINE: usize = 16;
 
+/// A hold's identity in one word: the lock id shifted left, the low bit set for shared holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct HoldKey(u64);
+
+impl HoldKey {
+    #[inline(always)]
+    fn new(id: LockId, mode: AccessMode) -> Self {
+        Self(id.0 << 1 | u64::from(mode == AccessMode::Shared))
+    }
+}
+
 struct HeldList {
     len: Cell<usize>,
+    keys: [Cell<HoldKey>; INLINE],
     inline: [Cell<Option<LockUse>>; INLINE],
-    spill: RefCell<Vec<LockUse>>,
 }
+
+/// Holds past the first [`INLINE`], oldest first.
+type Spill = RefCell<Vec<LockUse>>;
 
 impl HeldList {
     const fn new() -> Self {
         Self {
             len: Cell::new(0),
+            keys: [const { Cell::new(HoldKey(0)) }; INLINE],
             inline: [const { Cell::new(None) }; INLINE],
-            spill: RefCell::new(Vec::new()),
         }
     }
 
-    fn get(&self, index: usize) -> Option<LockUse> {
-        if index < INLINE {
-            self.inline[index].get()
-        } else {
-            self.spill.borrow().get(index - INLINE).copied()
-        }
-    }
-
-    fn set(&self, index: usize, entry: Option<LockUse>) {
-        if index < INLINE {
-            self.inline[index].set(entry);
-        } else {
-            let mut spill = self.spill.borrow_mut();
-            match entry {
-                Some(entry) if index - INLINE == spill.len() => spill.push(entry),
-                Some(entry) => spill[index - INLINE] = entry,
-                None => spill.truncate(index - INLINE),
-            }
-        }
-    }
-
-    #[inline]
+    #[inline(always)]
     fn push(&self, entry: LockUse) {
         let len = self.len.get();
-        self.set(len, Some(entry));
-        self.len.set(len + 1);
+        if len < INLINE {
+            self.keys[len].set(hold_key(&entry));
+            self.inline[len].set(Some(entry));
+            self.len.set(len + 1);
+        } else if push_spilled(entry) {
+            self.len.set(len + 1);
+        }
     }
 
-    #[inline]
+    #[inline(always)]
     fn remove(&self, id: LockId, mode: AccessMode) {
         let len = self.len.get();
         // Guards usually drop in reverse order: the top entry is the one.
-        let matches = |e: Option<LockUse>| e.is_some_and(|e| e.lock.id == id && e.mode == mode);
-        let Some(at) = (0..len).rev().find(|&i| matches(self.get(i))) else {
-            return;
-        };
-        for i in at..len - 1 {
-            self.set(i, self.get(i + 1));
+        if len > 0 && len <= INLINE && self.keys[len - 1].get() == HoldKey::new(id, mode) {
+            self.len.set(len - 1);
+        } else {
+            self.remove_deeper(HoldKey::new(id, mode));
         }
-        self.set(len - 1, None);
-        self.len.set(len - 1);
+    }
+
+    /// Removal of anything but an inline top entry: out of order, or from the spill.
+    #[cold]
+    #[inline(never)]
+    fn remove_deeper(&self, key: HoldKey) {
+        let len = self.len.get();
+        let removed = with_spill(|spill| {
+            if let Some(at) = spill.iter().rposition(|e| hold_key(e) == key) {
+                spill.remove(at);
+                return true;
+            }
+            let inline_len = len.min(INLINE);
+            let Some(at) = (0..inline_len).rev().find(|&i| self.keys[i].get() == key) else {
+                return false; // never recorded (taken during thread teardown)
+            };
+            for i in at..inline_len - 1 {
+                self.keys[i].set(self.keys[i + 1].get());
+                self.inline[i].set(self.inline[i + 1].get());
+            }
+            // The oldest spilled hold, if any, moves down into the last inline slot.
+            if !spill.is_empty() {
+                let first = spill.remove(0);
+                self.keys[INLINE - 1].set(hold_key(&first));
+                self.inline[INLINE - 1].set(Some(first));
+            }
+            true
+        });
+        if removed == Some(true) {
+            self.len.set(len - 1);
+        }
     }
 
     fn highest_leveled(&self) -> Option<LockUse> {
-        (0..self.len.get())
-            .rev()
-            .filter_map(|i| self.get(i))
-            .find(|entry| entry.lock.level.is_some())
+        let len = self.len.get();
+        let spilled = if len > INLINE {
+            with_spill(|spill| spill.iter().rev().find(|e| e.lock.level.is_some()).copied())
+                .flatten()
+        } else {
+            None
+        };
+        spilled.or_else(|| {
+            self.inline[..len.min(INLINE)]
+                .iter()
+                .rev()
+                .filter_map(Cell::get)
+                .find(|entry| entry.lock.level.is_some())
+        })
     }
 
     fn to_vec(&self) -> Vec<LockUse> {
-        (0..self.len.get()).filter_map(|i| self.get(i)).collect()
+        let len = self.len.get();
+        let mut all: Vec<LockUse> = self.inline[..len.min(INLINE)]
+            .iter()
+            .filter_map(Cell::get)
+            .collect();
+        if len > INLINE {
+            with_spill(|spill| all.extend_from_slice(spill));
+        }
+        all
     }
+}
+
+fn hold_key(entry: &LockUse) -> HoldKey {
+    HoldKey::new(entry.lock.id, entry.mode)
+}
+
+/// Records a hold past the first [`INLINE`]; false if the thread's spill is already gone
+/// (thread teardown), in which case the hold goes unrecorded.
+#[cold]
+#[inline(never)]
+fn push_spilled(entry: LockUse) -> bool {
+    with_spill(|spill| spill.push(entry)).is_some()
+}
+
+/// Runs `f` on this thread's spill, unless it is gone (thread teardown).
+fn with_spill<R>(f: impl FnOnce(&mut Vec<LockUse>) -> R) -> Option<R> {
+    SPILL.try_with(|spill| f(&mut spill.borrow_mut())).ok()
 }
 
 #[cfg(not(loom))]
 crate::loom::thread_local! {
     static HELD: HeldList = const { HeldList::new() };
+    static SPILL: Spill = const { RefCell::new(Vec::new()) };
 }
 #[cfg(loom)]
 crate::loom::thread_local! {
     static HELD: HeldList = HeldList::new();
+    static SPILL: Spill = RefCell::new(Vec::new());
 }
-
 /// Which order a leveled acquisition must respect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum LevelRule {
@@ -170,14 +241,14 @@ fn out_of_order(held: &LockInfo, level: Level, lock: &LockInfo, rule: LevelRule)
 }
 
 /// Records that the thread now holds `entry.lock`.
-#[inline]
+#[inline(always)]
 pub(crate) fn push(entry: LockUse) {
     // A lock taken in a thread-local destructor, after the list is gone, goes unrecorded.
     let _ = HELD.try_with(|held| held.push(entry));
 }
 
 /// Records that the thread released one hold of `id` in `mode` (guards may drop in any order).
-#[inline]
+#[inline(always)]
 pub(crate) fn remove(id: LockId, mode: AccessMode) {
     let _ = HELD.try_with(|held| held.remove(id, mode));
 }
@@ -199,6 +270,14 @@ mod tests {
             .collect();
         let mut guards: Vec<_> = locks.iter().map(|l| l.lock().unwrap()).collect();
         assert_eq!(held_by_current_thread().len(), 40);
+        // The highest level held sits in the spill, and the level check finds it there.
+        let low = Mutex::with_level("held-test-low", Level(5), ());
+        match low.lock() {
+            Err(crate::LockError::LevelViolation { held, .. }) => {
+                assert_eq!(held.lock.level, Some(Level(39)));
+            }
+            other => panic!("expected a level violation, got {:?}", other.map(|_| ())),
+        }
         // Release from the middle, then the inline/spill boundary, then the rest.
         drop(guards.remove(20)); // in the spill
         drop(guards.remove(15)); // the last inline entry

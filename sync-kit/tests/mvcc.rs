@@ -425,14 +425,20 @@ fn tombstones_are_kept_while_needed_then_drained() {
 }
 
 #[test]
-fn tombstones_without_any_snapshot_are_dropped_by_the_commit_itself() {
+fn tombstones_without_any_snapshot_are_dropped_by_the_next_commit() {
     let map = MvccMap::new();
     commit_all(&map, &[(1, 1), (2, 2)]);
     let mut tx = map.begin();
     tx.remove(&1);
     tx.commit().unwrap();
-    assert_eq!(map.stats().tombstones, 0);
+    // Kept by its own commit: snapshots of the version before it could be taken until it
+    // published.
+    assert_eq!(map.stats().tombstones, 1);
     assert_eq!(map.len(), 1);
+    commit_all(&map, &[(3, 3)]);
+    assert_eq!(map.stats().tombstones, 0);
+    assert_eq!(map.len(), 2);
+    assert_eq!(map.get(&1), None);
 }
 
 #[test]
@@ -588,4 +594,48 @@ fn concurrent_inserts_and_removals_drain_tombstones() {
         }
         assert_eq!(map.snapshot().iter().count(), map.len());
     });
+}
+
+/// Reclamation measured on the values themselves, not on the map's bookkeeping: an overwritten
+/// value lives exactly as long as some snapshot or transaction can still see it.
+#[test]
+fn overwritten_values_are_freed_when_the_last_snapshot_that_sees_them_drops() {
+    let tracked = Arc::new(0u32);
+    let map: MvccMap<u32, Arc<u32>> = MvccMap::new();
+    let mut tx = map.begin();
+    tx.insert(1, Arc::clone(&tracked));
+    tx.commit().unwrap();
+    assert_eq!(
+        Arc::strong_count(&tracked),
+        2,
+        "the latest version holds it"
+    );
+
+    let snapshot = map.snapshot();
+    let reader = map.begin();
+    let mut tx = map.begin();
+    tx.insert(1, Arc::new(1));
+    tx.commit().unwrap();
+    assert_eq!(
+        Arc::strong_count(&tracked),
+        2,
+        "the old version is still seen"
+    );
+    drop(snapshot);
+    assert_eq!(
+        Arc::strong_count(&tracked),
+        2,
+        "a transaction still sees it"
+    );
+    drop(reader);
+    assert_eq!(Arc::strong_count(&tracked), 1, "nobody can see it: freed");
+
+    // With no snapshot at all, an overwrite frees the old value at once.
+    let mut tx = map.begin();
+    tx.insert(2, Arc::clone(&tracked));
+    tx.commit().unwrap();
+    let mut tx = map.begin();
+    tx.remove(&2);
+    tx.commit().unwrap();
+    assert_eq!(Arc::strong_count(&tracked), 1);
 }

@@ -23,9 +23,10 @@
 //! queued in commit order and dropped, a few per commit, once no live snapshot or transaction is
 //! older than them: from then on an absent key and a tombstone validate the same way.
 //!
-//! Commits, snapshot creation and the bookkeeping of live snapshot versions share one short
-//! internal critical section (swap an `Arc`, update a counter); no reader or writer ever waits
-//! for another's work.
+//! Commits are serialized among themselves. Snapshot creation, the bookkeeping of live snapshot
+//! versions and a commit's publication share one short internal critical section (copy or swap
+//! an `Arc`, update a counter); validation, the path copy and the freeing of old versions happen
+//! outside it, so no reader ever waits for a commit's work.
 //!
 //! ```
 //! use sync_kit::mvcc::MvccMap;

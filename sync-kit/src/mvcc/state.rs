@@ -1,5 +1,16 @@
 //! The shared state of one map: the latest version, the live snapshot versions, the tombstone
 //! queue, and the commit procedure.
+//!
+//! Two internal locks, always taken in this order:
+//!
+//! - `committer`: held by one commit from validation to publication. Commits are serialized
+//!   (each builds on the version the previous one published), and the tombstone queue is theirs.
+//! - `state`: the latest version and the live snapshot versions. Held only to copy or swap an
+//!   `Arc` and update a counter, never across validation, the path copy of the new version or
+//!   the freeing of an old one, so snapshots and reads never wait for a commit's work.
+//!
+//! While a commit holds `committer`, `state.latest` cannot change, so the version it validated
+//! against is the one it replaces.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -36,8 +47,6 @@ struct State<K, V> {
     latest: Arc<Version<K, V>>,
     /// Version number → how many live snapshots (and transactions) stand on it.
     live: BTreeMap<u64, usize>,
-    /// Removed keys in commit order, with the version that removed them.
-    tombstones: VecDeque<(u64, K)>,
 }
 
 impl<K, V> State<K, V> {
@@ -49,6 +58,21 @@ impl<K, V> State<K, V> {
             }
         }
     }
+
+    /// The oldest version a live snapshot or transaction stands on, not counting one claim on
+    /// `except` (the committing transaction's own, which it gives up on success).
+    fn oldest_live_except(&self, except: u64) -> Option<u64> {
+        self.live
+            .iter()
+            .find(|&(&version, &count)| version != except || count > 1)
+            .map(|(&version, _)| version)
+    }
+}
+
+/// What only committers touch (under `Shared::committer`).
+struct CommitterState<K> {
+    /// Removed keys in commit order, with the version that removed them.
+    tombstones: VecDeque<(u64, K)>,
 }
 
 /// A live snapshot's claim on its version; released on drop unless a commit released it.
@@ -90,6 +114,7 @@ impl<K: Ord + Clone, V: Clone> Drop for Registration<K, V> {
 }
 
 pub(crate) struct Shared<K, V> {
+    committer: InternalMutex<CommitterState<K>>,
     state: InternalMutex<State<K, V>>,
     // Plain counters; they order no other memory.
     commits: AtomicU64,
@@ -110,6 +135,8 @@ impl<K: Ord + Clone, V: Clone> Shared<K, V> {
                     len: 0,
                 }),
                 live: BTreeMap::new(),
+            }),
+            committer: InternalMutex::new(CommitterState {
                 tombstones: VecDeque::new(),
             }),
             commits: AtomicU64::new(0),
@@ -141,8 +168,9 @@ impl<K: Ord + Clone, V: Clone> Shared<K, V> {
     }
 
     /// Validates and applies a transaction's writes. The transaction's snapshot `registration`
-    /// is released here, under the state lock and only after validation: released earlier, a
-    /// concurrent commit could drop a tombstone this validation needs and miss a conflict.
+    /// is released only when the new version is published (or the commit fails): released
+    /// earlier, a concurrent commit could drop a tombstone this validation needs and miss a
+    /// conflict.
     pub(crate) fn commit(
         &self,
         registration: &mut Registration<K, V>,
@@ -150,9 +178,15 @@ impl<K: Ord + Clone, V: Clone> Shared<K, V> {
         writes: BTreeMap<K, Option<V>>,
     ) -> Result<u64, Conflict<K>> {
         let snapshot_version = registration.version;
-        let mut state = self.state.lock();
+        let mut committer = self.committer.lock();
+        // Only this commit can replace `latest` until it releases `committer`.
+        let (base, oldest_live) = {
+            let state = self.state.lock();
+            let oldest_live = state.oldest_live_except(snapshot_version);
+            (Arc::clone(&state.latest), oldest_live)
+        };
         for key in reads.iter().chain(writes.keys()) {
-            if let Some(entry) = state.latest.entries.get(key)
+            if let Some(entry) = base.entries.get(key)
                 && entry.written_at > snapshot_version
             {
                 self.conflicts.fetch_add(1, Ordering::Relaxed);
@@ -163,15 +197,14 @@ impl<K: Ord + Clone, V: Clone> Shared<K, V> {
                 });
             }
         }
-        state.release(snapshot_version);
-        registration.active = false;
         self.commits.fetch_add(1, Ordering::Relaxed);
         if writes.is_empty() {
-            return Ok(state.latest.number);
+            self.release_registration(registration);
+            return Ok(base.number);
         }
-        let number = state.latest.number + 1;
-        let mut entries = state.latest.entries.clone();
-        let mut len = state.latest.len;
+        let number = base.number + 1;
+        let mut entries = base.entries.clone();
+        let mut len = base.len;
         for (key, value) in writes {
             let was_live = entries.get(&key).is_some_and(|e| e.value.is_some());
             match (&value, was_live) {
@@ -180,7 +213,7 @@ impl<K: Ord + Clone, V: Clone> Shared<K, V> {
                 _ => {}
             }
             if value.is_none() {
-                state.tombstones.push_back((number, key.clone()));
+                committer.tombstones.push_back((number, key.clone()));
             }
             entries.insert(
                 key,
@@ -190,17 +223,35 @@ impl<K: Ord + Clone, V: Clone> Shared<K, V> {
                 },
             );
         }
-        let oldest_live = state.live.keys().next().copied();
-        drop_old_tombstones(&mut entries, &mut state.tombstones, oldest_live);
-        state.latest = Arc::new(Version {
+        // Snapshots registered since `oldest_live` was read stand on `base`, which is newer than
+        // every queued tombstone but this commit's own: the bound stays safe.
+        drop_old_tombstones(&mut entries, &mut committer.tombstones, oldest_live, number);
+        let next = Arc::new(Version {
             number,
             entries,
             len,
         });
+        drop(base);
+        let previous = {
+            let mut state = self.state.lock();
+            state.release(snapshot_version);
+            registration.active = false;
+            std::mem::replace(&mut state.latest, next)
+        };
+        drop(committer);
+        // Freeing the previous version's unshared nodes (when nothing else holds it) happens
+        // here, outside both locks.
+        drop(previous);
         Ok(number)
     }
 
+    fn release_registration(&self, registration: &mut Registration<K, V>) {
+        self.state.lock().release(registration.version);
+        registration.active = false;
+    }
+
     pub(crate) fn stats(&self) -> MvccStats {
+        let tombstones = self.committer.lock().tombstones.len();
         let state = self.state.lock();
         let latest = state.latest.number;
         MvccStats {
@@ -210,7 +261,7 @@ impl<K: Ord + Clone, V: Clone> Shared<K, V> {
             conflicts: self.conflicts.load(Ordering::Relaxed),
             live_versions: state.live.len() + usize::from(!state.live.contains_key(&latest)),
             live_snapshots: state.live.values().sum(),
-            tombstones: state.tombstones.len(),
+            tombstones,
         }
     }
 }
@@ -221,12 +272,15 @@ fn drop_old_tombstones<K: Ord + Clone, V: Clone>(
     entries: &mut OrdMap<K, Entry<V>>,
     queue: &mut VecDeque<(u64, K)>,
     oldest_live: Option<u64>,
+    committing: u64,
 ) {
     for _ in 0..TOMBSTONES_PER_COMMIT {
         let Some((written_at, _)) = queue.front() else {
             return;
         };
-        if oldest_live.is_some_and(|oldest| oldest < *written_at) {
+        // This commit's own tombstones wait for a later commit: snapshots of `base`, which is
+        // older than them, may be taken until it is published.
+        if *written_at >= committing || oldest_live.is_some_and(|oldest| oldest < *written_at) {
             return;
         }
         let (written_at, key) = queue.pop_front().expect("front exists");

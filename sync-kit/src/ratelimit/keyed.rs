@@ -16,8 +16,9 @@ const MIN_SWEEP_INTERVAL: u64 = 1024;
 /// A token bucket per key (client address, user name, ...), in a sharded concurrent map.
 ///
 /// A key whose bucket has refilled completely is indistinguishable from a key never seen, so it is
-/// dropped by a periodic sweep (every `max(1024, keys)` calls; amortised O(1) per call, one shard
-/// locked at a time) without changing any decision.
+/// dropped by a periodic sweep (every `max(1024, keys left by the previous sweep)` calls;
+/// amortised O(1) per call, since a sweep visits at most those keys plus one new key per call
+/// since; one shard locked at a time) without changing any decision.
 ///
 /// ```
 /// use sync_kit::ratelimit::KeyedLimiter;
@@ -34,7 +35,8 @@ pub struct KeyedLimiter<K: Hash + Eq, C: Clock = MonotonicClock> {
     allowed: StdAtomicU64,
     limited: StdAtomicU64,
     evicted: StdAtomicU64,
-    calls_since_sweep: StdAtomicU64,
+    /// The value of `allowed + limited` at which the next sweep is due.
+    next_sweep_at: StdAtomicU64,
     sweeping: AtomicBool,
 }
 
@@ -74,7 +76,7 @@ impl<K: Hash + Eq + Clone, C: Clock> KeyedLimiter<K, C> {
             allowed: StdAtomicU64::new(0),
             limited: StdAtomicU64::new(0),
             evicted: StdAtomicU64::new(0),
-            calls_since_sweep: StdAtomicU64::new(0),
+            next_sweep_at: StdAtomicU64::new(MIN_SWEEP_INTERVAL),
             sweeping: AtomicBool::new(false),
         }
     }
@@ -92,13 +94,18 @@ impl<K: Hash + Eq + Clone, C: Clock> KeyedLimiter<K, C> {
                 self.take(&bucket, now, n)
             }
         };
-        let counter = if result.is_ok() {
-            &self.allowed
+        let (counter, other) = if result.is_ok() {
+            (&self.allowed, &self.limited)
         } else {
-            &self.limited
+            (&self.limited, &self.allowed)
         };
-        counter.fetch_add(1, StdOrdering::Relaxed);
-        self.maybe_sweep(now);
+        // One shared read-modify-write per call: the call count that paces sweeps is derived
+        // from the two outcome counters rather than kept in a third.
+        let calls =
+            counter.fetch_add(1, StdOrdering::Relaxed) + 1 + other.load(StdOrdering::Relaxed);
+        if calls >= self.next_sweep_at.load(StdOrdering::Relaxed) {
+            self.sweep_if_first(calls, now);
+        }
         result
     }
 
@@ -113,14 +120,17 @@ impl<K: Hash + Eq + Clone, C: Clock> KeyedLimiter<K, C> {
         }
     }
 
-    fn maybe_sweep(&self, now: std::time::Duration) {
-        let calls = self.calls_since_sweep.fetch_add(1, StdOrdering::Relaxed) + 1;
-        let interval = MIN_SWEEP_INTERVAL.max(self.buckets.len() as u64);
-        if calls < interval || self.sweeping.swap(true, StdOrdering::Acquire) {
+    /// Sweeps unless another thread already is; the next sweep is due after as many calls as
+    /// there are keys left (at least [`MIN_SWEEP_INTERVAL`]).
+    #[cold]
+    fn sweep_if_first(&self, calls: u64, now: std::time::Duration) {
+        if self.sweeping.swap(true, StdOrdering::Acquire) {
             return;
         }
-        self.calls_since_sweep.store(0, StdOrdering::Relaxed);
         self.sweep(now);
+        let interval = MIN_SWEEP_INTERVAL.max(self.buckets.len() as u64);
+        self.next_sweep_at
+            .store(calls.saturating_add(interval), StdOrdering::Relaxed);
         self.sweeping.store(false, StdOrdering::Release);
     }
 

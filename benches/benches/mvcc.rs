@@ -1,0 +1,251 @@
+//! MVCC benchmarks: `sync_kit::mvcc::MvccMap` side by side with what a user would pick instead.
+//!
+//! Every criterion group measures the same operation on each implementation in one run, so the
+//! figures within a group are comparable (and their ratios are what counts; absolute numbers
+//! depend on the machine and its load).
+//!
+//! Groups:
+//! - `snapshot`: `MvccMap::snapshot` (and dropping it) on maps of 1k, 100k and 1M keys, next to
+//!   the deep copy a naive port would make (`HashMap::clone` of the same keys). The maps are
+//!   built once, outside the timing. The ratio 1M / 1k of `MvccMap::snapshot` is the O(1) claim.
+//! - `point_read_100k`: one `get` of a random key (the sequence is precomputed) in 100k keys:
+//!   from a `Snapshot`, from the latest version (`MvccMap::get`), from a `dashmap::DashMap`, and
+//!   from a `parking_lot::RwLock<HashMap>` (read lock + get).
+//! - `commit_1_thread` / `commit_2_threads`: a small transaction (read one key, write one key,
+//!   commit) on a 100k-key map, next to the same read and write under a
+//!   `parking_lot::RwLock<HashMap>` write lock (no isolation, no history: the floor). With two
+//!   threads the key ranges are disjoint (no conflicts) and the figure is wall time per commit
+//!   (both threads together).
+//!
+//! Run with `cargo bench -p sync-kit-benches --bench mvcc`.
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::sync::Barrier;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use criterion::{
+    BenchmarkGroup, BenchmarkId, Criterion, criterion_group, criterion_main, measurement::WallTime,
+};
+use sync_kit::mvcc::MvccMap;
+
+/// Settings for the fast single-threaded groups: short, but enough samples for a stable median.
+fn quick(group: &mut BenchmarkGroup<'_, WallTime>) {
+    group
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(100);
+}
+
+/// A map of `n` keys `0..n` (value = key), built in one transaction.
+fn mvcc_map(n: u64) -> MvccMap<u64, u64> {
+    let map = MvccMap::new();
+    let mut tx = map.begin();
+    for k in 0..n {
+        tx.insert(k, k);
+    }
+    tx.commit().expect("nothing else commits");
+    assert_eq!(map.len() as u64, n);
+    map
+}
+
+fn hash_map(n: u64) -> HashMap<u64, u64> {
+    (0..n).map(|k| (k, k)).collect()
+}
+
+/// splitmix64: a fixed, reproducible pseudo-random sequence without another dependency.
+fn random_keys(n: u64, count: usize) -> Vec<u64> {
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    (0..count)
+        .map(|_| {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            (z ^ (z >> 31)) % n
+        })
+        .collect()
+}
+
+const SIZES: [(u64, &str); 3] = [(1_000, "1k"), (100_000, "100k"), (1_000_000, "1M")];
+
+fn snapshot(c: &mut Criterion) {
+    let mut group = c.benchmark_group("snapshot");
+    group
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    for (n, label) in SIZES {
+        let map = mvcc_map(n);
+        group.sample_size(100);
+        group.bench_function(BenchmarkId::new("sync_kit", label), |b| {
+            b.iter(|| black_box(&map).snapshot());
+        });
+        drop(map);
+
+        let copy = hash_map(n);
+        // A deep copy of 1M keys takes milliseconds: fewer samples.
+        group.sample_size(if n >= 1_000_000 { 10 } else { 50 });
+        group.bench_function(BenchmarkId::new("deep_copy_hashmap", label), |b| {
+            b.iter(|| black_box(&copy).clone());
+        });
+    }
+    group.finish();
+}
+
+/// Keys in the point-read and commit groups.
+const KEYS: u64 = 100_000;
+/// Length of the precomputed random key sequence (a power of two, cycled through).
+const SEQUENCE: usize = 1 << 16;
+
+fn point_read(c: &mut Criterion) {
+    let keys = random_keys(KEYS, SEQUENCE);
+    let mut group = c.benchmark_group("point_read_100k");
+    quick(&mut group);
+
+    let map = mvcc_map(KEYS);
+    let snap = map.snapshot();
+    let mut i = 0;
+    group.bench_function("sync_kit_snapshot_get", |b| {
+        b.iter(|| {
+            i = (i + 1) & (SEQUENCE - 1);
+            black_box(&snap).get(&keys[i])
+        });
+    });
+    group.bench_function("sync_kit_map_get_latest", |b| {
+        b.iter(|| {
+            i = (i + 1) & (SEQUENCE - 1);
+            black_box(&map).get(&keys[i])
+        });
+    });
+    drop(snap);
+    drop(map);
+
+    let dash: dashmap::DashMap<u64, u64> = (0..KEYS).map(|k| (k, k)).collect();
+    group.bench_function("dashmap_get", |b| {
+        b.iter(|| {
+            i = (i + 1) & (SEQUENCE - 1);
+            black_box(&dash).get(&keys[i]).map(|v| *v)
+        });
+    });
+    drop(dash);
+
+    let locked = parking_lot::RwLock::new(hash_map(KEYS));
+    group.bench_function("parking_lot_rwlock_hashmap_get", |b| {
+        b.iter(|| {
+            i = (i + 1) & (SEQUENCE - 1);
+            black_box(&locked).read().get(&keys[i]).copied()
+        });
+    });
+    group.finish();
+}
+
+/// One small transaction: read `read`, write `write` with it plus one.
+fn mvcc_rw(map: &MvccMap<u64, u64>, read: u64, write: u64) {
+    let mut tx = map.begin();
+    let v = tx.get(&read).unwrap_or(0);
+    tx.insert(write, v + 1);
+    tx.commit().expect("disjoint keys never conflict");
+}
+
+/// The same read and write under one write lock.
+fn locked_rw(map: &parking_lot::RwLock<HashMap<u64, u64>>, read: u64, write: u64) {
+    let mut m = map.write();
+    let v = m.get(&read).copied().unwrap_or(0);
+    m.insert(write, v + 1);
+}
+
+fn commit_1_thread(c: &mut Criterion) {
+    let keys = random_keys(KEYS, SEQUENCE);
+    let mut group = c.benchmark_group("commit_1_thread");
+    quick(&mut group);
+
+    let map = mvcc_map(KEYS);
+    let mut i = 0;
+    group.bench_function("sync_kit", |b| {
+        b.iter(|| {
+            i = (i + 1) & (SEQUENCE - 1);
+            mvcc_rw(black_box(&map), keys[i], keys[(i + 1) & (SEQUENCE - 1)]);
+        });
+    });
+    drop(map);
+
+    let locked = parking_lot::RwLock::new(hash_map(KEYS));
+    group.bench_function("parking_lot_rwlock_hashmap", |b| {
+        b.iter(|| {
+            i = (i + 1) & (SEQUENCE - 1);
+            locked_rw(black_box(&locked), keys[i], keys[(i + 1) & (SEQUENCE - 1)]);
+        });
+    });
+    group.finish();
+}
+
+/// Threads committing in the two-thread group.
+const THREADS: u64 = 2;
+
+/// Runs `iters` operations split over [`THREADS`] threads, started once for this sample and
+/// released together by a barrier; thread `t` passes keys from its own half of the key space
+/// (disjoint, so transactions never conflict). Returns the wall time from the first thread's
+/// start to the last thread's finish (so criterion reports wall time per operation).
+fn two_threads(iters: u64, keys: &[u64], op: impl Fn(u64, u64) + Sync) -> Duration {
+    let barrier = Barrier::new(THREADS as usize);
+    thread::scope(|s| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let n = iters / THREADS + u64::from(t < iters % THREADS);
+                let (barrier, op) = (&barrier, &op);
+                s.spawn(move || {
+                    // Thread t uses keys ≡ t (mod THREADS): disjoint sets.
+                    let own = |k: u64| k - k % THREADS + t;
+                    let mut i = t as usize * 7919;
+                    barrier.wait();
+                    let start = Instant::now();
+                    for _ in 0..n {
+                        i = (i + 1) & (SEQUENCE - 1);
+                        op(own(keys[i]), own(keys[(i + 1) & (SEQUENCE - 1)]));
+                    }
+                    (start, Instant::now())
+                })
+            })
+            .collect();
+        let spans: Vec<(Instant, Instant)> = workers
+            .into_iter()
+            .map(|w| w.join().expect("benchmark thread panicked"))
+            .collect();
+        // Both ends are read by the workers themselves: a main thread scheduled late (2 vCPUs,
+        // 3 threads) can neither shorten the span nor make it zero.
+        let start = spans.iter().map(|&(s, _)| s).min().expect("THREADS > 0");
+        let end = spans.iter().map(|&(_, e)| e).max().expect("THREADS > 0");
+        end.saturating_duration_since(start)
+    })
+}
+
+fn commit_2_threads(c: &mut Criterion) {
+    let keys = random_keys(KEYS, SEQUENCE);
+    let mut group = c.benchmark_group("commit_2_threads");
+    group
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4))
+        .sample_size(50);
+
+    let map = mvcc_map(KEYS);
+    group.bench_function("sync_kit", |b| {
+        b.iter_custom(|iters| two_threads(iters, &keys, |r, w| mvcc_rw(&map, r, w)));
+    });
+    drop(map);
+
+    let locked = parking_lot::RwLock::new(hash_map(KEYS));
+    group.bench_function("parking_lot_rwlock_hashmap", |b| {
+        b.iter_custom(|iters| two_threads(iters, &keys, |r, w| locked_rw(&locked, r, w)));
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    snapshot,
+    point_read,
+    commit_1_thread,
+    commit_2_threads
+);
+criterion_main!(benches);
