@@ -3,9 +3,13 @@
 
 mod common;
 
+use std::collections::BTreeSet;
+use std::sync::mpsc;
+use std::sync::{Arc, Barrier};
+use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Node, PROMPT, both, data_dir, read, send, unread_at_login};
+use common::{Node, PROMPT, both, data_dir, read, read_all, send, unread_at_login};
 use synckit_node::protocol::Request;
 use synckit_node::server::Protocol;
 
@@ -117,4 +121,79 @@ fn offline_recipient_gets_the_message_queued(protocol: Protocol) {
     let id = send(&mut alice, "carol", "now you are in");
     assert_eq!(carol.next_push(Some(PROMPT)).unwrap().unwrap().id, id);
     assert!(read(&mut carol, 100).is_empty());
+}
+
+/// Senders racing to one recipient: whatever order their requests interleave in, the recipient
+/// sees ids only increase, both in what is pushed to a listening session and in what another
+/// session's reads return; every message reaches it once, by push or by read.
+#[test]
+fn concurrent_sends_to_one_recipient_arrive_in_id_order() {
+    const SENDERS: usize = 4;
+    const EACH: usize = 150;
+    let dir = data_dir();
+    let node = Node::start(dir.path(), &[]);
+    let mut listener = node.user(Protocol::Binary, "bob");
+    let reader = node.login(Protocol::Json, "bob");
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|i| node.user(Protocol::Binary, &format!("s{i}")))
+        .collect();
+
+    let (stop, stopped) = mpsc::channel::<()>();
+    let reading = thread::spawn(move || {
+        let mut reader = reader;
+        let mut ids = Vec::new();
+        while stopped.try_recv().is_err() {
+            ids.extend(read(&mut reader, 100).iter().map(|m| m.id));
+        }
+        // Everything was acknowledged, and so stored, before the stop: one last sweep.
+        ids.extend(read_all(&mut reader).iter().map(|m| m.id));
+        ids
+    });
+    let start = Arc::new(Barrier::new(SENDERS));
+    let sending: Vec<_> = senders
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut client)| {
+            let start = Arc::clone(&start);
+            thread::spawn(move || {
+                start.wait();
+                (0..EACH)
+                    .map(|n| send(&mut client, "bob", &format!("s{i} #{n}")))
+                    .collect::<Vec<u64>>()
+            })
+        })
+        .collect();
+    let mut sent = BTreeSet::new();
+    for handle in sending {
+        sent.extend(handle.join().expect("a sender panicked"));
+    }
+    stop.send(()).unwrap();
+    let read_ids = reading.join().expect("the reader panicked");
+    assert_eq!(sent.len(), SENDERS * EACH, "ids are unique");
+    assert!(
+        read_ids.windows(2).all(|w| w[0] < w[1]),
+        "reads return ids in increasing order: {read_ids:?}"
+    );
+    // A message is pushed before its sender is answered, so every push is queued by now.
+    let read_set: BTreeSet<u64> = read_ids.iter().copied().collect();
+    let pushed: Vec<u64> = (0..sent.len() - read_set.len())
+        .map(|_| {
+            listener
+                .next_push(Some(PROMPT))
+                .expect("read a push")
+                .expect("a push within the timeout")
+                .id
+        })
+        .collect();
+    assert!(
+        pushed.windows(2).all(|w| w[0] < w[1]),
+        "pushes arrive in increasing id order: {pushed:?}"
+    );
+    let pushed_set: BTreeSet<u64> = pushed.iter().copied().collect();
+    assert!(
+        pushed_set.is_disjoint(&read_set),
+        "a message read is not also pushed"
+    );
+    let delivered: BTreeSet<u64> = pushed_set.union(&read_set).copied().collect();
+    assert_eq!(delivered, sent, "every message reaches bob once");
 }

@@ -34,14 +34,7 @@ impl Service {
         }
         let no_such_user =
             || ErrorReply::new(ErrorCode::NoSuchUser, format!("no such user {to:?}"));
-        let message = StoredMessage {
-            id: self.next_message_id.fetch_add(1, Ordering::Relaxed),
-            from,
-            to: to.clone(),
-            timestamp: now_ms(),
-            text,
-        };
-        let (live, durable) = {
+        let (message, durable) = {
             // Who is online (10), then the recipient's mailbox (20), then the log (90).
             let sessions = self.sessions.read().map_err(lock_failed)?;
             let live: Vec<_> = sessions.get(&to).cloned().unwrap_or_default();
@@ -50,45 +43,72 @@ impl Service {
             if !self.accounts.contains_key(&to) {
                 return Err(no_such_user());
             }
-            shard
-                .entry(to.clone())
-                .or_default()
+            // The id is taken under the recipient's shard lock, and the record queued before it
+            // is released: within one mailbox, id order is storage order and log order, so a
+            // reader never sees a newer message before an older one.
+            let message = StoredMessage {
+                id: self.next_message_id.fetch_add(1, Ordering::Relaxed),
+                from,
+                to: to.clone(),
+                timestamp: now_ms(),
+                text,
+            };
+            let mailbox = shard.entry(to.clone()).or_default();
+            mailbox
                 .messages
                 .insert(message.id, (message.clone(), false));
+            if !live.is_empty() {
+                mailbox.unpushed.insert(message.id, live);
+            }
             let durable = self.sequenced(|| Ok(vec![Record::Message(message.clone())]))?;
-            (live, durable)
+            (message, durable)
         };
-        Service::durable(durable)?;
-        // Durable: now push to every live session of the recipient. A message counts as
-        // delivered once at least one session's queue took it.
-        let push = ServerFrame::Push(Push::Deliver(public(&message)));
-        let pushed = live
-            .iter()
-            .filter(|session| session.outbox.try_send(push.clone()).is_ok())
-            .count();
-        if pushed > 0 {
-            self.mark_delivered(&to, &[message.id])?;
+        if let Err(error) = Service::durable(durable) {
+            // Not acknowledged, so not pushed either (best effort: see docs/node.md on storage
+            // failures).
+            if let Some(mailbox) = self.shard(&to).lock().map_err(lock_failed)?.get_mut(&to) {
+                mailbox.unpushed.remove(&message.id);
+            }
+            return Err(error);
         }
+        self.push_durable(&to, message.id)?;
         Ok(Reply::Sent {
             id: message.id,
             timestamp: message.timestamp,
         })
     }
 
-    /// Marks pushed messages delivered; the record rides with the next log batch (a crash before
-    /// it is durable only means the message is offered again by `read_messages`).
-    fn mark_delivered(&self, user: &str, ids: &[u64]) -> Result<(), ErrorReply> {
+    /// Pushes, oldest first, every message of `user`'s mailbox up to `up_to` still waiting for
+    /// its push, once `up_to` is durable. A mailbox's records are logged in id order, so the older
+    /// ones are durable too; a sender that wakes later finds its message already pushed. A
+    /// message counts as delivered once at least one session's queue took it.
+    ///
+    /// The "delivered" record rides with the next log batch (a crash before it is durable only
+    /// means the message is offered again by `read_messages`).
+    fn push_durable(&self, user: &str, up_to: u64) -> Result<(), ErrorReply> {
         let mut shard = self.shard(user).lock().map_err(lock_failed)?;
         let Some(mailbox) = shard.get_mut(user) else {
             return Ok(());
         };
         let mut marked = Vec::new();
-        for id in ids {
-            if let Some((_, delivered)) = mailbox.messages.get_mut(id)
-                && !*delivered
-            {
+        while let Some(entry) = mailbox.unpushed.first_entry()
+            && *entry.key() <= up_to
+        {
+            let (id, sessions) = entry.remove_entry();
+            // Deleted or read meanwhile: a push now would deliver it again.
+            let Some((message, delivered @ false)) = mailbox.messages.get_mut(&id) else {
+                continue;
+            };
+            let push = ServerFrame::Push(Push::Deliver(public(message)));
+            // try_send: a full outbox drops the push (the message stays queued) rather than
+            // stall every sender to this mailbox behind one slow reader.
+            let pushed = sessions
+                .iter()
+                .filter(|session| session.outbox.try_send(push.clone()).is_ok())
+                .count();
+            if pushed > 0 {
                 *delivered = true;
-                marked.push(*id);
+                marked.push(id);
             }
         }
         if !marked.is_empty() {

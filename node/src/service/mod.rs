@@ -87,10 +87,14 @@ pub struct Account {
 }
 
 /// One user's messages, oldest (lowest id) first.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default)]
 pub struct Mailbox {
     /// Message id → message and whether it was delivered.
     pub messages: BTreeMap<u64, (StoredMessage, bool)>,
+    /// Messages stored while the recipient was online, not pushed yet (they wait for their log
+    /// record to be durable), with the sessions that were live when each was sent. Kept here, under
+    /// the mailbox's lock, so that pushes leave in id order whichever sender wakes first.
+    pub(super) unpushed: BTreeMap<u64, Vec<SessionHandle>>,
 }
 
 type Shard = Mutex<HashMap<String, Mailbox>>;

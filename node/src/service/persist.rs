@@ -64,7 +64,13 @@ pub(super) fn recover(dir: &Path) -> Result<Recovered, StartError> {
         .into_iter()
         .map(|(user, list)| {
             let messages = list.into_iter().map(|(m, d)| (m.id, (m, d))).collect();
-            (user, Mailbox { messages })
+            (
+                user,
+                Mailbox {
+                    messages,
+                    ..Mailbox::default()
+                },
+            )
         })
         .collect();
     let mut last_seq = snapshot.seq;
