@@ -9,10 +9,12 @@
 //!   answers each writer: group commit, so N concurrent writers cost one `fsync`, not N.
 //! - Snapshots: the node writes its whole state with `atomic_write`, then the log starts a new
 //!   segment and deletes the segments the snapshot covers.
-//! - Recovery: read the snapshot, then every segment in order. A record that is cut short or
-//!   fails its checksum at the end of the last segment is a torn write from a crash: the file is
-//!   cut back to the last whole record. The same damage anywhere else is real corruption and the
-//!   node refuses to start rather than silently lose data.
+//! - Recovery: read the snapshot, then every segment in order. Damage (a record cut short,
+//!   failing its checksum or not decoding) at the end of the last segment, with no whole record
+//!   anywhere after it, is a torn write from a crash: the file is cut back to the last whole
+//!   record. Damage followed by a whole record, or in any segment but the last, is real
+//!   corruption: cutting it would drop records that were acknowledged, so the node refuses to
+//!   start and names the file and the offset.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
@@ -149,30 +151,58 @@ pub fn encode(entry: &Entry) -> Vec<u8> {
     out
 }
 
-/// Reads a segment: its whole records, and the offset where the valid prefix ends.
-fn read_segment(path: &Path) -> io::Result<(Vec<Entry>, u64, u64)> {
+/// What reading one segment found.
+struct Segment {
+    /// The whole records from the start of the file, up to the first damage.
+    entries: Vec<Entry>,
+    /// Where those records end: the offset of the damage, or the file's length.
+    valid: u64,
+    /// The file's length.
+    total: u64,
+    /// The first offset after the damage where a whole record starts, if any: proof that the
+    /// damage is not a torn tail.
+    resumes_at: Option<u64>,
+}
+
+/// The entry whose record starts at `at` and the offset just past it; `None` unless a whole
+/// record with a matching checksum and a decodable payload starts there.
+fn record_at(bytes: &[u8], at: usize) -> Option<(Entry, usize)> {
+    let header = bytes.get(at..at.checked_add(HEADER)?)?;
+    let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(header[4..].try_into().ok()?);
+    if len > MAX_RECORD {
+        return None;
+    }
+    let end = at + HEADER + len;
+    let payload = bytes.get(at + HEADER..end)?;
+    if crc32fast::hash(payload) != crc {
+        return None;
+    }
+    let entry = serde_json::from_slice::<Entry>(payload).ok()?;
+    Some((entry, end))
+}
+
+fn read_segment(path: &Path) -> io::Result<Segment> {
     let mut bytes = Vec::new();
     BufReader::new(File::open(path)?).read_to_end(&mut bytes)?;
     let mut entries = Vec::new();
     let mut at = 0usize;
-    while at + HEADER <= bytes.len() {
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
-        let end = at + HEADER + len;
-        if len > MAX_RECORD || end > bytes.len() {
-            break;
-        }
-        let payload = &bytes[at + HEADER..end];
-        if crc32fast::hash(payload) != crc {
-            break;
-        }
-        match serde_json::from_slice::<Entry>(payload) {
-            Ok(entry) => entries.push(entry),
-            Err(_) => break,
-        }
+    while let Some((entry, end)) = record_at(&bytes, at) {
+        entries.push(entry);
         at = end;
     }
-    Ok((entries, at as u64, bytes.len() as u64))
+    // A damaged header says nothing reliable about where the next record starts: try every
+    // offset. Only damaged files pay for this, and the checksum rejects almost every offset
+    // before any decoding.
+    let resumes_at = (at + 1..bytes.len())
+        .find(|&offset| record_at(&bytes, offset).is_some())
+        .map(|offset| offset as u64);
+    Ok(Segment {
+        entries,
+        valid: at as u64,
+        total: bytes.len() as u64,
+        resumes_at,
+    })
 }
 
 impl Wal {
@@ -182,27 +212,45 @@ impl Wal {
         let found = segments(dir)?;
         let mut recovered = Recovered::default();
         for (i, (_, path)) in found.iter().enumerate() {
-            let (entries, valid, total) = read_segment(path)?;
-            if valid < total {
-                if i + 1 < found.len() {
-                    return Err(io::Error::new(
+            let segment = read_segment(path)?;
+            if segment.valid < segment.total {
+                let damaged = |why: String| {
+                    io::Error::new(
                         io::ErrorKind::InvalidData,
                         format!(
-                            "{} is damaged at byte {valid} but is not the last segment: refusing \
-                             to start rather than lose the records after it",
+                            "{} is damaged at byte {} (of {}), {why}: refusing to start rather \
+                             than lose the records after it. Restore the file from a backup, or \
+                             accept losing every record from that byte on with `truncate -s {} {}`",
+                            path.display(),
+                            segment.valid,
+                            segment.total,
+                            segment.valid,
                             path.display()
                         ),
-                    ));
+                    )
+                };
+                if i + 1 < found.len() {
+                    return Err(damaged("and it is not the last segment".into()));
+                }
+                if let Some(resumes_at) = segment.resumes_at {
+                    return Err(damaged(format!(
+                        "and a whole record follows at byte {resumes_at}, so this is not a write \
+                         torn by a crash"
+                    )));
                 }
                 tracing::warn!(
                     segment = %path.display(),
-                    cut = total - valid,
+                    at = segment.valid,
+                    cut = segment.total - segment.valid,
                     "cutting a torn record off the end of the log (crash during a write)"
                 );
-                OpenOptions::new().write(true).open(path)?.set_len(valid)?;
-                recovered.truncated_bytes = total - valid;
+                OpenOptions::new()
+                    .write(true)
+                    .open(path)?
+                    .set_len(segment.valid)?;
+                recovered.truncated_bytes = segment.total - segment.valid;
             }
-            recovered.entries.extend(entries);
+            recovered.entries.extend(segment.entries);
         }
         let current = match found.last() {
             Some((_, path)) => path.clone(),
@@ -416,33 +464,130 @@ mod tests {
         assert_eq!(fs::metadata(&path).unwrap().len(), whole);
     }
 
-    #[test]
-    fn a_bad_checksum_is_detected() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let (wal, _) = Wal::open(dir.path(), 0).unwrap();
+    /// A log of `records` durable records in one segment; its path and where each record starts.
+    fn log_of(dir: &Path, records: u64) -> (PathBuf, Vec<usize>) {
+        let (wal, _) = Wal::open(dir, 0).unwrap();
+        for seq in 1..=records {
             wal.append(Entry {
-                seq: 1,
-                record: message(1),
-            })
-            .recv()
-            .unwrap()
-            .unwrap();
-            wal.append(Entry {
-                seq: 2,
-                record: message(2),
+                seq,
+                record: message(seq),
             })
             .recv()
             .unwrap()
             .unwrap();
         }
-        let (_, path) = segments(dir.path()).unwrap().pop().unwrap();
-        let mut bytes = fs::read(&path).unwrap();
-        let last = bytes.len() - 2;
-        bytes[last] ^= 0xff; // flip a byte inside the second record's payload
-        fs::write(&path, &bytes).unwrap();
+        let (_, path) = segments(dir).unwrap().pop().unwrap();
+        let bytes = fs::read(&path).unwrap();
+        let mut starts = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            starts.push(at);
+            at += HEADER + u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        }
+        assert_eq!(starts.len() as u64, records);
+        (path, starts)
+    }
+
+    fn flip(path: &Path, at: usize) -> Vec<u8> {
+        let mut bytes = fs::read(path).unwrap();
+        bytes[at] ^= 0xff;
+        fs::write(path, &bytes).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn a_damaged_last_record_is_a_torn_tail_and_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, starts) = log_of(dir.path(), 3);
+        let len = fs::metadata(&path).unwrap().len() as usize;
+        flip(&path, len - 2); // inside the last record's payload: its checksum fails
         let (_wal, recovered) = Wal::open(dir.path(), 0).unwrap();
-        assert_eq!(recovered.entries.len(), 1);
+        assert_eq!(recovered.entries.len(), 2);
+        assert_eq!(recovered.truncated_bytes, (len - starts[2]) as u64);
+        assert_eq!(fs::metadata(&path).unwrap().len(), starts[2] as u64);
+    }
+
+    #[test]
+    fn zeros_after_the_last_record_are_a_torn_tail() {
+        // What a file system can leave when the size reached the disk before the data did.
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _) = log_of(dir.path(), 2);
+        let whole = fs::metadata(&path).unwrap().len();
+        OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(&[0; 4096])
+            .unwrap();
+        let (_wal, recovered) = Wal::open(dir.path(), 0).unwrap();
+        assert_eq!(recovered.entries.len(), 2);
+        assert_eq!(recovered.truncated_bytes, 4096);
+        assert_eq!(fs::metadata(&path).unwrap().len(), whole);
+    }
+
+    /// Damage with a whole record after it must stop recovery, name the file and the offset,
+    /// and leave the file as it was.
+    #[track_caller]
+    fn assert_refused(dir: &Path, path: &Path, damaged_at: usize, before: &[u8]) {
+        let error = Wal::open(dir, 0).expect_err("damage before a whole record is refused");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        let text = error.to_string();
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        assert!(text.contains(&format!("at byte {damaged_at} ")), "{text}");
+        assert_eq!(fs::read(path).unwrap(), before, "the file is not cut");
+    }
+
+    #[test]
+    fn damage_followed_by_whole_records_refuses_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, starts) = log_of(dir.path(), 4);
+        let before = flip(&path, starts[1] + HEADER + 3); // the second record's payload
+        assert_refused(dir.path(), &path, starts[1], &before);
+        let text = Wal::open(dir.path(), 0).unwrap_err().to_string();
+        assert!(
+            text.contains(&format!("follows at byte {}", starts[2])),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_damaged_length_before_whole_records_refuses_to_start() {
+        // A length pointing past the end of the file looks like a record cut short: only the
+        // records after it tell it apart from a torn tail.
+        let dir = tempfile::tempdir().unwrap();
+        let (path, starts) = log_of(dir.path(), 3);
+        let before = flip(&path, starts[1] + 2);
+        assert_refused(dir.path(), &path, starts[1], &before);
+    }
+
+    #[test]
+    fn damage_in_a_segment_before_the_last_refuses_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, starts) = log_of(dir.path(), 2);
+        {
+            let (wal, _) = Wal::open(dir.path(), 0).unwrap();
+            wal.rotate(2);
+            wal.append(Entry {
+                seq: 3,
+                record: message(3),
+            })
+            .recv()
+            .unwrap()
+            .unwrap();
+        }
+        assert_eq!(segments(dir.path()).unwrap().len(), 2);
+        // Damage at the very end of the older segment: a torn tail anywhere but the last
+        // segment still means lost records.
+        let len = fs::metadata(&path).unwrap().len() as usize;
+        let before = flip(&path, len - 1);
+        let error = Wal::open(dir.path(), 0).unwrap_err().to_string();
+        assert!(error.contains(&path.display().to_string()), "{error}");
+        assert!(
+            error.contains(&format!("at byte {} ", starts[1])),
+            "{error}"
+        );
+        assert!(error.contains("not the last segment"), "{error}");
+        assert_eq!(fs::read(&path).unwrap(), before);
     }
 
     #[test]

@@ -369,3 +369,47 @@ fn a_second_node_on_the_same_data_dir_is_refused() {
     let mut alice = second.login(Protocol::Json, "alice");
     assert_eq!(list_all(&mut alice, "*", 10), ["alice"]);
 }
+
+#[test]
+fn damage_inside_the_log_stops_the_node_instead_of_dropping_what_follows() {
+    let dir = data_dir();
+    let node = Node::start(dir.path(), &[]);
+    let mut alice = node.user(Protocol::Binary, "alice");
+    for i in 0..3 {
+        send(&mut alice, "alice", &format!("note {i}"));
+    }
+    node.kill();
+    // Damage the second record's payload; three whole records follow it.
+    let segment = dir.path().join(FIRST_SEGMENT);
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let second = 8 + u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
+    bytes[second + 8 + 2] ^= 0xff;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let failure = match Node::try_start(dir.path(), &[]) {
+        Ok(node) => panic!(
+            "a node started on a damaged log: {}",
+            node.data_dir.display()
+        ),
+        Err(failure) => failure,
+    };
+    assert!(
+        !failure.status.expect("it exits by itself").success(),
+        "{failure:?}"
+    );
+    for needle in [
+        segment.display().to_string(),
+        format!("damaged at byte {second} "),
+    ] {
+        assert!(
+            failure.stderr.contains(&needle),
+            "stderr names {needle:?}: {}",
+            failure.stderr
+        );
+    }
+    assert_eq!(
+        std::fs::read(&segment).unwrap(),
+        bytes,
+        "nothing is cut from a log the node refused"
+    );
+}
