@@ -97,7 +97,7 @@ enum ClientCommand {
     },
     /// Delete the logged-in account (uses --password).
     DeleteAccount,
-    /// Print live deliveries as they arrive.
+    /// Print live deliveries as they arrive (after one line reporting the login).
     Watch {
         /// Stop after this many messages.
         #[arg(long)]
@@ -121,6 +121,12 @@ fn outcome(op: &str, result: &Result<Reply, ErrorReply>) -> bool {
         }
         Err(error) => {
             print(json!({"ok": false, "op": op, "error": error}));
+            // Stdout is for programs; a person running the command sees why it failed here.
+            eprintln!(
+                "synckit-node client: {op} failed: {} ({})",
+                error.message,
+                json!(error.code).as_str().unwrap_or("error")
+            );
             false
         }
     }
@@ -157,8 +163,16 @@ fn run_client(args: &ClientArgs) -> Result<bool, String> {
         );
     };
     let login = client.login(user, password).map_err(io)?;
-    if matches!(args.command, ClientCommand::Login) || login.is_err() {
-        return Ok(outcome("login", &login));
+    // `watch` reports its login too: from that line on, deliveries are pushed to it.
+    if matches!(
+        args.command,
+        ClientCommand::Login | ClientCommand::Watch { .. }
+    ) || login.is_err()
+    {
+        let logged_in = outcome("login", &login);
+        if !logged_in || matches!(args.command, ClientCommand::Login) {
+            return Ok(logged_in);
+        }
     }
     let request = match &args.command {
         ClientCommand::CreateAccount { .. } | ClientCommand::Login => unreachable!("handled above"),

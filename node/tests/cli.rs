@@ -1,0 +1,389 @@
+//! The real `synckit-node` binary's `client` and `bench` subcommands against a real node, and
+//! `serve --config`: what a person or a script sees (exit codes, one JSON line per response on
+//! stdout, a readable reason on stderr).
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{
+    Finished, Node, PASSWORD, PROMPT, Raw, RawRead, Running, both, data_dir, run_bounded, send,
+    wait_until,
+};
+use serde_json::{Value, json};
+use synckit_node::protocol::{ErrorCode, Reply, Request, ServerFrame};
+use synckit_node::server::Protocol;
+
+/// How long one CLI run may take (it hashes a password or two, and starts a process).
+const RUN: Duration = Duration::from_secs(60);
+
+/// `synckit-node client --addr NODE [--json] ARGS`, as `user` (with `password`) if given.
+fn client_command(
+    node: &Node,
+    protocol: Protocol,
+    login: Option<(&str, &str)>,
+    args: &[&str],
+) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_synckit-node"));
+    command
+        .arg("client")
+        .args(["--addr", &node.chat.to_string()])
+        .args((protocol == Protocol::Json).then_some("--json"))
+        .env_remove("SYNCKIT_USER")
+        .env_remove("SYNCKIT_PASSWORD")
+        .args(args);
+    if let Some((user, password)) = login {
+        command
+            .env("SYNCKIT_USER", user)
+            .env("SYNCKIT_PASSWORD", password);
+    }
+    command
+}
+
+fn client(node: &Node, protocol: Protocol, login: Option<(&str, &str)>, args: &[&str]) -> Finished {
+    run_bounded(&mut client_command(node, protocol, login, args), RUN)
+}
+
+/// Every stdout line, as JSON.
+#[track_caller]
+fn lines(run: &Finished) -> Vec<Value> {
+    run.stdout
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"))
+        })
+        .collect()
+}
+
+/// The `data` of the one line a successful run prints for `op`.
+#[track_caller]
+fn succeeded(run: &Finished, op: &str) -> Value {
+    assert!(run.status.success(), "{run:#?}");
+    assert_eq!(run.stderr, "", "nothing on stderr when all is well");
+    let lines = lines(run);
+    assert_eq!(lines.len(), 1, "{run:#?}");
+    assert_eq!(
+        (&lines[0]["ok"], &lines[0]["op"]),
+        (&json!(true), &json!(op))
+    );
+    lines[0]["data"].clone()
+}
+
+/// A run that got an error response for `op` with `code`: exit code 1, the error as JSON on
+/// stdout, and a readable line naming the operation and the reason on stderr.
+#[track_caller]
+fn refused(run: &Finished, op: &str, code: &str) -> String {
+    assert_eq!(run.status.code(), Some(1), "{run:#?}");
+    let lines = lines(run);
+    assert_eq!(lines.len(), 1, "{run:#?}");
+    assert_eq!(
+        (&lines[0]["ok"], &lines[0]["op"], &lines[0]["error"]["code"]),
+        (&json!(false), &json!(op), &json!(code)),
+        "{run:#?}"
+    );
+    let message = lines[0]["error"]["message"].as_str().unwrap().to_string();
+    assert_eq!(
+        run.stderr.trim(),
+        format!("synckit-node client: {op} failed: {message} ({code})")
+    );
+    message
+}
+
+/// A run the client itself gave up on (no request answered): exit code 2, the reason on stderr.
+#[track_caller]
+fn failed(run: &Finished, reason: &str) {
+    assert_eq!(run.status.code(), Some(2), "{run:#?}");
+    assert_eq!(run.stdout, "", "{run:#?}");
+    assert!(
+        run.stderr.contains(reason),
+        "stderr has {reason:?}: {run:#?}"
+    );
+}
+
+both!(every_client_command_against_a_real_node);
+fn every_client_command_against_a_real_node(protocol: Protocol) {
+    let dir = data_dir();
+    let node = Node::start(dir.path(), &[]);
+    let alice = Some(("alice", PASSWORD));
+    const BOB_PASSWORD: &str = "bob's own password";
+    let bob = Some(("bob", BOB_PASSWORD));
+
+    let created = client(
+        &node,
+        protocol,
+        None,
+        &["create-account", "alice", PASSWORD],
+    );
+    assert_eq!(succeeded(&created, "create_account"), json!({}));
+    let created = client(
+        &node,
+        protocol,
+        None,
+        &["create-account", "bob", BOB_PASSWORD],
+    );
+    succeeded(&created, "create_account");
+    let again = client(
+        &node,
+        protocol,
+        None,
+        &["create-account", "alice", "another one"],
+    );
+    assert!(refused(&again, "create_account", "user_exists").contains("taken"));
+
+    // Logging in: a wrong password is refused, with the reason on stderr.
+    let wrong = client(
+        &node,
+        protocol,
+        Some(("alice", "not the password")),
+        &["login"],
+    );
+    assert_eq!(
+        refused(&wrong, "login", "auth_failed"),
+        "wrong username or password"
+    );
+    // ... and a command needing a login does not run after a failed one.
+    let wrong = client(
+        &node,
+        protocol,
+        Some(("alice", "nope nope")),
+        &["send", "bob", "x"],
+    );
+    refused(&wrong, "login", "auth_failed");
+    let login = client(&node, protocol, alice, &["login"]);
+    assert_eq!(succeeded(&login, "login"), json!({"unread": 0}));
+
+    // Send, then read as the recipient.
+    let sent = client(
+        &node,
+        protocol,
+        alice,
+        &["send", "bob", "hello from the shell"],
+    );
+    let id = succeeded(&sent, "send_message")["id"]
+        .as_u64()
+        .expect("an id");
+    let login = client(&node, protocol, bob, &["login"]);
+    assert_eq!(succeeded(&login, "login"), json!({"unread": 1}));
+    let read = client(&node, protocol, bob, &["read", "--limit", "5"]);
+    let messages = succeeded(&read, "read_messages")["messages"].clone();
+    assert_eq!(messages.as_array().map(Vec::len), Some(1), "{messages}");
+    assert_eq!(messages[0]["id"], id);
+    assert_eq!(messages[0]["from"], "alice");
+    assert_eq!(messages[0]["text"], "hello from the shell");
+    let read = client(&node, protocol, bob, &["read"]);
+    assert_eq!(succeeded(&read, "read_messages"), json!({"messages": []}));
+    let unknown = client(&node, protocol, alice, &["send", "nobody", "x"]);
+    refused(&unknown, "send_message", "no_such_user");
+
+    // Listing: a pattern, and every page of a listing.
+    let listed = client(&node, protocol, bob, &["list", "b*"]);
+    assert_eq!(
+        succeeded(&listed, "list_accounts"),
+        json!({"accounts": ["bob"], "next_cursor": null})
+    );
+    let listed = client(
+        &node,
+        protocol,
+        bob,
+        &["list", "*", "--page-size", "1", "--all"],
+    );
+    assert!(listed.status.success(), "{listed:#?}");
+    let pages: Vec<Value> = lines(&listed)
+        .into_iter()
+        .map(|line| line["data"]["accounts"].clone())
+        .collect();
+    assert_eq!(pages, [json!(["alice"]), json!(["bob"])]);
+
+    // Deleting messages: only what is there.
+    let deleted = client(&node, protocol, bob, &["delete-messages", &id.to_string()]);
+    assert_eq!(
+        succeeded(&deleted, "delete_messages"),
+        json!({"deleted": 1})
+    );
+    let deleted = client(
+        &node,
+        protocol,
+        bob,
+        &["delete-messages", &id.to_string(), "999"],
+    );
+    assert_eq!(
+        succeeded(&deleted, "delete_messages"),
+        json!({"deleted": 0})
+    );
+
+    // Deleting the account: the password is checked again, then the account is gone.
+    let deleted = client(&node, protocol, bob, &["delete-account"]);
+    assert_eq!(succeeded(&deleted, "delete_account"), json!({}));
+    let gone = client(&node, protocol, bob, &["login"]);
+    refused(&gone, "login", "auth_failed");
+    let listed = client(&node, protocol, alice, &["list"]);
+    assert_eq!(
+        succeeded(&listed, "list_accounts"),
+        json!({"accounts": ["alice"], "next_cursor": null})
+    );
+
+    // Mistakes the client catches itself, and a node that is not there.
+    failed(
+        &client(&node, protocol, None, &["send", "bob", "x"]),
+        "needs --user and --password",
+    );
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut nowhere = Command::new(env!("CARGO_BIN_EXE_synckit-node"));
+    nowhere.args(["client", "--addr", &closed.to_string(), "login"]);
+    failed(&run_bounded(&mut nowhere, RUN), "cannot connect");
+}
+
+both!(watch_prints_live_deliveries);
+fn watch_prints_live_deliveries(protocol: Protocol) {
+    let dir = data_dir();
+    let node = Node::start(dir.path(), &[]);
+    let mut alice = node.user(Protocol::Binary, "alice");
+    node.create("bob");
+    let mut watch = Running::spawn(&mut client_command(
+        &node,
+        protocol,
+        Some(("bob", PASSWORD)),
+        &["watch"],
+    ));
+    // Its first line says it is logged in: from then on, deliveries are pushed to it.
+    let login: Value = serde_json::from_str(&watch.next_line(RUN)).unwrap();
+    assert_eq!(
+        login,
+        json!({"ok": true, "op": "login", "data": {"unread": 0}})
+    );
+    let id = send(&mut alice, "bob", "live to the watcher");
+    let pushed: Value = serde_json::from_str(&watch.next_line(PROMPT)).unwrap();
+    assert_eq!(pushed["push"], "deliver", "{pushed}");
+    assert_eq!(pushed["data"]["id"], id, "{pushed}");
+    assert_eq!(pushed["data"]["from"], "alice", "{pushed}");
+    assert_eq!(pushed["data"]["text"], "live to the watcher", "{pushed}");
+    watch.kill();
+    // Pushed to the watcher is delivered: bob has nothing left to read.
+    let mut bob = node.login(Protocol::Binary, "bob");
+    assert!(common::read(&mut bob, 10).is_empty());
+}
+
+both!(bench_runs_and_reports_throughput);
+fn bench_runs_and_reports_throughput(protocol: Protocol) {
+    let dir = data_dir();
+    let node = Node::start(dir.path(), &[]);
+    let mut bench = Command::new(env!("CARGO_BIN_EXE_synckit-node"));
+    bench
+        .args(["bench", "--addr", &node.chat.to_string()])
+        .args((protocol == Protocol::Json).then_some("--json"))
+        .args(["-c", "2", "-m", "5", "--size", "8"]);
+    let run = run_bounded(&mut bench, RUN);
+    assert!(run.status.success(), "{run:#?}");
+    let report: Value = serde_json::from_str(run.stdout.trim()).expect("one JSON report");
+    let name = if protocol == Protocol::Json {
+        "json"
+    } else {
+        "binary"
+    };
+    assert_eq!(report["protocol"], name, "{report}");
+    assert_eq!(report["connections"], 2, "{report}");
+    assert_eq!(report["messages"], 10, "{report}");
+    assert_eq!(report["failed"], 0, "{report}");
+    for figure in ["messages_per_sec", "seconds", "p50_us", "p99_us"] {
+        let value = report[figure].as_f64().unwrap_or(-1.0);
+        assert!(value > 0.0, "{figure} is positive: {report}");
+    }
+    assert_eq!(
+        node.stats()["messages"]["stored"],
+        10,
+        "every message reached the node"
+    );
+}
+
+#[test]
+fn a_config_file_is_applied_and_flags_override_it() {
+    let dir = data_dir();
+    let elsewhere = dir.path().join("not-this-one");
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "# The harness passes --chat-addr, --http-addr, --data-dir and generous login\n\
+             # limits as flags: those keys must lose to them.\n\
+             chat_addr = \"127.0.0.1:1\"\n\
+             data_dir = {:?}\n\
+             logins_per_minute = 1\n\
+             login_burst = 1\n\
+             # Keys no flag sets apply.\n\
+             max_connections = 2\n\
+             snapshot_every_records = 2\n",
+            elsewhere.display().to_string()
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let node = Node::start(&data, &["--config", config.to_str().unwrap()]);
+    assert_ne!(node.chat.port(), 1, "--chat-addr wins over the file");
+    assert!(!elsewhere.exists(), "--data-dir wins over the file");
+
+    // max_connections = 2 from the file: a third connection is refused.
+    let mut open: Vec<Raw> = (0..2)
+        .map(|_| {
+            let mut raw = Raw::connect(node.chat, Protocol::Binary);
+            raw.request(1, &Request::ReadMessages { limit: 1 });
+            raw.expect_error(1, ErrorCode::NotLoggedIn);
+            raw
+        })
+        .collect();
+    let mut third = Raw::connect(node.chat, Protocol::Binary);
+    third.request(1, &Request::ReadMessages { limit: 1 });
+    match third.next() {
+        RawRead::Frame(ServerFrame::Response(response)) => {
+            let error = response.result.unwrap_err();
+            assert!(error.message.contains("connection limit"), "{error}");
+        }
+        other => panic!("the third connection is refused, got {other:?}"),
+    }
+    open.clear();
+    drop(third);
+    assert!(
+        wait_until(PROMPT, || node.stats()["connections"] == 0),
+        "closed connections are forgotten"
+    );
+
+    // Three logins in a row: the file's burst of 1 would refuse the second; the flag's is used.
+    let mut alice = node.user(Protocol::Binary, "alice");
+    for _ in 0..2 {
+        assert!(matches!(
+            common::ok(alice.login("alice", PASSWORD)),
+            Reply::LoggedIn { .. }
+        ));
+    }
+    // snapshot_every_records = 2 from the file (the default is 50,000): a snapshot appears.
+    send(&mut alice, "alice", "a second record");
+    assert!(
+        wait_until(PROMPT, || data.join("snapshot.json").exists()),
+        "a snapshot after two records"
+    );
+}
+
+#[test]
+fn a_bad_config_file_stops_the_node_with_a_clear_error() {
+    let dir = data_dir();
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, "max_conections = 5\n").unwrap();
+    let failure = match Node::try_start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    ) {
+        Ok(_) => panic!("a node started with a misspelt key"),
+        Err(failure) => failure,
+    };
+    assert!(
+        !failure.status.expect("it exits by itself").success(),
+        "{failure:?}"
+    );
+    for needle in ["max_conections", config.to_str().unwrap()] {
+        assert!(failure.stderr.contains(needle), "{needle}: {failure:?}");
+    }
+}
