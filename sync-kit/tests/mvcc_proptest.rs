@@ -571,3 +571,100 @@ fn disjoint_transactions_count_no_conflicts() {
     assert_eq!((s.commits, s.conflicts, s.keys), (8, 0, 8));
     assert_eq!((s.live_snapshots, s.live_versions), (0, 1));
 }
+
+/// Real threads, real races: each thread runs its transactions (no retry), recording what every
+/// committed one read and wrote with its commit version. Replaying the committed transactions
+/// serially in commit-version order must reproduce every value they read and the final map:
+/// concurrent commits are equivalent to that serial order.
+fn run_threaded(per_thread: Vec<Vec<TxSpec>>) {
+    type Record = (u64, Vec<(Key, Option<Val>)>, BTreeMap<Key, Option<Val>>);
+    let map: MvccMap<Key, Val> = MvccMap::new();
+    let start = std::sync::Barrier::new(per_thread.len());
+    let mut records: Vec<Record> = std::thread::scope(|s| {
+        let workers: Vec<_> = per_thread
+            .iter()
+            .map(|txs| {
+                let (map, start) = (&map, &start);
+                s.spawn(move || {
+                    start.wait();
+                    let mut committed = Vec::new();
+                    for spec in txs {
+                        let mut tx = map.begin();
+                        let mut reads = Vec::new();
+                        let mut writes = BTreeMap::new();
+                        for op in &spec.ops {
+                            match *op {
+                                TxOp::Get(k) if !writes.contains_key(&k) => {
+                                    reads.push((k, tx.get(&k)));
+                                }
+                                TxOp::Get(_) => {}
+                                TxOp::Insert(k, v) => {
+                                    tx.insert(k, v);
+                                    writes.insert(k, Some(v));
+                                }
+                                TxOp::Remove(k) => {
+                                    tx.remove(&k);
+                                    writes.insert(k, None);
+                                }
+                            }
+                        }
+                        if spec.abort {
+                            continue;
+                        }
+                        if let Ok(version) = tx.commit() {
+                            committed.push((version, reads, writes));
+                        }
+                    }
+                    committed
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("worker panicked"))
+            .collect()
+    });
+    // A read-only commit reports the version it validated against: it comes after that
+    // version's writer.
+    records.sort_by_key(|(version, _, writes)| (*version, writes.is_empty()));
+    let mut model = Model::new();
+    let mut last_writing = 0;
+    for (version, reads, writes) in records {
+        for (k, seen) in reads {
+            assert_eq!(
+                seen,
+                model.get(&k).copied(),
+                "read of key {k} by commit {version}"
+            );
+        }
+        if !writes.is_empty() {
+            assert!(
+                version > last_writing,
+                "writing commits get distinct, increasing versions"
+            );
+            last_writing = version;
+        }
+        for (k, v) in writes {
+            match v {
+                Some(v) => model.insert(k, v),
+                None => model.remove(&k),
+            };
+        }
+    }
+    assert_eq!(
+        contents(&map.snapshot()),
+        model,
+        "final map = serial replay"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn threaded_transactions_equal_their_serial_replay(
+        per_thread in prop::collection::vec(prop::collection::vec(tx_spec(4), 1..40), 2..4),
+    ) {
+        run_threaded(per_thread);
+    }
+}
