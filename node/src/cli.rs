@@ -46,7 +46,8 @@ pub struct ClientArgs {
     /// Log in as this user first (needed by every command but create-account).
     #[arg(long, env = "SYNCKIT_USER")]
     user: Option<String>,
-    /// The password for --user (prefer the SYNCKIT_PASSWORD environment variable).
+    /// The password for --user, and for create-account without one. Prefer the SYNCKIT_PASSWORD
+    /// environment variable: a command-line argument is visible to every local user in `ps`.
     #[arg(long, env = "SYNCKIT_PASSWORD", hide_env_values = true)]
     password: Option<String>,
     #[command(subcommand)]
@@ -59,8 +60,9 @@ enum ClientCommand {
     CreateAccount {
         /// The new username.
         username: String,
-        /// Its password.
-        password: String,
+        /// Its password; without it, SYNCKIT_PASSWORD (or --password) is used, which keeps it
+        /// out of `ps`.
+        password: Option<String>,
     },
     /// Log in and report unread messages.
     Login,
@@ -150,10 +152,17 @@ fn run_client(args: &ClientArgs) -> Result<bool, String> {
     } else {
         Protocol::Binary
     };
-    let mut client = Client::connect(args.addr, protocol)
-        .map_err(|e| format!("cannot connect to {}: {e}", args.addr))?;
     let io = |e: std::io::Error| e.to_string();
+    // Credentials first: a missing one is reported without touching the node.
     if let ClientCommand::CreateAccount { username, password } = &args.command {
+        let Some(password) = password.as_ref().or(args.password.as_ref()) else {
+            return Err(
+                "create-account needs a password: set SYNCKIT_PASSWORD (or give it as \
+                        an argument or with --password, where `ps` shows it)"
+                    .into(),
+            );
+        };
+        let mut client = connect(args.addr, protocol)?;
         let result = client.create_account(username, password).map_err(io)?;
         return Ok(outcome("create_account", &result));
     }
@@ -162,6 +171,7 @@ fn run_client(args: &ClientArgs) -> Result<bool, String> {
             "this command needs --user and --password (or SYNCKIT_USER / SYNCKIT_PASSWORD)".into(),
         );
     };
+    let mut client = connect(args.addr, protocol)?;
     let login = client.login(user, password).map_err(io)?;
     // `watch` reports its login too: from that line on, deliveries are pushed to it.
     if matches!(
@@ -233,6 +243,10 @@ fn run_client(args: &ClientArgs) -> Result<bool, String> {
     let op = request.op().name();
     let result = client.call(&request).map_err(io)?;
     Ok(outcome(op, &result))
+}
+
+fn connect(addr: SocketAddr, protocol: Protocol) -> Result<Client, String> {
+    Client::connect(addr, protocol).map_err(|e| format!("cannot connect to {addr}: {e}"))
 }
 
 /// `synckit-node bench ...`

@@ -5,6 +5,7 @@
 mod common;
 
 use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -234,7 +235,10 @@ fn every_client_command_against_a_real_node(protocol: Protocol) {
         .local_addr()
         .unwrap();
     let mut nowhere = Command::new(env!("CARGO_BIN_EXE_synckit-node"));
-    nowhere.args(["client", "--addr", &closed.to_string(), "login"]);
+    nowhere
+        .args(["client", "--addr", &closed.to_string(), "login"])
+        .env("SYNCKIT_USER", "alice")
+        .env("SYNCKIT_PASSWORD", PASSWORD);
     failed(&run_bounded(&mut nowhere, RUN), "cannot connect");
 }
 
@@ -385,5 +389,126 @@ fn a_bad_config_file_stops_the_node_with_a_clear_error() {
     );
     for needle in ["max_conections", config.to_str().unwrap()] {
         assert!(failure.stderr.contains(needle), "{needle}: {failure:?}");
+    }
+}
+
+/// Every file under `dir`, recursively.
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(files(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[test]
+fn passwords_reach_neither_the_data_dir_nor_the_logs() {
+    // Distinctive, and free of characters JSON would escape: a leak would show verbatim.
+    const ALICE: &str = "alice plaintext 7f3a91";
+    const BOB: &str = "bob plaintext c0ffee42";
+    const CAROL: &str = "carol plaintext 5eed1e55";
+    const WRONG: &str = "a wrong guess 0b5e55ed";
+    let dir = data_dir();
+    let node = Node::start(
+        dir.path(),
+        &["--log", "debug", "--snapshot-every-records", "6"],
+    );
+    let env_only = |password: &str, args: &[&str]| {
+        let mut command = client_command(&node, Protocol::Binary, None, args);
+        command.env("SYNCKIT_PASSWORD", password);
+        run_bounded(&mut command, RUN)
+    };
+
+    // create-account takes the password from SYNCKIT_PASSWORD when no argument gives it...
+    succeeded(
+        &env_only(ALICE, &["create-account", "alice"]),
+        "create_account",
+    );
+    succeeded(&env_only(BOB, &["create-account", "bob"]), "create_account");
+    // ... and says so when neither does.
+    failed(
+        &client(&node, Protocol::Binary, None, &["create-account", "dave"]),
+        "needs a password: set SYNCKIT_PASSWORD",
+    );
+    let mut carol = node.connect(Protocol::Json);
+    common::ok(carol.create_account("carol", CAROL));
+    common::ok(carol.login("carol", CAROL));
+    for i in 0..3 {
+        let sent = client(
+            &node,
+            Protocol::Json,
+            Some(("alice", ALICE)),
+            &["send", "bob", &format!("message {i}")],
+        );
+        succeeded(&sent, "send_message");
+    }
+    refused(
+        &client(&node, Protocol::Binary, Some(("bob", WRONG)), &["login"]),
+        "login",
+        "auth_failed",
+    );
+    succeeded(
+        &client(&node, Protocol::Binary, Some(("bob", BOB)), &["read"]),
+        "read_messages",
+    );
+    common::ok(carol.call(&Request::DeleteAccount {
+        password: CAROL.into(),
+    }));
+    // A snapshot holds the accounts; one more account lands in the log after it.
+    assert!(
+        wait_until(PROMPT, || dir.path().join("snapshot.json").exists()),
+        "a snapshot is written"
+    );
+    succeeded(
+        &env_only(CAROL, &["create-account", "carol"]),
+        "create_account",
+    );
+
+    let (stdout, stderr) = node.kill_and_collect();
+    assert!(
+        stderr.contains("account created user=carol"),
+        "the log was captured: {stderr}"
+    );
+    let mut hashes = 0;
+    for path in files(dir.path()) {
+        let bytes = std::fs::read(&path).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        for password in [ALICE, BOB, CAROL, WRONG] {
+            assert!(
+                !text.contains(password),
+                "{} holds the password {password:?}",
+                path.display()
+            );
+        }
+        // Every stored hash, in the snapshot and in the log, is an Argon2id PHC string.
+        for (at, _) in text.match_indices("\"password_hash\":\"") {
+            let value = &text[at + "\"password_hash\":\"".len()..];
+            assert!(
+                value.starts_with("$argon2id$"),
+                "{}: {}",
+                path.display(),
+                &value[..value.len().min(40)]
+            );
+            hashes += 1;
+        }
+    }
+    // alice and bob in the snapshot; the second carol (at least) in the log.
+    assert!(hashes >= 3, "{hashes} stored hashes found");
+    let snapshot: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("snapshot.json")).unwrap()).unwrap();
+    for user in ["alice", "bob"] {
+        let hash = snapshot["accounts"][user]["password_hash"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{user} in the snapshot: {snapshot}"));
+        assert!(hash.starts_with("$argon2id$"), "{user}: {hash}");
+    }
+    for password in [ALICE, BOB, CAROL, WRONG] {
+        assert!(!stdout.contains(password), "stdout: {stdout}");
+        assert!(!stderr.contains(password), "stderr: {stderr}");
     }
 }

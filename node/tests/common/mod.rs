@@ -57,9 +57,11 @@ pub struct Node {
     pub http: SocketAddr,
     /// The data directory it runs on.
     pub data_dir: PathBuf,
+    stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
     stop_watchdog: Option<mpsc::Sender<()>>,
     watchdog: Option<JoinHandle<()>>,
+    stdout_reader: Option<JoinHandle<()>>,
     stderr_reader: Option<JoinHandle<()>>,
 }
 
@@ -130,15 +132,24 @@ impl Node {
                 }
             })
         };
-        // Stdout: the first line is the listening line; keep draining the rest.
+        // Stdout: the first line is the listening line; keep draining (and keeping) the rest.
+        let stdout_text = Arc::new(Mutex::new(String::new()));
         let (lines, first_lines) = mpsc::channel::<String>();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                // Once nobody listens, keep reading anyway so the pipe never fills.
-                let _ = lines.send(line);
-            }
-        });
+        let stdout_reader = {
+            let stdout_text = Arc::clone(&stdout_text);
+            thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    {
+                        let mut all = stdout_text.lock().unwrap();
+                        all.push_str(&line);
+                        all.push('\n');
+                    }
+                    // Once nobody listens, keep reading anyway so the pipe never fills.
+                    let _ = lines.send(line);
+                }
+            })
+        };
         let child = Arc::new(Mutex::new(child));
         let deadline = Instant::now() + START_TIMEOUT;
         let mut stdout_seen = String::new();
@@ -192,9 +203,11 @@ impl Node {
                 chat,
                 http,
                 data_dir: dir.to_path_buf(),
+                stdout: stdout_text,
                 stderr,
                 stop_watchdog: Some(stop_watchdog),
                 watchdog: Some(watchdog),
+                stdout_reader: Some(stdout_reader),
                 stderr_reader: Some(stderr_reader),
             });
         }
@@ -208,6 +221,11 @@ impl Node {
     /// Everything the node has logged on stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// Everything the node has printed on stdout so far (the listening line first).
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
     }
 
     /// `Some(status)` if the process has exited.
@@ -230,6 +248,12 @@ impl Node {
         self.kill_now();
     }
 
+    /// Like [`Node::kill`], and returns everything it printed: (stdout, stderr).
+    pub fn kill_and_collect(mut self) -> (String, String) {
+        self.kill_now();
+        (self.stdout(), self.stderr())
+    }
+
     fn kill_now(&mut self) {
         if let Some(stop) = self.stop_watchdog.take() {
             let _ = stop.send(());
@@ -242,7 +266,10 @@ impl Node {
         if let Some(watchdog) = self.watchdog.take() {
             let _ = watchdog.join();
         }
-        if let Some(reader) = self.stderr_reader.take() {
+        for reader in [self.stdout_reader.take(), self.stderr_reader.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = reader.join();
         }
     }
