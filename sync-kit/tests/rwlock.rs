@@ -294,7 +294,7 @@ fn readers_queued_behind_a_writer_that_times_out_proceed() {
         let base = waiting();
         let rw = Arc::new(RwLock::named("rw-wto", 5u32));
         let release_first_reader = hold_on_other_thread("rw-wto-first-reader", &rw, false);
-        let d = Duration::from_millis(500);
+        let d = Duration::from_millis(1500);
         let writer = {
             let rw = rw.clone();
             spawn("rw-wto-writer", move || {
@@ -312,6 +312,12 @@ fn readers_queued_behind_a_writer_that_times_out_proceed() {
                 tx.send(g.map(|g| *g)).unwrap();
             })
         };
+        // The reader really queues behind the writer (both wait) before the writer gives up.
+        wait_for_waiters(base + 2);
+        assert!(
+            !writer.is_finished(),
+            "the writer timed out before the reader queued: the test proved nothing"
+        );
         // The first reader still holds the lock: the queued reader must get in as soon as the
         // writer gives up, not when the first reader leaves.
         let got = rx.recv_timeout(Duration::from_secs(10));
