@@ -176,6 +176,52 @@ pub fn metrics_text(service: &Service) -> String {
         counter(node.login_limiter.limited),
     );
     registry.register(
+        "threads_waiting",
+        "Threads in the wait-for graph now",
+        gauge(i64::try_from(detector.threads_waiting).unwrap_or(i64::MAX)),
+    );
+    // Both limiters in one family each, labelled with their /stats names.
+    let allowed = Family::<Labels, Counter>::default();
+    let evicted = Family::<Labels, Counter>::default();
+    let keys = Family::<Labels, Gauge>::default();
+    for (name, limiter) in [
+        ("requests_per_address", &node.request_limiter),
+        ("logins_per_user", &node.login_limiter),
+    ] {
+        let labels = vec![("limiter".to_string(), name.to_string())];
+        allowed.get_or_create(&labels).inc_by(limiter.allowed);
+        evicted.get_or_create(&labels).inc_by(limiter.evicted);
+        keys.get_or_create(&labels).set(as_i64(limiter.keys));
+    }
+    registry.register("rate_limit_allowed", "Requests a limiter granted", allowed);
+    registry.register("rate_limit_evicted", "Idle keys a limiter forgot", evicted);
+    registry.register("rate_limit_keys", "Keys with a bucket now", keys);
+    registry.register(
+        "mvcc_version",
+        "Latest committed version of the account map",
+        gauge(i64::try_from(node.accounts.version).unwrap_or(i64::MAX)),
+    );
+    registry.register(
+        "mvcc_live_versions",
+        "Account map versions still reachable (the latest and those held by snapshots)",
+        gauge(as_i64(node.accounts.live_versions)),
+    );
+    registry.register(
+        "mvcc_live_snapshots",
+        "Live account map snapshots and transactions (listing cursors among them)",
+        gauge(as_i64(node.accounts.live_snapshots)),
+    );
+    registry.register(
+        "mvcc_tombstones",
+        "Removed accounts kept for older snapshots",
+        gauge(as_i64(node.accounts.tombstones)),
+    );
+    registry.register(
+        "log_records_since_snapshot",
+        "Log records written since the last snapshot",
+        gauge(i64::try_from(node.records_since_snapshot).unwrap_or(i64::MAX)),
+    );
+    registry.register(
         "mvcc_commits",
         "Account map commits",
         counter(node.accounts.commits),

@@ -172,6 +172,59 @@ fn metrics_are_prometheus_text_with_lock_counters() {
         text.trim_end().ends_with("# EOF"),
         "OpenMetrics text ends with # EOF"
     );
+
+    // Everything /stats has beyond the locks is in /metrics too, with the same value (nothing
+    // runs between the two reads: HTTP requests are not charged to the limiters).
+    let stats = node.stats();
+    let figure = |path: &[&str]| -> f64 {
+        let value = path.iter().fold(&stats, |v, key| &v[key]);
+        value
+            .as_f64()
+            .unwrap_or_else(|| panic!("/stats has no {path:?}: {stats}"))
+    };
+    let mut same: Vec<(String, Vec<&str>)> = [
+        ("threads_waiting", ["deadlock_detector", "threads_waiting"]),
+        ("mvcc_version", ["accounts_mvcc", "version"]),
+        ("mvcc_live_versions", ["accounts_mvcc", "live_versions"]),
+        ("mvcc_live_snapshots", ["accounts_mvcc", "live_snapshots"]),
+        ("mvcc_tombstones", ["accounts_mvcc", "tombstones"]),
+        (
+            "log_records_since_snapshot",
+            ["log", "records_since_snapshot"],
+        ),
+    ]
+    .into_iter()
+    .map(|(metric, path)| (format!("synckit_{metric} "), path.to_vec()))
+    .collect();
+    for limiter in ["requests_per_address", "logins_per_user"] {
+        for (metric, field) in [
+            ("rate_limit_allowed_total", "allowed"),
+            ("rate_limit_keys", "keys"),
+            ("rate_limit_evicted_total", "evicted"),
+        ] {
+            same.push((
+                format!("synckit_{metric}{{limiter=\"{limiter}\"}} "),
+                vec!["rate_limits", limiter, field],
+            ));
+        }
+    }
+    same.push((
+        "synckit_rate_limited_requests_total ".into(),
+        vec!["rate_limits", "requests_per_address", "limited"],
+    ));
+    same.push((
+        "synckit_rate_limited_logins_total ".into(),
+        vec!["rate_limits", "logins_per_user", "limited"],
+    ));
+    for (metric, path) in &same {
+        assert_eq!(value(metric), figure(path), "{metric}");
+    }
+    // And they say something: bob's listing cursor holds a snapshot; traffic was let through.
+    assert!(value("synckit_mvcc_live_snapshots ") >= 1.0);
+    assert!(value("synckit_mvcc_live_versions ") >= 1.0);
+    assert_eq!(value("synckit_threads_waiting "), 0.0);
+    assert!(value("synckit_rate_limit_allowed_total{limiter=\"requests_per_address\"} ") > 40.0);
+    assert!(value("synckit_rate_limit_keys{limiter=\"logins_per_user\"} ") >= 2.0);
 }
 
 #[test]
