@@ -1,6 +1,7 @@
 //! Durability against a real process: state survives kill + restart (with and without snapshots
-//! and log truncation), every acknowledged message survives `kill -9` in the middle of a stream
-//! of sends exactly once, and a second node on the same data directory is refused.
+//! and log truncation), every acknowledged message and account survives `kill -9` in the middle
+//! of a stream of sends and account creations exactly once, damage inside the log stops the node,
+//! and a second node on the same data directory is refused.
 
 mod common;
 
@@ -220,6 +221,9 @@ fn kill_nine_while_sending(args: &[&str], snapshots: bool) {
     const SENDERS: usize = 4;
     const RECIPIENTS: [&str; 2] = ["r0", "r1"];
     const ACKED_BEFORE_KILL: usize = 400;
+    // Accounts are created meanwhile, by two connections racing each other and the senders.
+    const CREATORS: usize = 2;
+    const ACCOUNTS_BEFORE_KILL: usize = 10;
     let dir = data_dir();
     let node = Node::start(dir.path(), args);
     for r in RECIPIENTS {
@@ -263,18 +267,47 @@ fn kill_nine_while_sending(args: &[&str], snapshots: bool) {
             })
         })
         .collect();
+    let created = Arc::new(AtomicUsize::new(0));
+    // Every account name tried, and whether the node acknowledged it.
+    let accounts = Arc::new(Mutex::new(Vec::<(String, bool)>::new()));
+    let creators: Vec<_> = (0..CREATORS)
+        .map(|c| {
+            let mut client = node.connect(Protocol::Json);
+            let (created, accounts) = (Arc::clone(&created), Arc::clone(&accounts));
+            thread::spawn(move || {
+                for n in 0.. {
+                    let name = format!("c{c}-{n}");
+                    let index = {
+                        let mut all = accounts.lock().unwrap();
+                        all.push((name.clone(), false));
+                        all.len() - 1
+                    };
+                    match client.create_account(&name, PASSWORD) {
+                        Ok(Ok(Reply::Done {})) => {
+                            accounts.lock().unwrap()[index].1 = true;
+                            created.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(other) => panic!("create_account {name} refused: {other:?}"),
+                        Err(_) => break, // the node is gone
+                    }
+                }
+            })
+        })
+        .collect();
     let snapshot = dir.path().join("snapshot.json");
     assert!(
         wait_until(Duration::from_secs(120), || acked.load(Ordering::Relaxed)
             >= ACKED_BEFORE_KILL
+            && created.load(Ordering::Relaxed) >= ACCOUNTS_BEFORE_KILL
             && (!snapshots || snapshot.exists())),
-        "the senders got {} acknowledgements; snapshot: {}",
+        "the senders got {} acknowledgements, the creators {}; snapshot: {}",
         acked.load(Ordering::Relaxed),
+        created.load(Ordering::Relaxed),
         snapshot.exists()
     );
     node.kill(); // SIGKILL, mid-stream
-    for t in threads {
-        t.join().expect("a sender thread panicked");
+    for t in threads.into_iter().chain(creators) {
+        t.join().expect("a sender or creator thread panicked");
     }
     let attempts = Arc::try_unwrap(attempts).unwrap().into_inner().unwrap();
     let acked: Vec<&Attempt> = attempts.iter().filter(|a| a.acked_id.is_some()).collect();
@@ -321,8 +354,43 @@ fn kill_nine_while_sending(args: &[&str], snapshots: bool) {
         unacked_kept <= SENDERS,
         "{unacked_kept} unanswered messages kept"
     );
-    // And the node works on: new ids above every old one.
+
+    // Every acknowledged account exists once and logs in; any other was at least attempted.
+    let accounts = Arc::try_unwrap(accounts).unwrap().into_inner().unwrap();
     let mut s0 = node.login(Protocol::Binary, "s0");
+    let listed = list_all(&mut s0, "c*", 100);
+    assert!(
+        listed.windows(2).all(|pair| pair[0] < pair[1]),
+        "each account is listed once: {listed:?}"
+    );
+    let acked_accounts: Vec<&String> = accounts
+        .iter()
+        .filter(|(_, acked)| *acked)
+        .map(|(name, _)| name)
+        .collect();
+    assert!(acked_accounts.len() >= ACCOUNTS_BEFORE_KILL);
+    for name in &acked_accounts {
+        assert!(listed.contains(name), "acknowledged account {name} is lost");
+        node.login(Protocol::Binary, name);
+    }
+    for name in &listed {
+        assert!(
+            accounts.iter().any(|(tried, _)| tried == name),
+            "account {name} was never created"
+        );
+    }
+    let unacked_accounts = listed.len() - acked_accounts.len();
+    eprintln!(
+        "{} account creations, {} acknowledged, {unacked_accounts} unacknowledged kept",
+        accounts.len(),
+        acked_accounts.len()
+    );
+    assert!(
+        unacked_accounts <= CREATORS,
+        "{unacked_accounts} unanswered creations kept"
+    );
+
+    // And the node works on: new ids above every old one.
     let id = send(&mut s0, "r0", "after the crash");
     assert!(id > *by_id.keys().last().unwrap());
 }
