@@ -15,8 +15,36 @@ use crate::protocol::{ErrorReply, Reply, Request};
 use crate::server::{self, Protocol};
 use crate::service::{self, Service};
 
+/// Raises this process's soft limit on open files to its hard limit, so that the connections it
+/// may hold are bounded by `--max-connections` and the hard limit, not by a conservative soft
+/// default (often 1,024: each connection holds three descriptors in the node, two in a client).
+/// Returns the limit now in force, if it could be read.
+pub fn raise_open_files_limit() -> Option<u64> {
+    let (soft, hard) = match rlimit::Resource::NOFILE.get() {
+        Ok(limits) => limits,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the open-files limit");
+            return None;
+        }
+    };
+    if soft >= hard {
+        return Some(soft);
+    }
+    match rlimit::increase_nofile_limit(hard) {
+        Ok(now) => {
+            tracing::info!(from = soft, to = now, "open-files limit raised");
+            Some(now)
+        }
+        Err(error) => {
+            tracing::warn!(%error, soft, hard, "cannot raise the open-files limit");
+            Some(soft)
+        }
+    }
+}
+
 /// Starts a node and serves until killed.
 pub fn serve(config: &Config) -> Result<(), String> {
+    raise_open_files_limit();
     let service = Arc::new(Service::open(config).map_err(|e| e.to_string())?);
     let listener = TcpListener::bind(config.chat_addr)
         .map_err(|e| format!("cannot listen on {}: {e}", config.chat_addr))?;
@@ -284,6 +312,7 @@ pub fn bench(args: &BenchArgs) -> ExitCode {
 }
 
 fn run_bench(args: &BenchArgs) -> Result<serde_json::Value, String> {
+    raise_open_files_limit();
     let protocol = if args.json {
         Protocol::Json
     } else {

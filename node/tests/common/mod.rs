@@ -97,6 +97,23 @@ impl Node {
     /// Starts a node; a node that exits (or stays silent for [`START_TIMEOUT`]) is a
     /// [`StartFailure`].
     pub fn try_start(dir: &Path, args: &[&str]) -> Result<Node, StartFailure> {
+        Node::try_start_with(dir, args, |_| {})
+    }
+
+    /// Like [`Node::start`], with `adjust` applied to the command before it is spawned.
+    pub fn start_with(dir: &Path, args: &[&str], adjust: impl FnOnce(&mut Command)) -> Node {
+        match Node::try_start_with(dir, args, adjust) {
+            Ok(node) => node,
+            Err(failure) => panic!("the node did not start: {failure:#?}"),
+        }
+    }
+
+    /// Like [`Node::try_start`], with `adjust` applied to the command before it is spawned.
+    pub fn try_start_with(
+        dir: &Path,
+        args: &[&str],
+        adjust: impl FnOnce(&mut Command),
+    ) -> Result<Node, StartFailure> {
         let mut command = Command::new(env!("CARGO_BIN_EXE_synckit-node"));
         command
             .arg("serve")
@@ -114,6 +131,7 @@ impl Node {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        adjust(&mut command);
         let mut child = command.spawn().expect("spawn synckit-node");
         let pid = child.id();
         let stdout = child.stdout.take().expect("piped stdout");
