@@ -17,13 +17,23 @@ fn uncontended_acquisitions_never_enter_the_wait_for_graph() {
         *outer += 1;
         *rw.write().unwrap() += 1;
         let r1 = rw.read().unwrap();
-        assert!(rw.try_read().is_ok(), "no writer waits: a second read shares");
+        assert!(
+            rw.try_read().is_ok(),
+            "no writer waits: a second read shares"
+        );
         drop(r1);
         drop(outer);
-        assert!(plain.try_lock_for(std::time::Duration::from_secs(1)).is_ok());
+        assert!(
+            plain
+                .try_lock_for(std::time::Duration::from_secs(1))
+                .is_ok()
+        );
     }
     let after = sync_kit::deadlock::stats();
-    assert_eq!(after.waits_registered, before.waits_registered, "no wait was registered");
+    assert_eq!(
+        after.waits_registered, before.waits_registered,
+        "no wait was registered"
+    );
     assert_eq!(after.cycles_detected, before.cycles_detected);
     assert_eq!(after.threads_waiting, 0);
     // Every acquisition was counted, none as a contention.
