@@ -63,15 +63,90 @@ impl Quota {
     }
 
     /// The number of whole slots elapsed at `now` (slot = `period / tokens`).
+    #[inline]
     pub(crate) fn slots_at(&self, now: Duration) -> u64 {
-        let slots = now.as_nanos() * u128::from(self.tokens.get()) / u128::from(self.period_nanos);
+        let tokens = u64::from(self.tokens.get());
+        // The same quotient in 64 bits whenever the product fits (hours of uptime at any rate a
+        // limiter meets in practice): a 64-bit division costs a fraction of a 128-bit one.
+        if let Ok(nanos) = u64::try_from(now.as_nanos())
+            && let Some(product) = nanos.checked_mul(tokens)
+        {
+            return product / self.period_nanos;
+        }
+        let slots = now.as_nanos() * u128::from(tokens) / u128::from(self.period_nanos);
         u64::try_from(slots).unwrap_or(u64::MAX)
     }
 
     /// The earliest time at which `slot` slots have elapsed.
     pub(crate) fn time_of_slot(&self, slot: u64) -> Duration {
-        let tokens = u128::from(self.tokens.get());
-        let nanos = (u128::from(slot) * u128::from(self.period_nanos)).div_ceil(tokens);
+        let tokens = u64::from(self.tokens.get());
+        if let Some(product) = slot.checked_mul(self.period_nanos) {
+            return Duration::from_nanos(product.div_ceil(tokens));
+        }
+        let nanos = (u128::from(slot) * u128::from(self.period_nanos)).div_ceil(u128::from(tokens));
         Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The 128-bit formulas, which the 64-bit fast paths must match exactly.
+    fn slots_wide(q: &Quota, now: Duration) -> u64 {
+        let slots = now.as_nanos() * u128::from(q.tokens.get()) / u128::from(q.period_nanos);
+        u64::try_from(slots).unwrap_or(u64::MAX)
+    }
+
+    fn time_wide(q: &Quota, slot: u64) -> Duration {
+        let nanos =
+            (u128::from(slot) * u128::from(q.period_nanos)).div_ceil(u128::from(q.tokens.get()));
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+
+    #[test]
+    fn fast_paths_agree_with_the_wide_formulas_on_both_sides_of_overflow() {
+        let quotas = [
+            Quota::per_second(1, 1),
+            Quota::per_second(7, 3),
+            Quota::per_second(1_000_000, 10),
+            Quota::per_second(1_000_000_000, 1),
+            Quota::new(3, Duration::from_secs(3600 * 24 * 365), 1),
+        ];
+        for q in &quotas {
+            let tokens = u64::from(q.tokens.get());
+            // Around the point where `nanos * tokens` leaves 64 bits, and far beyond it.
+            let edge = u64::MAX / tokens;
+            for nanos in [
+                0,
+                1,
+                999_999_999,
+                edge - 1,
+                edge,
+                edge.saturating_add(1),
+                u64::MAX,
+            ] {
+                let now = Duration::from_nanos(nanos);
+                assert_eq!(q.slots_at(now), slots_wide(q, now), "{q:?} at {nanos} ns");
+            }
+            let huge = Duration::from_secs(u64::MAX);
+            assert_eq!(q.slots_at(huge), slots_wide(q, huge));
+            let edge = u64::MAX / q.period_nanos;
+            for slot in [
+                0,
+                1,
+                12_345,
+                edge - 1,
+                edge,
+                edge.saturating_add(1),
+                u64::MAX,
+            ] {
+                assert_eq!(
+                    q.time_of_slot(slot),
+                    time_wide(q, slot),
+                    "{q:?} slot {slot}"
+                );
+            }
+        }
     }
 }
