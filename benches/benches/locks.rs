@@ -18,14 +18,13 @@
 //! Run with `cargo bench -p sync-kit-benches --bench locks`.
 
 use std::hint::black_box;
-use std::sync::Barrier;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{
     BenchmarkGroup, Criterion, criterion_group, criterion_main, measurement::WallTime,
 };
 use sync_kit::Level;
+use sync_kit_benches::wall_time_split;
 
 /// Settings for the single-threaded groups: short, but enough samples for a stable median.
 fn quick(group: &mut BenchmarkGroup<'_, WallTime>) {
@@ -109,37 +108,13 @@ fn rwlock_uncontended(c: &mut Criterion) {
 /// Number of threads hammering the shared mutex in the contended group.
 const THREADS: u64 = 2;
 
-/// Runs `iters` lock / increment / unlock operations split over [`THREADS`] threads, started
-/// once for this sample and released together by a barrier; returns the wall time from the
-/// first thread's start to the last thread's finish, both read by the workers (so criterion
-/// reports wall time per operation).
+/// Runs `iters` lock / increment / unlock operations split over [`THREADS`] threads; returns
+/// their wall time (see [`wall_time_split`]).
 fn contended<L: Sync>(iters: u64, lock: &L, op: impl Fn(&L) + Sync) -> Duration {
-    let barrier = Barrier::new(THREADS as usize);
-    thread::scope(|s| {
-        let workers: Vec<_> = (0..THREADS)
-            .map(|t| {
-                // Split `iters` so the threads together do exactly `iters` operations.
-                let n = iters / THREADS + u64::from(t < iters % THREADS);
-                let (barrier, op) = (&barrier, &op);
-                s.spawn(move || {
-                    barrier.wait();
-                    let start = Instant::now();
-                    for _ in 0..n {
-                        op(black_box(lock));
-                    }
-                    (start, Instant::now())
-                })
-            })
-            .collect();
-        let spans: Vec<(Instant, Instant)> = workers
-            .into_iter()
-            .map(|w| w.join().expect("benchmark thread panicked"))
-            .collect();
-        // Both ends are read by the workers themselves: a main thread scheduled late (2 vCPUs,
-        // 3 threads) can neither shorten the span nor make it zero.
-        let start = spans.iter().map(|&(s, _)| s).min().expect("THREADS > 0");
-        let end = spans.iter().map(|&(_, e)| e).max().expect("THREADS > 0");
-        end.saturating_duration_since(start)
+    wall_time_split(iters, THREADS, |_, n| {
+        for _ in 0..n {
+            op(black_box(lock));
+        }
     })
 }
 

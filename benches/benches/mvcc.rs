@@ -21,14 +21,13 @@
 
 use std::collections::HashMap;
 use std::hint::black_box;
-use std::sync::Barrier;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{
     BenchmarkGroup, BenchmarkId, Criterion, criterion_group, criterion_main, measurement::WallTime,
 };
 use sync_kit::mvcc::MvccMap;
+use sync_kit_benches::wall_time_split;
 
 /// Settings for the fast single-threaded groups: short, but enough samples for a stable median.
 fn quick(group: &mut BenchmarkGroup<'_, WallTime>) {
@@ -183,40 +182,18 @@ fn commit_1_thread(c: &mut Criterion) {
 /// Threads committing in the two-thread group.
 const THREADS: u64 = 2;
 
-/// Runs `iters` operations split over [`THREADS`] threads, started once for this sample and
-/// released together by a barrier; thread `t` passes keys from its own half of the key space
-/// (disjoint, so transactions never conflict). Returns the wall time from the first thread's
-/// start to the last thread's finish (so criterion reports wall time per operation).
+/// Runs `iters` operations split over [`THREADS`] threads; thread `t` passes keys from its own
+/// part of the key space (disjoint, so transactions never conflict). Returns their wall time (see
+/// [`wall_time_split`]).
 fn two_threads(iters: u64, keys: &[u64], op: impl Fn(u64, u64) + Sync) -> Duration {
-    let barrier = Barrier::new(THREADS as usize);
-    thread::scope(|s| {
-        let workers: Vec<_> = (0..THREADS)
-            .map(|t| {
-                let n = iters / THREADS + u64::from(t < iters % THREADS);
-                let (barrier, op) = (&barrier, &op);
-                s.spawn(move || {
-                    // Thread t uses keys ≡ t (mod THREADS): disjoint sets.
-                    let own = |k: u64| k - k % THREADS + t;
-                    let mut i = t as usize * 7919;
-                    barrier.wait();
-                    let start = Instant::now();
-                    for _ in 0..n {
-                        i = (i + 1) & (SEQUENCE - 1);
-                        op(own(keys[i]), own(keys[(i + 1) & (SEQUENCE - 1)]));
-                    }
-                    (start, Instant::now())
-                })
-            })
-            .collect();
-        let spans: Vec<(Instant, Instant)> = workers
-            .into_iter()
-            .map(|w| w.join().expect("benchmark thread panicked"))
-            .collect();
-        // Both ends are read by the workers themselves: a main thread scheduled late (2 vCPUs,
-        // 3 threads) can neither shorten the span nor make it zero.
-        let start = spans.iter().map(|&(s, _)| s).min().expect("THREADS > 0");
-        let end = spans.iter().map(|&(_, e)| e).max().expect("THREADS > 0");
-        end.saturating_duration_since(start)
+    wall_time_split(iters, THREADS, |t, n| {
+        // Thread t uses keys ≡ t (mod THREADS): disjoint sets.
+        let own = |k: u64| k - k % THREADS + t;
+        let mut i = t as usize * 7919;
+        for _ in 0..n {
+            i = (i + 1) & (SEQUENCE - 1);
+            op(own(keys[i]), own(keys[(i + 1) & (SEQUENCE - 1)]));
+        }
     })
 }
 

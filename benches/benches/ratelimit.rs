@@ -30,8 +30,6 @@
 
 use std::hint::black_box;
 use std::num::NonZeroU32;
-use std::sync::Barrier;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use criterion::{
@@ -42,6 +40,7 @@ use governor::clock::{Clock as _, QuantaClock};
 use sync_kit::ratelimit::{
     Clock as _, FakeClock, KeyedLimiter, MonotonicClock, Quota, TokenBucket,
 };
+use sync_kit_benches::wall_time_split;
 
 /// Settings for the single-threaded groups: short, but enough samples for a stable median.
 fn quick(group: &mut BenchmarkGroup<'_, WallTime>) {
@@ -127,35 +126,13 @@ fn bucket_1_thread(c: &mut Criterion) {
 /// Threads calling the shared limiter in the two-thread groups.
 const THREADS: u64 = 2;
 
-/// Runs `iters` calls of `op` split over [`THREADS`] threads, started once for this sample and
-/// released together by a barrier; returns the wall time from the first thread's start to the
-/// last thread's finish (so criterion reports wall time per call).
+/// Runs `iters` calls of `op` split over [`THREADS`] threads; returns their wall time (see
+/// [`wall_time_split`]).
 fn two_threads(iters: u64, op: impl Fn() -> bool + Sync) -> Duration {
-    let barrier = Barrier::new(THREADS as usize);
-    thread::scope(|s| {
-        let workers: Vec<_> = (0..THREADS)
-            .map(|t| {
-                let n = iters / THREADS + u64::from(t < iters % THREADS);
-                let (barrier, op) = (&barrier, &op);
-                s.spawn(move || {
-                    barrier.wait();
-                    let start = Instant::now();
-                    for _ in 0..n {
-                        black_box(op());
-                    }
-                    (start, Instant::now())
-                })
-            })
-            .collect();
-        let spans: Vec<(Instant, Instant)> = workers
-            .into_iter()
-            .map(|w| w.join().expect("benchmark thread panicked"))
-            .collect();
-        // Both ends are read by the workers themselves: a main thread scheduled late (2 vCPUs,
-        // 3 threads) can neither shorten the span nor make it zero.
-        let start = spans.iter().map(|&(s, _)| s).min().expect("THREADS > 0");
-        let end = spans.iter().map(|&(_, e)| e).max().expect("THREADS > 0");
-        end.saturating_duration_since(start)
+    wall_time_split(iters, THREADS, |_, n| {
+        for _ in 0..n {
+            black_box(op());
+        }
     })
 }
 

@@ -14,7 +14,7 @@ use common::{
     wait_until,
 };
 use serde_json::{Value, json};
-use synckit_node::protocol::{ErrorCode, Reply, Request, ServerFrame};
+use synckit_node::protocol::{Reply, Request, ServerFrame};
 use synckit_node::server::Protocol;
 
 /// How long one CLI run may take (it hashes a password or two, and starts a process).
@@ -331,14 +331,7 @@ fn a_config_file_is_applied_and_flags_override_it() {
     assert!(!elsewhere.exists(), "--data-dir wins over the file");
 
     // max_connections = 2 from the file: a third connection is refused.
-    let mut open: Vec<Raw> = (0..2)
-        .map(|_| {
-            let mut raw = Raw::connect(node.chat, Protocol::Binary);
-            raw.request(1, &Request::ReadMessages { limit: 1 });
-            raw.expect_error(1, ErrorCode::NotLoggedIn);
-            raw
-        })
-        .collect();
+    let mut open = common::registered_connections(node.chat, 2);
     let mut third = Raw::connect(node.chat, Protocol::Binary);
     third.request(1, &Request::ReadMessages { limit: 1 });
     match third.next() {

@@ -130,14 +130,7 @@ fn connections_beyond_the_limit_are_refused() {
     let dir = data_dir();
     let node = Node::start(dir.path(), &["--max-connections", "3"]);
     // Three connections, each registered (it has been answered).
-    let mut open: Vec<Raw> = (0..3)
-        .map(|_| {
-            let mut raw = Raw::connect(node.chat, Protocol::Binary);
-            raw.request(1, &Request::ReadMessages { limit: 1 });
-            raw.expect_error(1, ErrorCode::NotLoggedIn);
-            raw
-        })
-        .collect();
+    let mut open = common::registered_connections(node.chat, 3);
     // The fourth is told why, then closed (the node answers once it knows the protocol).
     let mut fourth = Raw::connect(node.chat, Protocol::Json);
     fourth.request(1, &Request::ReadMessages { limit: 1 });

@@ -139,35 +139,14 @@ impl Node {
 
         // Drain stderr for the whole life of the process (a full pipe would block its logging).
         let stderr = Arc::new(Mutex::new(String::new()));
-        let stderr_reader = {
-            let stderr = Arc::clone(&stderr);
-            thread::spawn(move || {
-                for line in BufReader::new(stderr_pipe).lines() {
-                    let Ok(line) = line else { break };
-                    let mut all = stderr.lock().unwrap();
-                    all.push_str(&line);
-                    all.push('\n');
-                }
-            })
-        };
+        let stderr_reader = keep_lines(stderr_pipe, Arc::clone(&stderr), |_| {});
         // Stdout: the first line is the listening line; keep draining (and keeping) the rest.
         let stdout_text = Arc::new(Mutex::new(String::new()));
         let (lines, first_lines) = mpsc::channel::<String>();
-        let stdout_reader = {
-            let stdout_text = Arc::clone(&stdout_text);
-            thread::spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    {
-                        let mut all = stdout_text.lock().unwrap();
-                        all.push_str(&line);
-                        all.push('\n');
-                    }
-                    // Once nobody listens, keep reading anyway so the pipe never fills.
-                    let _ = lines.send(line);
-                }
-            })
-        };
+        let stdout_reader = keep_lines(stdout, Arc::clone(&stdout_text), move |line| {
+            // Once nobody listens, keep reading anyway so the pipe never fills.
+            let _ = lines.send(line.to_string());
+        });
         let child = Arc::new(Mutex::new(child));
         let deadline = Instant::now() + START_TIMEOUT;
         let mut stdout_seen = String::new();
@@ -835,3 +814,36 @@ macro_rules! both {
 }
 #[allow(unused_imports)]
 pub(crate) use both;
+
+/// Reads `pipe` line by line on a thread until it closes, appending every line to `into` and
+/// handing it to `each`; a child's pipe drained this way never fills and blocks the child.
+fn keep_lines(
+    pipe: impl std::io::Read + Send + 'static,
+    into: Arc<Mutex<String>>,
+    mut each: impl FnMut(&str) + Send + 'static,
+) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            {
+                let mut all = into.lock().unwrap();
+                all.push_str(&line);
+                all.push('\n');
+            }
+            each(&line);
+        }
+    })
+}
+
+/// Opens `n` connections to `chat` that the node has registered (each has been answered once),
+/// to occupy connection slots.
+pub fn registered_connections(chat: SocketAddr, n: usize) -> Vec<Raw> {
+    (0..n)
+        .map(|_| {
+            let mut raw = Raw::connect(chat, Protocol::Binary);
+            raw.request(1, &Request::ReadMessages { limit: 1 });
+            raw.expect_error(1, ErrorCode::NotLoggedIn);
+            raw
+        })
+        .collect()
+}
