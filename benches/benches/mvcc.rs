@@ -27,7 +27,7 @@ use criterion::{
     BenchmarkGroup, BenchmarkId, Criterion, criterion_group, criterion_main, measurement::WallTime,
 };
 use sync_kit::mvcc::MvccMap;
-use sync_kit_benches::wall_time_split;
+use sync_kit_benches::{random_keys, wall_time_split};
 
 /// Settings for the fast single-threaded groups: short, but enough samples for a stable median.
 fn quick(group: &mut BenchmarkGroup<'_, WallTime>) {
@@ -51,20 +51,6 @@ fn mvcc_map(n: u64) -> MvccMap<u64, u64> {
 
 fn hash_map(n: u64) -> HashMap<u64, u64> {
     (0..n).map(|k| (k, k)).collect()
-}
-
-/// splitmix64: a fixed, reproducible pseudo-random sequence without another dependency.
-fn random_keys(n: u64, count: usize) -> Vec<u64> {
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-    (0..count)
-        .map(|_| {
-            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            (z ^ (z >> 31)) % n
-        })
-        .collect()
 }
 
 const SIZES: [(u64, &str); 3] = [(1_000, "1k"), (100_000, "100k"), (1_000_000, "1M")];

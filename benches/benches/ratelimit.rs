@@ -40,7 +40,7 @@ use governor::clock::{Clock as _, QuantaClock};
 use sync_kit::ratelimit::{
     Clock as _, FakeClock, KeyedLimiter, MonotonicClock, Quota, TokenBucket,
 };
-use sync_kit_benches::wall_time_split;
+use sync_kit_benches::{random_keys, wall_time_split};
 
 /// Settings for the single-threaded groups: short, but enough samples for a stable median.
 fn quick(group: &mut BenchmarkGroup<'_, WallTime>) {
@@ -166,20 +166,6 @@ fn bucket_2_threads(c: &mut Criterion) {
 const KEYS: u64 = 1000;
 /// Length of the precomputed random key sequence (a power of two, cycled through).
 const SEQUENCE: usize = 1 << 14;
-
-/// splitmix64: a fixed, reproducible pseudo-random key order without another dependency.
-fn random_keys(n: u64, count: usize) -> Vec<u64> {
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-    (0..count)
-        .map(|_| {
-            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            (z ^ (z >> 31)) % n
-        })
-        .collect()
-}
 
 fn keyed(c: &mut Criterion) {
     let keys = random_keys(KEYS, SEQUENCE);

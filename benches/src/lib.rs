@@ -35,3 +35,18 @@ pub fn wall_time_split(iters: u64, threads: u64, run: impl Fn(u64, u64) + Sync) 
         end.saturating_duration_since(start)
     })
 }
+
+/// `count` pseudo-random keys below `n`: splitmix64 from a fixed seed, so every run measures the
+/// same sequence, without another dependency.
+pub fn random_keys(n: u64, count: usize) -> Vec<u64> {
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    (0..count)
+        .map(|_| {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            (z ^ (z >> 31)) % n
+        })
+        .collect()
+}

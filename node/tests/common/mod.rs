@@ -518,12 +518,7 @@ fn drain<R: Read + Send + 'static>(mut pipe: R) -> JoinHandle<String> {
 /// runs longer than `timeout`.
 #[track_caller]
 pub fn run_bounded(command: &mut Command, timeout: Duration) -> Finished {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
+    let mut child = spawn_piped(command);
     let stdout = drain(child.stdout.take().expect("piped stdout"));
     let stderr = drain(child.stderr.take().expect("piped stderr"));
     let mut status = None;
@@ -558,12 +553,7 @@ pub struct Running {
 impl Running {
     /// Starts `command` with stdin closed.
     pub fn spawn(command: &mut Command) -> Running {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
+        let mut child = spawn_piped(command);
         let stdout = child.stdout.take().expect("piped stdout");
         let (send, lines) = mpsc::channel();
         thread::spawn(move || {
@@ -846,4 +836,15 @@ pub fn registered_connections(chat: SocketAddr, n: usize) -> Vec<Raw> {
             raw
         })
         .collect()
+}
+
+/// Starts `command` with stdin closed and stdout and stderr piped to this process.
+#[track_caller]
+fn spawn_piped(command: &mut Command) -> Child {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"))
 }
