@@ -92,29 +92,41 @@ impl HeldList {
     #[inline(never)]
     fn remove_deeper(&self, key: HoldKey) {
         let len = self.len.get();
-        let removed = with_spill(|spill| {
-            if let Some(at) = spill.iter().rposition(|e| hold_key(e) == key) {
+        if len > INLINE {
+            let spilled = with_spill(|spill| {
+                let at = spill.iter().rposition(|e| hold_key(e) == key)?;
                 spill.remove(at);
-                return true;
+                Some(())
+            });
+            match spilled {
+                Some(Some(())) => return self.len.set(len - 1),
+                Some(None) => {} // an inline hold
+                // The spill is gone (thread teardown), and the holds it kept with it.
+                None => self.len.set(INLINE),
             }
-            let inline_len = len.min(INLINE);
-            let Some(at) = (0..inline_len).rev().find(|&i| self.keys[i].get() == key) else {
-                return false; // never recorded (taken during thread teardown)
-            };
-            for i in at..inline_len - 1 {
-                self.keys[i].set(self.keys[i + 1].get());
-                self.inline[i].set(self.inline[i + 1].get());
-            }
-            // The oldest spilled hold, if any, moves down into the last inline slot.
-            if !spill.is_empty() {
-                let first = spill.remove(0);
+        }
+        let len = self.len.get();
+        let inline_len = len.min(INLINE);
+        let Some(at) = (0..inline_len).rev().find(|&i| self.keys[i].get() == key) else {
+            return; // never recorded (taken during thread teardown)
+        };
+        for i in at..inline_len - 1 {
+            self.keys[i].set(self.keys[i + 1].get());
+            self.inline[i].set(self.inline[i + 1].get());
+        }
+        // The oldest spilled hold, if any, moves down into the last inline slot.
+        let refill = if len > INLINE {
+            with_spill(|spill| (!spill.is_empty()).then(|| spill.remove(0))).flatten()
+        } else {
+            None
+        };
+        match refill {
+            Some(first) => {
                 self.keys[INLINE - 1].set(hold_key(&first));
                 self.inline[INLINE - 1].set(Some(first));
+                self.len.set(len - 1);
             }
-            true
-        });
-        if removed == Some(true) {
-            self.len.set(len - 1);
+            None => self.len.set(inline_len - 1),
         }
     }
 
