@@ -21,7 +21,7 @@ use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::thread;
 
-use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+use crossbeam_channel::{Receiver, Sender, unbounded};
 use serde::{Deserialize, Serialize};
 
 /// A stored message, as the log and the snapshot keep it.
@@ -84,13 +84,15 @@ pub struct Entry {
     pub record: Record,
 }
 
-/// Tells a writer its record is durable (or why it is not).
-pub type Durable = Receiver<Result<(), String>>;
+/// Tells a writer its record is durable (or why it is not). A oneshot channel: its receiver
+/// parks at once, where a crossbeam channel would first spin and yield, which on a node with
+/// dozens of connection threads per core cost a third of its throughput (docs/performance.md).
+pub type Durable = oneshot::Receiver<Result<(), String>>;
 
 enum Job {
     Append {
         entry: Entry,
-        done: Option<Sender<Result<(), String>>>,
+        done: Option<oneshot::Sender<Result<(), String>>>,
     },
     /// Start a new segment after `after_seq` (a snapshot covers everything up to it).
     Rotate { after_seq: u64 },
@@ -274,7 +276,7 @@ impl Wal {
 
     /// Queues `entry`; the returned receiver answers once it is durable. Call in sequence order.
     pub fn append(&self, entry: Entry) -> Durable {
-        let (done, durable) = bounded(1);
+        let (done, durable) = oneshot::channel();
         let job = Job::Append {
             entry,
             done: Some(done),
