@@ -266,7 +266,9 @@ impl Wal {
         let (jobs, queue) = unbounded();
         let writer = LogWriter {
             dir: dir.to_path_buf(),
+            len: file.metadata()?.len(),
             file,
+            broken: None,
         };
         thread::Builder::new()
             .name("wal".into())
@@ -309,6 +311,11 @@ impl Wal {
 struct LogWriter {
     dir: PathBuf,
     file: File,
+    /// The current segment's length: where its last whole, durable batch ends.
+    len: u64,
+    /// Set when a failed batch could not be cut off again: from then on nothing is appended
+    /// (records after the torn batch could not be recovered), and every batch fails with this.
+    broken: Option<String>,
 }
 
 impl LogWriter {
@@ -356,21 +363,48 @@ impl LogWriter {
         }
     }
 
+    /// Writes and syncs one batch. A batch that fails (disk full, I/O error) is cut off again,
+    /// so the segment still ends with a whole record and the batches after it, once space is
+    /// back, remain recoverable; a torn batch left in the middle would make recovery refuse the
+    /// log.
     fn flush(&mut self, buffer: &mut Vec<u8>) -> io::Result<()> {
         if buffer.is_empty() {
             return Ok(());
         }
+        let batch = std::mem::take(buffer);
+        if let Some(why) = &self.broken {
+            return Err(io::Error::other(why.clone()));
+        }
         let result = self
             .file
-            .write_all(buffer)
+            .write_all(&batch)
             .and_then(|()| self.file.sync_data());
-        buffer.clear();
-        result
+        match result {
+            Ok(()) => {
+                self.len += batch.len() as u64;
+                Ok(())
+            }
+            Err(error) => {
+                let undo = self
+                    .file
+                    .set_len(self.len)
+                    .and_then(|()| self.file.sync_data());
+                if let Err(undo) = undo {
+                    let why = format!(
+                        "the log stopped accepting records: a failed write ({error}) could not                          be cut off again ({undo}); restart the node, which cuts it as a torn tail"
+                    );
+                    tracing::error!("{why}");
+                    self.broken = Some(why);
+                }
+                Err(error)
+            }
+        }
     }
 
     fn rotate(&mut self, after_seq: u64) -> io::Result<()> {
         let path = self.dir.join(segment_name(after_seq + 1));
         self.file = OpenOptions::new().create(true).append(true).open(path)?;
+        self.len = self.file.metadata()?.len();
         sync_dir(&self.dir)
     }
 
@@ -623,5 +657,45 @@ mod tests {
         let left = segments(dir.path()).unwrap();
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].0, 2);
+    }
+
+    /// A write that fails and cannot be undone (here `/dev/full`: every write fails with
+    /// ENOSPC, and it cannot be truncated) stops the log: nothing more is appended after a torn
+    /// batch, and every later batch fails with the reason.
+    #[test]
+    fn a_failed_batch_that_cannot_be_cut_off_stops_the_log() {
+        let Ok(file) = OpenOptions::new().append(true).open("/dev/full") else {
+            eprintln!("skipped: no /dev/full on this system");
+            return;
+        };
+        let mut writer = LogWriter {
+            dir: PathBuf::from("/dev"),
+            file,
+            len: 0,
+            broken: None,
+        };
+        let mut batch = encode(&Entry {
+            seq: 1,
+            record: message(1),
+        });
+        let first = writer.flush(&mut batch).unwrap_err();
+        assert!(batch.is_empty(), "the batch is consumed either way");
+        assert!(
+            first.to_string().to_lowercase().contains("space"),
+            "{first}"
+        );
+        let why = writer
+            .broken
+            .clone()
+            .expect("the undo failed, so the log is stopped");
+        assert!(why.contains("restart the node"), "{why}");
+        let mut next = encode(&Entry {
+            seq: 2,
+            record: message(2),
+        });
+        let second = writer.flush(&mut next).unwrap_err();
+        assert_eq!(second.to_string(), why);
+        // An empty batch (nothing to make durable) still succeeds.
+        assert!(writer.flush(&mut Vec::new()).is_ok());
     }
 }

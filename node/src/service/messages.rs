@@ -64,10 +64,11 @@ impl Service {
             (message, durable)
         };
         if let Err(error) = Service::durable(durable) {
-            // Not acknowledged, so not pushed either (best effort: see docs/node.md on storage
-            // failures).
+            // Not acknowledged, so neither pushed nor kept: the sender was told it failed and may
+            // send it again, which must not deliver it twice.
             if let Some(mailbox) = self.shard(&to).lock().map_err(lock_failed)?.get_mut(&to) {
                 mailbox.unpushed.remove(&message.id);
+                mailbox.messages.remove(&message.id);
             }
             return Err(error);
         }
