@@ -12,7 +12,7 @@ use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Node, data_dir, read_all, send};
+use common::{Node, PROMPT, data_dir, read_all, send, wait_until};
 use synckit_node::protocol::{ErrorCode, Reply, Request};
 use synckit_node::server::Protocol;
 
@@ -62,6 +62,11 @@ fn fill(path: &Path) -> File {
     }
 }
 
+/// Snapshots (a new log segment, `atomic_write` of the whole state, old segments deleted) every
+/// few records: one is attempted while the disk is full, and recovery after the restart goes
+/// through a snapshot and the log after it.
+const ARGS: [&str; 2] = ["--snapshot-every-records", "3"];
+
 #[test]
 fn a_full_disk_refuses_writes_cleanly_and_loses_nothing_acknowledged() {
     let dir = data_dir();
@@ -70,10 +75,14 @@ fn a_full_disk_refuses_writes_cleanly_and_loses_nothing_acknowledged() {
         return;
     };
     let data = disk.at.join("data");
-    let node = Node::start(&data, &[]);
+    let node = Node::start(&data, &ARGS);
     node.create("bob");
     let mut alice = node.user(Protocol::Binary, "alice");
     let mut acknowledged = vec![send(&mut alice, "bob", "before the disk filled")];
+    assert!(
+        wait_until(PROMPT, || data.join("snapshot.json").exists()),
+        "a first snapshot"
+    );
 
     let filler_path = disk.at.join("filler");
     let filler = fill(&filler_path);
@@ -96,6 +105,11 @@ fn a_full_disk_refuses_writes_cleanly_and_loses_nothing_acknowledged() {
         }
     }
     assert!(refused > 0, "a full disk refused nothing");
+    assert!(
+        wait_until(PROMPT, || node.stderr().contains("snapshot failed")),
+        "a snapshot was attempted on the full disk (and failed):\n{}",
+        node.stderr()
+    );
     // Still serving: statistics, and a new connection that only reads.
     assert_eq!(node.get("/health").status, 200);
     node.assert_running();
@@ -111,10 +125,14 @@ fn a_full_disk_refuses_writes_cleanly_and_loses_nothing_acknowledged() {
         ));
     }
     drop(alice);
-    node.kill();
+    let (_, log) = node.kill_and_collect();
+    assert!(
+        log.contains("No space left on device") || log.contains("os error 28"),
+        "the node logged why the writes failed:\n{log}"
+    );
 
     // Every acknowledged message, once; nothing that was refused.
-    let node = Node::start(&data, &[]);
+    let node = Node::start(&data, &ARGS);
     let mut bob = node.login(Protocol::Binary, "bob");
     let ids: Vec<u64> = read_all(&mut bob).into_iter().map(|m| m.id).collect();
     assert_eq!(
