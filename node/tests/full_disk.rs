@@ -12,7 +12,7 @@ use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Node, PROMPT, data_dir, read_all, send, wait_until};
+use common::{Node, PASSWORD, PROMPT, data_dir, read_all, send, wait_until};
 use synckit_node::protocol::{ErrorCode, Reply, Request};
 use synckit_node::server::Protocol;
 
@@ -105,6 +105,33 @@ fn a_full_disk_refuses_writes_cleanly_and_loses_nothing_acknowledged() {
         }
     }
     assert!(refused > 0, "a full disk refused nothing");
+    // Use up what is left of the log's last page with small messages until one is refused too.
+    let mut tiny_refused = false;
+    for i in 0..200 {
+        match ok_or_err(alice.call(&Request::SendMessage {
+            to: "bob".into(),
+            text: format!("tiny {i}"),
+        })) {
+            Ok(Reply::Sent { id, .. }) => acknowledged.push(id),
+            Ok(other) => panic!("send answered {other:?}"),
+            Err(error) => {
+                assert_eq!(error.code, ErrorCode::Internal, "{error:?}");
+                tiny_refused = true;
+                break;
+            }
+        }
+    }
+    assert!(tiny_refused, "the last page never filled");
+    // An account whose creation could not be logged does not exist, in memory either.
+    let mut carol = node.connect(Protocol::Binary);
+    let refused_account = ok_or_err(carol.create_account("carol", PASSWORD)).unwrap_err();
+    assert_eq!(
+        refused_account.code,
+        ErrorCode::Internal,
+        "{refused_account:?}"
+    );
+    let login = ok_or_err(carol.login("carol", PASSWORD)).unwrap_err();
+    assert_eq!(login.code, ErrorCode::AuthFailed, "{login:?}");
     assert!(
         wait_until(PROMPT, || node.stderr().contains("snapshot failed")),
         "a snapshot was attempted on the full disk (and failed):\n{}",
@@ -124,7 +151,10 @@ fn a_full_disk_refuses_writes_cleanly_and_loses_nothing_acknowledged() {
             &format!("after space came back {i}"),
         ));
     }
+    // The refused account can be created now (its name was not left taken).
+    ok_or_err(carol.create_account("carol", PASSWORD)).expect("carol, once there is space");
     drop(alice);
+    drop(carol);
     let (_, log) = node.kill_and_collect();
     assert!(
         log.contains("No space left on device") || log.contains("os error 28"),
@@ -133,6 +163,7 @@ fn a_full_disk_refuses_writes_cleanly_and_loses_nothing_acknowledged() {
 
     // Every acknowledged message, once; nothing that was refused.
     let node = Node::start(&data, &ARGS);
+    drop(node.login(Protocol::Binary, "carol"));
     let mut bob = node.login(Protocol::Binary, "bob");
     let ids: Vec<u64> = read_all(&mut bob).into_iter().map(|m| m.id).collect();
     assert_eq!(

@@ -103,13 +103,33 @@ impl Service {
             tx.commit().map_err(|_| exists())?;
             Ok(vec![Record::CreateAccount {
                 username: username.clone(),
-                password_hash: account.password_hash,
+                password_hash: account.password_hash.clone(),
                 created: account.created,
             }])
         })?;
-        Service::durable(durable)?;
+        if let Err(error) = Service::durable(durable) {
+            self.forget_unlogged_account(&username, &account.password_hash);
+            return Err(error);
+        }
         tracing::info!(user = %username, "account created");
         Ok(Reply::Done {})
+    }
+
+    /// Takes back an account whose creation could not be logged (the client was told it
+    /// failed): otherwise a retry would find the name taken until a restart, which forgets it.
+    /// Only this creation's account is removed (matched by its hash, whose salt is unique), and
+    /// nothing is logged: the log never had it.
+    fn forget_unlogged_account(&self, username: &str, password_hash: &str) {
+        let mut tx = self.accounts.begin();
+        if tx
+            .get(&username.to_string())
+            .is_some_and(|account| account.password_hash == password_hash)
+        {
+            tx.remove(&username.to_string());
+            if tx.commit().is_err() {
+                tracing::warn!(user = %username, "an unlogged account changed meanwhile; kept");
+            }
+        }
     }
 
     pub(super) fn login(
