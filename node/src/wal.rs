@@ -100,10 +100,28 @@ enum Job {
     Prune { up_to: u64 },
 }
 
-/// The handle writers use; the log thread stops when every handle is dropped.
+/// The handle writers use. When the last handle is dropped, the log thread writes and syncs what
+/// is still queued (such as the "delivered" marks that nobody waits for), and the drop waits for
+/// it: a service dropped in an orderly way leaves a complete log.
 #[derive(Clone, Debug)]
 pub struct Wal {
+    // Declared (so dropped) before `_writer`: the queue closes, then the drain is awaited.
     jobs: Sender<Job>,
+    _writer: std::sync::Arc<WriterThread>,
+}
+
+/// The log thread, joined when the last [`Wal`] handle goes.
+#[derive(Debug)]
+struct WriterThread(Option<thread::JoinHandle<()>>);
+
+impl Drop for WriterThread {
+    fn drop(&mut self) {
+        if let Some(thread) = self.0.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the log thread panicked");
+        }
+    }
 }
 
 /// What recovery found.
@@ -270,10 +288,17 @@ impl Wal {
             file,
             broken: None,
         };
-        thread::Builder::new()
+        let writer = thread::Builder::new()
             .name("wal".into())
             .spawn(move || writer.run(queue))?;
-        Ok((Wal { jobs }, recovered))
+        let writer = std::sync::Arc::new(WriterThread(Some(writer)));
+        Ok((
+            Wal {
+                jobs,
+                _writer: writer,
+            },
+            recovered,
+        ))
     }
 
     /// Queues `entry`; the returned receiver answers once it is durable. Call in sequence order.
