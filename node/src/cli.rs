@@ -52,6 +52,7 @@ pub fn serve(config: &Config) -> Result<(), String> {
     let http = crate::http::start(config.http_addr, Arc::clone(&service))
         .map_err(|e| format!("cannot serve HTTP on {}: {e}", config.http_addr))?;
     service::start_snapshots(Arc::clone(&service)).map_err(|e| e.to_string())?;
+    stop_on_signal(Arc::clone(&service))?;
     // One machine-readable line on stdout: scripts and tests read the bound addresses from it.
     println!(
         "synckit-node listening chat={chat} http={http} data={}",
@@ -60,6 +61,25 @@ pub fn serve(config: &Config) -> Result<(), String> {
     let _ = std::io::stdout().flush();
     tracing::info!(%chat, %http, data = %config.data_dir.display(), "node started");
     server::run(listener, service).map_err(|e| e.to_string())
+}
+
+/// On SIGINT or SIGTERM: make the log durable up to the last record queued (acknowledged
+/// changes already are; this adds the "delivered" marks of live pushes, which nobody waits for),
+/// then exit. `kill -9` skips this, and those pushes are then offered again by `read_messages`.
+fn stop_on_signal(service: Arc<Service>) -> Result<(), String> {
+    ctrlc::set_handler(move || {
+        tracing::info!("stop signal: syncing the log, then exiting");
+        let code = match service.sync_log() {
+            Ok(()) => 0,
+            Err(error) => {
+                tracing::error!(%error, "the log could not be synced before exiting");
+                1
+            }
+        };
+        tracing::info!("node stopped");
+        std::process::exit(code);
+    })
+    .map_err(|e| format!("cannot install the stop-signal handler: {e}"))
 }
 
 /// `synckit-node client ...`

@@ -98,6 +98,10 @@ enum Job {
     Rotate { after_seq: u64 },
     /// Delete the segments whose records all have `seq <= up_to`.
     Prune { up_to: u64 },
+    /// Answer once everything queued before it is durable.
+    Sync {
+        done: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 /// The handle writers use. When the last handle is dropped, the log thread writes and syncs what
@@ -317,6 +321,17 @@ impl Wal {
         durable
     }
 
+    /// Waits until every record queued so far, including those nobody waits for, is durable.
+    pub fn sync(&self) -> Result<(), String> {
+        let (done, durable) = oneshot::channel();
+        self.jobs
+            .send(Job::Sync { done })
+            .map_err(|_| "the log thread has stopped".to_string())?;
+        durable
+            .recv()
+            .map_err(|_| "the log thread has stopped".to_string())?
+    }
+
     /// Queues `entry` without waiting for it (it is made durable with the next batch).
     pub fn append_quietly(&self, entry: Entry) {
         let _ = self.jobs.send(Job::Append { entry, done: None });
@@ -370,6 +385,7 @@ impl LogWriter {
                             tracing::warn!(error = %e, "could not delete old log segments");
                         }
                     }
+                    Job::Sync { done } => waiters.push(done),
                 }
             }
             if let Err(e) = self.flush(&mut buffer) {

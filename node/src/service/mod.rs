@@ -312,6 +312,12 @@ impl Service {
         }
     }
 
+    /// Makes everything logged so far durable, including what nobody waited for (the
+    /// "delivered" marks of live pushes): the last step of an orderly shutdown.
+    pub fn sync_log(&self) -> Result<(), String> {
+        self.wal.sync()
+    }
+
     /// Node-wide figures for the statistics endpoint.
     pub fn stats(&self) -> NodeStats {
         let mut stored = 0;
