@@ -13,7 +13,7 @@ use crate::client::Client;
 use crate::config::Config;
 use crate::protocol::{ErrorReply, Reply, Request};
 use crate::server::{self, Protocol};
-use crate::service::{self, Service};
+use crate::service::Service;
 
 /// Raises this process's soft limit on open files to its hard limit, so that the connections it
 /// may hold are bounded by `--max-connections` and the hard limit, not by a conservative soft
@@ -51,7 +51,6 @@ pub fn serve(config: &Config) -> Result<(), String> {
     let chat = listener.local_addr().map_err(|e| e.to_string())?;
     let http = crate::http::start(config.http_addr, Arc::clone(&service))
         .map_err(|e| format!("cannot serve HTTP on {}: {e}", config.http_addr))?;
-    service::start_snapshots(Arc::clone(&service)).map_err(|e| e.to_string())?;
     stop_on_signal(Arc::clone(&service))?;
     // One machine-readable line on stdout: scripts and tests read the bound addresses from it.
     println!(

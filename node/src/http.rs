@@ -73,11 +73,10 @@ pub fn stats_json(service: &Service) -> serde_json::Value {
             "logins_per_user": node.login_limiter,
         },
         "accounts_mvcc": node.accounts,
-        "messages": {
-            "stored": node.messages_stored,
-            "undelivered": node.messages_undelivered,
-        },
+        "messages": node.messages,
         "log": { "records_since_snapshot": node.records_since_snapshot },
+        "applied_index": node.applied_index,
+        "state_digest": node.state_digest,
     })
 }
 
@@ -240,12 +239,17 @@ pub fn metrics_text(service: &Service) -> String {
     registry.register(
         "messages_stored",
         "Messages in mailboxes",
-        gauge(as_i64(node.messages_stored)),
+        gauge(as_i64(node.messages.stored)),
     );
     registry.register(
         "messages_undelivered",
         "Messages not yet delivered",
-        gauge(as_i64(node.messages_undelivered)),
+        gauge(as_i64(node.messages.undelivered)),
+    );
+    registry.register(
+        "applied_index",
+        "Log index of the last command applied",
+        gauge(i64::try_from(node.applied_index).unwrap_or(i64::MAX)),
     );
     registry.register(
         "uptime_seconds",

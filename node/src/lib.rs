@@ -1,15 +1,17 @@
 //! `synckit-node`: a chat node built entirely on sync-kit.
 //!
-//! Read it in this order: [`protocol`] (what is said on the wire), `service` (what each
-//! operation does, on which sync-kit primitive), `wal` (how it survives a crash), `server` (the
-//! connection loop), `http` (statistics), `client` (the scripted client).
+//! Read it in this order: [`protocol`] (what is said on the wire), [`service`] (a request's
+//! whole path: command, log, apply, answer), [`state`] (the state and its one writer,
+//! `State::apply`), [`log`] (how commands become durable and ordered), `server` (connections),
+//! [`http`] (statistics), [`client`] (the client library, CLI and load generator).
 
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod hasher;
 pub mod http;
+pub mod log;
 pub mod protocol;
 pub mod server;
 pub mod service;
-pub mod wal;
+pub mod state;

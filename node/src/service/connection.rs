@@ -1,21 +1,67 @@
-//! Per-connection state: who is logged in, open listing cursors, where pushes go.
+//! Per-connection state (who is logged in, open listing cursors) and where pushes to it go.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
+use std::sync::Arc;
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Sender, TrySendError};
 use sync_kit::mvcc::Snapshot;
 
-use super::Account;
 use crate::protocol::ServerFrame;
+use crate::state::Account;
 
-/// How a live session receives pushes: its connection's outgoing queue.
+/// Where a connection's pushes go: a bounded queue (a full one drops the push: the message
+/// stays queued in the mailbox) and, for event-driven connections, how to wake the thread that
+/// drains it.
+#[derive(Clone)]
+pub struct Outbox {
+    frames: Sender<ServerFrame>,
+    wake: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl Outbox {
+    /// An outbox on `frames`, drained by whoever holds its receiver.
+    pub fn new(frames: Sender<ServerFrame>) -> Outbox {
+        Outbox { frames, wake: None }
+    }
+
+    /// An outbox whose drainer is woken by `wake` after each frame.
+    pub fn waking(frames: Sender<ServerFrame>, wake: Arc<dyn Fn() + Send + Sync>) -> Outbox {
+        Outbox {
+            frames,
+            wake: Some(wake),
+        }
+    }
+
+    /// Queues `frame` unless the queue is full or closed; says whether it was queued.
+    pub fn offer(&self, frame: ServerFrame) -> bool {
+        match self.frames.try_send(frame) {
+            Ok(()) => {
+                if let Some(wake) = &self.wake {
+                    wake();
+                }
+                true
+            }
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+        }
+    }
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("queued", &self.frames.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a live session receives pushes.
 #[derive(Clone, Debug)]
 pub struct SessionHandle {
     /// The connection.
     pub connection: u64,
-    /// Its outgoing frames.
-    pub outbox: Sender<ServerFrame>,
+    /// Its push queue.
+    pub outbox: Outbox,
 }
 
 /// A listing in progress: the snapshot every page is served from.
@@ -29,7 +75,8 @@ pub(super) struct Cursor {
 /// Open cursors per connection; the oldest is dropped beyond this.
 pub(super) const MAX_CURSORS: usize = 8;
 
-/// One client connection, owned by its thread.
+/// One client connection's session. It travels with the connection's request in flight (one at a
+/// time, so requests of a connection run in order), and comes back with the reply.
 pub struct Connection {
     pub(super) id: u64,
     pub(super) peer: IpAddr,
@@ -39,7 +86,7 @@ pub struct Connection {
     pub(super) account_hash: String,
     pub(super) cursors: VecDeque<Cursor>,
     pub(super) next_cursor: u64,
-    pub(super) outbox: Sender<ServerFrame>,
+    pub(super) outbox: Outbox,
 }
 
 impl Connection {
@@ -53,10 +100,35 @@ impl Connection {
         self.user.as_deref()
     }
 
+    /// The node's number for this connection.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     pub(super) fn handle(&self) -> SessionHandle {
         SessionHandle {
             connection: self.id,
             outbox: self.outbox.clone(),
+        }
+    }
+
+    /// Forgets the login and the cursors.
+    pub(super) fn end_session(&mut self) -> Option<String> {
+        self.cursors.clear();
+        self.account_hash.clear();
+        self.user.take()
+    }
+
+    /// A stand-in left behind while the session travels with a request.
+    pub(super) fn placeholder() -> Connection {
+        Connection {
+            id: 0,
+            peer: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            user: None,
+            account_hash: String::new(),
+            cursors: VecDeque::new(),
+            next_cursor: 1,
+            outbox: Outbox::new(crossbeam_channel::bounded(0).0),
         }
     }
 }
@@ -68,35 +140,5 @@ impl std::fmt::Debug for Connection {
             .field("peer", &self.peer)
             .field("user", &self.user)
             .finish_non_exhaustive()
-    }
-}
-
-impl super::Service {
-    /// Registers a new connection; `None` if the node is at its connection limit.
-    pub fn connect(&self, peer: IpAddr, outbox: Sender<ServerFrame>) -> Option<Connection> {
-        use std::sync::atomic::Ordering;
-        let open = self.connections.fetch_add(1, Ordering::Relaxed);
-        if open >= self.config.max_connections {
-            self.connections.fetch_sub(1, Ordering::Relaxed);
-            return None;
-        }
-        Some(Connection {
-            id: self.next_connection.fetch_add(1, Ordering::Relaxed),
-            peer,
-            user: None,
-            account_hash: String::new(),
-            cursors: VecDeque::new(),
-            next_cursor: 1,
-            outbox,
-        })
-    }
-
-    /// Forgets a closed connection (its session, its cursors).
-    pub fn disconnect(&self, mut connection: Connection) {
-        if let Err(error) = self.logout(&mut connection) {
-            tracing::warn!(%error, "logout on disconnect failed");
-        }
-        self.connections
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }

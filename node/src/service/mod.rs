@@ -1,134 +1,82 @@
-//! The chat service: every operation, executed on sync-kit primitives, whatever the protocol.
+//! The node's core, end to end: a request becomes a [`Command`], the log orders it and makes it
+//! durable, [`State::apply`] applies it, and the answer goes back to the connection.
 //!
-//! | state | primitive | lock level |
+//! ```text
+//! request ─► Service::handle: validate; read what the request needs (MVCC snapshot, mailbox);
+//!            decide everything non-deterministic (clock, Argon2id on the hashing pool) ─► Command
+//!              │
+//!              ▼  log.propose(command, waiter)            (never blocks on the disk)
+//!            log thread: next index (`wal-sequence`), group commit, one fsync per batch
+//!              │
+//!              ▼  durable batches, in log order
+//!            applier thread (`Applier::run`): State::apply(index, command)
+//!              ├─ effects: live pushes (their marks: one MarkDelivered per batch), sessions of
+//!              │  a deleted account
+//!              ├─ waiter(outcome) ─► the connection's answer
+//!              └─ every `snapshot_every_records`: the state's image to the snapshot thread,
+//!                 which writes it and lets the log drop what it covers
+//! ```
+//!
+//! Recovery is the same path without the network: load the snapshot's image, then apply every
+//! logged command after it. Nothing but `State::apply` changes the state.
+//!
+//! | lock | level | held for |
 //! |---|---|---|
-//! | accounts | `MvccMap<String, Account>` (O(1) snapshots for paging, conflict-checked commits) | internal |
-//! | live sessions | `RwLock<HashMap<user, Vec<SessionHandle>>>` named `sessions` | 10 |
-//! | mailboxes | 16 shards, each a `Mutex<HashMap<user, Mailbox>>` named `mailboxes-NN` | 20 |
-//! | log order | `Mutex<u64>` named `wal-sequence`: the last sequence number given out | 90 |
-//! | rate limits | `KeyedLimiter` per client address and per username (logins) | none |
-//! | data directory | `FileLock` on `<data>/node` | cross-process |
-//! | snapshots | `atomic_write` of `<data>/snapshot.json` | - |
+//! | `sessions`: `RwLock<HashMap<user, Vec<SessionHandle>>>` | 10 | who is online (logins, pushes) |
+//! | `mailboxes-NN` (in [`State`]) | 20 | applying a command; reading a mailbox |
+//! | `wal-sequence` (in the log) | 90 | giving a command its index and queueing it |
 //!
-//! The level order is the order every operation takes them: who is online, then the mailbox,
-//! then the log position. A `LockError` (which would mean a bug in that order) becomes an
-//! `internal` error response and an error log line, never a panic or a hang.
-//!
-//! Every change follows one pattern: change the state in memory while holding its lock, take a
-//! sequence number and queue the log record under `wal-sequence` (so log order is the order of
-//! the changes), release the locks, wait until the log has made the record durable, then answer.
-//! Nothing is acknowledged before it is on disk.
+//! A `LockError` (which would mean a bug in that order) becomes an `internal` error answer and an
+//! error log line, never a panic or a hang.
 
-mod accounts;
+mod checks;
 mod connection;
-mod messages;
-mod persist;
+mod listing;
 
-pub use persist::start_snapshots;
+pub use connection::{Connection, Outbox, SessionHandle};
 
-use std::collections::{BTreeMap, HashMap};
-use std::hash::{DefaultHasher, Hash, Hasher as _};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
+use serde::Serialize;
 use sync_kit::fs::FileLock;
-use sync_kit::mvcc::MvccMap;
 use sync_kit::ratelimit::{KeyedLimiter, Quota, RetryAfter};
-use sync_kit::{LockError, Mutex, RwLock};
-
-pub use connection::{Connection, SessionHandle};
+use sync_kit::{LockError, RwLock};
 
 use crate::config::Config;
 use crate::hasher::Hasher;
-use crate::protocol::{ErrorCode, ErrorReply, Reply, Request};
-use crate::wal::{Durable, Entry, Record, StoredMessage, Wal};
+use crate::log::{Batch, CommandLog, Committed, LocalLog, snapshot};
+use crate::protocol::{ErrorCode, ErrorReply, Push, Reply, Request, ServerFrame};
+use crate::state::{Command, Image, MessageCounts, Outcome, State};
 
 /// Lock levels of the node (see `docs/node.md`).
 pub mod levels {
     use sync_kit::Level;
     /// `sessions`: who is online.
     pub const SESSIONS: Level = Level(10);
-    /// `mailboxes-NN`: messages per user, sharded.
-    pub const MAILBOXES: Level = Level(20);
-    /// `wal-sequence`: log order.
-    pub const WAL_SEQUENCE: Level = Level(90);
+    /// `mailboxes-NN`: messages per user, sharded (in the state).
+    pub const MAILBOXES: Level = crate::state::MAILBOXES_LEVEL;
+    /// `wal-sequence`: log order (in the log).
+    pub const WAL_SEQUENCE: Level = crate::log::WAL_SEQUENCE_LEVEL;
 }
 
-const SHARDS: usize = 16;
-const SHARD_NAMES: [&str; SHARDS] = [
-    "mailboxes-00",
-    "mailboxes-01",
-    "mailboxes-02",
-    "mailboxes-03",
-    "mailboxes-04",
-    "mailboxes-05",
-    "mailboxes-06",
-    "mailboxes-07",
-    "mailboxes-08",
-    "mailboxes-09",
-    "mailboxes-10",
-    "mailboxes-11",
-    "mailboxes-12",
-    "mailboxes-13",
-    "mailboxes-14",
-    "mailboxes-15",
-];
+// The order every operation takes its locks in, checked at compile time.
+const _: () = {
+    assert!(levels::SESSIONS.0 < levels::MAILBOXES.0);
+    assert!(levels::MAILBOXES.0 < levels::WAL_SEQUENCE.0);
+};
 
-/// A stored account.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Account {
-    /// Argon2id PHC string.
-    pub password_hash: String,
-    /// Milliseconds since the Unix epoch.
-    pub created: u64,
-}
+/// What a request gets back.
+pub type Answer = Result<Reply, ErrorReply>;
 
-/// One user's messages, oldest (lowest id) first.
-#[derive(Clone, Debug, Default)]
-pub struct Mailbox {
-    /// Message id → message and whether it was delivered.
-    pub messages: BTreeMap<u64, (StoredMessage, bool)>,
-    /// Messages stored while the recipient was online, not pushed yet (they wait for their log
-    /// record to be durable), with the sessions that were live when each was sent. Kept here, under
-    /// the mailbox's lock, so that pushes leave in id order whichever sender wakes first.
-    pub(super) unpushed: BTreeMap<u64, Vec<SessionHandle>>,
-}
-
-type Shard = Mutex<HashMap<String, Mailbox>>;
-
-/// The node's state and operations.
-pub struct Service {
-    accounts: MvccMap<String, Account>,
-    sessions: RwLock<HashMap<String, Vec<SessionHandle>>>,
-    mailboxes: Vec<Shard>,
-    sequence: Mutex<u64>,
-    wal: Wal,
-    hasher: Hasher,
-    /// A hash of a random password: verified against when a login names no account, so that
-    /// "no such user" and "wrong password" cost the same time.
-    decoy_hash: String,
-    requests: KeyedLimiter<IpAddr>,
-    logins: KeyedLimiter<String>,
-    next_message_id: AtomicU64,
-    records_since_snapshot: AtomicU64,
-    connections: AtomicUsize,
-    next_connection: AtomicU64,
-    started: Instant,
-    data_dir: PathBuf,
-    _data_lock: FileLock,
-    config: Config,
-}
-
-impl std::fmt::Debug for Service {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Service")
-            .field("data_dir", &self.data_dir)
-            .finish_non_exhaustive()
-    }
-}
+/// Receives the session back with the answer, on whichever thread finished the request.
+pub type Done = Box<dyn FnOnce(Box<Connection>, Answer) + Send>;
 
 /// Why a node could not start.
 #[derive(Debug)]
@@ -142,9 +90,51 @@ impl std::fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
+/// A running node's core: its state, log, applier and snapshot threads. Dropping it makes
+/// everything logged so far durable and applied, then stops the threads.
+pub struct Service {
+    core: Arc<Core>,
+    log: Arc<LocalLog>,
+    applier: Option<JoinHandle<()>>,
+    snapshots: Option<JoinHandle<()>>,
+    _data_lock: FileLock,
+}
+
+/// What requests, the applier and the snapshot thread share.
+struct Core {
+    state: State,
+    log: Arc<dyn CommandLog>,
+    sessions: RwLock<HashMap<String, Vec<SessionHandle>>>,
+    hasher: Hasher,
+    /// A hash of a random password: verified against when a login names no account, so that
+    /// "no such user" and "wrong password" cost the same time.
+    decoy_hash: String,
+    requests: KeyedLimiter<IpAddr>,
+    logins: KeyedLimiter<String>,
+    connections: AtomicUsize,
+    next_connection: AtomicU64,
+    records_since_snapshot: AtomicU64,
+    started: Instant,
+    data_dir: PathBuf,
+    config: Config,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("data_dir", &self.core.data_dir)
+            .field("state", &self.core.state)
+            .finish_non_exhaustive()
+    }
+}
+
+fn start_error(what: &str) -> impl FnOnce(String) -> StartError + '_ {
+    move |e| StartError(format!("{what}: {e}"))
+}
+
 impl Service {
-    /// Locks the data directory, recovers the state (snapshot + log) and starts the log and
-    /// hashing threads.
+    /// Locks the data directory, recovers the state (snapshot, then the log applied after it)
+    /// and starts the log, applier, snapshot and hashing threads.
     pub fn open(config: &Config) -> Result<Service, StartError> {
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir).map_err(|e| {
@@ -153,61 +143,45 @@ impl Service {
                 dir.display()
             ))
         })?;
-        let data_lock = FileLock::try_exclusive(dir.join("node")).map_err(|e| {
-            StartError(
-                match e
-                    .get_ref()
-                    .and_then(|inner| inner.downcast_ref::<sync_kit::fs::LockHeld>())
-                {
-                    Some(held) => format!(
-                        "data directory {} is in use by another node ({held}); stop it or choose \
-                     another --data-dir",
-                        dir.display()
-                    ),
-                    None => format!("cannot lock data directory {}: {e}", dir.display()),
-                },
-            )
-        })?;
-        let recovered = persist::recover(dir)?;
-        let mut mailboxes: Vec<Shard> = SHARD_NAMES
-            .iter()
-            .map(|name| Mutex::with_level(name, levels::MAILBOXES, HashMap::new()))
-            .collect();
-        let accounts = MvccMap::new();
-        let mut tx = accounts.begin();
-        for (name, account) in recovered.accounts {
-            tx.insert(name, account);
+        let data_lock = lock_data_dir(dir)?;
+
+        // Recovery: the snapshot's image, then every command logged after it, through `apply`.
+        let state = State::from_image(snapshot::load(dir).map_err(StartError)?);
+        let (log, recovered, batches) = LocalLog::open(dir, state.applied_index())
+            .map_err(|e| StartError(format!("cannot open the log in {}: {e}", dir.display())))?;
+        let mut replayed = 0u64;
+        for entry in recovered.entries {
+            if entry.index > state.applied_index() {
+                state
+                    .apply(entry.index, &entry.command)
+                    .map_err(|e| start_error("replaying the log")(e.to_string()))?;
+                replayed += 1;
+            }
         }
-        tx.commit()
-            .map_err(|e| StartError(format!("loading accounts: {e}")))?;
-        for (user, mailbox) in recovered.mailboxes {
-            let shard = shard_index(&user);
-            mailboxes[shard].get_mut().insert(user, mailbox);
-        }
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let per_minute = Quota::new(
-            config.logins_per_minute.max(1),
-            std::time::Duration::from_secs(60),
-            config.login_burst.max(1),
-        );
         tracing::info!(
-            accounts = accounts.len(),
-            last_seq = recovered.last_seq,
+            applied = state.applied_index(),
+            replayed,
+            accounts = state.accounts_stats().keys,
             truncated_bytes = recovered.truncated_bytes,
             "state recovered from {}",
             dir.display()
         );
-        let hasher = Hasher::start(workers)
-            .map_err(|e| StartError(format!("cannot start hashing threads: {e}")))?;
+
+        let workers = thread::available_parallelism().map_or(2, |n| n.get());
+        let hasher =
+            Hasher::start(workers).map_err(|e| start_error("hashing threads")(e.to_string()))?;
         let decoy_hash = hasher
             .hash(format!("decoy-{:?}", Instant::now()))
-            .map_err(|e| StartError(format!("cannot hash: {e}")))?;
-        Ok(Service {
-            accounts,
+            .map_err(start_error("hashing"))?;
+        let per_minute = Quota::new(
+            config.logins_per_minute.max(1),
+            Duration::from_secs(60),
+            config.login_burst.max(1),
+        );
+        let core = Arc::new(Core {
+            state,
+            log: Arc::clone(&log) as Arc<dyn CommandLog>,
             sessions: RwLock::with_level("sessions", levels::SESSIONS, HashMap::new()),
-            mailboxes,
-            sequence: Mutex::with_level("wal-sequence", levels::WAL_SEQUENCE, recovered.last_seq),
-            wal: recovered.wal,
             hasher,
             decoy_hash,
             requests: KeyedLimiter::new(
@@ -215,141 +189,637 @@ impl Service {
                 config.request_burst.max(1),
             ),
             logins: KeyedLimiter::with_clock(per_minute, Default::default()),
-            next_message_id: AtomicU64::new(recovered.next_message_id),
-            records_since_snapshot: AtomicU64::new(recovered.records_after_snapshot),
             connections: AtomicUsize::new(0),
             next_connection: AtomicU64::new(1),
+            records_since_snapshot: AtomicU64::new(replayed),
             started: Instant::now(),
             data_dir: dir.clone(),
-            _data_lock: data_lock,
             config: config.clone(),
+        });
+
+        let (images, snapshot_queue) = bounded::<Image>(1);
+        let snapshots = {
+            let (dir, log) = (dir.clone(), Arc::clone(&log));
+            thread::Builder::new()
+                .name("snapshots".into())
+                .spawn(move || write_snapshots(&dir, &*log, snapshot_queue))
+                .map_err(|e| start_error("snapshot thread")(e.to_string()))?
+        };
+        let applier = {
+            let applier = Applier {
+                core: Arc::clone(&core),
+                batches,
+                images,
+            };
+            thread::Builder::new()
+                .name("apply".into())
+                .spawn(move || applier.run())
+                .map_err(|e| start_error("applier thread")(e.to_string()))?
+        };
+        Ok(Service {
+            core,
+            log,
+            applier: Some(applier),
+            snapshots: Some(snapshots),
+            _data_lock: data_lock,
         })
     }
 
-    /// Executes one request for `connection`.
-    pub fn execute(
-        &self,
-        connection: &mut Connection,
-        request: Request,
-    ) -> Result<Reply, ErrorReply> {
-        match request {
-            Request::CreateAccount { username, password } => {
-                self.create_account(username, password)
+    /// Executes one request of `connection`. `done` gets the session back with the answer, on
+    /// whichever thread finishes it: at once for requests that change nothing, after the
+    /// command is applied for those that do. Nothing here waits for the disk.
+    pub fn handle(&self, connection: Box<Connection>, request: Request, done: Done) {
+        Core::handle(&self.core, connection, request, done);
+    }
+
+    /// [`Service::handle`], waiting for the answer.
+    pub fn execute(&self, connection: &mut Connection, request: Request) -> Answer {
+        let (answered, answer) = oneshot::channel();
+        let session = Box::new(std::mem::replace(connection, Connection::placeholder()));
+        self.handle(
+            session,
+            request,
+            Box::new(move |session, answer| {
+                let _ = answered.send((session, answer));
+            }),
+        );
+        match answer.recv() {
+            Ok((session, answer)) => {
+                *connection = *session;
+                answer
             }
-            Request::Login { username, password } => self.login(connection, username, password),
-            Request::Logout => self.logout(connection),
-            Request::ListAccounts {
-                pattern,
-                page_size,
-                cursor,
-            } => self.list_accounts(connection, &pattern, page_size, cursor),
-            Request::SendMessage { to, text } => self.send_message(connection, to, text),
-            Request::ReadMessages { limit } => self.read_messages(connection, limit),
-            Request::DeleteMessages { ids } => self.delete_messages(connection, ids),
-            Request::DeleteAccount { password } => self.delete_account(connection, password),
+            Err(_) => Err(ErrorReply::new(ErrorCode::Internal, "the node is stopping")),
         }
     }
 
     /// Charges one request to `address`'s bucket.
     pub fn admit(&self, address: IpAddr) -> Result<(), ErrorReply> {
-        self.requests
+        self.core
+            .requests
             .try_acquire(&address, 1)
             .map_err(|retry| rate_limited("requests from your address", retry))
     }
 
-    fn shard(&self, user: &str) -> &Shard {
-        &self.mailboxes[shard_index(user)]
+    /// Registers a new connection whose pushes go to `outbox`; `None` at the connection limit.
+    pub fn connect(&self, peer: IpAddr, outbox: Sender<ServerFrame>) -> Option<Connection> {
+        self.connect_to(peer, Outbox::new(outbox))
     }
 
-    /// Under the `wal-sequence` lock, runs `change` (which applies a change in memory and
-    /// returns its log records) and queues the records with the next sequence numbers. Callers
-    /// still hold the locks of the state they changed, so the log's order is the order of the
-    /// changes. Returns a handle that answers when the last record (and so all) is durable.
-    fn sequenced(
-        &self,
-        change: impl FnOnce() -> Result<Vec<Record>, ErrorReply>,
-    ) -> Result<Option<Durable>, ErrorReply> {
-        let mut sequence = self.sequence.lock().map_err(lock_failed)?;
-        let records = change()?;
-        Ok(self.queue(&mut sequence, records, true))
-    }
-
-    /// Like [`Service::sequenced`] for records nobody waits for: they become durable with the
-    /// next batch.
-    fn sequenced_quietly(&self, records: Vec<Record>) -> Result<(), ErrorReply> {
-        let mut sequence = self.sequence.lock().map_err(lock_failed)?;
-        self.queue(&mut sequence, records, false);
-        Ok(())
-    }
-
-    fn queue(&self, sequence: &mut u64, records: Vec<Record>, wait: bool) -> Option<Durable> {
-        let mut durable = None;
-        for record in records {
-            *sequence += 1;
-            let entry = Entry {
-                seq: *sequence,
-                record,
-            };
-            if wait {
-                durable = Some(self.wal.append(entry));
-            } else {
-                self.wal.append_quietly(entry);
-            }
-            self.records_since_snapshot.fetch_add(1, Ordering::Relaxed);
+    /// Like [`Service::connect`], with any [`Outbox`].
+    pub fn connect_to(&self, peer: IpAddr, outbox: Outbox) -> Option<Connection> {
+        let open = self.core.connections.fetch_add(1, Ordering::Relaxed);
+        if open >= self.core.config.max_connections {
+            self.core.connections.fetch_sub(1, Ordering::Relaxed);
+            return None;
         }
-        durable
+        Some(Connection {
+            id: self.core.next_connection.fetch_add(1, Ordering::Relaxed),
+            peer,
+            user: None,
+            account_hash: String::new(),
+            cursors: Default::default(),
+            next_cursor: 1,
+            outbox,
+        })
     }
 
-    /// Waits until a logged change is durable.
-    fn durable(durable: Option<Durable>) -> Result<(), ErrorReply> {
-        let Some(durable) = durable else {
-            return Ok(());
-        };
-        match durable.recv() {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(ErrorReply::new(ErrorCode::Internal, error)),
-            Err(_) => Err(ErrorReply::new(ErrorCode::Internal, "the log stopped")),
-        }
+    /// Forgets a closed connection (its session, its cursors).
+    pub fn disconnect(&self, mut connection: Connection) {
+        self.core.logout(&mut connection);
+        self.core.connections.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Makes everything logged so far durable, including what nobody waited for (the
-    /// "delivered" marks of live pushes): the last step of an orderly shutdown.
+    /// Makes everything logged so far durable and applied, including the "delivered" marks of
+    /// live pushes that nobody waits for: the last step of an orderly shutdown.
     pub fn sync_log(&self) -> Result<(), String> {
-        self.wal.sync()
+        // The first round applies what was queued; marks of pushes made by that apply are
+        // proposed before it answers, so the second round makes them durable too.
+        self.core.log.sync()?;
+        self.core.log.sync()
     }
 
     /// Node-wide figures for the statistics endpoint.
     pub fn stats(&self) -> NodeStats {
-        let mut stored = 0;
-        let mut undelivered = 0;
-        for shard in &self.mailboxes {
-            if let Ok(shard) = shard.try_lock_for(std::time::Duration::from_millis(100)) {
-                for mailbox in shard.values() {
-                    stored += mailbox.messages.len();
-                    undelivered += mailbox.messages.values().filter(|(_, d)| !d).count();
-                }
-            }
-        }
+        let core = &self.core;
+        let (applied_index, state_digest) = core
+            .state
+            .digest()
+            .unwrap_or_else(|e| (core.state.applied_index(), format!("unavailable: {e}")));
         NodeStats {
-            uptime_secs: self.started.elapsed().as_secs(),
-            connections: self.connections.load(Ordering::Relaxed),
-            accounts: self.accounts.stats(),
-            messages_stored: stored,
-            messages_undelivered: undelivered,
-            request_limiter: self.requests.stats(),
-            login_limiter: self.logins.stats(),
-            records_since_snapshot: self.records_since_snapshot.load(Ordering::Relaxed),
+            uptime_secs: core.started.elapsed().as_secs(),
+            connections: core.connections.load(Ordering::Relaxed),
+            accounts: core.state.accounts_stats(),
+            messages: core.state.message_counts(Duration::from_millis(100)),
+            request_limiter: core.requests.stats(),
+            login_limiter: core.logins.stats(),
+            records_since_snapshot: core.records_since_snapshot.load(Ordering::Relaxed),
+            applied_index,
+            state_digest,
         }
     }
 
     /// The configuration this node runs with.
     pub fn config(&self) -> &Config {
-        &self.config
+        &self.core.config
     }
 
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
-        &self.data_dir
+        &self.core.data_dir
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Err(error) = self.sync_log() {
+            tracing::error!(%error, "the log could not be synced while stopping");
+        }
+        self.log.stop();
+        for thread in [self.applier.take(), self.snapshots.take()]
+            .into_iter()
+            .flatten()
+        {
+            if thread.join().is_err() {
+                tracing::error!("a node thread panicked");
+            }
+        }
+    }
+}
+
+fn lock_data_dir(dir: &Path) -> Result<FileLock, StartError> {
+    FileLock::try_exclusive(dir.join("node")).map_err(|e| {
+        StartError(
+            match e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<sync_kit::fs::LockHeld>())
+            {
+                Some(held) => format!(
+                    "data directory {} is in use by another node ({held}); stop it or choose \
+                     another --data-dir",
+                    dir.display()
+                ),
+                None => format!("cannot lock data directory {}: {e}", dir.display()),
+            },
+        )
+    })
+}
+
+// ----- requests: validate, read, decide, propose -----
+
+impl Core {
+    fn handle(self: &Arc<Self>, mut connection: Box<Connection>, request: Request, done: Done) {
+        match request {
+            Request::CreateAccount { username, password } => {
+                if let Err(error) = checks::username(&username)
+                    .and_then(|()| checks::password(&password))
+                    .and_then(|()| match self.state.has_account(&username) {
+                        // Refused early; apply would refuse it too.
+                        true => Err(checks::user_exists(&username)),
+                        false => Ok(()),
+                    })
+                {
+                    return done(connection, Err(error));
+                }
+                let core = Arc::clone(self);
+                self.hasher.hash_then(password, move |hashed| match hashed {
+                    Ok(password_hash) => {
+                        let command = Command::CreateAccount {
+                            username,
+                            password_hash,
+                            created: now_ms(),
+                        };
+                        core.commit(connection, command, done, |_, _| Reply::Done {});
+                    }
+                    Err(error) => done(
+                        connection,
+                        Err(ErrorReply::new(
+                            ErrorCode::Internal,
+                            format!("hashing failed: {error}"),
+                        )),
+                    ),
+                });
+            }
+            Request::Login { username, password } => {
+                if let Err(error) = checks::username(&username)
+                    .and_then(|()| checks::login_password(&password))
+                    .and_then(|()| {
+                        self.logins
+                            .try_acquire(&username, 1)
+                            .map_err(|retry| rate_limited("login attempts for this user", retry))
+                    })
+                {
+                    return done(connection, Err(error));
+                }
+                let hash = self.state.account(&username).map(|a| a.password_hash);
+                let against = hash.clone().unwrap_or_else(|| self.decoy_hash.clone());
+                let core = Arc::clone(self);
+                self.hasher.verify_then(against, password, move |verified| {
+                    let answer = core.log_in(&mut connection, username, hash, verified);
+                    done(connection, answer);
+                });
+            }
+            Request::Logout => {
+                self.logout(&mut connection);
+                done(connection, Ok(Reply::Done {}));
+            }
+            Request::ListAccounts {
+                pattern,
+                page_size,
+                cursor,
+            } => {
+                let answer = self.current_user(&mut connection).and_then(|_| {
+                    let fresh = || self.state.accounts_snapshot();
+                    listing::page(&mut connection, fresh, &pattern, page_size, cursor)
+                });
+                done(connection, answer);
+            }
+            Request::SendMessage { to, text } => {
+                let command = self.current_user(&mut connection).and_then(|from| {
+                    checks::username(&to)?;
+                    checks::text(&text)?;
+                    Ok(Command::SendMessage {
+                        from,
+                        to,
+                        text,
+                        timestamp: now_ms(),
+                    })
+                });
+                match command {
+                    Ok(command) => {
+                        self.commit(connection, command, done, |_, outcome| match outcome {
+                            Outcome::Sent { id, timestamp } => Reply::Sent { id, timestamp },
+                            _ => Reply::Done {},
+                        })
+                    }
+                    Err(error) => done(connection, Err(error)),
+                }
+            }
+            Request::ReadMessages { limit } => self.read_messages(connection, limit, done),
+            Request::DeleteMessages { ids } => {
+                let command = self.current_user(&mut connection).and_then(|user| {
+                    checks::ids(&ids)?;
+                    Ok(Command::DeleteMessages { user, ids })
+                });
+                match command {
+                    Ok(Command::DeleteMessages { ids, .. }) if ids.is_empty() => {
+                        done(connection, Ok(Reply::Deleted { deleted: 0 }));
+                    }
+                    Ok(command) => {
+                        self.commit(connection, command, done, |_, outcome| match outcome {
+                            Outcome::Deleted(deleted) => Reply::Deleted { deleted },
+                            _ => Reply::Deleted { deleted: 0 },
+                        })
+                    }
+                    Err(error) => done(connection, Err(error)),
+                }
+            }
+            Request::DeleteAccount { password } => {
+                let user = match self.current_user(&mut connection) {
+                    Ok(user) => user,
+                    Err(error) => return done(connection, Err(error)),
+                };
+                let Some(password_hash) = self.state.account(&user).map(|a| a.password_hash) else {
+                    return done(connection, Err(checks::not_logged_in()));
+                };
+                let core = Arc::clone(self);
+                self.hasher
+                    .verify_then(password_hash.clone(), password, move |verified| {
+                        if !verified {
+                            return done(connection, Err(checks::auth_failed()));
+                        }
+                        let command = Command::DeleteAccount {
+                            username: user,
+                            password_hash,
+                        };
+                        core.commit(connection, command, done, |connection, _| {
+                            connection.end_session();
+                            Reply::Done {}
+                        });
+                    });
+            }
+        }
+    }
+
+    /// Proposes `command`; once applied, a refusal is the answer, anything else goes through
+    /// `reply` (which may update the session).
+    fn commit(
+        &self,
+        mut connection: Box<Connection>,
+        command: Command,
+        done: Done,
+        reply: impl FnOnce(&mut Connection, Outcome) -> Reply + Send + 'static,
+    ) {
+        self.log.propose(
+            command,
+            Some(Box::new(move |result| {
+                let answer = match result {
+                    Ok(Outcome::Refused(error)) | Err(error) => Err(error),
+                    Ok(outcome) => Ok(reply(&mut connection, outcome)),
+                };
+                done(connection, answer);
+            })),
+        );
+    }
+
+    /// Reading is handing out the oldest waiting messages (so no push or other read hands them
+    /// out too) and logging them delivered; the answer waits for that mark, as any change does.
+    fn read_messages(self: &Arc<Self>, mut connection: Box<Connection>, limit: u32, done: Done) {
+        let handed_out = self.current_user(&mut connection).and_then(|user| {
+            checks::page("limit", limit)?;
+            let messages = self
+                .state
+                .hand_out_unread(&user, limit as usize)
+                .map_err(lock_failed)?;
+            Ok((user, messages))
+        });
+        let (user, messages) = match handed_out {
+            Ok((_, messages)) if messages.is_empty() => {
+                return done(connection, Ok(Reply::Messages { messages }));
+            }
+            Ok(found) => found,
+            Err(error) => return done(connection, Err(error)),
+        };
+        let ids: Vec<u64> = messages.iter().map(|m| m.id).collect();
+        let marks = vec![(user.clone(), ids.clone())];
+        let core = Arc::clone(self);
+        self.log.propose(
+            Command::MarkDelivered { marks },
+            Some(Box::new(move |result| match result {
+                Ok(_) => done(connection, Ok(Reply::Messages { messages })),
+                Err(error) => {
+                    // Not logged as delivered: offered again by the next read.
+                    core.take_back(&user, &ids);
+                    done(connection, Err(error));
+                }
+            })),
+        );
+    }
+
+    /// The end of a login, once the password is verified (on the hashing thread).
+    fn log_in(
+        &self,
+        connection: &mut Connection,
+        username: String,
+        hash: Option<String>,
+        verified: bool,
+    ) -> Answer {
+        let Some(hash) = hash.filter(|_| verified) else {
+            tracing::info!(user = %username, peer = %connection.peer, "login failed");
+            return Err(checks::auth_failed());
+        };
+        self.logout(connection);
+        let unread = {
+            let mut sessions = self.sessions.write().map_err(lock_failed)?;
+            // The applier ends the sessions of a deleted account under this lock, after applying
+            // the deletion: checked here, the account verified above is still the one that exists
+            // (not deleted, not replaced by a new one of the same name) when this session starts.
+            if self.state.account(&username).map(|a| a.password_hash) != Some(hash.clone()) {
+                return Err(checks::auth_failed());
+            }
+            sessions
+                .entry(username.clone())
+                .or_default()
+                .push(connection.handle());
+            self.state.unread_count(&username).map_err(lock_failed)?
+        };
+        connection.user = Some(username);
+        connection.account_hash = hash;
+        Ok(Reply::LoggedIn {
+            unread: u32::try_from(unread).unwrap_or(u32::MAX),
+        })
+    }
+
+    fn logout(&self, connection: &mut Connection) {
+        let Some(user) = connection.end_session() else {
+            return;
+        };
+        match self.sessions.write() {
+            Ok(mut sessions) => {
+                if let Some(handles) = sessions.get_mut(&user) {
+                    handles.retain(|h| h.connection != connection.id);
+                    if handles.is_empty() {
+                        sessions.remove(&user);
+                    }
+                }
+            }
+            Err(error) => {
+                lock_failed(error);
+            }
+        }
+    }
+
+    /// The connection's user, if it is logged in and the account it logged into still exists
+    /// (not merely an account of the same name, created after a deletion).
+    fn current_user(&self, connection: &mut Connection) -> Result<String, ErrorReply> {
+        let Some(user) = connection.user.clone() else {
+            return Err(checks::not_logged_in());
+        };
+        let same_account = self
+            .state
+            .account(&user)
+            .is_some_and(|account| account.password_hash == connection.account_hash);
+        if same_account {
+            Ok(user)
+        } else {
+            // The account was deleted (from another connection): this session is over.
+            self.logout(connection);
+            Err(checks::not_logged_in())
+        }
+    }
+
+    fn take_back(&self, user: &str, ids: &[u64]) {
+        if let Err(error) = self.state.take_back(user, ids) {
+            lock_failed(error);
+        }
+    }
+}
+
+// ----- the applier: commands in log order, then their effects, then the answers -----
+
+struct Applier {
+    core: Arc<Core>,
+    batches: Receiver<Batch>,
+    images: Sender<Image>,
+}
+
+impl Applier {
+    fn run(self) {
+        let interval = Duration::from_secs(self.core.config.snapshot_interval_secs.max(1));
+        let mut last_snapshot = Instant::now();
+        let mut storage_failed = false;
+        loop {
+            let tick = interval.min(Duration::from_secs(1));
+            match self.batches.recv_timeout(tick) {
+                Ok(batch) => {
+                    storage_failed |= batch.storage_failed;
+                    self.apply(batch);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            let pending = self.core.records_since_snapshot.load(Ordering::Relaxed);
+            // After a failed log write (a full disk, say), a snapshot is the one way to let the
+            // log drop old segments and free space: tried at most once a second.
+            let reclaim = storage_failed && last_snapshot.elapsed() >= Duration::from_secs(1);
+            if reclaim
+                || pending >= self.core.config.snapshot_every_records.max(1)
+                || (pending > 0 && last_snapshot.elapsed() >= interval)
+            {
+                self.snapshot();
+                last_snapshot = Instant::now();
+                storage_failed = false;
+            }
+        }
+    }
+
+    fn apply(&self, batch: Batch) {
+        let core = &self.core;
+        let mut pushed = Pushed::default();
+        let applied = batch.entries.len() as u64;
+        for Committed {
+            index,
+            command,
+            waiter,
+        } in batch.entries
+        {
+            let outcome = core
+                .state
+                .apply(index, &command)
+                .unwrap_or_else(|error| Outcome::Refused(lock_failed(error)));
+            match (&command, &outcome) {
+                (Command::SendMessage { to, .. }, Outcome::Sent { id, .. }) => {
+                    core.push(to, *id, &mut pushed);
+                }
+                (Command::CreateAccount { username, .. }, Outcome::Done) => {
+                    tracing::info!(user = %username, index, "account created");
+                }
+                (Command::DeleteAccount { username, .. }, Outcome::Done) => {
+                    core.end_sessions(username);
+                    tracing::info!(user = %username, index, "account deleted");
+                }
+                _ => {}
+            }
+            if let Some(waiter) = waiter {
+                waiter(Ok(outcome));
+            }
+        }
+        core.records_since_snapshot
+            .fetch_add(applied, Ordering::Relaxed);
+        pushed.mark_delivered(core);
+        for synced in batch.synced {
+            let _ = synced.send(Ok(()));
+        }
+    }
+
+    /// Hands the state's image to the snapshot thread, unless it is still writing the last one.
+    fn snapshot(&self) {
+        match self.core.state.image() {
+            Ok(image) => {
+                if self.images.try_send(image).is_ok() {
+                    self.core.records_since_snapshot.store(0, Ordering::Relaxed);
+                }
+            }
+            Err(error) => {
+                lock_failed(error);
+            }
+        }
+    }
+}
+
+/// Messages pushed live during one batch: their marks go to the log as one command.
+#[derive(Default)]
+struct Pushed(Vec<(String, Vec<u64>)>);
+
+impl Pushed {
+    fn add(&mut self, user: &str, id: u64) {
+        match self.0.iter_mut().find(|(u, _)| u == user) {
+            Some((_, ids)) => ids.push(id),
+            None => self.0.push((user.to_string(), vec![id])),
+        }
+    }
+
+    fn mark_delivered(self, core: &Arc<Core>) {
+        if self.0.is_empty() {
+            return;
+        }
+        let marks = self.0;
+        let taken_back = marks.clone();
+        let core_again = Arc::clone(core);
+        core.log.propose(
+            Command::MarkDelivered { marks },
+            Some(Box::new(move |result| {
+                if let Err(error) = result {
+                    // The pushes happened, but their marks are lost: offered again by a read
+                    // (delivery is at least once when the disk fails).
+                    tracing::warn!(%error, "delivered marks not logged");
+                    for (user, ids) in &taken_back {
+                        core_again.take_back(user, ids);
+                    }
+                }
+            })),
+        );
+    }
+}
+
+impl Core {
+    /// Pushes message `id` to every live session of `user`, if it is still waiting (not handed
+    /// out by a read). A message counts as delivered once at least one session's queue took it;
+    /// a full queue drops the push rather than stall the applier behind one slow reader.
+    fn push(&self, user: &str, id: u64, pushed: &mut Pushed) {
+        let sessions: Vec<SessionHandle> = match self.sessions.read() {
+            Ok(sessions) => sessions.get(user).cloned().unwrap_or_default(),
+            Err(error) => {
+                lock_failed(error);
+                return;
+            }
+        };
+        if sessions.is_empty() {
+            return;
+        }
+        let message = match self.state.hand_out(user, id) {
+            Ok(Some(message)) => message,
+            Ok(None) => return,
+            Err(error) => {
+                lock_failed(error);
+                return;
+            }
+        };
+        let frame = ServerFrame::Push(Push::Deliver(message));
+        let took = sessions
+            .iter()
+            .filter(|session| session.outbox.offer(frame.clone()))
+            .count();
+        if took > 0 {
+            pushed.add(user, id);
+        } else {
+            self.take_back(user, &[id]);
+        }
+    }
+
+    /// Ends every session of a deleted account.
+    fn end_sessions(&self, user: &str) {
+        match self.sessions.write() {
+            Ok(mut sessions) => {
+                sessions.remove(user);
+            }
+            Err(error) => {
+                lock_failed(error);
+            }
+        }
+    }
+}
+
+/// Writes the images the applier hands over, then lets the log drop what each covers.
+fn write_snapshots(dir: &Path, log: &dyn CommandLog, images: Receiver<Image>) {
+    for image in images {
+        let applied = image.applied;
+        match snapshot::save(dir, image) {
+            Ok(()) => {
+                log.compact(applied);
+                tracing::info!(applied, "snapshot written; the log is compacted behind it");
+            }
+            Err(error) => tracing::error!(%error, "snapshot failed; the log keeps growing"),
+        }
     }
 }
 
@@ -362,22 +832,19 @@ pub struct NodeStats {
     pub connections: usize,
     /// The accounts map.
     pub accounts: sync_kit::mvcc::MvccStats,
-    /// Messages held in mailboxes.
-    pub messages_stored: usize,
-    /// Of which not yet delivered.
-    pub messages_undelivered: usize,
+    /// Messages held in mailboxes, and how many are undelivered.
+    pub messages: MessageCounts,
     /// Per-address request limiter.
     pub request_limiter: sync_kit::ratelimit::KeyedStats,
     /// Per-username login limiter.
     pub login_limiter: sync_kit::ratelimit::KeyedStats,
-    /// Log records since the last snapshot.
+    /// Commands applied since the last snapshot.
     pub records_since_snapshot: u64,
-}
-
-fn shard_index(user: &str) -> usize {
-    let mut hasher = DefaultHasher::new();
-    user.hash(&mut hasher);
-    (hasher.finish() % SHARDS as u64) as usize
+    /// The log index of the last command applied.
+    pub applied_index: u64,
+    /// SHA-256 of the state at `applied_index`, in hex: equal on nodes that applied the same
+    /// commands.
+    pub state_digest: String,
 }
 
 fn now_ms() -> u64 {
@@ -402,9 +869,3 @@ fn rate_limited(what: &str, retry: RetryAfter) -> ErrorReply {
         format!("too many {what}; retry after {after}"),
     )
 }
-
-// The order every operation takes its locks in, checked at compile time.
-const _: () = {
-    assert!(levels::SESSIONS.0 < levels::MAILBOXES.0);
-    assert!(levels::MAILBOXES.0 < levels::WAL_SEQUENCE.0);
-};

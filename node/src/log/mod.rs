@@ -1,0 +1,63 @@
+//! Where commands get their order and become durable before they are applied.
+//!
+//! The node proposes a [`Command`]; the log gives it the next index, makes it durable, and hands
+//! it (in log order, in [`Batch`]es) to the node's applier, which applies it and calls its
+//! [`Waiter`] with the outcome. A command the log cannot make durable is never applied: its
+//! waiter gets the error. Today's log is [`LocalLog`] (one node, group commit on local disk);
+//! a replicated log plugs in behind the same [`CommandLog`] trait without touching `apply`.
+
+mod local;
+pub mod segments;
+pub mod snapshot;
+
+pub use local::{LocalLog, WAL_SEQUENCE_LEVEL};
+pub use segments::{Entry, Recovered};
+
+use crate::protocol::ErrorReply;
+use crate::state::{Command, Outcome};
+
+/// Called once with what became of a proposed command: its outcome once applied, or why it
+/// could not be made durable.
+pub type Waiter = Box<dyn FnOnce(Result<Outcome, ErrorReply>) + Send>;
+
+/// A durable command at its place in the log, on its way to the applier.
+pub struct Committed {
+    /// Its log index.
+    pub index: u64,
+    /// The command.
+    pub command: Command,
+    /// Who waits for its outcome (none for commands nobody waits for).
+    pub waiter: Option<Waiter>,
+}
+
+impl std::fmt::Debug for Committed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Committed")
+            .field("index", &self.index)
+            .field("command", &self.command)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the log hands the applier at a time: durable commands in log order, then the
+/// [`CommandLog::sync`] calls to answer once they are applied.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Durable commands, in log order.
+    pub entries: Vec<Committed>,
+    /// Answered (with `Ok`) after the entries are applied.
+    pub synced: Vec<oneshot::Sender<Result<(), String>>>,
+    /// The log failed to store a batch (its waiters have the error): a snapshot may let it drop
+    /// old entries and free space.
+    pub storage_failed: bool,
+}
+
+/// A log of commands: ordered, durable, then applied.
+pub trait CommandLog: Send + Sync + std::fmt::Debug {
+    /// Queues `command` for the log. Never blocks on the disk.
+    fn propose(&self, command: Command, waiter: Option<Waiter>);
+    /// Returns once every command proposed before the call is durable and applied.
+    fn sync(&self) -> Result<(), String>;
+    /// A durable snapshot covers every index up to `covered`: the log may drop those entries.
+    fn compact(&self, covered: u64);
+}

@@ -1,0 +1,566 @@
+//! The log on disk: segments of checksummed binary records, torn-tail repair, compaction.
+//!
+//! - Segments are files `wal-<first index, 20 digits>.log`; each is a sequence of records
+//!   `[payload length: u32 LE][crc32 of payload: u32 LE][payload]`, where the payload is a format
+//!   byte ([`RECORD_FORMAT`]) followed by the postcard encoding of an [`Entry`].
+//! - Indexes increase strictly through the log (they may skip: a batch that failed to be written
+//!   burns the indexes it was given).
+//! - Recovery reads every segment in order. Damage (a record cut short, failing its checksum or
+//!   not decoding) at the end of the last segment, with no whole record anywhere after it, is a
+//!   torn write from a crash: the file is cut back to the last whole record. Damage followed by a
+//!   whole record, or in any segment but the last, is real corruption: cutting it would drop
+//!   records that were acknowledged, so recovery refuses and names the file and the offset.
+//! - A batch whose write or `fsync` fails is cut off again (so the segment still ends with a
+//!   whole record); if even that fails, the log refuses every later batch.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::Command;
+
+/// A command at its place in the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Position in the log, from 1.
+    pub index: u64,
+    /// The change.
+    pub command: Command,
+}
+
+/// The first byte of every record's payload: the encoding of what follows.
+pub const RECORD_FORMAT: u8 = 2;
+const HEADER: usize = 8;
+/// A record larger than this cannot have been written by this node: corruption.
+const MAX_RECORD: usize = 1 << 20;
+
+fn segment_name(first_index: u64) -> String {
+    format!("wal-{first_index:020}.log")
+}
+
+/// The segments in `dir`, by first index.
+fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut found = Vec::new();
+    for item in fs::read_dir(dir)? {
+        let path = item?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if let Some(index) = name
+            .strip_prefix("wal-")
+            .and_then(|rest| rest.strip_suffix(".log"))
+            .and_then(|digits| digits.parse::<u64>().ok())
+        {
+            found.push((index, path));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Appends one entry's record to `out`.
+pub fn encode_into(entry: &Entry, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER]);
+    out.push(RECORD_FORMAT);
+    *out = postcard::to_extend(entry, std::mem::take(out)).expect("entries encode");
+    let payload = &out[start + HEADER..];
+    let len = (payload.len() as u32).to_le_bytes();
+    let crc = crc32fast::hash(payload).to_le_bytes();
+    out[start..start + 4].copy_from_slice(&len);
+    out[start + 4..start + HEADER].copy_from_slice(&crc);
+}
+
+/// One entry's record.
+pub fn encode(entry: &Entry) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_into(entry, &mut out);
+    out
+}
+
+/// The entry whose record starts at `at` and the offset just past it; `None` unless a whole
+/// record with a matching checksum and a decodable payload starts there.
+fn record_at(bytes: &[u8], at: usize) -> Option<(Entry, usize)> {
+    let header = bytes.get(at..at.checked_add(HEADER)?)?;
+    let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(header[4..].try_into().ok()?);
+    if len > MAX_RECORD {
+        return None;
+    }
+    let end = at + HEADER + len;
+    let payload = bytes.get(at + HEADER..end)?;
+    if crc32fast::hash(payload) != crc {
+        return None;
+    }
+    let (&format, body) = payload.split_first()?;
+    if format != RECORD_FORMAT {
+        return None;
+    }
+    let entry = postcard::from_bytes::<Entry>(body).ok()?;
+    Some((entry, end))
+}
+
+/// What reading one segment found.
+struct Scan {
+    /// The whole records from the start of the file, up to the first damage.
+    entries: Vec<Entry>,
+    /// Where those records end: the offset of the damage, or the file's length.
+    valid: u64,
+    /// The file's length.
+    total: u64,
+    /// The first offset after the damage where a whole record starts, if any: proof that the
+    /// damage is not a torn tail.
+    resumes_at: Option<u64>,
+    /// The file starts with a whole record of the JSON format of earlier nodes.
+    legacy: bool,
+}
+
+/// Whether a whole record with a JSON payload (format 1, before binary records) starts at 0.
+fn legacy_record_at_start(bytes: &[u8]) -> bool {
+    let Some(header) = bytes.get(..HEADER) else {
+        return false;
+    };
+    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+    bytes
+        .get(HEADER..HEADER.saturating_add(len))
+        .is_some_and(|payload| payload.first() == Some(&b'{') && crc32fast::hash(payload) == crc)
+}
+
+fn scan(path: &Path) -> io::Result<Scan> {
+    let mut bytes = Vec::new();
+    BufReader::new(File::open(path)?).read_to_end(&mut bytes)?;
+    let mut entries = Vec::new();
+    let mut at = 0usize;
+    while let Some((entry, end)) = record_at(&bytes, at) {
+        entries.push(entry);
+        at = end;
+    }
+    // A damaged header says nothing reliable about where the next record starts: try every
+    // offset. Only damaged files pay for this, and the checksum rejects almost every offset
+    // before any decoding.
+    let resumes_at = (at + 1..bytes.len())
+        .find(|&offset| record_at(&bytes, offset).is_some())
+        .map(|offset| offset as u64);
+    Ok(Scan {
+        legacy: entries.is_empty() && legacy_record_at_start(&bytes),
+        entries,
+        valid: at as u64,
+        total: bytes.len() as u64,
+        resumes_at,
+    })
+}
+
+/// What recovery found.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Every entry, in log order (all segments).
+    pub entries: Vec<Entry>,
+    /// Bytes cut off a torn tail, if any.
+    pub truncated_bytes: u64,
+}
+
+/// The segment being appended to, and the directory's other segments.
+#[derive(Debug)]
+pub struct Segments {
+    dir: PathBuf,
+    file: File,
+    /// The current segment's length: where its last whole, durable batch ends.
+    len: u64,
+    /// Set when a failed batch could not be cut off again: from then on nothing is appended
+    /// (records after the torn batch could not be recovered), and every batch fails with this.
+    broken: Option<String>,
+}
+
+impl Segments {
+    /// Recovers the log in `dir` (cutting a torn tail) and opens its last segment for appending
+    /// (or a new one whose first index is `next_index`).
+    pub fn open(dir: &Path, next_index: u64) -> io::Result<(Segments, Recovered)> {
+        let found = segments(dir)?;
+        let mut recovered = Recovered::default();
+        for (i, (_, path)) in found.iter().enumerate() {
+            let scan = scan(path)?;
+            if scan.legacy {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{} holds JSON records written before the log-first core (record format \
+                         1); this node reads format {RECORD_FORMAT} only: start that data \
+                         directory with the version that wrote it, or move it aside",
+                        path.display()
+                    ),
+                ));
+            }
+            if scan.valid < scan.total {
+                let damaged = |why: String| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "{} is damaged at byte {} (of {}), {why}: refusing to start rather \
+                             than lose the records after it. Restore the file from a backup, or \
+                             accept losing every record from that byte on with `truncate -s {} {}`",
+                            path.display(),
+                            scan.valid,
+                            scan.total,
+                            scan.valid,
+                            path.display()
+                        ),
+                    )
+                };
+                if i + 1 < found.len() {
+                    return Err(damaged("and it is not the last segment".into()));
+                }
+                if let Some(resumes_at) = scan.resumes_at {
+                    return Err(damaged(format!(
+                        "and a whole record follows at byte {resumes_at}, so this is not a write \
+                         torn by a crash"
+                    )));
+                }
+                tracing::warn!(
+                    segment = %path.display(),
+                    at = scan.valid,
+                    cut = scan.total - scan.valid,
+                    "cutting a torn record off the end of the log (crash during a write)"
+                );
+                OpenOptions::new()
+                    .write(true)
+                    .open(path)?
+                    .set_len(scan.valid)?;
+                recovered.truncated_bytes = scan.total - scan.valid;
+            }
+            recovered.entries.extend(scan.entries);
+        }
+        if let Some(pair) = recovered
+            .entries
+            .windows(2)
+            .find(|w| w[0].index >= w[1].index)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the log in {} goes back from index {} to {}: refusing to start",
+                    dir.display(),
+                    pair[0].index,
+                    pair[1].index
+                ),
+            ));
+        }
+        let current = match found.last() {
+            Some((_, path)) => path.clone(),
+            None => dir.join(segment_name(next_index)),
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&current)?;
+        sync_dir(dir)?;
+        Ok((
+            Segments {
+                dir: dir.to_path_buf(),
+                len: file.metadata()?.len(),
+                file,
+                broken: None,
+            },
+            recovered,
+        ))
+    }
+
+    /// Writes and syncs one batch of encoded records. A batch that fails (disk full, I/O error)
+    /// is cut off again, so the segment still ends with a whole record and the batches after it,
+    /// once space is back, remain recoverable; a torn batch left in the middle would make
+    /// recovery refuse the log.
+    pub fn append(&mut self, batch: &[u8]) -> io::Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        if let Some(why) = &self.broken {
+            return Err(io::Error::other(why.clone()));
+        }
+        let result = self
+            .file
+            .write_all(batch)
+            .and_then(|()| self.file.sync_data());
+        match result {
+            Ok(()) => {
+                self.len += batch.len() as u64;
+                Ok(())
+            }
+            Err(error) => {
+                let undo = self
+                    .file
+                    .set_len(self.len)
+                    .and_then(|()| self.file.sync_data());
+                if let Err(undo) = undo {
+                    let why = format!(
+                        "the log stopped accepting records: a failed write ({error}) could not \
+                         be cut off again ({undo}); restart the node, which cuts it as a torn tail"
+                    );
+                    tracing::error!("{why}");
+                    self.broken = Some(why);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Compaction after a durable snapshot covering every index up to `covered`: starts a new
+    /// segment (whose first index is `next_index`) unless the current one is still empty, then
+    /// deletes every segment whose records all lie at or below `covered`.
+    pub fn compact(&mut self, covered: u64, next_index: u64) -> io::Result<()> {
+        if self.len > 0 {
+            let path = self.dir.join(segment_name(next_index));
+            self.file = OpenOptions::new().create(true).append(true).open(path)?;
+            self.len = self.file.metadata()?.len();
+            sync_dir(&self.dir)?;
+        }
+        let found = segments(&self.dir)?;
+        for pair in found.windows(2) {
+            let ((_, path), (next_first, _)) = (&pair[0], &pair[1]);
+            if *next_first <= covered + 1 {
+                fs::remove_file(path)?;
+            }
+        }
+        sync_dir(&self.dir)
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64) -> Entry {
+        Entry {
+            index,
+            command: Command::SendMessage {
+                from: "a".into(),
+                to: "b".into(),
+                text: format!("m{index}"),
+                timestamp: index,
+            },
+        }
+    }
+
+    /// A log of `records` durable records in one segment; its path and where each record starts.
+    fn log_of(dir: &Path, records: u64) -> (PathBuf, Vec<usize>) {
+        let (mut log, _) = Segments::open(dir, 1).unwrap();
+        for index in 1..=records {
+            log.append(&encode(&entry(index))).unwrap();
+        }
+        let (_, path) = segments(dir).unwrap().pop().unwrap();
+        let bytes = fs::read(&path).unwrap();
+        let mut starts = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            starts.push(at);
+            at += HEADER + u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        }
+        assert_eq!(starts.len() as u64, records);
+        (path, starts)
+    }
+
+    fn flip(path: &Path, at: usize) -> Vec<u8> {
+        let mut bytes = fs::read(path).unwrap();
+        bytes[at] ^= 0xff;
+        fs::write(path, &bytes).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn appends_are_recovered_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        log_of(dir.path(), 50);
+        let (_, recovered) = Segments::open(dir.path(), 1).unwrap();
+        let indexes: Vec<u64> = recovered.entries.iter().map(|e| e.index).collect();
+        assert_eq!(indexes, (1..=50).collect::<Vec<_>>());
+        assert_eq!(recovered.entries[7], entry(8));
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _) = log_of(dir.path(), 2);
+        let whole = fs::metadata(&path).unwrap().len();
+        let mut torn = encode(&entry(3));
+        torn.truncate(torn.len() / 2);
+        OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(&torn)
+            .unwrap();
+        let (_, recovered) = Segments::open(dir.path(), 1).unwrap();
+        assert_eq!(recovered.entries.len(), 2);
+        assert_eq!(recovered.truncated_bytes, torn.len() as u64);
+        assert_eq!(fs::metadata(&path).unwrap().len(), whole);
+    }
+
+    #[test]
+    fn a_damaged_last_record_is_a_torn_tail_and_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, starts) = log_of(dir.path(), 3);
+        let len = fs::metadata(&path).unwrap().len() as usize;
+        flip(&path, len - 2); // inside the last record's payload: its checksum fails
+        let (_, recovered) = Segments::open(dir.path(), 1).unwrap();
+        assert_eq!(recovered.entries.len(), 2);
+        assert_eq!(recovered.truncated_bytes, (len - starts[2]) as u64);
+        assert_eq!(fs::metadata(&path).unwrap().len(), starts[2] as u64);
+    }
+
+    #[test]
+    fn zeros_after_the_last_record_are_a_torn_tail() {
+        // What a file system can leave when the size reached the disk before the data did.
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _) = log_of(dir.path(), 2);
+        let whole = fs::metadata(&path).unwrap().len();
+        OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(&[0; 4096])
+            .unwrap();
+        let (_, recovered) = Segments::open(dir.path(), 1).unwrap();
+        assert_eq!(recovered.entries.len(), 2);
+        assert_eq!(recovered.truncated_bytes, 4096);
+        assert_eq!(fs::metadata(&path).unwrap().len(), whole);
+    }
+
+    /// Damage with a whole record after it must stop recovery, name the file and the offset,
+    /// and leave the file as it was.
+    #[track_caller]
+    fn assert_refused(dir: &Path, path: &Path, damaged_at: usize, before: &[u8]) {
+        let error = Segments::open(dir, 1).expect_err("damage before a whole record is refused");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        let text = error.to_string();
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        assert!(text.contains(&format!("at byte {damaged_at} ")), "{text}");
+        assert_eq!(fs::read(path).unwrap(), before, "the file is not cut");
+    }
+
+    #[test]
+    fn damage_followed_by_whole_records_refuses_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, starts) = log_of(dir.path(), 4);
+        let before = flip(&path, starts[1] + HEADER + 3); // the second record's payload
+        assert_refused(dir.path(), &path, starts[1], &before);
+        let text = Segments::open(dir.path(), 1).unwrap_err().to_string();
+        assert!(
+            text.contains(&format!("follows at byte {}", starts[2])),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_damaged_length_before_whole_records_refuses_to_start() {
+        // A length pointing past the end of the file looks like a record cut short: only the
+        // records after it tell it apart from a torn tail.
+        let dir = tempfile::tempdir().unwrap();
+        let (path, starts) = log_of(dir.path(), 3);
+        let before = flip(&path, starts[1] + 2);
+        assert_refused(dir.path(), &path, starts[1], &before);
+    }
+
+    #[test]
+    fn damage_in_a_segment_before_the_last_refuses_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, starts) = log_of(dir.path(), 2);
+        {
+            let (mut log, _) = Segments::open(dir.path(), 1).unwrap();
+            log.compact(0, 3).unwrap(); // a new segment, nothing covered
+            log.append(&encode(&entry(3))).unwrap();
+        }
+        assert_eq!(segments(dir.path()).unwrap().len(), 2);
+        // Damage at the very end of the older segment: a torn tail anywhere but the last
+        // segment still means lost records.
+        let len = fs::metadata(&path).unwrap().len() as usize;
+        let before = flip(&path, len - 1);
+        let error = Segments::open(dir.path(), 1).unwrap_err().to_string();
+        assert!(error.contains(&path.display().to_string()), "{error}");
+        assert!(
+            error.contains(&format!("at byte {} ", starts[1])),
+            "{error}"
+        );
+        assert!(error.contains("not the last segment"), "{error}");
+        assert_eq!(fs::read(&path).unwrap(), before);
+    }
+
+    #[test]
+    fn compaction_keeps_only_what_the_snapshot_does_not_cover() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = Segments::open(dir.path(), 1).unwrap();
+        log.append(&encode(&entry(1))).unwrap();
+        log.append(&encode(&entry(2))).unwrap();
+        // A snapshot at 1 while 2 is already written: the segment holding 2 must stay.
+        log.compact(1, 3).unwrap();
+        log.append(&encode(&entry(3))).unwrap();
+        assert_eq!(segments(dir.path()).unwrap().len(), 2);
+        log.compact(2, 4).unwrap();
+        let left: Vec<u64> = segments(dir.path()).unwrap().iter().map(|s| s.0).collect();
+        assert_eq!(left, vec![3, 4]);
+        drop(log);
+        let (_, recovered) = Segments::open(dir.path(), 1).unwrap();
+        assert_eq!(recovered.entries, vec![entry(3)]);
+    }
+
+    #[test]
+    fn a_log_of_the_earlier_json_format_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let payload = br#"{"seq":1,"record":{"type":"delete_account","username":"a"}}"#;
+        let mut bytes = (payload.len() as u32).to_le_bytes().to_vec();
+        bytes.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+        bytes.extend_from_slice(payload);
+        let path = dir.path().join(segment_name(1));
+        fs::write(&path, &bytes).unwrap();
+        let error = Segments::open(dir.path(), 1).unwrap_err().to_string();
+        assert!(error.contains("JSON records written before"), "{error}");
+        assert_eq!(fs::read(&path).unwrap(), bytes, "nothing is cut");
+    }
+
+    #[test]
+    fn indexes_going_back_refuse_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = Segments::open(dir.path(), 1).unwrap();
+        log.append(&encode(&entry(5))).unwrap();
+        log.append(&encode(&entry(4))).unwrap();
+        drop(log);
+        let error = Segments::open(dir.path(), 1).unwrap_err().to_string();
+        assert!(error.contains("goes back from index 5 to 4"), "{error}");
+    }
+
+    /// A write that fails and cannot be undone (here `/dev/full`: every write fails with
+    /// ENOSPC, and it cannot be truncated) stops the log: nothing more is appended after a torn
+    /// batch, and every later batch fails with the reason.
+    #[test]
+    fn a_failed_batch_that_cannot_be_cut_off_stops_the_log() {
+        let Ok(file) = OpenOptions::new().append(true).open("/dev/full") else {
+            eprintln!("skipped: no /dev/full on this system");
+            return;
+        };
+        let mut log = Segments {
+            dir: PathBuf::from("/dev"),
+            file,
+            len: 0,
+            broken: None,
+        };
+        let first = log.append(&encode(&entry(1))).unwrap_err();
+        assert!(
+            first.to_string().to_lowercase().contains("space"),
+            "{first}"
+        );
+        let why = log
+            .broken
+            .clone()
+            .expect("the undo failed, so the log is stopped");
+        assert!(why.contains("restart the node"), "{why}");
+        let second = log.append(&encode(&entry(2))).unwrap_err();
+        assert_eq!(second.to_string(), why);
+        // An empty batch (nothing to make durable) still succeeds.
+        assert!(log.append(&[]).is_ok());
+    }
+}

@@ -1,0 +1,99 @@
+//! Commands: every change of the node's state, with everything non-deterministic (clock
+//! readings, password hashes with their random salts) decided before it is logged, and the
+//! outcome [`State::apply`](super::State::apply) gives each.
+//!
+//! | command | touches | outcome |
+//! |---|---|---|
+//! | `CreateAccount` | the account map, the user's shard | `Done` or `user_exists` |
+//! | `DeleteAccount` | the account map, the user's shard | `Done` or `not_logged_in` |
+//! | `SendMessage` | the recipient's shard | `Sent { id, timestamp }` or `no_such_user` |
+//! | `MarkDelivered` | one shard per user named | `Done` |
+//! | `DeleteMessages` | the owner's shard | `Deleted(count)` |
+//!
+//! Commands are stored in the log as they are encoded here (postcard, behind a format version
+//! byte), so a variant's fields never change meaning once released: a new field is a new variant.
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::ErrorReply;
+
+/// One change of the node's state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Create an account (refused if the name is taken).
+    CreateAccount {
+        /// Name.
+        username: String,
+        /// Argon2id PHC string, hashed (with a random salt) before the command was logged.
+        password_hash: String,
+        /// Creation time, milliseconds since the Unix epoch, read before logging.
+        created: u64,
+    },
+    /// Delete an account and its mailbox, if it is still the account that was verified: the
+    /// hash's random salt tells it apart from a later account created under the same name.
+    DeleteAccount {
+        /// Name.
+        username: String,
+        /// The hash the password was verified against.
+        password_hash: String,
+    },
+    /// Store a message in the recipient's mailbox. Its id is the command's log index.
+    SendMessage {
+        /// Sender.
+        from: String,
+        /// Recipient (refused if no such account).
+        to: String,
+        /// Text.
+        text: String,
+        /// Milliseconds since the Unix epoch, read before logging.
+        timestamp: u64,
+    },
+    /// Messages handed to their recipients (read, or pushed live): one command per batch of
+    /// pushes, however many messages and users it covers.
+    MarkDelivered {
+        /// Per user, the ids delivered.
+        marks: Vec<(String, Vec<u64>)>,
+    },
+    /// Delete messages from their owner's mailbox; ids not in it are ignored.
+    DeleteMessages {
+        /// The mailbox's owner.
+        user: String,
+        /// Message ids.
+        ids: Vec<u64>,
+    },
+}
+
+impl Command {
+    /// The users whose mailbox shards this command touches (the first is the one that decides
+    /// its shard when it touches one).
+    pub fn users(&self) -> Vec<&str> {
+        match self {
+            Command::CreateAccount { username, .. } | Command::DeleteAccount { username, .. } => {
+                vec![username]
+            }
+            Command::SendMessage { to, .. } => vec![to],
+            Command::MarkDelivered { marks } => {
+                marks.iter().map(|(user, _)| user.as_str()).collect()
+            }
+            Command::DeleteMessages { user, .. } => vec![user],
+        }
+    }
+}
+
+/// What applying a command gave. A refusal changed nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Applied; nothing to report.
+    Done,
+    /// A message was stored.
+    Sent {
+        /// Its id (the command's log index).
+        id: u64,
+        /// Its timestamp.
+        timestamp: u64,
+    },
+    /// Messages were deleted.
+    Deleted(u32),
+    /// Refused by validation at apply time; the state is unchanged.
+    Refused(ErrorReply),
+}

@@ -1,0 +1,45 @@
+//! The state in canonical order: what a snapshot stores and what the digest hashes.
+//!
+//! Accounts by name, mailboxes by owner, messages by id: the same state always gives the same
+//! image, whatever order it was built in or which shard holds what.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::Account;
+
+/// The whole state at one applied index, in canonical order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    /// The index of the last command the image includes.
+    pub applied: u64,
+    /// Every account, by name.
+    pub accounts: BTreeMap<String, Account>,
+    /// Every mailbox that holds or held messages, by owner; each by message id.
+    pub mailboxes: BTreeMap<String, Vec<ImageMessage>>,
+}
+
+/// A stored message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageMessage {
+    /// Id (the log index of its `SendMessage`).
+    pub id: u64,
+    /// Sender.
+    pub from: String,
+    /// Milliseconds since the Unix epoch.
+    pub timestamp: u64,
+    /// Text.
+    pub text: String,
+    /// Whether it was delivered.
+    pub delivered: bool,
+}
+
+impl Image {
+    /// SHA-256 of the image's postcard encoding, in hex.
+    pub fn digest(&self) -> String {
+        let bytes = postcard::to_stdvec(self).expect("an image always encodes");
+        hex::encode(Sha256::digest(&bytes))
+    }
+}

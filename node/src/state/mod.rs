@@ -1,0 +1,489 @@
+//! The node's state and its one writer, [`State::apply`].
+//!
+//! | part | primitive | lock level |
+//! |---|---|---|
+//! | accounts | `MvccMap<String, Account>`: O(1) snapshots, so listings never wait for apply | internal |
+//! | mailboxes | 16 shards, each a `Mutex<HashMap<user, Mailbox>>` named `mailboxes-NN` | 20 |
+//! | applied index | an atomic, stored while the applied command's shard lock is held | - |
+//!
+//! Invariant: the same commands applied at the same log indexes give the same state, byte for
+//! byte ([`State::digest`]). `apply` reads no clock, no randomness and no environment; a message's
+//! id is its command's log index. Every command holds the shard lock of each user it touches
+//! (several through one `LockSet`) for its whole application, including the account-map commit
+//! and the applied index, so whoever holds every shard sees the state at exactly one index: that
+//! is how [`State::image`] (snapshots, the digest) reads a consistent state while apply runs.
+//!
+//! Beside the state, each mailbox keeps the node's *delivery bookkeeping*: the messages handed
+//! to their recipient (pushed live or returned by a read) whose `MarkDelivered` command is not
+//! applied yet. It is node-local (never logged, never in the digest or a snapshot): it only keeps
+//! a message from being handed out twice between the hand-out and its mark. After a crash it is
+//! empty, and such a message is offered again (delivery is at least once across a crash).
+
+pub mod command;
+mod image;
+
+pub use command::{Command, Outcome};
+pub use image::{Image, ImageMessage};
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{DefaultHasher, Hash, Hasher as _};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+use sync_kit::mvcc::{MvccMap, MvccStats, Snapshot};
+use sync_kit::{LockError, LockSet, Mutex, MutexGuard};
+
+use crate::protocol::{ErrorCode, ErrorReply, Message};
+
+/// Lock level of the mailbox shards (see `docs/node.md` for the node's whole order).
+pub const MAILBOXES_LEVEL: sync_kit::Level = sync_kit::Level(20);
+
+/// Mailbox shards: commands on users of different shards apply without waiting for each other.
+pub const SHARDS: usize = 16;
+const SHARD_NAMES: [&str; SHARDS] = [
+    "mailboxes-00",
+    "mailboxes-01",
+    "mailboxes-02",
+    "mailboxes-03",
+    "mailboxes-04",
+    "mailboxes-05",
+    "mailboxes-06",
+    "mailboxes-07",
+    "mailboxes-08",
+    "mailboxes-09",
+    "mailboxes-10",
+    "mailboxes-11",
+    "mailboxes-12",
+    "mailboxes-13",
+    "mailboxes-14",
+    "mailboxes-15",
+];
+
+/// A stored account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    /// Milliseconds since the Unix epoch.
+    pub created: u64,
+}
+
+/// A message in its recipient's mailbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Stored {
+    from: String,
+    timestamp: u64,
+    text: String,
+    delivered: bool,
+}
+
+/// One user's messages, oldest (lowest id) first.
+#[derive(Debug, Default)]
+struct Mailbox {
+    messages: BTreeMap<u64, Stored>,
+    /// Delivery bookkeeping (not state): handed out, mark not applied yet.
+    handed_out: BTreeSet<u64>,
+}
+
+impl Mailbox {
+    fn public(id: u64, stored: &Stored) -> Message {
+        Message {
+            id,
+            from: stored.from.clone(),
+            timestamp: stored.timestamp,
+            text: stored.text.clone(),
+        }
+    }
+
+    fn unread(&self) -> impl Iterator<Item = (&u64, &Stored)> {
+        self.messages
+            .iter()
+            .filter(|(id, stored)| !stored.delivered && !self.handed_out.contains(id))
+    }
+}
+
+type Shard = HashMap<String, Mailbox>;
+
+/// The node's replicated state: accounts and mailboxes.
+pub struct State {
+    accounts: MvccMap<String, Account>,
+    shards: Vec<Mutex<Shard>>,
+    applied: AtomicU64,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("applied", &self.applied_index())
+            .field("accounts", &self.accounts.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The shard holding `user`'s mailbox. A fixed function of the name (SipHash with fixed keys),
+/// so every node and every run agrees.
+pub fn shard_of(user: &str) -> usize {
+    let mut hasher = DefaultHasher::new();
+    user.hash(&mut hasher);
+    (hasher.finish() % SHARDS as u64) as usize
+}
+
+/// Node-wide message figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MessageCounts {
+    /// Messages held in mailboxes.
+    pub stored: usize,
+    /// Of which not yet delivered.
+    pub undelivered: usize,
+}
+
+impl State {
+    /// An empty state at log index 0.
+    pub fn new() -> State {
+        State {
+            accounts: MvccMap::new(),
+            shards: SHARD_NAMES
+                .into_iter()
+                .map(|name| Mutex::with_level(name, MAILBOXES_LEVEL, HashMap::new()))
+                .collect(),
+            applied: AtomicU64::new(0),
+        }
+    }
+
+    /// The index of the last command applied.
+    pub fn applied_index(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    /// Applies the command at log `index`: the only code that changes the state. Called in log
+    /// order (per shard) with increasing indexes; an index at or below the applied one is
+    /// skipped (already in the state, e.g. covered by the snapshot it was loaded from).
+    pub fn apply(&self, index: u64, command: &Command) -> Result<Outcome, LockError> {
+        if index <= self.applied_index() {
+            return Ok(Outcome::Done);
+        }
+        match command {
+            Command::CreateAccount {
+                username,
+                password_hash,
+                created,
+            } => {
+                let _shard = self.shard(username)?;
+                let mut tx = self.accounts.begin();
+                let outcome = if tx.get(username).is_some() {
+                    Outcome::Refused(ErrorReply::new(
+                        ErrorCode::UserExists,
+                        format!("username {username:?} is taken"),
+                    ))
+                } else {
+                    tx.insert(
+                        username.clone(),
+                        Account {
+                            password_hash: password_hash.clone(),
+                            created: *created,
+                        },
+                    );
+                    commit(tx).map_or_else(Outcome::Refused, |()| Outcome::Done)
+                };
+                self.applied.store(index, Ordering::Release);
+                Ok(outcome)
+            }
+            Command::DeleteAccount {
+                username,
+                password_hash,
+            } => {
+                let mut shard = self.shard(username)?;
+                let mut tx = self.accounts.begin();
+                let outcome = match tx.get(username) {
+                    Some(account) if account.password_hash == *password_hash => {
+                        tx.remove(username);
+                        match commit(tx) {
+                            Ok(()) => {
+                                shard.remove(username);
+                                Outcome::Done
+                            }
+                            Err(error) => Outcome::Refused(error),
+                        }
+                    }
+                    _ => Outcome::Refused(ErrorReply::new(
+                        ErrorCode::NotLoggedIn,
+                        "the account was deleted meanwhile; log in first",
+                    )),
+                };
+                self.applied.store(index, Ordering::Release);
+                Ok(outcome)
+            }
+            Command::SendMessage {
+                from,
+                to,
+                text,
+                timestamp,
+            } => {
+                let mut shard = self.shard(to)?;
+                // Checked under the shard lock: account deletion holds it too.
+                let outcome = if self.accounts.contains_key(to) {
+                    shard.entry(to.clone()).or_default().messages.insert(
+                        index,
+                        Stored {
+                            from: from.clone(),
+                            timestamp: *timestamp,
+                            text: text.clone(),
+                            delivered: false,
+                        },
+                    );
+                    Outcome::Sent {
+                        id: index,
+                        timestamp: *timestamp,
+                    }
+                } else {
+                    Outcome::Refused(ErrorReply::new(
+                        ErrorCode::NoSuchUser,
+                        format!("no such user {to:?}"),
+                    ))
+                };
+                self.applied.store(index, Ordering::Release);
+                Ok(outcome)
+            }
+            Command::MarkDelivered { marks } => {
+                // Users of several shards: take them all at once, in the hierarchy's order.
+                let mut set = LockSet::new();
+                let mut wanted: Vec<usize> = marks.iter().map(|(user, _)| shard_of(user)).collect();
+                wanted.sort_unstable();
+                wanted.dedup();
+                let slots: Vec<_> = wanted
+                    .iter()
+                    .map(|&i| (i, set.lock(&self.shards[i])))
+                    .collect();
+                let mut held = set.acquire()?;
+                for (user, ids) in marks {
+                    let shard_index = shard_of(user);
+                    let (_, slot) = slots
+                        .iter()
+                        .find(|(i, _)| *i == shard_index)
+                        .expect("every named user's shard is in the set");
+                    if let Some(mailbox) = held.get_mut(*slot).get_mut(user) {
+                        for id in ids {
+                            if let Some(stored) = mailbox.messages.get_mut(id) {
+                                stored.delivered = true;
+                            }
+                            mailbox.handed_out.remove(id);
+                        }
+                    }
+                }
+                self.applied.store(index, Ordering::Release);
+                Ok(Outcome::Done)
+            }
+            Command::DeleteMessages { user, ids } => {
+                let mut shard = self.shard(user)?;
+                let mut deleted = 0u32;
+                if let Some(mailbox) = shard.get_mut(user) {
+                    for id in ids {
+                        // Only the owner's own mailbox: nobody else's message can be named.
+                        if mailbox.messages.remove(id).is_some() {
+                            deleted += 1;
+                        }
+                        mailbox.handed_out.remove(id);
+                    }
+                }
+                self.applied.store(index, Ordering::Release);
+                Ok(Outcome::Deleted(deleted))
+            }
+        }
+    }
+
+    fn shard(&self, user: &str) -> Result<MutexGuard<'_, Shard>, LockError> {
+        self.shards[shard_of(user)].lock()
+    }
+
+    // ----- reads: never change the state -----
+
+    /// The account named `username`, from the latest committed version (does not wait for apply).
+    pub fn account(&self, username: &str) -> Option<Account> {
+        self.accounts.get(&username.to_string())
+    }
+
+    /// Whether an account named `username` exists.
+    pub fn has_account(&self, username: &str) -> bool {
+        self.accounts.contains_key(&username.to_string())
+    }
+
+    /// An O(1) snapshot of every account, for listings.
+    pub fn accounts_snapshot(&self) -> Snapshot<String, Account> {
+        self.accounts.snapshot()
+    }
+
+    /// The account map's figures.
+    pub fn accounts_stats(&self) -> MvccStats {
+        self.accounts.stats()
+    }
+
+    /// Messages waiting for `user`: undelivered and not handed out.
+    pub fn unread_count(&self, user: &str) -> Result<usize, LockError> {
+        Ok(self
+            .shard(user)?
+            .get(user)
+            .map_or(0, |mailbox| mailbox.unread().count()))
+    }
+
+    /// Stored and undelivered messages over every mailbox (each shard waited for at most
+    /// `patience`: a figure for statistics, never worth stalling on).
+    pub fn message_counts(&self, patience: std::time::Duration) -> MessageCounts {
+        let mut counts = MessageCounts::default();
+        for shard in &self.shards {
+            if let Ok(shard) = shard.try_lock_for(patience) {
+                for mailbox in shard.values() {
+                    counts.stored += mailbox.messages.len();
+                    counts.undelivered +=
+                        mailbox.messages.values().filter(|m| !m.delivered).count();
+                }
+            }
+        }
+        counts
+    }
+
+    // ----- delivery bookkeeping: node-local, never logged -----
+
+    /// Hands out up to `limit` of `user`'s waiting messages, oldest first: they are not handed
+    /// out again until their `MarkDelivered` is applied (or [`State::take_back`] returns them).
+    pub fn hand_out_unread(&self, user: &str, limit: usize) -> Result<Vec<Message>, LockError> {
+        let mut shard = self.shard(user)?;
+        let Some(mailbox) = shard.get_mut(user) else {
+            return Ok(Vec::new());
+        };
+        let chosen: Vec<Message> = mailbox
+            .unread()
+            .take(limit)
+            .map(|(id, stored)| Mailbox::public(*id, stored))
+            .collect();
+        mailbox.handed_out.extend(chosen.iter().map(|m| m.id));
+        Ok(chosen)
+    }
+
+    /// Hands out message `id` of `user` for a live push, unless it is delivered, handed out
+    /// already (a read took it), or gone.
+    pub fn hand_out(&self, user: &str, id: u64) -> Result<Option<Message>, LockError> {
+        let mut shard = self.shard(user)?;
+        let Some(mailbox) = shard.get_mut(user) else {
+            return Ok(None);
+        };
+        let Some(stored) = mailbox.messages.get(&id) else {
+            return Ok(None);
+        };
+        if stored.delivered || !mailbox.handed_out.insert(id) {
+            return Ok(None);
+        }
+        Ok(Some(Mailbox::public(id, stored)))
+    }
+
+    /// Returns handed-out messages whose delivery did not happen (no session took the push) or
+    /// could not be logged: they are offered again.
+    pub fn take_back(&self, user: &str, ids: &[u64]) -> Result<(), LockError> {
+        if let Some(mailbox) = self.shard(user)?.get_mut(user) {
+            for id in ids {
+                mailbox.handed_out.remove(id);
+            }
+        }
+        Ok(())
+    }
+
+    // ----- images: snapshots and the digest -----
+
+    /// The whole state in canonical order at one applied index (every shard held at once).
+    pub fn image(&self) -> Result<Image, LockError> {
+        let mut set = LockSet::new();
+        let slots: Vec<_> = self.shards.iter().map(|shard| set.lock(shard)).collect();
+        let held = set.acquire()?;
+        let applied = self.applied_index();
+        let accounts = self
+            .accounts
+            .snapshot()
+            .iter()
+            .map(|(name, account)| (name.clone(), account.clone()))
+            .collect();
+        let mut mailboxes = BTreeMap::new();
+        for slot in slots {
+            for (user, mailbox) in held.get(slot) {
+                let messages = mailbox
+                    .messages
+                    .iter()
+                    .map(|(id, stored)| ImageMessage {
+                        id: *id,
+                        from: stored.from.clone(),
+                        timestamp: stored.timestamp,
+                        text: stored.text.clone(),
+                        delivered: stored.delivered,
+                    })
+                    .collect();
+                mailboxes.insert(user.clone(), messages);
+            }
+        }
+        Ok(Image {
+            applied,
+            accounts,
+            mailboxes,
+        })
+    }
+
+    /// SHA-256 over the canonical image, in hex: equal on every node that applied the same
+    /// commands.
+    pub fn digest(&self) -> Result<(u64, String), LockError> {
+        let image = self.image()?;
+        Ok((image.applied, image.digest()))
+    }
+
+    /// A state holding exactly `image`.
+    pub fn from_image(image: Image) -> State {
+        let state = State::new();
+        let mut tx = state.accounts.begin();
+        for (name, account) in image.accounts {
+            tx.insert(name, account);
+        }
+        commit(tx).expect("a fresh map has no concurrent writer");
+        let mut shards: Vec<Shard> = (0..SHARDS).map(|_| HashMap::new()).collect();
+        for (user, messages) in image.mailboxes {
+            let mailbox = Mailbox {
+                messages: messages
+                    .into_iter()
+                    .map(|m| {
+                        (
+                            m.id,
+                            Stored {
+                                from: m.from,
+                                timestamp: m.timestamp,
+                                text: m.text,
+                                delivered: m.delivered,
+                            },
+                        )
+                    })
+                    .collect(),
+                handed_out: BTreeSet::new(),
+            };
+            shards[shard_of(&user)].insert(user, mailbox);
+        }
+        let mut state = state;
+        for (lock, shard) in state.shards.iter_mut().zip(shards) {
+            *lock.get_mut() = shard;
+        }
+        state.applied.store(image.applied, Ordering::Release);
+        state
+    }
+}
+
+/// Commits a transaction of the applier. Only apply writes the account map, one command at a
+/// time per name (under the name's shard lock), so a conflict would be a bug in that rule: it
+/// refuses the command (which then changes nothing) rather than stop the node.
+fn commit(tx: sync_kit::mvcc::Transaction<String, Account>) -> Result<(), ErrorReply> {
+    tx.commit().map(drop).map_err(|conflict| {
+        tracing::error!(?conflict, "the account map changed outside apply");
+        ErrorReply::new(
+            ErrorCode::Internal,
+            "internal error: the account map changed outside apply",
+        )
+    })
+}
