@@ -11,8 +11,9 @@ use serde_json::json;
 
 use crate::client::Client;
 use crate::config::Config;
+use crate::protocol::Protocol;
 use crate::protocol::{ErrorReply, Reply, Request};
-use crate::server::{self, Protocol};
+use crate::server;
 use crate::service::{self, Service};
 
 /// Raises this process's soft limit on open files to its hard limit, so that the connections it
