@@ -1,6 +1,7 @@
-//! A client for the node: the library used by the CLI and the tests.
+//! The client side: [`Client`], the library used by the tests and the `client` subcommand
+//! ([`cli`]), and the load generator of the `bench` subcommand ([`bench`](mod@bench)).
 //!
-//! One blocking connection. What the node sends is read into a buffer and parsed with
+//! A [`Client`] is one blocking connection. What the node sends is read into a buffer and parsed with
 //! [`Protocol::parse_server_frame`], so a read that times out in the middle of a frame (see
 //! [`Client::next_push`]) loses nothing: the next call resumes where it stopped.
 
@@ -10,6 +11,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use crate::protocol::{ErrorReply, Message, Parse, Protocol, Push, Reply, Request, ServerFrame};
+
+pub mod bench;
+pub mod cli;
 
 /// How much is read from the socket at a time.
 const READ_CHUNK: usize = 16 * 1024;
