@@ -27,7 +27,8 @@ enum Command {
     Serve(ServeArgs),
     /// Talk to a node from the command line (one request per run, JSON output).
     Client(client_cli::ClientArgs),
-    /// Load-test a node: C connections sending M messages each, binary or JSON.
+    /// Load-test a node from one event-driven thread: C connections, each with one request in
+    /// flight, sending M messages each, binary or JSON.
     Bench(bench::BenchArgs),
 }
 
