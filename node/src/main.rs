@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use synckit_node::cli;
+use synckit_node::client::{bench, cli as client_cli};
 use synckit_node::config::Config;
 
 #[derive(Parser, Debug)]
@@ -25,9 +26,10 @@ enum Command {
     /// ./synckit-data).
     Serve(ServeArgs),
     /// Talk to a node from the command line (one request per run, JSON output).
-    Client(cli::ClientArgs),
-    /// Load-test a node: C connections sending M messages each, binary or JSON.
-    Bench(cli::BenchArgs),
+    Client(client_cli::ClientArgs),
+    /// Load-test a node from one event-driven thread: C connections, each with one request in
+    /// flight, sending M messages each, binary or JSON.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -109,8 +111,8 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Client(args) => cli::client(&args),
-        Command::Bench(args) => cli::bench(&args),
+        Command::Client(args) => client_cli::client(&args),
+        Command::Bench(args) => bench::bench(&args),
     }
 }
 

@@ -20,32 +20,15 @@ use std::thread;
 
 use crossbeam_channel::{Receiver, bounded};
 
-use crate::protocol::binary::{self, FrameError};
-use crate::protocol::{DecodeError, ErrorCode, ErrorReply, Response, ServerFrame, json};
+use crate::protocol::{DecodeError, ErrorCode, ErrorReply, FrameError, Response, ServerFrame};
 use crate::service::Service;
+
+pub use crate::protocol::Protocol;
 
 /// Frames queued for one connection before pushes to it are dropped.
 const OUTBOX: usize = 4096;
 /// Connection threads do little besides (de)coding: small stacks let thousands coexist.
 const STACK: usize = 256 * 1024;
-
-/// The two wire formats.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
-    /// [`crate::protocol::binary`].
-    Binary,
-    /// [`crate::protocol::json`].
-    Json,
-}
-
-impl Protocol {
-    fn encode(self, frame: &ServerFrame) -> Vec<u8> {
-        match self {
-            Protocol::Binary => binary::encode_server_frame(frame),
-            Protocol::Json => json::encode_server_frame(frame),
-        }
-    }
-}
 
 /// Accepts connections forever.
 pub fn run(listener: TcpListener, service: Arc<Service>) -> io::Result<()> {
@@ -82,8 +65,7 @@ fn serve_connection(stream: TcpStream, service: &Service) {
     });
     let protocol = match reader.fill_buf() {
         Ok([]) | Err(_) => return,
-        Ok(bytes) if bytes[0] == binary::MAGIC_VERSION => Protocol::Binary,
-        Ok(_) => Protocol::Json,
+        Ok(bytes) => Protocol::detect(bytes[0]),
     };
     let (outbox, queue) = bounded::<ServerFrame>(OUTBOX);
     let Some(mut connection) = service.connect(peer.ip(), outbox.clone()) else {
@@ -92,7 +74,7 @@ fn serve_connection(stream: TcpStream, service: &Service) {
             ErrorCode::Internal,
             "the node is at its connection limit",
         ));
-        let _ = (&stream).write_all(&protocol.encode(&refusal));
+        let _ = (&stream).write_all(&protocol.encode_server_frame(&refusal));
         return;
     };
     tracing::debug!(%peer, ?protocol, "connected");
@@ -110,13 +92,7 @@ fn serve_connection(stream: TcpStream, service: &Service) {
         }
     };
     loop {
-        let decoded = match protocol {
-            Protocol::Binary => {
-                binary::read_frame(&mut reader).map(|raw| binary::decode_request(&raw))
-            }
-            Protocol::Json => json::read_line(&mut reader).map(|line| json::decode_request(&line)),
-        };
-        let response = match decoded {
+        let response = match protocol.read_request(&mut reader) {
             Ok(Ok((id, request))) => {
                 let op = Some(request.op());
                 let result = service
@@ -169,7 +145,10 @@ fn refusal(error: ErrorReply) -> ServerFrame {
 fn write_frames(stream: TcpStream, protocol: Protocol, queue: Receiver<ServerFrame>) {
     let mut out = BufWriter::new(&stream);
     for frame in &queue {
-        if out.write_all(&protocol.encode(&frame)).is_err() {
+        if out
+            .write_all(&protocol.encode_server_frame(&frame))
+            .is_err()
+        {
             break;
         }
         if queue.is_empty() && out.flush().is_err() {

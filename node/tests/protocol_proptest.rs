@@ -1,11 +1,16 @@
 //! Property tests of both wire codecs, without a node: every request, response and push survives
-//! an encode/decode round trip in each protocol, and no byte sequence, however damaged, makes a
-//! decoder panic (a server never panics on client input).
+//! an encode/decode round trip in each protocol, no byte sequence, however damaged, makes a
+//! decoder panic (a server never panics on client input), and parsing a stream from a buffer
+//! that grows chunk by chunk finds the same frames and errors as the blocking readers, and as
+//! the byte-at-a-time readers they replaced (kept below as the reference).
+
+use std::io::{self, BufRead, BufReader, Read};
 
 use proptest::prelude::*;
 use synckit_node::protocol::binary::{self, FrameError};
 use synckit_node::protocol::{
-    ErrorCode, ErrorReply, Message, Op, Push, Reply, Request, Response, ServerFrame, json, limits,
+    DecodeError, ErrorCode, ErrorReply, Message, Op, Parse, Protocol, Push, Reply, Request,
+    Response, ServerFrame, json, limits,
 };
 
 fn text() -> impl Strategy<Value = String> {
@@ -139,8 +144,297 @@ fn drain_json(bytes: &[u8]) -> usize {
     decoded
 }
 
+/// The readers of before the buffer parsers, byte at a time on a `BufRead`: the reference the
+/// parsers must agree with.
+mod reference {
+    use super::*;
+
+    fn read_byte(reader: &mut impl BufRead) -> io::Result<Option<u8>> {
+        let mut byte = [0u8];
+        match reader.read(&mut byte)? {
+            0 => Ok(None),
+            _ => Ok(Some(byte[0])),
+        }
+    }
+
+    fn truncated() -> FrameError {
+        FrameError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "truncated"))
+    }
+
+    fn invalid(id: Option<u32>, what: &str) -> FrameError {
+        FrameError::Invalid(DecodeError {
+            id,
+            op: None,
+            error: ErrorReply::new(ErrorCode::Malformed, what),
+            recoverable: false,
+        })
+    }
+
+    fn read_varint_u32(reader: &mut impl BufRead, id: Option<u32>) -> Result<u32, FrameError> {
+        let mut value: u64 = 0;
+        for shift in (0..35).step_by(7) {
+            let byte = read_byte(reader)?.ok_or_else(truncated)?;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return u32::try_from(value).map_err(|_| invalid(id, "varint exceeds 32 bits"));
+            }
+        }
+        Err(invalid(id, "varint longer than 5 bytes"))
+    }
+
+    pub fn read_frame(reader: &mut impl BufRead) -> Result<binary::RawFrame, FrameError> {
+        let magic = read_byte(reader)?.ok_or(FrameError::Closed)?;
+        if magic != binary::MAGIC_VERSION {
+            return Err(invalid(
+                None,
+                &format!("bad magic/version byte {magic:#04x}, expected 0xb1"),
+            ));
+        }
+        let op = read_byte(reader)?.ok_or_else(truncated)?;
+        let flags = read_byte(reader)?.ok_or_else(truncated)?;
+        let id = read_varint_u32(reader, None)?;
+        let len = read_varint_u32(reader, Some(id))? as usize;
+        if len > limits::MAX_FRAME {
+            return Err(FrameError::Invalid(DecodeError {
+                id: Some(id),
+                op: Op::from_code(op),
+                error: ErrorReply::new(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "payload of {len} bytes exceeds the {} byte limit",
+                        limits::MAX_FRAME
+                    ),
+                ),
+                recoverable: false,
+            }));
+        }
+        let mut payload = vec![0; len];
+        reader.read_exact(&mut payload).map_err(|_| truncated())?;
+        Ok(binary::RawFrame {
+            op,
+            flags,
+            id,
+            payload,
+        })
+    }
+
+    pub fn read_line(reader: &mut impl BufRead) -> Result<Vec<u8>, FrameError> {
+        loop {
+            let mut line = Vec::new();
+            let limit = limits::MAX_FRAME as u64 + 1;
+            let n = reader.by_ref().take(limit).read_until(b'\n', &mut line)?;
+            if n == 0 {
+                return Err(FrameError::Closed);
+            }
+            if line.last() == Some(&b'\n') {
+                line.pop();
+            } else if line.len() as u64 >= limit {
+                return Err(FrameError::Invalid(DecodeError {
+                    id: None,
+                    op: None,
+                    error: ErrorReply::new(
+                        ErrorCode::TooLarge,
+                        format!("line exceeds the {} byte limit", limits::MAX_FRAME),
+                    ),
+                    recoverable: false,
+                }));
+            } else {
+                return Err(truncated());
+            }
+            if line.iter().any(|b| !b.is_ascii_whitespace()) {
+                return Ok(line);
+            }
+        }
+    }
+
+    /// A request as the server read it before.
+    pub fn read_request(
+        protocol: Protocol,
+        reader: &mut impl BufRead,
+    ) -> Result<Result<(u32, Request), DecodeError>, FrameError> {
+        match protocol {
+            Protocol::Binary => read_frame(reader).map(|raw| binary::decode_request(&raw)),
+            Protocol::Json => read_line(reader).map(|line| json::decode_request(&line)),
+        }
+    }
+}
+
+/// How a stream ended, for comparing readers.
+#[derive(Debug, PartialEq)]
+enum End {
+    /// Cleanly, between frames.
+    Closed,
+    /// In the middle of a frame.
+    Truncated,
+    /// Refused: the answer before closing.
+    Fatal(DecodeError),
+}
+
+type Outcomes = (Vec<Result<(u32, Request), DecodeError>>, End);
+
+/// Every request a blocking reader finds in `stream`, and how it ended.
+fn blocking(
+    stream: &[u8],
+    mut read: impl FnMut(&mut dyn BufRead) -> Result<Result<(u32, Request), DecodeError>, FrameError>,
+    buffer: usize,
+) -> Outcomes {
+    let mut reader = BufReader::with_capacity(buffer, stream);
+    let mut frames = Vec::new();
+    loop {
+        match read(&mut reader) {
+            Ok(decoded) => frames.push(decoded),
+            Err(FrameError::Closed) => return (frames, End::Closed),
+            Err(FrameError::Io(e)) => {
+                assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
+                return (frames, End::Truncated);
+            }
+            Err(FrameError::Invalid(bad)) => return (frames, End::Fatal(bad)),
+        }
+    }
+}
+
+/// Every request found by feeding `stream` into a buffer in chunks cut at `cuts`, parsing after
+/// each chunk as an event-driven server does, and how it ended.
+fn chunked(protocol: Protocol, stream: &[u8], cuts: &[prop::sample::Index]) -> Outcomes {
+    let mut cuts: Vec<usize> = cuts.iter().map(|cut| cut.index(stream.len() + 1)).collect();
+    cuts.push(stream.len());
+    cuts.sort_unstable();
+    let mut buffer = Vec::new();
+    let mut fed = 0;
+    let mut frames = Vec::new();
+    for cut in cuts {
+        buffer.extend_from_slice(&stream[fed..cut]);
+        fed = cut;
+        loop {
+            match protocol.parse_request(&buffer) {
+                Parse::Incomplete => break,
+                Parse::Skip(n) => {
+                    assert!(n > 0 && n <= buffer.len());
+                    buffer.drain(..n);
+                }
+                Parse::Frame { consumed, decoded } => {
+                    assert!(consumed > 0 && consumed <= buffer.len());
+                    if let Err(bad) = &decoded {
+                        assert!(bad.recoverable, "an error inside a frame is recoverable");
+                    }
+                    frames.push(decoded);
+                    buffer.drain(..consumed);
+                }
+                Parse::Fatal(bad) => {
+                    assert!(!bad.recoverable);
+                    return (frames, End::Fatal(bad));
+                }
+            }
+        }
+    }
+    let end = if buffer.is_empty() {
+        End::Closed
+    } else {
+        End::Truncated
+    };
+    (frames, end)
+}
+
+/// The three readers agree on `stream`.
+fn all_agree(
+    protocol: Protocol,
+    stream: &[u8],
+    cuts: &[prop::sample::Index],
+    buffer: usize,
+) -> Result<Outcomes, TestCaseError> {
+    let parsed = chunked(protocol, stream, cuts);
+    let read = blocking(stream, |r| protocol.read_request(&mut &mut *r), buffer);
+    let before = blocking(
+        stream,
+        |r| reference::read_request(protocol, &mut &mut *r),
+        buffer,
+    );
+    prop_assert_eq!(&parsed, &read, "chunked parsing and the blocking reader");
+    prop_assert_eq!(&parsed, &before, "chunked parsing and the reference reader");
+    Ok(parsed)
+}
+
+fn protocol() -> impl Strategy<Value = Protocol> {
+    prop_oneof![Just(Protocol::Binary), Just(Protocol::Json)]
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Requests (with blank lines between JSON ones) split anywhere: every reader finds each
+    /// request, in order, and a clean end.
+    #[test]
+    fn chunked_parsing_finds_the_frames_the_blocking_readers_find(
+        protocol in protocol(),
+        requests in prop::collection::vec((any::<u32>(), request(), 0..3usize), 0..8),
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
+        buffer in 1..64usize,
+    ) {
+        let mut stream = Vec::new();
+        for (id, request, blank_lines) in &requests {
+            if protocol == Protocol::Json {
+                stream.extend(std::iter::repeat_n(&b" \r\n"[..], *blank_lines).flatten());
+            }
+            protocol.encode_request_into(*id, request, &mut stream);
+        }
+        let (frames, end) = all_agree(protocol, &stream, &cuts, buffer)?;
+        let expected: Vec<_> = requests.into_iter().map(|(id, r, _)| Ok((id, r))).collect();
+        prop_assert_eq!(frames, expected);
+        prop_assert_eq!(end, End::Closed);
+    }
+
+    /// Damaged and random streams, split anywhere: the same frames, errors and end, and no panic.
+    #[test]
+    fn chunked_parsing_agrees_with_the_blocking_readers_on_damaged_streams(
+        protocol in protocol(),
+        requests in prop::collection::vec((any::<u32>(), request()), 0..5),
+        noise in prop::collection::vec(any::<u8>(), 0..64),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+        cut_stream in any::<prop::sample::Index>(),
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
+        buffer in 1..64usize,
+    ) {
+        let mut stream = Vec::new();
+        for (id, request) in &requests {
+            protocol.encode_request_into(*id, request, &mut stream);
+        }
+        stream.extend_from_slice(&noise);
+        if !stream.is_empty() {
+            for (at, xor) in &flips {
+                let at = at.index(stream.len());
+                stream[at] ^= xor;
+            }
+        }
+        stream.truncate(cut_stream.index(stream.len() + 1));
+        all_agree(protocol, &stream, &cuts, buffer)?;
+    }
+
+    /// A frame from the node, split anywhere, is parsed whole on the client side.
+    #[test]
+    fn chunked_server_frames_parse_whole(
+        protocol in protocol(),
+        frames in prop::collection::vec(server_frame(), 0..6),
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..8),
+    ) {
+        let mut stream = Vec::new();
+        for frame in &frames {
+            protocol.encode_server_frame_into(frame, &mut stream);
+        }
+        let mut cuts: Vec<usize> = cuts.iter().map(|cut| cut.index(stream.len() + 1)).collect();
+        cuts.push(stream.len());
+        cuts.sort_unstable();
+        let (mut buffer, mut fed, mut parsed) = (Vec::new(), 0, Vec::new());
+        for cut in cuts {
+            buffer.extend_from_slice(&stream[fed..cut]);
+            fed = cut;
+            while let Parse::Frame { consumed, decoded } = protocol.parse_server_frame(&buffer) {
+                parsed.push(decoded.expect("a frame the node encoded decodes"));
+                buffer.drain(..consumed);
+            }
+        }
+        prop_assert!(buffer.is_empty());
+        prop_assert_eq!(parsed, frames);
+    }
 
     #[test]
     fn binary_requests_round_trip(id in any::<u32>(), request in request()) {

@@ -15,14 +15,15 @@
 //! varint byte length followed by UTF-8; optional strings are a byte 0/1 then the string; lists
 //! are a varint count then the items. Field order per operation is in `docs/protocol.md`.
 
-use std::io::{self, BufRead};
+use std::io::BufRead;
 
 use bytes::{Buf, BufMut};
 use prost::encoding::{decode_varint, encode_varint};
 
+pub use super::FrameError;
 use super::{
-    DecodeError, ErrorCode, ErrorReply, Message, Op, Push, Reply, Request, Response, ServerFrame,
-    limits,
+    DecodeError, ErrorCode, ErrorReply, Message, Op, Parse, Push, Reply, Request, Response,
+    ServerFrame, limits,
 };
 
 /// First byte of every binary frame: magic `0xB`, version 1.
@@ -33,6 +34,9 @@ pub const FLAG_RESPONSE: u8 = 0b001;
 pub const FLAG_ERROR: u8 = 0b010;
 /// The frame is a push.
 pub const FLAG_PUSH: u8 = 0b100;
+
+/// The longest header: magic, op, flags and two 5-byte varints.
+const MAX_HEADER: usize = 13;
 
 /// A frame whose header has been read and whose payload has not been interpreted yet.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,80 +51,99 @@ pub struct RawFrame {
     pub payload: Vec<u8>,
 }
 
-/// Why a frame could not be read off the stream; the stream cannot be trusted after it.
-#[derive(Debug)]
-pub enum FrameError {
-    /// The peer closed cleanly between frames.
-    Closed,
-    /// I/O failed, or the peer closed in the middle of a frame.
-    Io(io::Error),
-    /// The bytes are not a frame of this protocol (the reply to send before closing).
-    Invalid(DecodeError),
-}
-
-impl From<io::Error> for FrameError {
-    fn from(e: io::Error) -> Self {
-        FrameError::Io(e)
-    }
-}
-
-fn read_byte(reader: &mut impl BufRead) -> io::Result<Option<u8>> {
-    let mut byte = [0u8];
-    loop {
-        match reader.read(&mut byte) {
-            Ok(0) => return Ok(None),
-            Ok(_) => return Ok(Some(byte[0])),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+impl RawFrame {
+    /// This frame, borrowed.
+    pub fn view(&self) -> FrameView<'_> {
+        FrameView {
+            op: self.op,
+            flags: self.flags,
+            id: self.id,
+            payload: &self.payload,
         }
     }
 }
 
-fn truncated() -> FrameError {
-    FrameError::Io(io::Error::new(
-        io::ErrorKind::UnexpectedEof,
-        "connection closed in the middle of a frame",
-    ))
+/// A whole frame found in a buffer, its payload borrowed from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameView<'a> {
+    /// Operation code (maybe unknown).
+    pub op: u8,
+    /// Flags.
+    pub flags: u8,
+    /// Request id.
+    pub id: u32,
+    /// Payload bytes.
+    pub payload: &'a [u8],
 }
 
-/// Reads a LEB128 varint of at most 5 bytes (a u32).
-fn read_varint_u32(reader: &mut impl BufRead, id: Option<u32>) -> Result<u32, FrameError> {
-    let mut value: u64 = 0;
-    for shift in (0..35).step_by(7) {
-        let byte = read_byte(reader)?.ok_or_else(truncated)?;
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return u32::try_from(value).map_err(|_| invalid(id, None, "varint exceeds 32 bits"));
+impl FrameView<'_> {
+    /// An owned copy.
+    pub fn to_raw(self) -> RawFrame {
+        RawFrame {
+            op: self.op,
+            flags: self.flags,
+            id: self.id,
+            payload: self.payload.to_vec(),
         }
     }
-    Err(invalid(id, None, "varint longer than 5 bytes"))
 }
 
-fn invalid(id: Option<u32>, op: Option<Op>, what: &str) -> FrameError {
-    FrameError::Invalid(DecodeError {
+fn malformed(id: Option<u32>, what: String) -> DecodeError {
+    DecodeError {
         id,
-        op,
+        op: None,
         error: ErrorReply::new(ErrorCode::Malformed, what),
         recoverable: false,
-    })
+    }
 }
 
-/// Reads one frame. A frame longer than [`limits::MAX_FRAME`] is refused without reading it.
-pub fn read_frame(reader: &mut impl BufRead) -> Result<RawFrame, FrameError> {
-    let magic = read_byte(reader)?.ok_or(FrameError::Closed)?;
+/// A LEB128 varint of at most 5 bytes (a u32) at the start of `buf`: `Ok(None)` if `buf` ends
+/// before it does, else its value and length.
+fn parse_varint_u32(buf: &[u8], id: Option<u32>) -> Result<Option<(u32, usize)>, DecodeError> {
+    let mut value: u64 = 0;
+    for (i, &byte) in buf.iter().take(5).enumerate() {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return match u32::try_from(value) {
+                Ok(value) => Ok(Some((value, i + 1))),
+                Err(_) => Err(malformed(id, "varint exceeds 32 bits".into())),
+            };
+        }
+    }
+    if buf.len() >= 5 {
+        return Err(malformed(id, "varint longer than 5 bytes".into()));
+    }
+    Ok(None)
+}
+
+/// The first frame in `buf`. A header announcing more than [`limits::MAX_FRAME`] bytes is
+/// [`Parse::Fatal`] as soon as it is whole, before any of the payload arrives.
+pub fn parse_frame(buf: &[u8]) -> Parse<FrameView<'_>> {
+    let Some(&magic) = buf.first() else {
+        return Parse::Incomplete;
+    };
     if magic != MAGIC_VERSION {
-        return Err(invalid(
+        return Parse::Fatal(malformed(
             None,
-            None,
-            &format!("bad magic/version byte {magic:#04x}, expected {MAGIC_VERSION:#04x}"),
+            format!("bad magic/version byte {magic:#04x}, expected {MAGIC_VERSION:#04x}"),
         ));
     }
-    let op = read_byte(reader)?.ok_or_else(truncated)?;
-    let flags = read_byte(reader)?.ok_or_else(truncated)?;
-    let id = read_varint_u32(reader, None)?;
-    let len = read_varint_u32(reader, Some(id))? as usize;
+    let (Some(&op), Some(&flags)) = (buf.get(1), buf.get(2)) else {
+        return Parse::Incomplete;
+    };
+    let (id, id_len) = match parse_varint_u32(&buf[3..], None) {
+        Ok(Some(varint)) => varint,
+        Ok(None) => return Parse::Incomplete,
+        Err(error) => return Parse::Fatal(error),
+    };
+    let len_at = 3 + id_len;
+    let (len, len_len) = match parse_varint_u32(&buf[len_at..], Some(id)) {
+        Ok(Some((len, len_len))) => (len as usize, len_len),
+        Ok(None) => return Parse::Incomplete,
+        Err(error) => return Parse::Fatal(error),
+    };
     if len > limits::MAX_FRAME {
-        return Err(FrameError::Invalid(DecodeError {
+        return Parse::Fatal(DecodeError {
             id: Some(id),
             op: Op::from_code(op),
             error: ErrorReply::new(
@@ -131,34 +154,69 @@ pub fn read_frame(reader: &mut impl BufRead) -> Result<RawFrame, FrameError> {
                 ),
             ),
             recoverable: false,
-        }));
+        });
     }
-    let mut payload = vec![0; len];
-    reader.read_exact(&mut payload).map_err(|e| {
-        if e.kind() == io::ErrorKind::UnexpectedEof {
-            truncated()
-        } else {
-            FrameError::Io(e)
-        }
-    })?;
-    Ok(RawFrame {
-        op,
-        flags,
-        id,
-        payload,
-    })
+    let payload_at = len_at + len_len;
+    let Some(payload) = buf.get(payload_at..payload_at + len) else {
+        return Parse::Incomplete;
+    };
+    Parse::Frame {
+        consumed: payload_at + len,
+        decoded: Ok(FrameView {
+            op,
+            flags,
+            id,
+            payload,
+        }),
+    }
+}
+
+/// Reads one frame. A frame longer than [`limits::MAX_FRAME`] is refused without reading it.
+pub fn read_frame(reader: &mut impl BufRead) -> Result<RawFrame, FrameError> {
+    super::read_with(reader, |buf| {
+        parse_frame(buf).and_then(|frame| Ok(frame.to_raw()))
+    })?
+    .map_err(FrameError::Invalid)
 }
 
 /// Writes a frame.
 pub fn frame(op: u8, flags: u8, id: u32, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload.len() + 13);
+    let mut out = Vec::with_capacity(payload.len() + MAX_HEADER);
+    frame_into(op, flags, id, payload, &mut out);
+    out
+}
+
+/// Appends a frame to `out`.
+pub fn frame_into(op: u8, flags: u8, id: u32, payload: &[u8], out: &mut Vec<u8>) {
+    out.reserve(payload.len() + MAX_HEADER);
+    put_header(out, op, flags, id, payload.len());
+    out.extend_from_slice(payload);
+}
+
+fn put_header(out: &mut Vec<u8>, op: u8, flags: u8, id: u32, payload_len: usize) {
     out.put_u8(MAGIC_VERSION);
     out.put_u8(op);
     out.put_u8(flags);
-    encode_varint(u64::from(id), &mut out);
-    encode_varint(payload.len() as u64, &mut out);
-    out.extend_from_slice(payload);
-    out
+    encode_varint(u64::from(id), out);
+    encode_varint(payload_len as u64, out);
+}
+
+/// Appends a frame whose payload `write_payload` appends, without a scratch buffer: the payload
+/// is written first, then its header (whose length depends on the payload's) is slid in before
+/// it.
+fn frame_with(
+    out: &mut Vec<u8>,
+    op: u8,
+    flags: u8,
+    id: u32,
+    write_payload: impl FnOnce(&mut Vec<u8>),
+) {
+    let start = out.len();
+    write_payload(out);
+    let payload_len = out.len() - start;
+    let mut header = Vec::with_capacity(MAX_HEADER);
+    put_header(&mut header, op, flags, id, payload_len);
+    out.splice(start..start, header);
 }
 
 // ----- payload writing -----
@@ -188,10 +246,15 @@ fn put_message(out: &mut Vec<u8>, m: &Message) {
 /// The payload of a request.
 pub fn request_payload(request: &Request) -> Vec<u8> {
     let mut out = Vec::new();
+    put_request_payload(&mut out, request);
+    out
+}
+
+fn put_request_payload(out: &mut Vec<u8>, request: &Request) {
     match request {
         Request::CreateAccount { username, password } | Request::Login { username, password } => {
-            put_str(&mut out, username);
-            put_str(&mut out, password);
+            put_str(out, username);
+            put_str(out, password);
         }
         Request::Logout => {}
         Request::ListAccounts {
@@ -199,92 +262,121 @@ pub fn request_payload(request: &Request) -> Vec<u8> {
             page_size,
             cursor,
         } => {
-            put_str(&mut out, pattern);
-            encode_varint(u64::from(*page_size), &mut out);
-            put_opt_str(&mut out, cursor.as_deref());
+            put_str(out, pattern);
+            encode_varint(u64::from(*page_size), out);
+            put_opt_str(out, cursor.as_deref());
         }
         Request::SendMessage { to, text } => {
-            put_str(&mut out, to);
-            put_str(&mut out, text);
+            put_str(out, to);
+            put_str(out, text);
         }
-        Request::ReadMessages { limit } => encode_varint(u64::from(*limit), &mut out),
+        Request::ReadMessages { limit } => encode_varint(u64::from(*limit), out),
         Request::DeleteMessages { ids } => {
-            encode_varint(ids.len() as u64, &mut out);
+            encode_varint(ids.len() as u64, out);
             for id in ids {
-                encode_varint(*id, &mut out);
+                encode_varint(*id, out);
             }
         }
-        Request::DeleteAccount { password } => put_str(&mut out, password),
+        Request::DeleteAccount { password } => put_str(out, password),
     }
-    out
 }
 
 /// A whole request frame.
 pub fn encode_request(id: u32, request: &Request) -> Vec<u8> {
-    frame(request.op() as u8, 0, id, &request_payload(request))
+    let mut out = Vec::new();
+    encode_request_into(id, request, &mut out);
+    out
+}
+
+/// Appends a whole request frame to `out`.
+pub fn encode_request_into(id: u32, request: &Request, out: &mut Vec<u8>) {
+    frame_with(out, request.op().code(), 0, id, |out| {
+        put_request_payload(out, request)
+    });
 }
 
 /// The payload of a successful reply.
 pub fn reply_payload(reply: &Reply) -> Vec<u8> {
     let mut out = Vec::new();
+    put_reply_payload(&mut out, reply);
+    out
+}
+
+fn put_reply_payload(out: &mut Vec<u8>, reply: &Reply) {
     match reply {
-        Reply::LoggedIn { unread } => encode_varint(u64::from(*unread), &mut out),
+        Reply::LoggedIn { unread } => encode_varint(u64::from(*unread), out),
         Reply::Accounts {
             accounts,
             next_cursor,
         } => {
-            encode_varint(accounts.len() as u64, &mut out);
+            encode_varint(accounts.len() as u64, out);
             for account in accounts {
-                put_str(&mut out, account);
+                put_str(out, account);
             }
-            put_opt_str(&mut out, next_cursor.as_deref());
+            put_opt_str(out, next_cursor.as_deref());
         }
         Reply::Sent { id, timestamp } => {
-            encode_varint(*id, &mut out);
-            encode_varint(*timestamp, &mut out);
+            encode_varint(*id, out);
+            encode_varint(*timestamp, out);
         }
         Reply::Messages { messages } => {
-            encode_varint(messages.len() as u64, &mut out);
+            encode_varint(messages.len() as u64, out);
             for m in messages {
-                put_message(&mut out, m);
+                put_message(out, m);
             }
         }
-        Reply::Deleted { deleted } => encode_varint(u64::from(*deleted), &mut out),
+        Reply::Deleted { deleted } => encode_varint(u64::from(*deleted), out),
         Reply::Done {} => {}
     }
-    out
 }
 
 /// A whole response frame. A response to an undecodable operation uses op code 0.
 pub fn encode_response(response: &Response) -> Vec<u8> {
-    let op = response.op.map_or(0, |op| op as u8);
+    let mut out = Vec::new();
+    encode_response_into(response, &mut out);
+    out
+}
+
+fn encode_response_into(response: &Response, out: &mut Vec<u8>) {
+    let op = response.op.map_or(0, Op::code);
     match &response.result {
-        Ok(reply) => frame(op, FLAG_RESPONSE, response.id, &reply_payload(reply)),
-        Err(error) => {
-            let mut out = Vec::new();
+        Ok(reply) => frame_with(out, op, FLAG_RESPONSE, response.id, |out| {
+            put_reply_payload(out, reply)
+        }),
+        Err(error) => frame_with(out, op, FLAG_RESPONSE | FLAG_ERROR, response.id, |out| {
             out.put_u8(error.code as u8);
-            put_str(&mut out, &error.message);
-            frame(op, FLAG_RESPONSE | FLAG_ERROR, response.id, &out)
-        }
+            put_str(out, &error.message);
+        }),
     }
 }
 
 /// A whole push frame.
 pub fn encode_push(push: &Push) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_push_into(push, &mut out);
+    out
+}
+
+fn encode_push_into(push: &Push, out: &mut Vec<u8>) {
     match push {
-        Push::Deliver(message) => {
-            let mut out = Vec::new();
-            put_message(&mut out, message);
-            frame(Op::Deliver as u8, FLAG_PUSH, 0, &out)
-        }
+        Push::Deliver(message) => frame_with(out, Op::Deliver.code(), FLAG_PUSH, 0, |out| {
+            put_message(out, message)
+        }),
     }
 }
 
 /// A whole server frame.
 pub fn encode_server_frame(frame: &ServerFrame) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_server_frame_into(frame, &mut out);
+    out
+}
+
+/// Appends a whole server frame to `out`.
+pub fn encode_server_frame_into(frame: &ServerFrame, out: &mut Vec<u8>) {
     match frame {
-        ServerFrame::Response(r) => encode_response(r),
-        ServerFrame::Push(p) => encode_push(p),
+        ServerFrame::Response(r) => encode_response_into(r, out),
+        ServerFrame::Push(p) => encode_push_into(p, out),
     }
 }
 
@@ -388,32 +480,33 @@ impl<'a> Fields<'a> {
 
 /// Interprets a request frame.
 pub fn decode_request(frame: &RawFrame) -> Result<(u32, Request), DecodeError> {
+    decode_request_view(frame.view())
+}
+
+/// Interprets a request frame found in a buffer.
+pub fn decode_request_view(frame: FrameView<'_>) -> Result<(u32, Request), DecodeError> {
     let fail = |op: Option<Op>, error: ErrorReply| DecodeError {
         id: Some(frame.id),
         op,
         error,
         recoverable: true,
     };
-    let op = Op::from_code(frame.op)
-        .filter(|op| *op != Op::Deliver)
-        .ok_or_else(|| {
-            fail(
-                None,
-                ErrorReply::new(
-                    ErrorCode::UnknownOperation,
-                    format!("unknown operation code {}", frame.op),
-                ),
-            )
-        })?;
+    let op = Op::request_from_code(frame.op).ok_or_else(|| {
+        fail(
+            None,
+            ErrorReply::new(
+                ErrorCode::UnknownOperation,
+                format!("unknown operation code {}", frame.op),
+            ),
+        )
+    })?;
     if frame.flags != 0 {
         return Err(fail(
             Some(op),
             ErrorReply::new(ErrorCode::Malformed, "requests carry no flags"),
         ));
     }
-    let mut f = Fields {
-        buf: &frame.payload,
-    };
+    let mut f = Fields { buf: frame.payload };
     let request = (|| {
         let request = match op {
             Op::CreateAccount => Request::CreateAccount {
@@ -445,7 +538,7 @@ pub fn decode_request(frame: &RawFrame) -> Result<(u32, Request), DecodeError> {
             Op::DeleteAccount => Request::DeleteAccount {
                 password: f.string("password")?,
             },
-            Op::Deliver => unreachable!("filtered above"),
+            Op::Deliver => unreachable!("request_from_code refuses pushes"),
         };
         f.end()?;
         Ok(request)
@@ -456,9 +549,12 @@ pub fn decode_request(frame: &RawFrame) -> Result<(u32, Request), DecodeError> {
 
 /// Interprets a frame from the node (client side).
 pub fn decode_server_frame(frame: &RawFrame) -> Result<ServerFrame, ErrorReply> {
-    let mut f = Fields {
-        buf: &frame.payload,
-    };
+    decode_server_frame_view(frame.view())
+}
+
+/// Interprets a frame from the node found in a buffer (client side).
+pub fn decode_server_frame_view(frame: FrameView<'_>) -> Result<ServerFrame, ErrorReply> {
+    let mut f = Fields { buf: frame.payload };
     if frame.flags & FLAG_PUSH != 0 {
         let message = f.message()?;
         f.end()?;

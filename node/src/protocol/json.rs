@@ -7,49 +7,53 @@
 //! ← {"push":"deliver","data":{"id":8,"from":"alice","timestamp":1764048000001,"text":"hi"}}
 //! ```
 
-use std::io::{BufRead, Read};
+use std::io::BufRead;
 
 use serde_json::{Value, json};
 
-use super::binary::FrameError;
 use super::{
-    DecodeError, ErrorCode, ErrorReply, Message, Op, Push, Reply, Request, Response, ServerFrame,
-    limits,
+    DecodeError, ErrorCode, ErrorReply, FrameError, Message, Op, Parse, Push, Reply, Request,
+    Response, ServerFrame, limits,
 };
+
+/// The first line in `buf`, without its `\n`. A line of white space only is [`Parse::Skip`];
+/// more than [`limits::MAX_FRAME`] bytes without a newline is [`Parse::Fatal`] as soon as the
+/// buffer holds one byte more than the limit.
+pub fn parse_line(buf: &[u8]) -> Parse<&[u8]> {
+    // A line of MAX_FRAME bytes is allowed: its newline is byte MAX_FRAME + 1.
+    let window = &buf[..buf.len().min(limits::MAX_FRAME + 1)];
+    match window.iter().position(|&b| b == b'\n') {
+        Some(end) => {
+            let line = &buf[..end];
+            if line.iter().all(u8::is_ascii_whitespace) {
+                Parse::Skip(end + 1)
+            } else {
+                Parse::Frame {
+                    consumed: end + 1,
+                    decoded: Ok(line),
+                }
+            }
+        }
+        None if buf.len() > limits::MAX_FRAME => Parse::Fatal(DecodeError {
+            id: None,
+            op: None,
+            error: ErrorReply::new(
+                ErrorCode::TooLarge,
+                format!("line exceeds the {} byte limit", limits::MAX_FRAME),
+            ),
+            recoverable: false,
+        }),
+        None => Parse::Incomplete,
+    }
+}
 
 /// Reads one line (without its `\n`), refusing lines longer than [`limits::MAX_FRAME`]. Blank
 /// lines are skipped.
 pub fn read_line(reader: &mut impl BufRead) -> Result<Vec<u8>, FrameError> {
-    loop {
-        let mut line = Vec::new();
-        let limit = limits::MAX_FRAME as u64 + 1;
-        let n = reader.by_ref().take(limit).read_until(b'\n', &mut line)?;
-        if n == 0 {
-            return Err(FrameError::Closed);
-        }
-        if line.last() == Some(&b'\n') {
-            line.pop();
-        } else if line.len() as u64 >= limit {
-            return Err(FrameError::Invalid(DecodeError {
-                id: None,
-                op: None,
-                error: ErrorReply::new(
-                    ErrorCode::TooLarge,
-                    format!("line exceeds the {} byte limit", limits::MAX_FRAME),
-                ),
-                recoverable: false,
-            }));
-        } else {
-            // End of stream without a newline: a truncated request.
-            return Err(FrameError::Io(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "connection closed in the middle of a line",
-            )));
-        }
-        if line.iter().any(|b| !b.is_ascii_whitespace()) {
-            return Ok(line);
-        }
-    }
+    super::read_with(reader, |buf| {
+        parse_line(buf).and_then(|line| Ok(line.to_vec()))
+    })?
+    .map_err(FrameError::Invalid)
 }
 
 /// Interprets one request line.
@@ -101,17 +105,14 @@ pub fn decode_request(line: &[u8]) -> Result<(u32, Request), DecodeError> {
             ));
         }
     };
-    let op = (1..=8)
-        .filter_map(Op::from_code)
-        .find(|op| op.name() == op_name)
-        .ok_or_else(|| {
-            fail(
-                Some(id),
-                None,
-                ErrorCode::UnknownOperation,
-                format!("unknown operation {op_name:?}"),
-            )
-        })?;
+    let op = Op::request_from_name(&op_name).ok_or_else(|| {
+        fail(
+            Some(id),
+            None,
+            ErrorCode::UnknownOperation,
+            format!("unknown operation {op_name:?}"),
+        )
+    })?;
     let request: Request = serde_json::from_value(Value::Object(object)).map_err(|e| {
         fail(
             Some(id),
@@ -123,41 +124,73 @@ pub fn decode_request(line: &[u8]) -> Result<(u32, Request), DecodeError> {
     Ok((id, request))
 }
 
-fn line(value: Value) -> Vec<u8> {
-    let mut out = serde_json::to_vec(&value).expect("a Value always serializes");
+/// Appends `value` and a newline to `out`. Objects go through [`Value`], whose keys are sorted:
+/// the bytes on the wire are those documented, whatever the field order of the Rust types.
+fn put_line(out: &mut Vec<u8>, value: &Value) {
+    serde_json::to_writer(&mut *out, value).expect("a Value always serializes into a Vec");
     out.push(b'\n');
-    out
+}
+
+fn request_value(id: u32, request: &Request) -> Value {
+    let mut value = serde_json::to_value(request).expect("requests serialize");
+    value["id"] = json!(id);
+    value
 }
 
 /// A request line.
 pub fn encode_request(id: u32, request: &Request) -> Vec<u8> {
-    let mut value = serde_json::to_value(request).expect("requests serialize");
-    value["id"] = json!(id);
-    line(value)
+    let mut out = Vec::new();
+    encode_request_into(id, request, &mut out);
+    out
+}
+
+/// Appends a request line to `out`.
+pub fn encode_request_into(id: u32, request: &Request, out: &mut Vec<u8>) {
+    put_line(out, &request_value(id, request));
+}
+
+fn response_value(response: &Response) -> Value {
+    let op = response.op.map(Op::name);
+    match &response.result {
+        Ok(reply) => json!({"id": response.id, "op": op, "ok": true, "data": reply}),
+        Err(error) => json!({"id": response.id, "op": op, "ok": false, "error": error}),
+    }
+}
+
+fn push_value(push: &Push) -> Value {
+    match push {
+        Push::Deliver(message) => json!({"push": Op::Deliver.name(), "data": message}),
+    }
 }
 
 /// A response line.
 pub fn encode_response(response: &Response) -> Vec<u8> {
-    let op = response.op.map(Op::name);
-    line(match &response.result {
-        Ok(reply) => json!({"id": response.id, "op": op, "ok": true, "data": reply}),
-        Err(error) => json!({"id": response.id, "op": op, "ok": false, "error": error}),
-    })
+    let mut out = Vec::new();
+    put_line(&mut out, &response_value(response));
+    out
 }
 
 /// A push line.
 pub fn encode_push(push: &Push) -> Vec<u8> {
-    match push {
-        Push::Deliver(message) => line(json!({"push": "deliver", "data": message})),
-    }
+    let mut out = Vec::new();
+    put_line(&mut out, &push_value(push));
+    out
 }
 
 /// Any server line.
 pub fn encode_server_frame(frame: &ServerFrame) -> Vec<u8> {
-    match frame {
-        ServerFrame::Response(r) => encode_response(r),
-        ServerFrame::Push(p) => encode_push(p),
-    }
+    let mut out = Vec::new();
+    encode_server_frame_into(frame, &mut out);
+    out
+}
+
+/// Appends any server line to `out`.
+pub fn encode_server_frame_into(frame: &ServerFrame, out: &mut Vec<u8>) {
+    let value = match frame {
+        ServerFrame::Response(r) => response_value(r),
+        ServerFrame::Push(p) => push_value(p),
+    };
+    put_line(out, &value);
 }
 
 /// Interprets a line from the node (client side).
@@ -172,11 +205,7 @@ pub fn decode_server_frame(line: &[u8]) -> Result<ServerFrame, ErrorReply> {
         .as_u64()
         .and_then(|id| u32::try_from(id).ok())
         .ok_or_else(|| ErrorReply::new(ErrorCode::Malformed, "response without id"))?;
-    let op = value["op"].as_str().and_then(|name| {
-        (1..=32)
-            .filter_map(Op::from_code)
-            .find(|op| op.name() == name)
-    });
+    let op = value["op"].as_str().and_then(Op::from_name);
     let result = if value["ok"].as_bool() == Some(true) {
         Ok(serde_json::from_value::<Reply>(value["data"].take()).map_err(bad)?)
     } else {

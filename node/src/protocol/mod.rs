@@ -2,13 +2,20 @@
 //!
 //! Both wire formats ([`binary`] and [`json`]) decode into [`Request`] and encode [`Response`]
 //! and [`Push`]; the service only ever sees these types. One TCP port serves both: the first
-//! byte of a connection tells them apart ([`binary::MAGIC_VERSION`] for binary, anything else is
-//! read as JSON lines).
+//! byte of a connection tells them apart ([`Protocol::detect`]: [`binary::MAGIC_VERSION`] for
+//! binary, anything else is read as JSON lines).
+//!
+//! Code outside this module speaks through [`Protocol`]: [`Protocol::parse_request`] and
+//! [`Protocol::parse_server_frame`] find and decode the first frame in a byte buffer (for
+//! event-driven code that reads whatever the socket has), [`Protocol::read_request`] and
+//! [`Protocol::read_server_frame`] block on a reader until a frame is whole. The blocking
+//! readers are built on the buffer parsers, so both see the same frames and the same errors.
 
 pub mod binary;
 pub mod json;
 
 use std::fmt;
+use std::io::{self, BufRead};
 
 use serde::{Deserialize, Serialize};
 
@@ -32,60 +39,94 @@ pub mod limits {
     pub const MAX_FRAME: usize = 64 * 1024;
 }
 
-/// Operation codes, shared by both protocols (JSON uses the names).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum Op {
+/// Declares [`Op`] and its table [`Op::ALL`] from one list of rows, so that an operation's
+/// code, JSON name and direction are written once: a new row is known to both codecs at once.
+macro_rules! operations {
+    ($($(#[doc = $doc:literal])* $variant:ident = $code:literal, $name:literal, $direction:ident;)*) => {
+        /// Operation codes, shared by both protocols (JSON uses the names).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum Op {
+            $($(#[doc = $doc])* $variant = $code,)*
+        }
+
+        impl Op {
+            /// Every operation, in code order: the single table both codecs look codes and names
+            /// up in.
+            pub const ALL: &'static [Op] = &[$(Op::$variant),*];
+
+            /// The JSON name.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Op::$variant => $name,)*
+                }
+            }
+
+            /// Who sends it: a client ([`Direction::Request`]) or the node unasked
+            /// ([`Direction::Push`]).
+            pub fn direction(self) -> Direction {
+                match self {
+                    $(Op::$variant => Direction::$direction,)*
+                }
+            }
+        }
+    };
+}
+
+operations! {
     /// Create an account.
-    CreateAccount = 1,
+    CreateAccount = 1, "create_account", Request;
     /// Log in on this connection.
-    Login = 2,
+    Login = 2, "login", Request;
     /// Log out of this connection.
-    Logout = 3,
+    Logout = 3, "logout", Request;
     /// List accounts matching a wildcard pattern, a page at a time.
-    ListAccounts = 4,
+    ListAccounts = 4, "list_accounts", Request;
     /// Send a message.
-    SendMessage = 5,
+    SendMessage = 5, "send_message", Request;
     /// Read (and mark delivered) undelivered messages.
-    ReadMessages = 6,
+    ReadMessages = 6, "read_messages", Request;
     /// Delete own messages by id.
-    DeleteMessages = 7,
+    DeleteMessages = 7, "delete_messages", Request;
     /// Delete own account.
-    DeleteAccount = 8,
+    DeleteAccount = 8, "delete_account", Request;
     /// Server push: a message delivered live.
-    Deliver = 32,
+    Deliver = 32, "deliver", Push;
+}
+
+/// Which side starts an operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// A client asks, the node answers with a response carrying the same id.
+    Request,
+    /// The node sends it unasked.
+    Push,
 }
 
 impl Op {
-    /// The operation for a code, if any.
-    pub fn from_code(code: u8) -> Option<Op> {
-        Some(match code {
-            1 => Op::CreateAccount,
-            2 => Op::Login,
-            3 => Op::Logout,
-            4 => Op::ListAccounts,
-            5 => Op::SendMessage,
-            6 => Op::ReadMessages,
-            7 => Op::DeleteMessages,
-            8 => Op::DeleteAccount,
-            32 => Op::Deliver,
-            _ => return None,
-        })
+    /// The binary code.
+    pub fn code(self) -> u8 {
+        self as u8
     }
 
-    /// The JSON name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Op::CreateAccount => "create_account",
-            Op::Login => "login",
-            Op::Logout => "logout",
-            Op::ListAccounts => "list_accounts",
-            Op::SendMessage => "send_message",
-            Op::ReadMessages => "read_messages",
-            Op::DeleteMessages => "delete_messages",
-            Op::DeleteAccount => "delete_account",
-            Op::Deliver => "deliver",
-        }
+    /// The operation for a binary code, if any.
+    pub fn from_code(code: u8) -> Option<Op> {
+        Op::ALL.iter().copied().find(|op| op.code() == code)
+    }
+
+    /// The operation for a JSON name, if any.
+    pub fn from_name(name: &str) -> Option<Op> {
+        Op::ALL.iter().copied().find(|op| op.name() == name)
+    }
+
+    /// The operation a client may send under this code (pushes are not requests).
+    pub fn request_from_code(code: u8) -> Option<Op> {
+        Op::from_code(code).filter(|op| op.direction() == Direction::Request)
+    }
+
+    /// The operation a client may send under this JSON name (pushes are not requests).
+    pub fn request_from_name(name: &str) -> Option<Op> {
+        Op::from_name(name).filter(|op| op.direction() == Direction::Request)
     }
 }
 
@@ -335,6 +376,213 @@ pub struct DecodeError {
     pub recoverable: bool,
 }
 
+/// Why no frame could be read off a stream; the stream cannot be trusted after it.
+#[derive(Debug)]
+pub enum FrameError {
+    /// The peer closed cleanly between frames.
+    Closed,
+    /// I/O failed, or the peer closed in the middle of a frame.
+    Io(io::Error),
+    /// The bytes are not a frame of this protocol (the reply to send before closing).
+    Invalid(DecodeError),
+}
+
+impl From<io::Error> for FrameError {
+    fn from(e: io::Error) -> Self {
+        FrameError::Io(e)
+    }
+}
+
+/// What the start of a byte buffer holds, for a reader that accumulates whatever the socket
+/// delivers and parses as it goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Parse<T> {
+    /// Not a whole frame yet: read more bytes (nothing consumed).
+    Incomplete,
+    /// Bytes to drop without a frame (blank JSON lines).
+    Skip(usize),
+    /// A whole frame of `consumed` bytes: decoded, or a recoverable error to answer before going
+    /// on with the bytes after it.
+    Frame {
+        /// The frame's length in the buffer, delimiter included.
+        consumed: usize,
+        /// What it says, or why it could not be understood.
+        decoded: Result<T, DecodeError>,
+    },
+    /// The stream cannot be resynchronised (bad magic, oversized frame or line, bad varint):
+    /// answer with this, then close.
+    Fatal(DecodeError),
+}
+
+impl<T> Parse<T> {
+    /// Interprets a whole frame with `decode`; the other outcomes pass through.
+    pub fn and_then<U>(self, decode: impl FnOnce(T) -> Result<U, DecodeError>) -> Parse<U> {
+        match self {
+            Parse::Incomplete => Parse::Incomplete,
+            Parse::Skip(n) => Parse::Skip(n),
+            Parse::Frame { consumed, decoded } => Parse::Frame {
+                consumed,
+                decoded: decoded.and_then(decode),
+            },
+            Parse::Fatal(error) => Parse::Fatal(error),
+        }
+    }
+}
+
+/// Reads one frame off `reader` with `parse`, taking exactly the frame's bytes (and any blank
+/// lines before it) off the reader: what follows stays buffered for the next call.
+///
+/// Bytes of an unfinished frame are held here until it is whole, so `parse` sees the frame
+/// from its first byte whatever the reader's buffer size.
+fn read_with<T>(
+    reader: &mut impl BufRead,
+    parse: impl Fn(&[u8]) -> Parse<T>,
+) -> Result<Result<T, DecodeError>, FrameError> {
+    // Bytes of the current frame already taken off the reader.
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        let available = match reader.fill_buf() {
+            Ok(available) => available,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(FrameError::Io(e)),
+        };
+        if available.is_empty() {
+            return Err(if pending.is_empty() {
+                FrameError::Closed
+            } else {
+                FrameError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed in the middle of a frame",
+                ))
+            });
+        }
+        let held = pending.len();
+        let fresh = available.len();
+        let parsed = if held == 0 {
+            parse(available)
+        } else {
+            pending.extend_from_slice(available);
+            parse(&pending)
+        };
+        // `Incomplete` on the bytes held means the frame ends among the fresh ones: the bytes
+        // to take off the reader are those past `held`.
+        match parsed {
+            Parse::Incomplete => {
+                if held == 0 {
+                    pending.extend_from_slice(available);
+                }
+                reader.consume(fresh);
+            }
+            Parse::Skip(n) => {
+                reader.consume(n.saturating_sub(held).min(fresh));
+                pending.clear();
+            }
+            Parse::Frame { consumed, decoded } => {
+                reader.consume(consumed.saturating_sub(held).min(fresh));
+                return Ok(decoded);
+            }
+            Parse::Fatal(error) => return Err(FrameError::Invalid(error)),
+        }
+    }
+}
+
+/// The two wire formats, and every way code outside this module encodes or decodes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// [`binary`].
+    Binary,
+    /// [`json`].
+    Json,
+}
+
+impl Protocol {
+    /// The protocol of a connection whose first byte is `first_byte`.
+    pub fn detect(first_byte: u8) -> Protocol {
+        if first_byte == binary::MAGIC_VERSION {
+            Protocol::Binary
+        } else {
+            Protocol::Json
+        }
+    }
+
+    /// The first request in `buf` (server side).
+    pub fn parse_request(self, buf: &[u8]) -> Parse<(u32, Request)> {
+        match self {
+            Protocol::Binary => binary::parse_frame(buf).and_then(binary::decode_request_view),
+            Protocol::Json => json::parse_line(buf).and_then(json::decode_request),
+        }
+    }
+
+    /// The first frame from the node in `buf` (client side).
+    pub fn parse_server_frame(self, buf: &[u8]) -> Parse<ServerFrame> {
+        match self {
+            Protocol::Binary => binary::parse_frame(buf).and_then(|frame| {
+                binary::decode_server_frame_view(frame).map_err(|error| DecodeError {
+                    id: Some(frame.id),
+                    op: Op::from_code(frame.op),
+                    error,
+                    recoverable: true,
+                })
+            }),
+            Protocol::Json => json::parse_line(buf).and_then(|line| {
+                json::decode_server_frame(line).map_err(|error| DecodeError {
+                    id: None,
+                    op: None,
+                    error,
+                    recoverable: true,
+                })
+            }),
+        }
+    }
+
+    /// Blocks until a whole request has been read (server side). `Ok(Err(_))` is a frame that
+    /// could not be understood but whose extent was known: answer it and go on.
+    pub fn read_request(
+        self,
+        reader: &mut impl BufRead,
+    ) -> Result<Result<(u32, Request), DecodeError>, FrameError> {
+        read_with(reader, |buf| self.parse_request(buf))
+    }
+
+    /// Blocks until a whole frame from the node has been read (client side).
+    pub fn read_server_frame(
+        self,
+        reader: &mut impl BufRead,
+    ) -> Result<Result<ServerFrame, DecodeError>, FrameError> {
+        read_with(reader, |buf| self.parse_server_frame(buf))
+    }
+
+    /// A request, encoded.
+    pub fn encode_request(self, id: u32, request: &Request) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_request_into(id, request, &mut out);
+        out
+    }
+
+    /// Appends an encoded request to `out` (no allocation once `out` is large enough).
+    pub fn encode_request_into(self, id: u32, request: &Request, out: &mut Vec<u8>) {
+        match self {
+            Protocol::Binary => binary::encode_request_into(id, request, out),
+            Protocol::Json => json::encode_request_into(id, request, out),
+        }
+    }
+
+    /// A frame from the node, encoded.
+    pub fn encode_server_frame(self, frame: &ServerFrame) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_server_frame_into(frame, &mut out);
+        out
+    }
+
+    /// Appends an encoded frame from the node to `out`.
+    pub fn encode_server_frame_into(self, frame: &ServerFrame, out: &mut Vec<u8>) {
+        match self {
+            Protocol::Binary => binary::encode_server_frame_into(frame, out),
+            Protocol::Json => json::encode_server_frame_into(frame, out),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -446,6 +694,156 @@ mod tests {
                 json::decode_server_frame(&line[..line.len() - 1]).unwrap(),
                 frame
             );
+        }
+    }
+
+    /// A request of every request operation, built by an exhaustive match: a new operation
+    /// must be given one here before this compiles.
+    fn sample(op: Op) -> Option<Request> {
+        Some(match op {
+            Op::CreateAccount => Request::CreateAccount {
+                username: "a".into(),
+                password: "p".into(),
+            },
+            Op::Login => Request::Login {
+                username: "a".into(),
+                password: "p".into(),
+            },
+            Op::Logout => Request::Logout,
+            Op::ListAccounts => Request::ListAccounts {
+                pattern: "*".into(),
+                page_size: 1,
+                cursor: None,
+            },
+            Op::SendMessage => Request::SendMessage {
+                to: "b".into(),
+                text: "t".into(),
+            },
+            Op::ReadMessages => Request::ReadMessages { limit: 1 },
+            Op::DeleteMessages => Request::DeleteMessages { ids: vec![1] },
+            Op::DeleteAccount => Request::DeleteAccount {
+                password: "p".into(),
+            },
+            Op::Deliver => return None,
+        })
+    }
+
+    #[test]
+    fn every_operation_in_the_table_is_known_to_both_codecs() {
+        let mut codes = std::collections::HashSet::new();
+        let mut names = std::collections::HashSet::new();
+        for &op in Op::ALL {
+            assert!(codes.insert(op.code()), "{op:?}: code used twice");
+            assert!(names.insert(op.name()), "{op:?}: name used twice");
+            assert_eq!(Op::from_code(op.code()), Some(op));
+            assert_eq!(Op::from_name(op.name()), Some(op));
+            match (op.direction(), sample(op)) {
+                (Direction::Request, Some(request)) => {
+                    assert_eq!(request.op(), op);
+                    for protocol in [Protocol::Binary, Protocol::Json] {
+                        let bytes = protocol.encode_request(7, &request);
+                        match protocol.parse_request(&bytes) {
+                            Parse::Frame { consumed, decoded } => {
+                                assert_eq!(consumed, bytes.len());
+                                assert_eq!(decoded, Ok((7, request.clone())), "{protocol:?}");
+                            }
+                            other => panic!("{protocol:?} {op:?}: {other:?}"),
+                        }
+                    }
+                }
+                (Direction::Push, None) => {
+                    // A push is never accepted as a request, in either protocol.
+                    let binary = binary::frame(op.code(), 0, 7, &[]);
+                    let json = format!("{{\"id\":7,\"op\":\"{}\"}}\n", op.name());
+                    for (protocol, bytes) in [
+                        (Protocol::Binary, binary),
+                        (Protocol::Json, json.into_bytes()),
+                    ] {
+                        let Parse::Frame {
+                            decoded: Err(bad), ..
+                        } = protocol.parse_request(&bytes)
+                        else {
+                            panic!("{protocol:?} accepted the push {op:?} as a request");
+                        };
+                        assert_eq!(bad.error.code, ErrorCode::UnknownOperation);
+                    }
+                }
+                (direction, sample) => panic!("{op:?} is a {direction:?} with sample {sample:?}"),
+            }
+        }
+        // Codes outside the table are unknown in binary, as names outside it are in JSON.
+        for code in (0..=u8::MAX).filter(|code| !codes.contains(code)) {
+            assert_eq!(Op::from_code(code), None);
+            let Parse::Frame {
+                decoded: Err(bad), ..
+            } = Protocol::Binary.parse_request(&binary::frame(code, 0, 1, &[]))
+            else {
+                panic!("code {code} decoded");
+            };
+            assert_eq!(bad.error.code, ErrorCode::UnknownOperation);
+        }
+    }
+
+    #[test]
+    fn json_line_limit_is_fatal_only_past_max_frame_bytes() {
+        let mut line = vec![b' '; limits::MAX_FRAME];
+        line[0] = b'{';
+        assert_eq!(json::parse_line(&line), Parse::Incomplete);
+        let mut whole = line.clone();
+        whole.push(b'\n');
+        assert!(matches!(
+            json::parse_line(&whole),
+            Parse::Frame { consumed, .. } if consumed == limits::MAX_FRAME + 1
+        ));
+        line.push(b' ');
+        let Parse::Fatal(bad) = json::parse_line(&line) else {
+            panic!("MAX_FRAME + 1 bytes without a newline must be fatal");
+        };
+        assert_eq!(
+            (bad.error.code, bad.recoverable),
+            (ErrorCode::TooLarge, false)
+        );
+        assert_eq!(json::parse_line(b" \r\t\n{}"), Parse::Skip(4));
+    }
+
+    #[test]
+    fn binary_oversized_header_is_fatal_before_the_payload() {
+        let mut header = vec![binary::MAGIC_VERSION, Op::SendMessage.code(), 0, 9];
+        prost::encoding::encode_varint(limits::MAX_FRAME as u64, &mut header);
+        assert_eq!(Protocol::Binary.parse_request(&header), Parse::Incomplete);
+        let mut header = vec![binary::MAGIC_VERSION, Op::SendMessage.code(), 0, 9];
+        prost::encoding::encode_varint(limits::MAX_FRAME as u64 + 1, &mut header);
+        let Parse::Fatal(bad) = Protocol::Binary.parse_request(&header) else {
+            panic!("an oversized header must be fatal at once");
+        };
+        assert_eq!(
+            (bad.id, bad.op, bad.error.code),
+            (Some(9), Some(Op::SendMessage), ErrorCode::TooLarge)
+        );
+        // Every prefix of a frame is incomplete, whatever cuts it.
+        let frame = Protocol::Binary.encode_request(300, &sample(Op::Login).unwrap());
+        for end in 0..frame.len() {
+            assert_eq!(
+                Protocol::Binary.parse_request(&frame[..end]),
+                Parse::Incomplete
+            );
+        }
+    }
+
+    #[test]
+    fn appending_encoders_write_the_same_bytes() {
+        for protocol in [Protocol::Binary, Protocol::Json] {
+            let mut out = b"before".to_vec();
+            for (i, request) in requests().into_iter().enumerate() {
+                let start = out.len();
+                protocol.encode_request_into(i as u32, &request, &mut out);
+                let expected = match protocol {
+                    Protocol::Binary => binary::encode_request(i as u32, &request),
+                    Protocol::Json => json::encode_request(i as u32, &request),
+                };
+                assert_eq!(&out[start..], &expected[..]);
+            }
+            assert!(out.starts_with(b"before"));
         }
     }
 }

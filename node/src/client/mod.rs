@@ -1,22 +1,35 @@
-//! A client for the node: the library used by the CLI, the tests and the load generator.
+//! The client side: [`Client`], the library used by the tests and the `client` subcommand
+//! ([`cli`]), and the load generator of the `bench` subcommand ([`bench`](mod@bench)).
+//!
+//! A [`Client`] is one blocking connection. What the node sends is read into a buffer and parsed with
+//! [`Protocol::parse_server_frame`], so a read that times out in the middle of a frame (see
+//! [`Client::next_push`]) loses nothing: the next call resumes where it stopped.
 
 use std::collections::VecDeque;
-use std::io::{self, BufReader, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use crate::protocol::binary::{self, FrameError};
-use crate::protocol::{ErrorReply, Message, Push, Reply, Request, ServerFrame, json};
-use crate::server::Protocol;
+use crate::protocol::{ErrorReply, Message, Parse, Protocol, Push, Reply, Request, ServerFrame};
+
+pub mod bench;
+pub mod cli;
+
+/// How much is read from the socket at a time.
+const READ_CHUNK: usize = 16 * 1024;
 
 /// One connection to a node.
 #[derive(Debug)]
 pub struct Client {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    stream: TcpStream,
     protocol: Protocol,
     next_id: u32,
+    /// Bytes received and not yet parsed (the start of a frame at most, between calls).
+    received: Vec<u8>,
+    /// Deliveries that arrived while waiting for a response.
     pushes: VecDeque<Message>,
+    /// Reused for encoding requests.
+    encoded: Vec<u8>,
 }
 
 fn invalid(what: impl ToString) -> io::Error {
@@ -29,50 +42,76 @@ impl Client {
         let stream = TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
         Ok(Client {
-            reader: BufReader::new(stream.try_clone()?),
-            writer: stream,
+            stream,
             protocol,
             next_id: 1,
+            received: Vec::new(),
             pushes: VecDeque::new(),
+            encoded: Vec::new(),
         })
+    }
+
+    /// The protocol this connection speaks.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
     }
 
     /// Sends a request without waiting; returns its id (for pipelining).
     pub fn send(&mut self, request: &Request) -> io::Result<u32> {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
-        let bytes = match self.protocol {
-            Protocol::Binary => binary::encode_request(id, request),
-            Protocol::Json => json::encode_request(id, request),
-        };
-        self.writer.write_all(&bytes)?;
+        self.encoded.clear();
+        self.protocol
+            .encode_request_into(id, request, &mut self.encoded);
+        self.stream.write_all(&self.encoded)?;
         Ok(id)
     }
 
     /// Sends raw bytes (for tests of bad input).
     pub fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.writer.write_all(bytes)
+        self.stream.write_all(bytes)
     }
 
     /// Reads the next frame from the node.
     pub fn receive(&mut self) -> io::Result<ServerFrame> {
-        let frame = match self.protocol {
-            Protocol::Binary => {
-                binary::read_frame(&mut self.reader).map(|raw| binary::decode_server_frame(&raw))
+        loop {
+            match self.protocol.parse_server_frame(&self.received) {
+                Parse::Incomplete => self.read_more()?,
+                Parse::Skip(n) => {
+                    self.received.drain(..n);
+                }
+                Parse::Frame { consumed, decoded } => {
+                    self.received.drain(..consumed);
+                    return decoded.map_err(|bad| {
+                        invalid(format!("undecodable frame from the node: {}", bad.error))
+                    });
+                }
+                Parse::Fatal(bad) => return Err(invalid(bad.error)),
             }
-            Protocol::Json => {
-                json::read_line(&mut self.reader).map(|line| json::decode_server_frame(&line))
+        }
+    }
+
+    /// Appends what the socket has to `received`, waiting for at least one byte.
+    fn read_more(&mut self) -> io::Result<()> {
+        let start = self.received.len();
+        self.received.resize(start + READ_CHUNK, 0);
+        let read = loop {
+            match self.stream.read(&mut self.received[start..]) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other,
             }
         };
-        match frame {
-            Ok(Ok(frame)) => Ok(frame),
-            Ok(Err(error)) => Err(invalid(format!("undecodable frame from the node: {error}"))),
-            Err(FrameError::Closed) => Err(io::Error::new(
+        self.received.truncate(start + *read.as_ref().unwrap_or(&0));
+        match read? {
+            0 if start == 0 => Err(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
                 "the node closed the connection",
             )),
-            Err(FrameError::Io(error)) => Err(error),
-            Err(FrameError::Invalid(bad)) => Err(invalid(bad.error)),
+            0 => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the node closed the connection in the middle of a frame",
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -104,9 +143,9 @@ impl Client {
         if let Some(message) = self.pushes.pop_front() {
             return Ok(Some(message));
         }
-        self.writer.set_read_timeout(timeout)?;
+        self.stream.set_read_timeout(timeout)?;
         let frame = self.receive();
-        self.writer.set_read_timeout(None)?;
+        self.stream.set_read_timeout(None)?;
         match frame {
             Ok(ServerFrame::Push(Push::Deliver(message))) => Ok(Some(message)),
             Ok(ServerFrame::Response(r)) => Err(invalid(format!("unexpected response {}", r.id))),
