@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::server;
+use crate::net;
 use crate::service::Service;
 
 /// Raises this process's soft limit on open files to its hard limit, so that the connections it
@@ -43,7 +43,7 @@ pub fn serve(config: &Config) -> Result<(), String> {
     let listener = TcpListener::bind(config.chat_addr)
         .map_err(|e| format!("cannot listen on {}: {e}", config.chat_addr))?;
     let chat = listener.local_addr().map_err(|e| e.to_string())?;
-    let http = crate::http::start(config.http_addr, Arc::clone(&service))
+    let http = net::http::start(config.http_addr, Arc::clone(&service))
         .map_err(|e| format!("cannot serve HTTP on {}: {e}", config.http_addr))?;
     stop_on_signal(Arc::clone(&service))?;
     // One machine-readable line on stdout: scripts and tests read the bound addresses from it.
@@ -53,7 +53,11 @@ pub fn serve(config: &Config) -> Result<(), String> {
     );
     let _ = std::io::stdout().flush();
     tracing::info!(%chat, %http, data = %config.data_dir.display(), "node started");
-    server::run(listener, service).map_err(|e| e.to_string())
+    let threads = match config.io_threads {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    net::serve(listener, service, threads).map_err(|e| e.to_string())
 }
 
 /// On SIGINT or SIGTERM: make the log durable up to the last record queued (acknowledged

@@ -30,6 +30,10 @@ pub struct Config {
     pub snapshot_every_records: u64,
     /// ...or after this many seconds with at least one record.
     pub snapshot_interval_secs: u64,
+    /// A connection holding part of a frame this long without completing it is closed.
+    pub frame_timeout_secs: u64,
+    /// Event loop threads serving connections (0: one per core).
+    pub io_threads: usize,
 }
 
 impl Default for Config {
@@ -45,6 +49,8 @@ impl Default for Config {
             login_burst: 10,
             snapshot_every_records: 50_000,
             snapshot_interval_secs: 300,
+            frame_timeout_secs: 30,
+            io_threads: 0,
         }
     }
 }

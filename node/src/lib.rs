@@ -2,16 +2,15 @@
 //!
 //! Read it in this order: [`protocol`] (what is said on the wire), [`service`] (a request's
 //! whole path: command, log, apply, answer), [`state`] (the state and its one writer,
-//! `State::apply`), [`log`] (how commands become durable and ordered), `server` (connections),
-//! [`http`] (statistics), [`client`] (the client library, CLI and load generator).
+//! `State::apply`), [`log`] (how commands become durable and ordered), [`net`] (event loops for connections,
+//! HTTP statistics), [`client`] (the client library, CLI and load generator).
 
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod hasher;
-pub mod http;
 pub mod log;
+pub mod net;
 pub mod protocol;
-pub mod server;
 pub mod service;
 pub mod state;

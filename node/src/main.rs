@@ -64,6 +64,12 @@ struct ServeArgs {
     /// Snapshot after this many log records.
     #[arg(long)]
     snapshot_every_records: Option<u64>,
+    /// Close a connection that holds part of a frame this many seconds without completing it.
+    #[arg(long)]
+    frame_timeout_secs: Option<u64>,
+    /// Event loop threads serving connections (0: one per core).
+    #[arg(long)]
+    io_threads: Option<usize>,
     /// Log filter (tracing's EnvFilter syntax; RUST_LOG wins if set).
     #[arg(long, default_value = "info")]
     log: String,
@@ -91,7 +97,9 @@ impl ServeArgs {
             request_burst,
             logins_per_minute,
             login_burst,
-            snapshot_every_records
+            snapshot_every_records,
+            frame_timeout_secs,
+            io_threads
         );
         Ok(config)
     }

@@ -5,9 +5,9 @@ mod common;
 
 use common::{Node, PASSWORD, PROMPT, Raw, data_dir, err, ok, read, send};
 use synckit_node::client::Client;
+use synckit_node::protocol::Protocol;
 use synckit_node::protocol::binary::{FLAG_PUSH, MAGIC_VERSION, frame};
 use synckit_node::protocol::{ErrorCode, Op, Reply, Request};
-use synckit_node::server::Protocol;
 
 /// A binary string field: varint length (short strings only) and the bytes.
 fn field(bytes: &[u8]) -> Vec<u8> {

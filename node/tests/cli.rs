@@ -14,8 +14,8 @@ use common::{
     wait_until,
 };
 use serde_json::{Value, json};
+use synckit_node::protocol::Protocol;
 use synckit_node::protocol::{Reply, Request, ServerFrame};
-use synckit_node::server::Protocol;
 
 /// How long one CLI run may take (it hashes a password or two, and starts a process).
 const RUN: Duration = Duration::from_secs(60);

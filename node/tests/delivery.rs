@@ -10,8 +10,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{Node, PROMPT, both, data_dir, read, read_all, send, unread_at_login};
+use synckit_node::protocol::Protocol;
 use synckit_node::protocol::Request;
-use synckit_node::server::Protocol;
 
 /// How long to wait before concluding that no push is coming.
 const QUIET: Duration = Duration::from_millis(300);

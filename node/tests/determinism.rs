@@ -116,7 +116,7 @@ fn the_digest_tells_states_apart() {
 #[test]
 fn a_node_shows_the_same_digest_after_recovery() {
     use common::{Node, data_dir, send};
-    use synckit_node::server::Protocol;
+    use synckit_node::protocol::Protocol;
 
     let dir = data_dir();
     let node = Node::start(dir.path(), &["--snapshot-every-records", "4"]);

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{Node, PASSWORD, PROMPT, data_dir, read_all, send, wait_until};
+use synckit_node::protocol::Protocol;
 use synckit_node::protocol::{ErrorCode, Reply, Request};
-use synckit_node::server::Protocol;
 
 /// A tmpfs of `size` mounted at `at` for the life of the value.
 struct SmallDisk {

@@ -6,8 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Node, PASSWORD, PROMPT, Raw, both, data_dir, err, ok, wait_until};
+use synckit_node::protocol::Protocol;
 use synckit_node::protocol::{ErrorCode, ErrorReply, Reply, Request, ServerFrame};
-use synckit_node::server::Protocol;
 
 /// The milliseconds in "retry after N ms".
 fn retry_hint(error: &ErrorReply) -> u64 {

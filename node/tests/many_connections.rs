@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::{Node, PROMPT, data_dir, list, send, wait_until};
 use synckit_node::client::Client;
+use synckit_node::protocol::Protocol;
 use synckit_node::protocol::{ErrorCode, Reply, Request};
-use synckit_node::server::Protocol;
 
 const CONNECTIONS: usize = 1000;
 

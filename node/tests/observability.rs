@@ -5,8 +5,8 @@ mod common;
 
 use common::{Node, PROMPT, data_dir, http_request, read, send};
 use serde_json::Value;
+use synckit_node::protocol::Protocol;
 use synckit_node::protocol::Request;
-use synckit_node::server::Protocol;
 
 fn lock_names() -> Vec<String> {
     let mut names = vec!["sessions".to_string(), "wal-sequence".to_string()];

@@ -12,8 +12,8 @@ use common::{
     Node, PASSWORD, PROMPT, both, data_dir, delete, err, list, list_all, ok, read, send,
     unread_at_login,
 };
+use synckit_node::protocol::Protocol;
 use synckit_node::protocol::{ErrorCode, Op, Reply, Request, ServerFrame};
-use synckit_node::server::Protocol;
 
 both!(accounts_login_logout_and_listing);
 fn accounts_login_logout_and_listing(protocol: Protocol) {

@@ -17,8 +17,8 @@ use common::{
     unread_at_login, wait_until,
 };
 use synckit_node::client::Client;
+use synckit_node::protocol::Protocol;
 use synckit_node::protocol::{ErrorCode, Reply, Request};
-use synckit_node::server::Protocol;
 
 const FIRST_SEGMENT: &str = "wal-00000000000000000001.log";
 

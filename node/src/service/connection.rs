@@ -16,25 +16,42 @@ use crate::state::Account;
 #[derive(Clone)]
 pub struct Outbox {
     frames: Sender<ServerFrame>,
+    /// Frames queued at most (an unbounded channel allocates as it fills; a bounded one holds
+    /// its capacity from the start, too much for thousands of connections).
+    capacity: usize,
     wake: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 impl Outbox {
-    /// An outbox on `frames`, drained by whoever holds its receiver.
+    /// An outbox on `frames` (bounded by the channel's own capacity), drained by whoever holds
+    /// its receiver.
     pub fn new(frames: Sender<ServerFrame>) -> Outbox {
-        Outbox { frames, wake: None }
-    }
-
-    /// An outbox whose drainer is woken by `wake` after each frame.
-    pub fn waking(frames: Sender<ServerFrame>, wake: Arc<dyn Fn() + Send + Sync>) -> Outbox {
         Outbox {
             frames,
+            capacity: usize::MAX,
+            wake: None,
+        }
+    }
+
+    /// An outbox of at most `capacity` frames whose drainer is woken by `wake` after each one.
+    /// Pushes come from one thread (the applier), so the capacity check does not race.
+    pub fn waking(
+        frames: Sender<ServerFrame>,
+        capacity: usize,
+        wake: Arc<dyn Fn() + Send + Sync>,
+    ) -> Outbox {
+        Outbox {
+            frames,
+            capacity,
             wake: Some(wake),
         }
     }
 
     /// Queues `frame` unless the queue is full or closed; says whether it was queued.
     pub fn offer(&self, frame: ServerFrame) -> bool {
+        if self.frames.len() >= self.capacity {
+            return false;
+        }
         match self.frames.try_send(frame) {
             Ok(()) => {
                 if let Some(wake) = &self.wake {

@@ -672,9 +672,12 @@ impl Applier {
         }
     }
 
+    /// Applies a batch in log order, then queues the marks of the pushes it made, then answers:
+    /// whatever a client does after its answer comes after those marks in the log.
     fn apply(&self, batch: Batch) {
         let core = &self.core;
         let mut pushed = Pushed::default();
+        let mut answers = Vec::with_capacity(batch.entries.len());
         let applied = batch.entries.len() as u64;
         for Committed {
             index,
@@ -700,12 +703,15 @@ impl Applier {
                 _ => {}
             }
             if let Some(waiter) = waiter {
-                waiter(Ok(outcome));
+                answers.push((waiter, outcome));
             }
         }
         core.records_since_snapshot
             .fetch_add(applied, Ordering::Relaxed);
         pushed.mark_delivered(core);
+        for (waiter, outcome) in answers {
+            waiter(Ok(outcome));
+        }
         for synced in batch.synced {
             let _ = synced.send(Ok(()));
         }

@@ -18,9 +18,9 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use synckit_node::client::Client;
+use synckit_node::protocol::Protocol;
 use synckit_node::protocol::binary::{self, FrameError};
 use synckit_node::protocol::{ErrorCode, ErrorReply, Message, Reply, Request, ServerFrame, json};
-use synckit_node::server::Protocol;
 
 /// How long a node may take to print its listening line.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -792,12 +792,12 @@ macro_rules! both {
         mod $scenario {
             #[test]
             fn binary() {
-                super::$scenario(synckit_node::server::Protocol::Binary);
+                super::$scenario(synckit_node::protocol::Protocol::Binary);
             }
 
             #[test]
             fn json() {
-                super::$scenario(synckit_node::server::Protocol::Json);
+                super::$scenario(synckit_node::protocol::Protocol::Json);
             }
         }
     };
