@@ -219,6 +219,28 @@ pub struct Message {
     pub text: String,
 }
 
+impl Message {
+    /// The most bytes this message can take in a response of either protocol (JSON escapes
+    /// included): what a reply must budget for it to stay within [`limits::MAX_FRAME`].
+    pub fn encoded_bound(&self) -> usize {
+        // Keys, punctuation, and two u64 in decimal: well under this.
+        const FIXED: usize = 96;
+        json_string_bound(&self.from) + json_string_bound(&self.text) + FIXED
+    }
+}
+
+/// The most bytes `text` takes as a JSON string (quotes and escapes included).
+fn json_string_bound(text: &str) -> usize {
+    2 + text
+        .chars()
+        .map(|c| match c {
+            '"' | '\\' => 2,
+            '\u{0}'..='\u{1f}' => 6,
+            c => c.len_utf8(),
+        })
+        .sum::<usize>()
+}
+
 /// What a successful request returns.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]

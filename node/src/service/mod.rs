@@ -52,7 +52,7 @@ use sync_kit::{LockError, RwLock};
 use crate::config::Config;
 use crate::hasher::Hasher;
 use crate::log::{Batch, CommandLog, Committed, LocalLog, snapshot};
-use crate::protocol::{ErrorCode, ErrorReply, Push, Reply, Request, ServerFrame};
+use crate::protocol::{ErrorCode, ErrorReply, Push, Reply, Request, ServerFrame, limits};
 use crate::state::{Command, Image, MessageCounts, Outcome, State};
 
 /// Lock levels of the node (see `docs/node.md`).
@@ -71,6 +71,10 @@ const _: () = {
     assert!(levels::SESSIONS.0 < levels::MAILBOXES.0);
     assert!(levels::MAILBOXES.0 < levels::WAL_SEQUENCE.0);
 };
+
+/// The bytes of messages one read returns at most, so its answer stays within a frame
+/// ([`limits::MAX_FRAME`], envelope included).
+const READ_BUDGET: usize = limits::MAX_FRAME - 1024;
 
 /// What a request gets back.
 pub type Answer = Result<Reply, ErrorReply>;
@@ -528,7 +532,7 @@ impl Core {
             checks::page("limit", limit)?;
             let messages = self
                 .state
-                .hand_out_unread(&user, limit as usize)
+                .hand_out_unread(&user, limit as usize, READ_BUDGET)
                 .map_err(lock_failed)?;
             Ok((user, messages))
         });

@@ -349,18 +349,29 @@ impl State {
 
     // ----- delivery bookkeeping: node-local, never logged -----
 
-    /// Hands out up to `limit` of `user`'s waiting messages, oldest first: they are not handed
-    /// out again until their `MarkDelivered` is applied (or [`State::take_back`] returns them).
-    pub fn hand_out_unread(&self, user: &str, limit: usize) -> Result<Vec<Message>, LockError> {
+    /// Hands out up to `limit` of `user`'s waiting messages, oldest first, as many as fit in
+    /// `max_bytes` of response (at least one): they are not handed out again until their
+    /// `MarkDelivered` is applied (or [`State::take_back`] returns them).
+    pub fn hand_out_unread(
+        &self,
+        user: &str,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Message>, LockError> {
         let mut shard = self.shard(user)?;
         let Some(mailbox) = shard.get_mut(user) else {
             return Ok(Vec::new());
         };
-        let chosen: Vec<Message> = mailbox
-            .unread()
-            .take(limit)
-            .map(|(id, stored)| Mailbox::public(*id, stored))
-            .collect();
+        let mut chosen: Vec<Message> = Vec::new();
+        let mut bytes = 0;
+        for (id, stored) in mailbox.unread().take(limit) {
+            let message = Mailbox::public(*id, stored);
+            bytes += message.encoded_bound();
+            if bytes > max_bytes && !chosen.is_empty() {
+                break;
+            }
+            chosen.push(message);
+        }
         mailbox.handed_out.extend(chosen.iter().map(|m| m.id));
         Ok(chosen)
     }
