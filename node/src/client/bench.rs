@@ -20,6 +20,7 @@
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -162,8 +163,15 @@ pub fn run(args: &BenchArgs) -> Result<Report, String> {
         ));
     }
     let users = args.users();
-    let run_id = std::process::id();
-    let username = |account: usize| format!("bench-{run_id}-{account}");
+    // Account names unique to this run on a node that may have seen others: the process id, and
+    // a count of the runs this process made (tests run several).
+    static RUNS: AtomicU32 = AtomicU32::new(0);
+    let run_tag = format!(
+        "{}.{}",
+        std::process::id(),
+        RUNS.fetch_add(1, Ordering::Relaxed)
+    );
+    let username = |account: usize| format!("bench-{run_tag}-{account}");
     let mut generator = Generator::connect(args.addr, args.protocol(), args.connections)
         .map_err(|e| format!("cannot connect to {}: {e}", args.addr))?;
 
