@@ -293,7 +293,14 @@ fn bench_runs_and_reports_throughput(protocol: Protocol) {
     assert_eq!(report["connections"], 2, "{report}");
     assert_eq!(report["messages"], 10, "{report}");
     assert_eq!(report["failed"], 0, "{report}");
-    for figure in ["messages_per_sec", "seconds", "p50_us", "p99_us"] {
+    for figure in [
+        "messages_per_sec",
+        "seconds",
+        "p50_us",
+        "p99_us",
+        "p999_us",
+        "max_us",
+    ] {
         let value = report[figure].as_f64().unwrap_or(-1.0);
         assert!(value > 0.0, "{figure} is positive: {report}");
     }

@@ -9,8 +9,8 @@ use std::io::{self, BufRead, BufReader, Read};
 use proptest::prelude::*;
 use synckit_node::protocol::binary::{self, FrameError};
 use synckit_node::protocol::{
-    DecodeError, ErrorCode, ErrorReply, Message, Op, Parse, Protocol, Push, Reply, Request,
-    Response, ServerFrame, json, limits,
+    DecodeError, ErrorCode, ErrorReply, FrameParser, Message, Op, Parse, Protocol, Push, Reply,
+    Request, Response, ServerFrame, json, limits,
 };
 
 fn text() -> impl Strategy<Value = String> {
@@ -270,12 +270,15 @@ enum End {
     Fatal(DecodeError),
 }
 
-type Outcomes = (Vec<Result<(u32, Request), DecodeError>>, End);
+/// A request as a reader returns it: decoded, or why not.
+type Decoded = Result<(u32, Request), DecodeError>;
+
+type Outcomes = (Vec<Decoded>, End);
 
 /// Every request a blocking reader finds in `stream`, and how it ended.
 fn blocking(
     stream: &[u8],
-    mut read: impl FnMut(&mut dyn BufRead) -> Result<Result<(u32, Request), DecodeError>, FrameError>,
+    mut read: impl FnMut(&mut dyn BufRead) -> Result<Decoded, FrameError>,
     buffer: usize,
 ) -> Outcomes {
     let mut reader = BufReader::with_capacity(buffer, stream);
@@ -295,7 +298,11 @@ fn blocking(
 
 /// Every request found by feeding `stream` into a buffer in chunks cut at `cuts`, parsing after
 /// each chunk as an event-driven server does, and how it ended.
-fn chunked(protocol: Protocol, stream: &[u8], cuts: &[prop::sample::Index]) -> Outcomes {
+fn chunked(
+    stream: &[u8],
+    cuts: &[prop::sample::Index],
+    mut parse: impl FnMut(&[u8]) -> Parse<(u32, Request)>,
+) -> Outcomes {
     let mut cuts: Vec<usize> = cuts.iter().map(|cut| cut.index(stream.len() + 1)).collect();
     cuts.push(stream.len());
     cuts.sort_unstable();
@@ -306,7 +313,7 @@ fn chunked(protocol: Protocol, stream: &[u8], cuts: &[prop::sample::Index]) -> O
         buffer.extend_from_slice(&stream[fed..cut]);
         fed = cut;
         loop {
-            match protocol.parse_request(&buffer) {
+            match parse(&buffer) {
                 Parse::Incomplete => break,
                 Parse::Skip(n) => {
                     assert!(n > 0 && n <= buffer.len());
@@ -342,7 +349,10 @@ fn all_agree(
     cuts: &[prop::sample::Index],
     buffer: usize,
 ) -> Result<Outcomes, TestCaseError> {
-    let parsed = chunked(protocol, stream, cuts);
+    let parsed = chunked(stream, cuts, |buf| protocol.parse_request(buf));
+    let mut parser = FrameParser::new(protocol);
+    let resumed = chunked(stream, cuts, |buf| parser.parse_request(buf));
+    prop_assert_eq!(&parsed, &resumed, "stateless and resuming parsers");
     let read = blocking(stream, |r| protocol.read_request(&mut &mut *r), buffer);
     let before = blocking(
         stream,
@@ -424,10 +434,11 @@ proptest! {
         cuts.push(stream.len());
         cuts.sort_unstable();
         let (mut buffer, mut fed, mut parsed) = (Vec::new(), 0, Vec::new());
+        let mut parser = FrameParser::new(protocol);
         for cut in cuts {
             buffer.extend_from_slice(&stream[fed..cut]);
             fed = cut;
-            while let Parse::Frame { consumed, decoded } = protocol.parse_server_frame(&buffer) {
+            while let Parse::Frame { consumed, decoded } = parser.parse_server_frame(&buffer) {
                 parsed.push(decoded.expect("a frame the node encoded decodes"));
                 buffer.drain(..consumed);
             }

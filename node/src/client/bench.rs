@@ -20,6 +20,7 @@
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -27,7 +28,9 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use serde_json::json;
 
-use crate::protocol::{ErrorCode, ErrorReply, Parse, Protocol, Reply, Request, ServerFrame};
+use crate::protocol::{
+    ErrorCode, ErrorReply, FrameParser, Parse, Protocol, Reply, Request, ServerFrame,
+};
 
 /// A run gives up when the node has answered nothing for this long.
 const STALL: Duration = Duration::from_secs(120);
@@ -162,8 +165,15 @@ pub fn run(args: &BenchArgs) -> Result<Report, String> {
         ));
     }
     let users = args.users();
-    let run_id = std::process::id();
-    let username = |account: usize| format!("bench-{run_id}-{account}");
+    // Account names unique to this run on a node that may have seen others: the process id, and
+    // a count of the runs this process made (tests run several).
+    static RUNS: AtomicU32 = AtomicU32::new(0);
+    let run_tag = format!(
+        "{}.{}",
+        std::process::id(),
+        RUNS.fetch_add(1, Ordering::Relaxed)
+    );
+    let username = |account: usize| format!("bench-{run_tag}-{account}");
     let mut generator = Generator::connect(args.addr, args.protocol(), args.connections)
         .map_err(|e| format!("cannot connect to {}: {e}", args.addr))?;
 
@@ -245,8 +255,9 @@ struct Connection {
     /// The request being written, and how much of it is written.
     outgoing: Vec<u8>,
     written: usize,
-    /// Bytes received and not yet parsed.
+    /// Bytes received and not yet parsed, and their parser.
     received: Vec<u8>,
+    parser: FrameParser,
     /// The id of the request awaiting its response, and when it was handed to the socket.
     in_flight: Option<(u32, Instant)>,
     next_id: u32,
@@ -303,6 +314,7 @@ impl Generator {
                     outgoing: Vec::new(),
                     written: 0,
                     received: Vec::new(),
+                    parser: FrameParser::new(protocol),
                     in_flight: None,
                     next_id: 1,
                     left: 0,
@@ -407,7 +419,6 @@ impl Generator {
     /// Handles readiness on connection `index`: writes what is pending, reads what arrived, and
     /// returns the response to the request in flight if it is among it.
     fn on_ready(&mut self, index: usize) -> Result<Progress, String> {
-        let protocol = self.protocol;
         let fail = |what: String| format!("connection {index}: {what}");
         let Some(connection) = self.connections.get_mut(index) else {
             return Ok(Progress::Pending);
@@ -432,7 +443,7 @@ impl Generator {
             }
         }
         loop {
-            match protocol.parse_server_frame(&connection.received) {
+            match connection.parser.parse_server_frame(&connection.received) {
                 Parse::Incomplete => return Ok(Progress::Pending),
                 Parse::Skip(n) => {
                     connection.received.drain(..n);

@@ -1,8 +1,8 @@
 //! The client side: [`Client`], the library used by the tests and the `client` subcommand
 //! ([`cli`]), and the load generator of the `bench` subcommand ([`bench`](mod@bench)).
 //!
-//! A [`Client`] is one blocking connection. What the node sends is read into a buffer and parsed with
-//! [`Protocol::parse_server_frame`], so a read that times out in the middle of a frame (see
+//! A [`Client`] is one blocking connection. What the node sends is read into a buffer and parsed
+//! with a [`FrameParser`], so a read that times out in the middle of a frame (see
 //! [`Client::next_push`]) loses nothing: the next call resumes where it stopped.
 
 use std::collections::VecDeque;
@@ -10,7 +10,9 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use crate::protocol::{ErrorReply, Message, Parse, Protocol, Push, Reply, Request, ServerFrame};
+use crate::protocol::{
+    ErrorReply, FrameParser, Message, Parse, Protocol, Push, Reply, Request, ServerFrame,
+};
 
 pub mod bench;
 pub mod cli;
@@ -23,6 +25,7 @@ const READ_CHUNK: usize = 16 * 1024;
 pub struct Client {
     stream: TcpStream,
     protocol: Protocol,
+    parser: FrameParser,
     next_id: u32,
     /// Bytes received and not yet parsed (the start of a frame at most, between calls).
     received: Vec<u8>,
@@ -44,6 +47,7 @@ impl Client {
         Ok(Client {
             stream,
             protocol,
+            parser: FrameParser::new(protocol),
             next_id: 1,
             received: Vec::new(),
             pushes: VecDeque::new(),
@@ -75,7 +79,7 @@ impl Client {
     /// Reads the next frame from the node.
     pub fn receive(&mut self) -> io::Result<ServerFrame> {
         loop {
-            match self.protocol.parse_server_frame(&self.received) {
+            match self.parser.parse_server_frame(&self.received) {
                 Parse::Incomplete => self.read_more()?,
                 Parse::Skip(n) => {
                     self.received.drain(..n);

@@ -20,9 +20,21 @@ use super::{
 /// more than [`limits::MAX_FRAME`] bytes without a newline is [`Parse::Fatal`] as soon as the
 /// buffer holds one byte more than the limit.
 pub fn parse_line(buf: &[u8]) -> Parse<&[u8]> {
+    parse_line_after(buf, 0)
+}
+
+/// [`parse_line`] for a buffer whose first `searched` bytes are known to hold no newline (an
+/// earlier call on the same unfinished line said [`Parse::Incomplete`]): only the bytes after
+/// them are searched, so a line that arrives a byte at a time costs linear time, not quadratic.
+pub fn parse_line_after(buf: &[u8], searched: usize) -> Parse<&[u8]> {
     // A line of MAX_FRAME bytes is allowed: its newline is byte MAX_FRAME + 1.
     let window = &buf[..buf.len().min(limits::MAX_FRAME + 1)];
-    match window.iter().position(|&b| b == b'\n') {
+    let from = searched.min(window.len());
+    match window[from..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|at| from + at)
+    {
         Some(end) => {
             let line = &buf[..end];
             if line.iter().all(u8::is_ascii_whitespace) {
@@ -212,4 +224,15 @@ pub fn decode_server_frame(line: &[u8]) -> Result<ServerFrame, ErrorReply> {
         Err(serde_json::from_value::<ErrorReply>(value["error"].take()).map_err(bad)?)
     };
     Ok(ServerFrame::Response(Response { id, op, result }))
+}
+
+/// [`decode_server_frame`], failing as a [`DecodeError`] (the line's extent was known: the stream
+/// goes on).
+pub fn decode_server_line(line: &[u8]) -> Result<ServerFrame, DecodeError> {
+    decode_server_frame(line).map_err(|error| DecodeError {
+        id: None,
+        op: None,
+        error,
+        recoverable: true,
+    })
 }

@@ -42,7 +42,10 @@ pub mod limits {
 /// Declares [`Op`] and its table [`Op::ALL`] from one list of rows, so that an operation's
 /// code, JSON name and direction are written once: a new row is known to both codecs at once.
 macro_rules! operations {
-    ($($(#[doc = $doc:literal])* $variant:ident = $code:literal, $name:literal, $direction:ident;)*) => {
+    ($(
+        $(#[doc = $doc:literal])*
+        $variant:ident = $code:literal, $name:literal, $direction:ident;
+    )*) => {
         /// Operation codes, shared by both protocols (JSON uses the names).
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         #[repr(u8)]
@@ -546,14 +549,7 @@ impl Protocol {
                     recoverable: true,
                 })
             }),
-            Protocol::Json => json::parse_line(buf).and_then(|line| {
-                json::decode_server_frame(line).map_err(|error| DecodeError {
-                    id: None,
-                    op: None,
-                    error,
-                    recoverable: true,
-                })
-            }),
+            Protocol::Json => json::parse_line(buf).and_then(json::decode_server_line),
         }
     }
 
@@ -602,6 +598,66 @@ impl Protocol {
             Protocol::Binary => binary::encode_server_frame_into(frame, out),
             Protocol::Json => json::encode_server_frame_into(frame, out),
         }
+    }
+}
+
+/// [`Protocol`]'s parsers for one connection, remembering how far an unfinished JSON line has
+/// been searched for its newline: a line trickling in a byte at a time then costs linear time
+/// (the stateless parsers search it from its start on each call, quadratic in its length).
+///
+/// Each call must see the same stream as the previous one: the bytes it was given, less exactly
+/// those it said to drop ([`Parse::Skip`], [`Parse::Frame`]'s `consumed`), plus new ones after
+/// them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameParser {
+    protocol: Protocol,
+    /// Bytes at the start of the buffer known to hold no newline (JSON only).
+    searched: usize,
+}
+
+impl FrameParser {
+    /// A parser for a new connection speaking `protocol`.
+    pub fn new(protocol: Protocol) -> FrameParser {
+        FrameParser {
+            protocol,
+            searched: 0,
+        }
+    }
+
+    /// The protocol it parses.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// Like [`Protocol::parse_request`].
+    pub fn parse_request(&mut self, buf: &[u8]) -> Parse<(u32, Request)> {
+        match self.protocol {
+            Protocol::Binary => self.protocol.parse_request(buf),
+            Protocol::Json => {
+                let parsed = json::parse_line_after(buf, self.searched);
+                self.remember(buf, &parsed);
+                parsed.and_then(json::decode_request)
+            }
+        }
+    }
+
+    /// Like [`Protocol::parse_server_frame`].
+    pub fn parse_server_frame(&mut self, buf: &[u8]) -> Parse<ServerFrame> {
+        match self.protocol {
+            Protocol::Binary => self.protocol.parse_server_frame(buf),
+            Protocol::Json => {
+                let parsed = json::parse_line_after(buf, self.searched);
+                self.remember(buf, &parsed);
+                parsed.and_then(json::decode_server_line)
+            }
+        }
+    }
+
+    fn remember<T>(&mut self, buf: &[u8], parsed: &Parse<T>) {
+        self.searched = match parsed {
+            Parse::Incomplete => buf.len(),
+            _ => 0,
+        };
     }
 }
 
