@@ -28,7 +28,9 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::protocol::{DecodeError, ErrorCode, ErrorReply, Parse, Protocol, Response, ServerFrame};
+use crate::protocol::{
+    DecodeError, ErrorCode, ErrorReply, FrameParser, Parse, Protocol, Response, ServerFrame,
+};
 use crate::service::{Answer, Connection, Outbox, Service};
 
 /// The waker's token; connections use their slab key.
@@ -92,7 +94,7 @@ struct Conn {
     serial: u64,
     stream: TcpStream,
     peer: SocketAddr,
-    protocol: Protocol,
+    parser: FrameParser,
     session: Session,
     /// Received bytes; those before `input_at` are parsed already.
     input: Vec<u8>,
@@ -123,7 +125,8 @@ impl Conn {
     }
 
     fn write_frame(&mut self, frame: &ServerFrame) {
-        self.protocol
+        self.parser
+            .protocol()
             .encode_server_frame_into(frame, &mut self.output);
     }
 
@@ -239,7 +242,7 @@ impl EventLoop {
                 serial: self.next_serial,
                 stream,
                 peer,
-                protocol: Protocol::Json,
+                parser: FrameParser::new(Protocol::Json),
                 session: Session::Unregistered,
                 input: Vec::new(),
                 input_at: 0,
@@ -353,7 +356,7 @@ impl EventLoop {
                 break;
             }
             if let Session::Unregistered = conn.session {
-                conn.protocol = Protocol::detect(conn.unparsed()[0]);
+                conn.parser = FrameParser::new(Protocol::detect(conn.unparsed()[0]));
                 let (queue, pushes) = unbounded();
                 let handle = self.handle.clone();
                 let wake = Arc::new(move || handle.pushed(key));
@@ -383,7 +386,7 @@ impl EventLoop {
             if let Session::Busy = conn.session {
                 break;
             }
-            match conn.protocol.parse_request(conn.unparsed()) {
+            match conn.parser.parse_request(&conn.input[conn.input_at..]) {
                 Parse::Incomplete => {
                     conn.partial_since.get_or_insert_with(Instant::now);
                     break;
@@ -485,7 +488,8 @@ fn send(conn: &mut Conn) {
                 let Ok(frame) = pushes.try_recv() else {
                     break;
                 };
-                conn.protocol
+                conn.parser
+                    .protocol()
                     .encode_server_frame_into(&frame, &mut conn.output);
             }
         }
@@ -516,13 +520,13 @@ fn send(conn: &mut Conn) {
     }
 }
 
+/// Whether the unparsed input holds a frame to answer (or a fatal error to report).
 fn has_whole_frame(conn: &Conn) -> bool {
+    // A copy: the connection's own parser keeps its place for the next real parse.
+    let mut parser = conn.parser;
     !matches!(conn.session, Session::Unregistered)
-        && !matches!(
-            conn.protocol.parse_request(conn.unparsed()),
-            Parse::Incomplete
-        )
         && !conn.unparsed().is_empty()
+        && !matches!(parser.parse_request(conn.unparsed()), Parse::Incomplete)
 }
 
 fn bad_input(peer: SocketAddr, bad: DecodeError) -> Response {
