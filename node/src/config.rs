@@ -34,6 +34,9 @@ pub struct Config {
     pub frame_timeout_secs: u64,
     /// Event loop threads serving connections (0: one per core).
     pub io_threads: usize,
+    /// Threads applying a batch's commands on different mailbox shards in parallel (0: one per
+    /// core, at most 4).
+    pub apply_threads: usize,
 }
 
 impl Default for Config {
@@ -51,6 +54,7 @@ impl Default for Config {
             snapshot_interval_secs: 300,
             frame_timeout_secs: 30,
             io_threads: 0,
+            apply_threads: 0,
         }
     }
 }

@@ -70,6 +70,10 @@ struct ServeArgs {
     /// Event loop threads serving connections (0: one per core).
     #[arg(long)]
     io_threads: Option<usize>,
+    /// Threads applying commands on different mailbox shards in parallel (0: one per core, at
+    /// most 4).
+    #[arg(long)]
+    apply_threads: Option<usize>,
     /// Log filter (tracing's EnvFilter syntax; RUST_LOG wins if set).
     #[arg(long, default_value = "info")]
     log: String,
@@ -99,7 +103,8 @@ impl ServeArgs {
             login_burst,
             snapshot_every_records,
             frame_timeout_secs,
-            io_threads
+            io_threads,
+            apply_threads
         );
         Ok(config)
     }

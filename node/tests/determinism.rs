@@ -139,3 +139,50 @@ fn a_node_shows_the_same_digest_after_recovery() {
     assert_eq!(after["state_digest"], before["state_digest"]);
     assert_eq!(after["applied_index"], before["applied_index"]);
 }
+
+/// Many clients at once: batches big enough to apply on several threads (the node counts them),
+/// and the state they leave is the one a restart rebuilds by applying the log on one thread.
+#[test]
+fn parallel_apply_leaves_the_state_a_sequential_replay_rebuilds() {
+    use common::{Node, data_dir, send};
+    use synckit_node::protocol::{Protocol, Request};
+
+    let dir = data_dir();
+    let node = Node::start(dir.path(), &["--apply-threads", "2"]);
+    let names: Vec<String> = (0..24).map(|i| format!("user{i}")).collect();
+    let mut clients: Vec<_> = names
+        .iter()
+        .map(|name| node.user(Protocol::Binary, name))
+        .collect();
+    std::thread::scope(|scope| {
+        for (i, client) in clients.iter_mut().enumerate() {
+            let names = &names;
+            scope.spawn(move || {
+                for round in 0..25 {
+                    let to = &names[(i + round) % names.len()];
+                    send(client, to, &format!("{i}/{round}"));
+                    if round % 10 == 9 {
+                        common::ok(client.call(&Request::ReadMessages { limit: 5 }));
+                    }
+                }
+            });
+        }
+    });
+    // One more acknowledged command: the marks of every push made so far were queued before the
+    // answers that let the senders finish, so they are in the log before it, applied.
+    common::ok(clients[0].call(&Request::DeleteMessages {
+        ids: vec![u64::MAX],
+    }));
+    let before = node.stats();
+    assert!(
+        before["apply"]["parallel_batches"].as_u64().unwrap() > 0,
+        "24 concurrent senders never filled a parallel batch: {}",
+        before["apply"]
+    );
+    drop(clients);
+    node.kill();
+    let node = Node::start(dir.path(), &["--apply-threads", "1"]);
+    let after = node.stats();
+    assert_eq!(after["applied_index"], before["applied_index"]);
+    assert_eq!(after["state_digest"], before["state_digest"]);
+}

@@ -75,6 +75,7 @@ pub fn stats_json(service: &Service) -> serde_json::Value {
         "accounts_mvcc": node.accounts,
         "messages": node.messages,
         "log": { "records_since_snapshot": node.records_since_snapshot },
+        "apply": { "parallel_batches": node.parallel_batches },
         "applied_index": node.applied_index,
         "state_digest": node.state_digest,
     })
@@ -245,6 +246,11 @@ pub fn metrics_text(service: &Service) -> String {
         "messages_undelivered",
         "Messages not yet delivered",
         gauge(as_i64(node.messages.undelivered)),
+    );
+    registry.register(
+        "apply_parallel_batches",
+        "Batches whose commands were applied on several threads at once",
+        counter(node.parallel_batches),
     );
     registry.register(
         "applied_index",

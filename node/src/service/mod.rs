@@ -29,6 +29,7 @@
 //! A `LockError` (which would mean a bug in that order) becomes an `internal` error answer and an
 //! error log line, never a panic or a hang.
 
+mod apply;
 mod checks;
 mod connection;
 mod listing;
@@ -43,7 +44,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
+use crossbeam_channel::{Sender, bounded};
 use serde::Serialize;
 use sync_kit::fs::FileLock;
 use sync_kit::ratelimit::{KeyedLimiter, Quota, RetryAfter};
@@ -51,8 +52,8 @@ use sync_kit::{LockError, RwLock};
 
 use crate::config::Config;
 use crate::hasher::Hasher;
-use crate::log::{Batch, CommandLog, Committed, LocalLog, snapshot};
-use crate::protocol::{ErrorCode, ErrorReply, Push, Reply, Request, ServerFrame, limits};
+use crate::log::{CommandLog, LocalLog, snapshot};
+use crate::protocol::{ErrorCode, ErrorReply, Reply, Request, ServerFrame, limits};
 use crate::state::{Command, Image, MessageCounts, Outcome, State};
 
 /// Lock levels of the node (see `docs/node.md`).
@@ -118,6 +119,8 @@ struct Core {
     connections: AtomicUsize,
     next_connection: AtomicU64,
     records_since_snapshot: AtomicU64,
+    /// Batches whose commands were applied on several threads.
+    parallel_batches: AtomicU64,
     started: Instant,
     data_dir: PathBuf,
     config: Config,
@@ -196,6 +199,7 @@ impl Service {
             connections: AtomicUsize::new(0),
             next_connection: AtomicU64::new(1),
             records_since_snapshot: AtomicU64::new(replayed),
+            parallel_batches: AtomicU64::new(0),
             started: Instant::now(),
             data_dir: dir.clone(),
             config: config.clone(),
@@ -206,20 +210,19 @@ impl Service {
             let (dir, log) = (dir.clone(), Arc::clone(&log));
             thread::Builder::new()
                 .name("snapshots".into())
-                .spawn(move || write_snapshots(&dir, &*log, snapshot_queue))
+                .spawn(move || apply::write_snapshots(&dir, &*log, snapshot_queue))
                 .map_err(|e| start_error("snapshot thread")(e.to_string()))?
         };
-        let applier = {
-            let applier = Applier {
-                core: Arc::clone(&core),
-                batches,
-                images,
-            };
-            thread::Builder::new()
-                .name("apply".into())
-                .spawn(move || applier.run())
-                .map_err(|e| start_error("applier thread")(e.to_string()))?
+        let lanes = match config.apply_threads {
+            0 => workers.min(4),
+            n => n,
         };
+        let applier = apply::Applier::new(Arc::clone(&core), batches, images, lanes)
+            .map_err(|e| start_error("apply threads")(e.to_string()))?;
+        let applier = thread::Builder::new()
+            .name("apply".into())
+            .spawn(move || applier.run())
+            .map_err(|e| start_error("applier thread")(e.to_string()))?;
         Ok(Service {
             core,
             log,
@@ -317,6 +320,7 @@ impl Service {
             request_limiter: core.requests.stats(),
             login_limiter: core.logins.stats(),
             records_since_snapshot: core.records_since_snapshot.load(Ordering::Relaxed),
+            parallel_batches: core.parallel_batches.load(Ordering::Relaxed),
             applied_index,
             state_digest,
         }
@@ -638,201 +642,6 @@ impl Core {
     }
 }
 
-// ----- the applier: commands in log order, then their effects, then the answers -----
-
-struct Applier {
-    core: Arc<Core>,
-    batches: Receiver<Batch>,
-    images: Sender<Image>,
-}
-
-impl Applier {
-    fn run(self) {
-        let interval = Duration::from_secs(self.core.config.snapshot_interval_secs.max(1));
-        let mut last_snapshot = Instant::now();
-        let mut storage_failed = false;
-        loop {
-            let tick = interval.min(Duration::from_secs(1));
-            match self.batches.recv_timeout(tick) {
-                Ok(batch) => {
-                    storage_failed |= batch.storage_failed;
-                    self.apply(batch);
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
-            }
-            let pending = self.core.records_since_snapshot.load(Ordering::Relaxed);
-            // After a failed log write (a full disk, say), a snapshot is the one way to let the
-            // log drop old segments and free space: tried at most once a second.
-            let reclaim = storage_failed && last_snapshot.elapsed() >= Duration::from_secs(1);
-            if reclaim
-                || pending >= self.core.config.snapshot_every_records.max(1)
-                || (pending > 0 && last_snapshot.elapsed() >= interval)
-            {
-                self.snapshot();
-                last_snapshot = Instant::now();
-                storage_failed = false;
-            }
-        }
-    }
-
-    /// Applies a batch in log order, then queues the marks of the pushes it made, then answers:
-    /// whatever a client does after its answer comes after those marks in the log.
-    fn apply(&self, batch: Batch) {
-        let core = &self.core;
-        let mut pushed = Pushed::default();
-        let mut answers = Vec::with_capacity(batch.entries.len());
-        let applied = batch.entries.len() as u64;
-        for Committed {
-            index,
-            command,
-            waiter,
-        } in batch.entries
-        {
-            let outcome = core
-                .state
-                .apply(index, &command)
-                .unwrap_or_else(|error| Outcome::Refused(lock_failed(error)));
-            match (&command, &outcome) {
-                (Command::SendMessage { to, .. }, Outcome::Sent { id, .. }) => {
-                    core.push(to, *id, &mut pushed);
-                }
-                (Command::CreateAccount { username, .. }, Outcome::Done) => {
-                    tracing::info!(user = %username, index, "account created");
-                }
-                (Command::DeleteAccount { username, .. }, Outcome::Done) => {
-                    core.end_sessions(username);
-                    tracing::info!(user = %username, index, "account deleted");
-                }
-                _ => {}
-            }
-            if let Some(waiter) = waiter {
-                answers.push((waiter, outcome));
-            }
-        }
-        core.records_since_snapshot
-            .fetch_add(applied, Ordering::Relaxed);
-        pushed.mark_delivered(core);
-        for (waiter, outcome) in answers {
-            waiter(Ok(outcome));
-        }
-        for synced in batch.synced {
-            let _ = synced.send(Ok(()));
-        }
-    }
-
-    /// Hands the state's image to the snapshot thread, unless it is still writing the last one.
-    fn snapshot(&self) {
-        match self.core.state.image() {
-            Ok(image) => {
-                if self.images.try_send(image).is_ok() {
-                    self.core.records_since_snapshot.store(0, Ordering::Relaxed);
-                }
-            }
-            Err(error) => {
-                lock_failed(error);
-            }
-        }
-    }
-}
-
-/// Messages pushed live during one batch: their marks go to the log as one command.
-#[derive(Default)]
-struct Pushed(Vec<(String, Vec<u64>)>);
-
-impl Pushed {
-    fn add(&mut self, user: &str, id: u64) {
-        match self.0.iter_mut().find(|(u, _)| u == user) {
-            Some((_, ids)) => ids.push(id),
-            None => self.0.push((user.to_string(), vec![id])),
-        }
-    }
-
-    fn mark_delivered(self, core: &Arc<Core>) {
-        if self.0.is_empty() {
-            return;
-        }
-        let marks = self.0;
-        let taken_back = marks.clone();
-        let core_again = Arc::clone(core);
-        core.log.propose(
-            Command::MarkDelivered { marks },
-            Some(Box::new(move |result| {
-                if let Err(error) = result {
-                    // The pushes happened, but their marks are lost: offered again by a read
-                    // (delivery is at least once when the disk fails).
-                    tracing::warn!(%error, "delivered marks not logged");
-                    for (user, ids) in &taken_back {
-                        core_again.take_back(user, ids);
-                    }
-                }
-            })),
-        );
-    }
-}
-
-impl Core {
-    /// Pushes message `id` to every live session of `user`, if it is still waiting (not handed
-    /// out by a read). A message counts as delivered once at least one session's queue took it;
-    /// a full queue drops the push rather than stall the applier behind one slow reader.
-    fn push(&self, user: &str, id: u64, pushed: &mut Pushed) {
-        let sessions: Vec<SessionHandle> = match self.sessions.read() {
-            Ok(sessions) => sessions.get(user).cloned().unwrap_or_default(),
-            Err(error) => {
-                lock_failed(error);
-                return;
-            }
-        };
-        if sessions.is_empty() {
-            return;
-        }
-        let message = match self.state.hand_out(user, id) {
-            Ok(Some(message)) => message,
-            Ok(None) => return,
-            Err(error) => {
-                lock_failed(error);
-                return;
-            }
-        };
-        let frame = ServerFrame::Push(Push::Deliver(message));
-        let took = sessions
-            .iter()
-            .filter(|session| session.outbox.offer(frame.clone()))
-            .count();
-        if took > 0 {
-            pushed.add(user, id);
-        } else {
-            self.take_back(user, &[id]);
-        }
-    }
-
-    /// Ends every session of a deleted account.
-    fn end_sessions(&self, user: &str) {
-        match self.sessions.write() {
-            Ok(mut sessions) => {
-                sessions.remove(user);
-            }
-            Err(error) => {
-                lock_failed(error);
-            }
-        }
-    }
-}
-
-/// Writes the images the applier hands over, then lets the log drop what each covers.
-fn write_snapshots(dir: &Path, log: &dyn CommandLog, images: Receiver<Image>) {
-    for image in images {
-        let applied = image.applied;
-        match snapshot::save(dir, image) {
-            Ok(()) => {
-                log.compact(applied);
-                tracing::info!(applied, "snapshot written; the log is compacted behind it");
-            }
-            Err(error) => tracing::error!(%error, "snapshot failed; the log keeps growing"),
-        }
-    }
-}
-
 /// Node-wide figures.
 #[derive(Clone, Debug, Serialize)]
 pub struct NodeStats {
@@ -850,6 +659,8 @@ pub struct NodeStats {
     pub login_limiter: sync_kit::ratelimit::KeyedStats,
     /// Commands applied since the last snapshot.
     pub records_since_snapshot: u64,
+    /// Batches whose commands on different shards were applied on several threads at once.
+    pub parallel_batches: u64,
     /// The log index of the last command applied.
     pub applied_index: u64,
     /// SHA-256 of the state at `applied_index`, in hex: equal on nodes that applied the same

@@ -4,14 +4,17 @@
 //! |---|---|---|
 //! | accounts | `MvccMap<String, Account>`: O(1) snapshots, so listings never wait for apply | internal |
 //! | mailboxes | 16 shards, each a `Mutex<HashMap<user, Mailbox>>` named `mailboxes-NN` | 20 |
-//! | applied index | an atomic, stored while the applied command's shard lock is held | - |
+//! | applied index | an atomic, raised while the applied command's shard lock is held | - |
+//! | `apply-batch` | `Mutex<()>` held while a batch applies, on however many threads | 5 |
 //!
 //! Invariant: the same commands applied at the same log indexes give the same state, byte for
 //! byte ([`State::digest`]). `apply` reads no clock, no randomness and no environment; a message's
 //! id is its command's log index. Every command holds the shard lock of each user it touches
 //! (several through one `LockSet`) for its whole application, including the account-map commit
-//! and the applied index, so whoever holds every shard sees the state at exactly one index: that
-//! is how [`State::image`] (snapshots, the digest) reads a consistent state while apply runs.
+//! and the applied index; the applier holds `apply-batch` while a batch applies (its commands on
+//! different shards may apply on several threads at once), so whoever holds `apply-batch` and
+//! every shard sees the state at exactly one index, the end of a batch: that is how
+//! [`State::image`] (snapshots, the digest) reads a consistent state while apply runs.
 //!
 //! Beside the state, each mailbox keeps the node's *delivery bookkeeping*: the messages handed
 //! to their recipient (pushed live or returned by a read) whose `MarkDelivered` command is not
@@ -37,6 +40,11 @@ use crate::protocol::{ErrorCode, ErrorReply, Message};
 
 /// Lock level of the mailbox shards (see `docs/node.md` for the node's whole order).
 pub const MAILBOXES_LEVEL: sync_kit::Level = sync_kit::Level(20);
+
+/// Lock level of `apply-batch`, held while a batch of commands is applied (on one thread or
+/// several): below every other lock of the node, since the applier takes them all while holding
+/// it.
+pub const APPLY_BATCH_LEVEL: sync_kit::Level = sync_kit::Level(5);
 
 /// Mailbox shards: commands on users of different shards apply without waiting for each other.
 pub const SHARDS: usize = 16;
@@ -108,7 +116,11 @@ type Shard = HashMap<String, Mailbox>;
 pub struct State {
     accounts: MvccMap<String, Account>,
     shards: Vec<Mutex<Shard>>,
+    /// Held while a batch is applied: an image never sees part of a batch.
+    batch: Mutex<()>,
     applied: AtomicU64,
+    /// The index of the image this state was loaded from: commands at or below it are in it.
+    base: u64,
 }
 
 impl std::fmt::Debug for State {
@@ -152,7 +164,9 @@ impl State {
                 .into_iter()
                 .map(|name| Mutex::with_level(name, MAILBOXES_LEVEL, HashMap::new()))
                 .collect(),
+            batch: Mutex::with_level("apply-batch", APPLY_BATCH_LEVEL, ()),
             applied: AtomicU64::new(0),
+            base: 0,
         }
     }
 
@@ -162,10 +176,11 @@ impl State {
     }
 
     /// Applies the command at log `index`: the only code that changes the state. Called in log
-    /// order (per shard) with increasing indexes; an index at or below the applied one is
-    /// skipped (already in the state, e.g. covered by the snapshot it was loaded from).
+    /// order per shard (commands on different shards may apply in parallel; the applied index
+    /// is the highest applied); an index covered by the image the state was loaded from is
+    /// skipped, so replaying a log from its start is safe.
     pub fn apply(&self, index: u64, command: &Command) -> Result<Outcome, LockError> {
-        if index <= self.applied_index() {
+        if index <= self.base {
             return Ok(Outcome::Done);
         }
         match command {
@@ -191,7 +206,7 @@ impl State {
                     );
                     commit(tx).map_or_else(Outcome::Refused, |()| Outcome::Done)
                 };
-                self.applied.store(index, Ordering::Release);
+                self.applied.fetch_max(index, Ordering::AcqRel);
                 Ok(outcome)
             }
             Command::DeleteAccount {
@@ -216,7 +231,7 @@ impl State {
                         "the account was deleted meanwhile; log in first",
                     )),
                 };
-                self.applied.store(index, Ordering::Release);
+                self.applied.fetch_max(index, Ordering::AcqRel);
                 Ok(outcome)
             }
             Command::SendMessage {
@@ -247,7 +262,7 @@ impl State {
                         format!("no such user {to:?}"),
                     ))
                 };
-                self.applied.store(index, Ordering::Release);
+                self.applied.fetch_max(index, Ordering::AcqRel);
                 Ok(outcome)
             }
             Command::MarkDelivered { marks } => {
@@ -276,7 +291,7 @@ impl State {
                         }
                     }
                 }
-                self.applied.store(index, Ordering::Release);
+                self.applied.fetch_max(index, Ordering::AcqRel);
                 Ok(Outcome::Done)
             }
             Command::DeleteMessages { user, ids } => {
@@ -291,10 +306,16 @@ impl State {
                         mailbox.handed_out.remove(id);
                     }
                 }
-                self.applied.store(index, Ordering::Release);
+                self.applied.fetch_max(index, Ordering::AcqRel);
                 Ok(Outcome::Deleted(deleted))
             }
         }
+    }
+
+    /// Held by the applier while it applies a batch, however many threads apply it: images wait
+    /// for it, so a snapshot or digest sees whole batches only.
+    pub fn batch(&self) -> Result<MutexGuard<'_, ()>, LockError> {
+        self.batch.lock()
     }
 
     fn shard(&self, user: &str) -> Result<MutexGuard<'_, Shard>, LockError> {
@@ -405,8 +426,10 @@ impl State {
 
     // ----- images: snapshots and the digest -----
 
-    /// The whole state in canonical order at one applied index (every shard held at once).
+    /// The whole state in canonical order at one applied index (between batches, every shard
+    /// held at once).
     pub fn image(&self) -> Result<Image, LockError> {
+        let _between_batches = self.batch()?;
         let mut set = LockSet::new();
         let slots: Vec<_> = self.shards.iter().map(|shard| set.lock(shard)).collect();
         let held = set.acquire()?;
@@ -482,6 +505,7 @@ impl State {
             *lock.get_mut() = shard;
         }
         state.applied.store(image.applied, Ordering::Release);
+        state.base = image.applied;
         state
     }
 }
