@@ -22,6 +22,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::lock::condvar::CondvarMeta;
+pub use crate::lock::condvar::CondvarStats;
 use crate::lock::meta::{LockId, LockMeta};
 use crate::loom::{InternalMutex, global};
 use crate::{Level, LockKind};
@@ -59,6 +61,41 @@ pub struct NamedLockStats {
     pub stats: LockStats,
 }
 
+/// One live named condvar and its statistics.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NamedCondvarStats {
+    /// The name given at construction.
+    pub name: String,
+    /// Its counters.
+    pub stats: CondvarStats,
+}
+
+global! {
+    static CONDVARS: InternalMutex<BTreeMap<u64, Arc<CondvarMeta>>> = InternalMutex::new(BTreeMap::new());
+}
+
+pub(crate) fn condvar_registry_insert(meta: &Arc<CondvarMeta>) {
+    CONDVARS.lock().insert(meta.id, Arc::clone(meta));
+}
+
+pub(crate) fn condvar_registry_remove(id: u64) {
+    CONDVARS.lock().remove(&id);
+}
+
+/// Statistics of every live named [`Condvar`](crate::Condvar), ordered by name, then age.
+pub fn condvars() -> Vec<NamedCondvarStats> {
+    let metas: Vec<Arc<CondvarMeta>> = CONDVARS.lock().values().cloned().collect();
+    let mut all: Vec<NamedCondvarStats> = metas
+        .iter()
+        .map(|meta| NamedCondvarStats {
+            name: meta.name.as_deref().unwrap_or_default().to_owned(),
+            stats: meta.stats(),
+        })
+        .collect();
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    all
+}
+
 global! {
     static REGISTRY: InternalMutex<BTreeMap<LockId, Arc<LockMeta>>> = InternalMutex::new(BTreeMap::new());
 }
@@ -85,4 +122,18 @@ pub fn all() -> Vec<NamedLockStats> {
         .collect();
     all.sort_by_key(|s| (s.level.is_none(), s.level, s.name));
     all
+}
+
+/// Zeroes the statistics of every live named lock and condvar (unnamed ones are not reachable
+/// from here: read their `stats()` before and subtract). An acquisition that races with the reset
+/// may be counted before or after it.
+pub fn reset() {
+    let metas: Vec<Arc<LockMeta>> = REGISTRY.lock().values().cloned().collect();
+    for meta in metas {
+        meta.reset();
+    }
+    let condvars: Vec<Arc<CondvarMeta>> = CONDVARS.lock().values().cloned().collect();
+    for meta in condvars {
+        meta.reset();
+    }
 }

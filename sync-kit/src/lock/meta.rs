@@ -139,6 +139,12 @@ impl fmt::Display for LockUse {
 
 static NEXT_LOCK_ID: StdAtomicU64 = StdAtomicU64::new(1);
 
+/// A new process-unique id, shared by locks and condvars.
+pub(crate) fn next_id() -> u64 {
+    // Only uniqueness matters; no other memory is ordered by this counter.
+    NEXT_LOCK_ID.fetch_add(1, StdOrdering::Relaxed)
+}
+
 /// A lock's identity and counters.
 #[derive(Debug)]
 pub(crate) struct LockMeta {
@@ -159,8 +165,7 @@ impl LockMeta {
     ) -> MetaHandle {
         let meta = Arc::new(LockMeta {
             info: LockInfo {
-                // Only uniqueness matters; no other memory is ordered by this counter.
-                id: LockId(NEXT_LOCK_ID.fetch_add(1, StdOrdering::Relaxed)),
+                id: LockId(next_id()),
                 name,
                 level,
                 kind,
@@ -200,6 +205,14 @@ impl LockMeta {
         self.max_wait_nanos.fetch_max(nanos, Ordering::Relaxed);
     }
 
+    /// Zeroes the counters. An acquisition racing with the reset may be counted on either side.
+    pub(crate) fn reset(&self) {
+        self.acquisitions.store(0, Ordering::Relaxed);
+        self.contentions.store(0, Ordering::Relaxed);
+        self.wait_nanos.store(0, Ordering::Relaxed);
+        self.max_wait_nanos.store(0, Ordering::Relaxed);
+    }
+
     pub(crate) fn stats(&self) -> LockStats {
         LockStats {
             acquisitions: self.acquisitions.load(Ordering::Relaxed),
@@ -224,6 +237,7 @@ impl std::ops::Deref for MetaHandle {
 
 impl Drop for MetaHandle {
     fn drop(&mut self) {
+        crate::deadlock::forget_order(self.0.info.id);
         if self.0.info.name.is_some() {
             stats::registry_remove(self.0.info.id);
         }
