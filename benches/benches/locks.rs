@@ -17,6 +17,8 @@
 //! - `order_checking_nested_2`: lock `a`, then lock `b` while holding it, unlock both, on two
 //!   unleveled sync-kit mutexes under `OrderChecking::Refuse` (the pair is learned on the first
 //!   iteration; every later one is the per-thread lookup) and `Off`, next to parking_lot.
+//! - `hold_timing`: lock + unlock of a free sync-kit mutex with hold timing off (the default) and
+//!   on (two clock reads per iteration), next to parking_lot.
 //!
 //! Run with `cargo bench -p sync-kit-benches --bench locks`.
 
@@ -231,8 +233,30 @@ fn order_checking_nested_2(c: &mut Criterion) {
     group.finish();
 }
 
+fn hold_timing(c: &mut Criterion) {
+    let mut group = c.benchmark_group("hold_timing");
+    quick(&mut group);
+
+    let off = sync_kit::Mutex::new(0u64);
+    group.bench_function("sync_kit_off", |b| {
+        b.iter(|| *black_box(&off).lock().unwrap() += 1);
+    });
+    let on = sync_kit::Mutex::new(0u64);
+    on.set_hold_timing(true);
+    group.bench_function("sync_kit_on", |b| {
+        b.iter(|| *black_box(&on).lock().unwrap() += 1);
+    });
+    let pl = parking_lot::Mutex::new(0u64);
+    group.bench_function("parking_lot", |b| {
+        b.iter(|| *black_box(&pl).lock() += 1);
+    });
+
+    group.finish();
+}
+
 criterion_group!(
     benches,
+    hold_timing,
     order_checking_nested_2,
     mutex_uncontended,
     rwlock_uncontended,

@@ -45,7 +45,8 @@
 //! `raw_condvar`) apart from the typed wrappers (`mutex`, `rwlock`, `condvar`) and the acquisition
 //! protocol they share; `held` is the per-thread list of held locks; `deadlock/` is the wait-for
 //! graph, the learned lock order and their reports; `stats` the counters and the registry of
-//! named locks and condvars; `loom/` the single std/loom facade.
+//! named locks and condvars; `lockset` the public face of `LockSet` and its helper types; `loom/`
+//! the single std/loom facade. `mvcc`, `ratelimit` and `fs` are cargo features (on by default).
 
 #![warn(missing_docs)]
 
@@ -55,8 +56,12 @@ mod lock;
 pub(crate) mod loom;
 
 pub mod deadlock;
+#[cfg(feature = "fs")]
 pub mod fs;
+pub mod lockset;
+#[cfg(feature = "mvcc")]
 pub mod mvcc;
+#[cfg(feature = "ratelimit")]
 pub mod ratelimit;
 pub mod stats;
 
@@ -67,9 +72,9 @@ pub use lock::condvar::{Condvar, CondvarStats, WaitTimeoutResult};
 pub use lock::meta::{AccessMode, Level, LockId, LockInfo, LockKind, LockUse};
 pub use lock::mutex::{Mutex, MutexGuard};
 pub use lock::rwlock::{RwLock, RwLockReadGuard, RwLockWriteGuard};
-pub use lock::set::{LockSet, LockedSet, Ops, ReadSlot, Readable, Slot};
+pub use lockset::{LockSet, LockedSet};
 pub use stats::LockStats;
 
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "mvcc", feature = "ratelimit", feature = "fs"))]
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;

@@ -171,7 +171,7 @@ impl Service {
         let recovered = persist::recover(dir)?;
         let mut mailboxes: Vec<Shard> = SHARD_NAMES
             .iter()
-            .map(|name| Mutex::with_level(name, levels::MAILBOXES, HashMap::new()))
+            .map(|name| Mutex::with_level(*name, levels::MAILBOXES, HashMap::new()))
             .collect();
         let accounts = MvccMap::new();
         let mut tx = accounts.begin();

@@ -139,7 +139,7 @@ fn acquire_slow(
     match result {
         Ok(waited) => {
             if waited {
-                meta.count_wait(start.elapsed());
+                meta.counters.count_wait(start.elapsed(), at);
             }
             acquired(meta, mode, at);
             Ok(())
@@ -152,8 +152,8 @@ fn acquire_slow(
 #[inline]
 fn acquired(meta: &LockMeta, mode: AccessMode, at: &'static Location<'static>) {
     match mode {
-        AccessMode::Exclusive => meta.count_exclusive(),
-        AccessMode::Shared => meta.count_shared(),
+        AccessMode::Exclusive => meta.counters.count_exclusive(),
+        AccessMode::Shared => meta.counters.count_shared(),
     }
     held::push(LockUse {
         lock: meta.info,
@@ -165,5 +165,8 @@ fn acquired(meta: &LockMeta, mode: AccessMode, at: &'static Location<'static>) {
 /// Bookkeeping of a release; the caller unlocks the raw lock right after.
 #[inline]
 pub(crate) fn released(meta: &LockMeta, mode: AccessMode) {
+    if mode == AccessMode::Exclusive {
+        meta.counters.release_exclusive();
+    }
     held::remove(meta.info.id, mode);
 }

@@ -19,6 +19,7 @@
 //! Its reacquisition of the mutex is: a cycle closed on wake-up is refused like any other.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::panic::Location;
 use std::sync::Arc;
@@ -30,7 +31,7 @@ use serde::Serialize;
 use super::mutex::MutexGuard;
 use super::raw_condvar::RawCondvar;
 use crate::error::LockError;
-use crate::stats;
+use crate::loom::{InternalMutex, global};
 
 /// A condition variable for [`Mutex`](crate::Mutex) guards.
 ///
@@ -123,6 +124,16 @@ impl CondvarMeta {
     }
 }
 
+global! {
+    /// Every live named condvar, by id.
+    static CONDVARS: InternalMutex<BTreeMap<u64, Arc<CondvarMeta>>> = InternalMutex::new(BTreeMap::new());
+}
+
+/// The metadata of every live named condvar.
+pub(crate) fn named_condvars() -> Vec<Arc<CondvarMeta>> {
+    CONDVARS.lock().values().cloned().collect()
+}
+
 /// Owns a condvar's metadata; a named condvar leaves the registry when dropped.
 #[derive(Debug)]
 struct CondvarHandle(Arc<CondvarMeta>);
@@ -130,7 +141,7 @@ struct CondvarHandle(Arc<CondvarMeta>);
 impl Drop for CondvarHandle {
     fn drop(&mut self) {
         if self.0.name.is_some() {
-            stats::condvar_registry_remove(self.0.id);
+            CONDVARS.lock().remove(&self.0.id);
         }
     }
 }
@@ -160,7 +171,7 @@ impl Condvar {
             timeouts: AtomicU64::new(0),
         });
         if named {
-            stats::condvar_registry_insert(&meta);
+            CONDVARS.lock().insert(meta.id, Arc::clone(&meta));
         }
         Self {
             raw: RawCondvar::new(),
