@@ -14,6 +14,11 @@
 //! - `leveled_holding_3`: lock + unlock of a leveled sync-kit mutex while the thread already holds
 //!   three other leveled locks (the per-thread held list and the level check), with the same lock
 //!   holding nothing and parking_lot holding three locks as references.
+//! - `order_checking_nested_2`: lock `a`, then lock `b` while holding it, unlock both, on two
+//!   unleveled sync-kit mutexes under `OrderChecking::Refuse` (the pair is learned on the first
+//!   iteration; every later one is the per-thread lookup) and `Off`, next to parking_lot.
+//! - `hold_timing`: lock + unlock of a free sync-kit mutex with hold timing off (the default) and
+//!   on (two clock reads per iteration), next to parking_lot.
 //!
 //! Run with `cargo bench -p sync-kit-benches --bench locks`.
 
@@ -192,8 +197,67 @@ fn leveled_holding_3(c: &mut Criterion) {
     group.finish();
 }
 
+fn order_checking_nested_2(c: &mut Criterion) {
+    use sync_kit::deadlock::{OrderChecking, set_order_checking};
+
+    let mut group = c.benchmark_group("order_checking_nested_2");
+    quick(&mut group);
+
+    let (a, b) = (sync_kit::Mutex::new(0u64), sync_kit::Mutex::new(0u64));
+    for (name, policy) in [
+        ("sync_kit_refuse", OrderChecking::Refuse),
+        ("sync_kit_off", OrderChecking::Off),
+    ] {
+        set_order_checking(policy);
+        group.bench_function(name, |bench| {
+            bench.iter(|| {
+                let mut ga = black_box(&a).lock().unwrap();
+                let mut gb = black_box(&b).lock().unwrap();
+                *ga += 1;
+                *gb += 1;
+            });
+        });
+    }
+    set_order_checking(OrderChecking::default());
+
+    let (a, b) = (parking_lot::Mutex::new(0u64), parking_lot::Mutex::new(0u64));
+    group.bench_function("parking_lot", |bench| {
+        bench.iter(|| {
+            let mut ga = black_box(&a).lock();
+            let mut gb = black_box(&b).lock();
+            *ga += 1;
+            *gb += 1;
+        });
+    });
+
+    group.finish();
+}
+
+fn hold_timing(c: &mut Criterion) {
+    let mut group = c.benchmark_group("hold_timing");
+    quick(&mut group);
+
+    let off = sync_kit::Mutex::new(0u64);
+    group.bench_function("sync_kit_off", |b| {
+        b.iter(|| *black_box(&off).lock().unwrap() += 1);
+    });
+    let on = sync_kit::Mutex::new(0u64);
+    on.set_hold_timing(true);
+    group.bench_function("sync_kit_on", |b| {
+        b.iter(|| *black_box(&on).lock().unwrap() += 1);
+    });
+    let pl = parking_lot::Mutex::new(0u64);
+    group.bench_function("parking_lot", |b| {
+        b.iter(|| *black_box(&pl).lock() += 1);
+    });
+
+    group.finish();
+}
+
 criterion_group!(
     benches,
+    hold_timing,
+    order_checking_nested_2,
     mutex_uncontended,
     rwlock_uncontended,
     mutex_contended,

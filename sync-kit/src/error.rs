@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::deadlock::DeadlockReport;
+use crate::deadlock::{DeadlockReport, InversionReport};
 use crate::lock::meta::LockUse;
 
 /// An acquisition that sync-kit refused or gave up on. Nothing is held when this is returned.
@@ -22,6 +22,11 @@ pub enum LockError {
         /// The lock that was requested, and where.
         requested: Box<LockUse>,
     },
+    /// Acquiring the lock while holding the locks this thread holds contradicts the lock order
+    /// learned from earlier acquisitions (see [`crate::deadlock::set_order_checking`]): two
+    /// threads following the two orders could deadlock. Returned at once, whether or not the lock
+    /// was free and whether or not any thread waits.
+    OrderInversion(Box<InversionReport>),
     /// The lock was not acquired within the given time (or at once, for `try_*` without a time).
     Timeout,
 }
@@ -36,6 +41,7 @@ impl fmt::Display for LockError {
                  thread may only acquire leveled locks above the highest level it holds",
                 held.lock, held.at
             ),
+            LockError::OrderInversion(report) => report.fmt(f),
             LockError::Timeout => f.write_str("timed out waiting for the lock"),
         }
     }

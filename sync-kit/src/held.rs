@@ -236,6 +236,29 @@ fn check_leveled(
     }
 }
 
+/// Refuses to give back an exclusive hold of `lock` (a condvar reacquiring its mutex) if a leveled
+/// lock above it is held: with the leveled entries in increasing order, the reacquisition is in
+/// order exactly when `lock` itself is the highest leveled hold.
+pub(crate) fn check_level_reacquire(
+    lock: &LockInfo,
+    at: &'static Location<'static>,
+) -> Result<(), LockError> {
+    if lock.level.is_none() {
+        return Ok(());
+    }
+    match HELD.try_with(HeldList::highest_leveled).ok().flatten() {
+        Some(held) if held.lock.id != lock.id => Err(violation(
+            held,
+            LockUse {
+                lock: *lock,
+                mode: AccessMode::Exclusive,
+                at,
+            },
+        )),
+        _ => Ok(()),
+    }
+}
+
 #[cold]
 fn violation(held: LockUse, requested: LockUse) -> LockError {
     crate::deadlock::count_level_violation();
@@ -263,6 +286,26 @@ pub(crate) fn push(entry: LockUse) {
 #[inline(always)]
 pub(crate) fn remove(id: LockId, mode: AccessMode) {
     let _ = HELD.try_with(|held| held.remove(id, mode));
+}
+
+/// Whether the current thread holds no lock at all (one thread-local read).
+#[inline(always)]
+pub(crate) fn is_empty() -> bool {
+    HELD.try_with(|held| held.len.get() == 0).unwrap_or(true)
+}
+
+/// Calls `f` on each hold of the current thread, oldest first, without allocating for the
+/// inline part.
+pub(crate) fn for_each(mut f: impl FnMut(&LockUse)) {
+    let _ = HELD.try_with(|held| {
+        let len = held.len.get();
+        for entry in held.inline[..len.min(INLINE)].iter().filter_map(Cell::get) {
+            f(&entry);
+        }
+        if len > INLINE {
+            with_spill(|spill| spill.iter().for_each(&mut f));
+        }
+    });
 }
 
 /// A copy of what the current thread holds, oldest first.

@@ -7,6 +7,10 @@
 //! - A runtime wait-for-graph deadlock detector ([`deadlock`]): an acquisition that would close a
 //!   cycle of waiting threads fails with [`LockError::Deadlock`] and a readable
 //!   [`DeadlockReport`] instead of hanging. It costs nothing while no thread waits.
+//! - Lock-order checking ([`deadlock::set_order_checking`]): an acquisition that contradicts the
+//!   order learned from earlier ones fails at once with [`LockError::OrderInversion`], even if no
+//!   thread waits (`Refuse` by default in debug builds).
+//! - [`Condvar`] for [`Mutex`] guards, whose reacquisition goes through the same checks.
 //! - Statistics for every lock ([`LockStats`]), and a live list of every named lock
 //!   ([`stats::all`]).
 //!
@@ -14,6 +18,10 @@
 //! use std::sync::Arc;
 //! use sync_kit::{LockError, Mutex};
 //!
+//! // This example takes two unleveled locks in opposite orders on purpose, to show the wait-for
+//! // detector; learned-order checking (below, on by default in debug builds) would refuse the
+//! // second order before any thread waits.
+//! sync_kit::deadlock::set_order_checking(sync_kit::deadlock::OrderChecking::Off);
 //! let a = Arc::new(Mutex::named("a", ()));
 //! let b = Arc::new(Mutex::named("b", ()));
 //! let (tx, rx) = std::sync::mpsc::channel();
@@ -33,10 +41,12 @@
 //! # Ok::<(), LockError>(())
 //! ```
 //!
-//! Map of the crate: `lock/` holds the raw state machines (`raw_mutex`, `raw_rwlock`) apart from
-//! the typed wrappers (`mutex`, `rwlock`) and the acquisition protocol they share; `held` is the
-//! per-thread list of held locks; `deadlock/` is the wait-for graph and its reports; `stats` the
-//! counters and the registry of named locks; `loom/` the single std/loom facade.
+//! Map of the crate: `lock/` holds the raw state machines (`raw_mutex`, `raw_rwlock`,
+//! `raw_condvar`) apart from the typed wrappers (`mutex`, `rwlock`, `condvar`) and the acquisition
+//! protocol they share; `held` is the per-thread list of held locks; `deadlock/` is the wait-for
+//! graph, the learned lock order and their reports; `stats` the counters and the registry of
+//! named locks and condvars; `lockset` the public face of `LockSet` and its helper types; `loom/`
+//! the single std/loom facade. `mvcc`, `ratelimit` and `fs` are cargo features (on by default).
 
 #![warn(missing_docs)]
 
@@ -46,20 +56,25 @@ mod lock;
 pub(crate) mod loom;
 
 pub mod deadlock;
+#[cfg(feature = "fs")]
 pub mod fs;
+pub mod lockset;
+#[cfg(feature = "mvcc")]
 pub mod mvcc;
+#[cfg(feature = "ratelimit")]
 pub mod ratelimit;
 pub mod stats;
 
 pub use deadlock::DeadlockReport;
 pub use error::LockError;
 pub use held::held_by_current_thread;
+pub use lock::condvar::{Condvar, CondvarStats, WaitTimeoutResult};
 pub use lock::meta::{AccessMode, Level, LockId, LockInfo, LockKind, LockUse};
 pub use lock::mutex::{Mutex, MutexGuard};
 pub use lock::rwlock::{RwLock, RwLockReadGuard, RwLockWriteGuard};
-pub use lock::set::{LockSet, LockedSet, Ops, ReadSlot, Readable, Slot};
+pub use lockset::{LockSet, LockedSet};
 pub use stats::LockStats;
 
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "mvcc", feature = "ratelimit", feature = "fs"))]
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;

@@ -13,7 +13,7 @@ use std::sync::{Arc, Barrier};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
-use common::{bounded, join, recv, serial, site, spawn, wait_for_waiters, wait_until, waiting};
+use common::{bounded, join, recv, site, spawn, wait_for_waiters, wait_until, waiting};
 use sync_kit::deadlock::BlockedBy;
 use sync_kit::{
     AccessMode, DeadlockReport, Level, LockError, Mutex, MutexGuard, RwLock, RwLockReadGuard,
@@ -21,6 +21,16 @@ use sync_kit::{
 };
 
 // ----- helpers -----
+
+/// `common::serial()`, with lock-order checking off for the whole binary. Every scenario here
+/// forms wait-for cycles by taking unleveled locks in opposite orders on purpose; learned-order
+/// checking (`Refuse` by default in debug builds) would refuse the second order at once, before
+/// any cycle of waiting threads could form, and this file tests the wait-for detector behind it.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    let guard = common::serial();
+    sync_kit::deadlock::set_order_checking(sync_kit::deadlock::OrderChecking::Off);
+    guard
+}
 
 /// Either kind of lock, so that one scenario can mix them.
 enum AnyLock {

@@ -62,7 +62,7 @@ fn acquisitions_are_exact_after_concurrent_use() {
 
         // The list shows the same counters.
         let listed = listed("st-acq-");
-        let by_name = |n: &str| listed.iter().find(|s| s.name == n).unwrap().stats;
+        let by_name = |n: &str| listed.iter().find(|s| s.name == n).unwrap().stats.clone();
         assert_eq!(by_name("st-acq-m").acquisitions, THREADS * K + 1);
         assert_eq!(by_name("st-acq-rw").acquisitions, THREADS * K);
     });
@@ -280,7 +280,7 @@ fn lock_stats_serialize_to_json() {
         drop(g);
         join(waiter);
         let s = m.stats();
-        let v = serde_json::to_value(s).unwrap();
+        let v = serde_json::to_value(&s).unwrap();
         assert_eq!(v["acquisitions"], json!(2));
         assert_eq!(v["contentions"], json!(1));
         // Durations serialize as integer nanoseconds (`total_wait_ns`, `max_wait_ns`).
@@ -292,8 +292,13 @@ fn lock_stats_serialize_to_json() {
             [
                 "acquisitions",
                 "contentions",
+                "holds",
                 "max_wait_ns",
-                "total_wait_ns"
+                "p50_wait_ns",
+                "p99_wait_ns",
+                "top_waiters",
+                "total_wait_ns",
+                "wait_histogram"
             ],
             "{v}"
         );
@@ -306,6 +311,17 @@ fn lock_stats_serialize_to_json() {
         assert_eq!(u128::from(total), s.total_wait.as_nanos());
         assert_eq!(u128::from(max), s.max_wait.as_nanos());
         assert!(total >= max && max > 0, "{v}");
+        // One wait: one histogram bucket with one count, one waiting call site.
+        assert_eq!(v["wait_histogram"].as_array().map(Vec::len), Some(1), "{v}");
+        assert_eq!(v["wait_histogram"][0]["count"], json!(1));
+        assert_eq!(v["top_waiters"][0]["waits"], json!(1));
+        assert!(
+            v["top_waiters"][0]["at"]
+                .as_str()
+                .is_some_and(|at| at.starts_with(file!())),
+            "{v}"
+        );
+        assert_eq!(v["holds"], json!({"timed": 0, "total_ns": 0, "max_ns": 0}));
         // Default stats serialize as well.
         let zero = serde_json::to_value(LockStats::default()).unwrap();
         assert_eq!(zero["acquisitions"], json!(0));
@@ -391,4 +407,152 @@ fn detector_counters_increase_and_serialize() {
         assert_eq!(obj["level_violations"], json!(after.level_violations));
         assert_eq!(obj["threads_waiting"], json!(after.threads_waiting));
     });
+}
+
+/// Forces `n` waits on `m` from the call site inside `acquire`: each time the test thread holds the
+/// lock until the waiter sleeps on it (seen through the detector probe), then lets it go.
+fn force_waits(m: &Arc<Mutex<u32>>, n: u32, acquire: fn(&Mutex<u32>)) {
+    for round in 0..n {
+        let base = waiting();
+        let g = m.lock().unwrap();
+        let waiter = {
+            let m = m.clone();
+            spawn(format!("st-hist-waiter-{round}"), move || acquire(&m))
+        };
+        wait_for_waiters(base + 1);
+        drop(g);
+        join(waiter);
+    }
+}
+
+#[test]
+fn waits_fill_a_histogram_with_percentiles_and_the_sites_that_waited() {
+    let _serial = serial();
+    bounded("wait histogram", || {
+        let m = Arc::new(Mutex::named("st-hist-m", 0u32));
+        fn site_a(m: &Mutex<u32>) {
+            *m.lock().unwrap() += 1;
+        }
+        fn site_b(m: &Mutex<u32>) {
+            *m.lock().unwrap() += 1;
+        }
+        force_waits(&m, 3, site_a);
+        force_waits(&m, 2, site_b);
+        let s = m.stats();
+        assert_eq!(s.contentions, 5, "{s:?}");
+        assert_eq!(s.wait_histogram.total(), 5);
+        assert_eq!(s.wait_histogram.buckets().map(|(_, n)| n).sum::<u64>(), 5);
+        assert!(s.p50_wait > Duration::ZERO, "{s:?}");
+        assert!(
+            s.p50_wait <= s.p99_wait && s.p99_wait <= s.max_wait,
+            "{s:?}"
+        );
+        // Each bucket's upper bound is a power of two nanoseconds, and the longest wait falls
+        // below the last one.
+        let (last_bound, _) = s.wait_histogram.buckets().last().unwrap();
+        assert!(last_bound.as_nanos().is_power_of_two() && s.max_wait < last_bound);
+        // Two call sites waited: 3 and 2 times, each with its own total.
+        let mut counts: Vec<u64> = s.top_waiters.iter().map(|w| w.waits).collect();
+        counts.sort_unstable();
+        assert_eq!(counts, [2, 3], "{:?}", s.top_waiters);
+        assert!(s.top_waiters.iter().all(|w| w.at.file() == file!()));
+        assert!(s.top_waiters[0].total_wait >= s.top_waiters[1].total_wait);
+        let total: Duration = s.top_waiters.iter().map(|w| w.total_wait).sum();
+        assert_eq!(total, s.total_wait);
+    });
+}
+
+#[test]
+fn reset_zeroes_every_named_lock() {
+    let _serial = serial();
+    bounded("reset", || {
+        let m = Arc::new(Mutex::named("st-reset-m", 0u32));
+        force_waits(&m, 1, |m| *m.lock().unwrap() += 1);
+        assert_eq!(m.stats().contentions, 1);
+        sync_kit::stats::reset();
+        assert_eq!(m.stats(), LockStats::default());
+        *m.lock().unwrap() += 1;
+        assert_eq!(m.stats().acquisitions, 1);
+    });
+}
+
+#[test]
+fn hold_times_are_off_by_default_and_opt_in_per_lock_or_globally() {
+    let _serial = serial();
+    let m = Mutex::named("st-hold-m", 0u32);
+    let rw = RwLock::named("st-hold-rw", 0u32);
+    *m.lock().unwrap() += 1;
+    assert_eq!(m.stats().holds, Default::default(), "off by default");
+
+    m.set_hold_timing(true);
+    for _ in 0..3 {
+        *m.lock().unwrap() += 1;
+    }
+    let holds = m.stats().holds;
+    assert_eq!(holds.timed, 3);
+    assert!(holds.total >= holds.max, "{holds:?}");
+    m.set_hold_timing(false);
+    *m.lock().unwrap() += 1;
+    assert_eq!(m.stats().holds.timed, 3, "off again for this lock");
+
+    sync_kit::stats::set_hold_timing(true);
+    *rw.write().unwrap() += 1;
+    drop(rw.read().unwrap()); // read holds are not timed
+    *m.lock().unwrap() += 1;
+    sync_kit::stats::set_hold_timing(false);
+    assert_eq!(rw.stats().holds.timed, 1);
+    assert_eq!(m.stats().holds.timed, 4);
+}
+
+#[test]
+fn prometheus_output_has_one_cumulative_histogram_per_named_lock() {
+    let _serial = serial();
+    bounded("prometheus", || {
+        let m = Arc::new(Mutex::with_level("st-prom \"quoted\"", Level(3), 0u32));
+        force_waits(&m, 2, |m| *m.lock().unwrap() += 1);
+        let text = sync_kit::stats::prometheus_wait_histograms("synckit");
+        assert!(text.contains("# TYPE synckit_lock_wait_seconds histogram\n"));
+        let labels = r#"lock="st-prom \"quoted\"",kind="mutex",level="3""#;
+        let series: Vec<&str> = text.lines().filter(|l| l.contains(labels)).collect();
+        let buckets: Vec<u64> = series
+            .iter()
+            .filter(|l| l.starts_with("synckit_lock_wait_seconds_bucket{"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(buckets.len(), 14, "13 bounds and +Inf: {series:#?}");
+        assert!(
+            buckets.windows(2).all(|w| w[0] <= w[1]),
+            "cumulative: {buckets:?}"
+        );
+        assert_eq!(*buckets.last().unwrap(), 2);
+        assert!(
+            series
+                .iter()
+                .any(|l| l.starts_with("synckit_lock_wait_seconds_count{") && l.ends_with(" 2"))
+        );
+        let sum = series
+            .iter()
+            .find(|l| l.starts_with("synckit_lock_wait_seconds_sum{"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .expect("a _sum series");
+        assert!((sum - m.stats().total_wait.as_secs_f64()).abs() < 1e-9);
+    });
+}
+
+#[test]
+fn names_may_be_built_at_run_time_and_are_stored_once() {
+    let id = 42;
+    let a = Mutex::named(format!("st-dyn-account-{id}"), ());
+    let b = RwLock::with_level(format!("st-dyn-account-{id}"), Level(5), ());
+    let static_name = Mutex::named("st-dyn-static", ());
+    let (a_name, b_name) = (a.info().name.unwrap(), b.info().name.unwrap());
+    assert_eq!(a_name, "st-dyn-account-42");
+    assert!(std::ptr::eq(a_name, b_name), "one copy per distinct name");
+    assert_eq!(static_name.info().name, Some("st-dyn-static"));
+    let names: Vec<_> = listed("st-dyn-").into_iter().map(|s| s.name).collect();
+    assert_eq!(
+        names,
+        ["st-dyn-account-42", "st-dyn-account-42", "st-dyn-static"]
+    );
 }

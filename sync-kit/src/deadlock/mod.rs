@@ -32,6 +32,7 @@
 //! the graph, so the fast path costs the detector nothing.
 
 mod graph;
+mod order;
 mod report;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +40,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Serialize;
 
 pub(crate) use graph::{WaitRegistration, begin_wait};
+pub use order::{
+    InversionReport, OrderChecking, OrderEdge, order_checking, reset_order_hook,
+    set_order_checking, set_order_hook,
+};
+pub(crate) use order::{check as check_order, forget as forget_order};
 pub use report::{BlockedBy, CycleStep, DeadlockReport, ThreadInfo};
 
 // Plain counters for diagnostics; they order no other memory (hence std atomics even under loom).
@@ -46,6 +52,7 @@ static WAITS: AtomicU64 = AtomicU64::new(0);
 static CYCLES: AtomicU64 = AtomicU64::new(0);
 static LEVEL_VIOLATIONS: AtomicU64 = AtomicU64::new(0);
 static WAITING_NOW: AtomicU64 = AtomicU64::new(0);
+static ORDER_INVERSIONS: AtomicU64 = AtomicU64::new(0);
 
 /// The detector's counters since the process started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -58,6 +65,9 @@ pub struct DetectorStats {
     pub level_violations: u64,
     /// Threads in the wait-for graph right now.
     pub threads_waiting: u64,
+    /// Acquisitions that inverted the learned lock order (refused under `Refuse`, reported under
+    /// `Warn`; see [`set_order_checking`]).
+    pub order_inversions: u64,
 }
 
 /// Reads the detector's counters.
@@ -67,6 +77,7 @@ pub fn stats() -> DetectorStats {
         cycles_detected: CYCLES.load(Ordering::Relaxed),
         level_violations: LEVEL_VIOLATIONS.load(Ordering::Relaxed),
         threads_waiting: WAITING_NOW.load(Ordering::Relaxed),
+        order_inversions: ORDER_INVERSIONS.load(Ordering::Relaxed),
     }
 }
 

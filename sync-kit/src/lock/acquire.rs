@@ -2,9 +2,11 @@
 //!
 //! 1. Level check against the thread's held list (leveled locks only), before touching the lock:
 //!    a hierarchy violation is refused whether or not the lock is free.
-//! 2. Fast path: one compare-exchange on the lock word. On success: count the acquisition, push
+//! 2. Order check (blocking and timed acquisitions only): the pairs (held, requested) this thread
+//!    has not learned yet are checked against, and added to, the learned lock order.
+//! 3. Fast path: one compare-exchange on the lock word. On success: count the acquisition, push
 //!    the hold on the thread's list. Nothing global is touched.
-//! 3. Slow path (`#[cold]`): the raw lock spins, then, right before it would sleep, calls the hook
+//! 4. Slow path (`#[cold]`): the raw lock spins, then, right before it would sleep, calls the hook
 //!    that registers the wait in the deadlock detector (which may refuse it). From then on each
 //!    attempt to take the lock runs under the graph's lock, and the attempt that succeeds leaves
 //!    the graph in the same critical section; a timeout leaves it when the raw lock returns. Then
@@ -29,6 +31,16 @@ pub(crate) enum Wait {
 }
 
 impl Wait {
+    /// Whether the acquisition may block (and so takes part in lock-order checking).
+    #[inline]
+    fn may_wait(self) -> bool {
+        match self {
+            Wait::Forever | Wait::Until(_) => true,
+            Wait::For(d) => !d.is_zero(),
+            Wait::No => false,
+        }
+    }
+
     fn deadline(self, start: Instant) -> Deadline {
         match self {
             Wait::Forever => Deadline::Never,
@@ -89,6 +101,13 @@ pub(crate) fn acquire(
     slow: SlowPath<'_>,
 ) -> Result<(), LockError> {
     held::check_level(&meta.info, mode, at, rule)?;
+    if wait.may_wait() {
+        deadlock::check_order(&LockUse {
+            lock: meta.info,
+            mode,
+            at,
+        })?;
+    }
     if fast() {
         acquired(meta, mode, at);
         return Ok(());
@@ -120,7 +139,7 @@ fn acquire_slow(
     match result {
         Ok(waited) => {
             if waited {
-                meta.count_wait(start.elapsed());
+                meta.counters.count_wait(start.elapsed(), at);
             }
             acquired(meta, mode, at);
             Ok(())
@@ -133,8 +152,8 @@ fn acquire_slow(
 #[inline]
 fn acquired(meta: &LockMeta, mode: AccessMode, at: &'static Location<'static>) {
     match mode {
-        AccessMode::Exclusive => meta.count_exclusive(),
-        AccessMode::Shared => meta.count_shared(),
+        AccessMode::Exclusive => meta.counters.count_exclusive(),
+        AccessMode::Shared => meta.counters.count_shared(),
     }
     held::push(LockUse {
         lock: meta.info,
@@ -146,5 +165,8 @@ fn acquired(meta: &LockMeta, mode: AccessMode, at: &'static Location<'static>) {
 /// Bookkeeping of a release; the caller unlocks the raw lock right after.
 #[inline]
 pub(crate) fn released(meta: &LockMeta, mode: AccessMode) {
+    if mode == AccessMode::Exclusive {
+        meta.counters.release_exclusive();
+    }
     held::remove(meta.info.id, mode);
 }

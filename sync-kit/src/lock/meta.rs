@@ -1,19 +1,22 @@
 //! What a lock is (identity, name, level, kind) and what it has counted (its statistics).
 //!
-//! Every sync-kit lock owns an `Arc<LockMeta>`; named locks share theirs with the registry
-//! behind [`crate::stats::all`], so statistics stay readable while the lock lives and the entry
-//! disappears when it is dropped.
+//! Every sync-kit lock owns an `Arc<LockMeta>`; named locks share theirs with the registry kept
+//! here (read by [`crate::stats::all`]), so statistics stay readable while the lock lives and the
+//! entry disappears when it is dropped. The counters themselves are `counters.rs`; this module
+//! depends on it and on nothing above the lock layer.
 
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::panic::Location;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64 as StdAtomicU64, Ordering as StdOrdering};
-use std::time::Duration;
+use std::sync::{Mutex as StdMutex, PoisonError};
 
 use serde::Serialize;
 
-use crate::loom::atomic::{AtomicU64, Ordering};
-use crate::stats::{self, LockStats};
+use super::counters::Counters;
+use crate::loom::{InternalMutex, global};
 
 /// A position in a lock hierarchy. A thread holding a leveled lock at level `n` may only acquire
 /// leveled locks at levels strictly greater than `n`.
@@ -75,7 +78,8 @@ pub struct LockId(pub u64);
 pub struct LockInfo {
     /// Unique for the life of the process.
     pub id: LockId,
-    /// The name given at construction (`named`, `with_level`), if any.
+    /// The name given at construction (`named`, `with_level`), if any (a dynamic name is
+    /// interned: see `Mutex::named`).
     pub name: Option<&'static str>,
     /// The level in the hierarchy, if the lock is leveled.
     pub level: Option<Level>,
@@ -139,18 +143,42 @@ impl fmt::Display for LockUse {
 
 static NEXT_LOCK_ID: StdAtomicU64 = StdAtomicU64::new(1);
 
+/// A lock name for the life of the process. A `&'static str` is used as it is; an owned name
+/// (`format!("account-{id}")`) is copied once per distinct name into a process-wide set and never
+/// freed, so that `LockInfo` and `LockUse` stay `Copy` and the held list never touches a
+/// reference count. Memory grows with the number of *distinct* dynamic names: name locks by
+/// something bounded (an account, a shard), not by unbounded input.
+pub(crate) fn intern(name: Cow<'static, str>) -> &'static str {
+    static NAMES: StdMutex<BTreeSet<&'static str>> = StdMutex::new(BTreeSet::new());
+    match name {
+        Cow::Borrowed(name) => name,
+        Cow::Owned(name) => {
+            let mut names = NAMES.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(&known) = names.get(name.as_str()) {
+                return known;
+            }
+            let leaked: &'static str = Box::leak(name.into_boxed_str());
+            names.insert(leaked);
+            leaked
+        }
+    }
+}
+
+/// A new process-unique id, shared by locks and condvars.
+pub(crate) fn next_id() -> u64 {
+    // Only uniqueness matters; no other memory is ordered by this counter.
+    NEXT_LOCK_ID.fetch_add(1, StdOrdering::Relaxed)
+}
+
 /// A lock's identity and counters.
 #[derive(Debug)]
 pub(crate) struct LockMeta {
     pub(crate) info: LockInfo,
-    acquisitions: AtomicU64,
-    contentions: AtomicU64,
-    wait_nanos: AtomicU64,
-    max_wait_nanos: AtomicU64,
+    pub(crate) counters: Counters,
 }
 
 impl LockMeta {
-    /// Creates the metadata of a new lock; named locks are entered in the stats registry.
+    /// Creates the metadata of a new lock; named locks are entered in the registry.
     pub(crate) fn register(
         name: Option<&'static str>,
         level: Option<Level>,
@@ -159,58 +187,33 @@ impl LockMeta {
     ) -> MetaHandle {
         let meta = Arc::new(LockMeta {
             info: LockInfo {
-                // Only uniqueness matters; no other memory is ordered by this counter.
-                id: LockId(NEXT_LOCK_ID.fetch_add(1, StdOrdering::Relaxed)),
+                id: LockId(next_id()),
                 name,
                 level,
                 kind,
                 created_at,
             },
-            acquisitions: AtomicU64::new(0),
-            contentions: AtomicU64::new(0),
-            wait_nanos: AtomicU64::new(0),
-            max_wait_nanos: AtomicU64::new(0),
+            counters: Counters::new(),
         });
         if name.is_some() {
-            stats::registry_insert(&meta);
+            REGISTRY.lock().insert(meta.info.id, Arc::clone(&meta));
         }
         MetaHandle(meta)
     }
-
-    /// Counts an exclusive acquisition. Only the holder of an exclusive lock writes the counter
-    /// at that moment, so a load and a store suffice: no read-modify-write on the fast path.
-    #[inline]
-    pub(crate) fn count_exclusive(&self) {
-        let n = self.acquisitions.load(Ordering::Relaxed);
-        self.acquisitions
-            .store(n.wrapping_add(1), Ordering::Relaxed);
-    }
-
-    /// Counts a shared acquisition (other readers may count concurrently).
-    #[inline]
-    pub(crate) fn count_shared(&self) {
-        self.acquisitions.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Records that an acquisition had to wait for `waited`.
-    pub(crate) fn count_wait(&self, waited: Duration) {
-        let nanos = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
-        self.contentions.fetch_add(1, Ordering::Relaxed);
-        self.wait_nanos.fetch_add(nanos, Ordering::Relaxed);
-        self.max_wait_nanos.fetch_max(nanos, Ordering::Relaxed);
-    }
-
-    pub(crate) fn stats(&self) -> LockStats {
-        LockStats {
-            acquisitions: self.acquisitions.load(Ordering::Relaxed),
-            contentions: self.contentions.load(Ordering::Relaxed),
-            total_wait: Duration::from_nanos(self.wait_nanos.load(Ordering::Relaxed)),
-            max_wait: Duration::from_nanos(self.max_wait_nanos.load(Ordering::Relaxed)),
-        }
-    }
 }
 
-/// Owns a lock's metadata; leaving the registry when the lock is dropped.
+global! {
+    /// Every live named lock, by id.
+    static REGISTRY: InternalMutex<BTreeMap<LockId, Arc<LockMeta>>> = InternalMutex::new(BTreeMap::new());
+}
+
+/// The metadata of every live named lock, by id.
+pub(crate) fn named_locks() -> Vec<Arc<LockMeta>> {
+    REGISTRY.lock().values().cloned().collect()
+}
+
+/// Owns a lock's metadata; leaves the registry (and the learned lock order) when the lock is
+/// dropped.
 #[derive(Debug)]
 pub(crate) struct MetaHandle(Arc<LockMeta>);
 
@@ -224,8 +227,9 @@ impl std::ops::Deref for MetaHandle {
 
 impl Drop for MetaHandle {
     fn drop(&mut self) {
+        crate::deadlock::forget_order(self.0.info.id);
         if self.0.info.name.is_some() {
-            stats::registry_remove(self.0.info.id);
+            REGISTRY.lock().remove(&self.0.info.id);
         }
     }
 }

@@ -5,12 +5,19 @@
 //! - `acquire`: the protocol every typed acquisition follows (level check, fast path, detector
 //!   hook on the slow path, statistics, per-thread held list).
 //! - `mutex`, `rwlock`: [`Mutex`](crate::Mutex) and [`RwLock`](crate::RwLock) with their guards.
-//! - `meta`: identity, level and counters of a lock.
+//! - `raw_condvar`, `condvar`: [`Condvar`](crate::Condvar), whose waits release and reacquire a
+//!   [`Mutex`](crate::Mutex) through the same protocol.
+//! - `meta`: identity and level of a lock, and the registry of named locks.
+//! - `counters`: what a lock counts (acquisitions, waits and their histogram, waiting call sites,
+//!   hold times) and [`LockStats`](crate::LockStats), what they are read into.
 //! - `set`: [`LockSet`](crate::LockSet), several locks acquired together in hierarchy order.
 
 pub(crate) mod acquire;
+pub(crate) mod condvar;
+pub(crate) mod counters;
 pub(crate) mod meta;
 pub(crate) mod mutex;
+pub(crate) mod raw_condvar;
 pub(crate) mod raw_mutex;
 pub(crate) mod raw_rwlock;
 pub(crate) mod rwlock;

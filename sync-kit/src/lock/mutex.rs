@@ -1,19 +1,19 @@
 //! [`Mutex`]: mutual exclusion with levels, deadlock detection and statistics.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
-use std::mem::ManuallyDrop;
 use std::ops::{Deref, DerefMut};
 use std::panic::Location;
 use std::time::{Duration, Instant};
 
 use super::acquire::{self, Wait};
-use super::meta::{AccessMode, Level, LockInfo, LockKind, LockMeta, MetaHandle};
+use super::counters::LockStats;
+use super::meta::{AccessMode, Level, LockInfo, LockKind, LockMeta, MetaHandle, intern};
 use super::raw_mutex::RawMutex;
 use crate::error::LockError;
-use crate::held::LevelRule;
+use crate::held::{self, LevelRule};
 use crate::loom::cell::{MutPtr, UnsafeCell};
-use crate::stats::LockStats;
 
 /// A mutual-exclusion lock that checks lock order, refuses deadlocks and counts its use.
 ///
@@ -63,15 +63,19 @@ impl<T> Mutex<T> {
     }
 
     /// An unleveled mutex listed by [`crate::stats::all`] under `name`.
+    ///
+    /// `name` may be built at run time (`format!("account-{id}")`): each distinct dynamic name
+    /// is stored once for the life of the process, so name locks by something bounded.
     #[track_caller]
-    pub fn named(name: &'static str, value: T) -> Self {
-        Self::build(Some(name), None, value)
+    pub fn named(name: impl Into<Cow<'static, str>>, value: T) -> Self {
+        Self::build(Some(intern(name.into())), None, value)
     }
 
-    /// A named mutex at `level` of the lock hierarchy.
+    /// A named mutex at `level` of the lock hierarchy (`name` as for
+    /// [`named`](Self::named)).
     #[track_caller]
-    pub fn with_level(name: &'static str, level: Level, value: T) -> Self {
-        Self::build(Some(name), Some(level), value)
+    pub fn with_level(name: impl Into<Cow<'static, str>>, level: Level, value: T) -> Self {
+        Self::build(Some(intern(name.into())), Some(level), value)
     }
 
     #[track_caller]
@@ -118,6 +122,23 @@ impl<T> Mutex<T> {
         at: &'static Location<'static>,
         rule: LevelRule,
     ) -> Result<MutexGuard<'_, T>, LockError> {
+        self.acquire_raw(wait, at, rule)?;
+        Ok(MutexGuard {
+            mutex: self,
+            data: Some(self.data.get_mut()),
+            _not_send: PhantomData,
+        })
+    }
+
+    /// The acquisition protocol without building a guard (a condvar's reacquisition reuses its
+    /// caller's guard).
+    #[inline]
+    fn acquire_raw(
+        &self,
+        wait: Wait,
+        at: &'static Location<'static>,
+        rule: LevelRule,
+    ) -> Result<(), LockError> {
         acquire::acquire(
             &self.meta,
             AccessMode::Exclusive,
@@ -126,17 +147,20 @@ impl<T> Mutex<T> {
             rule,
             || self.raw.try_lock_fast(),
             &|deadline, hook| self.raw.lock_slow(deadline, hook),
-        )?;
-        Ok(MutexGuard {
-            mutex: self,
-            data: ManuallyDrop::new(self.data.get_mut()),
-            _not_send: PhantomData,
-        })
+        )
     }
 
     /// This lock's statistics so far.
     pub fn stats(&self) -> LockStats {
-        self.meta.stats()
+        self.meta.counters.read()
+    }
+
+    /// Times this mutex's exclusive holds into
+    /// [`LockStats::holds`] whatever the process-wide setting
+    /// ([`crate::stats::set_hold_timing`]), or stops. Costs a clock read per acquisition and per
+    /// release while on; a hold that straddles a change of the setting may go untimed.
+    pub fn set_hold_timing(&self, on: bool) {
+        self.meta.counters.set_hold_times(on);
     }
 
     /// This lock's identity: id, name, level, where it was created.
@@ -182,51 +206,118 @@ impl<T> fmt::Debug for Mutex<T> {
 ///
 /// Not `Send`: the lock is recorded as held by the thread that acquired it, so it must be released
 /// there.
+///
+/// A guard whose [`Condvar`](crate::Condvar) wait returned an error no longer holds the mutex
+/// (the wait released it and could not take it back): dropping it does nothing, and reaching the
+/// data through it panics.
 #[must_use = "the lock is released as soon as the guard is dropped"]
 #[clippy::has_significant_drop]
 pub struct MutexGuard<'a, T> {
     mutex: &'a Mutex<T>,
-    data: ManuallyDrop<MutPtr<T>>,
+    /// `Some` while the guard holds the mutex (always, except after a failed condvar wait).
+    data: Option<MutPtr<T>>,
     _not_send: PhantomData<*const ()>,
 }
 
 // SAFETY: a shared guard only gives `&T`, so sharing it across threads is sharing `&T`.
 unsafe impl<T: Sync> Sync for MutexGuard<'_, T> {}
 
-impl<T> MutexGuard<'_, T> {
+impl<'a, T> MutexGuard<'a, T> {
     /// The mutex this guard locks.
-    pub fn mutex(guard: &Self) -> &Mutex<T> {
+    pub fn mutex(guard: &Self) -> &'a Mutex<T> {
         guard.mutex
     }
+
+    /// Whether the guard holds its mutex: always, unless a condvar wait failed to take it back.
+    pub fn is_held(guard: &Self) -> bool {
+        guard.data.is_some()
+    }
+
+    /// A condvar wait: releases the mutex (bookkeeping here, the raw unlock inside `sleep`, which
+    /// must call its argument exactly once, after the thread is queued), then reacquires it through
+    /// the full protocol at call site `at`. If the reacquisition is refused the guard is left
+    /// empty. If the reacquisition could only break the hierarchy (the thread holds a leveled lock
+    /// above this mutex's level) the wait is refused before anything is released.
+    pub(crate) fn release_and_reacquire<R>(
+        &mut self,
+        at: &'static Location<'static>,
+        sleep: impl FnOnce(&mut dyn FnMut()) -> R,
+    ) -> Result<R, LockError> {
+        let mutex = self.mutex;
+        // The held list cannot change while this thread sleeps: a reacquisition that would break
+        // the hierarchy is refused now, with the guard still holding the mutex.
+        held::check_level_reacquire(&mutex.meta.info, at)?;
+        let data = self.data.take().unwrap_or_else(|| not_held());
+        acquire::released(&mutex.meta, AccessMode::Exclusive);
+        end_access(data);
+        let mut unlocked = false;
+        let outcome = sleep(&mut || {
+            if !unlocked {
+                unlocked = true;
+                // SAFETY: this guard held the mutex (checked above) and gave up its access.
+                unsafe { mutex.raw.unlock() };
+            }
+        });
+        if !unlocked {
+            // SAFETY: as above; `sleep` did not release it.
+            unsafe { mutex.raw.unlock() };
+        }
+        mutex.acquire_raw(Wait::Forever, at, LevelRule::Above)?;
+        self.data = Some(mutex.data.get_mut());
+        Ok(outcome)
+    }
+}
+
+/// Ends the guard's access to the data before the mutex is released: under loom `MutPtr`'s drop
+/// ends the tracked access; in std builds it is a no-op.
+#[inline(always)]
+#[allow(clippy::drop_non_drop)]
+fn end_access<T>(data: MutPtr<T>) {
+    drop(data);
+}
+
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn not_held() -> ! {
+    panic!("MutexGuard used after a failed Condvar wait: the mutex is not held")
 }
 
 impl<T> Deref for MutexGuard<'_, T> {
     type Target = T;
     #[inline]
+    #[track_caller]
     fn deref(&self) -> &T {
-        // SAFETY: the guard holds the lock, so no other thread accesses the data, and `&self`
-        // rules out a live `&mut T` from this guard.
-        self.data.with(|data| unsafe { &*data })
+        match &self.data {
+            // SAFETY: the guard holds the lock, so no other thread accesses the data, and `&self`
+            // rules out a live `&mut T` from this guard.
+            Some(data) => data.with(|data| unsafe { &*data }),
+            None => not_held(),
+        }
     }
 }
 
 impl<T> DerefMut for MutexGuard<'_, T> {
     #[inline]
+    #[track_caller]
     fn deref_mut(&mut self) -> &mut T {
-        // SAFETY: the guard holds the lock and `&mut self` makes this the only access.
-        self.data.with(|data| unsafe { &mut *data })
+        match &self.data {
+            // SAFETY: the guard holds the lock and `&mut self` makes this the only access.
+            Some(data) => data.with(|data| unsafe { &mut *data }),
+            None => not_held(),
+        }
     }
 }
 
 impl<T> Drop for MutexGuard<'_, T> {
     #[inline]
     fn drop(&mut self) {
-        // SAFETY: dropped exactly once, here; the pointer is not used afterwards. (Under loom this
-        // ends the tracked access before the lock is released.)
-        unsafe { ManuallyDrop::drop(&mut self.data) };
-        acquire::released(&self.mutex.meta, AccessMode::Exclusive);
-        // SAFETY: this guard was created by a successful acquisition and is dropped once.
-        unsafe { self.mutex.raw.unlock() };
+        if let Some(data) = self.data.take() {
+            end_access(data);
+            acquire::released(&self.mutex.meta, AccessMode::Exclusive);
+            // SAFETY: the guard held the lock (its pointer was present) and gives it up once.
+            unsafe { self.mutex.raw.unlock() };
+        }
     }
 }
 

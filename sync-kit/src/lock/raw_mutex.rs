@@ -123,7 +123,7 @@ impl RawMutex {
             // it). The callbacks only touch atomics: they cannot panic or re-enter the parking lot.
             let parked = unsafe {
                 self.parking
-                    .park(self.key(), validate, timed_out, deadline.instant())
+                    .park(self.key(), validate, || {}, timed_out, deadline.instant())
             };
             match parked {
                 // Woken by an unlock, or the state changed before we slept: try again.

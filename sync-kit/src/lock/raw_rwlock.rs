@@ -157,8 +157,13 @@ impl RawRwLock {
             // SAFETY: the key is derived from this lock's address and the lock outlives the call;
             // the callbacks only touch atomics.
             let parked = unsafe {
-                self.parking
-                    .park(self.reader_key(), validate, timed_out, deadline.instant())
+                self.parking.park(
+                    self.reader_key(),
+                    validate,
+                    || {},
+                    timed_out,
+                    deadline.instant(),
+                )
             };
             if parked == ParkResult::TimedOut {
                 return Err(SlowPathError::TimedOut);
@@ -272,8 +277,13 @@ impl RawRwLock {
             // SAFETY: the key is derived from this lock's address and the lock outlives the call;
             // the callbacks only read an atomic.
             let parked = unsafe {
-                self.parking
-                    .park(self.writer_key(), validate, |_| {}, deadline.instant())
+                self.parking.park(
+                    self.writer_key(),
+                    validate,
+                    || {},
+                    |_| {},
+                    deadline.instant(),
+                )
             };
             if parked == ParkResult::TimedOut {
                 // Uncount in the same critical section as leaving the detector's graph.

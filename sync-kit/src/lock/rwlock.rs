@@ -1,6 +1,7 @@
 //! [`RwLock`]: a writer-preferring reader-writer lock with levels, deadlock detection and
 //! statistics.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
@@ -9,12 +10,12 @@ use std::panic::Location;
 use std::time::{Duration, Instant};
 
 use super::acquire::{self, Wait};
-use super::meta::{AccessMode, Level, LockInfo, LockKind, LockMeta, MetaHandle};
+use super::counters::LockStats;
+use super::meta::{AccessMode, Level, LockInfo, LockKind, LockMeta, MetaHandle, intern};
 use super::raw_rwlock::RawRwLock;
 use crate::error::LockError;
 use crate::held::LevelRule;
 use crate::loom::cell::{ConstPtr, MutPtr, UnsafeCell};
-use crate::stats::LockStats;
 
 /// A reader-writer lock that prefers writers, checks lock order, refuses deadlocks and counts its
 /// use.
@@ -66,15 +67,19 @@ impl<T> RwLock<T> {
     }
 
     /// An unleveled lock listed by [`crate::stats::all`] under `name`.
+    ///
+    /// `name` may be built at run time (`format!("account-{id}")`): each distinct dynamic name
+    /// is stored once for the life of the process, so name locks by something bounded.
     #[track_caller]
-    pub fn named(name: &'static str, value: T) -> Self {
-        Self::build(Some(name), None, value)
+    pub fn named(name: impl Into<Cow<'static, str>>, value: T) -> Self {
+        Self::build(Some(intern(name.into())), None, value)
     }
 
-    /// A named lock at `level` of the lock hierarchy.
+    /// A named lock at `level` of the lock hierarchy (`name` as for
+    /// [`named`](Self::named)).
     #[track_caller]
-    pub fn with_level(name: &'static str, level: Level, value: T) -> Self {
-        Self::build(Some(name), Some(level), value)
+    pub fn with_level(name: impl Into<Cow<'static, str>>, level: Level, value: T) -> Self {
+        Self::build(Some(intern(name.into())), Some(level), value)
     }
 
     #[track_caller]
@@ -190,7 +195,15 @@ impl<T> RwLock<T> {
 
     /// This lock's statistics so far (reads and writes together).
     pub fn stats(&self) -> LockStats {
-        self.meta.stats()
+        self.meta.counters.read()
+    }
+
+    /// Times this lock's exclusive holds (write holds only; read holds are not timed) into
+    /// [`LockStats::holds`] whatever the process-wide setting
+    /// ([`crate::stats::set_hold_timing`]), or stops. Costs a clock read per acquisition and per
+    /// release while on; a hold that straddles a change of the setting may go untimed.
+    pub fn set_hold_timing(&self, on: bool) {
+        self.meta.counters.set_hold_times(on);
     }
 
     /// This lock's identity: id, name, level, where it was created.

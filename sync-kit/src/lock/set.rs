@@ -160,7 +160,7 @@ impl<'a> LockSet<'a> {
             let info = self.members[i].info();
             (info.level.is_none(), info.level, info.id)
         });
-        let mut acquired: Vec<(usize, Box<dyn Held + 'a>)> = Vec::with_capacity(order.len());
+        let mut acquired: Vec<(usize, Box<dyn MemberGuard + 'a>)> = Vec::with_capacity(order.len());
         for index in order {
             match self.members[index].acquire(at) {
                 Ok(guard) => acquired.push((index, guard)),
@@ -212,13 +212,13 @@ impl fmt::Debug for LockSet<'_> {
 pub struct LockedSet<'a> {
     set: u64,
     /// In acquisition order.
-    guards: Vec<Box<dyn Held + 'a>>,
+    guards: Vec<Box<dyn MemberGuard + 'a>>,
     /// Slot index → position in `guards`.
     by_slot: Vec<usize>,
 }
 
 impl<'a> LockedSet<'a> {
-    fn guard(&self, (set, index): (u64, usize)) -> &(dyn Held + 'a) {
+    fn guard(&self, (set, index): (u64, usize)) -> &(dyn MemberGuard + 'a) {
         assert_eq!(
             set, self.set,
             "slot used with a LockSet it does not belong to"
@@ -328,11 +328,14 @@ impl fmt::Debug for Ops<'_, '_> {
 /// One lock of a set, before acquisition.
 trait Member<'a> {
     fn info(&self) -> LockInfo;
-    fn acquire(&self, at: &'static Location<'static>) -> Result<Box<dyn Held + 'a>, LockError>;
+    fn acquire(
+        &self,
+        at: &'static Location<'static>,
+    ) -> Result<Box<dyn MemberGuard + 'a>, LockError>;
 }
 
 /// One acquired guard, its data reachable as `Any`.
-trait Held {
+trait MemberGuard {
     fn data(&self) -> &dyn Any;
     fn data_mut(&mut self) -> Option<&mut dyn Any>;
 }
@@ -345,7 +348,10 @@ impl<'a, T: Any> Member<'a> for MutexMember<'a, T> {
     fn info(&self) -> LockInfo {
         self.0.info()
     }
-    fn acquire(&self, at: &'static Location<'static>) -> Result<Box<dyn Held + 'a>, LockError> {
+    fn acquire(
+        &self,
+        at: &'static Location<'static>,
+    ) -> Result<Box<dyn MemberGuard + 'a>, LockError> {
         Ok(Box::new(self.0.acquire(
             Wait::Forever,
             at,
@@ -358,7 +364,10 @@ impl<'a, T: Any> Member<'a> for ReadMember<'a, T> {
     fn info(&self) -> LockInfo {
         self.0.info()
     }
-    fn acquire(&self, at: &'static Location<'static>) -> Result<Box<dyn Held + 'a>, LockError> {
+    fn acquire(
+        &self,
+        at: &'static Location<'static>,
+    ) -> Result<Box<dyn MemberGuard + 'a>, LockError> {
         Ok(Box::new(self.0.acquire_read(
             Wait::Forever,
             at,
@@ -371,7 +380,10 @@ impl<'a, T: Any> Member<'a> for WriteMember<'a, T> {
     fn info(&self) -> LockInfo {
         self.0.info()
     }
-    fn acquire(&self, at: &'static Location<'static>) -> Result<Box<dyn Held + 'a>, LockError> {
+    fn acquire(
+        &self,
+        at: &'static Location<'static>,
+    ) -> Result<Box<dyn MemberGuard + 'a>, LockError> {
         Ok(Box::new(self.0.acquire_write(
             Wait::Forever,
             at,
@@ -380,7 +392,7 @@ impl<'a, T: Any> Member<'a> for WriteMember<'a, T> {
     }
 }
 
-impl<T: Any> Held for MutexGuard<'_, T> {
+impl<T: Any> MemberGuard for MutexGuard<'_, T> {
     fn data(&self) -> &dyn Any {
         &**self
     }
@@ -389,7 +401,7 @@ impl<T: Any> Held for MutexGuard<'_, T> {
     }
 }
 
-impl<T: Any> Held for RwLockReadGuard<'_, T> {
+impl<T: Any> MemberGuard for RwLockReadGuard<'_, T> {
     fn data(&self) -> &dyn Any {
         &**self
     }
@@ -398,7 +410,7 @@ impl<T: Any> Held for RwLockReadGuard<'_, T> {
     }
 }
 
-impl<T: Any> Held for RwLockWriteGuard<'_, T> {
+impl<T: Any> MemberGuard for RwLockWriteGuard<'_, T> {
     fn data(&self) -> &dyn Any {
         &**self
     }

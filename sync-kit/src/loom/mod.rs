@@ -24,7 +24,9 @@
 //!   thread would have slept, which exercises every timeout clean-up path without real time.
 //! - loom cannot park on an address, so under loom each raw lock carries its own wait queue
 //!   ([`park::ParkingLot`]); in normal builds that type is zero-sized and defers to the
-//!   process-wide parking lot of `parking_lot_core`.
+//!   process-wide parking lot of `parking_lot_core`. Its `park` runs `before_sleep` with that
+//!   queue still locked (parking_lot_core unlocks first), so no unpark can fall between queueing
+//!   and `before_sleep`: a subset of the real interleavings, documented in [`park`].
 
 pub(crate) mod park;
 
@@ -165,7 +167,9 @@ pub(crate) mod cell {
         }
         #[inline]
         pub(crate) fn get_mut(&self) -> MutPtr<T> {
-            MutPtr(self.0.get())
+            // `get` on a live cell never returns null (the check folds away); `NonNull` lets an
+            // `Option<MutPtr<T>>` stay one word.
+            MutPtr(std::ptr::NonNull::new(self.0.get()).expect("a cell's address is not null"))
         }
     }
 
@@ -185,13 +189,13 @@ pub(crate) mod cell {
     /// An exclusive access to the cell's value (loom tracks it while this lives).
     #[cfg(not(loom))]
     #[derive(Debug)]
-    pub(crate) struct MutPtr<T>(*mut T);
+    pub(crate) struct MutPtr<T>(std::ptr::NonNull<T>);
 
     #[cfg(not(loom))]
     impl<T> MutPtr<T> {
         #[inline]
         pub(crate) fn with<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
-            f(self.0)
+            f(self.0.as_ptr())
         }
     }
 }

@@ -2,9 +2,11 @@
 //!
 //! The contract, identical in both builds (it is parking_lot_core's):
 //! - [`ParkingLot::park`] runs `validate` while the queue for `key` is locked; if it returns
-//!   `false` the thread does not sleep ([`ParkResult::Invalid`]). Otherwise the thread sleeps until
-//!   an unpark for `key` picks it, or until `deadline`; a thread that times out calls `timed_out`
-//!   with `was_last` (no other thread is queued on `key`), still under the queue lock.
+//!   `false` the thread does not sleep ([`ParkResult::Invalid`]). Otherwise the thread is queued,
+//!   runs `before_sleep` (which may unpark, never park: a condvar releases its mutex there, once
+//!   it can no longer miss a notification), and sleeps until an unpark for `key` picks it, or
+//!   until `deadline`; a thread that times out calls `timed_out` with `was_last` (no other thread
+//!   is queued on `key`), still under the queue lock.
 //! - [`ParkingLot::unpark_one`] dequeues the oldest thread parked on `key` and calls `callback`
 //!   under the queue lock, before that thread runs; the token it returns is handed to that thread.
 //! - Callbacks must not panic and must not park or unpark.
@@ -54,13 +56,15 @@ mod imp {
         /// Parks the calling thread on `key`; see the module docs.
         ///
         /// # Safety
-        /// `key` must identify a lock that outlives every thread parked on it, and the callbacks
-        /// must neither panic nor call into the parking lot.
+        /// `key` must identify a lock that outlives every thread parked on it; `validate` and
+        /// `timed_out` must neither panic nor call into the parking lot; `before_sleep` must not
+        /// panic and must not park.
         #[inline]
         pub(crate) unsafe fn park(
             &self,
             key: usize,
             validate: impl FnOnce() -> bool,
+            before_sleep: impl FnOnce(),
             timed_out: impl FnOnce(bool),
             deadline: Option<Instant>,
         ) -> ParkResult {
@@ -69,7 +73,7 @@ mod imp {
                 parking_lot_core::park(
                     key,
                     validate,
-                    || {},
+                    before_sleep,
                     |_, was_last| timed_out(was_last),
                     parking_lot_core::DEFAULT_PARK_TOKEN,
                     deadline,
@@ -156,12 +160,18 @@ mod imp {
 
         /// Loom emulation of parking_lot_core's `park`; a timed park times out at once.
         ///
+        /// `before_sleep` runs with this queue still locked (parking_lot_core unlocks the queue
+        /// first): no unpark can come between queueing and `before_sleep`, a subset of the real
+        /// interleavings. Safe here because each lock has its own queue and `before_sleep` only
+        /// ever releases another lock, whose queue is never held while this one is taken.
+        ///
         /// # Safety
         /// Same contract as the std build.
         pub(crate) unsafe fn park(
             &self,
             key: usize,
             validate: impl FnOnce() -> bool,
+            before_sleep: impl FnOnce(),
             timed_out: impl FnOnce(bool),
             deadline: Option<Instant>,
         ) -> ParkResult {
@@ -170,12 +180,14 @@ mod imp {
                 return ParkResult::Invalid;
             }
             if deadline.is_some() {
+                before_sleep();
                 timed_out(!queue.has(key));
                 return ParkResult::TimedOut;
             }
             let ticket = queue.next_ticket;
             queue.next_ticket += 1;
             queue.parked.push_back((key, ticket));
+            before_sleep();
             loop {
                 if let Some(at) = queue.woken.iter().position(|&(t, _)| t == ticket) {
                     let (_, token) = queue.woken.swap_remove(at);

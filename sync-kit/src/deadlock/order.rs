@@ -1,0 +1,423 @@
+//! Lock-order checking: potential deadlocks, found before any thread waits.
+//!
+//! Every blocking or timed acquisition made while the thread holds other locks learns "held
+//! before acquired" edges between lock instances (pairs of two leveled locks are skipped: their
+//! levels already order them). An acquisition whose new edge would close a cycle in the learned
+//! graph, of any length, is an *inversion*: two runs of the program could interleave into a
+//! deadlock, whether or not this run ever waits.
+//!
+//! | policy    | on an inversion                                                          |
+//! |-----------|--------------------------------------------------------------------------|
+//! | `Refuse`  | `LockError::OrderInversion(report)` at once; the edge is not learned      |
+//! | `Warn`    | the hook gets the report once, the edge is learned, the acquisition goes on |
+//! | `Off`     | nothing is checked or learned (one relaxed load and a branch per acquisition) |
+//!
+//! Invariants:
+//! - the graph holds an edge `a → b` exactly while both locks live and some thread took `b`
+//!   (blocking) while holding `a` and was not refused; a lock's edges go when it is dropped;
+//! - a thread's cache of learned pairs only lists pairs whose edge is (or was, for a dropped
+//!   lock, whose id is never reused) in the graph. A cached pair costs a thread-local lookup and
+//!   never the graph's lock; only an acquisition with a pair new to this thread takes it.
+//! - `try_*` acquisitions that do not wait learn nothing and are never refused for order: they
+//!   cannot wait, so they cannot deadlock.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::panic::Location;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock as StdRwLock};
+
+use super::ORDER_INVERSIONS;
+use crate::error::LockError;
+use crate::held;
+use crate::lock::meta::{LockId, LockInfo, LockUse};
+use crate::loom::{InternalMutex, global};
+
+/// What an acquisition that inverts the learned lock order does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OrderChecking {
+    /// Refuse it with [`LockError::OrderInversion`].
+    Refuse,
+    /// Report it once to the hook ([`set_order_hook`]), count it, let it go on.
+    Warn,
+    /// Learn and check nothing.
+    Off,
+}
+
+impl Default for OrderChecking {
+    /// `Refuse` in builds with `debug_assertions`, `Off` otherwise.
+    fn default() -> Self {
+        if cfg!(debug_assertions) {
+            OrderChecking::Refuse
+        } else {
+            OrderChecking::Off
+        }
+    }
+}
+
+const REFUSE: u8 = 0;
+const WARN: u8 = 1;
+const OFF: u8 = 2;
+
+// A setting, not synchronisation: it orders no other memory (std atomic even under loom).
+static POLICY: AtomicU8 = AtomicU8::new(if cfg!(debug_assertions) { REFUSE } else { OFF });
+
+/// Sets the process-wide policy for lock-order inversions. Edges learned so far are kept.
+pub fn set_order_checking(policy: OrderChecking) {
+    let value = match policy {
+        OrderChecking::Refuse => REFUSE,
+        OrderChecking::Warn => WARN,
+        OrderChecking::Off => OFF,
+    };
+    POLICY.store(value, Ordering::Relaxed);
+}
+
+/// The current policy.
+pub fn order_checking() -> OrderChecking {
+    match POLICY.load(Ordering::Relaxed) {
+        REFUSE => OrderChecking::Refuse,
+        WARN => OrderChecking::Warn,
+        _ => OrderChecking::Off,
+    }
+}
+
+type Hook = Arc<dyn Fn(&InversionReport) + Send + Sync>;
+
+// Read once per new inversion: a std lock is enough (not part of any modelled protocol).
+static HOOK: StdRwLock<Option<Hook>> = StdRwLock::new(None);
+
+/// Sets what `Warn` does with each new inversion (the default prints one line on stderr).
+pub fn set_order_hook(hook: impl Fn(&InversionReport) + Send + Sync + 'static) {
+    *HOOK.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(hook));
+}
+
+/// Restores the default hook: one line on stderr per new inversion.
+pub fn reset_order_hook() {
+    *HOOK.write().unwrap_or_else(|p| p.into_inner()) = None;
+}
+
+/// One learned edge: `before` was held when `after` was acquired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OrderEdge {
+    /// The lock that was held.
+    pub before: LockInfo,
+    /// The lock acquired while holding it.
+    pub after: LockInfo,
+    /// Where `before` was acquired, the first time this edge was learned.
+    pub before_at: &'static Location<'static>,
+    /// Where `after` was requested, the first time this edge was learned.
+    pub after_at: &'static Location<'static>,
+}
+
+impl fmt::Display for OrderEdge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} before {}: learned when it was requested at {} while holding the first, acquired at {}",
+            self.before, self.after, self.after_at, self.before_at
+        )
+    }
+}
+
+/// An acquisition that would close a cycle in the learned lock order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InversionReport {
+    /// The lock requested, and where.
+    pub requested: LockUse,
+    /// The held lock whose edge to `requested` closes the cycle, and where it was acquired.
+    pub held: LockUse,
+    /// The learned path from `requested` back to `held`, oldest knowledge first: the order this
+    /// acquisition contradicts.
+    pub learned: Vec<OrderEdge>,
+    /// Whether the acquisition was refused (`Refuse`) or allowed (`Warn`).
+    pub refused: bool,
+}
+
+impl InversionReport {
+    /// The report on one line (what the default `Warn` hook prints).
+    pub fn summary(&self) -> String {
+        let first = &self.learned[0];
+        format!(
+            "lock order inversion: {} requested at {} while holding {} (acquired at {}); the \
+             opposite order was learned at {}",
+            self.requested.lock, self.requested.at, self.held.lock, self.held.at, first.after_at
+        )
+    }
+}
+
+impl fmt::Display for InversionReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let outcome = if self.refused {
+            "refused"
+        } else {
+            "allowed (Warn)"
+        };
+        writeln!(
+            f,
+            "lock order inversion {outcome}: acquiring {} while holding {} closes a cycle of {} \
+             locks in the learned lock order",
+            self.requested.lock,
+            self.held.lock,
+            self.learned.len() + 1
+        )?;
+        writeln!(
+            f,
+            "  1. {} before {}: this acquisition, requested at {} while holding the first, \
+             acquired at {}",
+            self.held.lock, self.requested.lock, self.requested.at, self.held.at
+        )?;
+        for (i, edge) in self.learned.iter().enumerate() {
+            write!(f, "  {}. {edge}", i + 2)?;
+            if i + 1 < self.learned.len() {
+                writeln!(f)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where an edge was first learned.
+#[derive(Clone, Copy, Debug)]
+struct Sites {
+    before_at: &'static Location<'static>,
+    after_at: &'static Location<'static>,
+}
+
+#[derive(Debug, Default)]
+struct OrderGraph {
+    /// Out-edges: `before → after → sites`.
+    after: HashMap<LockId, HashMap<LockId, Sites>>,
+    /// In-edges, to forget a dropped lock's edges without a scan.
+    before: HashMap<LockId, HashSet<LockId>>,
+    /// Identity of every lock with an edge, for reports.
+    info: HashMap<LockId, LockInfo>,
+}
+
+/// Locks with at least one edge, as of the last change (written under the graph's lock). A lock
+/// can only gain edges while it is alive and borrowed, so a drop that reads zero has none.
+static LOCKS_WITH_EDGES: AtomicUsize = AtomicUsize::new(0);
+
+global! {
+    static GRAPH: InternalMutex<OrderGraph> = InternalMutex::new(OrderGraph::default());
+}
+
+impl OrderGraph {
+    fn has_edge(&self, before: LockId, after: LockId) -> bool {
+        self.after
+            .get(&before)
+            .is_some_and(|out| out.contains_key(&after))
+    }
+
+    /// A learned path `from → … → to`, if any (depth-first, each lock visited once).
+    fn path(&self, from: LockId, to: LockId) -> Option<Vec<OrderEdge>> {
+        let mut reached_from: HashMap<LockId, LockId> = HashMap::new();
+        let mut stack = vec![from];
+        let mut visited = HashSet::from([from]);
+        while let Some(current) = stack.pop() {
+            for &next in self.after.get(&current).into_iter().flat_map(|m| m.keys()) {
+                if !visited.insert(next) {
+                    continue;
+                }
+                reached_from.insert(next, current);
+                if next == to {
+                    return Some(self.edges_back(from, to, &reached_from));
+                }
+                stack.push(next);
+            }
+        }
+        None
+    }
+
+    fn edges_back(
+        &self,
+        from: LockId,
+        to: LockId,
+        reached_from: &HashMap<LockId, LockId>,
+    ) -> Vec<OrderEdge> {
+        let mut edges = Vec::new();
+        let mut current = to;
+        while current != from {
+            let previous = reached_from[&current];
+            let sites = self.after[&previous][&current];
+            edges.push(OrderEdge {
+                before: self.info[&previous],
+                after: self.info[&current],
+                before_at: sites.before_at,
+                after_at: sites.after_at,
+            });
+            current = previous;
+        }
+        edges.reverse();
+        edges
+    }
+
+    fn insert(&mut self, before: &LockUse, after: &LockUse) {
+        self.info.insert(before.lock.id, before.lock);
+        self.info.insert(after.lock.id, after.lock);
+        self.after
+            .entry(before.lock.id)
+            .or_default()
+            .entry(after.lock.id)
+            .or_insert(Sites {
+                before_at: before.at,
+                after_at: after.at,
+            });
+        self.before
+            .entry(after.lock.id)
+            .or_default()
+            .insert(before.lock.id);
+    }
+
+    fn forget(&mut self, id: LockId) {
+        if let Some(out) = self.after.remove(&id) {
+            for after in out.keys() {
+                if let Some(ins) = self.before.get_mut(after) {
+                    ins.remove(&id);
+                    if ins.is_empty() {
+                        self.before.remove(after);
+                    }
+                }
+            }
+        }
+        if let Some(ins) = self.before.remove(&id) {
+            for before in ins {
+                if let Some(out) = self.after.get_mut(&before) {
+                    out.remove(&id);
+                    if out.is_empty() {
+                        self.after.remove(&before);
+                    }
+                }
+            }
+        }
+        self.info.remove(&id);
+    }
+}
+
+/// Mixes a pair of lock ids (unique small integers) into a hash: no SipHash on the lookup path.
+#[derive(Default)]
+struct PairHasher(u64);
+
+impl Hasher for PairHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+type PairSet = HashSet<(LockId, LockId), BuildHasherDefault<PairHasher>>;
+
+/// Pairs learned by this thread, cleared past this many (a miss only costs the graph's lock).
+const CACHE_LIMIT: usize = 4096;
+
+#[cfg(not(loom))]
+crate::loom::thread_local! {
+    static LEARNED: RefCell<PairSet> = RefCell::new(PairSet::default());
+}
+#[cfg(loom)]
+crate::loom::thread_local! {
+    static LEARNED: RefCell<PairSet> = RefCell::new(PairSet::default());
+}
+
+/// Checks and learns the order of a blocking or timed acquisition of `requested`.
+#[inline]
+pub(crate) fn check(requested: &LockUse) -> Result<(), LockError> {
+    if POLICY.load(Ordering::Relaxed) == OFF || held::is_empty() {
+        return Ok(());
+    }
+    check_held(requested)
+}
+
+#[inline(never)]
+fn check_held(requested: &LockUse) -> Result<(), LockError> {
+    let mut new_pairs: Vec<LockUse> = Vec::new();
+    let _ = LEARNED.try_with(|learned| {
+        let learned = learned.borrow();
+        held::for_each(|held| {
+            let both_leveled = held.lock.level.is_some() && requested.lock.level.is_some();
+            if !both_leveled
+                && held.lock.id != requested.lock.id
+                && !learned.contains(&(held.lock.id, requested.lock.id))
+                && !new_pairs.iter().any(|h| h.lock.id == held.lock.id)
+            {
+                new_pairs.push(*held);
+            }
+        });
+    });
+    if new_pairs.is_empty() {
+        return Ok(());
+    }
+    learn(requested, &new_pairs)
+}
+
+#[cold]
+fn learn(requested: &LockUse, held: &[LockUse]) -> Result<(), LockError> {
+    let refuse = POLICY.load(Ordering::Relaxed) == REFUSE;
+    let mut inversions = Vec::new();
+    {
+        let mut graph = GRAPH.lock();
+        for h in held {
+            if graph.has_edge(h.lock.id, requested.lock.id) {
+                continue;
+            }
+            if let Some(learned) = graph.path(requested.lock.id, h.lock.id) {
+                inversions.push(InversionReport {
+                    requested: *requested,
+                    held: *h,
+                    learned,
+                    refused: refuse,
+                });
+                if refuse {
+                    break;
+                }
+            }
+        }
+        if !refuse || inversions.is_empty() {
+            for h in held {
+                graph.insert(h, requested);
+            }
+            LOCKS_WITH_EDGES.store(graph.info.len(), Ordering::Relaxed);
+        }
+    }
+    ORDER_INVERSIONS.fetch_add(inversions.len() as u64, Ordering::Relaxed);
+    if refuse && let Some(report) = inversions.pop() {
+        return Err(LockError::OrderInversion(Box::new(report)));
+    }
+    let _ = LEARNED.try_with(|learned| {
+        let mut learned = learned.borrow_mut();
+        if learned.len() + held.len() > CACHE_LIMIT {
+            learned.clear();
+        }
+        learned.extend(held.iter().map(|h| (h.lock.id, requested.lock.id)));
+    });
+    for report in &inversions {
+        warn(report);
+    }
+    Ok(())
+}
+
+fn warn(report: &InversionReport) {
+    let hook = HOOK.read().unwrap_or_else(|p| p.into_inner()).clone();
+    match hook {
+        Some(hook) => hook(report),
+        None => eprintln!("sync-kit: {}", report.summary()),
+    }
+}
+
+/// Forgets every edge of a lock that is being dropped. Free while the graph is empty (always,
+/// with order checking off).
+pub(crate) fn forget(id: LockId) {
+    if LOCKS_WITH_EDGES.load(Ordering::Relaxed) > 0 {
+        let mut graph = GRAPH.lock();
+        graph.forget(id);
+        LOCKS_WITH_EDGES.store(graph.info.len(), Ordering::Relaxed);
+    }
+}
