@@ -67,6 +67,7 @@ pub fn stats_json(service: &Service) -> serde_json::Value {
         "uptime_secs": node.uptime_secs,
         "connections": node.connections,
         "locks": sync_kit::stats::all(),
+        "condvars": sync_kit::stats::condvars(),
         "deadlock_detector": sync_kit::deadlock::stats(),
         "rate_limits": {
             "requests_per_address": node.request_limiter,
@@ -81,17 +82,148 @@ pub fn stats_json(service: &Service) -> serde_json::Value {
     })
 }
 
+/// Whether a figure only grows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// One figure of `/stats` as it appears in `/metrics`.
+struct Figure {
+    /// Where it is in the `/stats` document.
+    path: &'static [&'static str],
+    /// Its metric (without the `synckit_` prefix, and without `_total` for counters).
+    metric: &'static str,
+    /// The metric's labels.
+    labels: &'static [(&'static str, &'static str)],
+    kind: Kind,
+    help: &'static str,
+}
+
+macro_rules! figure {
+    ($kind:ident $metric:literal $({ $($label:literal = $value:literal),* })? <- [$($path:literal),+] $help:literal) => {
+        Figure {
+            path: &[$($path),+],
+            metric: $metric,
+            labels: &[$($(($label, $value)),*)?],
+            kind: Kind::$kind,
+            help: $help,
+        }
+    };
+}
+
+/// Every number of `/stats` outside its per-lock and per-condvar lists, and its metric: the one
+/// list both endpoints are built from (a test checks that no number of `/stats` is missing).
+const FIGURES: &[Figure] = &[
+    figure!(Gauge "uptime_seconds" <- ["uptime_secs"] "Seconds since start"),
+    figure!(Gauge "connections" <- ["connections"] "Open connections"),
+    figure!(Counter "lock_waits" <- ["deadlock_detector", "waits_registered"] "Acquisitions that entered the wait-for graph"),
+    figure!(Counter "deadlocks_refused" <- ["deadlock_detector", "cycles_detected"] "Acquisitions refused as deadlocks"),
+    figure!(Counter "level_violations" <- ["deadlock_detector", "level_violations"] "Acquisitions refused as lock-order violations"),
+    figure!(Counter "order_inversions" <- ["deadlock_detector", "order_inversions"] "Acquisitions that inverted a learned lock order"),
+    figure!(Gauge "threads_waiting" <- ["deadlock_detector", "threads_waiting"] "Threads in the wait-for graph now"),
+    figure!(Counter "rate_limit_allowed" {"limiter" = "requests_per_address"} <- ["rate_limits", "requests_per_address", "allowed"] "Requests a limiter granted"),
+    figure!(Counter "rate_limited_requests" <- ["rate_limits", "requests_per_address", "limited"] "Requests refused by the per-address limiter"),
+    figure!(Gauge "rate_limit_keys" {"limiter" = "requests_per_address"} <- ["rate_limits", "requests_per_address", "keys"] "Keys with a bucket now"),
+    figure!(Counter "rate_limit_evicted" {"limiter" = "requests_per_address"} <- ["rate_limits", "requests_per_address", "evicted"] "Idle keys a limiter forgot"),
+    figure!(Counter "rate_limit_allowed" {"limiter" = "logins_per_user"} <- ["rate_limits", "logins_per_user", "allowed"] "Requests a limiter granted"),
+    figure!(Counter "rate_limited_logins" <- ["rate_limits", "logins_per_user", "limited"] "Logins refused by the per-user limiter"),
+    figure!(Gauge "rate_limit_keys" {"limiter" = "logins_per_user"} <- ["rate_limits", "logins_per_user", "keys"] "Keys with a bucket now"),
+    figure!(Counter "rate_limit_evicted" {"limiter" = "logins_per_user"} <- ["rate_limits", "logins_per_user", "evicted"] "Idle keys a limiter forgot"),
+    figure!(Gauge "mvcc_version" <- ["accounts_mvcc", "version"] "Latest committed version of the account map"),
+    figure!(Gauge "accounts" <- ["accounts_mvcc", "keys"] "Accounts"),
+    figure!(Counter "mvcc_commits" <- ["accounts_mvcc", "commits"] "Account map commits"),
+    figure!(Counter "mvcc_conflicts" <- ["accounts_mvcc", "conflicts"] "Account map commit conflicts"),
+    figure!(Gauge "mvcc_live_versions" <- ["accounts_mvcc", "live_versions"] "Account map versions still reachable (the latest and those held by snapshots)"),
+    figure!(Gauge "mvcc_live_snapshots" <- ["accounts_mvcc", "live_snapshots"] "Live account map snapshots and transactions (listing cursors among them)"),
+    figure!(Gauge "mvcc_tombstones" <- ["accounts_mvcc", "tombstones"] "Removed accounts kept for older snapshots"),
+    figure!(Gauge "messages_stored" <- ["messages", "stored"] "Messages in mailboxes"),
+    figure!(Gauge "messages_undelivered" <- ["messages", "undelivered"] "Messages not yet delivered"),
+    figure!(Gauge "log_records_since_snapshot" <- ["log", "records_since_snapshot"] "Log records written since the last snapshot"),
+    figure!(Counter "apply_parallel_batches" <- ["apply", "parallel_batches"] "Batches whose commands were applied on several threads at once"),
+    figure!(Gauge "applied_index" <- ["applied_index"] "Log index of the last command applied"),
+];
+
 type Labels = Vec<(String, String)>;
+type CounterFamily = Family<Labels, Counter<f64, AtomicU64>>;
+type GaugeFamily = Family<Labels, Gauge<f64, AtomicU64>>;
 
-/// `/metrics` in the Prometheus text format.
+/// `/metrics` in the OpenMetrics text format: the per-lock counters, every figure of
+/// [`FIGURES`] read from the `/stats` document, and the locks' wait histograms.
 pub fn metrics_text(service: &Service) -> String {
-    let node = service.stats();
-    let mut registry = Registry::with_prefix("synckit");
+    metrics_from(&stats_json(service))
+}
 
+fn metrics_from(stats: &serde_json::Value) -> String {
+    let mut registry = Registry::with_prefix("synckit");
+    register_lock_families(&mut registry);
+
+    let mut counters: Vec<(&str, &str, CounterFamily)> = Vec::new();
+    let mut gauges: Vec<(&str, &str, GaugeFamily)> = Vec::new();
+    for figure in FIGURES {
+        let value = figure
+            .path
+            .iter()
+            .fold(stats, |v, key| &v[key])
+            .as_f64()
+            .unwrap_or(0.0);
+        let labels: Labels = figure
+            .labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        match figure.kind {
+            Kind::Counter => {
+                let family = match counters.iter().position(|(m, _, _)| *m == figure.metric) {
+                    Some(at) => &counters[at].2,
+                    None => {
+                        counters.push((figure.metric, figure.help, Family::default()));
+                        &counters.last().expect("just pushed").2
+                    }
+                };
+                family.get_or_create(&labels).inc_by(value);
+            }
+            Kind::Gauge => {
+                let family = match gauges.iter().position(|(m, _, _)| *m == figure.metric) {
+                    Some(at) => &gauges[at].2,
+                    None => {
+                        gauges.push((figure.metric, figure.help, Family::default()));
+                        &gauges.last().expect("just pushed").2
+                    }
+                };
+                family.get_or_create(&labels).set(value);
+            }
+        }
+    }
+    for (metric, help, family) in counters {
+        registry.register(metric, help, family);
+    }
+    for (metric, help, family) in gauges {
+        registry.register(metric, help, family);
+    }
+
+    let mut text = String::new();
+    encode(&mut text, &registry).expect("writing to a String cannot fail");
+    // The wait histograms go before the closing `# EOF`, under their own family name (the
+    // per-lock `lock_wait_seconds` counter already holds the totals).
+    let body = text
+        .trim_end()
+        .strip_suffix("# EOF")
+        .unwrap_or(&text)
+        .to_string();
+    format!(
+        "{body}{}# EOF\n",
+        sync_kit::stats::prometheus_wait_histograms("synckit_contended")
+    )
+}
+
+/// Per-lock counters, labelled with the lock's name, kind and level.
+fn register_lock_families(registry: &mut Registry) {
     let acquisitions = Family::<Labels, Counter>::default();
     let contentions = Family::<Labels, Counter>::default();
-    let wait = Family::<Labels, Counter<f64, AtomicU64>>::default();
-    let max_wait = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let wait = CounterFamily::default();
+    let max_wait = GaugeFamily::default();
     for lock in sync_kit::stats::all() {
         let labels = vec![
             ("lock".to_string(), lock.name.to_string()),
@@ -137,133 +269,57 @@ pub fn metrics_text(service: &Service) -> String {
         "Longest single wait for the lock",
         max_wait,
     );
+}
 
-    let detector = sync_kit::deadlock::stats();
-    let counter = |value: u64| {
-        let c = Counter::<u64>::default();
-        c.inc_by(value);
-        c
-    };
-    let gauge = |value: i64| {
-        let g = Gauge::<i64>::default();
-        g.set(value);
-        g
-    };
-    let as_i64 = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
-    registry.register(
-        "deadlocks_refused",
-        "Acquisitions refused as deadlocks",
-        counter(detector.cycles_detected),
-    );
-    registry.register(
-        "level_violations",
-        "Acquisitions refused as lock-order violations",
-        counter(detector.level_violations),
-    );
-    registry.register(
-        "lock_waits",
-        "Acquisitions that entered the wait-for graph",
-        counter(detector.waits_registered),
-    );
-    registry.register(
-        "rate_limited_requests",
-        "Requests refused by the per-address limiter",
-        counter(node.request_limiter.limited),
-    );
-    registry.register(
-        "rate_limited_logins",
-        "Logins refused by the per-user limiter",
-        counter(node.login_limiter.limited),
-    );
-    registry.register(
-        "threads_waiting",
-        "Threads in the wait-for graph now",
-        gauge(i64::try_from(detector.threads_waiting).unwrap_or(i64::MAX)),
-    );
-    // Both limiters in one family each, labelled with their /stats names.
-    let allowed = Family::<Labels, Counter>::default();
-    let evicted = Family::<Labels, Counter>::default();
-    let keys = Family::<Labels, Gauge>::default();
-    for (name, limiter) in [
-        ("requests_per_address", &node.request_limiter),
-        ("logins_per_user", &node.login_limiter),
-    ] {
-        let labels = vec![("limiter".to_string(), name.to_string())];
-        allowed.get_or_create(&labels).inc_by(limiter.allowed);
-        evicted.get_or_create(&labels).inc_by(limiter.evicted);
-        keys.get_or_create(&labels).set(as_i64(limiter.keys));
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every number in `/stats` outside the per-lock and per-condvar lists.
+    fn numbers(value: &serde_json::Value, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        match value {
+            serde_json::Value::Number(_) => out.push(path.clone()),
+            serde_json::Value::Object(map) => {
+                for (key, value) in map {
+                    if path.is_empty() && (key == "locks" || key == "condvars") {
+                        continue;
+                    }
+                    path.push(key.clone());
+                    numbers(value, path, out);
+                    path.pop();
+                }
+            }
+            _ => {}
+        }
     }
-    registry.register("rate_limit_allowed", "Requests a limiter granted", allowed);
-    registry.register("rate_limit_evicted", "Idle keys a limiter forgot", evicted);
-    registry.register("rate_limit_keys", "Keys with a bucket now", keys);
-    registry.register(
-        "mvcc_version",
-        "Latest committed version of the account map",
-        gauge(i64::try_from(node.accounts.version).unwrap_or(i64::MAX)),
-    );
-    registry.register(
-        "mvcc_live_versions",
-        "Account map versions still reachable (the latest and those held by snapshots)",
-        gauge(as_i64(node.accounts.live_versions)),
-    );
-    registry.register(
-        "mvcc_live_snapshots",
-        "Live account map snapshots and transactions (listing cursors among them)",
-        gauge(as_i64(node.accounts.live_snapshots)),
-    );
-    registry.register(
-        "mvcc_tombstones",
-        "Removed accounts kept for older snapshots",
-        gauge(as_i64(node.accounts.tombstones)),
-    );
-    registry.register(
-        "log_records_since_snapshot",
-        "Log records written since the last snapshot",
-        gauge(i64::try_from(node.records_since_snapshot).unwrap_or(i64::MAX)),
-    );
-    registry.register(
-        "mvcc_commits",
-        "Account map commits",
-        counter(node.accounts.commits),
-    );
-    registry.register(
-        "mvcc_conflicts",
-        "Account map commit conflicts",
-        counter(node.accounts.conflicts),
-    );
-    registry.register("accounts", "Accounts", gauge(as_i64(node.accounts.keys)));
-    registry.register(
-        "connections",
-        "Open connections",
-        gauge(as_i64(node.connections)),
-    );
-    registry.register(
-        "messages_stored",
-        "Messages in mailboxes",
-        gauge(as_i64(node.messages.stored)),
-    );
-    registry.register(
-        "messages_undelivered",
-        "Messages not yet delivered",
-        gauge(as_i64(node.messages.undelivered)),
-    );
-    registry.register(
-        "apply_parallel_batches",
-        "Batches whose commands were applied on several threads at once",
-        counter(node.parallel_batches),
-    );
-    registry.register(
-        "applied_index",
-        "Log index of the last command applied",
-        gauge(i64::try_from(node.applied_index).unwrap_or(i64::MAX)),
-    );
-    registry.register(
-        "uptime_seconds",
-        "Seconds since start",
-        gauge(i64::try_from(node.uptime_secs).unwrap_or(i64::MAX)),
-    );
 
-    let mut text = String::new();
-    encode(&mut text, &registry).expect("writing to a String cannot fail");
-    text
+    #[test]
+    fn every_number_of_stats_is_a_metric() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::Config {
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        };
+        let service = Service::open(&config).unwrap();
+        let stats = stats_json(&service);
+        let mut found = Vec::new();
+        numbers(&stats, &mut Vec::new(), &mut found);
+        assert!(found.len() > 20, "{found:?}");
+        for path in found {
+            assert!(
+                FIGURES.iter().any(|f| f.path.iter().eq(path.iter())),
+                "/stats has {path:?}, which /metrics does not show: add it to FIGURES"
+            );
+        }
+        let text = metrics_from(&stats);
+        for figure in FIGURES {
+            let name = match figure.kind {
+                Kind::Counter => format!("synckit_{}_total", figure.metric),
+                Kind::Gauge => format!("synckit_{}", figure.metric),
+            };
+            assert!(text.contains(&name), "{name} in /metrics");
+        }
+        assert!(text.contains("synckit_contended_lock_wait_seconds_bucket"));
+        assert!(text.trim_end().ends_with("# EOF"));
+    }
 }
