@@ -6,6 +6,7 @@
 //! waiter gets the error. Today's log is [`LocalLog`] (one node, group commit on local disk);
 //! a replicated log plugs in behind the same [`CommandLog`] trait without touching `apply`.
 
+pub mod legacy;
 mod local;
 pub mod segments;
 pub mod snapshot;

@@ -52,7 +52,7 @@ use sync_kit::{LockError, RwLock};
 
 use crate::config::Config;
 use crate::hasher::Hasher;
-use crate::log::{CommandLog, LocalLog, snapshot};
+use crate::log::{CommandLog, LocalLog, legacy, snapshot};
 use crate::protocol::{ErrorCode, ErrorReply, Reply, Request, ServerFrame, limits};
 use crate::state::{Command, Image, MessageCounts, Outcome, State};
 
@@ -152,6 +152,8 @@ impl Service {
         })?;
         let data_lock = lock_data_dir(dir)?;
 
+        // A data directory of the format before the log-first core is brought forward first.
+        legacy::migrate(dir).map_err(StartError)?;
         // Recovery: the snapshot's image, then every command logged after it, through `apply`.
         let state = State::from_image(snapshot::load(dir).map_err(StartError)?);
         let (log, recovered, batches) = LocalLog::open(dir, state.applied_index())
