@@ -21,6 +21,7 @@
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, unbounded};
@@ -56,7 +57,7 @@ pub struct Completion {
 /// that a connection has pushes waiting.
 #[derive(Clone)]
 pub struct LoopHandle {
-    waker: Arc<Waker>,
+    waker: Arc<Wakeup>,
     incoming: Sender<(TcpStream, SocketAddr)>,
     completions: Sender<Completion>,
     pushes: Sender<usize>,
@@ -81,6 +82,28 @@ impl LoopHandle {
         if self.pushes.send(key).is_ok() {
             let _ = self.waker.wake();
         }
+    }
+}
+
+/// The loop's waker, woken at most once per turn of the loop: a batch of fifty answers costs
+/// one system call, not fifty.
+struct Wakeup {
+    waker: Waker,
+    /// Set by the first wake since the loop last looked at its channels.
+    pending: AtomicBool,
+}
+
+impl Wakeup {
+    fn wake(&self) -> io::Result<()> {
+        if self.pending.swap(true, Ordering::AcqRel) {
+            return Ok(()); // already woken: the loop will see this message too
+        }
+        self.waker.wake()
+    }
+
+    /// Called by the loop before it drains its channels: a message sent after this wakes it again.
+    fn rearm(&self) {
+        self.pending.store(false, Ordering::Release);
     }
 }
 
@@ -164,7 +187,10 @@ impl EventLoop {
     /// A loop serving connections on `service`; run it with [`EventLoop::run`].
     pub fn new(service: Arc<Service>) -> io::Result<(EventLoop, LoopHandle)> {
         let poll = Poll::new()?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let waker = Arc::new(Wakeup {
+            waker: Waker::new(poll.registry(), WAKER)?,
+            pending: AtomicBool::new(false),
+        });
         let (incoming_tx, incoming) = unbounded();
         let (completions_tx, completions) = unbounded();
         let (pushes_tx, pushes) = unbounded();
@@ -205,6 +231,7 @@ impl EventLoop {
                 }
                 return Err(error);
             }
+            self.handle.waker.rearm();
             self.adopt_new();
             self.finish_completed();
             self.move_pushes();
