@@ -63,8 +63,8 @@ pub struct BenchArgs {
     /// Message text size in bytes.
     #[arg(long, default_value_t = 32)]
     pub size: usize,
-    /// Accounts to create (default: one per connection); connection i logs in as account
-    /// i mod users and sends to account (i + 1) mod users.
+    /// Accounts to create, from 1 to one per connection (the default); connection i logs in
+    /// as account i mod users and sends to account (i + 1) mod users.
     #[arg(long)]
     pub users: Option<usize>,
 }
