@@ -9,9 +9,12 @@
 # - The node, ROUNDS rounds, each on a fresh node (new data directory, rate limits lifted, ports
 #   chosen by the OS): `synckit-node bench` at 10 and 50 connections, binary then JSON, MESSAGES
 #   messages of 32 bytes per connection.
-# - The node at BIG_CONNECTIONS (10,000) connections sharing BIG_USERS accounts, BIG_MESSAGES
-#   messages each, binary. Every login costs the node an Argon2id verification, so its setup
-#   takes minutes; a node that cannot hold that many connections is reported, not fatal.
+# - The node at BIG_CONNECTIONS (10,000) connections, BIG_MESSAGES messages each, binary, on
+#   BIG_USERS accounts (default: one per connection, as in the runs above). Each account creation
+#   and each login costs the node an Argon2id hash, so its setup takes minutes. Fewer accounts
+#   make it cheaper but change the load: the node pushes a message to every connection logged in
+#   as its recipient, BIG_CONNECTIONS / BIG_USERS pushes per message. A node that cannot hold
+#   that many connections is reported, not fatal.
 # - redis-server with `appendonly yes, appendfsync always` (the node's durability: an fsync
 #   before the replies of each event-loop iteration), redis-benchmark LPUSH, REDIS_REQUESTS
 #   requests, at 10 and 50 connections ROUNDS times, then once at BIG_CONNECTIONS.
@@ -25,7 +28,7 @@ cd "$(dirname "$0")/../.."
 ROUNDS="${ROUNDS:-3}"
 MESSAGES="${MESSAGES:-200}"
 BIG_CONNECTIONS="${BIG_CONNECTIONS:-10000}"
-BIG_USERS="${BIG_USERS:-100}"
+BIG_USERS="${BIG_USERS:-$BIG_CONNECTIONS}"
 BIG_MESSAGES="${BIG_MESSAGES:-20}"
 REDIS_REQUESTS="${REDIS_REQUESTS:-50000}"
 REDIS_PORT="${REDIS_PORT:-6399}"

@@ -38,6 +38,10 @@ fn two_hundred_connections_sharing_twenty_accounts() {
         assert_eq!(report.messages, connections * messages);
         assert_eq!(report.failed, 0);
         assert_eq!(report.latencies.len(), report.messages);
+        // Each account has 10 connections, each of which is pushed every message to it; those
+        // still on their way when the last response arrives are not counted.
+        assert!(report.pushes > 0, "{report:?}");
+        assert!(report.pushes <= report.messages * 10, "{report:?}");
         assert!(report.latencies.is_sorted());
         assert!(report.elapsed > Duration::ZERO);
         let json = report.to_json();

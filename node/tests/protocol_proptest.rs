@@ -349,7 +349,23 @@ fn all_agree(
     cuts: &[prop::sample::Index],
     buffer: usize,
 ) -> Result<Outcomes, TestCaseError> {
-    let parsed = chunked(stream, cuts, |buf| protocol.parse_request(buf));
+    let parsed = chunked(stream, cuts, |buf| {
+        let parsed = protocol.parse_request(buf);
+        assert_eq!(
+            protocol.find_frame(buf),
+            match &parsed {
+                Parse::Incomplete => Parse::Incomplete,
+                Parse::Skip(n) => Parse::Skip(*n),
+                Parse::Frame { consumed, .. } => Parse::Frame {
+                    consumed: *consumed,
+                    decoded: Ok(()),
+                },
+                Parse::Fatal(bad) => Parse::Fatal(bad.clone()),
+            },
+            "find_frame and parse_request find the same extent"
+        );
+        parsed
+    });
     let mut parser = FrameParser::new(protocol);
     let resumed = chunked(stream, cuts, |buf| parser.parse_request(buf));
     prop_assert_eq!(&parsed, &resumed, "stateless and resuming parsers");

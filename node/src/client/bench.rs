@@ -12,8 +12,8 @@
 //!    next account.
 //!
 //! Only the last phase is timed. A latency runs from the moment a request is handed to the socket
-//! to the moment its response is parsed. Pushes (the deliveries of the messages sent) are read
-//! and dropped. A node that closes a connection, stops answering or sends something undecodable
+//! to the moment its response is parsed. Pushes (the deliveries of the messages sent) are read,
+//! counted and dropped. A node that closes a connection, stops answering or sends something undecodable
 //! ends the run with an error naming the connection; an error *response* to a message counts as
 //! `failed` and the loop goes on.
 
@@ -63,8 +63,10 @@ pub struct BenchArgs {
     /// Message text size in bytes.
     #[arg(long, default_value_t = 32)]
     pub size: usize,
-    /// Accounts to create (default: one per connection); connection i logs in as account
-    /// i mod users and sends to account (i + 1) mod users.
+    /// Accounts to create, from 1 to one per connection (the default); connection i logs in
+    /// as account i mod users and sends to account (i + 1) mod users. The node pushes a message
+    /// to every connection logged in as its recipient: with fewer accounts than connections,
+    /// each message costs connections/users pushes (see `pushes` in the report).
     #[arg(long)]
     pub users: Option<usize>,
 }
@@ -98,6 +100,9 @@ pub struct Report {
     pub messages: usize,
     /// Messages answered with an error.
     pub failed: usize,
+    /// Live deliveries received during the measured phase (one per message when every account
+    /// has one connection; connections/users per message when they share accounts).
+    pub pushes: usize,
     /// Length of the measured phase.
     pub elapsed: Duration,
     /// Every message's latency, sorted.
@@ -125,6 +130,7 @@ impl Report {
             "users": self.users,
             "messages": self.messages,
             "failed": self.failed,
+            "pushes": self.pushes,
             "seconds": seconds,
             "messages_per_sec": if seconds > 0.0 { self.messages as f64 / seconds } else { 0.0 },
             "p50_us": us(self.percentile(0.50)),
@@ -197,6 +203,7 @@ pub fn run(args: &BenchArgs) -> Result<Report, String> {
     let text = "x".repeat(args.size);
     let mut latencies = Vec::with_capacity(args.connections.saturating_mul(args.messages));
     let mut failed = 0;
+    generator.pushes = 0;
     let started = Instant::now();
     generator.run_phase(
         |_| args.messages,
@@ -218,6 +225,7 @@ pub fn run(args: &BenchArgs) -> Result<Report, String> {
         users,
         messages: latencies.len(),
         failed,
+        pushes: generator.pushes,
         elapsed,
         latencies,
     })
@@ -280,6 +288,8 @@ struct Generator {
     connections: Vec<Connection>,
     /// Shared read buffer.
     scratch: Vec<u8>,
+    /// Live deliveries received (and dropped).
+    pushes: usize,
 }
 
 impl Generator {
@@ -291,6 +301,7 @@ impl Generator {
             protocol,
             connections: Vec::with_capacity(count),
             scratch: vec![0; READ_CHUNK],
+            pushes: 0,
         };
         let mut events = Events::with_capacity(1024);
         let mut established = 0;
@@ -453,7 +464,9 @@ impl Generator {
                     let frame =
                         decoded.map_err(|bad| fail(format!("undecodable frame: {}", bad.error)))?;
                     let ServerFrame::Response(response) = frame else {
-                        continue; // a delivery of someone's message: not what is measured
+                        // A delivery of a message sent by another connection: counted, dropped.
+                        self.pushes += 1;
+                        continue;
                     };
                     match connection.in_flight.take() {
                         Some((id, sent)) if id == response.id => {

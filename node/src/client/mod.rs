@@ -189,3 +189,47 @@ impl Client {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+    use std::thread;
+
+    use super::*;
+
+    /// A push whose second half arrives after `next_push` gave up waiting is still read whole by
+    /// the next call: the bytes already read were kept.
+    #[test]
+    fn a_push_cut_by_a_read_timeout_is_not_lost() {
+        for protocol in [Protocol::Binary, Protocol::Json] {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let message = Message {
+                id: 3,
+                from: "alice".into(),
+                timestamp: 5,
+                text: "split in two".into(),
+            };
+            let bytes =
+                protocol.encode_server_frame(&ServerFrame::Push(Push::Deliver(message.clone())));
+            let (first_half_sent, send_first_half) = std::sync::mpsc::channel();
+            let (go_on, second_half) = std::sync::mpsc::channel::<()>();
+            let node = thread::spawn(move || {
+                let (mut stream, _) = listener.accept().unwrap();
+                let half = bytes.len() / 2;
+                stream.write_all(&bytes[..half]).unwrap();
+                first_half_sent.send(()).unwrap();
+                second_half.recv().unwrap();
+                stream.write_all(&bytes[half..]).unwrap();
+            });
+            let mut client = Client::connect(addr, protocol).unwrap();
+            send_first_half.recv().unwrap();
+            let waited = client.next_push(Some(Duration::from_millis(200))).unwrap();
+            assert_eq!(waited, None, "{protocol:?}: half a frame is no push yet");
+            go_on.send(()).unwrap();
+            let pushed = client.next_push(Some(Duration::from_secs(10))).unwrap();
+            assert_eq!(pushed, Some(message), "{protocol:?}");
+            node.join().unwrap();
+        }
+    }
+}

@@ -530,6 +530,17 @@ impl Protocol {
         }
     }
 
+    /// Where the first frame in `buf` ends, without decoding it: [`Parse::Frame`] (always with
+    /// `Ok(())`), [`Parse::Skip`], [`Parse::Incomplete`] or [`Parse::Fatal`] exactly when
+    /// [`Protocol::parse_request`] and [`Protocol::parse_server_frame`] would say so, for
+    /// code that only needs to know whether a whole frame is there.
+    pub fn find_frame(self, buf: &[u8]) -> Parse<()> {
+        match self {
+            Protocol::Binary => binary::parse_frame(buf).and_then(|_| Ok(())),
+            Protocol::Json => json::parse_line(buf).and_then(|_| Ok(())),
+        }
+    }
+
     /// The first request in `buf` (server side).
     pub fn parse_request(self, buf: &[u8]) -> Parse<(u32, Request)> {
         match self {
