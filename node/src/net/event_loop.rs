@@ -549,11 +549,12 @@ fn send(conn: &mut Conn) {
 
 /// Whether the unparsed input holds a frame to answer (or a fatal error to report).
 fn has_whole_frame(conn: &Conn) -> bool {
-    // A copy: the connection's own parser keeps its place for the next real parse.
-    let mut parser = conn.parser;
     !matches!(conn.session, Session::Unregistered)
         && !conn.unparsed().is_empty()
-        && !matches!(parser.parse_request(conn.unparsed()), Parse::Incomplete)
+        && !matches!(
+            conn.parser.protocol().find_frame(conn.unparsed()),
+            Parse::Incomplete
+        )
 }
 
 fn bad_input(peer: SocketAddr, bad: DecodeError) -> Response {
