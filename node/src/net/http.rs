@@ -150,7 +150,7 @@ type CounterFamily = Family<Labels, Counter<f64, AtomicU64>>;
 type GaugeFamily = Family<Labels, Gauge<f64, AtomicU64>>;
 
 /// `/metrics` in the OpenMetrics text format: the per-lock counters, every figure of
-/// [`FIGURES`] read from the `/stats` document, and the locks' wait histograms.
+/// `FIGURES` read from the `/stats` document, and the locks' wait histograms.
 pub fn metrics_text(service: &Service) -> String {
     metrics_from(&stats_json(service))
 }
