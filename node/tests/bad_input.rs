@@ -378,6 +378,7 @@ fn invalid_arguments_and_missing_login() {
             Request::SendMessage {
                 to: "bob".into(),
                 text: "hi".into(),
+                key: None,
             },
             Request::ListAccounts {
                 pattern: "*".into(),
@@ -429,6 +430,7 @@ fn invalid_arguments_and_missing_login() {
             c.call(&Request::SendMessage {
                 to: "bob".into(),
                 text: "y".repeat(4097),
+                key: None,
             }),
             ErrorCode::InvalidArgument,
         );
@@ -437,6 +439,7 @@ fn invalid_arguments_and_missing_login() {
             c.call(&Request::SendMessage {
                 to: "bob".into(),
                 text: "✓".repeat(1366),
+                key: None,
             }),
             ErrorCode::InvalidArgument,
         );
@@ -444,6 +447,7 @@ fn invalid_arguments_and_missing_login() {
             c.call(&Request::SendMessage {
                 to: "bad name".into(),
                 text: "hi".into(),
+                key: None,
             }),
             ErrorCode::InvalidArgument,
         );

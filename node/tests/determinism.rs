@@ -28,9 +28,10 @@ fn command() -> impl Strategy<Value = Command> {
             username,
             password_hash: format!("$argon2id$v=19$salt{salt}"),
         }),
-        6 => (user(), user(), "[a-z ✓]{0,12}", any::<u64>()).prop_map(|(from, to, text, timestamp)| {
-            Command::SendMessage { from, to, text, timestamp }
-        }),
+        6 => (user(), user(), "[a-z ✓]{0,12}", 0..2_000_000u64, prop::option::of("[ab]"))
+            .prop_map(|(from, to, text, timestamp, key)| {
+                Command::SendMessage { from, to, text, timestamp, key }
+            }),
         2 => prop::collection::vec((user(), prop::collection::vec(1..40u64, 0..4)), 0..3)
             .prop_map(|marks| Command::MarkDelivered { marks }),
         2 => (user(), prop::collection::vec(1..40u64, 0..4))

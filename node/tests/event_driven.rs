@@ -180,6 +180,7 @@ fn a_partial_frame_times_out_and_an_idle_connection_does_not() {
         &Request::SendMessage {
             to: "bob".into(),
             text: "never finished".into(),
+            key: None,
         },
     );
     stalled.write_all(&frame[..frame.len() / 2]).unwrap();

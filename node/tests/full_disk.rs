@@ -94,6 +94,7 @@ fn a_full_disk_refuses_writes_cleanly_and_loses_nothing_acknowledged() {
         match ok_or_err(alice.call(&Request::SendMessage {
             to: "bob".into(),
             text,
+            key: None,
         })) {
             Ok(Reply::Sent { id, .. }) => acknowledged.push(id),
             Ok(other) => panic!("send answered {other:?}"),
@@ -111,6 +112,7 @@ fn a_full_disk_refuses_writes_cleanly_and_loses_nothing_acknowledged() {
         match ok_or_err(alice.call(&Request::SendMessage {
             to: "bob".into(),
             text: format!("tiny {i}"),
+            key: None,
         })) {
             Ok(Reply::Sent { id, .. }) => acknowledged.push(id),
             Ok(other) => panic!("send answered {other:?}"),

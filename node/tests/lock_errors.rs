@@ -38,6 +38,7 @@ fn a_lock_order_violation_inside_the_service_is_an_error_reply() {
     let send = || Request::SendMessage {
         to: "bob".into(),
         text: "hello".into(),
+        key: None,
     };
 
     let violations_before = sync_kit::deadlock::stats().level_violations;

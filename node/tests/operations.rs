@@ -156,6 +156,7 @@ fn messages_send_read_and_delete(protocol: Protocol) {
         match ok(alice.call(&Request::SendMessage {
             to: "bob".into(),
             text: text.into(),
+            key: None,
         })) {
             Reply::Sent { id, timestamp } => {
                 ids.push(id);
@@ -169,6 +170,7 @@ fn messages_send_read_and_delete(protocol: Protocol) {
         alice.call(&Request::SendMessage {
             to: "nobody".into(),
             text: "hi".into(),
+            key: None,
         }),
         ErrorCode::NoSuchUser,
     );
@@ -281,6 +283,7 @@ fn delete_account(protocol: Protocol) {
         alice.call(&Request::SendMessage {
             to: "carol".into(),
             text: "anyone there?".into(),
+            key: None,
         }),
         ErrorCode::NoSuchUser,
     );
@@ -342,16 +345,19 @@ fn pipelined_responses_carry_their_request_ids_in_order(protocol: Protocol) {
         Request::SendMessage {
             to: "bob".into(),
             text: "p1".into(),
+            key: None,
         },
         Request::SendMessage {
             to: "nobody".into(),
             text: "p2".into(),
+            key: None,
         },
         Request::ReadMessages { limit: 5 },
         Request::DeleteMessages { ids: vec![12345] },
         Request::SendMessage {
             to: "bob".into(),
             text: "p3".into(),
+            key: None,
         },
         Request::Logout,
         Request::ReadMessages { limit: 5 },

@@ -123,6 +123,7 @@ fn check_after_restart(node: &Node, expected: &Expected, snapshots: bool) {
         alice.call(&Request::SendMessage {
             to: "carol".into(),
             text: "x".into(),
+            key: None,
         }),
         ErrorCode::NoSuchUser,
     );
@@ -255,7 +256,11 @@ fn kill_nine_while_sending(args: &[&str], snapshots: bool) {
                         });
                         all.len() - 1
                     };
-                    match client.call(&Request::SendMessage { to, text }) {
+                    match client.call(&Request::SendMessage {
+                        to,
+                        text,
+                        key: None,
+                    }) {
                         Ok(Ok(Reply::Sent { id, .. })) => {
                             attempts.lock().unwrap()[index].acked_id = Some(id);
                             acked.fetch_add(1, Ordering::Relaxed);

@@ -35,7 +35,8 @@ fn request() -> impl Strategy<Value = Request> {
                 cursor
             }
         ),
-        (text(), text()).prop_map(|(to, text)| Request::SendMessage { to, text }),
+        (text(), text(), prop::option::of(text()))
+            .prop_map(|(to, text, key)| Request::SendMessage { to, text, key }),
         any::<u32>().prop_map(|limit| Request::ReadMessages { limit }),
         prop::collection::vec(any::<u64>(), 0..40).prop_map(|ids| Request::DeleteMessages { ids }),
         text().prop_map(|password| Request::DeleteAccount { password }),

@@ -70,6 +70,7 @@ fn rows() -> Vec<Row> {
             request: Request::SendMessage {
                 to: "bob".into(),
                 text: "Hello, Bob!".into(),
+                key: None,
             },
             protobuf: SendMessagePb {
                 to: "bob".into(),

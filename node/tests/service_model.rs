@@ -116,6 +116,7 @@ fn run(ops: Vec<Op>) {
                 let request = Request::SendMessage {
                     to: to_name.into(),
                     text: text.clone(),
+                    key: None,
                 };
                 let result = service.execute(&mut users[from].connection, request);
                 match (model[from].online, USERS.get(to)) {

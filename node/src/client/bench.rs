@@ -210,6 +210,7 @@ pub fn run(args: &BenchArgs) -> Result<Report, String> {
         |i| Request::SendMessage {
             to: username((i + 1) % users),
             text: text.clone(),
+            key: None,
         },
         |_, answer| {
             latencies.push(answer.latency);

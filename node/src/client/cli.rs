@@ -195,6 +195,7 @@ fn run_client(args: &ClientArgs) -> Result<bool, String> {
         ClientCommand::Send { to, text } => Request::SendMessage {
             to: to.clone(),
             text: text.clone(),
+            key: Some(super::idempotency_key()),
         },
         ClientCommand::Read { limit } => Request::ReadMessages { limit: *limit },
         ClientCommand::DeleteMessages { ids } => Request::DeleteMessages { ids: ids.clone() },

@@ -188,6 +188,45 @@ impl Client {
             password: password.into(),
         })
     }
+
+    /// Sends a message with a fresh idempotency key, and returns the request that carries it:
+    /// sending that same request again (after a lost answer, a reconnection) stores nothing new
+    /// and answers with the first message's id.
+    pub fn send_message(
+        &mut self,
+        to: &str,
+        text: &str,
+    ) -> io::Result<(Request, Result<Reply, ErrorReply>)> {
+        let request = Request::SendMessage {
+            to: to.into(),
+            text: text.into(),
+            key: Some(idempotency_key()),
+        };
+        let answer = self.call(&request)?;
+        Ok((request, answer))
+    }
+}
+
+/// 128 bits from the standard library's randomly seeded hasher, in hex: unique enough to tell
+/// one send from another (the keys are not secrets).
+pub fn idempotency_key() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let random = std::collections::hash_map::RandomState::new();
+    let mut halves = [0u64; 2];
+    for (i, half) in halves.iter_mut().enumerate() {
+        let mut hasher = random.build_hasher();
+        hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+        hasher.write_usize(i);
+        hasher.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        *half = hasher.finish();
+    }
+    format!("{:016x}{:016x}", halves[0], halves[1])
 }
 
 #[cfg(test)]

@@ -233,6 +233,7 @@ pub fn migrate(dir: &Path) -> Result<Option<u64>, String> {
             .into_iter()
             .map(|(user, messages)| (user, messages.into_values().collect()))
             .collect(),
+        sent_keys: BTreeMap::new(),
     };
     super::snapshot::save(dir, image)?;
     move_aside(dir, &segments)?;

@@ -343,6 +343,7 @@ mod tests {
                 to: "b".into(),
                 text: format!("m{index}"),
                 timestamp: index,
+                key: None,
             },
         }
     }

@@ -266,9 +266,14 @@ fn put_request_payload(out: &mut Vec<u8>, request: &Request) {
             encode_varint(u64::from(*page_size), out);
             put_opt_str(out, cursor.as_deref());
         }
-        Request::SendMessage { to, text } => {
+        Request::SendMessage { to, text, key } => {
             put_str(out, to);
             put_str(out, text);
+            // A trailing field, written only when present: a send without a key keeps the
+            // bytes it always had.
+            if key.is_some() {
+                put_opt_str(out, key.as_deref());
+            }
         }
         Request::ReadMessages { limit } => encode_varint(u64::from(*limit), out),
         Request::DeleteMessages { ids } => {
@@ -526,6 +531,11 @@ pub fn decode_request_view(frame: FrameView<'_>) -> Result<(u32, Request), Decod
             Op::SendMessage => Request::SendMessage {
                 to: f.string("to")?,
                 text: f.string("text")?,
+                key: if f.buf.is_empty() {
+                    None
+                } else {
+                    f.opt_string("key")?
+                },
             },
             Op::ReadMessages => Request::ReadMessages {
                 limit: f.u32("limit")?,

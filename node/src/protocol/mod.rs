@@ -29,6 +29,8 @@ pub mod limits {
     pub const MAX_PASSWORD: usize = 128;
     /// Message text: at most 4 KiB of UTF-8.
     pub const MAX_TEXT: usize = 4096;
+    /// Idempotency keys of sends: 1 to 64 bytes.
+    pub const MAX_KEY: usize = 64;
     /// Wildcard patterns: at most 64 bytes.
     pub const MAX_PATTERN: usize = 64;
     /// Accounts per page, messages per read.
@@ -175,6 +177,11 @@ pub enum Request {
         to: String,
         /// Message text.
         text: String,
+        /// Idempotency key (1 to 64 bytes): a send whose sender and key match a send stored in
+        /// the last ten minutes or more is answered with that message's id and timestamp and
+        /// stores nothing, so a client that lost an answer can send again safely.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
     },
     /// Up to `limit` undelivered messages, oldest first; they are marked delivered.
     ReadMessages {
@@ -700,6 +707,7 @@ mod tests {
             Request::SendMessage {
                 to: "bob".into(),
                 text: "Hello, Bob! ✓".into(),
+                key: None,
             },
             Request::ReadMessages { limit: 10 },
             Request::DeleteMessages {
@@ -807,6 +815,7 @@ mod tests {
             Op::SendMessage => Request::SendMessage {
                 to: "b".into(),
                 text: "t".into(),
+                key: None,
             },
             Op::ReadMessages => Request::ReadMessages { limit: 1 },
             Op::DeleteMessages => Request::DeleteMessages { ids: vec![1] },

@@ -12,8 +12,10 @@
 //! and a message's id is its log index, not a shared counter), so a batch's lanes apply in
 //! parallel and the state is the same as applying the batch in log order: lane `l` takes the
 //! shards `s` with `s % lanes == l`, in log order. A `MarkDelivered` naming users of several
-//! shards is split per shard. Small batches apply on the applier thread alone: fanning out costs
-//! more than it saves.
+//! lanes is split per lane; a keyed send whose sender and recipient are in different lanes
+//! (its key is kept with the sender) applies alone, after the lanes before it and before the
+//! ones after it. Small batches apply on the applier thread alone: fanning out costs more than it
+//! saves.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -32,6 +34,12 @@ const PARALLEL_FROM: usize = 16;
 
 /// One lane's share of a batch: commands in log order, with their waiters.
 type Lane = Vec<(u64, Command, Option<Waiter>)>;
+
+/// A part of a batch: lanes applied at once, or one command applied alone between them.
+enum Step {
+    Lanes(Vec<Lane>),
+    Alone((u64, Command, Option<Waiter>)),
+}
 
 /// What a lane gives back: the answers to make, the pushes to mark.
 #[derive(Default)]
@@ -137,19 +145,10 @@ impl Applier {
                 done = core.apply_lane(lane);
             } else {
                 core.parallel_batches.fetch_add(1, Ordering::Relaxed);
-                let mut lanes = self.split(batch.entries, &mut done);
-                let mine = std::mem::take(&mut lanes[0]);
-                let mut sent = 0;
-                for (helper, lane) in self.helpers.iter().zip(lanes.into_iter().skip(1)) {
-                    if !lane.is_empty() && helper.send(lane).is_ok() {
-                        sent += 1;
-                    }
-                }
-                done.merge(core.apply_lane(mine));
-                for _ in 0..sent {
-                    match self.helped.recv() {
-                        Ok(lane) => done.merge(lane),
-                        Err(_) => break,
+                for step in self.plan(batch.entries, &mut done) {
+                    match step {
+                        Step::Lanes(lanes) => done.merge(self.apply_lanes(lanes)),
+                        Step::Alone(entry) => done.merge(core.apply_lane(vec![entry])),
                     }
                 }
             }
@@ -165,24 +164,48 @@ impl Applier {
         }
     }
 
-    /// Splits a batch into lanes, each in log order. A `MarkDelivered` spanning several lanes
-    /// is split per lane; its waiter is answered once the batch is applied.
-    fn split(&self, entries: Vec<Committed>, done: &mut LaneDone) -> Vec<Lane> {
+    /// Applies lanes at once: lane 0 here, the others on the helper threads.
+    fn apply_lanes(&self, mut lanes: Vec<Lane>) -> LaneDone {
+        let mine = std::mem::take(&mut lanes[0]);
+        let mut sent = 0;
+        for (helper, lane) in self.helpers.iter().zip(lanes.into_iter().skip(1)) {
+            if !lane.is_empty() && helper.send(lane).is_ok() {
+                sent += 1;
+            }
+        }
+        let mut done = self.core.apply_lane(mine);
+        for _ in 0..sent {
+            match self.helped.recv() {
+                Ok(lane) => done.merge(lane),
+                Err(_) => break,
+            }
+        }
+        done
+    }
+
+    /// Splits a batch into steps: runs of lanes (each lane in log order), and between them any
+    /// command that touches several lanes and cannot be split (a keyed send whose sender and
+    /// recipient are in different lanes), applied alone once everything before it is. A
+    /// `MarkDelivered` spanning several lanes is split per lane; its waiter is answered once the
+    /// batch is applied.
+    fn plan(&self, entries: Vec<Committed>, done: &mut LaneDone) -> Vec<Step> {
         let count = self.helpers.len() + 1;
         let lane_of = |user: &str| shard_of(user) % count;
-        let mut lanes: Vec<Lane> = (0..count).map(|_| Vec::new()).collect();
+        let fresh = || -> Vec<Lane> { (0..count).map(|_| Vec::new()).collect() };
+        let mut steps = Vec::new();
+        let mut lanes = fresh();
         for Committed {
             index,
             command,
             waiter,
         } in entries
         {
+            let users = command.users();
+            let first = users.first().map_or(0, |user| lane_of(user));
+            let single = users.iter().all(|user| lane_of(user) == first);
             match command {
-                Command::MarkDelivered { marks }
-                    if marks
-                        .iter()
-                        .any(|(u, _)| lane_of(u) != lane_of(&marks[0].0)) =>
-                {
+                _ if single => lanes[first].push((index, command, waiter)),
+                Command::MarkDelivered { marks } => {
                     let mut parts: Vec<Vec<(String, Vec<u64>)>> = vec![Vec::new(); count];
                     for (user, ids) in marks {
                         parts[lane_of(&user)].push((user, ids));
@@ -197,12 +220,13 @@ impl Applier {
                     }
                 }
                 command => {
-                    let lane = command.users().first().map_or(0, |user| lane_of(user));
-                    lanes[lane].push((index, command, waiter));
+                    steps.push(Step::Lanes(std::mem::replace(&mut lanes, fresh())));
+                    steps.push(Step::Alone((index, command, waiter)));
                 }
             }
         }
-        lanes
+        steps.push(Step::Lanes(lanes));
+        steps
     }
 
     /// Hands the state's image to the snapshot thread, unless it is still writing the last one.

@@ -1,7 +1,7 @@
 //! Request validation that needs no state, and the errors every operation shares.
 
 use crate::protocol::limits::{
-    MAX_IDS, MAX_PAGE, MAX_PASSWORD, MAX_PATTERN, MAX_TEXT, MAX_USERNAME, MIN_PASSWORD,
+    MAX_IDS, MAX_KEY, MAX_PAGE, MAX_PASSWORD, MAX_PATTERN, MAX_TEXT, MAX_USERNAME, MIN_PASSWORD,
 };
 use crate::protocol::{ErrorCode, ErrorReply};
 
@@ -41,6 +41,17 @@ pub(super) fn text(text: &str) -> Result<(), ErrorReply> {
         Err(ErrorReply::new(
             ErrorCode::InvalidArgument,
             format!("a message has at most {MAX_TEXT} bytes"),
+        ))
+    }
+}
+
+pub(super) fn key(key: &str) -> Result<(), ErrorReply> {
+    if (1..=MAX_KEY).contains(&key.len()) {
+        Ok(())
+    } else {
+        Err(ErrorReply::new(
+            ErrorCode::InvalidArgument,
+            format!("an idempotency key has 1 to {MAX_KEY} bytes"),
         ))
     }
 }

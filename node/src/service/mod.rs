@@ -443,21 +443,28 @@ impl Core {
                 });
                 done(connection, answer);
             }
-            Request::SendMessage { to, text } => {
+            Request::SendMessage { to, text, key } => {
                 let command = self.current_user(&mut connection).and_then(|from| {
                     checks::username(&to)?;
                     checks::text(&text)?;
+                    if let Some(key) = &key {
+                        checks::key(key)?;
+                    }
                     Ok(Command::SendMessage {
                         from,
                         to,
                         text,
                         timestamp: now_ms(),
+                        key,
                     })
                 });
                 match command {
                     Ok(command) => {
                         self.commit(connection, command, done, |_, outcome| match outcome {
-                            Outcome::Sent { id, timestamp } => Reply::Sent { id, timestamp },
+                            Outcome::Sent { id, timestamp }
+                            | Outcome::AlreadySent { id, timestamp } => {
+                                Reply::Sent { id, timestamp }
+                            }
                             _ => Reply::Done {},
                         })
                     }

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `CreateAccount` | the account map, the user's shard | `Done` or `user_exists` |
 //! | `DeleteAccount` | the account map, the user's shard | `Done` or `not_logged_in` |
-//! | `SendMessage` | the recipient's shard | `Sent { id, timestamp }` or `no_such_user` |
+//! | `SendMessage` | the recipient's shard (and the sender's, with a key) | `Sent { id, timestamp }`, `AlreadySent` or `no_such_user` |
 //! | `MarkDelivered` | one shard per user named | `Done` |
 //! | `DeleteMessages` | the owner's shard | `Deleted(count)` |
 //!
@@ -47,6 +47,9 @@ pub enum Command {
         text: String,
         /// Milliseconds since the Unix epoch, read before logging.
         timestamp: u64,
+        /// Idempotency key: if the sender stored a send with this key (kept at least
+        /// [`super::KEYS_KEPT_MS`]), this one stores nothing and answers with that one.
+        key: Option<String>,
     },
     /// Messages handed to their recipients (read, or pushed live): one command per batch of
     /// pushes, however many messages and users it covers.
@@ -71,7 +74,13 @@ impl Command {
             Command::CreateAccount { username, .. } | Command::DeleteAccount { username, .. } => {
                 vec![username]
             }
-            Command::SendMessage { to, .. } => vec![to],
+            Command::SendMessage { to, key: None, .. } => vec![to],
+            Command::SendMessage {
+                to,
+                from,
+                key: Some(_),
+                ..
+            } => vec![to, from],
             Command::MarkDelivered { marks } => {
                 marks.iter().map(|(user, _)| user.as_str()).collect()
             }
@@ -88,6 +97,13 @@ pub enum Outcome {
     /// A message was stored.
     Sent {
         /// Its id (the command's log index).
+        id: u64,
+        /// Its timestamp.
+        timestamp: u64,
+    },
+    /// A send with a key its sender used before: nothing stored, this is the earlier message.
+    AlreadySent {
+        /// The earlier message's id.
         id: u64,
         /// Its timestamp.
         timestamp: u64,

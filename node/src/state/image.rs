@@ -19,6 +19,20 @@ pub struct Image {
     pub accounts: BTreeMap<String, Account>,
     /// Every mailbox that holds or held messages, by owner; each by message id.
     pub mailboxes: BTreeMap<String, Vec<ImageMessage>>,
+    /// The idempotency keys of each sender's keyed sends, by sender, each by key.
+    #[serde(default)]
+    pub sent_keys: BTreeMap<String, Vec<ImageKey>>,
+}
+
+/// A keyed send remembered for its sender.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageKey {
+    /// The key.
+    pub key: String,
+    /// The message it stored.
+    pub id: u64,
+    /// That message's timestamp.
+    pub timestamp: u64,
 }
 
 /// A stored message.

@@ -26,7 +26,7 @@ pub mod command;
 mod image;
 
 pub use command::{Command, Outcome};
-pub use image::{Image, ImageMessage};
+pub use image::{Image, ImageKey, ImageMessage};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher as _};
@@ -45,6 +45,10 @@ pub const MAILBOXES_LEVEL: sync_kit::Level = sync_kit::Level(20);
 /// several): below every other lock of the node, since the applier takes them all while holding
 /// it.
 pub const APPLY_BATCH_LEVEL: sync_kit::Level = sync_kit::Level(5);
+
+/// How long a send's idempotency key is kept at least, in milliseconds of its sender's clock
+/// readings: ten minutes.
+pub const KEYS_KEPT_MS: u64 = 10 * 60 * 1000;
 
 /// Mailbox shards: commands on users of different shards apply without waiting for each other.
 pub const SHARDS: usize = 16;
@@ -85,10 +89,12 @@ struct Stored {
     delivered: bool,
 }
 
-/// One user's messages, oldest (lowest id) first.
+/// One user's messages, oldest (lowest id) first, and the keys of the sends it made.
 #[derive(Debug, Default)]
 struct Mailbox {
     messages: BTreeMap<u64, Stored>,
+    /// Idempotency key → (message id, timestamp) of this user's keyed sends.
+    sent_keys: BTreeMap<String, (u64, u64)>,
     /// Delivery bookkeeping (not state): handed out, mark not applied yet.
     handed_out: BTreeSet<u64>,
 }
@@ -239,28 +245,17 @@ impl State {
                 to,
                 text,
                 timestamp,
+                key,
             } => {
-                let mut shard = self.shard(to)?;
-                // Checked under the shard lock: account deletion holds it too.
-                let outcome = if self.accounts.contains_key(to) {
-                    shard.entry(to.clone()).or_default().messages.insert(
-                        index,
-                        Stored {
-                            from: from.clone(),
-                            timestamp: *timestamp,
-                            text: text.clone(),
-                            delivered: false,
-                        },
-                    );
-                    Outcome::Sent {
-                        id: index,
-                        timestamp: *timestamp,
-                    }
-                } else {
-                    Outcome::Refused(ErrorReply::new(
-                        ErrorCode::NoSuchUser,
-                        format!("no such user {to:?}"),
-                    ))
+                let stored = Stored {
+                    from: from.clone(),
+                    timestamp: *timestamp,
+                    text: text.clone(),
+                    delivered: false,
+                };
+                let outcome = match key {
+                    None => self.store_message(&mut *self.shard(to)?, index, to, stored),
+                    Some(key) => self.store_keyed_message(index, to, stored, key)?,
                 };
                 self.applied.fetch_max(index, Ordering::AcqRel);
                 Ok(outcome)
@@ -316,6 +311,64 @@ impl State {
     /// for it, so a snapshot or digest sees whole batches only.
     pub fn batch(&self) -> Result<MutexGuard<'_, ()>, LockError> {
         self.batch.lock()
+    }
+
+    /// Stores a message in `to`'s mailbox, if that account exists (checked under the shard
+    /// lock: account deletion holds it too).
+    fn store_message(&self, shard: &mut Shard, index: u64, to: &str, stored: Stored) -> Outcome {
+        if !self.accounts.contains_key(&to.to_string()) {
+            return Outcome::Refused(ErrorReply::new(
+                ErrorCode::NoSuchUser,
+                format!("no such user {to:?}"),
+            ));
+        }
+        let timestamp = stored.timestamp;
+        shard
+            .entry(to.to_string())
+            .or_default()
+            .messages
+            .insert(index, stored);
+        Outcome::Sent {
+            id: index,
+            timestamp,
+        }
+    }
+
+    /// A send with an idempotency key: the sender's keys and the recipient's mailbox, in two
+    /// shards (or one), taken together.
+    fn store_keyed_message(
+        &self,
+        index: u64,
+        to: &str,
+        stored: Stored,
+        key: &str,
+    ) -> Result<Outcome, LockError> {
+        let from = stored.from.clone();
+        let timestamp = stored.timestamp;
+        let (sender, recipient) = (shard_of(&from), shard_of(to));
+        let mut set = LockSet::new();
+        let sender_slot = set.lock(&self.shards[sender]);
+        let recipient_slot = (recipient != sender).then(|| set.lock(&self.shards[recipient]));
+        let mut held = set.acquire()?;
+        if let Some(&(id, timestamp)) = held
+            .get(sender_slot)
+            .get(&from)
+            .and_then(|mailbox| mailbox.sent_keys.get(key))
+        {
+            return Ok(Outcome::AlreadySent { id, timestamp });
+        }
+        let outcome = match recipient_slot {
+            Some(slot) => self.store_message(held.get_mut(slot), index, to, stored),
+            None => self.store_message(held.get_mut(sender_slot), index, to, stored),
+        };
+        if let Outcome::Sent { id, .. } = outcome {
+            let keys = &mut held.get_mut(sender_slot).entry(from).or_default().sent_keys;
+            // Keys older than the time they are kept, by this send's clock: the same on every
+            // node, since the clock reading is in the command.
+            keys.retain(|_, (_, at)| at.saturating_add(KEYS_KEPT_MS) >= timestamp);
+            keys.insert(key.to_string(), (id, timestamp));
+        }
+        Ok(outcome)
     }
 
     fn shard(&self, user: &str) -> Result<MutexGuard<'_, Shard>, LockError> {
@@ -441,8 +494,21 @@ impl State {
             .map(|(name, account)| (name.clone(), account.clone()))
             .collect();
         let mut mailboxes = BTreeMap::new();
+        let mut sent_keys = BTreeMap::new();
         for slot in slots {
             for (user, mailbox) in held.get(slot) {
+                if !mailbox.sent_keys.is_empty() {
+                    let keys = mailbox
+                        .sent_keys
+                        .iter()
+                        .map(|(key, &(id, timestamp))| ImageKey {
+                            key: key.clone(),
+                            id,
+                            timestamp,
+                        })
+                        .collect();
+                    sent_keys.insert(user.clone(), keys);
+                }
                 let messages = mailbox
                     .messages
                     .iter()
@@ -461,6 +527,7 @@ impl State {
             applied,
             accounts,
             mailboxes,
+            sent_keys,
         })
     }
 
@@ -480,25 +547,27 @@ impl State {
         }
         commit(tx).expect("a fresh map has no concurrent writer");
         let mut shards: Vec<Shard> = (0..SHARDS).map(|_| HashMap::new()).collect();
+        for (user, keys) in image.sent_keys {
+            shards[shard_of(&user)]
+                .entry(user)
+                .or_default()
+                .sent_keys
+                .extend(keys.into_iter().map(|k| (k.key, (k.id, k.timestamp))));
+        }
         for (user, messages) in image.mailboxes {
-            let mailbox = Mailbox {
-                messages: messages
-                    .into_iter()
-                    .map(|m| {
-                        (
-                            m.id,
-                            Stored {
-                                from: m.from,
-                                timestamp: m.timestamp,
-                                text: m.text,
-                                delivered: m.delivered,
-                            },
-                        )
-                    })
-                    .collect(),
-                handed_out: BTreeSet::new(),
-            };
-            shards[shard_of(&user)].insert(user, mailbox);
+            let mailbox = shards[shard_of(&user)].entry(user).or_default();
+            mailbox.messages = messages
+                .into_iter()
+                .map(|m| {
+                    let stored = Stored {
+                        from: m.from,
+                        timestamp: m.timestamp,
+                        text: m.text,
+                        delivered: m.delivered,
+                    };
+                    (m.id, stored)
+                })
+                .collect();
         }
         let mut state = state;
         for (lock, shard) in state.shards.iter_mut().zip(shards) {
@@ -521,4 +590,99 @@ fn commit(tx: sync_kit::mvcc::Transaction<String, Account>) -> Result<(), ErrorR
             "internal error: the account map changed outside apply",
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create(state: &State, index: u64, username: &str) {
+        let command = Command::CreateAccount {
+            username: username.into(),
+            password_hash: "$argon2id$x".into(),
+            created: 0,
+        };
+        assert_eq!(state.apply(index, &command).unwrap(), Outcome::Done);
+    }
+
+    fn send(state: &State, index: u64, to: &str, timestamp: u64, key: &str) -> Outcome {
+        let command = Command::SendMessage {
+            from: "ann".into(),
+            to: to.into(),
+            text: format!("at {timestamp}"),
+            timestamp,
+            key: Some(key.into()),
+        };
+        state.apply(index, &command).unwrap()
+    }
+
+    #[test]
+    fn a_key_used_again_answers_with_the_first_send_and_stores_nothing() {
+        let state = State::new();
+        create(&state, 1, "ann");
+        create(&state, 2, "ben");
+        assert_eq!(
+            send(&state, 3, "ben", 100, "k"),
+            Outcome::Sent {
+                id: 3,
+                timestamp: 100
+            }
+        );
+        // Again, even to someone else: the sender and the key decide.
+        for (index, to) in [(4, "ben"), (5, "ann")] {
+            assert_eq!(
+                send(&state, index, to, 200, "k"),
+                Outcome::AlreadySent {
+                    id: 3,
+                    timestamp: 100
+                }
+            );
+        }
+        assert_eq!(state.message_counts(std::time::Duration::ZERO).stored, 1);
+        assert_eq!(state.applied_index(), 5);
+        // A refused send (no such user) keeps no key.
+        assert!(matches!(
+            send(&state, 6, "ghost", 300, "g"),
+            Outcome::Refused(_)
+        ));
+        assert!(matches!(
+            send(&state, 7, "ben", 300, "g"),
+            Outcome::Sent { id: 7, .. }
+        ));
+    }
+
+    #[test]
+    fn keys_are_kept_ten_minutes_of_the_senders_clock_then_forgotten() {
+        let state = State::new();
+        create(&state, 1, "ann");
+        create(&state, 2, "ben");
+        send(&state, 3, "ben", 1_000, "old");
+        // Within ten minutes: still known.
+        assert!(matches!(
+            send(&state, 4, "ben", 1_000 + KEYS_KEPT_MS, "old"),
+            Outcome::AlreadySent { id: 3, .. }
+        ));
+        // A later keyed send of the same sender forgets keys older than that.
+        send(&state, 5, "ben", 1_001 + KEYS_KEPT_MS, "new");
+        assert!(matches!(
+            send(&state, 6, "ben", 1_002 + KEYS_KEPT_MS, "old"),
+            Outcome::Sent { id: 6, .. }
+        ));
+        // And the keys are in the image, so a snapshot keeps them.
+        let image = state.image().unwrap();
+        let keys: Vec<&str> = image.sent_keys["ann"]
+            .iter()
+            .map(|k| k.key.as_str())
+            .collect();
+        assert_eq!(keys, vec!["new", "old"]);
+        let restored = State::from_image(image);
+        assert!(matches!(
+            send(&restored, 7, "ben", 1_003 + KEYS_KEPT_MS, "new"),
+            Outcome::AlreadySent { id: 5, .. }
+        ));
+        assert_eq!(restored.digest().unwrap().1, {
+            let again = State::from_image(restored.image().unwrap());
+            again.digest().unwrap().1
+        });
+    }
 }

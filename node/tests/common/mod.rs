@@ -396,6 +396,7 @@ pub fn send(client: &mut Client, to: &str, text: &str) -> u64 {
     match ok(client.call(&Request::SendMessage {
         to: to.into(),
         text: text.into(),
+        key: None,
     })) {
         Reply::Sent { id, timestamp } => {
             assert!(timestamp > 0);
