@@ -27,7 +27,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, unbounded};
 use super::{Core, SessionHandle, lock_failed};
 use crate::log::{Batch, CommandLog, Committed, Waiter, snapshot};
 use crate::protocol::{Push, ServerFrame};
-use crate::state::{Command, Image, Outcome, SHARDS, shard_of};
+use crate::state::{Capture, Command, Outcome, SHARDS, shard_of};
 
 /// Batches smaller than this apply on the applier thread alone.
 const PARALLEL_FROM: usize = 16;
@@ -51,7 +51,7 @@ struct LaneDone {
 pub(super) struct Applier {
     core: Arc<Core>,
     batches: Receiver<Batch>,
-    images: Sender<Image>,
+    captures: Sender<Capture>,
     /// Lanes 1.. run on these threads; lane 0 on the applier's own.
     helpers: Vec<Sender<Lane>>,
     helped: Receiver<LaneDone>,
@@ -62,7 +62,7 @@ impl Applier {
     pub(super) fn new(
         core: Arc<Core>,
         batches: Receiver<Batch>,
-        images: Sender<Image>,
+        captures: Sender<Capture>,
         lanes: usize,
     ) -> std::io::Result<Applier> {
         let (done, helped) = unbounded();
@@ -84,7 +84,7 @@ impl Applier {
         Ok(Applier {
             core,
             batches,
-            images,
+            captures,
             helpers,
             helped,
         })
@@ -229,11 +229,12 @@ impl Applier {
         steps
     }
 
-    /// Hands the state's image to the snapshot thread, unless it is still writing the last one.
+    /// Hands a capture of the state (O(users), between batches) to the snapshot thread, unless
+    /// it is still writing the last one: building and writing the image stalls no command.
     fn snapshot(&self) {
-        match self.core.state.image() {
+        match self.core.state.capture() {
             Ok(image) => {
-                if self.images.try_send(image).is_ok() {
+                if self.captures.try_send(image).is_ok() {
                     self.core.records_since_snapshot.store(0, Ordering::Relaxed);
                 }
             }
@@ -362,15 +363,16 @@ impl Pushed {
     }
 }
 
-/// Writes the images the applier hands over, then lets the log drop what each covers.
+/// Writes the captures the applier hands over as snapshots, then lets the log drop what each
+/// covers.
 pub(super) fn write_snapshots(
     dir: &std::path::Path,
     log: &dyn CommandLog,
-    images: Receiver<Image>,
+    captures: Receiver<Capture>,
 ) {
-    for image in images {
-        let applied = image.applied;
-        match snapshot::save(dir, image) {
+    for capture in captures {
+        let applied = capture.applied();
+        match snapshot::save(dir, capture.image()) {
             Ok(()) => {
                 log.compact(applied);
                 tracing::info!(applied, "snapshot written; the log is compacted behind it");

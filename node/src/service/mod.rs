@@ -54,7 +54,7 @@ use crate::config::Config;
 use crate::hasher::Hasher;
 use crate::log::{CommandLog, LocalLog, legacy, snapshot};
 use crate::protocol::{ErrorCode, ErrorReply, Reply, Request, ServerFrame, limits};
-use crate::state::{Command, Image, MessageCounts, Outcome, State};
+use crate::state::{Capture, Command, MessageCounts, Outcome, State};
 
 /// Lock levels of the node (see `docs/node.md`).
 pub mod levels {
@@ -207,7 +207,7 @@ impl Service {
             config: config.clone(),
         });
 
-        let (images, snapshot_queue) = bounded::<Image>(1);
+        let (captures, snapshot_queue) = bounded::<Capture>(1);
         let snapshots = {
             let (dir, log) = (dir.clone(), Arc::clone(&log));
             thread::Builder::new()
@@ -219,7 +219,7 @@ impl Service {
             0 => workers.min(4),
             n => n,
         };
-        let applier = apply::Applier::new(Arc::clone(&core), batches, images, lanes)
+        let applier = apply::Applier::new(Arc::clone(&core), batches, captures, lanes)
             .map_err(|e| start_error("apply threads")(e.to_string()))?;
         let applier = thread::Builder::new()
             .name("apply".into())

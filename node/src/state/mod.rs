@@ -29,6 +29,9 @@ pub use command::{Command, Outcome};
 pub use image::{Image, ImageKey, ImageMessage};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use imbl::OrdMap;
 use std::hash::{DefaultHasher, Hash, Hasher as _};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -80,21 +83,23 @@ pub struct Account {
     pub created: u64,
 }
 
-/// A message in its recipient's mailbox.
+/// A message in its recipient's mailbox. Its strings are shared, so the persistent maps copy
+/// a node of messages cheaply when a capture shares it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Stored {
-    from: String,
+    from: Arc<str>,
     timestamp: u64,
-    text: String,
+    text: Arc<str>,
     delivered: bool,
 }
 
-/// One user's messages, oldest (lowest id) first, and the keys of the sends it made.
+/// One user's messages, oldest (lowest id) first, and the keys of the sends it made. Both are
+/// persistent maps: a [`Capture`] shares them in O(1) instead of copying them under the locks.
 #[derive(Debug, Default)]
 struct Mailbox {
-    messages: BTreeMap<u64, Stored>,
+    messages: OrdMap<u64, Stored>,
     /// Idempotency key → (message id, timestamp) of this user's keyed sends.
-    sent_keys: BTreeMap<String, (u64, u64)>,
+    sent_keys: OrdMap<String, (u64, u64)>,
     /// Delivery bookkeeping (not state): handed out, mark not applied yet.
     handed_out: BTreeSet<u64>,
 }
@@ -103,9 +108,9 @@ impl Mailbox {
     fn public(id: u64, stored: &Stored) -> Message {
         Message {
             id,
-            from: stored.from.clone(),
+            from: stored.from.to_string(),
             timestamp: stored.timestamp,
-            text: stored.text.clone(),
+            text: stored.text.to_string(),
         }
     }
 
@@ -248,9 +253,9 @@ impl State {
                 key,
             } => {
                 let stored = Stored {
-                    from: from.clone(),
+                    from: from.as_str().into(),
                     timestamp: *timestamp,
-                    text: text.clone(),
+                    text: text.as_str().into(),
                     delivered: false,
                 };
                 let outcome = match key {
@@ -343,7 +348,7 @@ impl State {
         stored: Stored,
         key: &str,
     ) -> Result<Outcome, LockError> {
-        let from = stored.from.clone();
+        let from = stored.from.to_string();
         let timestamp = stored.timestamp;
         let (sender, recipient) = (shard_of(&from), shard_of(to));
         let mut set = LockSet::new();
@@ -365,7 +370,14 @@ impl State {
             let keys = &mut held.get_mut(sender_slot).entry(from).or_default().sent_keys;
             // Keys older than the time they are kept, by this send's clock: the same on every
             // node, since the clock reading is in the command.
-            keys.retain(|_, (_, at)| at.saturating_add(KEYS_KEPT_MS) >= timestamp);
+            let expired: Vec<String> = keys
+                .iter()
+                .filter(|(_, (_, at))| at.saturating_add(KEYS_KEPT_MS) < timestamp)
+                .map(|(key, _)| key.clone())
+                .collect();
+            for key in expired {
+                keys.remove(&key);
+            }
             keys.insert(key.to_string(), (id, timestamp));
         }
         Ok(outcome)
@@ -479,62 +491,41 @@ impl State {
 
     // ----- images: snapshots and the digest -----
 
-    /// The whole state in canonical order at one applied index (between batches, every shard
-    /// held at once).
-    pub fn image(&self) -> Result<Image, LockError> {
+    /// The state at one applied index, between batches (every shard held at once), in O(users):
+    /// the persistent maps are shared, not copied. [`Capture::image`] builds the canonical image
+    /// from it without holding any lock.
+    pub fn capture(&self) -> Result<Capture, LockError> {
         let _between_batches = self.batch()?;
         let mut set = LockSet::new();
         let slots: Vec<_> = self.shards.iter().map(|shard| set.lock(shard)).collect();
         let held = set.acquire()?;
-        let applied = self.applied_index();
-        let accounts = self
-            .accounts
-            .snapshot()
-            .iter()
-            .map(|(name, account)| (name.clone(), account.clone()))
-            .collect();
-        let mut mailboxes = BTreeMap::new();
-        let mut sent_keys = BTreeMap::new();
+        let mut mailboxes = Vec::new();
         for slot in slots {
             for (user, mailbox) in held.get(slot) {
-                if !mailbox.sent_keys.is_empty() {
-                    let keys = mailbox
-                        .sent_keys
-                        .iter()
-                        .map(|(key, &(id, timestamp))| ImageKey {
-                            key: key.clone(),
-                            id,
-                            timestamp,
-                        })
-                        .collect();
-                    sent_keys.insert(user.clone(), keys);
-                }
-                let messages = mailbox
-                    .messages
-                    .iter()
-                    .map(|(id, stored)| ImageMessage {
-                        id: *id,
-                        from: stored.from.clone(),
-                        timestamp: stored.timestamp,
-                        text: stored.text.clone(),
-                        delivered: stored.delivered,
-                    })
-                    .collect();
-                mailboxes.insert(user.clone(), messages);
+                mailboxes.push((
+                    user.clone(),
+                    mailbox.messages.clone(),
+                    mailbox.sent_keys.clone(),
+                ));
             }
         }
-        Ok(Image {
-            applied,
-            accounts,
+        Ok(Capture {
+            applied: self.applied_index(),
+            accounts: self.accounts.snapshot(),
             mailboxes,
-            sent_keys,
         })
+    }
+
+    /// The whole state in canonical order at one applied index.
+    pub fn image(&self) -> Result<Image, LockError> {
+        Ok(self.capture()?.image())
     }
 
     /// SHA-256 over the canonical image, in hex: equal on every node that applied the same
     /// commands.
     pub fn digest(&self) -> Result<(u64, String), LockError> {
-        let image = self.image()?;
+        // Captured under the locks; the image is built and hashed after they are released.
+        let image = self.capture()?.image();
         Ok((image.applied, image.digest()))
     }
 
@@ -560,9 +551,9 @@ impl State {
                 .into_iter()
                 .map(|m| {
                     let stored = Stored {
-                        from: m.from,
+                        from: m.from.into(),
                         timestamp: m.timestamp,
-                        text: m.text,
+                        text: m.text.into(),
                         delivered: m.delivered,
                     };
                     (m.id, stored)
@@ -576,6 +567,64 @@ impl State {
         state.applied.store(image.applied, Ordering::Release);
         state.base = image.applied;
         state
+    }
+}
+
+/// The state at one applied index, sharing the live state's persistent maps
+/// ([`State::capture`]).
+pub struct Capture {
+    applied: u64,
+    accounts: Snapshot<String, Account>,
+    mailboxes: Vec<CapturedMailbox>,
+}
+
+type CapturedMailbox = (String, OrdMap<u64, Stored>, OrdMap<String, (u64, u64)>);
+
+impl Capture {
+    /// The index of the last command it holds.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// The canonical image (accounts by name, mailboxes by owner, messages by id).
+    pub fn image(self) -> Image {
+        let accounts = self
+            .accounts
+            .iter()
+            .map(|(name, account)| (name.clone(), account.clone()))
+            .collect();
+        let mut mailboxes = BTreeMap::new();
+        let mut sent_keys = BTreeMap::new();
+        for (user, messages, keys) in self.mailboxes {
+            if !keys.is_empty() {
+                let keys = keys
+                    .iter()
+                    .map(|(key, &(id, timestamp))| ImageKey {
+                        key: key.clone(),
+                        id,
+                        timestamp,
+                    })
+                    .collect();
+                sent_keys.insert(user.clone(), keys);
+            }
+            let messages = messages
+                .iter()
+                .map(|(id, stored)| ImageMessage {
+                    id: *id,
+                    from: stored.from.to_string(),
+                    timestamp: stored.timestamp,
+                    text: stored.text.to_string(),
+                    delivered: stored.delivered,
+                })
+                .collect();
+            mailboxes.insert(user, messages);
+        }
+        Image {
+            applied: self.applied,
+            accounts,
+            mailboxes,
+            sent_keys,
+        }
     }
 }
 
