@@ -36,8 +36,8 @@ pub struct Config {
     pub frame_timeout_secs: u64,
     /// Event loop threads serving connections (0: one per core).
     pub io_threads: usize,
-    /// Threads applying a batch's commands on different mailbox shards in parallel (0: one per
-    /// core, at most 4).
+    /// Threads applying a batch's commands on different mailbox shards in parallel (0: half the
+    /// cores, 1 to 4).
     pub apply_threads: usize,
 }
 

@@ -70,8 +70,8 @@ struct ServeArgs {
     /// Event loop threads serving connections (0: one per core).
     #[arg(long)]
     io_threads: Option<usize>,
-    /// Threads applying commands on different mailbox shards in parallel (0: one per core, at
-    /// most 4).
+    /// Threads applying commands on different mailbox shards in parallel (0: half the cores,
+    /// 1 to 4).
     #[arg(long)]
     apply_threads: Option<usize>,
     /// Log filter (tracing's EnvFilter syntax; RUST_LOG wins if set).

@@ -216,7 +216,9 @@ impl Service {
                 .map_err(|e| start_error("snapshot thread")(e.to_string()))?
         };
         let lanes = match config.apply_threads {
-            0 => workers.min(4),
+            // Half the cores, up to 4: the event loops, the log and the applier need the rest
+            // (on 2 cores a second lane only adds hand-offs).
+            0 => (workers / 2).clamp(1, 4),
             n => n,
         };
         let applier = apply::Applier::new(Arc::clone(&core), batches, captures, lanes)
