@@ -119,12 +119,10 @@ struct Conn {
     peer: SocketAddr,
     parser: FrameParser,
     session: Session,
-    /// Received bytes; those before `input_at` are parsed already.
-    input: Vec<u8>,
-    input_at: usize,
-    /// Bytes to send; those before `output_at` are sent already.
-    output: Vec<u8>,
-    output_at: usize,
+    /// Received bytes not parsed yet.
+    input: Buffer,
+    /// Bytes not sent yet.
+    output: Buffer,
     pushes: Option<Receiver<ServerFrame>>,
     /// When the unparsed input started to hold an unfinished frame.
     partial_since: Option<Instant>,
@@ -140,17 +138,17 @@ struct Conn {
 
 impl Conn {
     fn unsent(&self) -> usize {
-        self.output.len() - self.output_at
+        self.output.pending().len()
     }
 
     fn unparsed(&self) -> &[u8] {
-        &self.input[self.input_at..]
+        self.input.pending()
     }
 
     fn write_frame(&mut self, frame: &ServerFrame) {
         self.parser
             .protocol()
-            .encode_server_frame_into(frame, &mut self.output);
+            .encode_server_frame_into(frame, &mut self.output.bytes);
     }
 
     fn answer(&mut self, response: Response) {
@@ -158,13 +156,38 @@ impl Conn {
     }
 
     fn consume(&mut self, n: usize) {
-        self.input_at += n;
-        if self.input_at == self.input.len() {
-            self.input.clear();
-            self.input_at = 0;
-            if self.input.capacity() > INPUT_HIGH {
-                self.input.shrink_to(4096);
-            }
+        self.input.consume(n);
+    }
+}
+
+/// Bytes with a cursor: those before it are done with (parsed, or sent). The storage is reused
+/// once everything is done with, and given back when it grew past [`Buffer::KEEP`].
+#[derive(Default)]
+struct Buffer {
+    bytes: Vec<u8>,
+    at: usize,
+}
+
+impl Buffer {
+    /// A buffer that shrinks back after holding more than this.
+    const KEEP: usize = 64 * 1024;
+
+    fn pending(&self) -> &[u8] {
+        &self.bytes[self.at..]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.at += n;
+        if self.at == self.bytes.len() {
+            self.clear();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.at = 0;
+        if self.bytes.capacity() > Self::KEEP {
+            self.bytes.shrink_to(4096);
         }
     }
 }
@@ -271,10 +294,8 @@ impl EventLoop {
                 peer,
                 parser: FrameParser::new(Protocol::Json),
                 session: Session::Unregistered,
-                input: Vec::new(),
-                input_at: 0,
-                output: Vec::new(),
-                output_at: 0,
+                input: Buffer::default(),
+                output: Buffer::default(),
                 pushes: None,
                 partial_since: None,
                 peer_closed: false,
@@ -334,7 +355,7 @@ impl EventLoop {
             }
             match conn.stream.read(&mut self.scratch) {
                 Ok(0) => conn.peer_closed = true,
-                Ok(n) => conn.input.extend_from_slice(&self.scratch[..n]),
+                Ok(n) => conn.input.bytes.extend_from_slice(&self.scratch[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(error) => {
@@ -413,7 +434,7 @@ impl EventLoop {
             if let Session::Busy = conn.session {
                 break;
             }
-            match conn.parser.parse_request(&conn.input[conn.input_at..]) {
+            match conn.parser.parse_request(conn.input.pending()) {
                 Parse::Incomplete => {
                     conn.partial_since.get_or_insert_with(Instant::now);
                     break;
@@ -517,29 +538,19 @@ fn send(conn: &mut Conn) {
                 };
                 conn.parser
                     .protocol()
-                    .encode_server_frame_into(&frame, &mut conn.output);
+                    .encode_server_frame_into(&frame, &mut conn.output.bytes);
             }
         }
         if conn.unsent() == 0 {
             return;
         }
-        match conn.stream.write(&conn.output[conn.output_at..]) {
-            Ok(n) => {
-                conn.output_at += n;
-                if conn.output_at == conn.output.len() {
-                    conn.output.clear();
-                    conn.output_at = 0;
-                    if conn.output.capacity() > OUTPUT_HIGH {
-                        conn.output.shrink_to(4096);
-                    }
-                }
-            }
+        match conn.stream.write(conn.output.pending()) {
+            Ok(n) => conn.output.consume(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(error) => {
                 tracing::debug!(peer = %conn.peer, %error, "connection failed");
                 conn.output.clear();
-                conn.output_at = 0;
                 conn.closing = true;
                 return;
             }

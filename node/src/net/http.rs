@@ -175,26 +175,16 @@ fn metrics_from(stats: &serde_json::Value) -> String {
             .collect();
         match figure.kind {
             Kind::Counter => {
-                let family = match counters.iter().position(|(m, _, _)| *m == figure.metric) {
-                    Some(at) => &counters[at].2,
-                    None => {
-                        counters.push((figure.metric, figure.help, Family::default()));
-                        &counters.last().expect("just pushed").2
-                    }
-                };
-                family.get_or_create(&labels).inc_by(value);
+                family_of(&mut counters, figure)
+                    .get_or_create(&labels)
+                    .inc_by(value);
             }
             Kind::Gauge => {
-                let family = match gauges.iter().position(|(m, _, _)| *m == figure.metric) {
-                    Some(at) => &gauges[at].2,
-                    None => {
-                        gauges.push((figure.metric, figure.help, Family::default()));
-                        &gauges.last().expect("just pushed").2
-                    }
-                };
-                family.get_or_create(&labels).set(value);
+                family_of(&mut gauges, figure)
+                    .get_or_create(&labels)
+                    .set(value);
             }
-        }
+        };
     }
     for (metric, help, family) in counters {
         registry.register(metric, help, family);
@@ -216,6 +206,22 @@ fn metrics_from(stats: &serde_json::Value) -> String {
         "{body}{}# EOF\n",
         sync_kit::stats::prometheus_wait_histograms("synckit_contended")
     )
+}
+
+/// The family of `figure`'s metric among `families`, added on first use: figures that differ
+/// only in their labels share one family.
+fn family_of<'a, F: Default>(
+    families: &'a mut Vec<(&'static str, &'static str, F)>,
+    figure: &Figure,
+) -> &'a F {
+    let at = match families.iter().position(|(m, _, _)| *m == figure.metric) {
+        Some(at) => at,
+        None => {
+            families.push((figure.metric, figure.help, F::default()));
+            families.len() - 1
+        }
+    };
+    &families[at].2
 }
 
 /// Per-lock counters, labelled with the lock's name, kind and level.
