@@ -509,6 +509,9 @@ impl EventLoop {
         };
         let _ = self.poll.registry().deregister(&mut conn.stream);
         let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+        // Pushes offered from now on find the queue closed, so they do not count as delivered
+        // (the session may stay registered until a request in flight comes back).
+        conn.pushes = None;
         tracing::debug!(peer = %conn.peer, "disconnected");
         match std::mem::replace(&mut conn.session, Session::Unregistered) {
             Session::Busy => {
