@@ -54,7 +54,9 @@ pub fn serve(config: &Config) -> Result<(), String> {
     let _ = std::io::stdout().flush();
     tracing::info!(%chat, %http, data = %config.data_dir.display(), "node started");
     let threads = match config.io_threads {
-        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        // Half the cores: the log, the applier and the hashing pool need the rest (measured on
+        // 2 cores: one loop spends 20 % less CPU per command than two, and serves more).
+        0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
         n => n,
     };
     net::serve(listener, service, threads).map_err(|e| e.to_string())

@@ -34,7 +34,7 @@ pub struct Config {
     pub snapshot_interval_secs: u64,
     /// A connection holding part of a frame this long without completing it is closed.
     pub frame_timeout_secs: u64,
-    /// Event loop threads serving connections (0: one per core).
+    /// Event loop threads serving connections (0: half the cores, at least 1).
     pub io_threads: usize,
     /// Threads applying a batch's commands on different mailbox shards in parallel (0: half the
     /// cores, 1 to 4).

@@ -67,7 +67,7 @@ struct ServeArgs {
     /// Close a connection that holds part of a frame this many seconds without completing it.
     #[arg(long)]
     frame_timeout_secs: Option<u64>,
-    /// Event loop threads serving connections (0: one per core).
+    /// Event loop threads serving connections (0: half the cores, at least 1).
     #[arg(long)]
     io_threads: Option<usize>,
     /// Threads applying commands on different mailbox shards in parallel (0: half the cores,
