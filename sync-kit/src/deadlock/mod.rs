@@ -39,7 +39,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
+#[cfg(feature = "tokio")]
+pub(crate) use graph::{WaitKey, begin_wait_as, with_graph};
 pub(crate) use graph::{WaitRegistration, begin_wait};
+#[cfg(feature = "tokio")]
+pub(crate) use order::check_with as check_order_with;
 pub use order::{
     InversionReport, OrderChecking, OrderEdge, order_checking, reset_order_hook,
     set_order_checking, set_order_hook,

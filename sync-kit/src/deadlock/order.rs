@@ -333,15 +333,24 @@ pub(crate) fn check(requested: &LockUse) -> Result<(), LockError> {
     if POLICY.load(Ordering::Relaxed) == OFF || held::is_empty() {
         return Ok(());
     }
-    check_held(requested)
+    check_held(requested, &[])
+}
+
+/// As [`check`], for an acquisition whose holder also holds `extra` (a task's async locks).
+#[cfg(feature = "tokio")]
+pub(crate) fn check_with(requested: &LockUse, extra: &[LockUse]) -> Result<(), LockError> {
+    if POLICY.load(Ordering::Relaxed) == OFF || (held::is_empty() && extra.is_empty()) {
+        return Ok(());
+    }
+    check_held(requested, extra)
 }
 
 #[inline(never)]
-fn check_held(requested: &LockUse) -> Result<(), LockError> {
+fn check_held(requested: &LockUse, extra: &[LockUse]) -> Result<(), LockError> {
     let mut new_pairs: Vec<LockUse> = Vec::new();
     let _ = LEARNED.try_with(|learned| {
         let learned = learned.borrow();
-        held::for_each(|held| {
+        let mut consider = |held: &LockUse| {
             let both_leveled = held.lock.level.is_some() && requested.lock.level.is_some();
             if !both_leveled
                 && held.lock.id != requested.lock.id
@@ -350,7 +359,9 @@ fn check_held(requested: &LockUse) -> Result<(), LockError> {
             {
                 new_pairs.push(*held);
             }
-        });
+        };
+        held::for_each(&mut consider);
+        extra.iter().for_each(consider);
     });
     if new_pairs.is_empty() {
         return Ok(());

@@ -1,0 +1,147 @@
+//! Locks for tokio tasks (cargo feature `tokio`): [`Mutex`] and [`RwLock`], whose acquisitions
+//! are `.await`ed and whose guards are `Send`.
+//!
+//! They have what the blocking locks have: names, levels, statistics, writer preference (a
+//! strict FIFO queue: a reader that arrives while anyone is queued waits behind), lock-order
+//! checking and the wait-for graph, with **tasks** as the waiters and holders. A task is
+//! identified by tokio's task id; an acquisition outside any task (in `block_on`, say) is made
+//! by its thread, which stands for itself.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use sync_kit::LockError;
+//! use sync_kit::tokio::{Mutex, RwLock};
+//!
+//! # tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap().block_on(async {
+//! let accounts = Arc::new(Mutex::named("doc-async-accounts", vec![10u64]));
+//! let config = RwLock::named("doc-async-config", "v1".to_string());
+//! let task = tokio::spawn({
+//!     let accounts = Arc::clone(&accounts);
+//!     async move {
+//!         let mut guard = accounts.lock().await?;
+//!         tokio::task::yield_now().await; // the guard may move to another thread here
+//!         guard.push(20);
+//!         Ok::<_, LockError>(())
+//!     }
+//! });
+//! task.await.unwrap()?;
+//! assert_eq!(*accounts.lock().await?, [10, 20]);
+//! assert_eq!(&*config.read().await?, "v1");
+//! # Ok::<(), LockError>(())
+//! # }).unwrap();
+//! ```
+//!
+//! | piece | what |
+//! |---|---|
+//! | `raw` | the lock state (writer, readers) and a FIFO queue of waiting tasks under one internal mutex; releases hand the lock to the head of the queue |
+//! | `acquire` | the acquisition future: level and order checks, fast path, registration in the wait-for graph, cancellation |
+//! | `mutex`, `rwlock` | the typed locks and guards |
+//! | this module | who holds what: a held list per owner (task or thread), kept in a sharded map |
+//!
+//! Invariants:
+//! - an owner's held list lists exactly the async locks acquired by that owner whose guards are
+//!   alive (a guard remembers its owner, so dropping it on another thread or in another task
+//!   removes the right entry);
+//! - a queued acquisition is in the wait-for graph from the moment it is queued (under the graph's
+//!   lock) until it is granted (the releaser takes it out in the same critical section as the
+//!   grant) or cancelled (its future is dropped: it leaves the queue and the graph, and passes on
+//!   a lock it was granted but never saw), so no search sees a task waiting for a lock it holds,
+//!   and a dropped `lock()` future leaves nothing behind.
+//!
+//! Limits: guards are `Send`, so a task can hand a guard to another task; if it does so while
+//! the graph has a copy of its holdings (it is queued on another lock), that copy is stale until
+//! it is granted. Blocking locks taken inside a task are checked against the task's async holds
+//! only by the wait-for graph, not by the level check.
+
+mod acquire;
+mod mutex;
+mod raw;
+mod rwlock;
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+
+pub use mutex::{Mutex, MutexGuard};
+pub use rwlock::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::deadlock::ThreadInfo;
+use crate::lock::meta::{AccessMode, LockId, LockUse};
+use crate::loom::thread;
+use crate::loom::{InternalMutex, global};
+
+/// Who acquires and holds an async lock: a tokio task, or a thread outside any task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Owner {
+    Task(::tokio::task::Id),
+    Thread(thread::ThreadId),
+}
+
+impl Owner {
+    /// The current task, or the current thread outside a task.
+    pub(crate) fn current() -> Self {
+        match ::tokio::task::try_id() {
+            Some(task) => Owner::Task(task),
+            None => Owner::Thread(thread::current().id()),
+        }
+    }
+
+    /// How a report names it.
+    pub(crate) fn info(self) -> ThreadInfo {
+        let current = thread::current();
+        let mut info = ThreadInfo::new(current.id(), current.name());
+        if let Owner::Task(task) = self {
+            info.task = Some(task.to_string());
+        }
+        info
+    }
+}
+
+const SHARDS: usize = 16;
+
+type HeldMap = HashMap<Owner, Vec<LockUse>, BuildHasherDefault<DefaultHasher>>;
+
+global! {
+    static HELD: [InternalMutex<HeldMap>; SHARDS] = std::array::from_fn(|_| InternalMutex::new(HeldMap::default()));
+}
+
+fn shard(owner: Owner) -> &'static InternalMutex<HeldMap> {
+    let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(owner);
+    &HELD[(hash % SHARDS as u64) as usize]
+}
+
+/// Records that `owner` now holds `entry.lock`.
+pub(crate) fn push(owner: Owner, entry: LockUse) {
+    shard(owner).lock().entry(owner).or_default().push(entry);
+}
+
+/// Records that `owner` released one hold of `id` in `mode`.
+pub(crate) fn remove(owner: Owner, id: LockId, mode: AccessMode) {
+    let mut map = shard(owner).lock();
+    if let Some(holds) = map.get_mut(&owner) {
+        if let Some(at) = holds
+            .iter()
+            .rposition(|h| h.lock.id == id && h.mode == mode)
+        {
+            holds.remove(at);
+        }
+        if holds.is_empty() {
+            map.remove(&owner);
+        }
+    }
+}
+
+/// The async locks `owner` holds, oldest first.
+pub(crate) fn holds_of(owner: Owner) -> Vec<LockUse> {
+    shard(owner).lock().get(&owner).cloned().unwrap_or_default()
+}
+
+/// The async locks held by the current task (or by this thread, outside any task).
+pub(crate) fn held_by_current_owner() -> Vec<LockUse> {
+    holds_of(Owner::current())
+}
+
+/// The async locks held by the current tokio task (by this thread, outside any task), oldest
+/// first. Blocking locks are in [`held_by_current_thread`](crate::held_by_current_thread).
+pub fn held_by_current_task() -> Vec<LockUse> {
+    held_by_current_owner()
+}
