@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use super::raw::{AsyncRawLock, Queue};
 use super::{Owner, holds_of};
-use crate::deadlock::{self, WaitRegistration};
+use crate::deadlock::{self, OrderChecking, WaitRegistration, order_checking};
 use crate::error::LockError;
 use crate::held;
 use crate::lock::meta::{AccessMode, LockMeta, LockUse};
@@ -73,15 +73,17 @@ impl<'a> Acquire<'a> {
     }
 }
 
-/// The checks every acquisition makes first, and whether it waits: shared by `try_*`.
+/// The checks every acquisition makes first (level; learned order if it may wait).
 pub(crate) fn check(
     meta: &LockMeta,
     mode: AccessMode,
     at: &'static Location<'static>,
     owner: Owner,
     may_wait: bool,
-) -> Result<Vec<LockUse>, LockError> {
-    let holds = holds_of(owner);
+) -> Result<(), LockError> {
+    // The owner's async holds matter only to a leveled lock and to order checking.
+    let needed = meta.info.level.is_some() || order_checking() != OrderChecking::Off;
+    let holds = if needed { holds_of(owner) } else { Vec::new() };
     held::check_level_with(&meta.info, mode, at, &holds)?;
     if may_wait {
         deadlock::check_order_with(
@@ -93,7 +95,7 @@ pub(crate) fn check(
             &holds,
         )?;
     }
-    Ok(holds)
+    Ok(())
 }
 
 /// Bookkeeping of a release (the caller releases the raw lock right after).
@@ -130,12 +132,13 @@ impl Future for Acquire<'_> {
         match &mut this.stage {
             Stage::Start => {
                 let owner = Owner::current();
-                let holds = check(this.meta, this.mode, this.at, owner, true)?;
+                check(this.meta, this.mode, this.at, owner, true)?;
                 if this.raw.try_take(this.mode) {
                     this.stage = Stage::Done;
                     this.acquired(owner);
                     return Poll::Ready(Ok(owner));
                 }
+                let holds = holds_of(owner);
                 let since = Instant::now();
                 let mut ticket = None;
                 let raw = this.raw;

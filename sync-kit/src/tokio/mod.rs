@@ -81,7 +81,7 @@ impl Owner {
     pub(crate) fn current() -> Self {
         match ::tokio::task::try_id() {
             Some(task) => Owner::Task(task),
-            None => Owner::Thread(thread::current().id()),
+            None => Owner::Thread(current_thread_id()),
         }
     }
 
@@ -94,6 +94,14 @@ impl Owner {
         }
         info
     }
+}
+
+/// This thread's id, without cloning its `Thread` handle each time (a reference count).
+fn current_thread_id() -> thread::ThreadId {
+    crate::loom::thread_local! {
+        static ID: thread::ThreadId = thread::current().id();
+    }
+    ID.with(|id| *id)
 }
 
 const SHARDS: usize = 16;
