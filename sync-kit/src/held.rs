@@ -260,7 +260,7 @@ pub(crate) fn check_level_reacquire(
 }
 
 /// As [`check_level`], against `holds` (a task's async locks) besides the thread's held list.
-#[cfg(feature = "tokio")]
+#[cfg(any(feature = "tokio", loom))]
 pub(crate) fn check_level_with(
     lock: &LockInfo,
     mode: AccessMode,

@@ -67,7 +67,7 @@ pub mod mvcc;
 #[cfg(feature = "ratelimit")]
 pub mod ratelimit;
 pub mod stats;
-#[cfg(feature = "tokio")]
+#[cfg(any(feature = "tokio", loom))]
 pub mod tokio;
 
 pub use deadlock::DeadlockReport;

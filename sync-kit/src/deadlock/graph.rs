@@ -56,7 +56,7 @@ pub(crate) struct WaitRegistration {
     left: bool,
 }
 
-#[cfg(feature = "tokio")]
+#[cfg(any(feature = "tokio", loom))]
 impl WaitRegistration {
     /// This wait's key (for an async lock's queue, whose releaser takes a granted wait out).
     pub(crate) fn key(&self) -> WaitKey {
@@ -127,13 +127,13 @@ pub(crate) fn begin_wait(
 /// What a thread about to sleep holds: its held list, and the async locks held by the task it
 /// runs (or by the thread itself, outside any task).
 fn holds_of_current_thread() -> Vec<LockUse> {
-    #[cfg(feature = "tokio")]
+    #[cfg(any(feature = "tokio", loom))]
     {
         let mut holds = held::held_by_current_thread();
         holds.extend(crate::tokio::held_by_current_owner());
         holds
     }
-    #[cfg(not(feature = "tokio"))]
+    #[cfg(not(any(feature = "tokio", loom)))]
     held::held_by_current_thread()
 }
 
@@ -173,7 +173,7 @@ pub(crate) fn begin_wait_as(
     }))
 }
 
-#[cfg(feature = "tokio")]
+#[cfg(any(feature = "tokio", loom))]
 /// Runs `f` under the graph's lock; `f` may take granted waits out of the graph with the
 /// callback it is given (an async lock's releaser hands the lock to queued waiters so).
 pub(crate) fn with_graph<R>(f: impl FnOnce(&mut dyn FnMut(WaitKey)) -> R) -> R {

@@ -416,7 +416,7 @@ pub(crate) fn check(
 }
 
 /// As [`check`], for an acquisition whose holder also holds `extra` (a task's async locks).
-#[cfg(feature = "tokio")]
+#[cfg(any(feature = "tokio", loom))]
 pub(crate) fn check_with(requested: &LockUse, extra: &[LockUse]) -> Result<(), LockError> {
     if POLICY.load(Ordering::Relaxed) == OFF || (held::is_empty() && extra.is_empty()) {
         return Ok(());

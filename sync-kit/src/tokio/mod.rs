@@ -70,8 +70,13 @@ use crate::loom::thread;
 use crate::loom::{InternalMutex, global};
 
 /// Who acquires and holds an async lock: a tokio task, or a thread outside any task.
+///
+/// Under loom (where tokio does not build) this module is compiled without tokio and every
+/// owner is a thread, so that loom can model the async locks' wait path with
+/// `loom::future::block_on` (`loom-tests/tests/loom_async.rs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Owner {
+    #[cfg(not(loom))]
     Task(::tokio::task::Id),
     Thread(thread::ThreadId),
 }
@@ -79,16 +84,19 @@ pub(crate) enum Owner {
 impl Owner {
     /// The current task, or the current thread outside a task.
     pub(crate) fn current() -> Self {
-        match ::tokio::task::try_id() {
-            Some(task) => Owner::Task(task),
-            None => Owner::Thread(current_thread_id()),
+        #[cfg(not(loom))]
+        if let Some(task) = ::tokio::task::try_id() {
+            return Owner::Task(task);
         }
+        Owner::Thread(current_thread_id())
     }
 
     /// How a report names it.
     pub(crate) fn info(self) -> ThreadInfo {
         let current = thread::current();
+        #[allow(unused_mut)] // only tasks change it, and there are none under loom
         let mut info = ThreadInfo::new(current.id(), current.name());
+        #[cfg(not(loom))]
         if let Owner::Task(task) = self {
             info.task = Some(task.to_string());
         }
