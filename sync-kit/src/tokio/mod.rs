@@ -59,7 +59,8 @@ mod raw;
 mod rwlock;
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::collections::hash_map::Entry;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
 pub use mutex::{Mutex, MutexGuard};
 pub use rwlock::{RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -114,41 +115,91 @@ fn current_thread_id() -> thread::ThreadId {
 
 const SHARDS: usize = 16;
 
-type HeldMap = HashMap<Owner, Vec<LockUse>, BuildHasherDefault<DefaultHasher>>;
+/// Hashes an owner (a task or thread id: one small integer and a discriminant) with a multiply
+/// and a rotate, not SipHash: it is hashed on every acquisition and release.
+#[derive(Default)]
+struct OwnerHasher(u64);
+
+impl Hasher for OwnerHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    fn write_isize(&mut self, n: isize) {
+        self.write_u64(n as u64);
+    }
+}
+
+type OwnerHash = BuildHasherDefault<OwnerHasher>;
+type HeldMap = HashMap<Owner, Holds, OwnerHash>;
+
+/// One owner's holds: most hold one lock at a time, which needs no allocation.
+#[derive(Debug)]
+enum Holds {
+    One(LockUse),
+    Many(Vec<LockUse>),
+}
 
 global! {
     static HELD: [InternalMutex<HeldMap>; SHARDS] = std::array::from_fn(|_| InternalMutex::new(HeldMap::default()));
 }
 
 fn shard(owner: Owner) -> &'static InternalMutex<HeldMap> {
-    let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(owner);
-    &HELD[(hash % SHARDS as u64) as usize]
+    // The high bits: the multiply mixes upwards.
+    let hash = OwnerHash::default().hash_one(owner);
+    &HELD[(hash >> 60) as usize % SHARDS]
 }
 
 /// Records that `owner` now holds `entry.lock`.
 pub(crate) fn push(owner: Owner, entry: LockUse) {
-    shard(owner).lock().entry(owner).or_default().push(entry);
+    let mut map = shard(owner).lock();
+    match map.entry(owner) {
+        Entry::Vacant(vacant) => {
+            vacant.insert(Holds::One(entry));
+        }
+        Entry::Occupied(mut occupied) => {
+            let holds = occupied.get_mut();
+            match holds {
+                Holds::One(first) => *holds = Holds::Many(vec![*first, entry]),
+                Holds::Many(all) => all.push(entry),
+            }
+        }
+    }
 }
 
 /// Records that `owner` released one hold of `id` in `mode`.
 pub(crate) fn remove(owner: Owner, id: LockId, mode: AccessMode) {
     let mut map = shard(owner).lock();
-    if let Some(holds) = map.get_mut(&owner) {
-        if let Some(at) = holds
-            .iter()
-            .rposition(|h| h.lock.id == id && h.mode == mode)
-        {
-            holds.remove(at);
+    let is = |h: &LockUse| h.lock.id == id && h.mode == mode;
+    let empty = match map.get_mut(&owner) {
+        None => false,
+        Some(Holds::One(only)) => is(only),
+        Some(Holds::Many(all)) => {
+            if let Some(at) = all.iter().rposition(is) {
+                all.remove(at);
+            }
+            all.is_empty()
         }
-        if holds.is_empty() {
-            map.remove(&owner);
-        }
+    };
+    if empty {
+        map.remove(&owner);
     }
 }
 
 /// The async locks `owner` holds, oldest first.
 pub(crate) fn holds_of(owner: Owner) -> Vec<LockUse> {
-    shard(owner).lock().get(&owner).cloned().unwrap_or_default()
+    match shard(owner).lock().get(&owner) {
+        None => Vec::new(),
+        Some(Holds::One(only)) => vec![*only],
+        Some(Holds::Many(all)) => all.clone(),
+    }
 }
 
 /// The async locks held by the current task (or by this thread, outside any task).
