@@ -17,6 +17,9 @@
 //! - `order_checking_nested_2`: lock `a`, then lock `b` while holding it, unlock both, on two
 //!   unleveled sync-kit mutexes under `OrderChecking::Refuse` (the pair is learned on the first
 //!   iteration; every later one is the per-thread lookup) and `Off`, next to parking_lot.
+//! - `async_mutex_uncontended`: `lock().await` + unlock of a free `sync_kit::tokio::Mutex` next to
+//!   `tokio::sync::Mutex`, each future polled once by hand with a no-op waker (no runtime: the
+//!   cost of the lock alone; outside a task the thread is the owner).
 //! - `hold_timing`: lock + unlock of a free sync-kit mutex with hold timing off (the default) and
 //!   on (two clock reads per iteration), next to parking_lot.
 //!
@@ -254,8 +257,35 @@ fn hold_timing(c: &mut Criterion) {
     group.finish();
 }
 
+/// Polls a future that must be ready at once (an uncontended acquisition).
+fn ready<F: std::future::Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(output) => output,
+        std::task::Poll::Pending => panic!("an uncontended acquisition waited"),
+    }
+}
+
+fn async_mutex_uncontended(c: &mut Criterion) {
+    let mut group = c.benchmark_group("async_mutex_uncontended");
+    quick(&mut group);
+
+    let m = sync_kit::tokio::Mutex::new(0u64);
+    group.bench_function("sync_kit", |b| {
+        b.iter(|| *ready(black_box(&m).lock()).unwrap() += 1);
+    });
+    let m = tokio::sync::Mutex::new(0u64);
+    group.bench_function("tokio", |b| {
+        b.iter(|| *ready(black_box(&m).lock()) += 1);
+    });
+
+    group.finish();
+}
+
 criterion_group!(
     benches,
+    async_mutex_uncontended,
     hold_timing,
     order_checking_nested_2,
     mutex_uncontended,

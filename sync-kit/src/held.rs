@@ -259,6 +259,35 @@ pub(crate) fn check_level_reacquire(
     }
 }
 
+/// As [`check_level`], against `holds` (a task's async locks) besides the thread's held list.
+#[cfg(any(feature = "tokio", loom))]
+pub(crate) fn check_level_with(
+    lock: &LockInfo,
+    mode: AccessMode,
+    at: &'static Location<'static>,
+    holds: &[LockUse],
+) -> Result<(), LockError> {
+    check_level(lock, mode, at, LevelRule::Above)?;
+    let Some(level) = lock.level else {
+        return Ok(());
+    };
+    let highest = holds
+        .iter()
+        .filter(|h| h.lock.level.is_some())
+        .max_by_key(|h| (h.lock.level, h.lock.id));
+    match highest {
+        Some(held) if out_of_order(&held.lock, level, lock, LevelRule::Above) => Err(violation(
+            *held,
+            LockUse {
+                lock: *lock,
+                mode,
+                at,
+            },
+        )),
+        _ => Ok(()),
+    }
+}
+
 #[cold]
 fn violation(held: LockUse, requested: LockUse) -> LockError {
     crate::deadlock::count_level_violation();

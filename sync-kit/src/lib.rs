@@ -11,6 +11,8 @@
 //!   order learned from earlier ones fails at once with [`LockError::OrderInversion`], even if no
 //!   thread waits (`Refuse` by default in debug builds).
 //! - [`Condvar`] for [`Mutex`] guards, whose reacquisition goes through the same checks.
+//! - With the cargo feature `tokio`: `sync_kit::tokio::{Mutex, RwLock}`, locks for tokio tasks
+//!   with the same checks, tasks being the waiters and holders.
 //! - Statistics for every lock ([`LockStats`]), and a live list of every named lock
 //!   ([`stats::all`]).
 //!
@@ -46,7 +48,8 @@
 //! protocol they share; `held` is the per-thread list of held locks; `deadlock/` is the wait-for
 //! graph, the learned lock order and their reports; `stats` the counters and the registry of
 //! named locks and condvars; `lockset` the public face of `LockSet` and its helper types; `loom/`
-//! the single std/loom facade. `mvcc`, `ratelimit` and `fs` are cargo features (on by default).
+//! the single std/loom facade; `tokio/` the async locks. `mvcc`, `ratelimit` and `fs` are cargo
+//! features (on by default), `tokio` too (off by default).
 
 #![warn(missing_docs)]
 
@@ -64,6 +67,8 @@ pub mod mvcc;
 #[cfg(feature = "ratelimit")]
 pub mod ratelimit;
 pub mod stats;
+#[cfg(any(feature = "tokio", loom))]
+pub mod tokio;
 
 pub use deadlock::DeadlockReport;
 pub use error::LockError;

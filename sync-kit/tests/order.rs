@@ -230,3 +230,34 @@ fn the_default_policy_refuses_in_debug_builds() {
         }
     );
 }
+
+/// `plain` before `low` (learned), `low` below `high` (the hierarchy): taking `plain` while
+/// holding `high` closes the cycle through the level order, with nothing learned between the two
+/// leveled locks.
+#[test]
+fn cycles_through_the_level_order_are_inversions_too() {
+    let _serial = serial();
+    set_order_checking(OrderChecking::Refuse);
+    let plain = Mutex::named("ord-lvc-plain", ());
+    let low = Mutex::with_level("ord-lvc-low", Level(10), ());
+    let high = Mutex::with_level("ord-lvc-high", Level(20), ());
+    {
+        let _p = plain.lock().unwrap();
+        let _l = low.lock().unwrap(); // learned: plain before low
+    }
+    let _h = high.lock().unwrap();
+    let report = inversion(plain.lock());
+    let path: Vec<_> = report
+        .learned
+        .iter()
+        .map(|e| (e.before.name.unwrap(), e.after.name.unwrap(), e.by_level))
+        .collect();
+    assert_eq!(
+        path,
+        [
+            ("ord-lvc-plain", "ord-lvc-low", false),
+            ("ord-lvc-low", "ord-lvc-high", true)
+        ]
+    );
+    assert!(report.to_string().contains("by their levels"), "{report}");
+}

@@ -1,14 +1,30 @@
 //! The wait-for graph: who waits, for which lock, holding what.
+//!
+//! A waiter is a thread sleeping on a blocking lock or a tokio task queued on an async lock; each
+//! wait is entered under its own key (a task may wait on two locks at once inside a `select!`).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64 as StdAtomicU64, Ordering};
 
 use super::report::{BlockedBy, CycleStep, DeadlockReport, ThreadInfo};
 use super::{CYCLES, WAITING_NOW, WAITS};
 use crate::held;
 use crate::lock::meta::{AccessMode, LockId, LockUse};
-use crate::loom::thread::{self, ThreadId};
+use crate::loom::thread;
 use crate::loom::{InternalMutex, global};
+
+/// One wait in the graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct WaitKey(u64);
+
+static NEXT_WAIT: StdAtomicU64 = StdAtomicU64::new(1);
+
+impl WaitKey {
+    fn next() -> Self {
+        // Only uniqueness matters.
+        WaitKey(NEXT_WAIT.fetch_add(1, Ordering::Relaxed))
+    }
+}
 
 global! {
     static GRAPH: InternalMutex<WaitForGraph> = InternalMutex::new(WaitForGraph::default());
@@ -25,19 +41,32 @@ struct Waiter {
 /// Waiting threads, indexed so that a search touches only the edges it follows.
 #[derive(Debug, Default)]
 struct WaitForGraph {
-    waiters: HashMap<ThreadId, Waiter>,
+    waiters: HashMap<WaitKey, Waiter>,
     /// For each lock, the waiting threads that hold it.
-    holders: HashMap<LockId, Vec<ThreadId>>,
+    holders: HashMap<LockId, Vec<WaitKey>>,
     /// For each lock, the waiting threads that want it exclusively.
-    queued_writers: HashMap<LockId, Vec<ThreadId>>,
+    queued_writers: HashMap<LockId, Vec<WaitKey>>,
 }
 
-/// Proof that the current thread is in the graph; dropping it takes the thread out.
+/// Proof that a wait is in the graph; dropping it takes the wait out.
 #[derive(Debug)]
 #[must_use]
 pub(crate) struct WaitRegistration {
-    thread: ThreadId,
+    thread: WaitKey,
     left: bool,
+}
+
+#[cfg(any(feature = "tokio", loom))]
+impl WaitRegistration {
+    /// This wait's key (for an async lock's queue, whose releaser takes a granted wait out).
+    pub(crate) fn key(&self) -> WaitKey {
+        self.thread
+    }
+
+    /// Records that the wait already left the graph (taken out by the releaser that granted it).
+    pub(crate) fn mark_left(&mut self) {
+        self.left = true;
+    }
 }
 
 impl WaitRegistration {
@@ -50,9 +79,8 @@ impl WaitRegistration {
         let mut graph = GRAPH.lock();
         let acquired = attempt();
         if acquired {
-            graph.remove(self.thread);
+            graph.leave(self.thread);
             self.left = true;
-            WAITING_NOW.fetch_sub(1, Ordering::Relaxed);
         }
         acquired
     }
@@ -67,17 +95,15 @@ impl WaitRegistration {
         }
         let mut graph = GRAPH.lock();
         undo();
-        graph.remove(self.thread);
+        graph.leave(self.thread);
         self.left = true;
-        WAITING_NOW.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 impl Drop for WaitRegistration {
     fn drop(&mut self) {
         if !self.left {
-            GRAPH.lock().remove(self.thread);
-            WAITING_NOW.fetch_sub(1, Ordering::Relaxed);
+            GRAPH.lock().leave(self.thread);
         }
     }
 }
@@ -90,11 +116,43 @@ pub(crate) fn begin_wait(
     announce: &mut dyn FnMut(),
 ) -> Result<WaitRegistration, DeadlockReport> {
     let current = thread::current();
-    let id = current.id();
+    let waiter = ThreadInfo::new(current.id(), current.name());
+    let registration = begin_wait_as(waiter, wants, holds_of_current_thread(), &mut |_| {
+        announce();
+        true
+    })?;
+    Ok(registration.expect("a blocking wait is always entered"))
+}
+
+/// What a thread about to sleep holds: its held list, and the async locks held by the task it
+/// runs (or by the thread itself, outside any task).
+fn holds_of_current_thread() -> Vec<LockUse> {
+    #[cfg(any(feature = "tokio", loom))]
+    {
+        let mut holds = held::held_by_current_thread();
+        holds.extend(crate::tokio::held_by_current_owner());
+        holds
+    }
+    #[cfg(not(any(feature = "tokio", loom)))]
+    held::held_by_current_thread()
+}
+
+/// Enters a wait by `waiter`, holding `holds`, for `wants`, unless that closes a cycle. Under
+/// the graph's lock, `announce` (given the wait's key) queues the wait on the lock and returns
+/// `true`, or returns `false` if it took the lock instead (then the wait leaves at once:
+/// `Ok(None)`).
+#[cold]
+pub(crate) fn begin_wait_as(
+    thread: ThreadInfo,
+    wants: LockUse,
+    holds: Vec<LockUse>,
+    announce: &mut dyn FnMut(WaitKey) -> bool,
+) -> Result<Option<WaitRegistration>, DeadlockReport> {
+    let id = WaitKey::next();
     let waiter = Waiter {
-        thread: ThreadInfo::new(id, current.name()),
+        thread,
         wants,
-        holds: held::held_by_current_thread(),
+        holds,
     };
     let mut graph = GRAPH.lock();
     graph.insert(id, waiter);
@@ -103,17 +161,28 @@ pub(crate) fn begin_wait(
         CYCLES.fetch_add(1, Ordering::Relaxed);
         return Err(DeadlockReport::new(cycle));
     }
-    announce();
+    if !announce(id) {
+        graph.remove(id);
+        return Ok(None);
+    }
     WAITS.fetch_add(1, Ordering::Relaxed);
     WAITING_NOW.fetch_add(1, Ordering::Relaxed);
-    Ok(WaitRegistration {
+    Ok(Some(WaitRegistration {
         thread: id,
         left: false,
-    })
+    }))
+}
+
+#[cfg(any(feature = "tokio", loom))]
+/// Runs `f` under the graph's lock; `f` may take granted waits out of the graph with the
+/// callback it is given (an async lock's releaser hands the lock to queued waiters so).
+pub(crate) fn with_graph<R>(f: impl FnOnce(&mut dyn FnMut(WaitKey)) -> R) -> R {
+    let mut graph = GRAPH.lock();
+    f(&mut |key| graph.leave(key))
 }
 
 impl WaitForGraph {
-    fn insert(&mut self, id: ThreadId, waiter: Waiter) {
+    fn insert(&mut self, id: WaitKey, waiter: Waiter) {
         let mut held_ids: Vec<LockId> = waiter.holds.iter().map(|h| h.lock.id).collect();
         held_ids.sort_unstable();
         held_ids.dedup();
@@ -129,9 +198,16 @@ impl WaitForGraph {
         self.waiters.insert(id, waiter);
     }
 
-    fn remove(&mut self, id: ThreadId) {
+    /// Takes a wait out, counting it out of `threads_waiting` if it was in.
+    fn leave(&mut self, id: WaitKey) {
+        if self.remove(id) {
+            WAITING_NOW.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn remove(&mut self, id: WaitKey) -> bool {
         let Some(waiter) = self.waiters.remove(&id) else {
-            return;
+            return false;
         };
         for held in &waiter.holds {
             unindex(&mut self.holders, held.lock.id, id);
@@ -139,10 +215,11 @@ impl WaitForGraph {
         if waiter.wants.mode == AccessMode::Exclusive {
             unindex(&mut self.queued_writers, waiter.wants.lock.id, id);
         }
+        true
     }
 
     /// The waiting threads that `id` waits for, and why.
-    fn blockers(&self, id: ThreadId) -> Vec<(ThreadId, BlockedBy)> {
+    fn blockers(&self, id: WaitKey) -> Vec<(WaitKey, BlockedBy)> {
         let waiter = &self.waiters[&id];
         let lock = waiter.wants.lock.id;
         let mut found = Vec::new();
@@ -180,9 +257,9 @@ impl WaitForGraph {
 
     /// A path of wait-for edges from `start` back to `start`, if any. Any cycle in the graph
     /// passes through the thread registered last, so searching from it suffices.
-    fn find_cycle(&self, start: ThreadId) -> Option<Vec<CycleStep>> {
-        let mut reached_from: HashMap<ThreadId, (ThreadId, BlockedBy)> = HashMap::new();
-        let mut visited: HashSet<ThreadId> = HashSet::from([start]);
+    fn find_cycle(&self, start: WaitKey) -> Option<Vec<CycleStep>> {
+        let mut reached_from: HashMap<WaitKey, (WaitKey, BlockedBy)> = HashMap::new();
+        let mut visited: HashSet<WaitKey> = HashSet::from([start]);
         let mut stack = vec![start];
         while let Some(current) = stack.pop() {
             for (next, edge) in self.blockers(current) {
@@ -200,10 +277,10 @@ impl WaitForGraph {
 
     fn path_back(
         &self,
-        start: ThreadId,
-        last: ThreadId,
+        start: WaitKey,
+        last: WaitKey,
         closing_edge: BlockedBy,
-        mut reached_from: HashMap<ThreadId, (ThreadId, BlockedBy)>,
+        mut reached_from: HashMap<WaitKey, (WaitKey, BlockedBy)>,
     ) -> Vec<CycleStep> {
         let mut steps = Vec::new();
         let mut current = last;
@@ -229,7 +306,7 @@ impl WaitForGraph {
     }
 }
 
-fn unindex(index: &mut HashMap<LockId, Vec<ThreadId>>, lock: LockId, thread: ThreadId) {
+fn unindex(index: &mut HashMap<LockId, Vec<WaitKey>>, lock: LockId, thread: WaitKey) {
     if let Some(threads) = index.get_mut(&lock) {
         threads.retain(|t| *t != thread);
         if threads.is_empty() {

@@ -22,6 +22,9 @@
 //! thread in the same critical section: a search never sees a thread that already holds what it
 //! is registered as waiting for. A thread that times out removes itself on the way out.
 //!
+//! Tasks waiting on the async locks of `sync_kit::tokio` enter the same graph, with their task's
+//! holdings; entries are keyed per wait, so a task waiting on two locks at once has two.
+//!
 //! # Why only waiting threads
 //!
 //! Every thread on a deadlock cycle is asleep, and a sleeping thread can neither acquire nor
@@ -39,7 +42,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
+#[cfg(any(feature = "tokio", loom))]
+pub(crate) use graph::{WaitKey, begin_wait_as, with_graph};
 pub(crate) use graph::{WaitRegistration, begin_wait};
+#[cfg(any(feature = "tokio", loom))]
+pub(crate) use order::check_with as check_order_with;
 pub use order::{
     InversionReport, OrderChecking, OrderEdge, order_checking, reset_order_hook,
     set_order_checking, set_order_hook,
@@ -63,7 +70,8 @@ pub struct DetectorStats {
     pub cycles_detected: u64,
     /// Acquisitions refused because they broke the lock hierarchy.
     pub level_violations: u64,
-    /// Threads in the wait-for graph right now.
+    /// Waits in the wait-for graph right now (sleeping threads, and queued acquisitions of the
+    /// async locks).
     pub threads_waiting: u64,
     /// Acquisitions that inverted the learned lock order (refused under `Refuse`, reported under
     /// `Warn`; see [`set_order_checking`]).

@@ -4,7 +4,8 @@
 //! before acquired" edges between lock instances (pairs of two leveled locks are skipped: their
 //! levels already order them). An acquisition whose new edge would close a cycle in the learned
 //! graph, of any length, is an *inversion*: two runs of the program could interleave into a
-//! deadlock, whether or not this run ever waits.
+//! deadlock, whether or not this run ever waits. Paths also follow the hierarchy: from a leveled
+//! lock to any leveled lock above it.
 //!
 //! | policy    | on an inversion                                                          |
 //! |-----------|--------------------------------------------------------------------------|
@@ -22,9 +23,10 @@
 //!   cannot wait, so they cannot deadlock.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::ops::Bound;
 use std::panic::Location;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock as StdRwLock};
@@ -32,7 +34,7 @@ use std::sync::{Arc, RwLock as StdRwLock};
 use super::ORDER_INVERSIONS;
 use crate::error::LockError;
 use crate::held;
-use crate::lock::meta::{LockId, LockInfo, LockUse};
+use crate::lock::meta::{AccessMode, Level, LockId, LockInfo, LockUse};
 use crate::loom::{InternalMutex, global};
 
 /// What an acquisition that inverts the learned lock order does.
@@ -98,21 +100,33 @@ pub fn reset_order_hook() {
     *HOOK.write().unwrap_or_else(|p| p.into_inner()) = None;
 }
 
-/// One learned edge: `before` was held when `after` was acquired.
+/// One edge of the lock order: `before` was held when `after` was acquired, or both are leveled
+/// and `before`'s level is lower (the hierarchy orders them without anything being learned).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OrderEdge {
-    /// The lock that was held.
+    /// The lock that was held (or has the lower level).
     pub before: LockInfo,
-    /// The lock acquired while holding it.
+    /// The lock acquired while holding it (or with the higher level).
     pub after: LockInfo,
-    /// Where `before` was acquired, the first time this edge was learned.
+    /// Where `before` was acquired, the first time this edge was learned (for a level edge: where
+    /// `before` was created).
     pub before_at: &'static Location<'static>,
-    /// Where `after` was requested, the first time this edge was learned.
+    /// Where `after` was requested, the first time this edge was learned (for a level edge: where
+    /// `after` was created).
     pub after_at: &'static Location<'static>,
+    /// The edge comes from the levels of two leveled locks, not from an acquisition.
+    pub by_level: bool,
 }
 
 impl fmt::Display for OrderEdge {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.by_level {
+            return write!(
+                f,
+                "{} before {}: by their levels in the hierarchy",
+                self.before, self.after
+            );
+        }
         write!(
             f,
             "{} before {}: learned when it was requested at {} while holding the first, acquired at {}",
@@ -193,6 +207,9 @@ struct OrderGraph {
     before: HashMap<LockId, HashSet<LockId>>,
     /// Identity of every lock with an edge, for reports.
     info: HashMap<LockId, LockInfo>,
+    /// Leveled locks with learned out-edges, by `(level, id)`: a path may go from any leveled lock
+    /// to any of these above it (the hierarchy orders them).
+    leveled_sources: BTreeSet<(Level, LockId)>,
 }
 
 /// Locks with at least one edge, as of the last change (written under the graph's lock). A lock
@@ -210,19 +227,52 @@ impl OrderGraph {
             .is_some_and(|out| out.contains_key(&after))
     }
 
-    /// A learned path `from → … → to`, if any (depth-first, each lock visited once).
-    fn path(&self, from: LockId, to: LockId) -> Option<Vec<OrderEdge>> {
-        let mut reached_from: HashMap<LockId, LockId> = HashMap::new();
-        let mut stack = vec![from];
-        let mut visited = HashSet::from([from]);
+    /// A path `from → … → to` of learned edges and level edges, if any (depth-first, each lock
+    /// visited once). A level edge goes from a leveled lock to any leveled lock above it in
+    /// `(level, id)` order (the order a `LockSet` may take equal levels in); only those with
+    /// learned out-edges, and `to` itself, can continue or end a path.
+    fn path(&self, from: &LockInfo, to: &LockInfo) -> Option<Vec<OrderEdge>> {
+        let info = |id: LockId| -> LockInfo {
+            if id == from.id {
+                *from
+            } else if id == to.id {
+                *to
+            } else {
+                self.info[&id]
+            }
+        };
+        let rank = |lock: &LockInfo| lock.level.map(|level| (level, lock.id));
+        let mut reached_from: HashMap<LockId, (LockId, bool)> = HashMap::new();
+        let mut stack = vec![from.id];
+        let mut visited = HashSet::from([from.id]);
         while let Some(current) = stack.pop() {
-            for &next in self.after.get(&current).into_iter().flat_map(|m| m.keys()) {
+            let learned = self
+                .after
+                .get(&current)
+                .into_iter()
+                .flat_map(|m| m.keys())
+                .map(|&next| (next, false));
+            let above: Vec<(LockId, bool)> = match rank(&info(current)) {
+                None => Vec::new(),
+                Some(key) => {
+                    let mut above: Vec<(LockId, bool)> = self
+                        .leveled_sources
+                        .range((Bound::Excluded(key), Bound::Unbounded))
+                        .map(|&(_, id)| (id, true))
+                        .collect();
+                    if rank(to).is_some_and(|target| target > key) {
+                        above.push((to.id, true));
+                    }
+                    above
+                }
+            };
+            for (next, by_level) in learned.chain(above) {
                 if !visited.insert(next) {
                     continue;
                 }
-                reached_from.insert(next, current);
-                if next == to {
-                    return Some(self.edges_back(from, to, &reached_from));
+                reached_from.insert(next, (current, by_level));
+                if next == to.id {
+                    return Some(self.edges_back(from.id, to.id, &reached_from, info));
                 }
                 stack.push(next);
             }
@@ -234,18 +284,26 @@ impl OrderGraph {
         &self,
         from: LockId,
         to: LockId,
-        reached_from: &HashMap<LockId, LockId>,
+        reached_from: &HashMap<LockId, (LockId, bool)>,
+        info: impl Fn(LockId) -> LockInfo,
     ) -> Vec<OrderEdge> {
         let mut edges = Vec::new();
         let mut current = to;
         while current != from {
-            let previous = reached_from[&current];
-            let sites = self.after[&previous][&current];
+            let (previous, by_level) = reached_from[&current];
+            let (before, after) = (info(previous), info(current));
+            let (before_at, after_at) = if by_level {
+                (before.created_at, after.created_at)
+            } else {
+                let sites = self.after[&previous][&current];
+                (sites.before_at, sites.after_at)
+            };
             edges.push(OrderEdge {
-                before: self.info[&previous],
-                after: self.info[&current],
-                before_at: sites.before_at,
-                after_at: sites.after_at,
+                before,
+                after,
+                before_at,
+                after_at,
+                by_level,
             });
             current = previous;
         }
@@ -268,9 +326,15 @@ impl OrderGraph {
             .entry(after.lock.id)
             .or_default()
             .insert(before.lock.id);
+        if let Some(level) = before.lock.level {
+            self.leveled_sources.insert((level, before.lock.id));
+        }
     }
 
     fn forget(&mut self, id: LockId) {
+        if let Some(level) = self.info.get(&id).and_then(|info| info.level) {
+            self.leveled_sources.remove(&(level, id));
+        }
         if let Some(out) = self.after.remove(&id) {
             for after in out.keys() {
                 if let Some(ins) = self.before.get_mut(after) {
@@ -287,6 +351,9 @@ impl OrderGraph {
                     out.remove(&id);
                     if out.is_empty() {
                         self.after.remove(&before);
+                        if let Some(level) = self.info.get(&before).and_then(|i| i.level) {
+                            self.leveled_sources.remove(&(level, before));
+                        }
                     }
                 }
             }
@@ -327,21 +394,42 @@ crate::loom::thread_local! {
     static LEARNED: RefCell<PairSet> = RefCell::new(PairSet::default());
 }
 
-/// Checks and learns the order of a blocking or timed acquisition of `requested`.
+/// Checks and learns the order of a blocking or timed acquisition of `lock` in `mode` at `at`.
+/// Nothing is built unless the policy is on and the thread holds something.
 #[inline]
-pub(crate) fn check(requested: &LockUse) -> Result<(), LockError> {
+pub(crate) fn check(
+    lock: &LockInfo,
+    mode: AccessMode,
+    at: &'static Location<'static>,
+) -> Result<(), LockError> {
     if POLICY.load(Ordering::Relaxed) == OFF || held::is_empty() {
         return Ok(());
     }
-    check_held(requested)
+    check_held(
+        &LockUse {
+            lock: *lock,
+            mode,
+            at,
+        },
+        &[],
+    )
+}
+
+/// As [`check`], for an acquisition whose holder also holds `extra` (a task's async locks).
+#[cfg(any(feature = "tokio", loom))]
+pub(crate) fn check_with(requested: &LockUse, extra: &[LockUse]) -> Result<(), LockError> {
+    if POLICY.load(Ordering::Relaxed) == OFF || (held::is_empty() && extra.is_empty()) {
+        return Ok(());
+    }
+    check_held(requested, extra)
 }
 
 #[inline(never)]
-fn check_held(requested: &LockUse) -> Result<(), LockError> {
+fn check_held(requested: &LockUse, extra: &[LockUse]) -> Result<(), LockError> {
     let mut new_pairs: Vec<LockUse> = Vec::new();
     let _ = LEARNED.try_with(|learned| {
         let learned = learned.borrow();
-        held::for_each(|held| {
+        let mut consider = |held: &LockUse| {
             let both_leveled = held.lock.level.is_some() && requested.lock.level.is_some();
             if !both_leveled
                 && held.lock.id != requested.lock.id
@@ -350,7 +438,9 @@ fn check_held(requested: &LockUse) -> Result<(), LockError> {
             {
                 new_pairs.push(*held);
             }
-        });
+        };
+        held::for_each(&mut consider);
+        extra.iter().for_each(consider);
     });
     if new_pairs.is_empty() {
         return Ok(());
@@ -368,7 +458,7 @@ fn learn(requested: &LockUse, held: &[LockUse]) -> Result<(), LockError> {
             if graph.has_edge(h.lock.id, requested.lock.id) {
                 continue;
             }
-            if let Some(learned) = graph.path(requested.lock.id, h.lock.id) {
+            if let Some(learned) = graph.path(&requested.lock, &h.lock) {
                 inversions.push(InversionReport {
                     requested: *requested,
                     held: *h,

@@ -5,13 +5,16 @@ use std::fmt;
 use crate::lock::meta::{AccessMode, LockKind, LockUse};
 use crate::loom::thread::ThreadId;
 
-/// A thread, as named in a report.
+/// A waiter, as named in a report: a thread, or a tokio task (for the locks of
+/// `sync_kit::tokio`, where the task is the waiter and holds the locks).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ThreadInfo {
-    /// The thread's id.
+    /// The thread's id (for a task: the thread that was running it when it began to wait).
     pub id: ThreadId,
     /// The thread's name, if it has one.
     pub name: Option<String>,
+    /// The tokio task id, when the waiter is a task.
+    pub task: Option<String>,
 }
 
 impl ThreadInfo {
@@ -19,12 +22,16 @@ impl ThreadInfo {
         Self {
             id,
             name: name.map(str::to_owned),
+            task: None,
         }
     }
 }
 
 impl fmt::Display for ThreadInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(task) = &self.task {
+            return write!(f, "task {task}");
+        }
         match &self.name {
             Some(name) => write!(f, "thread {name:?} ({:?})", self.id),
             None => write!(f, "thread {:?}", self.id),

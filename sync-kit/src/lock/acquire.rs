@@ -102,11 +102,7 @@ pub(crate) fn acquire(
 ) -> Result<(), LockError> {
     held::check_level(&meta.info, mode, at, rule)?;
     if wait.may_wait() {
-        deadlock::check_order(&LockUse {
-            lock: meta.info,
-            mode,
-            at,
-        })?;
+        deadlock::check_order(&meta.info, mode, at)?;
     }
     if fast() {
         acquired(meta, mode, at);

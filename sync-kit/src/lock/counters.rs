@@ -224,7 +224,7 @@ pub(crate) struct Counters {
     /// This lock times its exclusive holds even when hold timing is off globally.
     time_holds: AtomicBool,
     /// When the current exclusive hold started ([`hold_clock`]), 0 when it is not timed. Written
-    /// only by the holder.
+    /// only by the holder (set when a timed hold begins, cleared when it ends).
     hold_start: StdAtomicU64,
     holds_timed: StdAtomicU64,
     hold_nanos: StdAtomicU64,
@@ -270,20 +270,20 @@ impl Counters {
         self.time_holds.load(StdOrdering::Relaxed) || HOLD_TIMES.load(StdOrdering::Relaxed)
     }
 
-    /// An exclusive hold ends: times it if its start was recorded.
+    /// An exclusive hold ends: times it if its start was recorded (whatever the setting is now:
+    /// one load, and a hold that began timed is always counted).
     #[inline]
     pub(crate) fn release_exclusive(&self) {
-        if self.hold_timing() {
-            self.end_hold();
+        let start = self.hold_start.load(StdOrdering::Relaxed);
+        if start != 0 {
+            self.end_hold(start);
         }
     }
 
     #[cold]
-    fn end_hold(&self) {
-        let start = self.hold_start.swap(0, StdOrdering::Relaxed);
-        if start == 0 {
-            return; // taken while timing was off
-        }
+    fn end_hold(&self, start: u64) {
+        // Only the holder writes `hold_start`: clear it for the next hold.
+        self.hold_start.store(0, StdOrdering::Relaxed);
         let held = hold_clock().saturating_sub(start);
         self.holds_timed.fetch_add(1, StdOrdering::Relaxed);
         self.hold_nanos.fetch_add(held, StdOrdering::Relaxed);

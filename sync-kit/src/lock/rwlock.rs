@@ -201,7 +201,7 @@ impl<T> RwLock<T> {
     /// Times this lock's exclusive holds (write holds only; read holds are not timed) into
     /// [`LockStats::holds`] whatever the process-wide setting
     /// ([`crate::stats::set_hold_timing`]), or stops. Costs a clock read per acquisition and per
-    /// release while on; a hold that straddles a change of the setting may go untimed.
+    /// release while on; a hold is timed if timing was on when it began.
     pub fn set_hold_timing(&self, on: bool) {
         self.meta.counters.set_hold_times(on);
     }
