@@ -168,6 +168,41 @@ fn a_reader_that_never_drains_loses_pushes_but_no_message() {
     assert_eq!(all, sent, "each message once, by push or by read");
 }
 
+/// A client that pipelines many requests without reading a single answer is held back (its
+/// answers stop being produced while its socket is full, and its requests wait unread), and
+/// once it reads, every answer arrives, in order.
+#[test]
+fn a_client_that_sends_without_reading_gets_every_answer_once_it_reads() {
+    const REQUESTS: u32 = 50_000;
+    let dir = data_dir();
+    let node = Node::start(dir.path(), &[]);
+    let stream = TcpStream::connect(node.chat).unwrap();
+    stream.set_read_timeout(Some(PROMPT)).unwrap();
+    let mut pipelined = Vec::new();
+    for id in 0..REQUESTS {
+        Protocol::Json.encode_request_into(id, &Request::Logout, &mut pipelined);
+    }
+    // Written from another thread: the node stops reading once its buffers fill, so this write
+    // completes only as answers are read below.
+    let mut writer = stream.try_clone().unwrap();
+    let sender = std::thread::spawn(move || writer.write_all(&pipelined));
+    let mut reader = BufReader::new(&stream);
+    for id in 0..REQUESTS {
+        let frame = Protocol::Json
+            .read_server_frame(&mut reader)
+            .expect("an answer")
+            .expect("a decodable answer");
+        match frame {
+            ServerFrame::Response(response) => {
+                assert_eq!(response.id, id, "answers in request order");
+                assert_eq!(response.result, Ok(Reply::Done {}));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    sender.join().unwrap().expect("every request was taken");
+}
+
 #[test]
 fn a_partial_frame_times_out_and_an_idle_connection_does_not() {
     let dir = data_dir();

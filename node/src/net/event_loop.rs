@@ -13,7 +13,8 @@
 //! the loop's channel and waker, from whichever thread finished it.
 //!
 //! Back-pressure and slow readers: a connection's output buffer is drained as the socket takes
-//! it; pushes are moved into it only while it holds less than [`OUTPUT_HIGH`] bytes, so a
+//! it; no request starts while it holds [`OUTPUT_HIGH`] unsent bytes (a client that sends
+//! without reading is held back, and then reading it pauses at [`INPUT_HIGH`]); pushes are moved into it only while it holds less than [`OUTPUT_HIGH`] bytes, so a
 //! reader that does not drain its socket fills its push queue, after which pushes to it are
 //! dropped (the messages stay queued in the mailbox) and nothing else waits. A connection that
 //! sends part of a frame and then nothing for `frame_timeout` is closed.
@@ -132,6 +133,9 @@ struct Conn {
     closing: bool,
     /// Reading stopped at [`INPUT_HIGH`] unparsed bytes.
     read_paused: bool,
+    /// Requests stopped starting at [`OUTPUT_HIGH`] unsent bytes: a client that sends without
+    /// reading its answers is held back instead of growing the node's memory.
+    output_paused: bool,
     /// Closed while busy: the entry waits for the completion to hand the session back.
     closed: bool,
 }
@@ -301,6 +305,7 @@ impl EventLoop {
                 peer_closed: false,
                 closing: false,
                 read_paused: false,
+                output_paused: false,
                 closed: false,
             });
             self.next_serial += 1;
@@ -386,6 +391,11 @@ impl EventLoop {
                 self.read(key);
                 continue;
             }
+            // Requests held back by unsent answers start again once the socket took them.
+            if conn.output_paused && conn.unsent() < OUTPUT_HIGH {
+                conn.output_paused = false;
+                continue;
+            }
             let drained = conn.peer_closed && !busy && !has_whole_frame(conn);
             if (conn.closing || drained) && conn.unsent() == 0 {
                 self.close(key);
@@ -432,6 +442,10 @@ impl EventLoop {
                 }
             }
             if let Session::Busy = conn.session {
+                break;
+            }
+            if conn.unsent() >= OUTPUT_HIGH {
+                conn.output_paused = true;
                 break;
             }
             match conn.parser.parse_request(conn.input.pending()) {
