@@ -88,9 +88,16 @@ fn legacy_segments(dir: &Path) -> Result<Vec<PathBuf>, String> {
         if !(name.starts_with("wal-") && name.ends_with(".log")) {
             continue;
         }
-        let bytes = fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        if bytes.get(8) == Some(&b'{') {
-            found.push(path);
+        // The first payload byte of a format-1 record is a JSON object's `{`; of a format-2
+        // record, the format byte. Nine bytes tell, whatever the segment's size.
+        let mut start = [0u8; 9];
+        let read = fs::File::open(&path)
+            .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut start));
+        match read {
+            Ok(()) if start[8] == b'{' => found.push(path),
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {} // too short to tell
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         }
     }
     found.sort();
