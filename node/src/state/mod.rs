@@ -6,6 +6,7 @@
 //! | mailboxes | 16 shards, each a `Mutex<HashMap<user, Mailbox>>` named `mailboxes-NN` | 20 |
 //! | applied index | an atomic, raised while the applied command's shard lock is held | - |
 //! | `apply-batch` | `Mutex<()>` held while a batch applies, on however many threads | 5 |
+//! | `state-digest` | `Mutex<Option<(index, digest)>>`: the last digest, taken alone | 30 |
 //!
 //! Invariant: the same commands applied at the same log indexes give the same state, byte for
 //! byte ([`State::digest`]). `apply` reads no clock, no randomness and no environment; a message's
@@ -52,6 +53,10 @@ pub const APPLY_BATCH_LEVEL: sync_kit::Level = sync_kit::Level(5);
 /// How long a send's idempotency key is kept at least, in milliseconds of its sender's clock
 /// readings: ten minutes.
 pub const KEYS_KEPT_MS: u64 = 10 * 60 * 1000;
+
+/// Lock level of `state-digest`, the cache of the last digest: taken alone, after a capture has
+/// released every other lock.
+pub const DIGEST_LEVEL: sync_kit::Level = sync_kit::Level(30);
 
 /// Mailbox shards: commands on users of different shards apply without waiting for each other.
 pub const SHARDS: usize = 16;
@@ -129,6 +134,9 @@ pub struct State {
     shards: Vec<Mutex<Shard>>,
     /// Held while a batch is applied: an image never sees part of a batch.
     batch: Mutex<()>,
+    /// The last digest computed, with the applied index it is for: the state at one index is
+    /// always the same, so `/stats` polled between changes hashes nothing.
+    digest: Mutex<Option<(u64, String)>>,
     applied: AtomicU64,
     /// The index of the image this state was loaded from: commands at or below it are in it.
     base: u64,
@@ -176,6 +184,7 @@ impl State {
                 .map(|name| Mutex::with_level(name, MAILBOXES_LEVEL, HashMap::new()))
                 .collect(),
             batch: Mutex::with_level("apply-batch", APPLY_BATCH_LEVEL, ()),
+            digest: Mutex::with_level("state-digest", DIGEST_LEVEL, None),
             applied: AtomicU64::new(0),
             base: 0,
         }
@@ -524,9 +533,18 @@ impl State {
     /// SHA-256 over the canonical image, in hex: equal on every node that applied the same
     /// commands.
     pub fn digest(&self) -> Result<(u64, String), LockError> {
-        // Captured under the locks; the image is built and hashed after they are released.
-        let image = self.capture()?.image();
-        Ok((image.applied, image.digest()))
+        // Captured under the locks; the image is built and hashed after they are released, and
+        // only if the state moved since the last digest.
+        let capture = self.capture()?;
+        let applied = capture.applied();
+        if let Some((index, digest)) = self.digest.lock()?.as_ref()
+            && *index == applied
+        {
+            return Ok((applied, digest.clone()));
+        }
+        let digest = capture.image().digest();
+        *self.digest.lock()? = Some((applied, digest.clone()));
+        Ok((applied, digest))
     }
 
     /// A state holding exactly `image`.
