@@ -9,12 +9,12 @@
 //!            log thread: next index (`wal-sequence`), group commit, one fsync per batch
 //!              │
 //!              ▼  durable batches, in log order
-//!            applier thread (`Applier::run`): State::apply(index, command)
+//!            applier thread (`apply.rs`): State::apply(index, command), lanes by shard
 //!              ├─ effects: live pushes (their marks: one MarkDelivered per batch), sessions of
 //!              │  a deleted account
-//!              ├─ waiter(outcome) ─► the connection's answer
-//!              └─ every `snapshot_every_records`: the state's image to the snapshot thread,
-//!                 which writes it and lets the log drop what it covers
+//!              ├─ waiter(outcome) ─► the connection's answer (its event loop is woken)
+//!              └─ every `snapshot_every_records`: a capture of the state to the snapshot
+//!                 thread, which builds the image, writes it, and lets the log drop what it covers
 //! ```
 //!
 //! Recovery is the same path without the network: load the snapshot's image, then apply every
@@ -22,8 +22,10 @@
 //!
 //! | lock | level | held for |
 //! |---|---|---|
+//! | `apply-batch` (in [`State`]) | 5 | applying one batch (images wait for it) |
 //! | `sessions`: `RwLock<HashMap<user, Vec<SessionHandle>>>` | 10 | who is online (logins, pushes) |
 //! | `mailboxes-NN` (in [`State`]) | 20 | applying a command; reading a mailbox |
+//! | `state-digest` (in [`State`]) | 30 | reading or storing the last digest, alone |
 //! | `wal-sequence` (in the log) | 90 | giving a command its index and queueing it |
 //!
 //! A `LockError` (which would mean a bug in that order) becomes an `internal` error answer and an
