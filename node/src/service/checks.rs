@@ -23,70 +23,53 @@ pub(super) fn username(username: &str) -> Result<(), ErrorReply> {
     }
 }
 
-pub(super) fn password(password: &str) -> Result<(), ErrorReply> {
-    if (MIN_PASSWORD..=MAX_PASSWORD).contains(&password.len()) {
+/// `Ok` if `size` is within `range`, else `invalid_argument` saying `rule`.
+fn within(
+    size: usize,
+    range: std::ops::RangeInclusive<usize>,
+    rule: impl FnOnce() -> String,
+) -> Result<(), ErrorReply> {
+    if range.contains(&size) {
         Ok(())
     } else {
-        Err(ErrorReply::new(
-            ErrorCode::InvalidArgument,
-            format!("a password has {MIN_PASSWORD} to {MAX_PASSWORD} bytes"),
-        ))
+        Err(ErrorReply::new(ErrorCode::InvalidArgument, rule()))
     }
+}
+
+pub(super) fn password(password: &str) -> Result<(), ErrorReply> {
+    within(password.len(), MIN_PASSWORD..=MAX_PASSWORD, || {
+        format!("a password has {MIN_PASSWORD} to {MAX_PASSWORD} bytes")
+    })
 }
 
 pub(super) fn text(text: &str) -> Result<(), ErrorReply> {
-    if text.len() <= MAX_TEXT {
-        Ok(())
-    } else {
-        Err(ErrorReply::new(
-            ErrorCode::InvalidArgument,
-            format!("a message has at most {MAX_TEXT} bytes"),
-        ))
-    }
+    within(text.len(), 0..=MAX_TEXT, || {
+        format!("a message has at most {MAX_TEXT} bytes")
+    })
 }
 
 pub(super) fn key(key: &str) -> Result<(), ErrorReply> {
-    if (1..=MAX_KEY).contains(&key.len()) {
-        Ok(())
-    } else {
-        Err(ErrorReply::new(
-            ErrorCode::InvalidArgument,
-            format!("an idempotency key has 1 to {MAX_KEY} bytes"),
-        ))
-    }
+    within(key.len(), 1..=MAX_KEY, || {
+        format!("an idempotency key has 1 to {MAX_KEY} bytes")
+    })
 }
 
 pub(super) fn page(what: &str, value: u32) -> Result<(), ErrorReply> {
-    if (1..=MAX_PAGE).contains(&value) {
-        Ok(())
-    } else {
-        Err(ErrorReply::new(
-            ErrorCode::InvalidArgument,
-            format!("{what} is 1 to {MAX_PAGE}"),
-        ))
-    }
+    within(value as usize, 1..=MAX_PAGE as usize, || {
+        format!("{what} is 1 to {MAX_PAGE}")
+    })
 }
 
 pub(super) fn pattern(pattern: &str) -> Result<(), ErrorReply> {
-    if pattern.is_empty() || pattern.len() > MAX_PATTERN {
-        Err(ErrorReply::new(
-            ErrorCode::InvalidArgument,
-            format!("a pattern has 1 to {MAX_PATTERN} bytes"),
-        ))
-    } else {
-        Ok(())
-    }
+    within(pattern.len(), 1..=MAX_PATTERN, || {
+        format!("a pattern has 1 to {MAX_PATTERN} bytes")
+    })
 }
 
 pub(super) fn ids(ids: &[u64]) -> Result<(), ErrorReply> {
-    if ids.len() <= MAX_IDS {
-        Ok(())
-    } else {
-        Err(ErrorReply::new(
-            ErrorCode::InvalidArgument,
-            format!("at most {MAX_IDS} ids at once"),
-        ))
-    }
+    within(ids.len(), 0..=MAX_IDS, || {
+        format!("at most {MAX_IDS} ids at once")
+    })
 }
 
 /// A login password longer than any valid one fails like a wrong one (never hashed).
