@@ -12,5 +12,6 @@ pub mod hasher;
 pub mod log;
 pub mod net;
 pub mod protocol;
+pub mod raft;
 pub mod service;
 pub mod state;

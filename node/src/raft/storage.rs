@@ -1,0 +1,1 @@
+//! Raft's log on disk (being written).
