@@ -82,7 +82,16 @@ fn reply() -> impl Strategy<Value = (Op, Reply)> {
 }
 
 fn error_code() -> impl Strategy<Value = ErrorCode> {
-    (1u8..=12).prop_map(|code| ErrorCode::from_code(code).expect("codes 1 to 12 exist"))
+    (1u8..=14).prop_map(|code| ErrorCode::from_code(code).expect("codes 1 to 14 exist"))
+}
+
+/// An error reply of `code`; a `not_leader` is built the one way the node builds it (its
+/// message is derived from the leader's address, the only thing the binary protocol carries).
+fn error_reply(code: ErrorCode, message: String, leader: Option<String>) -> ErrorReply {
+    match code {
+        ErrorCode::NotLeader => ErrorReply::not_leader(leader),
+        _ => ErrorReply::new(code, message),
+    }
 }
 
 fn server_frame() -> impl Strategy<Value = ServerFrame> {
@@ -92,13 +101,20 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
             op: Some(op),
             result: Ok(reply),
         })),
-        (any::<u32>(), request(), error_code(), text()).prop_map(|(id, request, code, message)| {
-            ServerFrame::Response(Response {
-                id,
-                op: Some(request.op()),
-                result: Err(ErrorReply::new(code, message)),
-            })
-        }),
+        (
+            any::<u32>(),
+            request(),
+            error_code(),
+            text(),
+            proptest::option::of("[a-z0-9.]{1,20}:[0-9]{1,5}")
+        )
+            .prop_map(|(id, request, code, message, leader)| {
+                ServerFrame::Response(Response {
+                    id,
+                    op: Some(request.op()),
+                    result: Err(error_reply(code, message, leader)),
+                })
+            }),
         message().prop_map(|m| ServerFrame::Push(Push::Deliver(m))),
     ]
 }

@@ -14,6 +14,10 @@
 //! `ERROR` (bit 1, with RESPONSE), `PUSH` (bit 2). Varints are LEB128 (protobuf's). Strings are a
 //! varint byte length followed by UTF-8; optional strings are a byte 0/1 then the string; lists
 //! are a varint count then the items. Field order per operation is in `docs/protocol.md`.
+//!
+//! An error payload is the code (one byte) then a message string; for `not_leader` (13) the
+//! message is the leader's chat address, or empty when no leader is known, and decoding rebuilds
+//! the reply with [`ErrorReply::not_leader`].
 
 use std::io::BufRead;
 
@@ -350,7 +354,13 @@ fn encode_response_into(response: &Response, out: &mut Vec<u8>) {
         }),
         Err(error) => frame_with(out, op, FLAG_RESPONSE | FLAG_ERROR, response.id, |out| {
             out.put_u8(error.code as u8);
-            put_str(out, &error.message);
+            // A not_leader's message field is the leader's chat address (empty when unknown):
+            // the one thing a binary client needs from it, in the field every error already has.
+            let message = match error.code {
+                ErrorCode::NotLeader => error.leader().unwrap_or_default(),
+                _ => &error.message,
+            };
+            put_str(out, message);
         }),
     }
 }
@@ -578,10 +588,14 @@ pub fn decode_server_frame_view(frame: FrameView<'_>) -> Result<ServerFrame, Err
         f.end()?;
         let code =
             code.ok_or_else(|| ErrorReply::new(ErrorCode::Malformed, "unknown error code"))?;
+        let error = match code {
+            ErrorCode::NotLeader => ErrorReply::not_leader(Some(message).filter(|m| !m.is_empty())),
+            _ => ErrorReply::new(code, message),
+        };
         return Ok(ServerFrame::Response(Response {
             id: frame.id,
             op,
-            result: Err(ErrorReply { code, message }),
+            result: Err(error),
         }));
     }
     let reply = match op {

@@ -318,6 +318,13 @@ pub enum ErrorCode {
     InvalidCursor = 11,
     /// The node failed internally (e.g. storage full); nothing was changed.
     Internal = 12,
+    /// This cluster member cannot order the write (it is a follower, or an election is under
+    /// way); [`ErrorReply::leader`] names the leader's chat address when it is known. Nothing
+    /// was changed: the client may send the request again, to the leader.
+    NotLeader = 13,
+    /// The cluster cannot order the write now (no majority reachable within a bounded wait);
+    /// nothing was acknowledged. The client may retry later, or on another member.
+    Unavailable = 14,
 }
 
 impl ErrorCode {
@@ -337,28 +344,98 @@ impl ErrorCode {
             RateLimited,
             InvalidCursor,
             Internal,
+            NotLeader,
+            Unavailable,
         ]
         .into_iter()
         .find(|c| *c as u8 == code)
     }
 }
 
-/// A failed request: a code for programs, a message for people.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A failed request: a code for programs, a message for people, and for
+/// [`ErrorCode::NotLeader`] the leader's chat address when it is known.
+///
+/// The leader is private so that it can only be set by [`ErrorReply::not_leader`]: an error of
+/// any other code never carries one, and its JSON keeps the shape it always had (no `leader`
+/// key), while a `not_leader` error always has the key (`null` when unknown).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(from = "WireErrorReply")]
 pub struct ErrorReply {
     /// What kind of failure.
     pub code: ErrorCode,
     /// Explanation.
     pub message: String,
+    /// The leader's chat address ("host:port"); only ever `Some` with [`ErrorCode::NotLeader`].
+    leader: Option<String>,
+}
+
+/// [`ErrorReply`] as JSON spells it, for decoding: an absent and a `null` `leader` both mean
+/// unknown, and a `leader` on an error of another code is ignored.
+#[derive(Deserialize)]
+struct WireErrorReply {
+    code: ErrorCode,
+    message: String,
+    #[serde(default)]
+    leader: Option<String>,
+}
+
+impl From<WireErrorReply> for ErrorReply {
+    fn from(wire: WireErrorReply) -> Self {
+        ErrorReply {
+            leader: wire.leader.filter(|_| wire.code == ErrorCode::NotLeader),
+            code: wire.code,
+            message: wire.message,
+        }
+    }
+}
+
+impl Serialize for ErrorReply {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        // `leader` is written for `not_leader` only (as `null` when unknown), so the JSON of
+        // every other code is byte for byte what it was before clusters existed.
+        let not_leader = self.code == ErrorCode::NotLeader;
+        let mut out = serializer.serialize_struct("ErrorReply", 2 + usize::from(not_leader))?;
+        out.serialize_field("code", &self.code)?;
+        out.serialize_field("message", &self.message)?;
+        if not_leader {
+            out.serialize_field("leader", &self.leader)?;
+        }
+        out.end()
+    }
 }
 
 impl ErrorReply {
-    /// An error reply.
+    /// An error reply (without a leader: see [`ErrorReply::not_leader`] for that).
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
+            leader: None,
         }
+    }
+
+    /// A [`ErrorCode::NotLeader`] reply naming the leader's chat address ("host:port"), or
+    /// `None` while no leader is known (during an election).
+    ///
+    /// The message is derived from `leader` alone: the binary protocol carries only the address
+    /// (its message field holds the address or nothing), and decoding rebuilds the reply with this
+    /// function, so a reply made here comes back equal from either protocol.
+    pub fn not_leader(leader: Option<String>) -> Self {
+        let message = match &leader {
+            Some(addr) => format!("this member is not the leader; the leader is {addr}"),
+            None => "this member is not the leader and no leader is known yet".to_string(),
+        };
+        Self {
+            code: ErrorCode::NotLeader,
+            message,
+            leader,
+        }
+    }
+
+    /// The leader's chat address, when this is a `not_leader` reply that knows it.
+    pub fn leader(&self) -> Option<&str> {
+        self.leader.as_deref()
     }
 }
 
@@ -880,6 +957,150 @@ mod tests {
             };
             assert_eq!(bad.error.code, ErrorCode::UnknownOperation);
         }
+    }
+
+    /// Every error code, its number and its JSON name: the table of `docs/protocol.md`.
+    const ERROR_CODES: &[(u8, &str)] = &[
+        (1, "malformed"),
+        (2, "unknown_operation"),
+        (3, "invalid_argument"),
+        (4, "invalid_utf8"),
+        (5, "too_large"),
+        (6, "not_logged_in"),
+        (7, "auth_failed"),
+        (8, "user_exists"),
+        (9, "no_such_user"),
+        (10, "rate_limited"),
+        (11, "invalid_cursor"),
+        (12, "internal"),
+        (13, "not_leader"),
+        (14, "unavailable"),
+    ];
+
+    #[test]
+    fn every_error_code_has_its_number_and_name() {
+        for &(number, name) in ERROR_CODES {
+            let code = ErrorCode::from_code(number).unwrap_or_else(|| panic!("code {number}"));
+            assert_eq!(code as u8, number);
+            assert_eq!(serde_json::to_value(code).unwrap(), name, "{code:?}");
+        }
+        for number in (0..=u8::MAX).filter(|n| !ERROR_CODES.iter().any(|(c, _)| c == n)) {
+            assert_eq!(ErrorCode::from_code(number), None, "{number}");
+        }
+        // The docs list the same table.
+        let docs = include_str!("../../../docs/protocol.md");
+        for &(number, name) in ERROR_CODES {
+            assert!(
+                docs.contains(&format!("| {number} | {name} |")),
+                "docs/protocol.md lacks error code {number} {name}"
+            );
+        }
+    }
+
+    fn error_frame(error: ErrorReply) -> ServerFrame {
+        ServerFrame::Response(Response {
+            id: 4,
+            op: Some(Op::SendMessage),
+            result: Err(error),
+        })
+    }
+
+    #[test]
+    fn not_leader_round_trips_in_both_protocols_with_and_without_a_leader() {
+        for leader in [Some("127.0.0.1:7003".to_string()), None] {
+            let error = ErrorReply::not_leader(leader.clone());
+            assert_eq!(error.code, ErrorCode::NotLeader);
+            assert_eq!(error.leader(), leader.as_deref());
+            let frame = error_frame(error);
+            for protocol in [Protocol::Binary, Protocol::Json] {
+                let bytes = protocol.encode_server_frame(&frame);
+                let Parse::Frame { consumed, decoded } = protocol.parse_server_frame(&bytes) else {
+                    panic!("{protocol:?}: no frame");
+                };
+                assert_eq!(consumed, bytes.len());
+                let decoded = decoded.unwrap();
+                assert_eq!(decoded, frame, "{protocol:?}");
+                let ServerFrame::Response(Response { result: Err(e), .. }) = decoded else {
+                    unreachable!()
+                };
+                assert_eq!(e.leader(), leader.as_deref(), "{protocol:?}");
+            }
+        }
+        let unavailable = error_frame(ErrorReply::new(ErrorCode::Unavailable, "no majority"));
+        for protocol in [Protocol::Binary, Protocol::Json] {
+            let bytes = protocol.encode_server_frame(&unavailable);
+            assert!(matches!(
+                protocol.parse_server_frame(&bytes),
+                Parse::Frame { decoded: Ok(ref f), .. } if *f == unavailable
+            ));
+        }
+    }
+
+    #[test]
+    fn not_leader_wire_bytes_are_as_documented() {
+        let json_of = |error: ErrorReply| {
+            let line = json::encode_server_frame(&error_frame(error));
+            let value: serde_json::Value = serde_json::from_slice(&line).unwrap();
+            value["error"].clone()
+        };
+        let named = json_of(ErrorReply::not_leader(Some("127.0.0.1:7003".into())));
+        assert_eq!(named["code"], "not_leader");
+        assert_eq!(named["leader"], "127.0.0.1:7003");
+        assert!(named["message"].is_string());
+        let unknown = json_of(ErrorReply::not_leader(None));
+        assert_eq!(
+            unknown.as_object().unwrap().get("leader"),
+            Some(&serde_json::Value::Null),
+            "an unknown leader is an explicit null"
+        );
+        // Other codes keep their shape: no leader key.
+        let line = json::encode_server_frame(&error_frame(ErrorReply::new(
+            ErrorCode::Unavailable,
+            "no majority",
+        )));
+        assert_eq!(
+            std::str::from_utf8(&line).unwrap(),
+            "{\"error\":{\"code\":\"unavailable\",\"message\":\"no majority\"},\"id\":4,\
+             \"ok\":false,\"op\":\"send_message\"}\n"
+        );
+        // A leader on another code's JSON is ignored when decoding.
+        let decoded = json::decode_server_frame(
+            br#"{"id":1,"op":"login","ok":false,"error":{"code":"internal","message":"x","leader":"a:1"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            decoded,
+            ServerFrame::Response(Response {
+                id: 1,
+                op: Some(Op::Login),
+                result: Err(ErrorReply::new(ErrorCode::Internal, "x")),
+            })
+        );
+        // Binary: code 13, message = the address, or empty.
+        let bytes = binary::encode_server_frame(&error_frame(ErrorReply::not_leader(Some(
+            "10.0.0.1:7".into(),
+        ))));
+        let mut payload = vec![13, 10];
+        payload.extend_from_slice(b"10.0.0.1:7");
+        assert_eq!(
+            bytes,
+            binary::frame(
+                Op::SendMessage.code(),
+                binary::FLAG_RESPONSE | binary::FLAG_ERROR,
+                4,
+                &payload
+            )
+        );
+        let bytes = binary::encode_server_frame(&error_frame(ErrorReply::not_leader(None)));
+        assert_eq!(
+            bytes,
+            binary::frame(
+                Op::SendMessage.code(),
+                binary::FLAG_RESPONSE | binary::FLAG_ERROR,
+                4,
+                &[13, 0]
+            )
+        );
     }
 
     #[test]
