@@ -347,7 +347,6 @@ impl Segments {
         self.len == 0
     }
 
-
     /// Writes and syncs one batch of encoded records. A batch that fails (disk full, I/O error)
     /// is cut off again, so the segment still ends with a whole record and the batches after it,
     /// once space is back, remain recoverable; a torn batch left in the middle would make
