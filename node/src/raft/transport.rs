@@ -441,7 +441,13 @@ fn accept_loop(shared: &Arc<Shared>, listener: TcpListener) {
 
 /// One accepted connection, from its hello to its end; whatever goes wrong ends only it.
 fn read_connection(shared: &Shared, stream: TcpStream, remote: SocketAddr) {
-    match read_messages(shared, stream) {
+    // The acceptor keeps a clone of the socket (for `stop`), so dropping ours would not close
+    // it: shut it down, and the peer learns at once.
+    let ended = stream
+        .try_clone()
+        .and_then(|own| read_messages(shared, own));
+    let _ = stream.shutdown(Shutdown::Both);
+    match ended {
         Ok(sender) => tracing::debug!(%remote, peer = sender, "raft connection closed by the peer"),
         Err(_) if shared.stopping.load(Ordering::SeqCst) => {}
         Err(error) => tracing::warn!(%remote, %error, "raft connection dropped"),
@@ -729,4 +735,342 @@ fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 
 fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crossbeam_channel::unbounded;
+    use raft::prelude::{MessageType, Snapshot, SnapshotMetadata};
+
+    /// The bound of every wait: generous, a failing test fails instead of hanging.
+    const WAIT: Duration = Duration::from_secs(10);
+
+    struct Member {
+        transport: Transport,
+        inbox: Receiver<Message>,
+    }
+
+    fn listen() -> (TcpListener, String) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        (listener, addr)
+    }
+
+    /// An address nothing listens on (bound, then released).
+    fn free_address() -> String {
+        listen().1
+    }
+
+    fn member(id: u64, listener: TcpListener, peers: Vec<(u64, String)>) -> Member {
+        let (deliveries, inbox) = unbounded();
+        let deliver = Box::new(move |message| {
+            let _ = deliveries.send(message);
+        });
+        let transport = Transport::start(id, listener, peers, deliver).unwrap();
+        Member { transport, inbox }
+    }
+
+    fn message(from: u64, to: u64, index: u64) -> Message {
+        let mut message = Message::default();
+        message.set_msg_type(MessageType::MsgAppend);
+        message.from = from;
+        message.to = to;
+        message.index = index;
+        message
+    }
+
+    fn expect(member: &Member, from: u64, index: u64) {
+        let received = member
+            .inbox
+            .recv_timeout(WAIT)
+            .expect("a message within the bound");
+        assert_eq!((received.from, received.index), (from, index));
+    }
+
+    /// Sends until one arrives (a message written into a dead connection is lost, as raft
+    /// expects); the bound is `WAIT` overall.
+    fn send_until_received(from: &Member, to: &Member, from_id: u64, to_id: u64) -> Message {
+        let deadline = Instant::now() + WAIT;
+        let mut index = 1000;
+        while Instant::now() < deadline {
+            index += 1;
+            from.transport.send(message(from_id, to_id, index));
+            if let Ok(received) = to.inbox.recv_timeout(Duration::from_millis(100)) {
+                return received;
+            }
+        }
+        panic!("no message from {from_id} reached {to_id}");
+    }
+
+    /// Waits for `condition`, looking again every few milliseconds, for at most `WAIT`.
+    fn eventually(condition: impl Fn() -> bool) {
+        let (_never, tick) = unbounded::<()>();
+        let deadline = Instant::now() + WAIT;
+        while !condition() {
+            assert!(
+                Instant::now() < deadline,
+                "condition not met within the bound"
+            );
+            let _ = tick.recv_timeout(Duration::from_millis(5));
+        }
+    }
+
+    fn health_of(transport: &Transport, id: u64) -> PeerHealth {
+        transport
+            .health()
+            .into_iter()
+            .find(|peer| peer.id == id)
+            .expect("a known peer")
+    }
+
+    /// Writes `bytes` to `addr` and waits for the transport to close the connection.
+    fn expect_closed(addr: &str, bytes: &[u8]) {
+        expect_closed_after(addr, bytes, false);
+    }
+
+    /// Same, and with `hang_up` this side closes its half first.
+    fn expect_closed_after(addr: &str, bytes: &[u8], hang_up: bool) {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        // The transport may close before everything is written: a failed write is fine too.
+        let _ = stream.write_all(bytes);
+        if hang_up {
+            stream.shutdown(Shutdown::Write).unwrap();
+        }
+        let mut buffer = [0; 16];
+        match stream.read(&mut buffer) {
+            Ok(0) => {}
+            Ok(n) => panic!("the transport answered {n} bytes"),
+            Err(error) => assert_ne!(
+                error.kind(),
+                io::ErrorKind::WouldBlock,
+                "not closed within the bound"
+            ),
+        }
+    }
+
+    fn frame(message: &Message) -> Vec<u8> {
+        let bytes = encode(message).unwrap();
+        let mut frame = (bytes.len() as u32).to_le_bytes().to_vec();
+        frame.extend(bytes);
+        frame
+    }
+
+    #[test]
+    fn three_members_exchange_in_every_direction() {
+        let (listeners, addrs): (Vec<_>, Vec<_>) = (0..3).map(|_| listen()).unzip();
+        let members: Vec<Member> = listeners
+            .into_iter()
+            .enumerate()
+            .map(|(i, listener)| {
+                let id = i as u64 + 1;
+                let peers = (1..=3)
+                    .filter(|&peer| peer != id)
+                    .map(|peer| (peer, addrs[peer as usize - 1].clone()))
+                    .collect();
+                member(id, listener, peers)
+            })
+            .collect();
+        for (i, sender) in members.iter().enumerate() {
+            let from = i as u64 + 1;
+            for to in (1..=3).filter(|&to| to != from) {
+                for index in 0..10 {
+                    sender.transport.send(message(from, to, index));
+                }
+            }
+        }
+        for (i, receiver) in members.iter().enumerate() {
+            let to = i as u64 + 1;
+            let mut next = HashMap::new();
+            for _ in 0..20 {
+                let received = receiver.inbox.recv_timeout(WAIT).unwrap();
+                assert_eq!(received.to, to);
+                // In order per sender.
+                let expected = next.entry(received.from).or_insert(0);
+                assert_eq!(received.index, *expected);
+                *expected += 1;
+            }
+            assert_eq!(next.len(), 2);
+        }
+        for (i, member) in members.iter().enumerate() {
+            let health = member.transport.health();
+            assert_eq!(health.len(), 2);
+            assert!(health.windows(2).all(|pair| pair[0].id < pair[1].id));
+            for peer in health {
+                assert!(peer.connected, "{} → {}", i + 1, peer.id);
+                assert_eq!((peer.sent, peer.received), (10, 10));
+                assert_eq!((peer.dropped, peer.reconnects), (0, 0));
+                assert!(peer.last_contact_ms.is_some());
+                assert_eq!(peer.addr, addrs[peer.id as usize - 1]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_late_peer_is_reached_and_a_restarted_one_again() {
+        let (listener, a_addr) = listen();
+        let b_addr = free_address();
+        let a = member(1, listener, vec![(2, b_addr.clone())]);
+        // Queued while b is away, delivered once it is reached.
+        a.transport.send(message(1, 2, 1));
+        assert_eq!(health_of(&a.transport, 2).last_contact_ms, None);
+
+        let b = member(
+            2,
+            TcpListener::bind(&b_addr).unwrap(),
+            vec![(1, a_addr.clone())],
+        );
+        expect(&b, 1, 1);
+        b.transport.send(message(2, 1, 1));
+        expect(&a, 2, 1);
+        assert!(health_of(&a.transport, 2).connected);
+
+        b.transport.stop();
+        drop(b);
+        let b = member(2, TcpListener::bind(&b_addr).unwrap(), vec![(1, a_addr)]);
+        let received = send_until_received(&a, &b, 1, 2);
+        assert_eq!(received.from, 1);
+        assert!(health_of(&a.transport, 2).reconnects >= 1);
+        b.transport.send(message(2, 1, 7));
+        expect(&a, 2, 7);
+    }
+
+    #[test]
+    fn sending_to_an_unreachable_peer_never_blocks_and_counts_drops() {
+        let (listener, _) = listen();
+        let a = member(1, listener, vec![(2, free_address())]);
+        let started = Instant::now();
+        for index in 0..(QUEUE as u64 + 1000) {
+            a.transport.send(message(1, 2, index));
+        }
+        a.transport.send(message(1, 99, 0));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let peer = health_of(&a.transport, 2);
+        assert_eq!((peer.sent, peer.dropped, peer.connected), (0, 1000, false));
+        assert_eq!(
+            a.transport.shared.unknown_dropped.load(Ordering::Relaxed),
+            1
+        );
+        // Stopping does not wait for the queue or the redial loop.
+        let stopping = Instant::now();
+        a.transport.stop();
+        assert!(stopping.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn bad_input_closes_only_that_connection() {
+        let (a_listener, a_addr) = listen();
+        let (b_listener, b_addr) = listen();
+        let a = member(1, a_listener, vec![(2, b_addr)]);
+        let b = member(2, b_listener, vec![(1, a_addr.clone())]);
+
+        expect_closed(&a_addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut wrong_magic = hello(2);
+        wrong_magic[..4].copy_from_slice(b"XXXX");
+        expect_closed(&a_addr, &wrong_magic);
+        let mut wrong_version = hello(2);
+        wrong_version[4..8].copy_from_slice(&99u32.to_le_bytes());
+        expect_closed(&a_addr, &wrong_version);
+        let mut absurd = hello(2).to_vec();
+        absurd.extend(u32::MAX.to_le_bytes());
+        expect_closed(&a_addr, &absurd);
+        let mut undecodable = hello(2).to_vec();
+        undecodable.extend(5u32.to_le_bytes());
+        undecodable.extend([0xff; 5]);
+        expect_closed(&a_addr, &undecodable);
+        // Claims to be 2, sends as 3: closed, and the message is not delivered.
+        let mut impostor = hello(2).to_vec();
+        impostor.extend(frame(&message(3, 1, 666)));
+        expect_closed(&a_addr, &impostor);
+        // A truncated frame, then the peer hangs up: nothing delivered.
+        let mut truncated = hello(2).to_vec();
+        truncated.extend(frame(&message(2, 1, 667)));
+        truncated.pop();
+        expect_closed_after(&a_addr, &truncated, true);
+
+        // The good peer still gets through, both ways, and nothing bad was delivered.
+        b.transport.send(message(2, 1, 1));
+        expect(&a, 2, 1);
+        a.transport.send(message(1, 2, 1));
+        expect(&b, 1, 1);
+        assert!(a.inbox.try_recv().is_err());
+    }
+
+    #[test]
+    fn an_isolated_peer_is_cut_both_ways_until_healed() {
+        let (a_listener, a_addr) = listen();
+        let (b_listener, b_addr) = listen();
+        let a = member(1, a_listener, vec![(2, b_addr)]);
+        let b = member(2, b_listener, vec![(1, a_addr)]);
+        a.transport.send(message(1, 2, 1));
+        expect(&b, 1, 1);
+        b.transport.send(message(2, 1, 1));
+        expect(&a, 2, 1);
+
+        a.transport.isolate(HashSet::from([2]));
+        a.transport.send(message(1, 2, 2));
+        b.transport.send(message(2, 1, 2));
+        // Message 2 from b may still be on its way: heal only once a has dropped it.
+        eventually(|| health_of(&a.transport, 2).dropped == 2);
+        a.transport.isolate(HashSet::new());
+        a.transport.send(message(1, 2, 3));
+        b.transport.send(message(2, 1, 3));
+        // Each connection keeps order: had 2 gone through, it would come before 3.
+        expect(&b, 1, 3);
+        expect(&a, 2, 3);
+        let peer = health_of(&a.transport, 2);
+        assert_eq!(peer.dropped, 2, "one each way");
+        assert_eq!((peer.sent, peer.received), (2, 2));
+    }
+
+    #[test]
+    fn a_large_snapshot_arrives_intact() {
+        let (a_listener, a_addr) = listen();
+        let (b_listener, b_addr) = listen();
+        let a = member(1, a_listener, vec![(2, b_addr)]);
+        let b = member(2, b_listener, vec![(1, a_addr)]);
+        let data: Vec<u8> = (0..8 << 20).map(|i: u32| (i % 251) as u8).collect();
+        let mut metadata = SnapshotMetadata::default();
+        metadata.index = 42;
+        metadata.term = 3;
+        let mut snapshot = Snapshot::default();
+        snapshot.set_data(data.clone().into());
+        snapshot.set_metadata(metadata);
+        let mut sent = message(1, 2, 42);
+        sent.set_msg_type(MessageType::MsgSnapshot);
+        sent.set_snapshot(snapshot);
+        a.transport.send(sent);
+        // A small one behind it: frames stay whole and in order.
+        a.transport.send(message(1, 2, 43));
+        let received = b.inbox.recv_timeout(WAIT).unwrap();
+        assert_eq!(received.get_msg_type(), MessageType::MsgSnapshot);
+        let snapshot = received.get_snapshot();
+        assert_eq!(snapshot.get_metadata().index, 42);
+        assert!(snapshot.data == data, "snapshot data differs");
+        expect(&b, 1, 43);
+    }
+
+    #[test]
+    fn moving_and_removing_peers() {
+        let (a_listener, a_addr) = listen();
+        let (b_listener, b_addr) = listen();
+        let a = member(1, a_listener, vec![(2, free_address())]);
+        let b = member(2, b_listener, vec![(1, a_addr)]);
+        // The peer was known at a wrong address; the right one is dialled at once.
+        a.transport.add_peer(2, b_addr.clone());
+        let received = send_until_received(&a, &b, 1, 2);
+        assert_eq!(received.from, 1);
+        assert_eq!(health_of(&a.transport, 2).addr, b_addr);
+        a.transport.remove_peer(2);
+        assert!(a.transport.health().is_empty());
+        a.transport.send(message(1, 2, 5));
+        assert_eq!(
+            a.transport.shared.unknown_dropped.load(Ordering::Relaxed),
+            1
+        );
+        // Own id: ignored.
+        a.transport.add_peer(1, "127.0.0.1:1".into());
+        assert!(a.transport.health().is_empty());
+    }
 }
