@@ -12,11 +12,15 @@
 //!   records that were acknowledged, so recovery refuses and names the file and the offset.
 //! - A batch whose write or `fsync` fails is cut off again (so the segment still ends with a
 //!   whole record); if even that fails, the log refuses every later batch.
+//! - The framing, scan, repair and refusal are generic over the payload ([`Record`]: file prefix,
+//!   format byte, size limit): raft's log (`crate::raft::storage`) uses them with its own records
+//!   and `raft-*.log` files.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::state::Command;
@@ -32,16 +36,45 @@ pub struct Entry {
 
 /// The first byte of every record's payload: the encoding of what follows.
 pub const RECORD_FORMAT: u8 = 2;
-const HEADER: usize = 8;
+/// Bytes before each record's payload: its length and its checksum.
+pub const HEADER: usize = 8;
 /// A record larger than this cannot have been written by this node: corruption.
 const MAX_RECORD: usize = 1 << 20;
 
+/// What one kind of segmented log stores: the type of its records, how its files are named, the
+/// format byte that starts every payload, and the largest record it can have written. The
+/// framing, the scan, torn-tail repair and the refusal of damage are the same for every kind.
+pub trait Record: Serialize + DeserializeOwned {
+    /// Segment files are named `<PREFIX><20 digits>.log`.
+    const PREFIX: &'static str;
+    /// The first byte of every record's payload.
+    const FORMAT: u8;
+    /// A record longer than this (payload bytes) cannot have been written: corruption.
+    const MAX_LEN: usize;
+}
+
+impl Record for Entry {
+    const PREFIX: &'static str = "wal-";
+    const FORMAT: u8 = RECORD_FORMAT;
+    const MAX_LEN: usize = MAX_RECORD;
+}
+
 fn segment_name(first_index: u64) -> String {
-    format!("wal-{first_index:020}.log")
+    segment_file_name::<Entry>(first_index)
+}
+
+/// The file name of the segment of kind `R` numbered `number`.
+pub fn segment_file_name<R: Record>(number: u64) -> String {
+    format!("{}{number:020}.log", R::PREFIX)
 }
 
 /// The segments in `dir`, by first index.
 fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    list::<Entry>(dir)
+}
+
+/// The segments of kind `R` in `dir`, by the number in their names.
+pub fn list<R: Record>(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     let mut found = Vec::new();
     for item in fs::read_dir(dir)? {
         let path = item?.path();
@@ -50,7 +83,7 @@ fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
             .and_then(|n| n.to_str())
             .unwrap_or_default();
         if let Some(index) = name
-            .strip_prefix("wal-")
+            .strip_prefix(R::PREFIX)
             .and_then(|rest| rest.strip_suffix(".log"))
             .and_then(|digits| digits.parse::<u64>().ok())
         {
@@ -63,15 +96,22 @@ fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 
 /// Appends one entry's record to `out`.
 pub fn encode_into(entry: &Entry, out: &mut Vec<u8>) {
+    encode_record_into(entry, out);
+}
+
+/// Appends one record to `out`, framed: header, format byte, postcard encoding. Returns the
+/// length of its payload (compare with [`Record::MAX_LEN`]).
+pub fn encode_record_into<R: Record>(record: &R, out: &mut Vec<u8>) -> usize {
     let start = out.len();
     out.extend_from_slice(&[0; HEADER]);
-    out.push(RECORD_FORMAT);
-    *out = postcard::to_extend(entry, std::mem::take(out)).expect("entries encode");
+    out.push(R::FORMAT);
+    *out = postcard::to_extend(record, std::mem::take(out)).expect("records encode");
     let payload = &out[start + HEADER..];
     let len = (payload.len() as u32).to_le_bytes();
     let crc = crc32fast::hash(payload).to_le_bytes();
     out[start..start + 4].copy_from_slice(&len);
     out[start + 4..start + HEADER].copy_from_slice(&crc);
+    out.len() - start - HEADER
 }
 
 /// One entry's record.
@@ -81,13 +121,13 @@ pub fn encode(entry: &Entry) -> Vec<u8> {
     out
 }
 
-/// The entry whose record starts at `at` and the offset just past it; `None` unless a whole
+/// The record whose frame starts at `at` and the offset just past it; `None` unless a whole
 /// record with a matching checksum and a decodable payload starts there.
-fn record_at(bytes: &[u8], at: usize) -> Option<(Entry, usize)> {
+fn record_at<R: Record>(bytes: &[u8], at: usize) -> Option<(R, usize)> {
     let header = bytes.get(at..at.checked_add(HEADER)?)?;
     let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
     let crc = u32::from_le_bytes(header[4..].try_into().ok()?);
-    if len > MAX_RECORD {
+    if len > R::MAX_LEN {
         return None;
     }
     let end = at + HEADER + len;
@@ -96,17 +136,17 @@ fn record_at(bytes: &[u8], at: usize) -> Option<(Entry, usize)> {
         return None;
     }
     let (&format, body) = payload.split_first()?;
-    if format != RECORD_FORMAT {
+    if format != R::FORMAT {
         return None;
     }
-    let entry = postcard::from_bytes::<Entry>(body).ok()?;
-    Some((entry, end))
+    let record = postcard::from_bytes::<R>(body).ok()?;
+    Some((record, end))
 }
 
 /// What reading one segment found.
-struct Scan {
+struct Scan<R> {
     /// The whole records from the start of the file, up to the first damage.
-    entries: Vec<Entry>,
+    entries: Vec<R>,
     /// Where those records end: the offset of the damage, or the file's length.
     valid: u64,
     /// The file's length.
@@ -130,12 +170,12 @@ fn legacy_record_at_start(bytes: &[u8]) -> bool {
         .is_some_and(|payload| payload.first() == Some(&b'{') && crc32fast::hash(payload) == crc)
 }
 
-fn scan(path: &Path) -> io::Result<Scan> {
+fn scan<R: Record>(path: &Path) -> io::Result<Scan<R>> {
     let mut bytes = Vec::new();
     BufReader::new(File::open(path)?).read_to_end(&mut bytes)?;
     let mut entries = Vec::new();
     let mut at = 0usize;
-    while let Some((entry, end)) = record_at(&bytes, at) {
+    while let Some((entry, end)) = record_at::<R>(&bytes, at) {
         entries.push(entry);
         at = end;
     }
@@ -143,7 +183,7 @@ fn scan(path: &Path) -> io::Result<Scan> {
     // offset. Only damaged files pay for this, and the checksum rejects almost every offset
     // before any decoding.
     let resumes_at = (at + 1..bytes.len())
-        .find(|&offset| record_at(&bytes, offset).is_some())
+        .find(|&offset| record_at::<R>(&bytes, offset).is_some())
         .map(|offset| offset as u64);
     Ok(Scan {
         legacy: entries.is_empty() && legacy_record_at_start(&bytes),
@@ -175,64 +215,97 @@ pub struct Segments {
     broken: Option<String>,
 }
 
+/// The whole records of one segment, as recovery found them.
+#[derive(Debug)]
+pub struct SegmentRecords<R> {
+    /// The number in the file's name.
+    pub number: u64,
+    /// The file.
+    pub path: PathBuf,
+    /// Its records, in order.
+    pub records: Vec<R>,
+}
+
+/// Reads every segment of kind `R` in `dir`, in order, cutting a torn tail off the last one and
+/// refusing real damage (naming the file and the byte offset). Returns each segment's records
+/// and the bytes cut off a torn tail.
+pub fn recover<R: Record>(dir: &Path) -> io::Result<(Vec<SegmentRecords<R>>, u64)> {
+    let found = list::<R>(dir)?;
+    let mut recovered = Vec::with_capacity(found.len());
+    let mut truncated_bytes = 0;
+    for (i, (number, path)) in found.iter().enumerate() {
+        let scan = scan::<R>(path)?;
+        if scan.legacy {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} holds JSON records written before the log-first core (record format \
+                     1); this node reads format {} only: start that data \
+                     directory with the version that wrote it, or move it aside",
+                    path.display(),
+                    R::FORMAT
+                ),
+            ));
+        }
+        if scan.valid < scan.total {
+            let damaged = |why: String| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{} is damaged at byte {} (of {}), {why}: refusing to start rather \
+                         than lose the records after it. Restore the file from a backup, or \
+                         accept losing every record from that byte on with `truncate -s {} {}`",
+                        path.display(),
+                        scan.valid,
+                        scan.total,
+                        scan.valid,
+                        path.display()
+                    ),
+                )
+            };
+            if i + 1 < found.len() {
+                return Err(damaged("and it is not the last segment".into()));
+            }
+            if let Some(resumes_at) = scan.resumes_at {
+                return Err(damaged(format!(
+                    "and a whole record follows at byte {resumes_at}, so this is not a write \
+                     torn by a crash"
+                )));
+            }
+            tracing::warn!(
+                segment = %path.display(),
+                at = scan.valid,
+                cut = scan.total - scan.valid,
+                "cutting a torn record off the end of the log (crash during a write)"
+            );
+            OpenOptions::new()
+                .write(true)
+                .open(path)?
+                .set_len(scan.valid)?;
+            truncated_bytes = scan.total - scan.valid;
+        }
+        recovered.push(SegmentRecords {
+            number: *number,
+            path: path.clone(),
+            records: scan.entries,
+        });
+    }
+    Ok((recovered, truncated_bytes))
+}
+
 impl Segments {
     /// Recovers the log in `dir` (cutting a torn tail) and opens its last segment for appending
     /// (or a new one whose first index is `next_index`).
     pub fn open(dir: &Path, next_index: u64) -> io::Result<(Segments, Recovered)> {
-        let found = segments(dir)?;
-        let mut recovered = Recovered::default();
-        for (i, (_, path)) in found.iter().enumerate() {
-            let scan = scan(path)?;
-            if scan.legacy {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "{} holds JSON records written before the log-first core (record format \
-                         1); this node reads format {RECORD_FORMAT} only: start that data \
-                         directory with the version that wrote it, or move it aside",
-                        path.display()
-                    ),
-                ));
-            }
-            if scan.valid < scan.total {
-                let damaged = |why: String| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!(
-                            "{} is damaged at byte {} (of {}), {why}: refusing to start rather \
-                             than lose the records after it. Restore the file from a backup, or \
-                             accept losing every record from that byte on with `truncate -s {} {}`",
-                            path.display(),
-                            scan.valid,
-                            scan.total,
-                            scan.valid,
-                            path.display()
-                        ),
-                    )
-                };
-                if i + 1 < found.len() {
-                    return Err(damaged("and it is not the last segment".into()));
-                }
-                if let Some(resumes_at) = scan.resumes_at {
-                    return Err(damaged(format!(
-                        "and a whole record follows at byte {resumes_at}, so this is not a write \
-                         torn by a crash"
-                    )));
-                }
-                tracing::warn!(
-                    segment = %path.display(),
-                    at = scan.valid,
-                    cut = scan.total - scan.valid,
-                    "cutting a torn record off the end of the log (crash during a write)"
-                );
-                OpenOptions::new()
-                    .write(true)
-                    .open(path)?
-                    .set_len(scan.valid)?;
-                recovered.truncated_bytes = scan.total - scan.valid;
-            }
-            recovered.entries.extend(scan.entries);
-        }
+        let (found, truncated_bytes) = recover::<Entry>(dir)?;
+        let current = match found.last() {
+            Some(segment) => segment.path.clone(),
+            None => dir.join(segment_name(next_index)),
+        };
+        let recovered = Recovered {
+            entries: found.into_iter().flat_map(|s| s.records).collect(),
+            truncated_bytes,
+        };
         if let Some(pair) = recovered
             .entries
             .windows(2)
@@ -248,24 +321,30 @@ impl Segments {
                 ),
             ));
         }
-        let current = match found.last() {
-            Some((_, path)) => path.clone(),
-            None => dir.join(segment_name(next_index)),
-        };
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&current)?;
+        Ok((Segments::append_to(dir, &current)?, recovered))
+    }
+
+    /// Opens (or creates) the segment `path` in `dir` for appending, and makes its directory
+    /// entry durable.
+    pub fn append_to(dir: &Path, path: &Path) -> io::Result<Segments> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
         sync_dir(dir)?;
-        Ok((
-            Segments {
-                dir: dir.to_path_buf(),
-                len: file.metadata()?.len(),
-                file,
-                broken: None,
-            },
-            recovered,
-        ))
+        Ok(Segments {
+            dir: dir.to_path_buf(),
+            len: file.metadata()?.len(),
+            file,
+            broken: None,
+        })
+    }
+
+    /// The current segment's length: where its last whole, durable batch ends.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the current segment holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     /// Writes and syncs one batch of encoded records. A batch that fails (disk full, I/O error)

@@ -1,1 +1,740 @@
-//! Raft's log on disk (being written).
+//! Raft's durable storage: its log entries, hard state, configuration and snapshot metadata on
+//! local disk, behind raft-rs's [`raft::Storage`].
+//!
+//! On disk (the directory the node passes, `<data_dir>/raft`):
+//!
+//! - Segments `raft-<sequence number, 20 digits>.log`, replayed in the order of their numbers.
+//!   Each is a sequence of records framed as in `crate::log::segments`
+//!   (`[len u32 LE][crc32 u32 LE][payload]`), the payload being the format byte
+//!   [`RAFT_RECORD_FORMAT`] followed by the postcard encoding of a record: an entry
+//!   (`index, term, entry type, data, context`), a hard state, a conf state, a snapshot metadata
+//!   (a local compaction) or an installed snapshot (one received from the leader).
+//! - Replay: the last hard state, conf state and snapshot metadata win; an entry record at index
+//!   `i` drops every entry `>= i` before taking its place (raft's overwrite of a conflicting
+//!   suffix); a snapshot metadata at `n` drops every entry `<= n`; an installed snapshot drops
+//!   every entry.
+//! - Every segment starts with a head restating the snapshot metadata, the hard state and the conf
+//!   state durable when it was created. A segment is created whole (written to a temporary file,
+//!   fsynced, renamed), when the directory is new, when the current one passes ~64 MiB, at every
+//!   compaction and at every installed snapshot.
+//! - A torn tail at the end of the last segment is cut; damage anywhere else is refused, naming
+//!   the file and the byte offset (the same scan as the single-node log).
+//!
+//! The invariant: replaying the segments present, in order, gives exactly the state last made
+//! durable. It holds while deleting segments because only a prefix of them is deleted, only
+//! when every entry record in it is at or below the newest snapshot metadata (itself in the head
+//! of a later segment), and the head of the first segment kept restates the state. After replay
+//! the entries left must run without a gap from the snapshot index + 1, or the directory is
+//! refused.
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use protobuf::ProtobufEnum;
+use raft::prelude::{ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState, StorageError};
+use serde::{Deserialize, Serialize};
+
+use crate::log::segments::{self, Record, Segments};
+
+/// The first byte of every raft record's payload.
+pub const RAFT_RECORD_FORMAT: u8 = 3;
+/// Largest payload of a raft record: entries carry at most ~1 MiB of data, plus their context
+/// and the encoding's overhead.
+const MAX_RAFT_RECORD: usize = 4 << 20;
+/// Past this length the current segment is closed (after the sync that crossed it) and a new
+/// one begins.
+const SEGMENT_BYTES: u64 = 64 << 20;
+
+/// Where `Storage::snapshot` gets the state machine's bytes: the index they cover, and the bytes.
+pub type SnapshotSource = Box<dyn Fn() -> io::Result<(u64, Vec<u8>)> + Send + Sync>;
+
+/// A `ConfState` as stored.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Conf {
+    voters: Vec<u64>,
+    learners: Vec<u64>,
+    voters_outgoing: Vec<u64>,
+    learners_next: Vec<u64>,
+    auto_leave: bool,
+}
+
+impl From<&ConfState> for Conf {
+    fn from(cs: &ConfState) -> Conf {
+        Conf {
+            voters: cs.voters.clone(),
+            learners: cs.learners.clone(),
+            voters_outgoing: cs.voters_outgoing.clone(),
+            learners_next: cs.learners_next.clone(),
+            auto_leave: cs.auto_leave,
+        }
+    }
+}
+
+impl From<Conf> for ConfState {
+    fn from(conf: Conf) -> ConfState {
+        ConfState {
+            voters: conf.voters,
+            learners: conf.learners,
+            voters_outgoing: conf.voters_outgoing,
+            learners_next: conf.learners_next,
+            auto_leave: conf.auto_leave,
+            ..ConfState::default()
+        }
+    }
+}
+
+/// One record of raft's log on disk.
+#[derive(Debug, Serialize, Deserialize)]
+enum RaftRecord {
+    /// A log entry; replaces every entry at or after its index.
+    Entry {
+        index: u64,
+        term: u64,
+        entry_type: i32,
+        data: Vec<u8>,
+        context: Vec<u8>,
+    },
+    HardState {
+        term: u64,
+        vote: u64,
+        commit: u64,
+    },
+    ConfState(Conf),
+    /// A local snapshot covers every index up to `index`: drops those entries.
+    SnapshotMeta {
+        index: u64,
+        term: u64,
+        conf_state: Conf,
+    },
+    /// A snapshot from the leader was installed: drops every entry.
+    Installed {
+        index: u64,
+        term: u64,
+        conf_state: Conf,
+    },
+}
+
+impl Record for RaftRecord {
+    const PREFIX: &'static str = "raft-";
+    const FORMAT: u8 = RAFT_RECORD_FORMAT;
+    const MAX_LEN: usize = MAX_RAFT_RECORD;
+}
+
+impl RaftRecord {
+    fn entry(entry: &Entry) -> RaftRecord {
+        RaftRecord::Entry {
+            index: entry.index,
+            term: entry.term,
+            entry_type: entry.get_entry_type().value(),
+            data: entry.data.to_vec(),
+            context: entry.context.to_vec(),
+        }
+    }
+
+    fn hard_state(hs: &HardState) -> RaftRecord {
+        RaftRecord::HardState {
+            term: hs.term,
+            vote: hs.vote,
+            commit: hs.commit,
+        }
+    }
+
+    fn snapshot(meta: &SnapshotMetadata, installed: bool) -> RaftRecord {
+        let (index, term, conf_state) = (meta.index, meta.term, meta.get_conf_state().into());
+        if installed {
+            RaftRecord::Installed {
+                index,
+                term,
+                conf_state,
+            }
+        } else {
+            RaftRecord::SnapshotMeta {
+                index,
+                term,
+                conf_state,
+            }
+        }
+    }
+}
+
+fn snapshot_metadata(index: u64, term: u64, conf_state: ConfState) -> SnapshotMetadata {
+    let mut meta = SnapshotMetadata {
+        index,
+        term,
+        ..SnapshotMetadata::default()
+    };
+    meta.set_conf_state(conf_state);
+    meta
+}
+
+/// Encodes one record onto `out`; refuses (leaving `out` as it was) a record too large to be
+/// read back.
+fn encode(record: &RaftRecord, out: &mut Vec<u8>) -> io::Result<()> {
+    let start = out.len();
+    let len = segments::encode_record_into(record, out);
+    if len > MAX_RAFT_RECORD {
+        out.truncate(start);
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("a raft record of {len} bytes is larger than the limit of {MAX_RAFT_RECORD}"),
+        ));
+    }
+    Ok(())
+}
+
+/// One segment file and the highest entry index recorded in it (0: none).
+#[derive(Debug)]
+struct SegmentFile {
+    number: u64,
+    path: PathBuf,
+    max_entry: u64,
+}
+
+/// Raft's log, hard state, conf state and snapshot metadata, durable in a directory of
+/// segments (see the module documentation). Entries after the compaction point stay in memory.
+pub struct DiskStorage {
+    dir: PathBuf,
+    /// The last segment, appended to.
+    current: Segments,
+    /// Every segment, in order; the last one is `current`.
+    files: Vec<SegmentFile>,
+    /// The entries after `snapshot.index`, contiguous.
+    entries: Vec<Entry>,
+    hard_state: HardState,
+    conf_state: ConfState,
+    snapshot: SnapshotMetadata,
+    /// Entry records not yet written.
+    pending: Vec<u8>,
+    /// The highest index among the entry records in `pending`.
+    pending_max: u64,
+    /// The hard state / conf state changed since the last sync.
+    hard_state_dirty: bool,
+    conf_state_dirty: bool,
+    truncated_bytes: u64,
+    /// Past this length the current segment is rolled after a sync.
+    roll_at: u64,
+    source: Option<SnapshotSource>,
+}
+
+// The raft loop moves its storage to its own thread.
+const _: () = {
+    const fn send<T: Send>() {}
+    send::<DiskStorage>();
+};
+
+impl fmt::Debug for DiskStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DiskStorage")
+            .field("dir", &self.dir)
+            .field("segments", &self.files.len())
+            .field("first_index", &(self.snapshot.index + 1))
+            .field("last_index", &self.last())
+            .field("hard_state", &self.hard_state)
+            .field("conf_state", &self.conf_state)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The state a replay builds.
+struct Replay {
+    entries: Vec<Entry>,
+    hard_state: HardState,
+    conf_state: Option<ConfState>,
+    snapshot: SnapshotMetadata,
+}
+
+impl Replay {
+    fn apply(&mut self, record: RaftRecord, path: &Path) -> io::Result<()> {
+        match record {
+            RaftRecord::Entry {
+                index,
+                term,
+                entry_type,
+                data,
+                context,
+            } => {
+                let entry_type = EntryType::from_i32(entry_type).ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "{} holds entry {index} of unknown type {entry_type}: refusing to start",
+                            path.display()
+                        ),
+                    )
+                })?;
+                let keep = self.entries.partition_point(|e| e.index < index);
+                self.entries.truncate(keep);
+                if index > self.snapshot.index {
+                    let mut entry = Entry {
+                        index,
+                        term,
+                        data: data.into(),
+                        context: context.into(),
+                        ..Entry::default()
+                    };
+                    entry.set_entry_type(entry_type);
+                    self.entries.push(entry);
+                }
+            }
+            RaftRecord::HardState { term, vote, commit } => {
+                self.hard_state = HardState {
+                    term,
+                    vote,
+                    commit,
+                    ..HardState::default()
+                };
+            }
+            RaftRecord::ConfState(conf) => self.conf_state = Some(conf.into()),
+            RaftRecord::SnapshotMeta {
+                index,
+                term,
+                conf_state,
+            } => {
+                self.snapshot = snapshot_metadata(index, term, conf_state.into());
+                let covered = self.entries.partition_point(|e| e.index <= index);
+                self.entries.drain(..covered);
+            }
+            RaftRecord::Installed {
+                index,
+                term,
+                conf_state,
+            } => {
+                self.snapshot = snapshot_metadata(index, term, conf_state.into());
+                self.entries.clear();
+            }
+        }
+        Ok(())
+    }
+}
+
+fn invalid_input(why: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, why)
+}
+
+impl DiskStorage {
+    /// Opens (or creates) raft's log in `dir`. A new/empty directory starts with no entries,
+    /// a default HardState, and `initial` as its ConfState (the voters from the cluster file),
+    /// made durable at once. A torn tail at the end of the last segment is cut (warn); real
+    /// damage is refused with an io::Error naming the file and byte offset (same wording as the
+    /// single-node log), and so is a log whose entries do not run without a gap from the
+    /// snapshot index + 1.
+    pub fn open(dir: &Path, initial: ConfState) -> io::Result<DiskStorage> {
+        fs::create_dir_all(dir)?;
+        let (found, truncated_bytes) = segments::recover::<RaftRecord>(dir)?;
+        let mut replay = Replay {
+            entries: Vec::new(),
+            hard_state: HardState::default(),
+            conf_state: None,
+            snapshot: SnapshotMetadata::default(),
+        };
+        let mut files = Vec::with_capacity(found.len());
+        for segment in found {
+            let mut max_entry = 0;
+            for record in segment.records {
+                if let RaftRecord::Entry { index, .. } = record {
+                    max_entry = max_entry.max(index);
+                }
+                replay.apply(record, &segment.path)?;
+            }
+            files.push(SegmentFile {
+                number: segment.number,
+                path: segment.path,
+                max_entry,
+            });
+        }
+        let mut expected = replay.snapshot.index + 1;
+        for entry in &replay.entries {
+            if entry.index != expected {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "the raft log in {} is missing entries {expected} to {} (snapshot at {}): \
+                         a segment was lost; refusing to start",
+                        dir.display(),
+                        entry.index - 1,
+                        replay.snapshot.index
+                    ),
+                ));
+            }
+            expected += 1;
+        }
+        let conf_state = replay.conf_state.unwrap_or(initial);
+        let current = match files.last() {
+            Some(file) => Segments::append_to(dir, &file.path)?,
+            None => {
+                let head = head(&replay.snapshot, false, &replay.hard_state, &conf_state)?;
+                let (current, file) = create_segment(dir, 1, &head)?;
+                files.push(file);
+                current
+            }
+        };
+        Ok(DiskStorage {
+            dir: dir.to_path_buf(),
+            current,
+            files,
+            entries: replay.entries,
+            hard_state: replay.hard_state,
+            conf_state,
+            snapshot: replay.snapshot,
+            pending: Vec::new(),
+            pending_max: 0,
+            hard_state_dirty: false,
+            conf_state_dirty: false,
+            truncated_bytes,
+            roll_at: SEGMENT_BYTES,
+            source: None,
+        })
+    }
+
+    /// Bytes cut off a torn tail at open.
+    pub fn truncated_bytes(&self) -> u64 {
+        self.truncated_bytes
+    }
+
+    /// Appends entries (buffered until [`DiskStorage::sync`]). `entries[0].index` may be at or
+    /// below the last index: the conflicting suffix is replaced (raft's rule), at once in memory,
+    /// and on disk by the records themselves (replay drops every entry at or after an entry
+    /// record's index). Refused, changing nothing: entries that are not contiguous, that would
+    /// leave a gap after the last index, that would replace compacted entries, or an entry too
+    /// large for a record.
+    pub fn append(&mut self, entries: &[Entry]) -> io::Result<()> {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return Ok(());
+        };
+        if let Some(pair) = entries.windows(2).find(|w| w[1].index != w[0].index + 1) {
+            return Err(invalid_input(format!(
+                "raft entries to append are not contiguous: {} then {}",
+                pair[0].index, pair[1].index
+            )));
+        }
+        if first.index <= self.snapshot.index {
+            return Err(invalid_input(format!(
+                "raft entry {} is compacted (the log starts at {})",
+                first.index,
+                self.snapshot.index + 1
+            )));
+        }
+        if first.index > self.last() + 1 {
+            return Err(invalid_input(format!(
+                "raft entry {} would leave a gap after the last index {}",
+                first.index,
+                self.last()
+            )));
+        }
+        let start = self.pending.len();
+        for entry in entries {
+            if let Err(error) = encode(&RaftRecord::entry(entry), &mut self.pending) {
+                self.pending.truncate(start);
+                return Err(error);
+            }
+        }
+        self.pending_max = self.pending_max.max(last.index);
+        let keep = (first.index - self.snapshot.index - 1) as usize;
+        self.entries.truncate(keep);
+        self.entries.extend_from_slice(entries);
+        Ok(())
+    }
+
+    /// Sets the hard state (buffered until [`DiskStorage::sync`]).
+    pub fn set_hard_state(&mut self, hs: HardState) {
+        self.hard_state = hs;
+        self.hard_state_dirty = true;
+    }
+
+    /// Sets the hard state's commit index (buffered until [`DiskStorage::sync`]).
+    pub fn set_commit(&mut self, commit: u64) {
+        self.hard_state.commit = commit;
+        self.hard_state_dirty = true;
+    }
+
+    /// Sets the conf state (buffered until [`DiskStorage::sync`]).
+    pub fn set_conf_state(&mut self, cs: ConfState) {
+        self.conf_state = cs;
+        self.conf_state_dirty = true;
+    }
+
+    /// Writes and fsyncs everything buffered since the last sync, as one write (no-op if
+    /// nothing): the entry records in order, then the hard state and conf state if they changed.
+    /// A failed write is cut off again (as in the single-node log) and stays buffered, so the
+    /// next sync retries it. A segment past ~64 MiB is then closed and a new one started.
+    pub fn sync(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() && !self.hard_state_dirty && !self.conf_state_dirty {
+            return Ok(());
+        }
+        let entries_end = self.pending.len();
+        if self.hard_state_dirty {
+            encode(&RaftRecord::hard_state(&self.hard_state), &mut self.pending)?;
+        }
+        if self.conf_state_dirty {
+            let record = RaftRecord::ConfState((&self.conf_state).into());
+            if let Err(error) = encode(&record, &mut self.pending) {
+                self.pending.truncate(entries_end);
+                return Err(error);
+            }
+        }
+        if let Err(error) = self.current.append(&self.pending) {
+            self.pending.truncate(entries_end);
+            return Err(error);
+        }
+        self.pending.clear();
+        self.hard_state_dirty = false;
+        self.conf_state_dirty = false;
+        if let Some(file) = self.files.last_mut() {
+            file.max_entry = file.max_entry.max(self.pending_max);
+        }
+        self.pending_max = 0;
+        if self.current.len() > self.roll_at {
+            let rolled = head(&self.snapshot, false, &self.hard_state, &self.conf_state)
+                .and_then(|head| self.roll(&head));
+            if let Err(error) = rolled {
+                tracing::warn!(%error, dir = %self.dir.display(), "could not start a new raft log segment; the current one keeps growing");
+            }
+        }
+        Ok(())
+    }
+
+    /// A local snapshot of the state machine covers every index <= `index` (index <= commit and
+    /// known to this log): records SnapshotMetadata {index, term(index), conf_state} durably
+    /// (syncing whatever was buffered first) in the head of a new segment, drops entries <= index
+    /// from memory, and deletes the segments no longer needed. Durable on return. An index at or
+    /// below the current snapshot's is a no-op.
+    pub fn compact(&mut self, index: u64, conf_state: ConfState) -> io::Result<()> {
+        if index <= self.snapshot.index {
+            return Ok(());
+        }
+        if index > self.hard_state.commit {
+            return Err(invalid_input(format!(
+                "cannot compact the raft log to {index}: only {} is committed",
+                self.hard_state.commit
+            )));
+        }
+        if index > self.last() {
+            return Err(invalid_input(format!(
+                "cannot compact the raft log to {index}: its last index is {}",
+                self.last()
+            )));
+        }
+        let term = self
+            .entry(index)
+            .map(|e| e.term)
+            .expect("snapshot index < index <= last");
+        self.sync()?;
+        let meta = snapshot_metadata(index, term, conf_state);
+        let head = head(&meta, false, &self.hard_state, &self.conf_state)?;
+        self.roll(&head)?;
+        self.snapshot = meta;
+        let covered = (index - self.entries[0].index + 1) as usize;
+        self.entries.drain(..covered);
+        self.delete_segments_up_to(index)
+    }
+
+    /// A snapshot received from the leader was installed by the node: every entry is dropped
+    /// (buffered ones too), first_index = meta.index + 1, hard state commit raised to at least
+    /// meta.index, conf state = meta.conf_state, snapshot metadata = meta. Written in the head of
+    /// a new segment, after which every older segment is deleted. Durable on return; on error
+    /// nothing changed. A snapshot older than the current one is refused.
+    pub fn apply_snapshot(&mut self, meta: &SnapshotMetadata) -> io::Result<()> {
+        if meta.index < self.snapshot.index {
+            return Err(invalid_input(format!(
+                "the snapshot at {} is older than the raft log's, at {}",
+                meta.index, self.snapshot.index
+            )));
+        }
+        let mut hard_state = self.hard_state.clone();
+        hard_state.commit = hard_state.commit.max(meta.index);
+        let conf_state = meta.get_conf_state().clone();
+        let head = head(meta, true, &hard_state, &conf_state)?;
+        self.roll(&head)?;
+        self.entries.clear();
+        self.pending.clear();
+        self.pending_max = 0;
+        self.hard_state = hard_state;
+        self.hard_state_dirty = false;
+        self.conf_state = conf_state;
+        self.conf_state_dirty = false;
+        self.snapshot = meta.clone();
+        self.delete_segments_up_to(u64::MAX)
+    }
+
+    /// Where `Storage::snapshot` gets the state machine's bytes: returns (index covered, data).
+    /// `Storage::snapshot` builds the Snapshot with metadata {index, term(index), current conf
+    /// state}; if index < request_index, or the term of index is unknown, or the source fails,
+    /// it returns SnapshotTemporarilyUnavailable. Without a source: same error.
+    pub fn set_snapshot_source(&mut self, source: SnapshotSource) {
+        self.source = Some(source);
+    }
+
+    /// The hard state (including changes not yet synced).
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    /// The conf state (including changes not yet synced).
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    /// The metadata of the latest snapshot: a local compaction or one installed from the leader.
+    pub fn snapshot_metadata(&self) -> &SnapshotMetadata {
+        &self.snapshot
+    }
+
+    /// The directory of the segments.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn last(&self) -> u64 {
+        self.entries.last().map_or(self.snapshot.index, |e| e.index)
+    }
+
+    /// The entry at `index`, if it is in memory.
+    fn entry(&self, index: u64) -> Option<&Entry> {
+        let offset = index.checked_sub(self.snapshot.index + 1)?;
+        self.entries.get(usize::try_from(offset).ok()?)
+    }
+
+    /// Creates the next segment, whole, holding `head`, and appends to it from now on.
+    fn roll(&mut self, head: &[u8]) -> io::Result<()> {
+        let number = self.files.last().map_or(1, |f| f.number + 1);
+        let (current, file) = create_segment(&self.dir, number, head)?;
+        self.current = current;
+        self.files.push(file);
+        Ok(())
+    }
+
+    /// Deletes the longest prefix of segments, the current one excepted, whose entry records
+    /// all lie at or below `covered` (a snapshot in the current segment's head covers them).
+    fn delete_segments_up_to(&mut self, covered: u64) -> io::Result<()> {
+        let mut deleted = 0;
+        let mut result = Ok(());
+        for file in &self.files[..self.files.len() - 1] {
+            if file.max_entry > covered {
+                break;
+            }
+            if let Err(error) = fs::remove_file(&file.path) {
+                result = Err(error);
+                break;
+            }
+            deleted += 1;
+        }
+        self.files.drain(..deleted);
+        if deleted > 0 {
+            sync_dir(&self.dir)?;
+        }
+        result
+    }
+}
+
+/// A segment's head: the snapshot metadata (as an installed snapshot if `installed`), the hard
+/// state and the conf state.
+fn head(
+    snapshot: &SnapshotMetadata,
+    installed: bool,
+    hard_state: &HardState,
+    conf_state: &ConfState,
+) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    encode(&RaftRecord::snapshot(snapshot, installed), &mut out)?;
+    encode(&RaftRecord::hard_state(hard_state), &mut out)?;
+    encode(&RaftRecord::ConfState(conf_state.into()), &mut out)?;
+    Ok(out)
+}
+
+/// Creates segment `number` in `dir` holding `head`, atomically (a crash leaves it whole or
+/// absent), and opens it for appending.
+fn create_segment(dir: &Path, number: u64, head: &[u8]) -> io::Result<(Segments, SegmentFile)> {
+    let path = dir.join(segments::segment_file_name::<RaftRecord>(number));
+    sync_kit::fs::atomic_write(&path, head)?;
+    let current = Segments::append_to(dir, &path)?;
+    Ok((
+        current,
+        SegmentFile {
+            number,
+            path,
+            max_entry: 0,
+        },
+    ))
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+fn unavailable() -> raft::Error {
+    raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable)
+}
+
+impl raft::Storage for DiskStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low <= self.snapshot.index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > self.last() + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        if low >= high {
+            return Ok(Vec::new());
+        }
+        let offset = self.snapshot.index + 1;
+        let mut entries = self.entries[(low - offset) as usize..(high - offset) as usize].to_vec();
+        raft::util::limit_size(&mut entries, max_size.into());
+        Ok(entries)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.snapshot.index {
+            return Ok(self.snapshot.term);
+        }
+        if idx < self.snapshot.index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        self.entry(idx)
+            .map(|e| e.term)
+            .ok_or(raft::Error::Store(StorageError::Unavailable))
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.snapshot.index + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last())
+    }
+
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let Some(source) = &self.source else {
+            return Err(unavailable());
+        };
+        let (index, data) = source().map_err(|error| {
+            tracing::warn!(%error, to, "the state machine could not give a snapshot");
+            unavailable()
+        })?;
+        if index < request_index {
+            return Err(unavailable());
+        }
+        let term = self.term(index).map_err(|_| unavailable())?;
+        let mut snapshot = Snapshot {
+            data: data.into(),
+            ..Snapshot::default()
+        };
+        snapshot.set_metadata(snapshot_metadata(index, term, self.conf_state.clone()));
+        Ok(snapshot)
+    }
+}

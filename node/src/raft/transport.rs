@@ -1,1 +1,1076 @@
-//! Raft messages between members over TCP (being written).
+//! Raft messages between members over TCP: one outgoing connection per peer, fed by a bounded
+//! queue, and one reader per incoming connection.
+//!
+//! ```text
+//! send(m) ─► queue of peer m.to ─► writer thread ══TCP══► acceptor of m.to ─► reader thread ─► deliver(m)
+//!            (bounded; full:       (dial, hello, frames;                      (hello, frames,
+//!             drop and count)       broken: redial with backoff)               from == hello id)
+//! ```
+//!
+//! Wire, one direction per connection (a member sends on the connections it dialled and
+//! receives on those it accepted): a hello of [`HELLO_LEN`] bytes — `MAGIC`, the version
+//! (u32 LE), the sender's id (u64 LE) — then frames `[u32 LE length][protobuf raft Message]`.
+//!
+//! Losing messages is allowed, blocking is not: raft retries whatever is lost, so a full queue,
+//! an unknown peer, a broken connection or an isolated peer drops messages (counted in
+//! [`PeerHealth`]) and never holds the caller. Invariant: every message delivered came on a
+//! connection whose hello named the message's `from`; a peer that breaks the protocol loses its
+//! connection, never the transport.
+//!
+//! Stopping wakes every thread that may be blocked: readers and writers on a socket by
+//! `shutdown`, a writer waiting to redial by its control channel closing, the acceptor by a
+//! connection to itself.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::net::ToSocketAddrs;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{
+    Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError, bounded, select,
+};
+use raft::prelude::Message;
+
+/// First bytes of every connection: tells a raft peer from anything else dialling the port.
+const MAGIC: [u8; 4] = *b"SKRT";
+/// Wire version in the hello; a peer speaking another one is refused.
+const VERSION: u32 = 1;
+/// Bytes of a hello: magic, version, sender id.
+const HELLO_LEN: usize = 16;
+/// Largest frame accepted or sent. Snapshots travel as one message, hence the size.
+const MAX_FRAME: usize = 512 << 20;
+/// Messages queued per peer before `send` drops.
+const QUEUE: usize = 4096;
+/// A dial that takes longer fails (and is retried after the backoff).
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// First wait before redialling; doubles on every failure up to [`BACKOFF_MAX`].
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// Longest wait between two dials.
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// A connection that sends no complete hello in this time is closed.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// A write that makes no progress for this long (the peer stopped reading) breaks the
+/// connection, which is then redialled.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Buffer of a writer (batches small messages into few syscalls) and of a reader.
+const IO_BUFFER: usize = 64 * 1024;
+
+/// One peer's link, for /stats.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PeerHealth {
+    /// The peer's raft id.
+    pub id: u64,
+    /// Where this member dials it.
+    pub addr: String,
+    /// Whether the outgoing connection is up (as far as the last write knows).
+    pub connected: bool,
+    /// ms since anything was last received from this peer (None: never).
+    pub last_contact_ms: Option<u64>,
+    /// Messages written to the outgoing connection.
+    pub sent: u64,
+    /// Messages received from the peer and delivered.
+    pub received: u64,
+    /// Messages to or from the peer that were lost here: queue full, write failed, isolated.
+    pub dropped: u64,
+    /// Outgoing connections established after the first one.
+    pub reconnects: u64,
+}
+
+/// Raft messages to and from the other members of the cluster (see the module summary).
+pub struct Transport {
+    shared: Arc<Shared>,
+    /// The listener's address, dialled once to wake the acceptor when stopping.
+    local_addr: SocketAddr,
+    acceptor: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// What the transport's threads share.
+struct Shared {
+    id: u64,
+    /// Origin of `PeerStats::last_contact`.
+    epoch: Instant,
+    peers: RwLock<HashMap<u64, Peer>>,
+    isolated: RwLock<HashSet<u64>>,
+    deliver: Box<dyn Fn(Message) + Send + Sync>,
+    stopping: AtomicBool,
+    /// Messages sent to an id that is not a peer.
+    unknown_dropped: AtomicU64,
+    /// Accepted connections; finished ones are pruned at the next accept.
+    readers: Mutex<Vec<ReaderHandle>>,
+    /// Writers of removed peers, still winding down; joined by `stop`.
+    retired: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A peer as `send` and `health` see it; its writer thread holds the other ends.
+struct Peer {
+    addr: Arc<Mutex<String>>,
+    queue: Sender<Message>,
+    /// A unit asks the writer to redial (the address changed); closing it stops the writer.
+    control: Sender<()>,
+    /// A clone of the writer's current connection, to shut it down from outside.
+    link: Arc<Mutex<Option<TcpStream>>>,
+    stats: Arc<PeerStats>,
+    writer: JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct PeerStats {
+    connected: AtomicBool,
+    /// ms since `Shared::epoch` of the last message received, plus one; 0: never.
+    last_contact: AtomicU64,
+    sent: AtomicU64,
+    received: AtomicU64,
+    dropped: AtomicU64,
+    reconnects: AtomicU64,
+}
+
+struct ReaderHandle {
+    stream: TcpStream,
+    thread: JoinHandle<()>,
+}
+
+impl Transport {
+    /// Serves `listener` (this member's raft_addr) and dials each peer (id, "host:port").
+    /// Every well-formed message received is passed to `deliver` (called from the transport's
+    /// threads; it must not block for long, and must not call [`Transport::stop`]).
+    pub fn start(
+        id: u64,
+        listener: TcpListener,
+        peers: Vec<(u64, String)>,
+        deliver: Box<dyn Fn(Message) + Send + Sync>,
+    ) -> io::Result<Transport> {
+        let local_addr = listener.local_addr()?;
+        listener.set_nonblocking(false)?;
+        let shared = Arc::new(Shared {
+            id,
+            epoch: Instant::now(),
+            peers: RwLock::new(HashMap::new()),
+            isolated: RwLock::new(HashSet::new()),
+            deliver,
+            stopping: AtomicBool::new(false),
+            unknown_dropped: AtomicU64::new(0),
+            readers: Mutex::new(Vec::new()),
+            retired: Mutex::new(Vec::new()),
+        });
+        let acceptor = {
+            let shared = Arc::clone(&shared);
+            thread::Builder::new()
+                .name(format!("raft-accept-{id}"))
+                .spawn(move || accept_loop(&shared, listener))?
+        };
+        let transport = Transport {
+            shared,
+            local_addr,
+            acceptor: Mutex::new(Some(acceptor)),
+        };
+        for (peer, addr) in peers {
+            // On failure `transport` drops here, which stops whatever already started.
+            transport.insert_peer(peer, addr)?;
+        }
+        tracing::info!(id, addr = %local_addr, "raft transport started");
+        Ok(transport)
+    }
+
+    /// Queues `message` for `message.to`. Never blocks: if that peer's queue is full (bounded,
+    /// 4096 messages) or the peer is unknown, the message is dropped and counted (raft retries).
+    pub fn send(&self, message: Message) {
+        let to = message.to;
+        let peers = read(&self.shared.peers);
+        let Some(peer) = peers.get(&to) else {
+            self.shared.unknown_dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(to, "raft message for an unknown peer dropped");
+            return;
+        };
+        if self.shared.is_isolated(to) {
+            peer.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        match peer.queue.try_send(message) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                peer.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Adds a peer after a membership change, or replaces its address if it is known (its
+    /// connection is then redialled at the new address). Ignored for this member's own id.
+    pub fn add_peer(&self, id: u64, addr: String) {
+        if let Err(error) = self.insert_peer(id, addr) {
+            tracing::error!(peer = id, %error, "cannot start the writer of a raft peer");
+        }
+    }
+
+    /// Forgets a peer after a membership change: its queued messages are dropped and its
+    /// connection closed. Does not wait for its writer thread (`stop` does).
+    pub fn remove_peer(&self, id: u64) {
+        let removed = write(&self.shared.peers).remove(&id);
+        if let Some(peer) = removed {
+            tracing::info!(peer = id, "raft peer removed");
+            self.shared.retire(peer);
+        }
+    }
+
+    /// Every peer's link, sorted by id.
+    pub fn health(&self) -> Vec<PeerHealth> {
+        let now = self.shared.epoch.elapsed().as_millis() as u64;
+        let mut health: Vec<PeerHealth> = read(&self.shared.peers)
+            .iter()
+            .map(|(&id, peer)| {
+                let stats = &peer.stats;
+                let last_contact = stats.last_contact.load(Ordering::Relaxed);
+                PeerHealth {
+                    id,
+                    addr: lock(&peer.addr).clone(),
+                    connected: stats.connected.load(Ordering::Relaxed),
+                    last_contact_ms: last_contact.checked_sub(1).map(|at| now.saturating_sub(at)),
+                    sent: stats.sent.load(Ordering::Relaxed),
+                    received: stats.received.load(Ordering::Relaxed),
+                    dropped: stats.dropped.load(Ordering::Relaxed),
+                    reconnects: stats.reconnects.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        health.sort_by_key(|peer| peer.id);
+        health
+    }
+
+    /// Fault injection for tests: while set, everything to and from these peers is dropped
+    /// (counted) as if the network were cut. Empty set heals.
+    pub fn isolate(&self, peers: HashSet<u64>) {
+        tracing::info!(id = self.shared.id, ?peers, "raft transport isolation set");
+        *write(&self.shared.isolated) = peers;
+    }
+
+    /// Closes every connection and joins every thread. Drop does the same. Later sends are
+    /// dropped; nothing is delivered once it returns.
+    pub fn stop(&self) {
+        if self.shared.stopping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // The acceptor first, so that no reader starts after the readers are collected.
+        let acceptor = lock(&self.acceptor).take();
+        if let Some(acceptor) = acceptor {
+            match TcpStream::connect_timeout(&wake_address(self.local_addr), CONNECT_TIMEOUT) {
+                Ok(_) => join(acceptor, "acceptor"),
+                Err(error) => tracing::warn!(
+                    %error,
+                    "cannot wake the raft acceptor; it exits at its next connection"
+                ),
+            }
+        }
+        let peers: Vec<Peer> = write(&self.shared.peers).drain().map(|(_, p)| p).collect();
+        for peer in peers {
+            self.shared.retire(peer);
+        }
+        let readers = std::mem::take(&mut *lock(&self.shared.readers));
+        for reader in &readers {
+            let _ = reader.stream.shutdown(Shutdown::Both);
+        }
+        for reader in readers {
+            join(reader.thread, "reader");
+        }
+        let writers = std::mem::take(&mut *lock(&self.shared.retired));
+        for writer in writers {
+            join(writer, "writer");
+        }
+        tracing::info!(id = self.shared.id, "raft transport stopped");
+    }
+
+    fn insert_peer(&self, id: u64, addr: String) -> io::Result<()> {
+        if id == self.shared.id {
+            tracing::warn!(peer = id, "this member is not its own raft peer; ignored");
+            return Ok(());
+        }
+        let mut peers = write(&self.shared.peers);
+        if self.shared.stopping.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        if let Some(peer) = peers.get(&id) {
+            let mut known = lock(&peer.addr);
+            if *known != addr {
+                tracing::info!(peer = id, from = %known, to = %addr, "raft peer moved");
+                *known = addr;
+                // Full means a redial is already asked for.
+                let _ = peer.control.try_send(());
+            }
+            return Ok(());
+        }
+        let (queue, queued) = bounded(QUEUE);
+        let (control, controlled) = bounded(1);
+        let peer_addr = Arc::new(Mutex::new(addr));
+        let link = Arc::new(Mutex::new(None));
+        let stats = Arc::new(PeerStats::default());
+        let writer = Writer {
+            own_id: self.shared.id,
+            peer: id,
+            addr: Arc::clone(&peer_addr),
+            queue: queued,
+            control: controlled,
+            link: Arc::clone(&link),
+            stats: Arc::clone(&stats),
+            shared: Arc::clone(&self.shared),
+        };
+        let writer = thread::Builder::new()
+            .name(format!("raft-send-{id}"))
+            .spawn(move || writer.run())?;
+        peers.insert(
+            id,
+            Peer {
+                addr: peer_addr,
+                queue,
+                control,
+                link,
+                stats,
+                writer,
+            },
+        );
+        Ok(())
+    }
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport")
+            .field("id", &self.shared.id)
+            .field("addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    fn is_isolated(&self, peer: u64) -> bool {
+        read(&self.isolated).contains(&peer)
+    }
+
+    /// Stops a peer's writer without waiting for it: closing `control` ends its waits, shutting
+    /// down its connection ends a blocked write.
+    fn retire(&self, peer: Peer) {
+        let Peer {
+            control,
+            link,
+            writer,
+            ..
+        } = peer;
+        drop(control);
+        if let Some(stream) = lock(&link).as_ref() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        let mut retired = lock(&self.retired);
+        retired.retain(|writer| !writer.is_finished());
+        retired.push(writer);
+    }
+
+    /// Counts `message` from `sender` and delivers it, unless the transport stops or the
+    /// sender is isolated.
+    fn receive(&self, sender: u64, message: Message) {
+        {
+            let peers = read(&self.peers);
+            let stats = peers.get(&sender).map(|peer| &peer.stats);
+            if self.is_isolated(sender) {
+                if let Some(stats) = stats {
+                    stats.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                return;
+            }
+            if let Some(stats) = stats {
+                stats.received.fetch_add(1, Ordering::Relaxed);
+                let now = self.epoch.elapsed().as_millis() as u64 + 1;
+                stats.last_contact.store(now, Ordering::Relaxed);
+            }
+        }
+        // Outside the lock: `deliver` may well call `send`.
+        if !self.stopping.load(Ordering::SeqCst) {
+            (self.deliver)(message);
+        }
+    }
+}
+
+/// Accepts peers' connections and gives each a reader thread, until the transport stops.
+fn accept_loop(shared: &Arc<Shared>, listener: TcpListener) {
+    loop {
+        let accepted = listener.accept();
+        if shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let (stream, remote) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: keep serving, without spinning on it.
+                tracing::warn!(%error, "raft accept failed");
+                thread::sleep(BACKOFF_MIN);
+                continue;
+            }
+        };
+        let handle = match stream.try_clone() {
+            Ok(handle) => handle,
+            Err(error) => {
+                tracing::warn!(%remote, %error, "cannot keep a raft connection; closed");
+                continue;
+            }
+        };
+        let reader = {
+            let shared = Arc::clone(shared);
+            thread::Builder::new()
+                .name("raft-recv".into())
+                .spawn(move || read_connection(&shared, stream, remote))
+        };
+        match reader {
+            Ok(thread) => {
+                let mut readers = lock(&shared.readers);
+                readers.retain(|reader| !reader.thread.is_finished());
+                readers.push(ReaderHandle {
+                    stream: handle,
+                    thread,
+                });
+            }
+            Err(error) => tracing::warn!(%remote, %error, "no thread for a raft connection"),
+        }
+    }
+}
+
+/// One accepted connection, from its hello to its end; whatever goes wrong ends only it.
+fn read_connection(shared: &Shared, stream: TcpStream, remote: SocketAddr) {
+    // The acceptor keeps a clone of the socket (for `stop`), so dropping ours would not close
+    // it: shut it down, and the peer learns at once.
+    let ended = stream
+        .try_clone()
+        .and_then(|own| read_messages(shared, own));
+    let _ = stream.shutdown(Shutdown::Both);
+    match ended {
+        Ok(sender) => tracing::debug!(%remote, peer = sender, "raft connection closed by the peer"),
+        Err(_) if shared.stopping.load(Ordering::SeqCst) => {}
+        Err(error) => tracing::warn!(%remote, %error, "raft connection dropped"),
+    }
+}
+
+/// Reads the hello, then delivers frames until the peer closes (returns the sender's id) or
+/// breaks the protocol (returns why).
+fn read_messages(shared: &Shared, stream: TcpStream) -> io::Result<u64> {
+    stream.set_read_timeout(Some(HELLO_TIMEOUT))?;
+    let mut input = BufReader::with_capacity(IO_BUFFER, stream);
+    let mut hello = [0; HELLO_LEN];
+    input.read_exact(&mut hello)?;
+    let sender = parse_hello(&hello)?;
+    // Raft connections may be idle for long; `stop` wakes a blocked read by shutdown.
+    input.get_ref().set_read_timeout(None)?;
+    tracing::debug!(peer = sender, "raft peer connected");
+    loop {
+        let mut prefix = [0; 4];
+        match input.read_exact(&mut prefix) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => return Ok(sender),
+            Err(error) => return Err(error),
+        }
+        let length = u32::from_le_bytes(prefix) as usize;
+        if length > MAX_FRAME {
+            return Err(invalid(format!(
+                "peer {sender} announced a frame of {length} bytes (limit {MAX_FRAME})"
+            )));
+        }
+        // Grows as bytes arrive: a length alone reserves no memory.
+        let mut frame = Vec::with_capacity(length.min(IO_BUFFER));
+        (&mut input).take(length as u64).read_to_end(&mut frame)?;
+        if frame.len() < length {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("peer {sender} closed the connection inside a frame"),
+            ));
+        }
+        let message: Message = protobuf::Message::parse_from_bytes(&frame)
+            .map_err(|error| invalid(format!("undecodable frame from peer {sender}: {error}")))?;
+        if message.from != sender {
+            return Err(invalid(format!(
+                "message from {} on the connection of peer {sender}",
+                message.from
+            )));
+        }
+        if message.to != shared.id {
+            tracing::warn!(
+                peer = sender,
+                to = message.to,
+                "raft message for another member dropped"
+            );
+            continue;
+        }
+        shared.receive(sender, message);
+    }
+}
+
+fn hello(sender: u64) -> [u8; HELLO_LEN] {
+    let mut hello = [0; HELLO_LEN];
+    hello[..4].copy_from_slice(&MAGIC);
+    hello[4..8].copy_from_slice(&VERSION.to_le_bytes());
+    hello[8..].copy_from_slice(&sender.to_le_bytes());
+    hello
+}
+
+fn parse_hello(hello: &[u8; HELLO_LEN]) -> io::Result<u64> {
+    let (magic, rest) = hello.split_at(4);
+    let (version, sender) = rest.split_at(4);
+    if magic != MAGIC {
+        return Err(invalid("not a raft peer (wrong magic)".into()));
+    }
+    let version = u32::from_le_bytes(version.try_into().map_err(|_| invalid("hello".into()))?);
+    if version != VERSION {
+        return Err(invalid(format!(
+            "raft wire version {version}, this member speaks {VERSION}"
+        )));
+    }
+    Ok(u64::from_le_bytes(
+        sender.try_into().map_err(|_| invalid("hello".into()))?,
+    ))
+}
+
+fn invalid(reason: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, reason)
+}
+
+/// How a writer's connection ended.
+enum Ended {
+    /// The transport stops or the peer was removed.
+    Stop,
+    /// The peer's address changed.
+    Redial,
+    /// A write failed; the messages in flight are lost.
+    Broken(io::Error),
+}
+
+/// The thread owning the connection to one peer.
+struct Writer {
+    own_id: u64,
+    peer: u64,
+    addr: Arc<Mutex<String>>,
+    queue: Receiver<Message>,
+    control: Receiver<()>,
+    link: Arc<Mutex<Option<TcpStream>>>,
+    stats: Arc<PeerStats>,
+    shared: Arc<Shared>,
+}
+
+impl Writer {
+    /// Dials, writes until the connection breaks, redials after a backoff; until stopped.
+    /// Messages wait in the queue while the peer is unreachable (dropped by `send` once full).
+    fn run(self) {
+        let mut backoff = BACKOFF_MIN;
+        let mut connections = 0u64;
+        let mut failures = 0u64;
+        loop {
+            if let Err(TryRecvError::Disconnected) = self.control.try_recv() {
+                return;
+            }
+            let addr = lock(&self.addr).clone();
+            match self.dial(&addr) {
+                Ok(stream) => {
+                    if connections > 0 {
+                        self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                    }
+                    connections += 1;
+                    failures = 0;
+                    backoff = BACKOFF_MIN;
+                    self.stats.connected.store(true, Ordering::Relaxed);
+                    tracing::info!(peer = self.peer, %addr, "raft peer dialled");
+                    let ended = self.pump(stream);
+                    self.stats.connected.store(false, Ordering::Relaxed);
+                    *lock(&self.link) = None;
+                    match ended {
+                        Ended::Stop => return,
+                        Ended::Redial => continue,
+                        Ended::Broken(error) => {
+                            tracing::warn!(peer = self.peer, %addr, %error, "raft connection lost; redialling");
+                        }
+                    }
+                }
+                Err(error) => {
+                    // The first failure says the peer is away; the next ones are the same news.
+                    if failures == 0 {
+                        tracing::warn!(peer = self.peer, %addr, %error, "cannot reach raft peer; retrying");
+                    } else {
+                        tracing::debug!(peer = self.peer, %addr, %error, "cannot reach raft peer");
+                    }
+                    failures += 1;
+                }
+            }
+            match self.control.recv_timeout(backoff) {
+                Ok(()) => backoff = BACKOFF_MIN,
+                Err(RecvTimeoutError::Timeout) => backoff = (backoff * 2).min(BACKOFF_MAX),
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    fn dial(&self, addr: &str) -> io::Result<TcpStream> {
+        let mut last_error = None;
+        for candidate in addr.to_socket_addrs()? {
+            match TcpStream::connect_timeout(&candidate, CONNECT_TIMEOUT) {
+                Ok(stream) => {
+                    stream.set_nodelay(true)?;
+                    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+                    return Ok(stream);
+                }
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the address resolves to nothing",
+            )
+        }))
+    }
+
+    /// Writes the hello, then queued messages as they come, flushing whenever the queue is
+    /// momentarily empty (so a burst leaves in few syscalls and a lone message at once).
+    fn pump(&self, stream: TcpStream) -> Ended {
+        match stream.try_clone() {
+            Ok(handle) => *lock(&self.link) = Some(handle),
+            Err(error) => return Ended::Broken(error),
+        }
+        let mut output = BufWriter::with_capacity(IO_BUFFER, stream);
+        if let Err(error) = output.write_all(&hello(self.own_id)) {
+            return Ended::Broken(error);
+        }
+        loop {
+            // Checked before every message: `stop` closes `control` and then shuts down the
+            // link, so a writer busy with a long queue, or one that stored its link after the
+            // shutdown, still notices.
+            match self.control.try_recv() {
+                Ok(()) => {
+                    let _ = output.flush();
+                    return Ended::Redial;
+                }
+                Err(TryRecvError::Disconnected) => return Ended::Stop,
+                Err(TryRecvError::Empty) => {}
+            }
+            let message = match self.queue.try_recv() {
+                Ok(message) => message,
+                Err(TryRecvError::Disconnected) => return Ended::Stop,
+                Err(TryRecvError::Empty) => {
+                    if let Err(error) = output.flush() {
+                        return Ended::Broken(error);
+                    }
+                    select! {
+                        recv(self.queue) -> message => match message {
+                            Ok(message) => message,
+                            Err(_) => return Ended::Stop,
+                        },
+                        recv(self.control) -> control => match control {
+                            Ok(()) => return Ended::Redial,
+                            Err(_) => return Ended::Stop,
+                        },
+                    }
+                }
+            };
+            if self.shared.is_isolated(self.peer) {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let frame = match encode(&message) {
+                Ok(frame) => frame,
+                Err(reason) => {
+                    tracing::warn!(peer = self.peer, %reason, "raft message not sent");
+                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            };
+            let written = output
+                .write_all(&(frame.len() as u32).to_le_bytes())
+                .and_then(|()| output.write_all(&frame));
+            if let Err(error) = written {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                return Ended::Broken(error);
+            }
+            self.stats.sent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The protobuf bytes of `message`, if a peer would accept them.
+fn encode(message: &Message) -> Result<Vec<u8>, String> {
+    let bytes = protobuf::Message::write_to_bytes(message).map_err(|error| error.to_string())?;
+    if bytes.len() > MAX_FRAME {
+        return Err(format!(
+            "{} bytes encoded, over the frame limit of {MAX_FRAME}",
+            bytes.len()
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Where to dial to reach `listening`: a wildcard address is reached on loopback.
+fn wake_address(listening: SocketAddr) -> SocketAddr {
+    let ip = match listening.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, listening.port())
+}
+
+fn join(thread: JoinHandle<()>, role: &str) {
+    if thread.join().is_err() {
+        tracing::error!(role, "a raft transport thread panicked");
+    }
+}
+
+// The transport's locks guard plain data updated in single steps: a panic elsewhere leaves
+// nothing half-written, so a poisoned lock is used as is.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crossbeam_channel::unbounded;
+    use raft::prelude::{MessageType, Snapshot, SnapshotMetadata};
+
+    /// The bound of every wait: generous, a failing test fails instead of hanging.
+    const WAIT: Duration = Duration::from_secs(10);
+
+    struct Member {
+        transport: Transport,
+        inbox: Receiver<Message>,
+    }
+
+    fn listen() -> (TcpListener, String) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        (listener, addr)
+    }
+
+    /// An address nothing listens on (bound, then released).
+    fn free_address() -> String {
+        listen().1
+    }
+
+    fn member(id: u64, listener: TcpListener, peers: Vec<(u64, String)>) -> Member {
+        let (deliveries, inbox) = unbounded();
+        let deliver = Box::new(move |message| {
+            let _ = deliveries.send(message);
+        });
+        let transport = Transport::start(id, listener, peers, deliver).unwrap();
+        Member { transport, inbox }
+    }
+
+    fn message(from: u64, to: u64, index: u64) -> Message {
+        let mut message = Message::default();
+        message.set_msg_type(MessageType::MsgAppend);
+        message.from = from;
+        message.to = to;
+        message.index = index;
+        message
+    }
+
+    fn expect(member: &Member, from: u64, index: u64) {
+        let received = member
+            .inbox
+            .recv_timeout(WAIT)
+            .expect("a message within the bound");
+        assert_eq!((received.from, received.index), (from, index));
+    }
+
+    /// Sends until one arrives (a message written into a dead connection is lost, as raft
+    /// expects); the bound is `WAIT` overall.
+    fn send_until_received(from: &Member, to: &Member, from_id: u64, to_id: u64) -> Message {
+        let deadline = Instant::now() + WAIT;
+        let mut index = 1000;
+        while Instant::now() < deadline {
+            index += 1;
+            from.transport.send(message(from_id, to_id, index));
+            if let Ok(received) = to.inbox.recv_timeout(Duration::from_millis(100)) {
+                return received;
+            }
+        }
+        panic!("no message from {from_id} reached {to_id}");
+    }
+
+    /// Waits for `condition`, looking again every few milliseconds, for at most `WAIT`.
+    fn eventually(condition: impl Fn() -> bool) {
+        let (_never, tick) = unbounded::<()>();
+        let deadline = Instant::now() + WAIT;
+        while !condition() {
+            assert!(
+                Instant::now() < deadline,
+                "condition not met within the bound"
+            );
+            let _ = tick.recv_timeout(Duration::from_millis(5));
+        }
+    }
+
+    fn health_of(transport: &Transport, id: u64) -> PeerHealth {
+        transport
+            .health()
+            .into_iter()
+            .find(|peer| peer.id == id)
+            .expect("a known peer")
+    }
+
+    /// Writes `bytes` to `addr` and waits for the transport to close the connection.
+    fn expect_closed(addr: &str, bytes: &[u8]) {
+        expect_closed_after(addr, bytes, false);
+    }
+
+    /// Same, and with `hang_up` this side closes its half first.
+    fn expect_closed_after(addr: &str, bytes: &[u8], hang_up: bool) {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        // The transport may close before everything is written: a failed write is fine too.
+        let _ = stream.write_all(bytes);
+        if hang_up {
+            stream.shutdown(Shutdown::Write).unwrap();
+        }
+        let mut buffer = [0; 16];
+        match stream.read(&mut buffer) {
+            Ok(0) => {}
+            Ok(n) => panic!("the transport answered {n} bytes"),
+            Err(error) => assert_ne!(
+                error.kind(),
+                io::ErrorKind::WouldBlock,
+                "not closed within the bound"
+            ),
+        }
+    }
+
+    fn frame(message: &Message) -> Vec<u8> {
+        let bytes = encode(message).unwrap();
+        let mut frame = (bytes.len() as u32).to_le_bytes().to_vec();
+        frame.extend(bytes);
+        frame
+    }
+
+    #[test]
+    fn three_members_exchange_in_every_direction() {
+        let (listeners, addrs): (Vec<_>, Vec<_>) = (0..3).map(|_| listen()).unzip();
+        let members: Vec<Member> = listeners
+            .into_iter()
+            .enumerate()
+            .map(|(i, listener)| {
+                let id = i as u64 + 1;
+                let peers = (1..=3)
+                    .filter(|&peer| peer != id)
+                    .map(|peer| (peer, addrs[peer as usize - 1].clone()))
+                    .collect();
+                member(id, listener, peers)
+            })
+            .collect();
+        for (i, sender) in members.iter().enumerate() {
+            let from = i as u64 + 1;
+            for to in (1..=3).filter(|&to| to != from) {
+                for index in 0..10 {
+                    sender.transport.send(message(from, to, index));
+                }
+            }
+        }
+        for (i, receiver) in members.iter().enumerate() {
+            let to = i as u64 + 1;
+            let mut next = HashMap::new();
+            for _ in 0..20 {
+                let received = receiver.inbox.recv_timeout(WAIT).unwrap();
+                assert_eq!(received.to, to);
+                // In order per sender.
+                let expected = next.entry(received.from).or_insert(0);
+                assert_eq!(received.index, *expected);
+                *expected += 1;
+            }
+            assert_eq!(next.len(), 2);
+        }
+        for (i, member) in members.iter().enumerate() {
+            let health = member.transport.health();
+            assert_eq!(health.len(), 2);
+            assert!(health.windows(2).all(|pair| pair[0].id < pair[1].id));
+            for peer in health {
+                assert!(peer.connected, "{} → {}", i + 1, peer.id);
+                assert_eq!((peer.sent, peer.received), (10, 10));
+                assert_eq!((peer.dropped, peer.reconnects), (0, 0));
+                assert!(peer.last_contact_ms.is_some());
+                assert_eq!(peer.addr, addrs[peer.id as usize - 1]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_late_peer_is_reached_and_a_restarted_one_again() {
+        let (listener, a_addr) = listen();
+        let b_addr = free_address();
+        let a = member(1, listener, vec![(2, b_addr.clone())]);
+        // Queued while b is away, delivered once it is reached.
+        a.transport.send(message(1, 2, 1));
+        assert_eq!(health_of(&a.transport, 2).last_contact_ms, None);
+
+        let b = member(
+            2,
+            TcpListener::bind(&b_addr).unwrap(),
+            vec![(1, a_addr.clone())],
+        );
+        expect(&b, 1, 1);
+        b.transport.send(message(2, 1, 1));
+        expect(&a, 2, 1);
+        assert!(health_of(&a.transport, 2).connected);
+
+        b.transport.stop();
+        drop(b);
+        let b = member(2, TcpListener::bind(&b_addr).unwrap(), vec![(1, a_addr)]);
+        let received = send_until_received(&a, &b, 1, 2);
+        assert_eq!(received.from, 1);
+        assert!(health_of(&a.transport, 2).reconnects >= 1);
+        b.transport.send(message(2, 1, 7));
+        expect(&a, 2, 7);
+    }
+
+    #[test]
+    fn sending_to_an_unreachable_peer_never_blocks_and_counts_drops() {
+        let (listener, _) = listen();
+        let a = member(1, listener, vec![(2, free_address())]);
+        let started = Instant::now();
+        for index in 0..(QUEUE as u64 + 1000) {
+            a.transport.send(message(1, 2, index));
+        }
+        a.transport.send(message(1, 99, 0));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let peer = health_of(&a.transport, 2);
+        assert_eq!((peer.sent, peer.dropped, peer.connected), (0, 1000, false));
+        assert_eq!(
+            a.transport.shared.unknown_dropped.load(Ordering::Relaxed),
+            1
+        );
+        // Stopping does not wait for the queue or the redial loop.
+        let stopping = Instant::now();
+        a.transport.stop();
+        assert!(stopping.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn bad_input_closes_only_that_connection() {
+        let (a_listener, a_addr) = listen();
+        let (b_listener, b_addr) = listen();
+        let a = member(1, a_listener, vec![(2, b_addr)]);
+        let b = member(2, b_listener, vec![(1, a_addr.clone())]);
+
+        expect_closed(&a_addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut wrong_magic = hello(2);
+        wrong_magic[..4].copy_from_slice(b"XXXX");
+        expect_closed(&a_addr, &wrong_magic);
+        let mut wrong_version = hello(2);
+        wrong_version[4..8].copy_from_slice(&99u32.to_le_bytes());
+        expect_closed(&a_addr, &wrong_version);
+        let mut absurd = hello(2).to_vec();
+        absurd.extend(u32::MAX.to_le_bytes());
+        expect_closed(&a_addr, &absurd);
+        let mut undecodable = hello(2).to_vec();
+        undecodable.extend(5u32.to_le_bytes());
+        undecodable.extend([0xff; 5]);
+        expect_closed(&a_addr, &undecodable);
+        // Claims to be 2, sends as 3: closed, and the message is not delivered.
+        let mut impostor = hello(2).to_vec();
+        impostor.extend(frame(&message(3, 1, 666)));
+        expect_closed(&a_addr, &impostor);
+        // A truncated frame, then the peer hangs up: nothing delivered.
+        let mut truncated = hello(2).to_vec();
+        truncated.extend(frame(&message(2, 1, 667)));
+        truncated.pop();
+        expect_closed_after(&a_addr, &truncated, true);
+
+        // The good peer still gets through, both ways, and nothing bad was delivered.
+        b.transport.send(message(2, 1, 1));
+        expect(&a, 2, 1);
+        a.transport.send(message(1, 2, 1));
+        expect(&b, 1, 1);
+        assert!(a.inbox.try_recv().is_err());
+    }
+
+    #[test]
+    fn an_isolated_peer_is_cut_both_ways_until_healed() {
+        let (a_listener, a_addr) = listen();
+        let (b_listener, b_addr) = listen();
+        let a = member(1, a_listener, vec![(2, b_addr)]);
+        let b = member(2, b_listener, vec![(1, a_addr)]);
+        a.transport.send(message(1, 2, 1));
+        expect(&b, 1, 1);
+        b.transport.send(message(2, 1, 1));
+        expect(&a, 2, 1);
+
+        a.transport.isolate(HashSet::from([2]));
+        a.transport.send(message(1, 2, 2));
+        b.transport.send(message(2, 1, 2));
+        // Message 2 from b may still be on its way: heal only once a has dropped it.
+        eventually(|| health_of(&a.transport, 2).dropped == 2);
+        a.transport.isolate(HashSet::new());
+        a.transport.send(message(1, 2, 3));
+        b.transport.send(message(2, 1, 3));
+        // Each connection keeps order: had 2 gone through, it would come before 3.
+        expect(&b, 1, 3);
+        expect(&a, 2, 3);
+        let peer = health_of(&a.transport, 2);
+        assert_eq!(peer.dropped, 2, "one each way");
+        assert_eq!((peer.sent, peer.received), (2, 2));
+    }
+
+    #[test]
+    fn a_large_snapshot_arrives_intact() {
+        let (a_listener, a_addr) = listen();
+        let (b_listener, b_addr) = listen();
+        let a = member(1, a_listener, vec![(2, b_addr)]);
+        let b = member(2, b_listener, vec![(1, a_addr)]);
+        let data: Vec<u8> = (0..8 << 20).map(|i: u32| (i % 251) as u8).collect();
+        let mut metadata = SnapshotMetadata::default();
+        metadata.index = 42;
+        metadata.term = 3;
+        let mut snapshot = Snapshot::default();
+        snapshot.set_data(data.clone().into());
+        snapshot.set_metadata(metadata);
+        let mut sent = message(1, 2, 42);
+        sent.set_msg_type(MessageType::MsgSnapshot);
+        sent.set_snapshot(snapshot);
+        a.transport.send(sent);
+        // A small one behind it: frames stay whole and in order.
+        a.transport.send(message(1, 2, 43));
+        let received = b.inbox.recv_timeout(WAIT).unwrap();
+        assert_eq!(received.get_msg_type(), MessageType::MsgSnapshot);
+        let snapshot = received.get_snapshot();
+        assert_eq!(snapshot.get_metadata().index, 42);
+        assert!(snapshot.data == data, "snapshot data differs");
+        expect(&b, 1, 43);
+    }
+
+    #[test]
+    fn moving_and_removing_peers() {
+        let (a_listener, a_addr) = listen();
+        let (b_listener, b_addr) = listen();
+        let a = member(1, a_listener, vec![(2, free_address())]);
+        let b = member(2, b_listener, vec![(1, a_addr)]);
+        // The peer was known at a wrong address; the right one is dialled at once.
+        a.transport.add_peer(2, b_addr.clone());
+        let received = send_until_received(&a, &b, 1, 2);
+        assert_eq!(received.from, 1);
+        assert_eq!(health_of(&a.transport, 2).addr, b_addr);
+        a.transport.remove_peer(2);
+        assert!(a.transport.health().is_empty());
+        a.transport.send(message(1, 2, 5));
+        assert_eq!(
+            a.transport.shared.unknown_dropped.load(Ordering::Relaxed),
+            1
+        );
+        // Own id: ignored.
+        a.transport.add_peer(1, "127.0.0.1:1".into());
+        assert!(a.transport.health().is_empty());
+    }
+}
