@@ -1,12 +1,16 @@
-//! What `synckit-node serve` does (the `client` and `bench` subcommands are in
-//! [`crate::client`]).
+//! What `synckit-node serve` and `synckit-node cluster up` do (the `client` and `bench`
+//! subcommands are in [`crate::client`]).
 
 use std::io::Write;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::Config;
 use crate::net;
+use crate::raft::{Cluster, Member};
 use crate::service::Service;
 
 /// Raises this process's soft limit on open files to its hard limit, so that the connections it
@@ -79,4 +83,148 @@ fn stop_on_signal(service: Arc<Service>) -> Result<(), String> {
         std::process::exit(code);
     })
     .map_err(|e| format!("cannot install the stop-signal handler: {e}"))
+}
+
+/// `synckit-node cluster up`.
+#[derive(clap::Args, Debug)]
+pub struct ClusterUpArgs {
+    /// Members to start.
+    #[arg(long, default_value_t = 5)]
+    pub nodes: u64,
+    /// Directory for the cluster file (`cluster.toml`) and the members' data directories. An
+    /// existing cluster file there is reused, so the same cluster starts again with its data.
+    #[arg(long, default_value = "./cluster")]
+    pub dir: PathBuf,
+    /// More `serve` flags for every member, after `--` (e.g. `-- --requests-per-sec 100000`).
+    #[arg(last = true)]
+    pub serve_args: Vec<String>,
+}
+
+/// Writes (or reuses) a cluster file of `--nodes` members on free loopback ports, starts each
+/// member as a child process, and waits: Ctrl-C (or SIGTERM) stops them all cleanly.
+pub fn cluster_up(args: &ClusterUpArgs) -> Result<(), String> {
+    if args.nodes == 0 {
+        return Err("--nodes must be at least 1".into());
+    }
+    std::fs::create_dir_all(&args.dir)
+        .map_err(|e| format!("cannot create {}: {e}", args.dir.display()))?;
+    let dir = args
+        .dir
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", args.dir.display()))?;
+    let file = dir.join("cluster.toml");
+    let cluster = if file.exists() {
+        Cluster::from_file(&file, 1)?
+    } else {
+        let cluster = Cluster::new(1, free_members(args.nodes, &dir)?)?;
+        std::fs::write(&file, cluster.to_toml())
+            .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+        cluster
+    };
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+    let (stop, stopped) = crossbeam_channel::bounded::<()>(1);
+    ctrlc::set_handler(move || {
+        let _ = stop.try_send(());
+    })
+    .map_err(|e| format!("cannot install the stop-signal handler: {e}"))?;
+    let mut children = Vec::new();
+    for member in &cluster.members {
+        let child = Command::new(&exe)
+            .arg("serve")
+            .arg("--cluster")
+            .arg(&file)
+            .arg("--id")
+            .arg(member.id.to_string())
+            .args(&args.serve_args)
+            .spawn()
+            .map_err(|e| format!("cannot start member {}: {e}", member.id))?;
+        children.push((member.id, child));
+    }
+    let chat: Vec<String> = cluster
+        .members
+        .iter()
+        .map(|m| m.chat_addr.to_string())
+        .collect();
+    println!(
+        "synckit-node cluster up: {} members, cluster file {}\n  chat: synckit-node client --addr {} ...\n  stats: {}\n  Ctrl-C stops every member",
+        cluster.members.len(),
+        file.display(),
+        chat.join(","),
+        cluster
+            .members
+            .iter()
+            .map(|m| format!("http://{}/stats", m.http_addr))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let _ = std::io::stdout().flush();
+    loop {
+        if stopped.recv_timeout(Duration::from_millis(500)).is_ok() {
+            break;
+        }
+        for (id, child) in &mut children {
+            if let Ok(Some(status)) = child.try_wait() {
+                eprintln!("synckit-node cluster: member {id} exited ({status}); the others go on");
+            }
+        }
+        children.retain_mut(|(_, child)| !matches!(child.try_wait(), Ok(Some(_))));
+        if children.is_empty() {
+            return Err("every member exited".into());
+        }
+    }
+    for (_, child) in &children {
+        terminate(child);
+    }
+    for (id, mut child) in children {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                _ => {
+                    eprintln!("synckit-node cluster: member {id} did not stop; killing it");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Members on loopback ports free now (all held until every one is chosen, so none repeats).
+fn free_members(count: u64, dir: &Path) -> Result<Vec<Member>, String> {
+    let mut held = Vec::new();
+    let mut port = || -> Result<SocketAddr, String> {
+        let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        held.push(listener);
+        Ok(addr)
+    };
+    (1..=count)
+        .map(|id| {
+            Ok(Member {
+                id,
+                chat_addr: port()?,
+                http_addr: port()?,
+                raft_addr: port()?,
+                data_dir: dir.join(format!("node-{id}")),
+            })
+        })
+        .collect()
+}
+
+/// Asks a child to stop as Ctrl-C would (SIGTERM: it syncs its log and exits).
+fn terminate(child: &std::process::Child) {
+    let Ok(pid) = libc::pid_t::try_from(child.id()) else {
+        return;
+    };
+    // SAFETY: kill(2) with a pid this process spawned and has not reaped yet, so the pid still
+    // names that child; it has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
 }

@@ -39,6 +39,14 @@ pub struct Config {
     /// Threads applying a batch's commands on different mailbox shards in parallel (0: half the
     /// cores, 1 to 4).
     pub apply_threads: usize,
+    /// The cluster this node is a member of (`serve --cluster FILE --id N`); `None`: a node on
+    /// its own.
+    #[serde(skip)]
+    pub cluster: Option<crate::raft::Cluster>,
+    /// Fault injection for tests (`serve --test-hooks`): `POST /test/isolate` on the HTTP
+    /// endpoint cuts this member off from the peers it names. Never on in production.
+    #[serde(skip)]
+    pub test_hooks: bool,
 }
 
 impl Default for Config {
@@ -57,6 +65,8 @@ impl Default for Config {
             frame_timeout_secs: 30,
             io_threads: 0,
             apply_threads: 0,
+            cluster: None,
+            test_hooks: false,
         }
     }
 }

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use synckit_node::cli;
 use synckit_node::client::{bench, cli as client_cli};
 use synckit_node::config::Config;
+use synckit_node::raft::Cluster;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -30,6 +31,16 @@ enum Command {
     /// Load-test a node from one event-driven thread: C connections, each with one request in
     /// flight, sending M messages each, binary or JSON.
     Bench(bench::BenchArgs),
+    /// Run a cluster on this machine: `cluster up --nodes 5 --dir ./cluster`.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// Write a cluster file with free loopback ports and start every member as a child
+    /// process; Ctrl-C stops them all.
+    Up(cli::ClusterUpArgs),
 }
 
 #[derive(Args, Debug)]
@@ -74,6 +85,17 @@ struct ServeArgs {
     /// 1 to 4).
     #[arg(long)]
     apply_threads: Option<usize>,
+    /// The cluster file (TOML, one `[[node]]` table per member): run as the member `--id`,
+    /// with that member's addresses and data directory.
+    #[arg(long, requires = "id")]
+    cluster: Option<PathBuf>,
+    /// This member's id in `--cluster`.
+    #[arg(long, requires = "cluster")]
+    id: Option<u64>,
+    /// Fault injection for tests: `POST /test/isolate?peers=1,2` cuts this member's raft links
+    /// to those peers (`?peers=` heals).
+    #[arg(long, hide = true)]
+    test_hooks: bool,
     /// Log filter (tracing's EnvFilter syntax; RUST_LOG wins if set).
     #[arg(long, default_value = "info")]
     log: String,
@@ -106,6 +128,15 @@ impl ServeArgs {
             io_threads,
             apply_threads
         );
+        if let (Some(path), Some(id)) = (&self.cluster, self.id) {
+            let cluster = Cluster::from_file(path, id)?;
+            let me = cluster.me();
+            config.chat_addr = me.chat_addr;
+            config.http_addr = me.http_addr;
+            config.data_dir = me.data_dir.clone();
+            config.cluster = Some(cluster);
+        }
+        config.test_hooks = self.test_hooks;
         Ok(config)
     }
 }
@@ -125,6 +156,13 @@ fn main() -> ExitCode {
             }
         }
         Command::Client(args) => client_cli::client(&args),
+        Command::Cluster(ClusterCommand::Up(args)) => match cli::cluster_up(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("synckit-node: {error}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Bench(args) => bench::bench(&args),
     }
 }

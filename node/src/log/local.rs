@@ -78,18 +78,6 @@ impl LocalLog {
         };
         Ok((Arc::new(log), recovered, applier))
     }
-
-    /// Stops the log thread after everything queued before the call: it is written, and handed
-    /// to the applier; the applier's stream then ends.
-    pub fn stop(&self) {
-        let _ = self.jobs.send(Job::Stop);
-        let writer = self.writer.lock().ok().and_then(|mut w| w.take());
-        if let Some(writer) = writer
-            && writer.join().is_err()
-        {
-            tracing::error!("the log thread panicked");
-        }
-    }
 }
 
 fn stopped() -> ErrorReply {
@@ -138,6 +126,18 @@ impl CommandLog for LocalLog {
 
     fn compact(&self, covered: u64) {
         let _ = self.jobs.send(Job::Compact { covered });
+    }
+
+    /// Stops the log thread after everything queued before the call: it is written, and handed
+    /// to the applier; the applier's stream then ends.
+    fn stop(&self) {
+        let _ = self.jobs.send(Job::Stop);
+        let writer = self.writer.lock().ok().and_then(|mut w| w.take());
+        if let Some(writer) = writer
+            && writer.join().is_err()
+        {
+            tracing::error!("the log thread panicked");
+        }
     }
 }
 

@@ -15,7 +15,7 @@ pub use local::{LocalLog, WAL_SEQUENCE_LEVEL};
 pub use segments::{Entry, Recovered};
 
 use crate::protocol::ErrorReply;
-use crate::state::{Command, Outcome};
+use crate::state::{Command, Image, Outcome};
 
 /// Called once with what became of a proposed command: its outcome once applied, or why it
 /// could not be made durable.
@@ -51,6 +51,12 @@ pub struct Batch {
     /// The log failed to store a batch (its waiters have the error): a snapshot may let it drop
     /// old entries and free space.
     pub storage_failed: bool,
+    /// A snapshot of the whole state, installed before `entries` (a raft member too far behind
+    /// gets one from the leader instead of the entries it missed).
+    pub install: Option<Image>,
+    /// Every log index up to this one is applied once `entries` are, including entries that
+    /// carry no command (raft's empty and membership entries); 0 when there are none.
+    pub through: u64,
 }
 
 /// A log of commands: ordered, durable, then applied.
@@ -61,4 +67,6 @@ pub trait CommandLog: Send + Sync + std::fmt::Debug {
     fn sync(&self) -> Result<(), String>;
     /// A durable snapshot covers every index up to `covered`: the log may drop those entries.
     fn compact(&self, covered: u64);
+    /// Stops the log after what was queued before the call; the applier's stream then ends.
+    fn stop(&self);
 }

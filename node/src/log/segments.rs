@@ -201,6 +201,9 @@ pub struct Recovered {
     pub entries: Vec<Entry>,
     /// Bytes cut off a torn tail, if any.
     pub truncated_bytes: u64,
+    /// Every index up to this one is in `entries` or carries no command (raft's empty and
+    /// membership entries); 0 when the entries say it all.
+    pub through: u64,
 }
 
 /// The segment being appended to, and the directory's other segments.
@@ -305,6 +308,7 @@ impl Segments {
         let recovered = Recovered {
             entries: found.into_iter().flat_map(|s| s.records).collect(),
             truncated_bytes,
+            through: 0,
         };
         if let Some(pair) = recovered
             .entries

@@ -39,6 +39,10 @@ pub fn start(addr: SocketAddr, service: Arc<Service>) -> io::Result<SocketAddr> 
                 (tiny_http::Method::Get, "/health") => {
                     with_type(Response::from_string("ok\n"), "text/plain")
                 }
+                (tiny_http::Method::Post, "/test/isolate") if service.config().test_hooks => {
+                    let query = request.url().split_once("?peers=").map_or("", |(_, q)| q);
+                    isolate(&service, query)
+                }
                 (tiny_http::Method::Get, _) => {
                     with_type(Response::from_string("not found\n"), "text/plain")
                         .with_status_code(404)
@@ -54,6 +58,33 @@ pub fn start(addr: SocketAddr, service: Arc<Service>) -> io::Result<SocketAddr> 
     Ok(bound)
 }
 
+/// The test hook: cut this member's raft links to the peers named in `?peers=1,2` (none heals).
+fn isolate(service: &Service, body: &str) -> Response<io::Cursor<Vec<u8>>> {
+    let peers: Result<std::collections::HashSet<u64>, _> = body
+        .split(',')
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+        .map(str::parse)
+        .collect();
+    match (peers, service.raft()) {
+        (Ok(peers), Some(raft)) => {
+            tracing::warn!(?peers, "test hook: raft links cut");
+            raft.isolate(peers);
+            with_type(Response::from_string("ok\n"), "text/plain")
+        }
+        (Err(error), _) => with_type(
+            Response::from_string(format!("peer ids expected: {error}\n")),
+            "text/plain",
+        )
+        .with_status_code(400),
+        (_, None) => with_type(
+            Response::from_string("not a cluster member\n"),
+            "text/plain",
+        )
+        .with_status_code(409),
+    }
+}
+
 fn with_type<R: io::Read>(response: Response<R>, content_type: &str) -> Response<R> {
     let header =
         Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes()).expect("a valid header");
@@ -63,7 +94,7 @@ fn with_type<R: io::Read>(response: Response<R>, content_type: &str) -> Response
 /// Everything `/stats` shows.
 pub fn stats_json(service: &Service) -> serde_json::Value {
     let node = service.stats();
-    json!({
+    let mut stats = json!({
         "uptime_secs": node.uptime_secs,
         "connections": node.connections,
         "locks": sync_kit::stats::all(),
@@ -79,7 +110,11 @@ pub fn stats_json(service: &Service) -> serde_json::Value {
         "apply": { "parallel_batches": node.parallel_batches },
         "applied_index": node.applied_index,
         "state_digest": node.state_digest,
-    })
+    });
+    if let Some(raft) = node.raft {
+        stats["raft"] = json!(raft);
+    }
+    stats
 }
 
 /// Whether a figure only grows.
@@ -186,6 +221,7 @@ fn metrics_from(stats: &serde_json::Value) -> String {
             }
         };
     }
+    register_raft_families(&mut registry, stats);
     for (metric, help, family) in counters {
         registry.register(metric, help, family);
     }
@@ -222,6 +258,52 @@ fn family_of<'a, F: Default>(
         }
     };
     &families[at].2
+}
+
+/// Raft's figures (on a cluster member only): the member's own, and each peer's, labelled with
+/// the peer's id.
+fn register_raft_families(registry: &mut Registry, stats: &serde_json::Value) {
+    let raft = &stats["raft"];
+    if raft.is_null() {
+        return;
+    }
+    let number = |value: &serde_json::Value| value.as_f64().unwrap_or(0.0);
+    for (metric, key, help) in [
+        ("raft_term", "term", "Raft's current term"),
+        ("raft_leader_id", "leader_id", "The leader this member knows of (0: none)"),
+        ("raft_commit_index", "commit_index", "The highest index known committed"),
+        ("raft_applied_index", "applied_index", "The highest index handed to the applier"),
+        ("raft_last_index", "last_index", "The last index in this member's log"),
+    ] {
+        let gauge = Gauge::<f64, AtomicU64>::default();
+        gauge.set(number(&raft[key]));
+        registry.register(metric, help, gauge);
+    }
+    let is_leader = Gauge::<f64, AtomicU64>::default();
+    is_leader.set(if raft["role"] == "leader" { 1.0 } else { 0.0 });
+    registry.register("raft_is_leader", "1 on the leader, 0 elsewhere", is_leader);
+    let peers = raft["peers"].as_array().cloned().unwrap_or_default();
+    for (metric, key, help) in [
+        ("raft_peer_match_index", "match_index", "The highest index known replicated on the peer (on the leader)"),
+        ("raft_peer_connected", "connected", "1 while the connection to the peer is up"),
+        ("raft_peer_last_contact_ms", "last_contact_ms", "Milliseconds since the peer was last heard from"),
+        ("raft_peer_sent", "sent", "Raft messages sent to the peer"),
+        ("raft_peer_received", "received", "Raft messages received from the peer"),
+        ("raft_peer_dropped", "dropped", "Raft messages to or from the peer dropped (full queue, cut link)"),
+        ("raft_peer_reconnects", "reconnects", "Connections to the peer made again after a loss"),
+    ] {
+        let family = GaugeFamily::default();
+        for peer in &peers {
+            let value = match &peer[key] {
+                serde_json::Value::Bool(up) => f64::from(u8::from(*up)),
+                other => number(other),
+            };
+            family
+                .get_or_create(&vec![("peer".to_string(), peer["id"].to_string())])
+                .set(value);
+        }
+        registry.register(metric, help, family);
+    }
 }
 
 /// Per-lock counters, labelled with the lock's name, kind and level.
@@ -287,7 +369,9 @@ mod tests {
             serde_json::Value::Number(_) => out.push(path.clone()),
             serde_json::Value::Object(map) => {
                 for (key, value) in map {
-                    if path.is_empty() && (key == "locks" || key == "condvars") {
+                    // Per-lock, per-condvar and (on a cluster member) raft's figures have their
+                    // own families.
+                    if path.is_empty() && (key == "locks" || key == "condvars" || key == "raft") {
                         continue;
                     }
                     path.push(key.clone());

@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, unbounded};
 
 use super::{Core, SessionHandle, lock_failed};
-use crate::log::{Batch, CommandLog, Committed, Waiter, snapshot};
+use crate::log::snapshot::SnapshotStore;
+use crate::log::{Batch, CommandLog, Committed, Waiter};
 use crate::protocol::{Push, ServerFrame};
 use crate::state::{Capture, Command, Outcome, SHARDS, shard_of};
 
@@ -126,6 +127,15 @@ impl Applier {
     /// client does after its answer comes after those marks in the log.
     fn apply(&self, batch: Batch) {
         let core = &self.core;
+        if let Some(image) = batch.install {
+            let index = image.applied;
+            match core.state.install(image) {
+                Ok(()) => tracing::info!(index, "snapshot from the leader installed"),
+                Err(error) => {
+                    lock_failed(error);
+                }
+            }
+        }
         let applied = batch.entries.len() as u64;
         let mut done = LaneDone::default();
         {
@@ -153,6 +163,7 @@ impl Applier {
                 }
             }
         }
+        core.state.advance_to(batch.through);
         core.records_since_snapshot
             .fetch_add(applied, Ordering::Relaxed);
         done.pushed.mark_delivered(core);
@@ -366,16 +377,19 @@ impl Pushed {
 /// Writes the captures the applier hands over as snapshots, then lets the log drop what each
 /// covers.
 pub(super) fn write_snapshots(
-    dir: &std::path::Path,
+    store: &SnapshotStore,
     log: &dyn CommandLog,
     captures: Receiver<Capture>,
 ) {
     for capture in captures {
         let applied = capture.applied();
-        match snapshot::save(dir, capture.image()) {
-            Ok(()) => {
+        match store.save(capture.image()) {
+            Ok(true) => {
                 log.compact(applied);
                 tracing::info!(applied, "snapshot written; the log is compacted behind it");
+            }
+            Ok(false) => {
+                tracing::info!(applied, "snapshot skipped: a newer one was installed meanwhile");
             }
             Err(error) => tracing::error!(%error, "snapshot failed; the log keeps growing"),
         }

@@ -54,7 +54,9 @@ use sync_kit::{LockError, RwLock};
 
 use crate::config::Config;
 use crate::hasher::Hasher;
-use crate::log::{CommandLog, LocalLog, legacy, snapshot};
+use crate::log::snapshot::{self, SnapshotStore};
+use crate::log::{Batch, CommandLog, LocalLog, Recovered, legacy};
+use crate::raft::{RaftLog, RaftStatus};
 use crate::protocol::{ErrorCode, ErrorReply, Reply, Request, ServerFrame, limits};
 use crate::state::{Capture, Command, MessageCounts, Outcome, State};
 
@@ -101,7 +103,8 @@ impl std::error::Error for StartError {}
 /// everything logged so far durable and applied, then stops the threads.
 pub struct Service {
     core: Arc<Core>,
-    log: Arc<LocalLog>,
+    /// Raft's side of the log, when this node is a cluster member (for its figures).
+    raft: Option<Arc<RaftLog>>,
     applier: Option<JoinHandle<()>>,
     snapshots: Option<JoinHandle<()>>,
     _data_lock: FileLock,
@@ -158,8 +161,8 @@ impl Service {
         legacy::migrate(dir).map_err(StartError)?;
         // Recovery: the snapshot's image, then every command logged after it, through `apply`.
         let state = State::from_image(snapshot::load(dir).map_err(StartError)?);
-        let (log, recovered, batches) = LocalLog::open(dir, state.applied_index())
-            .map_err(|e| StartError(format!("cannot open the log in {}: {e}", dir.display())))?;
+        let snapshots = Arc::new(SnapshotStore::new(dir, state.applied_index()));
+        let (log, raft, recovered, batches) = open_log(config, &snapshots, state.applied_index())?;
         let mut replayed = 0u64;
         for entry in recovered.entries {
             if entry.index > state.applied_index() {
@@ -169,6 +172,7 @@ impl Service {
                 replayed += 1;
             }
         }
+        state.advance_to(recovered.through);
         tracing::info!(
             applied = state.applied_index(),
             replayed,
@@ -191,7 +195,7 @@ impl Service {
         );
         let core = Arc::new(Core {
             state,
-            log: Arc::clone(&log) as Arc<dyn CommandLog>,
+            log: Arc::clone(&log),
             sessions: RwLock::with_level("sessions", levels::SESSIONS, HashMap::new()),
             hasher,
             decoy_hash,
@@ -211,10 +215,10 @@ impl Service {
 
         let (captures, snapshot_queue) = bounded::<Capture>(1);
         let snapshots = {
-            let (dir, log) = (dir.clone(), Arc::clone(&log));
+            let log = Arc::clone(&log);
             thread::Builder::new()
                 .name("snapshots".into())
-                .spawn(move || apply::write_snapshots(&dir, &*log, snapshot_queue))
+                .spawn(move || apply::write_snapshots(&snapshots, &*log, snapshot_queue))
                 .map_err(|e| start_error("snapshot thread")(e.to_string()))?
         };
         let lanes = match config.apply_threads {
@@ -231,7 +235,7 @@ impl Service {
             .map_err(|e| start_error("applier thread")(e.to_string()))?;
         Ok(Service {
             core,
-            log,
+            raft,
             applier: Some(applier),
             snapshots: Some(snapshots),
             _data_lock: data_lock,
@@ -329,7 +333,13 @@ impl Service {
             parallel_batches: core.parallel_batches.load(Ordering::Relaxed),
             applied_index,
             state_digest,
+            raft: self.raft.as_ref().and_then(|raft| raft.status()),
         }
+    }
+
+    /// Raft's side of the log, when this node is a cluster member.
+    pub fn raft(&self) -> Option<&Arc<RaftLog>> {
+        self.raft.as_ref()
     }
 
     /// The configuration this node runs with.
@@ -348,7 +358,7 @@ impl Drop for Service {
         if let Err(error) = self.sync_log() {
             tracing::error!(%error, "the log could not be synced while stopping");
         }
-        self.log.stop();
+        self.core.log.stop();
         for thread in [self.applier.take(), self.snapshots.take()]
             .into_iter()
             .flatten()
@@ -356,6 +366,36 @@ impl Drop for Service {
             if thread.join().is_err() {
                 tracing::error!("a node thread panicked");
             }
+        }
+    }
+}
+
+type OpenedLog = (
+    Arc<dyn CommandLog>,
+    Option<Arc<RaftLog>>,
+    Recovered,
+    crossbeam_channel::Receiver<Batch>,
+);
+
+/// The node's log: on local disk alone, or raft's when the node is a cluster member.
+fn open_log(
+    config: &Config,
+    snapshots: &Arc<SnapshotStore>,
+    applied: u64,
+) -> Result<OpenedLog, StartError> {
+    let dir = &config.data_dir;
+    match &config.cluster {
+        None => {
+            let (log, recovered, batches) = LocalLog::open(dir, applied).map_err(|e| {
+                StartError(format!("cannot open the log in {}: {e}", dir.display()))
+            })?;
+            Ok((log, None, recovered, batches))
+        }
+        Some(cluster) => {
+            let opened = RaftLog::open(cluster, dir, Arc::clone(snapshots), applied)
+                .map_err(StartError)?;
+            let log: Arc<dyn CommandLog> = opened.log.clone();
+            Ok((log, Some(opened.log), opened.recovered, opened.batches))
         }
     }
 }
@@ -679,6 +719,9 @@ pub struct NodeStats {
     /// SHA-256 of the state at `applied_index`, in hex: equal on nodes that applied the same
     /// commands.
     pub state_digest: String,
+    /// Raft's figures, when this node is a cluster member.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raft: Option<RaftStatus>,
 }
 
 fn now_ms() -> u64 {

@@ -138,8 +138,9 @@ pub struct State {
     /// always the same, so `/stats` polled between changes hashes nothing.
     digest: Mutex<Option<(u64, String)>>,
     applied: AtomicU64,
-    /// The index of the image this state was loaded from: commands at or below it are in it.
-    base: u64,
+    /// The index of the image this state was loaded from (or installed): commands at or below
+    /// it are in it.
+    base: AtomicU64,
 }
 
 impl std::fmt::Debug for State {
@@ -186,7 +187,7 @@ impl State {
             batch: Mutex::with_level("apply-batch", APPLY_BATCH_LEVEL, ()),
             digest: Mutex::with_level("state-digest", DIGEST_LEVEL, None),
             applied: AtomicU64::new(0),
-            base: 0,
+            base: AtomicU64::new(0),
         }
     }
 
@@ -200,7 +201,7 @@ impl State {
     /// is the highest applied); an index covered by the image the state was loaded from is
     /// skipped, so replaying a log from its start is safe.
     pub fn apply(&self, index: u64, command: &Command) -> Result<Outcome, LockError> {
-        if index <= self.base {
+        if index <= self.base.load(Ordering::Acquire) {
             return Ok(Outcome::Done);
         }
         match command {
@@ -583,8 +584,46 @@ impl State {
             *lock.get_mut() = shard;
         }
         state.applied.store(image.applied, Ordering::Release);
-        state.base = image.applied;
+        state.base.store(image.applied, Ordering::Release);
         state
+    }
+
+    /// Log entries up to `index` that carry no command (a new raft leader's empty entry, a
+    /// membership change) are applied: they change nothing but the applied index, on every
+    /// member alike.
+    pub fn advance_to(&self, index: u64) {
+        self.applied.fetch_max(index, Ordering::AcqRel);
+    }
+
+    /// Replaces the whole state with `image` (a snapshot installed from the cluster's leader,
+    /// which is ahead of everything this member applied). Between batches, like a capture; the
+    /// delivery bookkeeping starts empty, as after a restart.
+    pub fn install(&self, image: Image) -> Result<(), LockError> {
+        let fresh = State::from_image(image);
+        let _between_batches = self.batch()?;
+        let mut set = LockSet::new();
+        let slots: Vec<_> = self.shards.iter().map(|shard| set.lock(shard)).collect();
+        let mut held = set.acquire()?;
+        let wanted = fresh.accounts.snapshot();
+        let mut tx = self.accounts.begin();
+        for (name, _) in self.accounts.snapshot().iter() {
+            if !wanted.contains_key(name) {
+                tx.remove(name);
+            }
+        }
+        for (name, account) in wanted.iter() {
+            tx.insert(name.clone(), account.clone());
+        }
+        // No conflict can happen (apply, the only other writer, waits for `apply-batch`);
+        // `commit` reports one if it did.
+        let _ = commit(tx);
+        for (slot, shard) in slots.into_iter().zip(fresh.shards) {
+            *held.get_mut(slot) = shard.into_inner();
+        }
+        let applied = fresh.applied.load(Ordering::Acquire);
+        self.base.store(applied, Ordering::Release);
+        self.applied.store(applied, Ordering::Release);
+        Ok(())
     }
 }
 

@@ -1,0 +1,168 @@
+//! The cluster file: who the members are and where each listens.
+//!
+//! ```toml
+//! [[node]]
+//! id = 1
+//! chat_addr = "127.0.0.1:7001"
+//! http_addr = "127.0.0.1:7101"
+//! raft_addr = "127.0.0.1:7201"
+//! data_dir = "./cluster/node-1"
+//! ```
+//!
+//! One `[[node]]` table per voter. Ids are non-zero and distinct, and so is every address;
+//! relative data directories are relative to the working directory, as in the node's config.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// One member, as the cluster file names it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    /// Raft id (non-zero).
+    pub id: u64,
+    /// Where clients connect (binary and JSON protocols).
+    pub chat_addr: SocketAddr,
+    /// `/stats` and `/metrics`.
+    pub http_addr: SocketAddr,
+    /// Where the other members send raft messages.
+    pub raft_addr: SocketAddr,
+    /// The member's data directory.
+    pub data_dir: PathBuf,
+}
+
+/// Every member of a cluster, and which one this process is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cluster {
+    /// This member's id.
+    pub id: u64,
+    /// Every member, this one included, by id.
+    pub members: Vec<Member>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterFile {
+    node: Vec<Member>,
+}
+
+impl Cluster {
+    /// Reads the cluster file at `path` as member `id`.
+    pub fn from_file(path: &Path, id: u64) -> Result<Cluster, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read cluster file {}: {e}", path.display()))?;
+        let file: ClusterFile = toml::from_str(&text)
+            .map_err(|e| format!("invalid cluster file {}: {e}", path.display()))?;
+        Cluster::new(id, file.node).map_err(|e| format!("cluster file {}: {e}", path.display()))
+    }
+
+    /// A cluster of `members`, as member `id`; checks ids and addresses.
+    pub fn new(id: u64, mut members: Vec<Member>) -> Result<Cluster, String> {
+        if members.is_empty() {
+            return Err("no [[node]] table: a cluster has at least one member".into());
+        }
+        members.sort_by_key(|m| m.id);
+        for (i, member) in members.iter().enumerate() {
+            if member.id == 0 {
+                return Err("member id 0 is not allowed (ids start at 1)".into());
+            }
+            for other in &members[i + 1..] {
+                if other.id == member.id {
+                    return Err(format!("member id {} appears twice", member.id));
+                }
+                let mine = [member.chat_addr, member.http_addr, member.raft_addr];
+                let theirs = [other.chat_addr, other.http_addr, other.raft_addr];
+                if let Some(addr) = mine.iter().find(|a| theirs.contains(a)) {
+                    return Err(format!(
+                        "members {} and {} both use {addr}",
+                        member.id, other.id
+                    ));
+                }
+                if member.data_dir == other.data_dir {
+                    return Err(format!(
+                        "members {} and {} share the data directory {}",
+                        member.id,
+                        other.id,
+                        member.data_dir.display()
+                    ));
+                }
+            }
+            let own = [member.chat_addr, member.http_addr, member.raft_addr];
+            if own[0] == own[1] || own[0] == own[2] || own[1] == own[2] {
+                return Err(format!("member {} uses one address twice", member.id));
+            }
+        }
+        if !members.iter().any(|m| m.id == id) {
+            let ids: Vec<String> = members.iter().map(|m| m.id.to_string()).collect();
+            return Err(format!(
+                "no member with id {id} (the members are {})",
+                ids.join(", ")
+            ));
+        }
+        Ok(Cluster { id, members })
+    }
+
+    /// This member.
+    pub fn me(&self) -> &Member {
+        self.member(self.id).expect("checked in Cluster::new")
+    }
+
+    /// The member with `id`.
+    pub fn member(&self, id: u64) -> Option<&Member> {
+        self.members.iter().find(|m| m.id == id)
+    }
+
+    /// The cluster file's text for these members.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(&ClusterFile {
+            node: self.members.clone(),
+        })
+        .expect("members encode")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: u64) -> Member {
+        Member {
+            id,
+            chat_addr: format!("127.0.0.1:{}", 7000 + id).parse().unwrap(),
+            http_addr: format!("127.0.0.1:{}", 7100 + id).parse().unwrap(),
+            raft_addr: format!("127.0.0.1:{}", 7200 + id).parse().unwrap(),
+            data_dir: format!("cluster/node-{id}").into(),
+        }
+    }
+
+    #[test]
+    fn a_written_file_reads_back() {
+        let cluster = Cluster::new(2, (1..=5).map(member).collect()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster.toml");
+        std::fs::write(&path, cluster.to_toml()).unwrap();
+        let read = Cluster::from_file(&path, 2).unwrap();
+        assert_eq!(read, cluster);
+        assert_eq!(read.me().chat_addr, member(2).chat_addr);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let error = Cluster::new(9, vec![member(1), member(2)]).unwrap_err();
+        assert!(error.contains("no member with id 9"), "{error}");
+        let error = Cluster::new(1, vec![member(1), member(1)]).unwrap_err();
+        assert!(error.contains("appears twice"), "{error}");
+        let mut clash = member(2);
+        clash.raft_addr = member(1).chat_addr;
+        let error = Cluster::new(1, vec![member(1), clash]).unwrap_err();
+        assert!(error.contains("both use 127.0.0.1:7001"), "{error}");
+        assert!(Cluster::new(1, vec![]).unwrap_err().contains("at least one"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster.toml");
+        std::fs::write(&path, "[[node]]\nid = 1\nchat = \"x\"\n").unwrap();
+        let error = Cluster::from_file(&path, 1).unwrap_err();
+        assert!(error.contains("invalid cluster file"), "{error}");
+    }
+}

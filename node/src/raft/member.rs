@@ -1,0 +1,830 @@
+//! One member of a cluster: the [`CommandLog`] whose order raft decides, and the loop that drives
+//! raft-rs's `RawNode`.
+//!
+//! ```text
+//! propose(command) ──┐
+//! peers ─ transport ─┼─► inbox ─► the raft loop (one thread), each turn:
+//! sync, compact ─────┘     1. take what arrived; tick every 100 ms; step peers' messages;
+//!                             propose (with a context naming this member's proposal)
+//!                          2. Ready: send the leader's messages (it may send before its fsync)
+//!                          3. a snapshot from the leader: snapshot.json, then raft's storage
+//!                          4. committed entries ─► the applier, in log order, with the waiters
+//!                             of this member's own proposals
+//!                          5. append the new entries and the hard state; one fsync
+//!                          6. send the messages that needed that fsync (a follower's acks)
+//!                          7. advance; the light ready's commit, messages and entries likewise
+//! ```
+//!
+//! Every member applies every committed command through the same applier as a single node;
+//! `State::apply` does not know raft exists. A proposal on a follower is forwarded to the leader
+//! by raft-rs itself; its entry carries a context (member id, incarnation, sequence number), so
+//! whichever member proposed it finds its waiter when the entry commits, wherever it was
+//! appended. A proposal that does not commit within [`WRITE_TIMEOUT`] is answered `unavailable`
+//! (it was never acknowledged; it may still commit later, which is why sends carry keys). While
+//! no leader is known, proposals wait (the same bound) and then get `not_leader` without one.
+//!
+//! Invariant: an entry reaches the applier only once raft reports it committed, and entries
+//! reach it in index order with no gaps (a snapshot install replaces the gap it covers).
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::io;
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, unbounded};
+use protobuf::Message as _;
+use raft::prelude::{
+    ConfChange, ConfChangeType, ConfState, Entry as RaftEntry, EntryType, Message, MessageType,
+    Snapshot,
+};
+use raft::{GetEntriesContext, INVALID_ID, RawNode, StateRole, Storage as _};
+use serde::Serialize;
+use slog::Drain as _;
+
+use super::cluster::{Cluster, Member};
+use super::storage::DiskStorage;
+use super::transport::{PeerHealth, Transport};
+use crate::log::snapshot::{self, SnapshotStore};
+use crate::log::{Batch, CommandLog, Committed, Entry, Recovered, Waiter};
+use crate::protocol::{ErrorCode, ErrorReply};
+use crate::state::Command;
+
+/// How often raft's clock ticks.
+const TICK: Duration = Duration::from_millis(100);
+/// Ticks without a leader's heartbeat before a follower stands for election (1 to 2 s).
+const ELECTION_TICKS: usize = 10;
+/// Ticks between a leader's heartbeats.
+const HEARTBEAT_TICKS: usize = 3;
+/// How long a change waits for a majority (or for a leader to be known) before it is answered
+/// `unavailable` (or `not_leader`).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Inputs taken per turn of the loop: one Ready (one fsync) covers them all.
+const MAX_INPUTS_PER_TURN: usize = 4096;
+/// The first byte of a command entry's data: the encoding of what follows.
+const ENTRY_FORMAT: u8 = 1;
+
+/// What the loop is asked to do.
+enum Input {
+    Propose(Command, Option<Waiter>),
+    Message(Box<Message>),
+    Sync(oneshot::Sender<Result<(), String>>),
+    Compact(u64),
+    Status(oneshot::Sender<RaftStatus>),
+    Stop,
+}
+
+/// A cluster member's log: ordered by raft, durable on a majority, then applied.
+pub struct RaftLog {
+    id: u64,
+    inbox: Sender<Input>,
+    transport: Arc<Transport>,
+    thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for RaftLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftLog")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `/stats` shows of raft.
+#[derive(Clone, Debug, Serialize)]
+pub struct RaftStatus {
+    /// This member's id.
+    pub id: u64,
+    /// `leader`, `follower`, `candidate` or `pre_candidate`.
+    pub role: &'static str,
+    /// The current term.
+    pub term: u64,
+    /// The leader this member knows of (0: none).
+    pub leader_id: u64,
+    /// The highest index known committed.
+    pub commit_index: u64,
+    /// The highest index handed to the applier.
+    pub applied_index: u64,
+    /// The last index in this member's log.
+    pub last_index: u64,
+    /// The other members.
+    pub peers: Vec<PeerStatus>,
+}
+
+/// One other member, as this one sees it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PeerStatus {
+    /// The highest index known replicated on that member (known on the leader only; 0 elsewhere).
+    pub match_index: u64,
+    /// The link to it.
+    #[serde(flatten)]
+    pub link: PeerHealth,
+}
+
+/// What [`RaftLog::open`] gives back.
+pub struct Opened {
+    /// The log.
+    pub log: Arc<RaftLog>,
+    /// Committed entries after the state's snapshot, to apply before serving.
+    pub recovered: Recovered,
+    /// The applier's stream of committed batches.
+    pub batches: Receiver<Batch>,
+}
+
+impl RaftLog {
+    /// Opens this member's raft storage in `data_dir/raft`, recovers the committed entries after
+    /// `applied` (the index the state's snapshot covers), listens on the member's `raft_addr` and
+    /// starts the raft loop.
+    pub fn open(
+        cluster: &Cluster,
+        data_dir: &Path,
+        snapshots: Arc<SnapshotStore>,
+        applied: u64,
+    ) -> Result<Opened, String> {
+        let me = cluster.me().clone();
+        let voters: Vec<u64> = cluster.members.iter().map(|m| m.id).collect();
+        let raft_dir = data_dir.join("raft");
+        let mut storage = DiskStorage::open(&raft_dir, ConfState::from((voters, vec![])))
+            .map_err(|e| format!("cannot open raft's log in {}: {e}", raft_dir.display()))?;
+        let source = Arc::clone(&snapshots);
+        storage.set_snapshot_source(Box::new(move || {
+            source
+                .read_encoded()
+                .map_err(io::Error::other)?
+                .ok_or_else(|| io::Error::other("no snapshot written yet"))
+        }));
+
+        // Recovery: the committed entries the state's snapshot does not cover.
+        let first = storage.first_index().map_err(|e| e.to_string())?;
+        if applied + 1 < first {
+            return Err(format!(
+                "raft's log in {} starts at index {first}, but the state's snapshot covers only \
+                 up to {applied}: the entries between are gone; refusing to start (restore \
+                 snapshot.json, or replace this member: admin remove-node, then add-node)",
+                raft_dir.display()
+            ));
+        }
+        let mut commit = storage.hard_state().commit;
+        if applied > commit {
+            // The commit index is stored lazily; what was applied was committed.
+            storage.set_commit(applied);
+            storage.sync().map_err(|e| format!("raft storage: {e}"))?;
+            commit = applied;
+        }
+        let mut recovered = Recovered {
+            through: commit,
+            ..Recovered::default()
+        };
+        let mut membership = Vec::new();
+        if commit > applied {
+            let entries = storage
+                .entries(
+                    applied + 1,
+                    commit + 1,
+                    u64::MAX,
+                    GetEntriesContext::empty(false),
+                )
+                .map_err(|e| format!("raft's log in {}: {e}", raft_dir.display()))?;
+            for entry in entries {
+                match entry.get_entry_type() {
+                    EntryType::EntryNormal if entry.data.is_empty() => {}
+                    EntryType::EntryNormal => match decode_command(&entry.data) {
+                        Ok(command) => recovered.entries.push(Entry {
+                            index: entry.index,
+                            command,
+                        }),
+                        Err(error) => {
+                            tracing::error!(index = entry.index, %error, "entry skipped");
+                        }
+                    },
+                    _ => membership.push(entry),
+                }
+            }
+        }
+
+        let config = raft::Config {
+            id: me.id,
+            election_tick: ELECTION_TICKS,
+            heartbeat_tick: HEARTBEAT_TICKS,
+            applied: commit,
+            check_quorum: true,
+            pre_vote: true,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            ..raft::Config::default()
+        };
+        let logger = slog::Logger::root(slog_stdlog::StdLog.fuse(), slog::o!());
+        let raw = RawNode::new(&config, storage, &logger)
+            .map_err(|e| format!("cannot start raft: {e}"))?;
+
+        let (inbox, inputs) = unbounded();
+        let listener = TcpListener::bind(me.raft_addr)
+            .map_err(|e| format!("cannot listen for raft on {}: {e}", me.raft_addr))?;
+        let peers = cluster
+            .members
+            .iter()
+            .filter(|m| m.id != me.id)
+            .map(|m| (m.id, m.raft_addr.to_string()))
+            .collect();
+        let deliver = inbox.clone();
+        let transport = Arc::new(
+            Transport::start(
+                me.id,
+                listener,
+                peers,
+                Box::new(move |message| {
+                    let _ = deliver.send(Input::Message(Box::new(message)));
+                }),
+            )
+            .map_err(|e| format!("cannot start the raft transport: {e}"))?,
+        );
+        let (batches, applier) = unbounded();
+        let mut member = MemberLoop {
+            raw,
+            cluster: cluster.clone(),
+            transport: Arc::clone(&transport),
+            inputs,
+            applier: batches,
+            snapshots,
+            incarnation: incarnation(),
+            next_seq: 0,
+            pending: BTreeMap::new(),
+            waiting: VecDeque::new(),
+            syncs: Vec::new(),
+            handed: commit,
+        };
+        for entry in membership {
+            member.change_membership(&entry);
+        }
+        let thread = thread::Builder::new()
+            .name("raft".into())
+            .spawn(move || member.run())
+            .map_err(|e| format!("cannot start the raft thread: {e}"))?;
+        Ok(Opened {
+            log: Arc::new(RaftLog {
+                id: me.id,
+                inbox,
+                transport,
+                thread: std::sync::Mutex::new(Some(thread)),
+            }),
+            recovered,
+            batches: applier,
+        })
+    }
+
+    /// Raft's figures, from the loop (`None` if it does not answer within a second).
+    pub fn status(&self) -> Option<RaftStatus> {
+        let (answer, status) = oneshot::channel();
+        self.inbox.send(Input::Status(answer)).ok()?;
+        status.recv_timeout(Duration::from_secs(1)).ok()
+    }
+
+    /// Test hook: drops everything to and from `peers` at the transport, as a network cut would.
+    pub fn isolate(&self, peers: HashSet<u64>) {
+        self.transport.isolate(peers);
+    }
+}
+
+fn stopped() -> ErrorReply {
+    ErrorReply::new(ErrorCode::Unavailable, "this member has stopped")
+}
+
+impl CommandLog for RaftLog {
+    fn propose(&self, command: Command, waiter: Option<Waiter>) {
+        if let Err(crossbeam_channel::SendError(Input::Propose(_, Some(waiter)))) =
+            self.inbox.send(Input::Propose(command, waiter))
+        {
+            waiter(Err(stopped()));
+        }
+    }
+
+    fn sync(&self) -> Result<(), String> {
+        let (done, synced) = oneshot::channel();
+        self.inbox
+            .send(Input::Sync(done))
+            .map_err(|_| "this member has stopped".to_string())?;
+        synced
+            .recv()
+            .map_err(|_| "this member has stopped".to_string())?
+    }
+
+    fn compact(&self, covered: u64) {
+        let _ = self.inbox.send(Input::Compact(covered));
+    }
+
+    fn stop(&self) {
+        let _ = self.inbox.send(Input::Stop);
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(thread) = thread
+            && thread.join().is_err()
+        {
+            tracing::error!("the raft thread panicked");
+        }
+        self.transport.stop();
+    }
+}
+
+/// The state of the raft loop (on its own thread).
+struct MemberLoop {
+    raw: RawNode<DiskStorage>,
+    cluster: Cluster,
+    transport: Arc<Transport>,
+    inputs: Receiver<Input>,
+    applier: Sender<Batch>,
+    snapshots: Arc<SnapshotStore>,
+    /// Tells this run's proposals from an earlier run's (sequence numbers restart at 0).
+    incarnation: u64,
+    next_seq: u64,
+    /// This member's proposals in raft, by sequence number: deadline and waiter.
+    pending: BTreeMap<u64, (Instant, Waiter)>,
+    /// Proposals made while no leader was known, in order.
+    waiting: VecDeque<(Instant, Command, Option<Waiter>)>,
+    /// `sync` calls: answered once every entry up to the index is handed to the applier.
+    syncs: Vec<PendingSync>,
+    /// The last index handed to the applier.
+    handed: u64,
+}
+
+/// A `sync` call waiting for every entry up to `target` to reach the applier.
+struct PendingSync {
+    target: u64,
+    deadline: Instant,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// Why the loop stopped taking part in the cluster.
+struct Fatal(String);
+
+impl MemberLoop {
+    fn run(mut self) {
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            // 1. What arrived (waiting at most until the next tick), then raft's clock.
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            let first = match self.inputs.recv_timeout(wait) {
+                Ok(input) => Some(input),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let more: Vec<Input> = self
+                .inputs
+                .try_iter()
+                .take(MAX_INPUTS_PER_TURN - 1)
+                .collect();
+            for input in first.into_iter().chain(more) {
+                if !self.take(input) {
+                    return self.shut_down("this member is stopping");
+                }
+            }
+            if Instant::now() >= next_tick {
+                self.raw.tick();
+                next_tick = Instant::now() + TICK;
+                self.expire();
+            }
+            self.propose_waiting();
+            // 2. to 7.
+            if let Err(Fatal(why)) = self.on_ready() {
+                tracing::error!("raft stopped on this member: {why}");
+                return self.shut_down(&why);
+            }
+        }
+    }
+
+    /// Handles one input; `false` to stop.
+    fn take(&mut self, input: Input) -> bool {
+        match input {
+            Input::Propose(command, waiter) => {
+                self.propose(Instant::now() + WRITE_TIMEOUT, command, waiter)
+            }
+            Input::Message(message) => {
+                let from = message.from;
+                if let Err(error) = self.raw.step(*message) {
+                    tracing::debug!(from, %error, "raft message ignored");
+                }
+            }
+            Input::Sync(done) => {
+                let target = self.raw.raft.raft_log.last_index();
+                if target <= self.handed {
+                    let _ = done.send(Ok(()));
+                } else {
+                    self.syncs.push(PendingSync {
+                        target,
+                        deadline: Instant::now() + WRITE_TIMEOUT,
+                        done,
+                    });
+                }
+            }
+            Input::Compact(covered) => self.compact(covered),
+            Input::Status(answer) => {
+                let _ = answer.send(self.status());
+            }
+            Input::Stop => return false,
+        }
+        true
+    }
+
+    fn propose(&mut self, deadline: Instant, command: Command, waiter: Option<Waiter>) {
+        if self.raw.raft.leader_id == INVALID_ID {
+            self.waiting.push_back((deadline, command, waiter));
+            return;
+        }
+        self.next_seq += 1;
+        let context = ProposalId {
+            member: self.cluster.id,
+            incarnation: self.incarnation,
+            seq: self.next_seq,
+        };
+        match self.raw.propose(context.encode(), encode_command(&command)) {
+            Ok(()) => {
+                if let Some(waiter) = waiter {
+                    self.pending.insert(self.next_seq, (deadline, waiter));
+                }
+            }
+            // No leader to forward to after all (or a leadership transfer): wait for one.
+            Err(raft::Error::ProposalDropped) => {
+                self.waiting.push_back((deadline, command, waiter));
+            }
+            Err(error) => {
+                if let Some(waiter) = waiter {
+                    waiter(Err(ErrorReply::new(
+                        ErrorCode::Unavailable,
+                        format!("raft refused the change: {error}"),
+                    )));
+                }
+            }
+        }
+    }
+
+    fn propose_waiting(&mut self) {
+        if self.raw.raft.leader_id == INVALID_ID {
+            return;
+        }
+        for (deadline, command, waiter) in std::mem::take(&mut self.waiting) {
+            self.propose(deadline, command, waiter);
+        }
+    }
+
+    /// Answers what waited too long: never acknowledged, so the client may retry.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        while let Some((&seq, (deadline, _))) = self.pending.first_key_value() {
+            if *deadline > now {
+                break;
+            }
+            if let Some((_, waiter)) = self.pending.remove(&seq) {
+                waiter(Err(ErrorReply::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "no majority of the cluster confirmed this change within {} s; it was \
+                         not acknowledged (it may still be applied: retry sends with their key)",
+                        WRITE_TIMEOUT.as_secs()
+                    ),
+                )));
+            }
+        }
+        while self.waiting.front().is_some_and(|(at, ..)| *at <= now) {
+            if let Some((_, _, Some(waiter))) = self.waiting.pop_front() {
+                waiter(Err(ErrorReply::not_leader(self.leader_chat_addr())));
+            }
+        }
+        let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.syncs)
+            .into_iter()
+            .partition(|sync| sync.deadline <= now);
+        self.syncs = kept;
+        for sync in expired {
+            let _ = sync
+                .done
+                .send(Err("no majority of the cluster answered in time".into()));
+        }
+    }
+
+    /// Steps 2 to 7: one Ready, handled in raft's order.
+    fn on_ready(&mut self) -> Result<(), Fatal> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut ready = self.raw.ready();
+        // 2. A leader's messages may go before its own fsync: it counts itself only once
+        //    persisted.
+        self.send(ready.take_messages());
+        // 3. A snapshot from the leader replaces everything before its index.
+        if !ready.snapshot().is_empty() {
+            self.install(ready.snapshot().clone())?;
+        }
+        // 4. Entries committed earlier (and so already durable here) go to the applier.
+        self.hand_over(ready.take_committed_entries());
+        // 5. New entries and the hard state: durable before anything that depends on them.
+        let store = self.raw.mut_store();
+        store
+            .append(ready.entries())
+            .map_err(|e| Fatal(format!("raft storage: {e}")))?;
+        if let Some(hard_state) = ready.hs() {
+            store.set_hard_state(hard_state.clone());
+        }
+        store
+            .sync()
+            .map_err(|e| Fatal(format!("raft storage: {e}")))?;
+        // 6. A follower's answers say "I have these entries": only after the fsync.
+        self.send(ready.take_persisted_messages());
+        // 7. Advance; the light ready carries what became committed meanwhile.
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.raw.mut_store().set_commit(commit);
+        }
+        self.send(light.take_messages());
+        self.hand_over(light.take_committed_entries());
+        self.raw.advance_apply();
+        Ok(())
+    }
+
+    fn send(&mut self, messages: Vec<Message>) {
+        for message in messages {
+            let snapshot_to = (message.get_msg_type() == MessageType::MsgSnapshot).then_some(message.to);
+            self.transport.send(message);
+            if let Some(to) = snapshot_to {
+                // Queued: if it is lost, the follower's next refusal brings another.
+                self.raw
+                    .report_snapshot(to, raft::SnapshotStatus::Finish);
+            }
+        }
+    }
+
+    /// Committed entries to the applier, as one batch in log order.
+    fn hand_over(&mut self, entries: Vec<RaftEntry>) {
+        let Some(last) = entries.last().map(|e| e.index) else {
+            return;
+        };
+        let mut batch = Batch::default();
+        for entry in entries {
+            match entry.get_entry_type() {
+                // A new leader's empty entry.
+                EntryType::EntryNormal if entry.data.is_empty() => {}
+                EntryType::EntryNormal => match decode_command(&entry.data) {
+                    Ok(command) => batch.entries.push(Committed {
+                        index: entry.index,
+                        waiter: self.my_waiter(&entry.context),
+                        command,
+                    }),
+                    Err(error) => {
+                        tracing::error!(index = entry.index, %error, "a committed entry does not decode: skipped");
+                    }
+                },
+                _ => self.change_membership(&entry),
+            }
+        }
+        self.handed = last;
+        batch.through = last;
+        self.answer_syncs(&mut batch);
+        let _ = self.applier.send(batch);
+    }
+
+    fn answer_syncs(&mut self, batch: &mut Batch) {
+        let handed = self.handed;
+        let (reached, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.syncs)
+            .into_iter()
+            .partition(|sync| sync.target <= handed);
+        self.syncs = kept;
+        batch.synced.extend(reached.into_iter().map(|sync| sync.done));
+    }
+
+    /// The waiter of this member's proposal named by an entry's context, if it is one.
+    fn my_waiter(&mut self, context: &[u8]) -> Option<Waiter> {
+        let id = ProposalId::decode(context)?;
+        if id.member != self.cluster.id || id.incarnation != self.incarnation {
+            return None;
+        }
+        self.pending.remove(&id.seq).map(|(_, waiter)| waiter)
+    }
+
+    /// A committed membership change: raft's configuration, then the transport's peers.
+    fn change_membership(&mut self, entry: &RaftEntry) {
+        let change = match entry.get_entry_type() {
+            EntryType::EntryConfChange => ConfChange::parse_from_bytes(&entry.data),
+            _ => {
+                tracing::error!(index = entry.index, "membership changes of the joint kind are not used here: skipped");
+                return;
+            }
+        };
+        let change = match change {
+            Ok(change) => change,
+            Err(error) => {
+                tracing::error!(index = entry.index, %error, "a membership change does not decode: skipped");
+                return;
+            }
+        };
+        match self.raw.apply_conf_change(&change) {
+            Ok(conf_state) => self.raw.mut_store().set_conf_state(conf_state),
+            Err(error) => {
+                tracing::error!(index = entry.index, %error, "membership change refused");
+                return;
+            }
+        }
+        let id = change.node_id;
+        match change.get_change_type() {
+            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                match serde_json::from_slice::<Member>(&change.context) {
+                    Ok(member) => {
+                        if id != self.cluster.id {
+                            self.transport.add_peer(id, member.raft_addr.to_string());
+                        }
+                        self.cluster.members.retain(|m| m.id != id);
+                        self.cluster.members.push(member);
+                        tracing::info!(id, "member added");
+                    }
+                    Err(error) => {
+                        tracing::error!(id, %error, "added member without addresses")
+                    }
+                }
+            }
+            ConfChangeType::RemoveNode => {
+                self.transport.remove_peer(id);
+                self.cluster.members.retain(|m| m.id != id);
+                tracing::info!(id, "member removed");
+            }
+        }
+    }
+
+    /// Installs a snapshot from the leader: the image where recovery reads it, then raft's
+    /// storage, then the state in memory (through the applier, in order).
+    fn install(&mut self, snapshot: Snapshot) -> Result<(), Fatal> {
+        let meta = snapshot.get_metadata().clone();
+        let image = snapshot::decode(snapshot.get_data())
+            .map_err(|e| Fatal(format!("the leader's snapshot at {}: {e}", meta.index)))?;
+        if image.applied != meta.index {
+            return Err(Fatal(format!(
+                "the leader's snapshot says index {} but holds the state at {}",
+                meta.index, image.applied
+            )));
+        }
+        self.snapshots
+            .save_encoded(meta.index, snapshot.get_data())
+            .map_err(Fatal)?;
+        self.raw
+            .mut_store()
+            .apply_snapshot(&meta)
+            .map_err(|e| Fatal(format!("raft storage: {e}")))?;
+        tracing::info!(index = meta.index, term = meta.term, "snapshot received from the leader");
+        self.handed = meta.index;
+        let mut batch = Batch {
+            install: Some(image),
+            through: meta.index,
+            ..Batch::default()
+        };
+        self.answer_syncs(&mut batch);
+        let _ = self.applier.send(batch);
+        Ok(())
+    }
+
+    /// A durable snapshot of the state covers `covered`: raft's log may drop what it covers.
+    fn compact(&mut self, covered: u64) {
+        let store = self.raw.mut_store();
+        if covered <= store.snapshot_metadata().index || covered > self.handed {
+            return;
+        }
+        let conf_state = store.conf_state().clone();
+        if let Err(error) = store.compact(covered, conf_state) {
+            tracing::warn!(%error, "could not compact raft's log; it keeps growing");
+        }
+    }
+
+    fn leader_chat_addr(&self) -> Option<String> {
+        let leader = self.raw.raft.leader_id;
+        self.cluster
+            .member(leader)
+            .map(|member| member.chat_addr.to_string())
+    }
+
+    fn status(&self) -> RaftStatus {
+        let raft = &self.raw.raft;
+        let progress = raft.prs();
+        let peers = self
+            .transport
+            .health()
+            .into_iter()
+            .map(|link| PeerStatus {
+                match_index: match raft.state {
+                    StateRole::Leader => progress.get(link.id).map_or(0, |p| p.matched),
+                    _ => 0,
+                },
+                link,
+            })
+            .collect();
+        RaftStatus {
+            id: self.cluster.id,
+            role: match raft.state {
+                StateRole::Leader => "leader",
+                StateRole::Follower => "follower",
+                StateRole::Candidate => "candidate",
+                StateRole::PreCandidate => "pre_candidate",
+            },
+            term: raft.term,
+            leader_id: raft.leader_id,
+            commit_index: raft.raft_log.committed,
+            applied_index: self.handed,
+            last_index: raft.raft_log.last_index(),
+            peers,
+        }
+    }
+
+    /// Answers everything still waiting, and leaves the cluster.
+    fn shut_down(mut self, why: &str) {
+        let error = ErrorReply::new(ErrorCode::Unavailable, why.to_string());
+        for (_, waiter) in std::mem::take(&mut self.pending).into_values() {
+            waiter(Err(error.clone()));
+        }
+        for (_, _, waiter) in std::mem::take(&mut self.waiting) {
+            if let Some(waiter) = waiter {
+                waiter(Err(error.clone()));
+            }
+        }
+        for sync in std::mem::take(&mut self.syncs) {
+            let _ = sync.done.send(Err(why.to_string()));
+        }
+        self.transport.stop();
+    }
+}
+
+/// Names a proposal in its entry's context: who proposed it, in which run, which one.
+struct ProposalId {
+    member: u64,
+    incarnation: u64,
+    seq: u64,
+}
+
+impl ProposalId {
+    fn encode(&self) -> Vec<u8> {
+        [self.member, self.incarnation, self.seq]
+            .iter()
+            .flat_map(|n| n.to_le_bytes())
+            .collect()
+    }
+
+    fn decode(bytes: &[u8]) -> Option<ProposalId> {
+        let word = |i: usize| -> Option<u64> {
+            Some(u64::from_le_bytes(bytes.get(i * 8..i * 8 + 8)?.try_into().ok()?))
+        };
+        (bytes.len() == 24).then_some(())?;
+        Some(ProposalId {
+            member: word(0)?,
+            incarnation: word(1)?,
+            seq: word(2)?,
+        })
+    }
+}
+
+/// Different in every run of a process (the clock in nanoseconds and the process id).
+fn incarnation() -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 32)
+}
+
+fn encode_command(command: &Command) -> Vec<u8> {
+    postcard::to_extend(command, vec![ENTRY_FORMAT]).expect("commands encode")
+}
+
+fn decode_command(data: &[u8]) -> Result<Command, String> {
+    match data.split_first() {
+        Some((&ENTRY_FORMAT, body)) => {
+            postcard::from_bytes(body).map_err(|e| format!("undecodable command: {e}"))
+        }
+        Some((format, _)) => Err(format!("unknown entry format {format}")),
+        None => Err("empty entry".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proposal_ids_round_trip_and_refuse_other_shapes() {
+        let id = ProposalId {
+            member: 3,
+            incarnation: u64::MAX - 7,
+            seq: 42,
+        };
+        let decoded = ProposalId::decode(&id.encode()).unwrap();
+        assert_eq!(
+            (decoded.member, decoded.incarnation, decoded.seq),
+            (3, u64::MAX - 7, 42)
+        );
+        assert!(ProposalId::decode(&[]).is_none());
+        assert!(ProposalId::decode(&[0; 23]).is_none());
+        assert!(ProposalId::decode(&[0; 25]).is_none());
+    }
+
+    #[test]
+    fn commands_round_trip_and_bad_data_is_an_error() {
+        let command = Command::MarkDelivered {
+            marks: vec![("ann".into(), vec![1, 2])],
+        };
+        assert_eq!(decode_command(&encode_command(&command)).unwrap(), command);
+        assert!(decode_command(&[]).is_err());
+        assert!(decode_command(&[9, 1, 2]).unwrap_err().contains("format 9"));
+        assert!(decode_command(&[ENTRY_FORMAT, 200, 200]).is_err());
+    }
+}

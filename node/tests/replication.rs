@@ -1,0 +1,548 @@
+//! Replication, tested on real member processes on loopback: what a cluster survives and what it
+//! guarantees.
+//!
+//! - any two of five killed (`kill -9`) while eight clients send, ten rounds with different
+//!   pairs: writes go on through the survivors; the two restart and catch up; every
+//!   acknowledged message is stored exactly once, and every member reports the same digest at
+//!   the same applied index;
+//! - three of five killed: nothing is acknowledged (a clear error), nothing is lost, and one
+//!   restart brings the service back;
+//! - a member that was down while the others compacted their logs catches up from a snapshot;
+//! - a member whose raft log is damaged refuses to start, naming the file and the offset.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{Node, PASSWORD, wait_until};
+use synckit_node::client::{Client, idempotency_key};
+use synckit_node::protocol::{ErrorCode, Protocol, Reply, Request};
+
+/// Long enough for an election (1 to 2 s) plus a write's own timeout (5 s), with room.
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// A cluster of member processes described by one cluster file.
+struct TestCluster {
+    _dir: tempfile::TempDir,
+    file: PathBuf,
+    chat: Vec<SocketAddr>,
+    data: Vec<PathBuf>,
+    members: Vec<Option<Node>>,
+    extra: Vec<String>,
+}
+
+impl TestCluster {
+    /// Writes a cluster file of `size` members on free loopback ports and starts them all.
+    fn start(size: usize, extra: &[&str]) -> TestCluster {
+        let dir = common::data_dir();
+        let held: Vec<TcpListener> = (0..size * 3)
+            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let port = |i: usize| held[i].local_addr().unwrap();
+        let mut file_text = String::new();
+        let mut chat = Vec::new();
+        let mut data = Vec::new();
+        for i in 0..size {
+            let data_dir = dir.path().join(format!("node-{}", i + 1));
+            std::fs::create_dir_all(&data_dir).unwrap();
+            file_text.push_str(&format!(
+                "[[node]]\nid = {}\nchat_addr = \"{}\"\nhttp_addr = \"{}\"\nraft_addr = \"{}\"\ndata_dir = \"{}\"\n\n",
+                i + 1,
+                port(3 * i),
+                port(3 * i + 1),
+                port(3 * i + 2),
+                data_dir.display()
+            ));
+            chat.push(port(3 * i));
+            data.push(data_dir);
+        }
+        let file = dir.path().join("cluster.toml");
+        std::fs::write(&file, file_text).unwrap();
+        drop(held);
+        let mut cluster = TestCluster {
+            _dir: dir,
+            file,
+            chat,
+            data,
+            members: (0..size).map(|_| None).collect(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        for id in 1..=size as u64 {
+            cluster.restart(id);
+        }
+        cluster
+    }
+
+    fn restart(&mut self, id: u64) {
+        let node = self.try_restart(id).unwrap_or_else(|failure| {
+            panic!("member {id} did not start: {failure:#?}");
+        });
+        self.members[id as usize - 1] = Some(node);
+    }
+
+    fn try_restart(&mut self, id: u64) -> Result<Node, common::StartFailure> {
+        let file = self.file.display().to_string();
+        let id_text = id.to_string();
+        let mut args = vec!["--cluster", &file, "--id", &id_text];
+        args.extend(self.extra.iter().map(String::as_str));
+        Node::try_start(&self.data[id as usize - 1], &args)
+    }
+
+    fn kill(&mut self, id: u64) {
+        if let Some(node) = self.members[id as usize - 1].take() {
+            node.kill();
+        }
+    }
+
+    fn live(&self) -> impl Iterator<Item = (u64, &Node)> {
+        self.members
+            .iter()
+            .enumerate()
+            .filter_map(|(i, node)| node.as_ref().map(|node| (i as u64 + 1, node)))
+    }
+
+    /// The leader, once a live member says it is one.
+    fn wait_for_leader(&self) -> u64 {
+        let mut leader = None;
+        assert!(
+            wait_until(SETTLE, || {
+                leader = self
+                    .live()
+                    .find(|(_, node)| node.stats()["raft"]["role"] == "leader")
+                    .map(|(id, _)| id);
+                leader.is_some()
+            }),
+            "no leader among the live members within {SETTLE:?}"
+        );
+        leader.unwrap()
+    }
+
+    /// Waits until every live member reports the same applied index and digest; returns them.
+    fn wait_converged(&self) -> (u64, String) {
+        let mut seen = Vec::new();
+        let converged = wait_until(SETTLE, || {
+            seen = self
+                .live()
+                .map(|(_, node)| {
+                    let stats = node.stats();
+                    (
+                        stats["applied_index"].as_u64().unwrap(),
+                        stats["state_digest"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect();
+            seen.windows(2).all(|w| w[0] == w[1])
+        });
+        assert!(converged, "members did not converge: {seen:?}");
+        seen[0].clone()
+    }
+}
+
+/// A client that follows the cluster: on any failure it moves to the next member, logs in
+/// again and retries the same send with the same key.
+struct Writer {
+    addrs: Vec<SocketAddr>,
+    at: usize,
+    user: String,
+    client: Option<Client>,
+}
+
+impl Writer {
+    fn new(addrs: &[SocketAddr], user: &str, start: usize) -> Writer {
+        Writer {
+            addrs: addrs.to_vec(),
+            at: start,
+            user: user.to_string(),
+            client: None,
+        }
+    }
+
+    fn connected(&mut self) -> Option<&mut Client> {
+        if self.client.is_none() {
+            let addr = self.addrs[self.at % self.addrs.len()];
+            let mut client = Client::connect(addr, Protocol::Binary).ok()?;
+            match client.login(&self.user, PASSWORD) {
+                Ok(Ok(_)) => self.client = Some(client),
+                _ => {
+                    self.at += 1;
+                    return None;
+                }
+            }
+        }
+        self.client.as_mut()
+    }
+
+    /// Sends until acknowledged or `deadline`; the message id.
+    fn send(&mut self, to: &str, text: &str, deadline: Instant) -> Option<u64> {
+        let key = idempotency_key();
+        while Instant::now() < deadline {
+            let Some(client) = self.connected() else {
+                thread::sleep(Duration::from_millis(50));
+                continue;
+            };
+            let request = Request::SendMessage {
+                to: to.into(),
+                text: text.into(),
+                key: Some(key.clone()),
+            };
+            match client.call(&request) {
+                Ok(Ok(Reply::Sent { id, .. })) => return Some(id),
+                Ok(Ok(other)) => panic!("unexpected answer to a send: {other:?}"),
+                Ok(Err(error)) => {
+                    assert!(
+                        matches!(error.code, ErrorCode::NotLeader | ErrorCode::Unavailable),
+                        "a send failed with {error:?}"
+                    );
+                }
+                Err(_) => {}
+            }
+            self.client = None;
+            self.at += 1;
+        }
+        None
+    }
+}
+
+/// Every acknowledged message (id → text), from every writer.
+type Acknowledged = Arc<std::sync::Mutex<HashMap<u64, String>>>;
+
+/// Eight writers sending to `sink` until `stop`; what each acknowledged goes to `acked`.
+fn writers(
+    addrs: &[SocketAddr],
+    stop: &Arc<AtomicBool>,
+    acked: &Acknowledged,
+) -> Vec<thread::JoinHandle<usize>> {
+    (0..8)
+        .map(|w| {
+            let (addrs, stop, acked) = (addrs.to_vec(), Arc::clone(stop), Arc::clone(acked));
+            thread::spawn(move || {
+                let mut writer = Writer::new(&addrs, &format!("writer{w}"), w);
+                let mut sent = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let text = format!("w{w}-{sent}");
+                    let deadline = Instant::now() + SETTLE;
+                    let id = writer
+                        .send("sink", &text, deadline)
+                        .unwrap_or_else(|| panic!("writer {w}: {text} not acknowledged"));
+                    assert!(
+                        acked.lock().unwrap().insert(id, text).is_none(),
+                        "one id acknowledged twice"
+                    );
+                    sent += 1;
+                }
+                sent
+            })
+        })
+        .collect()
+}
+
+fn create_accounts(cluster: &TestCluster, names: &[&str]) {
+    let mut writer = Writer::new(&cluster.chat, "nobody", 0);
+    for name in names {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            assert!(Instant::now() < deadline, "could not create {name}");
+            let addr = writer.addrs[writer.at % writer.addrs.len()];
+            if let Ok(mut client) = Client::connect(addr, Protocol::Binary) {
+                match client.create_account(name, PASSWORD) {
+                    Ok(Ok(_)) => break,
+                    Ok(Err(error)) if error.code == ErrorCode::UserExists => break,
+                    _ => {}
+                }
+            }
+            writer.at += 1;
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Reads every message of `sink` through the cluster, checking each acknowledged one is there
+/// exactly once; returns everything read.
+fn assert_stored_once(cluster: &TestCluster, acked: &HashMap<u64, String>) -> HashMap<u64, String> {
+    let mut reader = Writer::new(&cluster.chat, "sink", 0);
+    let mut seen: HashMap<u64, String> = HashMap::new();
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        assert!(Instant::now() < deadline, "could not read sink's messages");
+        let Some(client) = reader.connected() else {
+            thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        match client.call(&Request::ReadMessages { limit: 1000 }) {
+            Ok(Ok(Reply::Messages { messages })) if messages.is_empty() => break,
+            Ok(Ok(Reply::Messages { messages })) => {
+                for message in messages {
+                    assert!(
+                        seen.insert(message.id, message.text).is_none(),
+                        "message {} read twice",
+                        message.id
+                    );
+                }
+            }
+            _ => {
+                reader.client = None;
+                reader.at += 1;
+            }
+        }
+    }
+    let texts: HashSet<&String> = seen.values().collect();
+    assert_eq!(texts.len(), seen.len(), "a text is stored twice");
+    for (id, text) in acked {
+        assert_eq!(seen.get(id), Some(text), "acknowledged message {id} is missing");
+    }
+    seen
+}
+
+#[test]
+fn any_two_of_five_may_fail_and_nothing_acknowledged_is_lost() {
+    let mut cluster = TestCluster::start(5, &[]);
+    cluster.wait_for_leader();
+    let mut names: Vec<String> = (0..8).map(|w| format!("writer{w}")).collect();
+    names.push("sink".into());
+    create_accounts(&cluster, &names.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let acked: Acknowledged = Default::default();
+    // Ten rounds, ten different pairs; the leader is among the victims in some of them.
+    let pairs = [
+        (1, 2),
+        (3, 4),
+        (5, 1),
+        (2, 3),
+        (4, 5),
+        (1, 3),
+        (2, 4),
+        (3, 5),
+        (4, 1),
+        (5, 2),
+    ];
+    for (round, (a, b)) in pairs.into_iter().enumerate() {
+        let leader = cluster.wait_for_leader();
+        // Every third round, kill the leader and one more.
+        let (a, b) = if round % 3 == 0 && leader != b {
+            (leader, b)
+        } else {
+            (a, b)
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = writers(&cluster.chat, &stop, &acked);
+        let before = acked.lock().unwrap().len();
+        assert!(wait_until(SETTLE, || acked.lock().unwrap().len() >= before + 40));
+        cluster.kill(a);
+        cluster.kill(b);
+        // Writes go on through the three survivors.
+        let at_kill = acked.lock().unwrap().len();
+        assert!(
+            wait_until(SETTLE, || acked.lock().unwrap().len() >= at_kill + 80),
+            "round {round}: writes did not resume after killing {a} and {b}"
+        );
+        cluster.restart(a);
+        cluster.restart(b);
+        stop.store(true, Ordering::Relaxed);
+        for thread in threads {
+            thread.join().expect("a writer failed");
+        }
+        cluster.wait_converged();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert_stored_once(&cluster, &acked);
+    let (applied, _) = cluster.wait_converged();
+    assert!(applied > acked.len() as u64);
+}
+
+#[test]
+fn without_a_majority_nothing_is_acknowledged_and_nothing_is_lost() {
+    let mut cluster = TestCluster::start(5, &[]);
+    cluster.wait_for_leader();
+    create_accounts(&cluster, &["writer0", "sink"]);
+    let mut writer = Writer::new(&cluster.chat, "writer0", 0);
+    let mut acked = HashMap::new();
+    for n in 0..20 {
+        let text = format!("before-{n}");
+        let id = writer.send("sink", &text, Instant::now() + SETTLE).unwrap();
+        acked.insert(id, text);
+    }
+    cluster.kill(1);
+    cluster.kill(2);
+    cluster.kill(3);
+    // The two left cannot make a majority: a send is refused with a clear error.
+    let mut client = cluster.members[3].as_ref().unwrap().login(Protocol::Json, "writer0");
+    let answer = client
+        .call(&Request::SendMessage {
+            to: "sink".into(),
+            text: "during the outage".into(),
+            key: Some(idempotency_key()),
+        })
+        .unwrap();
+    let error = answer.expect_err("a send acknowledged without a majority");
+    assert!(
+        matches!(error.code, ErrorCode::Unavailable | ErrorCode::NotLeader),
+        "{error:?}"
+    );
+    // One back: three of five, the service resumes.
+    cluster.restart(1);
+    let id = writer
+        .send("sink", "after", Instant::now() + SETTLE)
+        .expect("a send after the restart");
+    acked.insert(id, "after".into());
+    cluster.wait_converged();
+    // Whatever was acknowledged is there; the refused send may or may not have been kept
+    // (it was never acknowledged), so the check is on the acknowledged ones.
+    assert_stored_once(&cluster, &acked);
+}
+
+#[test]
+fn a_member_behind_the_compacted_log_catches_up_from_a_snapshot() {
+    let mut cluster = TestCluster::start(3, &["--snapshot-every-records", "20"]);
+    cluster.wait_for_leader();
+    create_accounts(&cluster, &["writer0", "sink"]);
+    cluster.wait_converged();
+    let leader = cluster.wait_for_leader();
+    let behind = if leader == 3 { 2 } else { 3 };
+    cluster.kill(behind);
+    let mut writer = Writer::new(&cluster.chat, "writer0", leader as usize - 1);
+    let mut acked = HashMap::new();
+    for n in 0..150 {
+        let text = format!("m{n}");
+        let id = writer.send("sink", &text, Instant::now() + SETTLE).unwrap();
+        acked.insert(id, text);
+    }
+    // The leader's log no longer holds what the stopped member misses.
+    let leader_node = cluster.members[leader as usize - 1].as_ref().unwrap();
+    assert!(wait_until(SETTLE, || leader_node.stderr().contains("snapshot written")));
+    cluster.restart(behind);
+    cluster.wait_converged();
+    let restarted = cluster.members[behind as usize - 1].as_ref().unwrap();
+    assert!(
+        restarted.stderr().contains("snapshot received from the leader"),
+        "the member caught up without a snapshot:\n{}",
+        restarted.stderr()
+    );
+    assert_stored_once(&cluster, &acked);
+    cluster.wait_converged();
+}
+
+#[test]
+fn a_damaged_raft_log_is_refused_with_file_and_offset() {
+    let mut cluster = TestCluster::start(3, &[]);
+    cluster.wait_for_leader();
+    create_accounts(&cluster, &["writer0", "sink"]);
+    let mut writer = Writer::new(&cluster.chat, "writer0", 0);
+    for n in 0..30 {
+        writer
+            .send("sink", &format!("m{n}"), Instant::now() + SETTLE)
+            .unwrap();
+    }
+    cluster.wait_converged();
+    cluster.kill(3);
+    let segment = raft_segments(&cluster.data[2].join("raft"))
+        .into_iter()
+        .max_by_key(|(_, len)| *len)
+        .expect("member 3 has a raft segment");
+    let mut bytes = std::fs::read(&segment.0).unwrap();
+    let at = bytes.len() / 3;
+    bytes[at] ^= 0xff;
+    std::fs::write(&segment.0, bytes).unwrap();
+    let failure = cluster
+        .try_restart(3)
+        .err()
+        .expect("a member with a damaged raft log started");
+    let name = segment.0.file_name().unwrap().to_str().unwrap();
+    assert!(failure.stderr.contains(name), "{}", failure.stderr);
+    assert!(failure.stderr.contains("byte"), "{}", failure.stderr);
+}
+
+fn raft_segments(dir: &Path) -> Vec<(PathBuf, u64)> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "log"))
+        .map(|path| {
+            let len = std::fs::metadata(&path).unwrap().len();
+            (path, len)
+        })
+        .collect()
+}
+
+#[test]
+fn a_minority_partition_acknowledges_nothing_and_its_leader_steps_down() {
+    let mut cluster = TestCluster::start(5, &["--test-hooks"]);
+    create_accounts(&cluster, &["writer0", "sink"]);
+    let leader = cluster.wait_for_leader();
+    let follower = if leader == 1 { 2 } else { 1 };
+    let minority = [leader, follower];
+    let majority: Vec<u64> = (1..=5).filter(|id| !minority.contains(id)).collect();
+    let mut writer = Writer::new(&cluster.chat, "writer0", 0);
+    let mut acked = HashMap::new();
+    for n in 0..10 {
+        let text = format!("before-{n}");
+        acked.insert(writer.send("sink", &text, Instant::now() + SETTLE).unwrap(), text);
+    }
+    cluster.wait_converged();
+
+    let cut = |cluster: &TestCluster, ids: &[u64], from: &[u64]| {
+        let list: Vec<String> = from.iter().map(u64::to_string).collect();
+        for id in ids {
+            let node = cluster.members[*id as usize - 1].as_ref().unwrap();
+            let response = common::http_request(
+                node.http,
+                "POST",
+                &format!("/test/isolate?peers={}", list.join(",")),
+            );
+            assert_eq!(response.status, 200, "{response:?}");
+        }
+    };
+    cut(&cluster, &minority, &majority);
+    cut(&cluster, &majority, &minority);
+
+    // On the minority side nothing is acknowledged...
+    let old_leader = cluster.members[leader as usize - 1].as_ref().unwrap();
+    let mut client = old_leader.login(Protocol::Binary, "writer0");
+    let answer = client
+        .call(&Request::SendMessage {
+            to: "sink".into(),
+            text: "minority".into(),
+            key: Some(idempotency_key()),
+        })
+        .unwrap();
+    let error = answer.expect_err("the minority acknowledged a write");
+    assert!(
+        matches!(error.code, ErrorCode::Unavailable | ErrorCode::NotLeader),
+        "{error:?}"
+    );
+    // ...and its leader steps down (it cannot hear a majority).
+    assert!(wait_until(SETTLE, || old_leader.stats()["raft"]["role"] != "leader"));
+    // The majority elects a leader and goes on.
+    let majority_chat: Vec<SocketAddr> = majority
+        .iter()
+        .map(|id| cluster.chat[*id as usize - 1])
+        .collect();
+    let mut writer = Writer::new(&majority_chat, "writer0", 0);
+    for n in 0..10 {
+        let text = format!("during-{n}");
+        acked.insert(writer.send("sink", &text, Instant::now() + SETTLE).unwrap(), text);
+    }
+    let new_leader = majority
+        .iter()
+        .find(|id| {
+            let node = cluster.members[**id as usize - 1].as_ref().unwrap();
+            node.stats()["raft"]["role"] == "leader"
+        })
+        .copied();
+    assert!(new_leader.is_some(), "no leader in the majority");
+
+    // Healed: everyone agrees, and the minority's unacknowledged write is gone.
+    cut(&cluster, &[1, 2, 3, 4, 5], &[]);
+    cluster.wait_converged();
+    let stored = assert_stored_once(&cluster, &acked);
+    assert!(
+        !stored.values().any(|text| text == "minority"),
+        "the minority's unacknowledged write survived the partition"
+    );
+    cluster.wait_converged();
+}
