@@ -274,7 +274,7 @@ fn assert_stored_once(cluster: &TestCluster, acked: &HashMap<u64, String>) -> Ha
             thread::sleep(Duration::from_millis(50));
             continue;
         };
-        match client.call(&Request::ReadMessages { limit: 1000 }) {
+        match client.call(&Request::ReadMessages { limit: 100 }) {
             Ok(Ok(Reply::Messages { messages })) if messages.is_empty() => break,
             Ok(Ok(Reply::Messages { messages })) => {
                 for message in messages {
@@ -285,7 +285,8 @@ fn assert_stored_once(cluster: &TestCluster, acked: &HashMap<u64, String>) -> Ha
                     );
                 }
             }
-            _ => {
+            other => {
+                eprintln!("reading sink's messages: {other:?}; trying another member");
                 reader.client = None;
                 reader.at += 1;
             }
