@@ -345,8 +345,8 @@ impl DiskStorage {
                 max_entry,
             });
         }
-        let mut expected = replay.snapshot.index + 1;
-        for entry in &replay.entries {
+        // Replay keeps the entries strictly increasing: a gap is the only way to go wrong.
+        for (expected, entry) in (replay.snapshot.index + 1..).zip(&replay.entries) {
             if entry.index != expected {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -359,7 +359,6 @@ impl DiskStorage {
                     ),
                 ));
             }
-            expected += 1;
         }
         let conf_state = replay.conf_state.unwrap_or(initial);
         let current = match files.last() {
@@ -910,7 +909,7 @@ mod tests {
             data: vec![7; 1 << 20].into(),
             ..Entry::default()
         };
-        storage.append(&[big.clone()]).unwrap();
+        storage.append(std::slice::from_ref(&big)).unwrap();
         storage.set_hard_state(hard_state(1, 1, 4));
         storage.sync().unwrap();
         storage.compact(2, voters(&[1, 2, 3])).unwrap();
