@@ -317,7 +317,7 @@ fn invalid_input(why: String) -> io::Error {
 impl DiskStorage {
     /// Opens (or creates) raft's log in `dir`. A new/empty directory starts with no entries,
     /// a default HardState, and `initial` as its ConfState (the voters from the cluster file),
-    /// made durable at once. A torn tail at the end of the last segment is cut (warn); real
+    /// made durable at once; once a directory has a ConfState, `initial` is ignored. A torn tail at the end of the last segment is cut (warn); real
     /// damage is refused with an io::Error naming the file and byte offset (same wording as the
     /// single-node log), and so is a log whose entries do not run without a gap from the
     /// snapshot index + 1.
@@ -920,6 +920,32 @@ mod tests {
         assert_eq!(all(&storage), vec![entry(3, 1), big]);
     }
 
+    /// A failed sync keeps what it could not write (memory already has it): the next sync,
+    /// once the disk works again, writes it.
+    #[test]
+    fn a_failed_sync_is_retried_by_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = open(dir.path());
+        storage.append(&entries(1..=2, 1)).unwrap();
+        storage.sync().unwrap();
+        let Ok(full) = Segments::append_to(Path::new("/dev"), Path::new("/dev/full")) else {
+            eprintln!("skipped: no /dev/full to fail writes");
+            return;
+        };
+        let working = std::mem::replace(&mut storage.current, full);
+        storage.append(&entries(3..=4, 1)).unwrap();
+        storage.set_hard_state(hard_state(1, 1, 3));
+        assert!(storage.sync().is_err());
+        assert_eq!(storage.last_index().unwrap(), 4, "memory keeps the entries");
+        storage.current = working;
+        storage.set_commit(4);
+        storage.sync().unwrap();
+        drop(storage);
+        let storage = open(dir.path());
+        assert_eq!(all(&storage), entries(1..=4, 1));
+        assert_eq!(storage.hard_state(), &hard_state(1, 1, 4));
+    }
+
     #[test]
     fn a_torn_tail_is_cut_and_reported() {
         let dir = tempfile::tempdir().unwrap();
@@ -981,6 +1007,34 @@ mod tests {
             "{text}"
         );
         assert_eq!(fs::read(&path).unwrap(), bytes, "nothing is cut");
+    }
+
+    #[test]
+    fn damage_in_a_segment_before_the_last_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = open(dir.path());
+        storage.roll_at = 1;
+        for index in 1..=2 {
+            storage.append(&[entry(index, 1)]).unwrap();
+            storage.sync().unwrap();
+        }
+        drop(storage);
+        let first = files(dir.path()).remove(0);
+        let starts = record_starts(&first);
+        let mut bytes = fs::read(&first).unwrap();
+        let len = bytes.len();
+        bytes[len - 1] ^= 0xff; // the end of entry 1's record: a torn tail, were it the last
+        fs::write(&first, &bytes).unwrap();
+        let error = DiskStorage::open(dir.path(), voters(&[1]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(&first.display().to_string()), "{error}");
+        assert!(
+            error.contains(&format!("at byte {} ", starts[3])),
+            "{error}"
+        );
+        assert!(error.contains("not the last segment"), "{error}");
+        assert_eq!(fs::read(&first).unwrap(), bytes);
     }
 
     #[test]
