@@ -371,6 +371,12 @@ impl Shared {
         retired.push(writer);
     }
 
+    fn count_dropped(&self, peer: u64) {
+        if let Some(peer) = read(&self.peers).get(&peer) {
+            peer.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Counts `message` from `sender` and delivers it, unless the transport stops or the
     /// sender is isolated.
     fn receive(&self, sender: u64, message: Message) {
@@ -501,6 +507,7 @@ fn read_messages(shared: &Shared, stream: TcpStream) -> io::Result<u64> {
                 to = message.to,
                 "raft message for another member dropped"
             );
+            shared.count_dropped(sender);
             continue;
         }
         shared.receive(sender, message);
@@ -1049,6 +1056,43 @@ mod tests {
         assert_eq!(snapshot.get_metadata().index, 42);
         assert!(snapshot.data == data, "snapshot data differs");
         expect(&b, 1, 43);
+    }
+
+    #[test]
+    fn stop_wakes_a_writer_blocked_on_a_peer_that_does_not_read() {
+        // Bound and never accepted: the kernel completes the connection, nobody reads it.
+        let (_deaf, deaf_addr) = listen();
+        let (listener, _) = listen();
+        let a = member(1, listener, vec![(2, deaf_addr)]);
+        let mut large = message(1, 2, 1);
+        let mut snapshot = Snapshot::default();
+        snapshot.set_data(vec![7; 4 << 20].into());
+        large.set_snapshot(snapshot);
+        for _ in 0..4 {
+            a.transport.send(large.clone());
+        }
+        // The writer is connected, and its first 4 MiB cannot all fit the socket buffers.
+        eventually(|| health_of(&a.transport, 2).connected);
+        let stopping = Instant::now();
+        a.transport.stop();
+        // Well under WRITE_TIMEOUT: the shutdown woke the write.
+        assert!(stopping.elapsed() < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn a_message_for_another_member_is_dropped() {
+        let (a_listener, a_addr) = listen();
+        let (b_listener, b_addr) = listen();
+        let a = member(1, a_listener, vec![(2, b_addr)]);
+        let b = member(2, b_listener, vec![(1, a_addr.clone())]);
+        let mut misrouted = hello(2).to_vec();
+        misrouted.extend(frame(&message(2, 9, 1)));
+        misrouted.extend(frame(&message(2, 1, 2)));
+        let mut raw = TcpStream::connect(&a_addr).unwrap();
+        raw.write_all(&misrouted).unwrap();
+        expect(&a, 2, 2);
+        assert_eq!(health_of(&a.transport, 2).dropped, 1);
+        drop(b);
     }
 
     #[test]
