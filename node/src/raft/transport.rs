@@ -1038,9 +1038,11 @@ mod tests {
         let a = member(1, a_listener, vec![(2, b_addr)]);
         let b = member(2, b_listener, vec![(1, a_addr)]);
         let data: Vec<u8> = (0..8 << 20).map(|i: u32| (i % 251) as u8).collect();
-        let mut metadata = SnapshotMetadata::default();
-        metadata.index = 42;
-        metadata.term = 3;
+        let metadata = SnapshotMetadata {
+            index: 42,
+            term: 3,
+            ..Default::default()
+        };
         let mut snapshot = Snapshot::default();
         snapshot.set_data(data.clone().into());
         snapshot.set_metadata(metadata);
