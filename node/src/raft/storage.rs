@@ -317,7 +317,7 @@ fn invalid_input(why: String) -> io::Error {
 impl DiskStorage {
     /// Opens (or creates) raft's log in `dir`. A new/empty directory starts with no entries,
     /// a default HardState, and `initial` as its ConfState (the voters from the cluster file),
-    /// made durable at once. A torn tail at the end of the last segment is cut (warn); real
+    /// made durable at once; once a directory has a ConfState, `initial` is ignored. A torn tail at the end of the last segment is cut (warn); real
     /// damage is refused with an io::Error naming the file and byte offset (same wording as the
     /// single-node log), and so is a log whose entries do not run without a gap from the
     /// snapshot index + 1.
@@ -345,8 +345,8 @@ impl DiskStorage {
                 max_entry,
             });
         }
-        let mut expected = replay.snapshot.index + 1;
-        for entry in &replay.entries {
+        // Replay keeps the entries strictly increasing: a gap is the only way to go wrong.
+        for (expected, entry) in (replay.snapshot.index + 1..).zip(&replay.entries) {
             if entry.index != expected {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -359,7 +359,6 @@ impl DiskStorage {
                     ),
                 ));
             }
-            expected += 1;
         }
         let conf_state = replay.conf_state.unwrap_or(initial);
         let current = match files.last() {
@@ -736,5 +735,600 @@ impl raft::Storage for DiskStorage {
         };
         snapshot.set_metadata(snapshot_metadata(index, term, self.conf_state.clone()));
         Ok(snapshot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::OpenOptions;
+
+    use protobuf::Message as _;
+    use raft::Storage;
+
+    use super::*;
+
+    fn voters(ids: &[u64]) -> ConfState {
+        ConfState::from((ids.to_vec(), Vec::<u64>::new()))
+    }
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            data: format!("data {index}/{term}").into_bytes().into(),
+            context: vec![index as u8].into(),
+            ..Entry::default()
+        }
+    }
+
+    fn entries(range: std::ops::RangeInclusive<u64>, term: u64) -> Vec<Entry> {
+        range.map(|i| entry(i, term)).collect()
+    }
+
+    fn hard_state(term: u64, vote: u64, commit: u64) -> HardState {
+        HardState {
+            term,
+            vote,
+            commit,
+            ..HardState::default()
+        }
+    }
+
+    fn open(dir: &Path) -> DiskStorage {
+        DiskStorage::open(dir, voters(&[1, 2, 3])).unwrap()
+    }
+
+    fn all(storage: &DiskStorage) -> Vec<Entry> {
+        let (low, high) = (
+            storage.first_index().unwrap(),
+            storage.last_index().unwrap() + 1,
+        );
+        storage
+            .entries(low, high, None, GetEntriesContext::empty(false))
+            .unwrap()
+    }
+
+    fn files(dir: &Path) -> Vec<PathBuf> {
+        segments::list::<RaftRecord>(dir)
+            .unwrap()
+            .into_iter()
+            .map(|(_, path)| path)
+            .collect()
+    }
+
+    /// Where each record of a segment starts.
+    fn record_starts(path: &Path) -> Vec<usize> {
+        let bytes = fs::read(path).unwrap();
+        let mut starts = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            starts.push(at);
+            at += segments::HEADER
+                + u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        }
+        assert_eq!(at, bytes.len());
+        starts
+    }
+
+    fn store_error(result: raft::Result<impl fmt::Debug>) -> StorageError {
+        match result {
+            Err(raft::Error::Store(error)) => error,
+            other => panic!("expected a storage error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_new_directory_starts_empty_with_the_initial_conf_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft");
+        let storage = DiskStorage::open(&path, voters(&[1, 2, 3])).unwrap();
+        assert_eq!(storage.first_index().unwrap(), 1);
+        assert_eq!(storage.last_index().unwrap(), 0);
+        assert_eq!(storage.term(0).unwrap(), 0);
+        let state = storage.initial_state().unwrap();
+        assert_eq!(state.hard_state, HardState::default());
+        assert_eq!(state.conf_state, voters(&[1, 2, 3]));
+        assert_eq!(storage.dir(), path);
+        drop(storage);
+        // The first open made the conf state durable: a later cluster file does not change it.
+        let storage = DiskStorage::open(&path, voters(&[7])).unwrap();
+        assert_eq!(storage.conf_state(), &voters(&[1, 2, 3]));
+        assert_eq!(files(&path).len(), 1);
+    }
+
+    #[test]
+    fn entries_hard_state_and_conf_state_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = open(dir.path());
+        storage.append(&entries(1..=3, 1)).unwrap();
+        storage.set_hard_state(hard_state(1, 1, 2));
+        storage.sync().unwrap();
+        storage.append(&entries(4..=5, 2)).unwrap();
+        storage.set_commit(4);
+        storage.set_conf_state(voters(&[1, 2, 3, 4]));
+        // Not synced yet: memory has it, the disk not.
+        assert_eq!(storage.hard_state().commit, 4);
+        assert_eq!(open(dir.path()).last_index().unwrap(), 3);
+        storage.sync().unwrap();
+        storage.sync().unwrap(); // nothing buffered: a no-op
+        drop(storage);
+
+        let storage = open(dir.path());
+        assert_eq!(storage.truncated_bytes(), 0);
+        let mut expected = entries(1..=3, 1);
+        expected.extend(entries(4..=5, 2));
+        assert_eq!(all(&storage), expected);
+        assert_eq!(storage.hard_state(), &hard_state(1, 1, 4));
+        assert_eq!(storage.conf_state(), &voters(&[1, 2, 3, 4]));
+        assert_eq!(storage.term(5).unwrap(), 2);
+    }
+
+    #[test]
+    fn a_conflicting_suffix_is_replaced_and_stays_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = open(dir.path());
+        storage.append(&entries(1..=5, 1)).unwrap();
+        storage.sync().unwrap();
+        storage.append(&entries(3..=4, 2)).unwrap();
+        let mut expected = entries(1..=2, 1);
+        expected.extend(entries(3..=4, 2));
+        assert_eq!(all(&storage), expected, "in memory at once");
+        storage.sync().unwrap();
+        drop(storage);
+        let mut storage = open(dir.path());
+        assert_eq!(all(&storage), expected, "entry 5 of term 1 stays dropped");
+        assert_eq!(storage.last_index().unwrap(), 4);
+        // And appending on top of the replaced suffix keeps working across a reopen.
+        storage.append(&entries(5..=5, 2)).unwrap();
+        storage.sync().unwrap();
+        drop(storage);
+        expected.push(entry(5, 2));
+        assert_eq!(all(&open(dir.path())), expected);
+    }
+
+    #[test]
+    fn appends_that_break_the_log_are_refused_and_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = open(dir.path());
+        storage.append(&entries(1..=3, 1)).unwrap();
+        let gap = storage.append(&entries(5..=6, 1)).unwrap_err();
+        assert_eq!(gap.kind(), io::ErrorKind::InvalidInput);
+        let holes = storage.append(&[entry(4, 1), entry(6, 1)]).unwrap_err();
+        assert!(holes.to_string().contains("not contiguous"), "{holes}");
+        let huge = Entry {
+            index: 4,
+            term: 1,
+            data: vec![7; MAX_RAFT_RECORD + 1].into(),
+            ..Entry::default()
+        };
+        assert!(storage.append(&[huge]).is_err());
+        // A 1 MiB entry is fine.
+        let big = Entry {
+            index: 4,
+            term: 1,
+            data: vec![7; 1 << 20].into(),
+            ..Entry::default()
+        };
+        storage.append(std::slice::from_ref(&big)).unwrap();
+        storage.set_hard_state(hard_state(1, 1, 4));
+        storage.sync().unwrap();
+        storage.compact(2, voters(&[1, 2, 3])).unwrap();
+        let compacted = storage.append(&entries(2..=3, 2)).unwrap_err();
+        assert!(compacted.to_string().contains("compacted"), "{compacted}");
+        drop(storage);
+        let storage = open(dir.path());
+        assert_eq!(all(&storage), vec![entry(3, 1), big]);
+    }
+
+    /// A failed sync keeps what it could not write (memory already has it): the next sync,
+    /// once the disk works again, writes it.
+    #[test]
+    fn a_failed_sync_is_retried_by_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = open(dir.path());
+        storage.append(&entries(1..=2, 1)).unwrap();
+        storage.sync().unwrap();
+        let Ok(full) = Segments::append_to(Path::new("/dev"), Path::new("/dev/full")) else {
+            eprintln!("skipped: no /dev/full to fail writes");
+            return;
+        };
+        let working = std::mem::replace(&mut storage.current, full);
+        storage.append(&entries(3..=4, 1)).unwrap();
+        storage.set_hard_state(hard_state(1, 1, 3));
+        assert!(storage.sync().is_err());
+        assert_eq!(storage.last_index().unwrap(), 4, "memory keeps the entries");
+        storage.current = working;
+        storage.set_commit(4);
+        storage.sync().unwrap();
+        drop(storage);
+        let storage = open(dir.path());
+        assert_eq!(all(&storage), entries(1..=4, 1));
+        assert_eq!(storage.hard_state(), &hard_state(1, 1, 4));
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = open(dir.path());
+        for index in 1..=3 {
+            storage.append(&[entry(index, 1)]).unwrap();
+            storage.sync().unwrap();
+        }
+        drop(storage);
+        let path = files(dir.path()).pop().unwrap();
+        let starts = record_starts(&path);
+        let len = fs::metadata(&path).unwrap().len();
+        let last = *starts.last().unwrap() as u64;
+        // The crash left 5 bytes of the last record's header and payload.
+        let cut_to = last + 5;
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(cut_to)
+            .unwrap();
+        let mut storage = open(dir.path());
+        assert_eq!(storage.truncated_bytes(), 5);
+        assert_eq!(fs::metadata(&path).unwrap().len(), last);
+        assert_eq!(all(&storage), entries(1..=2, 1));
+        assert!(len > cut_to);
+        // The log goes on from the cut.
+        storage.append(&[entry(3, 2)]).unwrap();
+        storage.sync().unwrap();
+        drop(storage);
+        let storage = open(dir.path());
+        assert_eq!(storage.truncated_bytes(), 0);
+        assert_eq!(storage.term(3).unwrap(), 2);
+    }
+
+    #[test]
+    fn damage_before_whole_records_is_refused_naming_file_and_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = open(dir.path());
+        for index in 1..=4 {
+            storage.append(&[entry(index, 1)]).unwrap();
+            storage.sync().unwrap();
+        }
+        drop(storage);
+        let path = files(dir.path()).pop().unwrap();
+        let starts = record_starts(&path);
+        // The head takes 3 records; damage the second entry's payload.
+        let damaged = starts[4];
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[damaged + segments::HEADER + 2] ^= 0xff;
+        fs::write(&path, &bytes).unwrap();
+        let error = DiskStorage::open(dir.path(), voters(&[1])).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        let text = error.to_string();
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        assert!(text.contains(&format!("at byte {damaged} ")), "{text}");
+        assert!(
+            text.contains(&format!("follows at byte {}", starts[5])),
+            "{text}"
+        );
+        assert_eq!(fs::read(&path).unwrap(), bytes, "nothing is cut");
+    }
+
+    #[test]
+    fn damage_in_a_segment_before_the_last_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = open(dir.path());
+        storage.roll_at = 1;
+        for index in 1..=2 {
+            storage.append(&[entry(index, 1)]).unwrap();
+            storage.sync().unwrap();
+        }
+        drop(storage);
+        let first = files(dir.path()).remove(0);
+        let starts = record_starts(&first);
+        let mut bytes = fs::read(&first).unwrap();
+        let len = bytes.len();
+        bytes[len - 1] ^= 0xff; // the end of entry 1's record: a torn tail, were it the last
+        fs::write(&first, &bytes).unwrap();
+        let error = DiskStorage::open(dir.path(), voters(&[1]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(&first.display().to_string()), "{error}");
+        assert!(
+            error.contains(&format!("at byte {} ", starts[3])),
+            "{error}"
+        );
+        assert!(error.contains("not the last segment"), "{error}");
+        assert_eq!(fs::read(&first).unwrap(), bytes);
+    }
+
+    #[test]
+    fn compaction_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = open(dir.path());
+        storage.append(&entries(1..=4, 1)).unwrap();
+        storage.append(&entries(5..=10, 2)).unwrap();
+        storage.set_hard_state(hard_state(2, 1, 7));
+        storage.sync().unwrap();
+        let refused = storage.compact(8, voters(&[1, 2, 3])).unwrap_err();
+        assert!(
+            refused.to_string().contains("only 7 is committed"),
+            "{refused}"
+        );
+        storage.compact(6, voters(&[1, 2])).unwrap();
+        let check = |storage: &DiskStorage| {
+            assert_eq!(storage.first_index().unwrap(), 7);
+            assert_eq!(storage.last_index().unwrap(), 10);
+            assert_eq!(storage.term(6).unwrap(), 2);
+            assert_eq!(store_error(storage.term(5)), StorageError::Compacted);
+            let meta = storage.snapshot_metadata();
+            assert_eq!((meta.index, meta.term), (6, 2));
+            assert_eq!(meta.get_conf_state(), &voters(&[1, 2]));
+            assert_eq!(storage.conf_state(), &voters(&[1, 2, 3]));
+            assert_eq!(storage.hard_state(), &hard_state(2, 1, 7));
+            assert_eq!(all(storage), entries(7..=10, 2));
+        };
+        check(&storage);
+        // The segment holding 7..=10 is still needed.
+        assert_eq!(files(dir.path()).len(), 2);
+        storage.compact(6, voters(&[1])).unwrap(); // already covered: nothing happens
+        drop(storage);
+        let mut storage = open(dir.path());
+        check(&storage);
+
+        // Once everything it holds is covered, the old segment goes.
+        storage.set_commit(10);
+        storage.compact(10, voters(&[1, 2])).unwrap();
+        assert_eq!(files(dir.path()).len(), 1);
+        drop(storage);
+        let storage = open(dir.path());
+        assert_eq!(storage.first_index().unwrap(), 11);
+        assert_eq!(storage.last_index().unwrap(), 10);
+        assert_eq!(storage.term(10).unwrap(), 2);
+        assert_eq!(storage.hard_state().commit, 10);
+        assert_eq!(storage.conf_state(), &voters(&[1, 2, 3]));
+    }
+
+    #[test]
+    fn rolled_segments_restate_the_state_and_compaction_deletes_a_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = open(dir.path());
+        storage.roll_at = 1; // a new segment after every sync
+        storage.set_conf_state(voters(&[1, 2]));
+        storage.set_hard_state(hard_state(3, 2, 0));
+        for index in 1..=9 {
+            storage.append(&[entry(index, 3)]).unwrap();
+            storage.sync().unwrap();
+        }
+        assert_eq!(files(dir.path()).len(), 10);
+        storage.set_commit(5);
+        storage.sync().unwrap();
+        storage.compact(5, voters(&[1, 2])).unwrap();
+        // Segment k held entry k (then a head-only 10, 11 after the commit, 12 from the
+        // compaction): 1..=5 are covered and go, 6..=12 stay.
+        let left = files(dir.path());
+        assert_eq!(left.len(), 7, "{left:?}");
+        assert!(left[0].ends_with(segments::segment_file_name::<RaftRecord>(6)));
+        drop(storage);
+        let storage = open(dir.path());
+        assert_eq!(all(&storage), entries(6..=9, 3));
+        assert_eq!(storage.first_index().unwrap(), 6);
+        assert_eq!(storage.hard_state(), &hard_state(3, 2, 5));
+        assert_eq!(storage.conf_state(), &voters(&[1, 2]));
+    }
+
+    #[test]
+    fn a_lost_segment_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = open(dir.path());
+        storage.roll_at = 1;
+        for index in 1..=3 {
+            storage.append(&[entry(index, 1)]).unwrap();
+            storage.sync().unwrap();
+        }
+        drop(storage);
+        fs::remove_file(&files(dir.path())[1]).unwrap(); // the one holding entry 2
+        let error = DiskStorage::open(dir.path(), voters(&[1])).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        assert!(
+            error.to_string().contains("missing entries 2 to 2"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn an_installed_snapshot_drops_every_entry_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = open(dir.path());
+        storage.roll_at = 1;
+        storage.append(&entries(1..=8, 1)).unwrap();
+        storage.set_hard_state(hard_state(2, 3, 3));
+        storage.sync().unwrap();
+        storage.append(&entries(9..=9, 1)).unwrap(); // buffered: dropped too
+        let meta = snapshot_metadata(5, 2, voters(&[1, 2, 3, 4]));
+        storage.apply_snapshot(&meta).unwrap();
+        let check = |storage: &DiskStorage| {
+            assert_eq!(storage.first_index().unwrap(), 6);
+            assert_eq!(storage.last_index().unwrap(), 5);
+            assert_eq!(storage.term(5).unwrap(), 2);
+            assert_eq!(storage.snapshot_metadata(), &meta);
+            assert_eq!(storage.hard_state(), &hard_state(2, 3, 5));
+            assert_eq!(storage.conf_state(), &voters(&[1, 2, 3, 4]));
+        };
+        check(&storage);
+        assert_eq!(files(dir.path()).len(), 1, "older segments are deleted");
+        drop(storage);
+        let mut storage = open(dir.path());
+        check(&storage);
+        assert!(all(&storage).is_empty(), "entries 6..=8 do not come back");
+        storage.append(&entries(6..=6, 2)).unwrap();
+        storage.sync().unwrap();
+        let older = snapshot_metadata(4, 2, voters(&[1]));
+        assert!(storage.apply_snapshot(&older).is_err());
+        drop(storage);
+        assert_eq!(all(&open(dir.path())), entries(6..=6, 2));
+    }
+
+    /// A crash after the installed snapshot's segment was created but before the older ones were
+    /// deleted: their entries past the snapshot index must not come back.
+    #[test]
+    fn an_installed_snapshot_wins_over_segments_left_by_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = open(dir.path());
+        storage.append(&entries(1..=8, 1)).unwrap();
+        storage.sync().unwrap();
+        let old = files(dir.path()).pop().unwrap();
+        let kept = fs::read(&old).unwrap();
+        storage
+            .apply_snapshot(&snapshot_metadata(5, 2, voters(&[1])))
+            .unwrap();
+        drop(storage);
+        fs::write(&old, kept).unwrap();
+        assert_eq!(files(dir.path()).len(), 2);
+        let storage = open(dir.path());
+        assert_eq!(storage.first_index().unwrap(), 6);
+        assert_eq!(storage.last_index().unwrap(), 5);
+    }
+
+    #[test]
+    fn storage_semantics_match_raft() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = open(dir.path());
+        storage.append(&entries(1..=10, 1)).unwrap();
+        storage.set_commit(10);
+        storage.sync().unwrap();
+        storage.compact(3, voters(&[1, 2, 3])).unwrap();
+        let get = |low, high, max: Option<u64>| {
+            storage.entries(low, high, max, GetEntriesContext::empty(false))
+        };
+        assert_eq!(store_error(get(3, 5, None)), StorageError::Compacted);
+        assert_eq!(store_error(get(2, 5, None)), StorageError::Compacted);
+        assert_eq!(get(4, 11, None).unwrap(), entries(4..=10, 1));
+        assert_eq!(get(4, 4, None).unwrap(), vec![]);
+        assert_eq!(store_error(get(4, 12, None)), StorageError::Unavailable);
+        // max_size: at least one entry, then as many as fit.
+        let size = |i| u64::from(entry(i, 1).compute_size());
+        assert_eq!(get(4, 11, Some(0)).unwrap(), entries(4..=4, 1));
+        assert_eq!(
+            get(4, 11, Some(size(4) + size(5))).unwrap(),
+            entries(4..=5, 1)
+        );
+        assert_eq!(
+            get(4, 11, Some(size(4) + size(5) + size(6) - 1)).unwrap(),
+            entries(4..=5, 1)
+        );
+        assert_eq!(get(4, 11, Some(raft::NO_LIMIT)).unwrap().len(), 7);
+        // term: the snapshot index is known, below it compacted, after the last unavailable.
+        assert_eq!(storage.term(3).unwrap(), 1);
+        assert_eq!(store_error(storage.term(2)), StorageError::Compacted);
+        assert_eq!(store_error(storage.term(11)), StorageError::Unavailable);
+        assert_eq!(storage.first_index().unwrap(), 4);
+        assert_eq!(storage.last_index().unwrap(), 10);
+    }
+
+    #[test]
+    fn snapshots_come_from_the_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = open(dir.path());
+        storage.append(&entries(1..=4, 1)).unwrap();
+        storage.append(&entries(5..=8, 2)).unwrap();
+        storage.set_commit(8);
+        storage.set_conf_state(voters(&[1, 2]));
+        storage.sync().unwrap();
+        let unavailable = |storage: &DiskStorage, request| {
+            assert_eq!(
+                store_error(storage.snapshot(request, 2)),
+                StorageError::SnapshotTemporarilyUnavailable
+            );
+        };
+        unavailable(&storage, 0); // no source
+
+        storage.set_snapshot_source(Box::new(|| Ok((6, b"state at 6".to_vec()))));
+        let snapshot = storage.snapshot(5, 2).unwrap();
+        assert_eq!(&snapshot.data[..], b"state at 6");
+        let meta = snapshot.get_metadata();
+        assert_eq!((meta.index, meta.term), (6, 2));
+        assert_eq!(meta.get_conf_state(), &voters(&[1, 2]));
+        assert_eq!(storage.snapshot(6, 2).unwrap().get_metadata().index, 6);
+        unavailable(&storage, 7); // stale: older than requested
+
+        // The source's index below the compaction point: its term is unknown.
+        storage.compact(7, voters(&[1, 2])).unwrap();
+        unavailable(&storage, 0);
+        storage.set_snapshot_source(Box::new(|| Ok((7, b"state at 7".to_vec()))));
+        assert_eq!(storage.snapshot(7, 2).unwrap().get_metadata().term, 2);
+        // Past the last index: unknown too.
+        storage.set_snapshot_source(Box::new(|| Ok((9, Vec::new()))));
+        unavailable(&storage, 0);
+
+        storage.set_snapshot_source(Box::new(|| Err(io::Error::other("disk on fire"))));
+        unavailable(&storage, 0);
+    }
+
+    /// A real single-voter raft node over DiskStorage: it elects itself, commits its proposals,
+    /// and a reopened storage has them.
+    #[test]
+    fn a_raw_node_runs_on_disk_storage() {
+        use raft::{Config, RawNode};
+
+        fn handle_ready(node: &mut RawNode<DiskStorage>, applied: &mut Vec<Entry>) {
+            if !node.has_ready() {
+                return;
+            }
+            let mut ready = node.ready();
+            assert!(ready.messages().is_empty(), "a single voter sends nothing");
+            applied.extend(ready.take_committed_entries());
+            let store = node.mut_store();
+            store.append(ready.entries()).unwrap();
+            if let Some(hs) = ready.hs() {
+                store.set_hard_state(hs.clone());
+            }
+            store.sync().unwrap();
+            let mut light = node.advance(ready);
+            if let Some(commit) = light.commit_index() {
+                node.mut_store().set_commit(commit);
+                node.mut_store().sync().unwrap();
+            }
+            applied.extend(light.take_committed_entries());
+            node.advance_apply();
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let config = Config {
+            id: 1,
+            ..Config::default()
+        };
+        config.validate().unwrap();
+        let storage = DiskStorage::open(dir.path(), voters(&[1])).unwrap();
+        let mut node = RawNode::new(&config, storage, &logger).unwrap();
+        let mut applied = Vec::new();
+        node.campaign().unwrap();
+        handle_ready(&mut node, &mut applied);
+        assert_eq!(node.raft.state, raft::StateRole::Leader);
+        for i in 0..3 {
+            node.propose(vec![], format!("command {i}").into_bytes())
+                .unwrap();
+            handle_ready(&mut node, &mut applied);
+        }
+        handle_ready(&mut node, &mut applied);
+        let data: Vec<&[u8]> = applied.iter().map(|e| &e.data[..]).collect();
+        assert_eq!(
+            data,
+            vec![&b""[..], b"command 0", b"command 1", b"command 2"],
+            "the leader's empty entry, then the proposals"
+        );
+        let term = node.raft.term;
+        drop(node);
+
+        let storage = DiskStorage::open(dir.path(), voters(&[1])).unwrap();
+        assert_eq!(storage.last_index().unwrap(), 4);
+        assert_eq!(all(&storage), applied);
+        assert_eq!(storage.hard_state().commit, 4);
+        assert_eq!(storage.hard_state().term, term);
+        assert_eq!(storage.hard_state().vote, 1);
+        // And raft starts again from it.
+        let mut node = RawNode::new(&config, storage, &logger).unwrap();
+        assert_eq!(node.raft.raft_log.committed, 4);
+        node.campaign().unwrap();
+        let mut again = Vec::new();
+        handle_ready(&mut node, &mut again);
+        assert_eq!(node.raft.state, raft::StateRole::Leader);
+        assert!(node.raft.term > term);
     }
 }

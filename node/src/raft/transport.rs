@@ -8,8 +8,9 @@
 //! ```
 //!
 //! Wire, one direction per connection (a member sends on the connections it dialled and
-//! receives on those it accepted): a hello of [`HELLO_LEN`] bytes — `MAGIC`, the version
-//! (u32 LE), the sender's id (u64 LE) — then frames `[u32 LE length][protobuf raft Message]`.
+//! receives on those it accepted): a hello of 16 bytes — `MAGIC`, the version (u32 LE), the
+//! sender's id (u64 LE) — then frames `[u32 LE length][protobuf raft Message]`. A newer
+//! connection from the same sender replaces the older one (the sender redialled).
 //!
 //! Losing messages is allowed, blocking is not: raft retries whatever is lost, so a full queue,
 //! an unknown peer, a broken connection or an isolated peer drops messages (counted in
@@ -17,14 +18,19 @@
 //! connection whose hello named the message's `from`; a peer that breaks the protocol loses its
 //! connection, never the transport.
 //!
+//! Messages wait in their peer's queue while it is unreachable, and leave once it is reached.
+//! The locks here (std's) are leaves: none is held while `deliver` runs or while another
+//! thread is waited for.
+//!
 //! Stopping wakes every thread that may be blocked: readers and writers on a socket by
 //! `shutdown`, a writer waiting to redial by its control channel closing, the acceptor by a
 //! connection to itself.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, BufReader, BufWriter, Read, Write};
-use std::net::ToSocketAddrs;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{
+    IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs,
+};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::{self, JoinHandle};
@@ -101,6 +107,12 @@ struct Shared {
     unknown_dropped: AtomicU64,
     /// Accepted connections; finished ones are pruned at the next accept.
     readers: Mutex<Vec<ReaderHandle>>,
+    /// The current incoming connection of each sender, by serial: a newer hello from the same
+    /// id shuts the older connection down (its peer redialled, so it is dead, maybe half-open
+    /// after a crash, and its reader would otherwise wait on it until `stop`).
+    inbound: Mutex<HashMap<u64, (u64, TcpStream)>>,
+    /// Serials of incoming connections.
+    accepted: AtomicU64,
     /// Writers of removed peers, still winding down; joined by `stop`.
     retired: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -154,6 +166,8 @@ impl Transport {
             stopping: AtomicBool::new(false),
             unknown_dropped: AtomicU64::new(0),
             readers: Mutex::new(Vec::new()),
+            inbound: Mutex::new(HashMap::new()),
+            accepted: AtomicU64::new(0),
             retired: Mutex::new(Vec::new()),
         });
         let acceptor = {
@@ -371,6 +385,12 @@ impl Shared {
         retired.push(writer);
     }
 
+    fn count_dropped(&self, peer: u64) {
+        if let Some(peer) = read(&self.peers).get(&peer) {
+            peer.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Counts `message` from `sender` and delivers it, unless the transport stops or the
     /// sender is isolated.
     fn receive(&self, sender: u64, message: Message) {
@@ -465,11 +485,30 @@ fn read_messages(shared: &Shared, stream: TcpStream) -> io::Result<u64> {
     // Raft connections may be idle for long; `stop` wakes a blocked read by shutdown.
     input.get_ref().set_read_timeout(None)?;
     tracing::debug!(peer = sender, "raft peer connected");
+    let serial = shared.accepted.fetch_add(1, Ordering::Relaxed);
+    let older = lock(&shared.inbound).insert(sender, (serial, input.get_ref().try_clone()?));
+    if let Some((_, older)) = older {
+        tracing::debug!(peer = sender, "a newer connection replaces the older one");
+        let _ = older.shutdown(Shutdown::Both);
+    }
+    let ended = read_frames(shared, sender, &mut input);
+    let mut inbound = lock(&shared.inbound);
+    if inbound
+        .get(&sender)
+        .is_some_and(|(current, _)| *current == serial)
+    {
+        inbound.remove(&sender);
+    }
+    ended.map(|()| sender)
+}
+
+/// Delivers `sender`'s frames until it closes the connection (`Ok`) or breaks the protocol.
+fn read_frames(shared: &Shared, sender: u64, input: &mut impl Read) -> io::Result<()> {
     loop {
         let mut prefix = [0; 4];
         match input.read_exact(&mut prefix) {
             Ok(()) => {}
-            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => return Ok(sender),
+            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(error) => return Err(error),
         }
         let length = u32::from_le_bytes(prefix) as usize;
@@ -480,7 +519,7 @@ fn read_messages(shared: &Shared, stream: TcpStream) -> io::Result<u64> {
         }
         // Grows as bytes arrive: a length alone reserves no memory.
         let mut frame = Vec::with_capacity(length.min(IO_BUFFER));
-        (&mut input).take(length as u64).read_to_end(&mut frame)?;
+        input.take(length as u64).read_to_end(&mut frame)?;
         if frame.len() < length {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -501,6 +540,7 @@ fn read_messages(shared: &Shared, stream: TcpStream) -> io::Result<u64> {
                 to = message.to,
                 "raft message for another member dropped"
             );
+            shared.count_dropped(sender);
             continue;
         }
         shared.receive(sender, message);
@@ -972,20 +1012,21 @@ mod tests {
         let mut wrong_version = hello(2);
         wrong_version[4..8].copy_from_slice(&99u32.to_le_bytes());
         expect_closed(&a_addr, &wrong_version);
-        let mut absurd = hello(2).to_vec();
+        // Well-formed hellos from a stranger (5), so that b's connection stays in place.
+        let mut absurd = hello(5).to_vec();
         absurd.extend(u32::MAX.to_le_bytes());
         expect_closed(&a_addr, &absurd);
-        let mut undecodable = hello(2).to_vec();
+        let mut undecodable = hello(5).to_vec();
         undecodable.extend(5u32.to_le_bytes());
         undecodable.extend([0xff; 5]);
         expect_closed(&a_addr, &undecodable);
-        // Claims to be 2, sends as 3: closed, and the message is not delivered.
-        let mut impostor = hello(2).to_vec();
-        impostor.extend(frame(&message(3, 1, 666)));
+        // Claims to be 5, sends as 6: closed, and the message is not delivered.
+        let mut impostor = hello(5).to_vec();
+        impostor.extend(frame(&message(6, 1, 666)));
         expect_closed(&a_addr, &impostor);
         // A truncated frame, then the peer hangs up: nothing delivered.
-        let mut truncated = hello(2).to_vec();
-        truncated.extend(frame(&message(2, 1, 667)));
+        let mut truncated = hello(5).to_vec();
+        truncated.extend(frame(&message(5, 1, 667)));
         truncated.pop();
         expect_closed_after(&a_addr, &truncated, true);
 
@@ -995,6 +1036,14 @@ mod tests {
         a.transport.send(message(1, 2, 1));
         expect(&b, 1, 1);
         assert!(a.inbox.try_recv().is_err());
+
+        // An impostor naming itself 2 displaces b's connection (a newer one wins) and is then
+        // closed for its mismatched `from`; b's writer notices and redials.
+        let mut displacing = hello(2).to_vec();
+        displacing.extend(frame(&message(3, 1, 668)));
+        expect_closed(&a_addr, &displacing);
+        let received = send_until_received(&b, &a, 2, 1);
+        assert_eq!(received.from, 2);
     }
 
     #[test]
@@ -1031,9 +1080,11 @@ mod tests {
         let a = member(1, a_listener, vec![(2, b_addr)]);
         let b = member(2, b_listener, vec![(1, a_addr)]);
         let data: Vec<u8> = (0..8 << 20).map(|i: u32| (i % 251) as u8).collect();
-        let mut metadata = SnapshotMetadata::default();
-        metadata.index = 42;
-        metadata.term = 3;
+        let metadata = SnapshotMetadata {
+            index: 42,
+            term: 3,
+            ..Default::default()
+        };
         let mut snapshot = Snapshot::default();
         snapshot.set_data(data.clone().into());
         snapshot.set_metadata(metadata);
@@ -1049,6 +1100,65 @@ mod tests {
         assert_eq!(snapshot.get_metadata().index, 42);
         assert!(snapshot.data == data, "snapshot data differs");
         expect(&b, 1, 43);
+    }
+
+    #[test]
+    fn stop_wakes_a_writer_blocked_on_a_peer_that_does_not_read() {
+        // Bound and never accepted: the kernel completes the connection, nobody reads it.
+        let (_deaf, deaf_addr) = listen();
+        let (listener, _) = listen();
+        let a = member(1, listener, vec![(2, deaf_addr)]);
+        let mut large = message(1, 2, 1);
+        let mut snapshot = Snapshot::default();
+        snapshot.set_data(vec![7; 4 << 20].into());
+        large.set_snapshot(snapshot);
+        for _ in 0..4 {
+            a.transport.send(large.clone());
+        }
+        // The writer is connected, and its first 4 MiB cannot all fit the socket buffers.
+        eventually(|| health_of(&a.transport, 2).connected);
+        let stopping = Instant::now();
+        a.transport.stop();
+        // Well under WRITE_TIMEOUT: the shutdown woke the write.
+        assert!(stopping.elapsed() < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn a_message_for_another_member_is_dropped() {
+        let (a_listener, a_addr) = listen();
+        let (b_listener, b_addr) = listen();
+        let a = member(1, a_listener, vec![(2, b_addr)]);
+        let b = member(2, b_listener, vec![(1, a_addr.clone())]);
+        let mut misrouted = hello(2).to_vec();
+        misrouted.extend(frame(&message(2, 9, 1)));
+        misrouted.extend(frame(&message(2, 1, 2)));
+        let mut raw = TcpStream::connect(&a_addr).unwrap();
+        raw.write_all(&misrouted).unwrap();
+        expect(&a, 2, 2);
+        assert_eq!(health_of(&a.transport, 2).dropped, 1);
+        drop(b);
+    }
+
+    #[test]
+    fn a_newer_connection_from_a_sender_replaces_the_older() {
+        let (listener, addr) = listen();
+        let a = member(1, listener, vec![]);
+        let mut older = TcpStream::connect(&addr).unwrap();
+        older.write_all(&hello(7)).unwrap();
+        older.write_all(&frame(&message(7, 1, 1))).unwrap();
+        expect(&a, 7, 1);
+        let mut newer = TcpStream::connect(&addr).unwrap();
+        newer.write_all(&hello(7)).unwrap();
+        newer.write_all(&frame(&message(7, 1, 2))).unwrap();
+        expect(&a, 7, 2);
+        // Registered before its frames were read, so the older one is already shut down.
+        older.set_read_timeout(Some(WAIT)).unwrap();
+        assert!(matches!(older.read(&mut [0; 1]), Ok(0)));
+        // An older connection that ends does not unregister the newer one.
+        drop(older);
+        newer.write_all(&frame(&message(7, 1, 3))).unwrap();
+        expect(&a, 7, 3);
+        assert_eq!(lock(&a.transport.shared.inbound).len(), 1);
     }
 
     #[test]
