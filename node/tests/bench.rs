@@ -13,7 +13,7 @@ use synckit_node::protocol::Protocol;
 
 fn args(node: &Node, protocol: Protocol, connections: usize, messages: usize) -> BenchArgs {
     BenchArgs {
-        addr: node.chat,
+        addr: node.chat.into(),
         json: protocol == Protocol::Json,
         connections,
         messages,
@@ -86,7 +86,7 @@ fn nothing_listening_is_an_error() {
         .and_then(|listener| listener.local_addr())
         .expect("a free port");
     let error = bench::run(&BenchArgs {
-        addr,
+        addr: addr.into(),
         json: false,
         connections: 3,
         messages: 1,
