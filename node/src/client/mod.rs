@@ -352,6 +352,25 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn addr_lists_parse_one_or_several_addresses() {
+        let one: AddrList = "127.0.0.1:7878".parse().unwrap();
+        assert_eq!(
+            one,
+            AddrList::from("127.0.0.1:7878".parse::<SocketAddr>().unwrap())
+        );
+        let three: AddrList = "127.0.0.1:7001, 127.0.0.1:7002,[::1]:7003".parse().unwrap();
+        assert_eq!(three.0.len(), 3);
+        assert_eq!(
+            three.to_string(),
+            "127.0.0.1:7001,127.0.0.1:7002,[::1]:7003"
+        );
+        assert_eq!(three.to_strings()[2], "[::1]:7003");
+        for bad in ["", "127.0.0.1:1,", "localhost", "127.0.0.1:1,nowhere"] {
+            assert!(bad.parse::<AddrList>().is_err(), "{bad:?}");
+        }
+    }
+
     /// A push whose second half arrives after `next_push` gave up waiting is still read whole by
     /// the next call: the bytes already read were kept.
     #[test]
