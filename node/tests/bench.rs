@@ -1,19 +1,20 @@
 //! The load generator's event loop, in process, against a real node: it finishes, every message
 //! is answered and stored, connections may share accounts, and a node that goes away mid-run is
-//! an error, not a panic or a hang.
+//! an error, not a panic or a hang; with several members, its connections go to the leader.
 
 mod common;
 
 use std::thread;
 use std::time::Duration;
 
-use common::{Node, data_dir};
+use common::{FakeAnswer, FakeMember, Node, data_dir, dead_addr};
+use synckit_node::client::AddrList;
 use synckit_node::client::bench::{self, BenchArgs};
-use synckit_node::protocol::Protocol;
+use synckit_node::protocol::{Protocol, Request};
 
 fn args(node: &Node, protocol: Protocol, connections: usize, messages: usize) -> BenchArgs {
     BenchArgs {
-        addr: node.chat,
+        addr: node.chat.into(),
         json: protocol == Protocol::Json,
         connections,
         messages,
@@ -86,7 +87,7 @@ fn nothing_listening_is_an_error() {
         .and_then(|listener| listener.local_addr())
         .expect("a free port");
     let error = bench::run(&BenchArgs {
-        addr,
+        addr: addr.into(),
         json: false,
         connections: 3,
         messages: 1,
@@ -95,4 +96,31 @@ fn nothing_listening_is_an_error() {
     })
     .expect_err("no node");
     assert!(error.contains("cannot connect"), "{error}");
+}
+
+#[test]
+fn with_several_members_every_connection_goes_to_the_leader() {
+    let dir = data_dir();
+    let node = Node::start(dir.path(), &[]);
+    // A dead member and a follower naming the node as the leader, before the node itself.
+    let follower = FakeMember::start(FakeAnswer::NotLeader(Some(node.chat.to_string())));
+    let addr = AddrList(vec![dead_addr(), follower.addr, node.chat]);
+    let (connections, messages) = (3, 4);
+    let report = bench::run(&BenchArgs {
+        addr,
+        ..args(&node, Protocol::Binary, connections, messages)
+    })
+    .expect("the run completes");
+    assert_eq!(
+        (report.messages, report.failed),
+        (connections * messages, 0)
+    );
+    // The follower saw the one request that found the leader, and nothing else.
+    let asked = follower.requests();
+    assert!(
+        matches!(&asked[..], [Request::CreateAccount { .. }]),
+        "{asked:?}"
+    );
+    let stats = node.stats();
+    assert_eq!(stats["messages"]["stored"], connections * messages);
 }

@@ -10,8 +10,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    Finished, Node, PASSWORD, PROMPT, Raw, RawRead, Running, both, data_dir, run_bounded, send,
-    wait_until,
+    FakeAnswer, FakeMember, Finished, Node, PASSWORD, PROMPT, Raw, RawRead, Running, both,
+    data_dir, run_bounded, send, wait_until,
 };
 use serde_json::{Value, json};
 use synckit_node::protocol::Protocol;
@@ -240,6 +240,59 @@ fn every_client_command_against_a_real_node(protocol: Protocol) {
         .env("SYNCKIT_USER", "alice")
         .env("SYNCKIT_PASSWORD", PASSWORD);
     failed(&run_bounded(&mut nowhere, RUN), "cannot connect");
+}
+
+both!(a_list_of_members_skips_the_dead_and_follows_the_leader);
+fn a_list_of_members_skips_the_dead_and_follows_the_leader(protocol: Protocol) {
+    let dir = data_dir();
+    let node = Node::start(dir.path(), &[]);
+    node.create("alice");
+    node.create("bob");
+    let run = |addr: String, (user, password): (&str, &str), args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_synckit-node"));
+        command
+            .args(["client", "--addr", &addr])
+            .args((protocol == Protocol::Json).then_some("--json"))
+            .env("SYNCKIT_USER", user)
+            .env("SYNCKIT_PASSWORD", password)
+            .args(args);
+        run_bounded(&mut command, RUN)
+    };
+    let dead_then_live = format!("{},{}", common::dead_addr(), node.chat);
+    let sent = succeeded(
+        &run(
+            dead_then_live.clone(),
+            ("alice", PASSWORD),
+            &["send", "bob", "hi"],
+        ),
+        "send_message",
+    );
+    // A follower that names the node as the leader: the send is retried there.
+    let follower = FakeMember::start(FakeAnswer::NotLeader(Some(node.chat.to_string())));
+    let sent_again = succeeded(
+        &run(
+            follower.addr.to_string(),
+            ("alice", PASSWORD),
+            &["send", "bob", "via the follower"],
+        ),
+        "send_message",
+    );
+    assert!(sent_again["id"].as_u64() > sent["id"].as_u64());
+    assert!(matches!(
+        &follower.requests()[..],
+        [Request::Login { .. }, Request::SendMessage { .. }]
+    ));
+    let read = succeeded(
+        &run(dead_then_live, ("bob", PASSWORD), &["read"]),
+        "read_messages",
+    );
+    let texts: Vec<&str> = read["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["hi", "via the follower"]);
 }
 
 both!(watch_prints_live_deliveries);

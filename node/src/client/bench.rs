@@ -16,9 +16,17 @@
 //! counted and dropped. A node that closes a connection, stops answering or sends something undecodable
 //! ends the run with an error naming the connection; an error *response* to a message counts as
 //! `failed` and the loop goes on.
+//!
+//! With several `--addr` members (a cluster), the generator first finds the leader, the one
+//! member that can order writes: it creates the first account through a [`FailoverClient`],
+//! which follows `not_leader` answers and skips dead members, and aims every connection at the
+//! member that accepted it. It does not follow a leader change during the run: after one, the
+//! old leader's `not_leader` answers count as `failed` (and a dead leader ends the run), so a
+//! report of a clean run is a report on one leader. With one address, nothing of this happens:
+//! the run is what it always was.
 
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -28,6 +36,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use serde_json::json;
 
+use super::{AddrList, FailoverClient};
 use crate::protocol::{
     ErrorCode, ErrorReply, FrameParser, Parse, Protocol, Reply, Request, ServerFrame,
 };
@@ -48,9 +57,11 @@ const SPARE_FILES: u64 = 32;
 #[derive(Args, Clone, Debug)]
 pub struct BenchArgs {
     /// The node's chat address (start it with a high --requests-per-sec, and with a high
-    /// --login-burst when connections share accounts).
+    /// --login-burst when connections share accounts), or a cluster's members' chat addresses
+    /// separated by commas: every connection then goes to the leader, found by following
+    /// `not_leader` from the first member that answers.
     #[arg(long, default_value = "127.0.0.1:7878")]
-    pub addr: SocketAddr,
+    pub addr: AddrList,
     /// Use the JSON protocol.
     #[arg(long)]
     pub json: bool,
@@ -180,11 +191,17 @@ pub fn run(args: &BenchArgs) -> Result<Report, String> {
         RUNS.fetch_add(1, Ordering::Relaxed)
     );
     let username = |account: usize| format!("bench-{run_tag}-{account}");
-    let mut generator = Generator::connect(args.addr, args.protocol(), args.connections)
-        .map_err(|e| format!("cannot connect to {}: {e}", args.addr))?;
+    let (target, first_created) = match &args.addr.0[..] {
+        [] => return Err("--addr needs at least one address".into()),
+        [addr] => (*addr, false),
+        _ => (find_leader(args, &username(0))?, true),
+    };
+    let mut generator = Generator::connect(target, args.protocol(), args.connections)
+        .map_err(|e| format!("cannot connect to {target}: {e}"))?;
 
     generator.run_phase(
-        |i| usize::from(i < users),
+        // Account 0 exists already when finding the leader created it.
+        |i| usize::from(i < users && !(first_created && i == 0)),
         |i| Request::CreateAccount {
             username: username(i),
             password: PASSWORD.into(),
@@ -230,6 +247,34 @@ pub fn run(args: &BenchArgs) -> Result<Report, String> {
         elapsed,
         latencies,
     })
+}
+
+/// The leader's address among `args.addr`: the member where creating account `first` (the
+/// run's first account, needed anyway) succeeds, after following `not_leader` answers and
+/// skipping dead members.
+fn find_leader(args: &BenchArgs, first: &str) -> Result<SocketAddr, String> {
+    let members = args.addr.to_strings();
+    let mut client = FailoverClient::connect(&members, args.protocol())
+        .map_err(|e| format!("cannot connect to {}: {e}", args.addr))?;
+    let created = client
+        .create_account(first, PASSWORD)
+        .map_err(|e| format!("setup: finding the leader among {}: {e}", args.addr))?;
+    setup_outcome(
+        "create_account",
+        first,
+        Answer {
+            latency: Duration::ZERO,
+            result: created,
+        },
+    )?;
+    let leader = client
+        .connected_to()
+        .expect("a client that answered is connected");
+    leader
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| format!("the leader's address {leader:?} does not resolve"))
 }
 
 /// A setup request must succeed: the measured phase would mean nothing without it.

@@ -1,24 +1,28 @@
 //! `synckit-node client`: one request per run (after a login when it needs one), one JSON line
 //! per response on stdout, a readable reason on stderr; exit code 0 when every response was a
 //! success, 1 when the node refused, 2 when the client gave up.
+//!
+//! `--addr` takes one address or a cluster's members separated by commas; the requests go
+//! through a [`FailoverClient`], which follows `not_leader` and moves past dead members (logging
+//! in again) until its deadline.
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::Client;
+use super::{AddrList, FailoverClient};
 use crate::protocol::{ErrorReply, Protocol, Reply, Request};
 
 /// `synckit-node client ...`
 #[derive(Args, Debug)]
 pub struct ClientArgs {
-    /// The node's chat address.
+    /// The node's chat address, or a cluster's members' chat addresses separated by commas
+    /// (tried in order; the client follows the leader and moves past dead members on its own).
     #[arg(long, default_value = "127.0.0.1:7878")]
-    addr: SocketAddr,
+    addr: AddrList,
     /// Speak the JSON protocol instead of the binary one.
     #[arg(long)]
     json: bool,
@@ -141,7 +145,7 @@ fn run_client(args: &ClientArgs) -> Result<bool, String> {
                     .into(),
             );
         };
-        let mut client = connect(args.addr, protocol)?;
+        let mut client = connect(&args.addr, protocol)?;
         let result = client.create_account(username, password).map_err(io)?;
         return Ok(outcome("create_account", &result));
     }
@@ -150,7 +154,7 @@ fn run_client(args: &ClientArgs) -> Result<bool, String> {
             "this command needs --user and --password (or SYNCKIT_USER / SYNCKIT_PASSWORD)".into(),
         );
     };
-    let mut client = connect(args.addr, protocol)?;
+    let mut client = connect(&args.addr, protocol)?;
     let login = client.login(user, password).map_err(io)?;
     // `watch` reports its login too: from that line on, deliveries are pushed to it.
     if matches!(
@@ -225,6 +229,7 @@ fn run_client(args: &ClientArgs) -> Result<bool, String> {
     Ok(outcome(op, &result))
 }
 
-fn connect(addr: SocketAddr, protocol: Protocol) -> Result<Client, String> {
-    Client::connect(addr, protocol).map_err(|e| format!("cannot connect to {addr}: {e}"))
+fn connect(addrs: &AddrList, protocol: Protocol) -> Result<FailoverClient, String> {
+    // The error names every address and why it failed ("cannot connect to any of ...").
+    FailoverClient::connect(&addrs.to_strings(), protocol).map_err(|e| e.to_string())
 }

@@ -4,10 +4,16 @@
 //! A [`Client`] is one blocking connection. What the node sends is read into a buffer and parsed
 //! with a [`FrameParser`], so a read that times out in the middle of a frame (see
 //! [`Client::next_push`]) loses nothing: the next call resumes where it stopped.
+//!
+//! A [`FailoverClient`] talks to a cluster: it holds one [`Client`] at a time and moves it to
+//! another member when the one it has answers `not_leader` or `unavailable` or dies, logging in
+//! again and retrying the request (see [`failover`]).
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::str::FromStr;
 use std::time::Duration;
 
 use crate::protocol::{
@@ -16,6 +22,55 @@ use crate::protocol::{
 
 pub mod bench;
 pub mod cli;
+pub mod failover;
+
+pub use failover::{FailoverClient, FailoverOptions};
+
+/// The chat addresses of a cluster's members, as `--addr` takes them: `host:port` socket
+/// addresses separated by commas (one address is a one-member list).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddrList(pub Vec<SocketAddr>);
+
+impl AddrList {
+    /// The addresses as strings, for [`FailoverClient::connect`].
+    pub fn to_strings(&self) -> Vec<String> {
+        self.0.iter().map(SocketAddr::to_string).collect()
+    }
+}
+
+impl FromStr for AddrList {
+    type Err = String;
+
+    fn from_str(list: &str) -> Result<AddrList, String> {
+        let addrs = list
+            .split(',')
+            .map(|addr| {
+                addr.trim()
+                    .parse::<SocketAddr>()
+                    .map_err(|e| format!("{addr:?} is not an address (host:port): {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(AddrList(addrs))
+    }
+}
+
+impl From<SocketAddr> for AddrList {
+    fn from(addr: SocketAddr) -> AddrList {
+        AddrList(vec![addr])
+    }
+}
+
+impl fmt::Display for AddrList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, addr) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{addr}")?;
+        }
+        Ok(())
+    }
+}
 
 /// How much is read from the socket at a time.
 const READ_CHUNK: usize = 16 * 1024;
@@ -42,7 +97,55 @@ fn invalid(what: impl ToString) -> io::Error {
 impl Client {
     /// Connects to `addr`, speaking `protocol`.
     pub fn connect(addr: SocketAddr, protocol: Protocol) -> io::Result<Client> {
-        let stream = TcpStream::connect(addr)?;
+        Client::over(TcpStream::connect(addr)?, protocol)
+    }
+
+    /// Connects to the first of `addrs` (`host:port`, tried in order, once each) that accepts
+    /// the connection within `timeout`; the error names every address and why it failed.
+    pub fn connect_any_within(
+        addrs: &[String],
+        protocol: Protocol,
+        timeout: Duration,
+    ) -> io::Result<Client> {
+        let mut failures = Vec::new();
+        let mut kind = io::ErrorKind::NotFound;
+        for addr in addrs {
+            match Client::connect_to(addr, protocol, timeout) {
+                Ok(client) => return Ok(client),
+                Err(e) => {
+                    kind = e.kind();
+                    failures.push(format!("{addr}: {e}"));
+                }
+            }
+        }
+        if addrs.is_empty() {
+            failures.push("no address given".into());
+        }
+        Err(io::Error::new(
+            kind,
+            format!("cannot connect to any of {}", failures.join("; ")),
+        ))
+    }
+
+    /// [`Client::connect_any_within`] with [`FailoverOptions`]' default attempt timeout.
+    pub fn connect_any(addrs: &[String], protocol: Protocol) -> io::Result<Client> {
+        Client::connect_any_within(addrs, protocol, FailoverOptions::default().attempt_timeout)
+    }
+
+    /// Connects to `addr` (`host:port`, names resolved), waiting at most `timeout` per resolved
+    /// address: a member whose machine is gone must not hold a failover for the TCP timeout.
+    pub fn connect_to(addr: &str, protocol: Protocol, timeout: Duration) -> io::Result<Client> {
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "the name resolves to nothing");
+        for resolved in addr.to_socket_addrs()? {
+            match TcpStream::connect_timeout(&resolved, timeout) {
+                Ok(stream) => return Client::over(stream, protocol),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn over(stream: TcpStream, protocol: Protocol) -> io::Result<Client> {
         stream.set_nodelay(true)?;
         Ok(Client {
             stream,
@@ -58,6 +161,19 @@ impl Client {
     /// The protocol this connection speaks.
     pub fn protocol(&self) -> Protocol {
         self.protocol
+    }
+
+    /// Bounds every blocking read of [`Client::call`] and [`Client::wait_for`] (`None`: wait
+    /// forever, the default); a read that runs out fails with `WouldBlock` or `TimedOut`.
+    /// [`Client::next_push`] sets its own timeout and clears it afterwards.
+    pub fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.stream.set_read_timeout(timeout)
+    }
+
+    /// Takes the deliveries received while waiting for responses and not yet handed out by
+    /// [`Client::next_push`] (a client moving to another connection keeps them).
+    pub fn take_pushes(&mut self) -> VecDeque<Message> {
+        std::mem::take(&mut self.pushes)
     }
 
     /// Sends a request without waiting; returns its id (for pipelining).
@@ -235,6 +351,25 @@ mod tests {
     use std::thread;
 
     use super::*;
+
+    #[test]
+    fn addr_lists_parse_one_or_several_addresses() {
+        let one: AddrList = "127.0.0.1:7878".parse().unwrap();
+        assert_eq!(
+            one,
+            AddrList::from("127.0.0.1:7878".parse::<SocketAddr>().unwrap())
+        );
+        let three: AddrList = "127.0.0.1:7001, 127.0.0.1:7002,[::1]:7003".parse().unwrap();
+        assert_eq!(three.0.len(), 3);
+        assert_eq!(
+            three.to_string(),
+            "127.0.0.1:7001,127.0.0.1:7002,[::1]:7003"
+        );
+        assert_eq!(three.to_strings()[2], "[::1]:7003");
+        for bad in ["", "127.0.0.1:1,", "localhost", "127.0.0.1:1,nowhere"] {
+            assert!(bad.parse::<AddrList>().is_err(), "{bad:?}");
+        }
+    }
 
     /// A push whose second half arrives after `next_push` gave up waiting is still read whole by
     /// the next call: the bytes already read were kept.

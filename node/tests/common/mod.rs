@@ -849,3 +849,114 @@ fn spawn_piped(command: &mut Command) -> Child {
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"))
 }
+
+// ----- fake cluster members -----
+
+/// What a [`FakeMember`] answers to every request but a login.
+#[derive(Clone, Debug)]
+pub enum FakeAnswer {
+    /// `not_leader`, naming this leader's chat address (or none).
+    NotLeader(Option<String>),
+    /// `unavailable`.
+    Unavailable,
+    /// Nothing: the connection is closed without an answer.
+    Close,
+}
+
+/// A stand-in for a cluster member that cannot order writes: it accepts connections and logins
+/// (sessions are local to a member) and answers everything else with one [`FakeAnswer`]. It
+/// records every request it receives, and stops when dropped.
+pub struct FakeMember {
+    /// Its chat address.
+    pub addr: SocketAddr,
+    requests: Arc<Mutex<Vec<Request>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl FakeMember {
+    /// Starts one on a free loopback port.
+    pub fn start(answer: FakeAnswer) -> FakeMember {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a fake member");
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acceptor = {
+            let (requests, stop) = (requests.clone(), stop.clone());
+            thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    let (requests, answer) = (requests.clone(), answer.clone());
+                    // Each connection ends when the client closes it, or after PROMPT of
+                    // silence (the read timeout), so no thread outlives its test for long.
+                    thread::spawn(move || serve_fake(stream, &answer, &requests));
+                }
+            })
+        };
+        FakeMember {
+            addr,
+            requests,
+            stop,
+            acceptor: Some(acceptor),
+        }
+    }
+
+    /// The requests received so far, in order.
+    pub fn requests(&self) -> Vec<Request> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FakeMember {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wakes the acceptor, which sees the flag.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+    }
+}
+
+fn serve_fake(stream: TcpStream, answer: &FakeAnswer, requests: &Mutex<Vec<Request>>) {
+    let _ = stream.set_read_timeout(Some(PROMPT));
+    let mut writer = stream.try_clone().expect("clone a fake member's stream");
+    let mut reader = BufReader::new(stream);
+    let Ok(first) = reader.fill_buf().map(|buf| buf.first().copied()) else {
+        return;
+    };
+    let Some(first) = first else { return };
+    let protocol = Protocol::detect(first);
+    while let Ok(Ok((id, request))) = protocol.read_request(&mut reader) {
+        requests.lock().unwrap().push(request.clone());
+        let result = match (&request, answer) {
+            (Request::Login { .. }, _) => Ok(Reply::LoggedIn { unread: 0 }),
+            (_, FakeAnswer::NotLeader(leader)) => Err(ErrorReply::not_leader(leader.clone())),
+            (_, FakeAnswer::Unavailable) => {
+                Err(ErrorReply::new(ErrorCode::Unavailable, "no majority"))
+            }
+            (_, FakeAnswer::Close) => return,
+        };
+        let frame = ServerFrame::Response(synckit_node::protocol::Response {
+            id,
+            op: Some(request.op()),
+            result,
+        });
+        if writer
+            .write_all(&protocol.encode_server_frame(&frame))
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// A loopback address where nothing listens (a port that was free a moment ago).
+pub fn dead_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+}
