@@ -21,7 +21,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{Node, PASSWORD, wait_until};
-use synckit_node::client::{Client, idempotency_key};
+use synckit_node::client::{FailoverClient, FailoverOptions, idempotency_key};
 use synckit_node::protocol::{ErrorCode, Protocol, Reply, Request};
 
 /// Long enough for an election (1 to 2 s) plus a write's own timeout (5 s), with room.
@@ -144,35 +144,38 @@ impl TestCluster {
     }
 }
 
-/// A client that follows the cluster: on any failure it moves to the next member, logs in
-/// again and retries the same send with the same key.
+/// A logged-in user of the cluster, through the client library's [`FailoverClient`] (which
+/// follows `not_leader`, skips dead members, logs in again and retries sends with their key).
 struct Writer {
-    addrs: Vec<SocketAddr>,
-    at: usize,
+    addrs: Vec<String>,
     user: String,
-    client: Option<Client>,
+    client: Option<FailoverClient>,
 }
 
 impl Writer {
     fn new(addrs: &[SocketAddr], user: &str, start: usize) -> Writer {
+        // Each writer starts at a different member.
+        let mut addrs: Vec<String> = addrs.iter().map(SocketAddr::to_string).collect();
+        let first = start % addrs.len();
+        addrs.rotate_left(first);
         Writer {
-            addrs: addrs.to_vec(),
-            at: start,
+            addrs,
             user: user.to_string(),
             client: None,
         }
     }
 
-    fn connected(&mut self) -> Option<&mut Client> {
+    fn connected(&mut self) -> Option<&mut FailoverClient> {
         if self.client.is_none() {
-            let addr = self.addrs[self.at % self.addrs.len()];
-            let mut client = Client::connect(addr, Protocol::Binary).ok()?;
+            let options = FailoverOptions {
+                deadline: SETTLE,
+                ..FailoverOptions::default()
+            };
+            let mut client =
+                FailoverClient::connect_with(&self.addrs, Protocol::Binary, options).ok()?;
             match client.login(&self.user, PASSWORD) {
                 Ok(Ok(_)) => self.client = Some(client),
-                _ => {
-                    self.at += 1;
-                    return None;
-                }
+                _ => return None,
             }
         }
         self.client.as_mut()
@@ -180,16 +183,15 @@ impl Writer {
 
     /// Sends until acknowledged or `deadline`; the message id.
     fn send(&mut self, to: &str, text: &str, deadline: Instant) -> Option<u64> {
-        let key = idempotency_key();
+        let request = Request::SendMessage {
+            to: to.into(),
+            text: text.into(),
+            key: Some(idempotency_key()),
+        };
         while Instant::now() < deadline {
             let Some(client) = self.connected() else {
                 thread::sleep(Duration::from_millis(50));
                 continue;
-            };
-            let request = Request::SendMessage {
-                to: to.into(),
-                text: text.into(),
-                key: Some(key.clone()),
             };
             match client.call(&request) {
                 Ok(Ok(Reply::Sent { id, .. })) => return Some(id),
@@ -200,10 +202,8 @@ impl Writer {
                         "a send failed with {error:?}"
                     );
                 }
-                Err(_) => {}
+                Err(_) => self.client = None,
             }
-            self.client = None;
-            self.at += 1;
         }
         None
     }
@@ -214,6 +214,7 @@ type Acknowledged = Arc<std::sync::Mutex<HashMap<u64, String>>>;
 
 /// Eight writers sending to `sink` until `stop`; what each acknowledged goes to `acked`.
 fn writers(
+    round: usize,
     addrs: &[SocketAddr],
     stop: &Arc<AtomicBool>,
     acked: &Acknowledged,
@@ -225,7 +226,7 @@ fn writers(
                 let mut writer = Writer::new(&addrs, &format!("writer{w}"), w);
                 let mut sent = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    let text = format!("w{w}-{sent}");
+                    let text = format!("r{round}-w{w}-{sent}");
                     let deadline = Instant::now() + SETTLE;
                     let id = writer
                         .send("sink", &text, deadline)
@@ -243,21 +244,18 @@ fn writers(
 }
 
 fn create_accounts(cluster: &TestCluster, names: &[&str]) {
-    let mut writer = Writer::new(&cluster.chat, "nobody", 0);
+    let addrs: Vec<String> = cluster.chat.iter().map(SocketAddr::to_string).collect();
+    let options = FailoverOptions {
+        deadline: SETTLE,
+        ..FailoverOptions::default()
+    };
+    let mut client = FailoverClient::connect_with(&addrs, Protocol::Binary, options).unwrap();
     for name in names {
-        let deadline = Instant::now() + SETTLE;
-        loop {
-            assert!(Instant::now() < deadline, "could not create {name}");
-            let addr = writer.addrs[writer.at % writer.addrs.len()];
-            if let Ok(mut client) = Client::connect(addr, Protocol::Binary) {
-                match client.create_account(name, PASSWORD) {
-                    Ok(Ok(_)) => break,
-                    Ok(Err(error)) if error.code == ErrorCode::UserExists => break,
-                    _ => {}
-                }
-            }
-            writer.at += 1;
-            thread::sleep(Duration::from_millis(50));
+        match client.create_account(name, PASSWORD).unwrap() {
+            Ok(_) => {}
+            // A retry of a creation whose answer was lost.
+            Err(error) if error.code == ErrorCode::UserExists => {}
+            Err(error) => panic!("creating {name}: {error:?}"),
         }
     }
 }
@@ -286,16 +284,19 @@ fn assert_stored_once(cluster: &TestCluster, acked: &HashMap<u64, String>) -> Ha
                 }
             }
             other => {
-                eprintln!("reading sink's messages: {other:?}; trying another member");
+                eprintln!("reading sink's messages: {other:?}; connecting again");
                 reader.client = None;
-                reader.at += 1;
             }
         }
     }
     let texts: HashSet<&String> = seen.values().collect();
     assert_eq!(texts.len(), seen.len(), "a text is stored twice");
     for (id, text) in acked {
-        assert_eq!(seen.get(id), Some(text), "acknowledged message {id} is missing");
+        assert_eq!(
+            seen.get(id),
+            Some(text),
+            "acknowledged message {id} is missing"
+        );
     }
     seen
 }
@@ -306,7 +307,10 @@ fn any_two_of_five_may_fail_and_nothing_acknowledged_is_lost() {
     cluster.wait_for_leader();
     let mut names: Vec<String> = (0..8).map(|w| format!("writer{w}")).collect();
     names.push("sink".into());
-    create_accounts(&cluster, &names.iter().map(String::as_str).collect::<Vec<_>>());
+    create_accounts(
+        &cluster,
+        &names.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
 
     let acked: Acknowledged = Default::default();
     // Ten rounds, ten different pairs; the leader is among the victims in some of them.
@@ -331,7 +335,7 @@ fn any_two_of_five_may_fail_and_nothing_acknowledged_is_lost() {
             (a, b)
         };
         let stop = Arc::new(AtomicBool::new(false));
-        let threads = writers(&cluster.chat, &stop, &acked);
+        let threads = writers(round, &cluster.chat, &stop, &acked);
         let before = acked.lock().unwrap().len();
         assert!(wait_until(SETTLE, || acked.lock().unwrap().len() >= before + 40));
         cluster.kill(a);
@@ -372,7 +376,10 @@ fn without_a_majority_nothing_is_acknowledged_and_nothing_is_lost() {
     cluster.kill(2);
     cluster.kill(3);
     // The two left cannot make a majority: a send is refused with a clear error.
-    let mut client = cluster.members[3].as_ref().unwrap().login(Protocol::Json, "writer0");
+    let mut client = cluster.members[3]
+        .as_ref()
+        .unwrap()
+        .login(Protocol::Json, "writer0");
     let answer = client
         .call(&Request::SendMessage {
             to: "sink".into(),
@@ -415,12 +422,16 @@ fn a_member_behind_the_compacted_log_catches_up_from_a_snapshot() {
     }
     // The leader's log no longer holds what the stopped member misses.
     let leader_node = cluster.members[leader as usize - 1].as_ref().unwrap();
-    assert!(wait_until(SETTLE, || leader_node.stderr().contains("snapshot written")));
+    assert!(wait_until(SETTLE, || leader_node
+        .stderr()
+        .contains("snapshot written")));
     cluster.restart(behind);
     cluster.wait_converged();
     let restarted = cluster.members[behind as usize - 1].as_ref().unwrap();
     assert!(
-        restarted.stderr().contains("snapshot received from the leader"),
+        restarted
+            .stderr()
+            .contains("snapshot received from the leader"),
         "the member caught up without a snapshot:\n{}",
         restarted.stderr()
     );
@@ -472,7 +483,7 @@ fn raft_segments(dir: &Path) -> Vec<(PathBuf, u64)> {
 
 #[test]
 fn a_minority_partition_acknowledges_nothing_and_its_leader_steps_down() {
-    let mut cluster = TestCluster::start(5, &["--test-hooks"]);
+    let cluster = TestCluster::start(5, &["--test-hooks"]);
     create_accounts(&cluster, &["writer0", "sink"]);
     let leader = cluster.wait_for_leader();
     let follower = if leader == 1 { 2 } else { 1 };
@@ -482,7 +493,10 @@ fn a_minority_partition_acknowledges_nothing_and_its_leader_steps_down() {
     let mut acked = HashMap::new();
     for n in 0..10 {
         let text = format!("before-{n}");
-        acked.insert(writer.send("sink", &text, Instant::now() + SETTLE).unwrap(), text);
+        acked.insert(
+            writer.send("sink", &text, Instant::now() + SETTLE).unwrap(),
+            text,
+        );
     }
     cluster.wait_converged();
 
@@ -526,7 +540,10 @@ fn a_minority_partition_acknowledges_nothing_and_its_leader_steps_down() {
     let mut writer = Writer::new(&majority_chat, "writer0", 0);
     for n in 0..10 {
         let text = format!("during-{n}");
-        acked.insert(writer.send("sink", &text, Instant::now() + SETTLE).unwrap(), text);
+        acked.insert(
+            writer.send("sink", &text, Instant::now() + SETTLE).unwrap(),
+            text,
+        );
     }
     let new_leader = majority
         .iter()

@@ -270,10 +270,26 @@ fn register_raft_families(registry: &mut Registry, stats: &serde_json::Value) {
     let number = |value: &serde_json::Value| value.as_f64().unwrap_or(0.0);
     for (metric, key, help) in [
         ("raft_term", "term", "Raft's current term"),
-        ("raft_leader_id", "leader_id", "The leader this member knows of (0: none)"),
-        ("raft_commit_index", "commit_index", "The highest index known committed"),
-        ("raft_applied_index", "applied_index", "The highest index handed to the applier"),
-        ("raft_last_index", "last_index", "The last index in this member's log"),
+        (
+            "raft_leader_id",
+            "leader_id",
+            "The leader this member knows of (0: none)",
+        ),
+        (
+            "raft_commit_index",
+            "commit_index",
+            "The highest index known committed",
+        ),
+        (
+            "raft_applied_index",
+            "applied_index",
+            "The highest index handed to the applier",
+        ),
+        (
+            "raft_last_index",
+            "last_index",
+            "The last index in this member's log",
+        ),
     ] {
         let gauge = Gauge::<f64, AtomicU64>::default();
         gauge.set(number(&raft[key]));
@@ -284,13 +300,37 @@ fn register_raft_families(registry: &mut Registry, stats: &serde_json::Value) {
     registry.register("raft_is_leader", "1 on the leader, 0 elsewhere", is_leader);
     let peers = raft["peers"].as_array().cloned().unwrap_or_default();
     for (metric, key, help) in [
-        ("raft_peer_match_index", "match_index", "The highest index known replicated on the peer (on the leader)"),
-        ("raft_peer_connected", "connected", "1 while the connection to the peer is up"),
-        ("raft_peer_last_contact_ms", "last_contact_ms", "Milliseconds since the peer was last heard from"),
+        (
+            "raft_peer_match_index",
+            "match_index",
+            "The highest index known replicated on the peer (on the leader)",
+        ),
+        (
+            "raft_peer_connected",
+            "connected",
+            "1 while the connection to the peer is up",
+        ),
+        (
+            "raft_peer_last_contact_ms",
+            "last_contact_ms",
+            "Milliseconds since the peer was last heard from",
+        ),
         ("raft_peer_sent", "sent", "Raft messages sent to the peer"),
-        ("raft_peer_received", "received", "Raft messages received from the peer"),
-        ("raft_peer_dropped", "dropped", "Raft messages to or from the peer dropped (full queue, cut link)"),
-        ("raft_peer_reconnects", "reconnects", "Connections to the peer made again after a loss"),
+        (
+            "raft_peer_received",
+            "received",
+            "Raft messages received from the peer",
+        ),
+        (
+            "raft_peer_dropped",
+            "dropped",
+            "Raft messages to or from the peer dropped (full queue, cut link)",
+        ),
+        (
+            "raft_peer_reconnects",
+            "reconnects",
+            "Connections to the peer made again after a loss",
+        ),
     ] {
         let family = GaugeFamily::default();
         for peer in &peers {

@@ -158,7 +158,11 @@ mod tests {
         clash.raft_addr = member(1).chat_addr;
         let error = Cluster::new(1, vec![member(1), clash]).unwrap_err();
         assert!(error.contains("both use 127.0.0.1:7001"), "{error}");
-        assert!(Cluster::new(1, vec![]).unwrap_err().contains("at least one"));
+        assert!(
+            Cluster::new(1, vec![])
+                .unwrap_err()
+                .contains("at least one")
+        );
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cluster.toml");
         std::fs::write(&path, "[[node]]\nid = 1\nchat = \"x\"\n").unwrap();

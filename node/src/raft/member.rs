@@ -541,12 +541,12 @@ impl MemberLoop {
 
     fn send(&mut self, messages: Vec<Message>) {
         for message in messages {
-            let snapshot_to = (message.get_msg_type() == MessageType::MsgSnapshot).then_some(message.to);
+            let snapshot_to =
+                (message.get_msg_type() == MessageType::MsgSnapshot).then_some(message.to);
             self.transport.send(message);
             if let Some(to) = snapshot_to {
                 // Queued: if it is lost, the follower's next refusal brings another.
-                self.raw
-                    .report_snapshot(to, raft::SnapshotStatus::Finish);
+                self.raw.report_snapshot(to, raft::SnapshotStatus::Finish);
             }
         }
     }
@@ -586,7 +586,9 @@ impl MemberLoop {
             .into_iter()
             .partition(|sync| sync.target <= handed);
         self.syncs = kept;
-        batch.synced.extend(reached.into_iter().map(|sync| sync.done));
+        batch
+            .synced
+            .extend(reached.into_iter().map(|sync| sync.done));
     }
 
     /// The waiter of this member's proposal named by an entry's context, if it is one.
@@ -603,7 +605,10 @@ impl MemberLoop {
         let change = match entry.get_entry_type() {
             EntryType::EntryConfChange => ConfChange::parse_from_bytes(&entry.data),
             _ => {
-                tracing::error!(index = entry.index, "membership changes of the joint kind are not used here: skipped");
+                tracing::error!(
+                    index = entry.index,
+                    "membership changes of the joint kind are not used here: skipped"
+                );
                 return;
             }
         };
@@ -665,7 +670,11 @@ impl MemberLoop {
             .mut_store()
             .apply_snapshot(&meta)
             .map_err(|e| Fatal(format!("raft storage: {e}")))?;
-        tracing::info!(index = meta.index, term = meta.term, "snapshot received from the leader");
+        tracing::info!(
+            index = meta.index,
+            term = meta.term,
+            "snapshot received from the leader"
+        );
         self.handed = meta.index;
         let mut batch = Batch {
             install: Some(image),
@@ -763,7 +772,9 @@ impl ProposalId {
 
     fn decode(bytes: &[u8]) -> Option<ProposalId> {
         let word = |i: usize| -> Option<u64> {
-            Some(u64::from_le_bytes(bytes.get(i * 8..i * 8 + 8)?.try_into().ok()?))
+            Some(u64::from_le_bytes(
+                bytes.get(i * 8..i * 8 + 8)?.try_into().ok()?,
+            ))
         };
         (bytes.len() == 24).then_some(())?;
         Some(ProposalId {

@@ -389,7 +389,10 @@ pub(super) fn write_snapshots(
                 tracing::info!(applied, "snapshot written; the log is compacted behind it");
             }
             Ok(false) => {
-                tracing::info!(applied, "snapshot skipped: a newer one was installed meanwhile");
+                tracing::info!(
+                    applied,
+                    "snapshot skipped: a newer one was installed meanwhile"
+                );
             }
             Err(error) => tracing::error!(%error, "snapshot failed; the log keeps growing"),
         }

@@ -56,8 +56,8 @@ use crate::config::Config;
 use crate::hasher::Hasher;
 use crate::log::snapshot::{self, SnapshotStore};
 use crate::log::{Batch, CommandLog, LocalLog, Recovered, legacy};
-use crate::raft::{RaftLog, RaftStatus};
 use crate::protocol::{ErrorCode, ErrorReply, Reply, Request, ServerFrame, limits};
+use crate::raft::{RaftLog, RaftStatus};
 use crate::state::{Capture, Command, MessageCounts, Outcome, State};
 
 /// Lock levels of the node (see `docs/node.md`).
@@ -392,8 +392,8 @@ fn open_log(
             Ok((log, None, recovered, batches))
         }
         Some(cluster) => {
-            let opened = RaftLog::open(cluster, dir, Arc::clone(snapshots), applied)
-                .map_err(StartError)?;
+            let opened =
+                RaftLog::open(cluster, dir, Arc::clone(snapshots), applied).map_err(StartError)?;
             let log: Arc<dyn CommandLog> = opened.log.clone();
             Ok((log, Some(opened.log), opened.recovered, opened.batches))
         }
