@@ -111,7 +111,7 @@ impl SnapshotStore {
         }
     }
 
-    /// Writes `image` unless the snapshot on disk is as new; `Ok(false)` when skipped.
+    /// Writes `image` unless the snapshot on disk is newer; `Ok(false)` when skipped.
     pub fn save(&self, image: Image) -> Result<bool, String> {
         let applied = image.applied;
         let bytes = encode(image)?;
@@ -124,7 +124,7 @@ impl SnapshotStore {
             .newest
             .lock()
             .map_err(|e| format!("snapshot lock: {e}"))?;
-        if applied <= *newest && *newest > 0 {
+        if applied < *newest {
             return Ok(false);
         }
         sync_kit::fs::atomic_write(self.dir.join(SNAPSHOT_FILE), bytes)
