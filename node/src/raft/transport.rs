@@ -170,21 +170,23 @@ impl Transport {
             accepted: AtomicU64::new(0),
             retired: Mutex::new(Vec::new()),
         });
-        let acceptor = {
-            let shared = Arc::clone(&shared);
-            thread::Builder::new()
-                .name(format!("raft-accept-{id}"))
-                .spawn(move || accept_loop(&shared, listener))?
-        };
         let transport = Transport {
             shared,
             local_addr,
-            acceptor: Mutex::new(Some(acceptor)),
+            acceptor: Mutex::new(None),
         };
         for (peer, addr) in peers {
             // On failure `transport` drops here, which stops whatever already started.
             transport.insert_peer(peer, addr)?;
         }
+        // Accepting starts once the peers are known: a hello is checked against them.
+        let acceptor = {
+            let shared = Arc::clone(&transport.shared);
+            thread::Builder::new()
+                .name(format!("raft-accept-{id}"))
+                .spawn(move || accept_loop(&shared, listener))?
+        };
+        *lock(&transport.acceptor) = Some(acceptor);
         tracing::info!(id, addr = %local_addr, "raft transport started");
         Ok(transport)
     }
@@ -482,6 +484,16 @@ fn read_messages(shared: &Shared, stream: TcpStream) -> io::Result<u64> {
     let mut hello = [0; HELLO_LEN];
     input.read_exact(&mut hello)?;
     let sender = parse_hello(&hello)?;
+    // Only members speak raft here: anything else on the port could otherwise pose as a
+    // leader of a higher term.
+    if !shared
+        .peers
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains_key(&sender)
+    {
+        return Err(invalid(format!("hello from {sender}, which is not a member")));
+    }
     // Raft connections may be idle for long; `stop` wakes a blocked read by shutdown.
     input.get_ref().set_read_timeout(None)?;
     tracing::debug!(peer = sender, "raft peer connected");
@@ -1142,7 +1154,7 @@ mod tests {
     #[test]
     fn a_newer_connection_from_a_sender_replaces_the_older() {
         let (listener, addr) = listen();
-        let a = member(1, listener, vec![]);
+        let a = member(1, listener, vec![(7, free_address())]);
         let mut older = TcpStream::connect(&addr).unwrap();
         older.write_all(&hello(7)).unwrap();
         older.write_all(&frame(&message(7, 1, 1))).unwrap();
@@ -1159,6 +1171,22 @@ mod tests {
         newer.write_all(&frame(&message(7, 1, 3))).unwrap();
         expect(&a, 7, 3);
         assert_eq!(lock(&a.transport.shared.inbound).len(), 1);
+    }
+
+    #[test]
+    fn a_stranger_is_not_heard() {
+        let (listener, addr) = listen();
+        let a = member(1, listener, vec![(2, free_address())]);
+        let mut stranger = TcpStream::connect(&addr).unwrap();
+        stranger.write_all(&hello(9)).unwrap();
+        let _ = stranger.write_all(&frame(&message(9, 1, 1)));
+        // The connection is closed without a word, and nothing is delivered.
+        stranger.set_read_timeout(Some(WAIT)).unwrap();
+        assert!(matches!(stranger.read(&mut [0; 1]), Ok(0) | Err(_)));
+        let mut member_two = TcpStream::connect(&addr).unwrap();
+        member_two.write_all(&hello(2)).unwrap();
+        member_two.write_all(&frame(&message(2, 1, 2))).unwrap();
+        expect(&a, 2, 2);
     }
 
     #[test]
