@@ -372,14 +372,14 @@ fn without_a_majority_nothing_is_acknowledged_and_nothing_is_lost() {
         let id = writer.send("sink", &text, Instant::now() + SETTLE).unwrap();
         acked.insert(id, text);
     }
-    cluster.kill(1);
-    cluster.kill(2);
-    cluster.kill(3);
-    // The two left cannot make a majority: a send is refused with a clear error.
     let mut client = cluster.members[3]
         .as_ref()
         .unwrap()
         .login(Protocol::Json, "writer0");
+    cluster.kill(1);
+    cluster.kill(2);
+    cluster.kill(3);
+    // The two left cannot make a majority: a send is refused with a clear error...
     let answer = client
         .call(&Request::SendMessage {
             to: "sink".into(),
@@ -392,6 +392,12 @@ fn without_a_majority_nothing_is_acknowledged_and_nothing_is_lost() {
         matches!(error.code, ErrorCode::Unavailable | ErrorCode::NotLeader),
         "{error:?}"
     );
+    // ...and so is a read (it cannot learn what a majority acknowledged).
+    let read = client
+        .call(&Request::ReadMessages { limit: 10 })
+        .unwrap()
+        .expect_err("a read answered without a majority");
+    assert_eq!(read.code, ErrorCode::Unavailable, "{read:?}");
     // One back: three of five, the service resumes.
     cluster.restart(1);
     let id = writer
@@ -512,12 +518,12 @@ fn a_minority_partition_acknowledges_nothing_and_its_leader_steps_down() {
             assert_eq!(response.status, 200, "{response:?}");
         }
     };
+    let old_leader = cluster.members[leader as usize - 1].as_ref().unwrap();
+    let mut client = old_leader.login(Protocol::Binary, "writer0");
     cut(&cluster, &minority, &majority);
     cut(&cluster, &majority, &minority);
 
     // On the minority side nothing is acknowledged...
-    let old_leader = cluster.members[leader as usize - 1].as_ref().unwrap();
-    let mut client = old_leader.login(Protocol::Binary, "writer0");
     let answer = client
         .call(&Request::SendMessage {
             to: "sink".into(),
@@ -563,4 +569,28 @@ fn a_minority_partition_acknowledges_nothing_and_its_leader_steps_down() {
         "the minority's unacknowledged write survived the partition"
     );
     cluster.wait_converged();
+}
+
+#[test]
+fn reads_on_a_follower_see_every_change_acknowledged_before_them() {
+    let cluster = TestCluster::start(3, &[]);
+    let leader = cluster.wait_for_leader();
+    let follower = if leader == 1 { 2 } else { 1 };
+    let on_leader = cluster.members[leader as usize - 1].as_ref().unwrap();
+    let on_follower = cluster.members[follower as usize - 1].as_ref().unwrap();
+    let mut sender = on_leader.user(Protocol::Binary, "sender");
+    for n in 0..20 {
+        let name = format!("reader{n}");
+        // Created and sent to through the leader; a login on the follower right after finds
+        // the account, and its read finds the message (stored before the session began, so
+        // it is not pushed).
+        on_leader.create(&name);
+        let id = common::send(&mut sender, &name, &format!("hello {n}"));
+        let mut reader = on_follower.login(Protocol::Binary, &name);
+        let messages = common::read(&mut reader, 10);
+        assert!(
+            messages.iter().any(|m| m.id == id),
+            "the follower's read missed message {id}: {messages:?}"
+        );
+    }
 }

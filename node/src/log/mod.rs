@@ -21,6 +21,10 @@ use crate::state::{Command, Image, Outcome};
 /// could not be made durable.
 pub type Waiter = Box<dyn FnOnce(Result<Outcome, ErrorReply>) + Send>;
 
+/// Called once the state this member serves reads from holds every change acknowledged before
+/// the read began (or with why that could not be established in time).
+pub type ReadWaiter = Box<dyn FnOnce(Result<(), ErrorReply>) + Send>;
+
 /// A durable command at its place in the log, on its way to the applier.
 pub struct Committed {
     /// Its log index.
@@ -42,7 +46,7 @@ impl std::fmt::Debug for Committed {
 
 /// What the log hands the applier at a time: durable commands in log order, then the
 /// [`CommandLog::sync`] calls to answer once they are applied.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Batch {
     /// Durable commands, in log order.
     pub entries: Vec<Committed>,
@@ -57,6 +61,21 @@ pub struct Batch {
     /// Every log index up to this one is applied once `entries` are, including entries that
     /// carry no command (raft's empty and membership entries); 0 when there are none.
     pub through: u64,
+    /// Reads waiting for this batch: called once it is applied.
+    pub reads: Vec<ReadWaiter>,
+}
+
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("entries", &self.entries)
+            .field("synced", &self.synced.len())
+            .field("storage_failed", &self.storage_failed)
+            .field("install", &self.install.as_ref().map(|image| image.applied))
+            .field("through", &self.through)
+            .field("reads", &self.reads.len())
+            .finish()
+    }
 }
 
 /// A log of commands: ordered, durable, then applied.
@@ -69,4 +88,9 @@ pub trait CommandLog: Send + Sync + std::fmt::Debug {
     fn compact(&self, covered: u64);
     /// Stops the log after what was queued before the call; the applier's stream then ends.
     fn stop(&self);
+    /// Calls `done` once a read may begin and see every change acknowledged anywhere before this
+    /// call (linearizable). On a single node that is at once: answers are given after apply.
+    fn read_barrier(&self, done: ReadWaiter) {
+        done(Ok(()));
+    }
 }

@@ -48,7 +48,7 @@ use super::cluster::{Cluster, Member};
 use super::storage::DiskStorage;
 use super::transport::{PeerHealth, Transport};
 use crate::log::snapshot::{self, SnapshotStore};
-use crate::log::{Batch, CommandLog, Committed, Entry, Recovered, Waiter};
+use crate::log::{Batch, CommandLog, Committed, Entry, ReadWaiter, Recovered, Waiter};
 use crate::protocol::{ErrorCode, ErrorReply};
 use crate::state::Command;
 
@@ -73,6 +73,7 @@ enum Input {
     Sync(oneshot::Sender<Result<(), String>>),
     Compact(u64),
     Status(oneshot::Sender<RaftStatus>),
+    Read(ReadWaiter),
     Stop,
 }
 
@@ -254,6 +255,8 @@ impl RaftLog {
             waiting: VecDeque::new(),
             syncs: Vec::new(),
             handed: commit,
+            reads: BTreeMap::new(),
+            reads_at: Vec::new(),
         };
         for entry in membership {
             member.change_membership(&entry);
@@ -314,6 +317,14 @@ impl CommandLog for RaftLog {
         let _ = self.inbox.send(Input::Compact(covered));
     }
 
+    fn read_barrier(&self, done: ReadWaiter) {
+        if let Err(crossbeam_channel::SendError(Input::Read(done))) =
+            self.inbox.send(Input::Read(done))
+        {
+            done(Err(stopped()));
+        }
+    }
+
     fn stop(&self) {
         let _ = self.inbox.send(Input::Stop);
         let thread = self.thread.lock().ok().and_then(|mut t| t.take());
@@ -345,6 +356,19 @@ struct MemberLoop {
     syncs: Vec<PendingSync>,
     /// The last index handed to the applier.
     handed: u64,
+    /// Reads asking raft for the commit index (ReadIndex), by sequence number: when asked
+    /// (asked again while unanswered: raft drops the question without a leader, or before the
+    /// leader committed in its term), deadline, waiter.
+    reads: BTreeMap<u64, PendingRead>,
+    /// Reads whose index is known, waiting for the applier to reach it.
+    reads_at: Vec<(u64, ReadWaiter)>,
+}
+
+/// A read waiting for raft to confirm the commit index it must see.
+struct PendingRead {
+    asked: Instant,
+    deadline: Instant,
+    done: ReadWaiter,
 }
 
 /// A `sync` call waiting for every entry up to `target` to reach the applier.
@@ -420,6 +444,19 @@ impl MemberLoop {
             Input::Status(answer) => {
                 let _ = answer.send(self.status());
             }
+            Input::Read(done) => {
+                self.next_seq += 1;
+                let now = Instant::now();
+                self.raw.read_index(self.context(self.next_seq));
+                self.reads.insert(
+                    self.next_seq,
+                    PendingRead {
+                        asked: now,
+                        deadline: now + WRITE_TIMEOUT,
+                        done,
+                    },
+                );
+            }
             Input::Stop => return false,
         }
         true
@@ -431,12 +468,10 @@ impl MemberLoop {
             return;
         }
         self.next_seq += 1;
-        let context = ProposalId {
-            member: self.cluster.id,
-            incarnation: self.incarnation,
-            seq: self.next_seq,
-        };
-        match self.raw.propose(context.encode(), encode_command(&command)) {
+        match self
+            .raw
+            .propose(self.context(self.next_seq), encode_command(&command))
+        {
             Ok(()) => {
                 if let Some(waiter) = waiter {
                     self.pending.insert(self.next_seq, (deadline, waiter));
@@ -455,6 +490,16 @@ impl MemberLoop {
                 }
             }
         }
+    }
+
+    /// The context naming this member's proposal or read number `seq`.
+    fn context(&self, seq: u64) -> Vec<u8> {
+        ProposalId {
+            member: self.cluster.id,
+            incarnation: self.incarnation,
+            seq,
+        }
+        .encode()
     }
 
     fn propose_waiting(&mut self) {
@@ -489,6 +534,38 @@ impl MemberLoop {
                 waiter(Err(ErrorReply::not_leader(self.leader_chat_addr())));
             }
         }
+        let late: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, read)| read.deadline <= now)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in late {
+            if let Some(read) = self.reads.remove(&seq) {
+                (read.done)(Err(ErrorReply::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "no majority of the cluster confirmed the commit index within {} s",
+                        WRITE_TIMEOUT.as_secs()
+                    ),
+                )));
+            }
+        }
+        // Questions raft dropped (no leader yet, or one that has not committed in its term)
+        // are asked again.
+        let again: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, read)| now.duration_since(read.asked) >= 2 * TICK)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in again {
+            let context = self.context(seq);
+            self.raw.read_index(context);
+            if let Some(read) = self.reads.get_mut(&seq) {
+                read.asked = now;
+            }
+        }
         let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.syncs)
             .into_iter()
             .partition(|sync| sync.deadline <= now);
@@ -506,6 +583,15 @@ impl MemberLoop {
             return Ok(());
         }
         let mut ready = self.raw.ready();
+        // Reads whose commit index raft confirmed wait for the applier to reach it.
+        for state in ready.take_read_states() {
+            let Some(id) = ProposalId::decode(&state.request_ctx) else {
+                continue;
+            };
+            if let Some(read) = self.reads.remove(&id.seq) {
+                self.reads_at.push((state.index, read.done));
+            }
+        }
         // 2. A leader's messages may go before its own fsync: it counts itself only once
         //    persisted.
         self.send(ready.take_messages());
@@ -536,6 +622,12 @@ impl MemberLoop {
         self.send(light.take_messages());
         self.hand_over(light.take_committed_entries());
         self.raw.advance_apply();
+        // Reads whose index the applier was already handed: after what it has in hand.
+        if self.reads_at.iter().any(|(index, _)| *index <= self.handed) {
+            let mut batch = Batch::default();
+            self.answer_syncs(&mut batch);
+            let _ = self.applier.send(batch);
+        }
         Ok(())
     }
 
@@ -580,8 +672,14 @@ impl MemberLoop {
         let _ = self.applier.send(batch);
     }
 
+    /// Adds to `batch` the syncs and reads it lets go: everything up to `handed`.
     fn answer_syncs(&mut self, batch: &mut Batch) {
         let handed = self.handed;
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_at)
+            .into_iter()
+            .partition(|(index, _)| *index <= handed);
+        self.reads_at = waiting;
+        batch.reads.extend(ready.into_iter().map(|(_, done)| done));
         let (reached, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.syncs)
             .into_iter()
             .partition(|sync| sync.target <= handed);
@@ -750,6 +848,12 @@ impl MemberLoop {
         }
         for sync in std::mem::take(&mut self.syncs) {
             let _ = sync.done.send(Err(why.to_string()));
+        }
+        for (_, read) in std::mem::take(&mut self.reads) {
+            (read.done)(Err(error.clone()));
+        }
+        for (_, done) in std::mem::take(&mut self.reads_at) {
+            done(Err(error.clone()));
         }
         self.transport.stop();
     }

@@ -492,7 +492,9 @@ fn read_messages(shared: &Shared, stream: TcpStream) -> io::Result<u64> {
         .unwrap_or_else(|e| e.into_inner())
         .contains_key(&sender)
     {
-        return Err(invalid(format!("hello from {sender}, which is not a member")));
+        return Err(invalid(format!(
+            "hello from {sender}, which is not a member"
+        )));
     }
     // Raft connections may be idle for long; `stop` wakes a blocked read by shutdown.
     input.get_ref().set_read_timeout(None)?;

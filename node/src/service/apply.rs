@@ -173,6 +173,9 @@ impl Applier {
         for synced in batch.synced {
             let _ = synced.send(Ok(()));
         }
+        for read in batch.reads {
+            read(Ok(()));
+        }
     }
 
     /// Applies lanes at once: lane 0 here, the others on the helper threads.

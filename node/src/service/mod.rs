@@ -464,13 +464,21 @@ impl Core {
                 {
                     return done(connection, Err(error));
                 }
-                let hash = self.state.account(&username).map(|a| a.password_hash);
-                let against = hash.clone().unwrap_or_else(|| self.decoy_hash.clone());
+                // The account as of every change acknowledged before the login (on a cluster,
+                // this member may not have applied them yet).
                 let core = Arc::clone(self);
-                self.hasher.verify_then(against, password, move |verified| {
-                    let answer = core.log_in(&mut connection, username, hash, verified);
-                    done(connection, answer);
-                });
+                self.log.read_barrier(Box::new(move |ready| {
+                    if let Err(error) = ready {
+                        return done(connection, Err(error));
+                    }
+                    let hash = core.state.account(&username).map(|a| a.password_hash);
+                    let against = hash.clone().unwrap_or_else(|| core.decoy_hash.clone());
+                    let verifier = Arc::clone(&core);
+                    core.hasher.verify_then(against, password, move |verified| {
+                        let answer = verifier.log_in(&mut connection, username, hash, verified);
+                        done(connection, answer);
+                    });
+                }));
             }
             Request::Logout => {
                 self.logout(&mut connection);
@@ -481,11 +489,17 @@ impl Core {
                 page_size,
                 cursor,
             } => {
-                let answer = self.current_user(&mut connection).and_then(|_| {
-                    let fresh = || self.state.accounts_snapshot();
-                    listing::page(&mut connection, fresh, &pattern, page_size, cursor)
-                });
-                done(connection, answer);
+                if let Err(error) = self.current_user(&mut connection) {
+                    return done(connection, Err(error));
+                }
+                let core = Arc::clone(self);
+                self.log.read_barrier(Box::new(move |ready| {
+                    let answer = ready.and_then(|()| {
+                        let fresh = || core.state.accounts_snapshot();
+                        listing::page(&mut connection, fresh, &pattern, page_size, cursor)
+                    });
+                    done(connection, answer);
+                }));
             }
             Request::SendMessage { to, text, key } => {
                 let command = self.current_user(&mut connection).and_then(|from| {
@@ -585,19 +599,38 @@ impl Core {
     /// Reading is handing out the oldest waiting messages (so no push or other read hands them
     /// out too) and logging them delivered; the answer waits for that mark, as any change does.
     fn read_messages(self: &Arc<Self>, mut connection: Box<Connection>, limit: u32, done: Done) {
-        let handed_out = self.current_user(&mut connection).and_then(|user| {
-            checks::page("limit", limit)?;
-            let messages = self
-                .state
-                .hand_out_unread(&user, limit as usize, READ_BUDGET)
-                .map_err(lock_failed)?;
-            Ok((user, messages))
-        });
-        let (user, messages) = match handed_out {
-            Ok((_, messages)) if messages.is_empty() => {
+        let user = match self
+            .current_user(&mut connection)
+            .and_then(|user| checks::page("limit", limit).map(|()| user))
+        {
+            Ok(user) => user,
+            Err(error) => return done(connection, Err(error)),
+        };
+        // Every message acknowledged before the read is in the mailbox it reads (on a cluster,
+        // this member may not have applied them yet).
+        let core = Arc::clone(self);
+        self.log.read_barrier(Box::new(move |ready| match ready {
+            Ok(()) => core.hand_out_and_mark(connection, user, limit, done),
+            Err(error) => done(connection, Err(error)),
+        }));
+    }
+
+    fn hand_out_and_mark(
+        self: &Arc<Self>,
+        connection: Box<Connection>,
+        user: String,
+        limit: u32,
+        done: Done,
+    ) {
+        let messages = match self
+            .state
+            .hand_out_unread(&user, limit as usize, READ_BUDGET)
+            .map_err(lock_failed)
+        {
+            Ok(messages) if messages.is_empty() => {
                 return done(connection, Ok(Reply::Messages { messages }));
             }
-            Ok(found) => found,
+            Ok(messages) => messages,
             Err(error) => return done(connection, Err(error)),
         };
         let ids: Vec<u64> = messages.iter().map(|m| m.id).collect();
