@@ -104,6 +104,7 @@ pub fn reset() {
 /// be timed alone (`Mutex::set_hold_timing`, `RwLock::set_hold_timing`).
 pub fn set_hold_timing(on: bool) {
     set_hold_times_globally(on);
+    crate::lock::meta::set_global_flag(crate::lock::meta::HOLD_TIMING, on);
 }
 
 /// Upper bounds of the Prometheus histogram buckets, in nanoseconds: powers of four from about

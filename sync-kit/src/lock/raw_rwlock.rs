@@ -42,6 +42,8 @@ const ONE_WAITING_WRITER: usize = 1 << 2;
 const WAITING_MASK: usize = ((1 << 20) - 1) * ONE_WAITING_WRITER;
 const ONE_READER: usize = 1 << 22;
 const READERS_MASK: usize = !(ONE_READER - 1);
+/// The top bit of the readers' count: the fast path only admits readers while it is clear.
+const READERS_TOP: usize = 1 << (usize::BITS - 1);
 
 /// A raw writer-preferring reader-writer lock without data or instrumentation.
 #[derive(Debug)]
@@ -73,12 +75,13 @@ impl RawRwLock {
         state & (WRITER | WAITING_MASK) == 0
     }
 
-    /// One attempt to take a read lock, no waiting.
+    /// One attempt to take a read lock, no waiting. One test covers writer preference and
+    /// overflow: with the readers' top bit clear, one more reader cannot overflow (a lock with
+    /// that many readers goes through the slow path, which checks).
     #[inline]
     pub(crate) fn try_read_fast(&self) -> bool {
         let state = self.state.load(Ordering::Relaxed);
-        Self::reader_may_enter(state)
-            && state.checked_add(ONE_READER).is_some()
+        state & (WRITER | WAITING_MASK | READERS_TOP) == 0
             && self
                 .state
                 .compare_exchange_weak(
@@ -196,8 +199,15 @@ impl RawRwLock {
     #[inline]
     pub(crate) unsafe fn unlock_read(&self) {
         let before = self.state.fetch_sub(ONE_READER, Ordering::Release);
-        // Last reader out while writers wait: wake one.
-        if before & READERS_MASK == ONE_READER && before & WAITING_MASK != 0 {
+        if before & WAITING_MASK != 0 {
+            self.unlock_read_slow(before);
+        }
+    }
+
+    /// A reader left while writers wait: the last one out wakes one.
+    #[cold]
+    fn unlock_read_slow(&self, before: usize) {
+        if before & READERS_MASK == ONE_READER {
             self.wake_writer();
         }
     }
@@ -362,5 +372,12 @@ impl RawRwLock {
     pub(crate) fn snapshot(&self) -> (bool, usize) {
         let state = self.state.load(Ordering::Relaxed);
         (state & WRITER != 0, state / ONE_READER)
+    }
+}
+
+impl super::meta::RawHeld for RawRwLock {
+    fn is_held(&self) -> bool {
+        let (writer, readers) = self.snapshot();
+        writer || readers > 0
     }
 }
