@@ -7,9 +7,10 @@
 //!    a hierarchy violation is refused whether or not the lock is free.
 //! 2. Order check (blocking and timed acquisitions only): the pairs (held, requested) this thread
 //!    has not learned yet are checked against, and added to, the learned lock order.
-//! 3. Fast path: one compare-exchange on the lock word. On success: count the acquisition (and
-//!    start the hold's clock if it is timed), push the hold on the thread's list. Nothing global
-//!    is touched.
+//! 3. Fast path: one compare-exchange on the lock word. On success: count the acquisition (an
+//!    exclusive one in the lock's counters, by the holder: no atomic read-modify-write; a read is
+//!    counted by the `RwLock`'s word itself), start the hold's clock if it is timed, push the hold
+//!    on the thread's list. Nothing global is touched.
 //! 4. Slow path (`#[cold]`): the raw lock spins, then, right before it would sleep, calls the hook
 //!    that registers the wait in the deadlock detector (which may refuse it). From then on each
 //!    attempt to take the lock runs under the graph's lock, and the attempt that succeeds leaves
@@ -108,9 +109,9 @@ pub(crate) fn acquire(
         return acquire_instrumented(meta, mode, at, wait, rule, fast, slow);
     }
     if fast() {
-        match mode {
-            AccessMode::Exclusive => meta.counters.count_exclusive_only(),
-            AccessMode::Shared => meta.counters.count_shared(),
+        // A read is counted by the lock word itself (`raw_rwlock.rs`).
+        if mode == AccessMode::Exclusive {
+            meta.counters.count_exclusive_only();
         }
         held::push(HoldKey::new(meta, mode), at);
         return Ok(());
@@ -179,15 +180,13 @@ fn acquire_slow(
 /// if it is timed, records the hold.
 fn acquired(meta: &LockMeta, mode: AccessMode, at: &'static Location<'static>) {
     let key = HoldKey::new(meta, mode);
-    match mode {
-        AccessMode::Exclusive => {
-            meta.counters.count_exclusive_only();
-            if meta.times_holds() {
-                meta.counters.start_hold();
-                return held::push(key.timed(), at);
-            }
+    // A read is counted by the lock word itself (`raw_rwlock.rs`).
+    if mode == AccessMode::Exclusive {
+        meta.counters.count_exclusive_only();
+        if meta.times_holds() {
+            meta.counters.start_hold();
+            return held::push(key.timed(), at);
         }
-        AccessMode::Shared => meta.counters.count_shared(),
     }
     held::push(key, at);
 }

@@ -2,7 +2,7 @@
 //!
 //! | counter                          | written                                  | by                     |
 //! |----------------------------------|------------------------------------------|------------------------|
-//! | acquisitions                     | every acquisition (fast path)            | exclusive: the holder (load + store); shared: `fetch_add` |
+//! | acquisitions                     | every acquisition (fast path)            | exclusive: the holder (load + store); shared: `fetch_add` (async locks; a blocking `RwLock` counts reads in its lock word, `raw_rwlock.rs`) |
 //! | contentions, wait sum and max    | slow path, after a wait                  | the waiter             |
 //! | wait histogram, waiting sites    | slow path, after a wait (allocated on the first) | the waiter     |
 //! | hold sum, max and count          | release of an exclusive hold, when timed | the holder             |
@@ -286,7 +286,9 @@ impl Counters {
         }
     }
 
-    /// Counts a shared acquisition (other readers may count concurrently).
+    /// Counts a shared acquisition (other readers may count concurrently; the blocking
+    /// `RwLock` counts its reads in its lock word instead).
+    #[cfg(any(feature = "tokio", loom))]
     #[inline]
     pub(crate) fn count_shared(&self) {
         self.acquisitions.fetch_add(1, Ordering::Relaxed);
@@ -373,7 +375,9 @@ impl Counters {
         }
     }
 
-    pub(crate) fn read(&self) -> LockStats {
+    /// The statistics, with `reads` more acquisitions (an `RwLock`'s reads, counted in its lock
+    /// word).
+    pub(crate) fn read_with_reads(&self, reads: u64) -> LockStats {
         let max_wait = Duration::from_nanos(self.max_wait_nanos.load(StdOrdering::Relaxed));
         let (wait_histogram, top_waiters) = match self.detail.get() {
             None => (WaitHistogram::default(), Vec::new()),
@@ -403,7 +407,10 @@ impl Counters {
             }
         };
         LockStats {
-            acquisitions: self.acquisitions.load(Ordering::Relaxed),
+            acquisitions: self
+                .acquisitions
+                .load(Ordering::Relaxed)
+                .wrapping_add(reads),
             contentions: self.contentions.load(StdOrdering::Relaxed),
             total_wait: Duration::from_nanos(self.wait_nanos.load(StdOrdering::Relaxed)),
             max_wait,

@@ -11,12 +11,15 @@ use std::fmt;
 use std::panic::Location;
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8 as StdAtomicU8, AtomicU64 as StdAtomicU64, Ordering as StdOrdering};
+use std::sync::atomic::{
+    AtomicU8 as StdAtomicU8, AtomicU64 as StdAtomicU64, Ordering as StdOrdering,
+};
 use std::sync::{Mutex as StdMutex, PoisonError};
 
 use serde::Serialize;
 
-use super::counters::Counters;
+use super::counters::{Counters, LockStats};
+use super::raw_rwlock::RawRwLock;
 use crate::loom::{InternalMutex, global};
 
 /// A position in a lock hierarchy. A thread holding a leveled lock at level `n` may only acquire
@@ -209,6 +212,10 @@ pub(crate) struct LockMeta {
     /// [`LEVELED`] and [`TIME_HOLDS`]: when this byte and [`GLOBAL_FLAGS`] are both zero, an
     /// acquisition takes the plain fast path (no level, order or clock work).
     pub(crate) flags: StdAtomicU8,
+    /// An [`RwLock`](crate::RwLock)'s lock word, kept here so that its exact read count (part of
+    /// the word) can be read by whoever holds the metadata (the registry). Unused by the other
+    /// kinds (never locked, counts nothing).
+    pub(crate) rw: RawRwLock,
 }
 
 impl LockMeta {
@@ -229,11 +236,24 @@ impl LockMeta {
             },
             counters: Counters::new(),
             flags: StdAtomicU8::new(if level.is_some() { LEVELED } else { 0 }),
+            rw: RawRwLock::new(),
         });
         if name.is_some() {
             REGISTRY.lock().insert(meta.info.id, Arc::clone(&meta));
         }
         MetaHandle::new(meta)
+    }
+
+    /// This lock's statistics: the counters, plus the read acquisitions an `RwLock` counts in its
+    /// lock word.
+    pub(crate) fn stats(&self) -> LockStats {
+        self.counters.read_with_reads(self.rw.reads())
+    }
+
+    /// Zeroes the statistics.
+    pub(crate) fn reset(&self) {
+        self.counters.reset();
+        self.rw.reset_reads();
     }
 
     /// Whether an acquisition must take the instrumented path (levels, order checking, hold
@@ -316,7 +336,8 @@ pub(crate) trait RawHeld {
     fn is_held(&self) -> bool;
 }
 
-/// A blocking lock's raw state and metadata. Dropping a lock that is still locked (only possible
+/// A blocking lock's raw state and metadata (an `RwLock`'s raw state is `()`: its word is
+/// `LockMeta::rw`). Dropping a lock that is still locked (only possible
 /// once a guard was leaked with `mem::forget`) leaks the metadata, so that the held list entry of
 /// the leaked guard keeps pointing to live memory (see `held.rs`, invariants).
 #[derive(Debug)]
@@ -325,9 +346,15 @@ pub(crate) struct LockCore<R: RawHeld> {
     pub(crate) meta: MetaHandle,
 }
 
+impl RawHeld for () {
+    fn is_held(&self) -> bool {
+        false
+    }
+}
+
 impl<R: RawHeld> Drop for LockCore<R> {
     fn drop(&mut self) {
-        if self.raw.is_held() {
+        if self.raw.is_held() || self.meta.rw.is_held() {
             self.meta.leak();
         }
     }

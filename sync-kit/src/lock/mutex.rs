@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::acquire::{self, Wait};
 use super::counters::LockStats;
-use super::meta::{AccessMode, Level, LockInfo, LockKind, LockCore, LockMeta, intern};
+use super::meta::{AccessMode, Level, LockCore, LockInfo, LockKind, LockMeta, intern};
 use super::raw_mutex::RawMutex;
 use crate::error::LockError;
 use crate::held::{self, LevelRule};
@@ -153,7 +153,7 @@ impl<T> Mutex<T> {
 
     /// This lock's statistics so far.
     pub fn stats(&self) -> LockStats {
-        self.core.meta.counters.read()
+        self.core.meta.stats()
     }
 
     /// Times this mutex's exclusive holds into

@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::acquire::{self, Wait};
 use super::counters::LockStats;
-use super::meta::{AccessMode, Level, LockInfo, LockKind, LockCore, LockMeta, intern};
-use super::raw_rwlock::RawRwLock;
+use super::meta::{AccessMode, Level, LockCore, LockInfo, LockKind, LockMeta, intern};
 use crate::error::LockError;
 use crate::held::LevelRule;
 use crate::loom::cell::{ConstPtr, MutPtr, UnsafeCell};
@@ -48,7 +47,8 @@ use crate::loom::cell::{ConstPtr, MutPtr, UnsafeCell};
 /// # Ok::<(), LockError>(())
 /// ```
 pub struct RwLock<T> {
-    core: LockCore<RawRwLock>,
+    /// The lock word is `core.meta.rw` (beside the statistics it counts reads for).
+    core: LockCore<()>,
     data: UnsafeCell<T>,
 }
 
@@ -85,7 +85,7 @@ impl<T> RwLock<T> {
     fn build(name: Option<&'static str>, level: Option<Level>, value: T) -> Self {
         Self {
             core: LockCore {
-                raw: RawRwLock::new(),
+                raw: (),
                 meta: LockMeta::register(name, level, LockKind::RwLock, Location::caller()),
             },
             data: UnsafeCell::new(value),
@@ -161,8 +161,8 @@ impl<T> RwLock<T> {
             at,
             wait,
             rule,
-            || self.core.raw.try_read_fast(),
-            &|deadline, hook| self.core.raw.read_slow(deadline, hook),
+            || self.core.meta.rw.try_read_fast(),
+            &|deadline, hook| self.core.meta.rw.read_slow(deadline, hook),
         )?;
         Ok(RwLockReadGuard {
             lock: self,
@@ -184,8 +184,8 @@ impl<T> RwLock<T> {
             at,
             wait,
             rule,
-            || self.core.raw.try_write_fast(),
-            &|deadline, hook| self.core.raw.write_slow(deadline, hook),
+            || self.core.meta.rw.try_write_fast(),
+            &|deadline, hook| self.core.meta.rw.write_slow(deadline, hook),
         )?;
         Ok(RwLockWriteGuard {
             lock: self,
@@ -196,7 +196,7 @@ impl<T> RwLock<T> {
 
     /// This lock's statistics so far (reads and writes together).
     pub fn stats(&self) -> LockStats {
-        self.core.meta.counters.read()
+        self.core.meta.stats()
     }
 
     /// Times this lock's exclusive holds (write holds only; read holds are not timed) into
@@ -214,12 +214,12 @@ impl<T> RwLock<T> {
 
     /// Whether a writer holds the lock right now (a snapshot that may be stale at once).
     pub fn is_write_locked(&self) -> bool {
-        self.core.raw.snapshot().0
+        self.core.meta.rw.snapshot().0
     }
 
     /// How many readers hold the lock right now (a snapshot that may be stale at once).
     pub fn reader_count(&self) -> usize {
-        self.core.raw.snapshot().1
+        self.core.meta.rw.snapshot().1
     }
 
     /// Mutable access without locking: `&mut self` proves no guard exists.
@@ -244,7 +244,7 @@ impl<T: Default> Default for RwLock<T> {
 impl<T> fmt::Debug for RwLock<T> {
     /// Shows the lock's identity and state, never the data (that would need the lock).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (writer, readers) = self.core.raw.snapshot();
+        let (writer, readers) = self.core.meta.rw.snapshot();
         f.debug_struct("RwLock")
             .field("info", &self.core.meta.info)
             .field("write_locked", &writer)
@@ -281,9 +281,10 @@ impl<T> Drop for RwLockReadGuard<'_, T> {
         // SAFETY: dropped exactly once, here, and not used afterwards; under loom this ends the
         // tracked access before the lock is released.
         unsafe { ManuallyDrop::drop(&mut self.data) };
-        acquire::released(&self.lock.core.meta, AccessMode::Shared);
+        let meta: &LockMeta = &self.lock.core.meta;
+        acquire::released(meta, AccessMode::Shared);
         // SAFETY: this guard was created by a successful read acquisition and is dropped once.
-        unsafe { self.lock.core.raw.unlock_read() };
+        unsafe { meta.rw.unlock_read() };
     }
 }
 
@@ -322,9 +323,10 @@ impl<T> Drop for RwLockWriteGuard<'_, T> {
     fn drop(&mut self) {
         // SAFETY: dropped exactly once, here, and not used afterwards.
         unsafe { ManuallyDrop::drop(&mut self.data) };
-        acquire::released(&self.lock.core.meta, AccessMode::Exclusive);
+        let meta: &LockMeta = &self.lock.core.meta;
+        acquire::released(meta, AccessMode::Exclusive);
         // SAFETY: this guard was created by a successful write acquisition and is dropped once.
-        unsafe { self.lock.core.raw.unlock_write() };
+        unsafe { meta.rw.unlock_write() };
     }
 }
 
