@@ -300,6 +300,13 @@ pub(crate) fn named_locks() -> Vec<Arc<LockMeta>> {
 #[derive(Debug)]
 pub(crate) struct MetaHandle(NonNull<LockMeta>);
 
+// What the two `unsafe impl`s below and the held list's keys rely on, checked at compile time.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<LockMeta>();
+    assert!(std::mem::align_of::<LockMeta>() >= 4);
+};
+
 // SAFETY: a `MetaHandle` is an `Arc<LockMeta>` in another form, and `LockMeta` is `Send + Sync`
 // (atomics and `Copy` identity), so the handle may move and be shared between threads as the
 // `Arc` could.
