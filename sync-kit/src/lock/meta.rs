@@ -3,7 +3,19 @@
 //! Every sync-kit lock owns an `Arc<LockMeta>`; named locks share theirs with the registry kept
 //! here (read by [`crate::stats::all`]), so statistics stay readable while the lock lives and the
 //! entry disappears when it is dropped. The counters themselves are `counters.rs`; this module
-//! depends on it and on nothing above the lock layer.
+//! depends on it (and on `raw_rwlock.rs`, whose word an `RwLock` keeps here) and on nothing above
+//! the lock layer.
+//!
+//! | field / static  | read                                   | written                              |
+//! |-----------------|----------------------------------------|--------------------------------------|
+//! | `info`          | reports, level checks, the detector    | never (set at creation)              |
+//! | `flags`         | every acquisition (one byte, relaxed)  | creation (`LEVELED`), `set_hold_timing` |
+//! | `GLOBAL_FLAGS`  | every acquisition (one byte, relaxed)  | `set_order_checking`, `stats::set_hold_timing` |
+//! | `rw`            | an `RwLock`'s every acquisition; stats | the lock's acquisitions and releases |
+//!
+//! Invariants: `flags | GLOBAL_FLAGS == 0` exactly when an acquisition needs no level check, no
+//! order check and no clock; a `LockMeta` outlives every held-list entry that points to it (the
+//! handle leaks it if the lock is dropped while still locked).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
