@@ -39,8 +39,9 @@ fn mutex_acquisitions_are_exact() {
 }
 
 /// Reads and writes mixed on one `RwLock`: one thread writes then reads, the other reads then
-/// writes, and the main thread reads. Shared acquisitions (concurrent `fetch_add`s) and exclusive
-/// ones (load + store under the write lock) add up exactly.
+/// writes, and the main thread reads. Shared acquisitions (counted in the lock word: readers
+/// holding plus reads done) and exclusive ones (load + store under the write lock) add up
+/// exactly.
 #[test]
 fn rwlock_acquisitions_are_exact() {
     model(|| {

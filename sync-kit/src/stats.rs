@@ -66,7 +66,7 @@ pub fn all() -> Vec<NamedLockStats> {
             name: meta.info.name.unwrap_or_default(),
             level: meta.info.level,
             kind: meta.info.kind,
-            stats: meta.counters.read(),
+            stats: meta.stats(),
         })
         .collect();
     all.sort_by_key(|s| (s.level.is_none(), s.level, s.name));
@@ -91,7 +91,7 @@ pub fn condvars() -> Vec<NamedCondvarStats> {
 /// may be counted before or after it.
 pub fn reset() {
     for meta in named_locks() {
-        meta.counters.reset();
+        meta.reset();
     }
     for meta in named_condvars() {
         meta.reset();
@@ -104,6 +104,7 @@ pub fn reset() {
 /// be timed alone (`Mutex::set_hold_timing`, `RwLock::set_hold_timing`).
 pub fn set_hold_timing(on: bool) {
     set_hold_times_globally(on);
+    crate::lock::meta::set_global_flag(crate::lock::meta::HOLD_TIMING, on);
 }
 
 /// Upper bounds of the Prometheus histogram buckets, in nanoseconds: powers of four from about

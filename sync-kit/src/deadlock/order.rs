@@ -29,12 +29,12 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Bound;
 use std::panic::Location;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock as StdRwLock};
+use std::sync::{Arc, Mutex as StdMutex, RwLock as StdRwLock};
 
 use super::ORDER_INVERSIONS;
 use crate::error::LockError;
 use crate::held;
-use crate::lock::meta::{AccessMode, Level, LockId, LockInfo, LockUse};
+use crate::lock::meta::{self, AccessMode, Level, LockId, LockInfo, LockUse};
 use crate::loom::{InternalMutex, global};
 
 /// What an acquisition that inverts the learned lock order does.
@@ -73,7 +73,11 @@ pub fn set_order_checking(policy: OrderChecking) {
         OrderChecking::Warn => WARN,
         OrderChecking::Off => OFF,
     };
+    // The policy and the fast path's gate change together (two setters never interleave).
+    static SETTING: StdMutex<()> = StdMutex::new(());
+    let _setting = SETTING.lock().unwrap_or_else(|p| p.into_inner());
     POLICY.store(value, Ordering::Relaxed);
+    meta::set_global_flag(meta::ORDER_CHECKING, value != OFF);
 }
 
 /// The current policy.

@@ -1,11 +1,16 @@
 //! The acquisition protocol shared by every sync-kit lock.
 //!
+//! 0. One test of the lock's flags and the global flags (`LockMeta::instrumented`). When both are
+//!    zero (an unleveled lock, order checking `Off`, no hold timing) steps 1, 2 and the clock are
+//!    skipped: the plain path is the compare-exchange, one counter increment and a two-word push.
 //! 1. Level check against the thread's held list (leveled locks only), before touching the lock:
 //!    a hierarchy violation is refused whether or not the lock is free.
 //! 2. Order check (blocking and timed acquisitions only): the pairs (held, requested) this thread
 //!    has not learned yet are checked against, and added to, the learned lock order.
-//! 3. Fast path: one compare-exchange on the lock word. On success: count the acquisition, push
-//!    the hold on the thread's list. Nothing global is touched.
+//! 3. Fast path: one compare-exchange on the lock word. On success: count the acquisition (an
+//!    exclusive one in the lock's counters, by the holder: no atomic read-modify-write; a read is
+//!    counted by the `RwLock`'s word itself), start the hold's clock if it is timed, push the hold
+//!    on the thread's list. Nothing global is touched.
 //! 4. Slow path (`#[cold]`): the raw lock spins, then, right before it would sleep, calls the hook
 //!    that registers the wait in the deadlock detector (which may refuse it). From then on each
 //!    attempt to take the lock runs under the graph's lock, and the attempt that succeeds leaves
@@ -19,7 +24,7 @@ use super::meta::{AccessMode, LockMeta, LockUse};
 use super::{Deadline, SlowPathError, WaitHooks};
 use crate::deadlock::{self, DeadlockReport, WaitRegistration};
 use crate::error::LockError;
-use crate::held::{self, LevelRule};
+use crate::held::{self, HoldKey, LevelRule};
 
 /// How long the caller is willing to wait.
 #[derive(Clone, Copy, Debug)]
@@ -90,8 +95,33 @@ impl WaitHooks for DetectorHooks {
 }
 
 /// Runs the protocol. `fast` is one attempt on the lock word; `slow` is the raw slow path.
-#[inline]
+#[inline(always)]
 pub(crate) fn acquire(
+    meta: &LockMeta,
+    mode: AccessMode,
+    at: &'static Location<'static>,
+    wait: Wait,
+    rule: LevelRule,
+    fast: impl FnOnce() -> bool,
+    slow: SlowPath<'_>,
+) -> Result<(), LockError> {
+    if meta.instrumented() {
+        return acquire_instrumented(meta, mode, at, wait, rule, fast, slow);
+    }
+    if fast() {
+        // A read is counted by the lock word itself (`raw_rwlock.rs`).
+        if mode == AccessMode::Exclusive {
+            meta.counters.count_exclusive_only();
+        }
+        held::push(HoldKey::new(meta, mode), at);
+        return Ok(());
+    }
+    acquire_slow(meta, mode, at, wait, slow)
+}
+
+/// Steps 1 to 4 with the checks a flag asked for (a leveled lock, order checking, hold timing).
+#[inline(never)]
+fn acquire_instrumented(
     meta: &LockMeta,
     mode: AccessMode,
     at: &'static Location<'static>,
@@ -112,6 +142,7 @@ pub(crate) fn acquire(
 }
 
 #[cold]
+#[inline(never)]
 fn acquire_slow(
     meta: &LockMeta,
     mode: AccessMode,
@@ -145,24 +176,26 @@ fn acquire_slow(
     }
 }
 
-#[inline]
+/// Bookkeeping of an acquisition outside the plain fast path: counts it, starts the hold's clock
+/// if it is timed, records the hold.
 fn acquired(meta: &LockMeta, mode: AccessMode, at: &'static Location<'static>) {
-    match mode {
-        AccessMode::Exclusive => meta.counters.count_exclusive(),
-        AccessMode::Shared => meta.counters.count_shared(),
+    let key = HoldKey::new(meta, mode);
+    // A read is counted by the lock word itself (`raw_rwlock.rs`).
+    if mode == AccessMode::Exclusive {
+        meta.counters.count_exclusive_only();
+        if meta.times_holds() {
+            meta.counters.start_hold();
+            return held::push(key.timed(), at);
+        }
     }
-    held::push(LockUse {
-        lock: meta.info,
-        mode,
-        at,
-    });
+    held::push(key, at);
 }
 
-/// Bookkeeping of a release; the caller unlocks the raw lock right after.
-#[inline]
+/// Bookkeeping of a release; the caller unlocks the raw lock right after. A timed hold misses
+/// the held list's fast comparison and is ended on its cold path.
+#[inline(always)]
 pub(crate) fn released(meta: &LockMeta, mode: AccessMode) {
-    if mode == AccessMode::Exclusive {
-        meta.counters.release_exclusive();
+    if held::remove(HoldKey::new(meta, mode)) {
+        meta.counters.end_timed_hold();
     }
-    held::remove(meta.info.id, mode);
 }

@@ -2,7 +2,7 @@
 //!
 //! | counter                          | written                                  | by                     |
 //! |----------------------------------|------------------------------------------|------------------------|
-//! | acquisitions                     | every acquisition (fast path)            | exclusive: the holder (load + store); shared: `fetch_add` |
+//! | acquisitions                     | every acquisition (fast path)            | exclusive: the holder (load + store); shared: `fetch_add` (async locks; a blocking `RwLock` counts reads in its lock word, `raw_rwlock.rs`) |
 //! | contentions, wait sum and max    | slow path, after a wait                  | the waiter             |
 //! | wait histogram, waiting sites    | slow path, after a wait (allocated on the first) | the waiter     |
 //! | hold sum, max and count          | release of an exclusive hold, when timed | the holder             |
@@ -198,7 +198,8 @@ static HOLD_TIMES: AtomicBool = AtomicBool::new(false);
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
 /// Turns hold timing on or off for every lock (off by default; see [`Counters::set_hold_times`]
-/// for one lock).
+/// for one lock). The blocking locks' fast path reads the matching bit of `meta::GLOBAL_FLAGS`,
+/// which `stats::set_hold_timing` sets with this.
 pub(crate) fn set_hold_times_globally(on: bool) {
     HOLD_TIMES.store(on, StdOrdering::Relaxed);
 }
@@ -247,8 +248,10 @@ impl Counters {
         }
     }
 
-    /// Counts an exclusive acquisition. Only the holder of an exclusive lock writes the counter
+    /// Counts an exclusive acquisition (the async locks; the blocking ones read their flags and
+    /// call [`count_exclusive_only`](Self::count_exclusive_only)). Only the holder of an exclusive lock writes the counter
     /// at that moment, so a load and a store suffice: no read-modify-write on the fast path.
+    #[cfg(any(feature = "tokio", loom))]
     #[inline]
     pub(crate) fn count_exclusive(&self) {
         let n = self.acquisitions.load(Ordering::Relaxed);
@@ -259,12 +262,39 @@ impl Counters {
         }
     }
 
-    /// Counts a shared acquisition (other readers may count concurrently).
+    /// Counts an exclusive acquisition and nothing else (the blocking locks' fast path: the
+    /// caller decided, from the lock's flags, that the hold is not timed).
+    #[inline(always)]
+    pub(crate) fn count_exclusive_only(&self) {
+        let n = self.acquisitions.load(Ordering::Relaxed);
+        self.acquisitions
+            .store(n.wrapping_add(1), Ordering::Relaxed);
+    }
+
+    /// Records the start of a timed exclusive hold (the holder calls it right after acquiring);
+    /// [`end_timed_hold`](Self::end_timed_hold) ends it.
+    pub(crate) fn start_hold(&self) {
+        self.hold_start.store(hold_clock(), StdOrdering::Relaxed);
+    }
+
+    /// Ends a hold begun with [`start_hold`](Self::start_hold).
+    #[cold]
+    pub(crate) fn end_timed_hold(&self) {
+        let start = self.hold_start.load(StdOrdering::Relaxed);
+        if start != 0 {
+            self.end_hold(start);
+        }
+    }
+
+    /// Counts a shared acquisition (other readers may count concurrently; the blocking
+    /// `RwLock` counts its reads in its lock word instead).
+    #[cfg(any(feature = "tokio", loom))]
     #[inline]
     pub(crate) fn count_shared(&self) {
         self.acquisitions.fetch_add(1, Ordering::Relaxed);
     }
 
+    #[cfg(any(feature = "tokio", loom))]
     #[inline]
     fn hold_timing(&self) -> bool {
         self.time_holds.load(StdOrdering::Relaxed) || HOLD_TIMES.load(StdOrdering::Relaxed)
@@ -272,6 +302,7 @@ impl Counters {
 
     /// An exclusive hold ends: times it if its start was recorded (whatever the setting is now:
     /// one load, and a hold that began timed is always counted).
+    #[cfg(any(feature = "tokio", loom))]
     #[inline]
     pub(crate) fn release_exclusive(&self) {
         let start = self.hold_start.load(StdOrdering::Relaxed);
@@ -344,7 +375,9 @@ impl Counters {
         }
     }
 
-    pub(crate) fn read(&self) -> LockStats {
+    /// The statistics, with `reads` more acquisitions (an `RwLock`'s reads, counted in its lock
+    /// word).
+    pub(crate) fn read_with_reads(&self, reads: u64) -> LockStats {
         let max_wait = Duration::from_nanos(self.max_wait_nanos.load(StdOrdering::Relaxed));
         let (wait_histogram, top_waiters) = match self.detail.get() {
             None => (WaitHistogram::default(), Vec::new()),
@@ -374,7 +407,10 @@ impl Counters {
             }
         };
         LockStats {
-            acquisitions: self.acquisitions.load(Ordering::Relaxed),
+            acquisitions: self
+                .acquisitions
+                .load(Ordering::Relaxed)
+                .wrapping_add(reads),
             contentions: self.contentions.load(StdOrdering::Relaxed),
             total_wait: Duration::from_nanos(self.wait_nanos.load(StdOrdering::Relaxed)),
             max_wait,

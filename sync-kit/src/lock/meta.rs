@@ -3,19 +3,35 @@
 //! Every sync-kit lock owns an `Arc<LockMeta>`; named locks share theirs with the registry kept
 //! here (read by [`crate::stats::all`]), so statistics stay readable while the lock lives and the
 //! entry disappears when it is dropped. The counters themselves are `counters.rs`; this module
-//! depends on it and on nothing above the lock layer.
+//! depends on it (and on `raw_rwlock.rs`, whose word an `RwLock` keeps here) and on nothing above
+//! the lock layer.
+//!
+//! | field / static  | read                                   | written                              |
+//! |-----------------|----------------------------------------|--------------------------------------|
+//! | `info`          | reports, level checks, the detector    | never (set at creation)              |
+//! | `flags`         | every acquisition (one byte, relaxed)  | creation (`LEVELED`), `set_hold_timing` |
+//! | `GLOBAL_FLAGS`  | every acquisition (one byte, relaxed)  | `set_order_checking`, `stats::set_hold_timing` |
+//! | `rw`            | an `RwLock`'s every acquisition; stats | the lock's acquisitions and releases |
+//!
+//! Invariants: `flags | GLOBAL_FLAGS == 0` exactly when an acquisition needs no level check, no
+//! order check and no clock; a `LockMeta` outlives every held-list entry that points to it (the
+//! handle leaks it if the lock is dropped while still locked).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::panic::Location;
+use std::ptr::NonNull;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64 as StdAtomicU64, Ordering as StdOrdering};
+use std::sync::atomic::{
+    AtomicU8 as StdAtomicU8, AtomicU64 as StdAtomicU64, Ordering as StdOrdering,
+};
 use std::sync::{Mutex as StdMutex, PoisonError};
 
 use serde::Serialize;
 
-use super::counters::Counters;
+use super::counters::{Counters, LockStats};
+use super::raw_rwlock::RawRwLock;
 use crate::loom::{InternalMutex, global};
 
 /// A position in a lock hierarchy. A thread holding a leveled lock at level `n` may only acquire
@@ -170,11 +186,48 @@ pub(crate) fn next_id() -> u64 {
     NEXT_LOCK_ID.fetch_add(1, StdOrdering::Relaxed)
 }
 
+/// Per-lock [`LockMeta::flags`] bit: the lock is leveled (its acquisitions check the hierarchy).
+pub(crate) const LEVELED: u8 = 0b01;
+/// Per-lock [`LockMeta::flags`] bit: this lock times its exclusive holds.
+pub(crate) const TIME_HOLDS: u8 = 0b10;
+/// [`GLOBAL_FLAGS`] bit: lock-order checking is on (`Refuse` or `Warn`).
+pub(crate) const ORDER_CHECKING: u8 = 0b01;
+/// [`GLOBAL_FLAGS`] bit: hold timing is on for every lock.
+pub(crate) const HOLD_TIMING: u8 = 0b10;
+
+/// Process-wide switches that send every acquisition down the instrumented path: a setting read
+/// with one relaxed load, ordering no other memory (a std atomic even under loom). Order checking
+/// starts on where its default policy (`Refuse` with `debug_assertions`) is.
+pub(crate) static GLOBAL_FLAGS: StdAtomicU8 = StdAtomicU8::new(if cfg!(debug_assertions) {
+    ORDER_CHECKING
+} else {
+    0
+});
+
+/// Sets or clears one of the [`GLOBAL_FLAGS`] bits.
+pub(crate) fn set_global_flag(bit: u8, on: bool) {
+    if on {
+        GLOBAL_FLAGS.fetch_or(bit, StdOrdering::Relaxed);
+    } else {
+        GLOBAL_FLAGS.fetch_and(!bit, StdOrdering::Relaxed);
+    }
+}
+
 /// A lock's identity and counters.
+///
+/// Aligned to 8 (it holds 64-bit counters): the held list keys a hold by this struct's address
+/// with two flag bits below it.
 #[derive(Debug)]
 pub(crate) struct LockMeta {
     pub(crate) info: LockInfo,
     pub(crate) counters: Counters,
+    /// [`LEVELED`] and [`TIME_HOLDS`]: when this byte and [`GLOBAL_FLAGS`] are both zero, an
+    /// acquisition takes the plain fast path (no level, order or clock work).
+    pub(crate) flags: StdAtomicU8,
+    /// An [`RwLock`](crate::RwLock)'s lock word, kept here so that its exact read count (part of
+    /// the word) can be read by whoever holds the metadata (the registry). Unused by the other
+    /// kinds (never locked, counts nothing).
+    pub(crate) rw: RawRwLock,
 }
 
 impl LockMeta {
@@ -194,11 +247,49 @@ impl LockMeta {
                 created_at,
             },
             counters: Counters::new(),
+            flags: StdAtomicU8::new(if level.is_some() { LEVELED } else { 0 }),
+            rw: RawRwLock::new(),
         });
         if name.is_some() {
             REGISTRY.lock().insert(meta.info.id, Arc::clone(&meta));
         }
-        MetaHandle(meta)
+        MetaHandle::new(meta)
+    }
+
+    /// This lock's statistics: the counters, plus the read acquisitions an `RwLock` counts in its
+    /// lock word.
+    pub(crate) fn stats(&self) -> LockStats {
+        self.counters.read_with_reads(self.rw.reads())
+    }
+
+    /// Zeroes the statistics.
+    pub(crate) fn reset(&self) {
+        self.counters.reset();
+        self.rw.reset_reads();
+    }
+
+    /// Whether an acquisition must take the instrumented path (levels, order checking, hold
+    /// timing): one load of this lock's flags, one of the global flags.
+    #[inline(always)]
+    pub(crate) fn instrumented(&self) -> bool {
+        self.flags.load(StdOrdering::Relaxed) | GLOBAL_FLAGS.load(StdOrdering::Relaxed) != 0
+    }
+
+    /// Whether an exclusive hold that begins now is timed (this lock's setting or the global one).
+    pub(crate) fn times_holds(&self) -> bool {
+        (self.flags.load(StdOrdering::Relaxed) & TIME_HOLDS)
+            | (GLOBAL_FLAGS.load(StdOrdering::Relaxed) & HOLD_TIMING)
+            != 0
+    }
+
+    /// Times this lock's exclusive holds (or stops), whatever the global setting.
+    pub(crate) fn set_hold_timing(&self, on: bool) {
+        self.counters.set_hold_times(on);
+        if on {
+            self.flags.fetch_or(TIME_HOLDS, StdOrdering::Relaxed);
+        } else {
+            self.flags.fetch_and(!TIME_HOLDS, StdOrdering::Relaxed);
+        }
     }
 }
 
@@ -214,22 +305,88 @@ pub(crate) fn named_locks() -> Vec<Arc<LockMeta>> {
 
 /// Owns a lock's metadata; leaves the registry (and the learned lock order) when the lock is
 /// dropped.
+///
+/// One strong count of an `Arc<LockMeta>`, kept as the pointer to the `LockMeta` itself (not to
+/// the `Arc`'s header), so that reaching the metadata, and building the held list's key from it,
+/// is one load with no offset.
 #[derive(Debug)]
-pub(crate) struct MetaHandle(Arc<LockMeta>);
+pub(crate) struct MetaHandle(NonNull<LockMeta>);
+
+// What the two `unsafe impl`s below and the held list's keys rely on, checked at compile time.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<LockMeta>();
+    assert!(std::mem::align_of::<LockMeta>() >= 4);
+};
+
+// SAFETY: a `MetaHandle` is an `Arc<LockMeta>` in another form, and `LockMeta` is `Send + Sync`
+// (atomics and `Copy` identity), so the handle may move and be shared between threads as the
+// `Arc` could.
+unsafe impl Send for MetaHandle {}
+// SAFETY: as above.
+unsafe impl Sync for MetaHandle {}
+
+impl MetaHandle {
+    fn new(meta: Arc<LockMeta>) -> Self {
+        // SAFETY: `Arc::into_raw` never returns null.
+        Self(unsafe { NonNull::new_unchecked(Arc::into_raw(meta).cast_mut()) })
+    }
+
+    /// Keeps the metadata allocated for the rest of the process: a guard of this lock was leaked
+    /// (`mem::forget`), so a thread's held list may still point to it.
+    fn leak(&self) {
+        // SAFETY: the handle owns one strong count, so the pointer is a live `Arc`'s; the added
+        // count is never given back.
+        unsafe { Arc::increment_strong_count(self.0.as_ptr().cast_const()) };
+    }
+}
 
 impl std::ops::Deref for MetaHandle {
     type Target = LockMeta;
-    #[inline]
+    #[inline(always)]
     fn deref(&self) -> &LockMeta {
-        &self.0
+        // SAFETY: the handle owns a strong count until it is dropped: the pointee is alive.
+        unsafe { self.0.as_ref() }
+    }
+}
+
+/// Whether a raw lock is held by anyone (read by a lock's drop).
+pub(crate) trait RawHeld {
+    fn is_held(&self) -> bool;
+}
+
+/// A blocking lock's raw state and metadata (an `RwLock`'s raw state is `()`: its word is
+/// `LockMeta::rw`). Dropping a lock that is still locked (only possible
+/// once a guard was leaked with `mem::forget`) leaks the metadata, so that the held list entry of
+/// the leaked guard keeps pointing to live memory (see `held.rs`, invariants).
+#[derive(Debug)]
+pub(crate) struct LockCore<R: RawHeld> {
+    pub(crate) raw: R,
+    pub(crate) meta: MetaHandle,
+}
+
+impl RawHeld for () {
+    fn is_held(&self) -> bool {
+        false
+    }
+}
+
+impl<R: RawHeld> Drop for LockCore<R> {
+    fn drop(&mut self) {
+        if self.raw.is_held() || self.meta.rw.is_held() {
+            self.meta.leak();
+        }
     }
 }
 
 impl Drop for MetaHandle {
     fn drop(&mut self) {
-        crate::deadlock::forget_order(self.0.info.id);
-        if self.0.info.name.is_some() {
-            REGISTRY.lock().remove(&self.0.info.id);
+        crate::deadlock::forget_order(self.info.id);
+        if self.info.name.is_some() {
+            REGISTRY.lock().remove(&self.info.id);
         }
+        // SAFETY: the pointer came from `Arc::into_raw` and this handle's count is given back
+        // once, here.
+        drop(unsafe { Arc::from_raw(self.0.as_ptr().cast_const()) });
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::acquire::{self, Wait};
 use super::counters::LockStats;
-use super::meta::{AccessMode, Level, LockInfo, LockKind, LockMeta, MetaHandle, intern};
+use super::meta::{AccessMode, Level, LockCore, LockInfo, LockKind, LockMeta, intern};
 use super::raw_mutex::RawMutex;
 use crate::error::LockError;
 use crate::held::{self, LevelRule};
@@ -44,8 +44,7 @@ use crate::loom::cell::{MutPtr, UnsafeCell};
 /// # Ok::<(), LockError>(())
 /// ```
 pub struct Mutex<T> {
-    raw: RawMutex,
-    meta: MetaHandle,
+    core: LockCore<RawMutex>,
     data: UnsafeCell<T>,
 }
 
@@ -81,8 +80,10 @@ impl<T> Mutex<T> {
     #[track_caller]
     fn build(name: Option<&'static str>, level: Option<Level>, value: T) -> Self {
         Self {
-            raw: RawMutex::new(),
-            meta: LockMeta::register(name, level, LockKind::Mutex, Location::caller()),
+            core: LockCore {
+                raw: RawMutex::new(),
+                meta: LockMeta::register(name, level, LockKind::Mutex, Location::caller()),
+            },
             data: UnsafeCell::new(value),
         }
     }
@@ -140,19 +141,19 @@ impl<T> Mutex<T> {
         rule: LevelRule,
     ) -> Result<(), LockError> {
         acquire::acquire(
-            &self.meta,
+            &self.core.meta,
             AccessMode::Exclusive,
             at,
             wait,
             rule,
-            || self.raw.try_lock_fast(),
-            &|deadline, hook| self.raw.lock_slow(deadline, hook),
+            || self.core.raw.try_lock_fast(),
+            &|deadline, hook| self.core.raw.lock_slow(deadline, hook),
         )
     }
 
     /// This lock's statistics so far.
     pub fn stats(&self) -> LockStats {
-        self.meta.counters.read()
+        self.core.meta.stats()
     }
 
     /// Times this mutex's exclusive holds into
@@ -160,17 +161,17 @@ impl<T> Mutex<T> {
     /// ([`crate::stats::set_hold_timing`]), or stops. Costs a clock read per acquisition and per
     /// release while on; a hold is timed if timing was on when it began.
     pub fn set_hold_timing(&self, on: bool) {
-        self.meta.counters.set_hold_times(on);
+        self.core.meta.set_hold_timing(on);
     }
 
     /// This lock's identity: id, name, level, where it was created.
     pub fn info(&self) -> LockInfo {
-        self.meta.info
+        self.core.meta.info
     }
 
     /// Whether some thread holds the mutex right now (a snapshot that may be stale at once).
     pub fn is_locked(&self) -> bool {
-        self.raw.is_locked()
+        self.core.raw.is_locked()
     }
 
     /// Mutable access without locking: `&mut self` proves no guard exists.
@@ -196,7 +197,7 @@ impl<T> fmt::Debug for Mutex<T> {
     /// Shows the lock's identity and state, never the data (that would need the lock).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Mutex")
-            .field("info", &self.meta.info)
+            .field("info", &self.core.meta.info)
             .field("locked", &self.is_locked())
             .finish_non_exhaustive()
     }
@@ -246,21 +247,21 @@ impl<'a, T> MutexGuard<'a, T> {
         let mutex = self.mutex;
         // The held list cannot change while this thread sleeps: a reacquisition that would break
         // the hierarchy is refused now, with the guard still holding the mutex.
-        held::check_level_reacquire(&mutex.meta.info, at)?;
+        held::check_level_reacquire(&mutex.core.meta.info, at)?;
         let data = self.data.take().unwrap_or_else(|| not_held());
-        acquire::released(&mutex.meta, AccessMode::Exclusive);
+        acquire::released(&mutex.core.meta, AccessMode::Exclusive);
         end_access(data);
         let mut unlocked = false;
         let outcome = sleep(&mut || {
             if !unlocked {
                 unlocked = true;
                 // SAFETY: this guard held the mutex (checked above) and gave up its access.
-                unsafe { mutex.raw.unlock() };
+                unsafe { mutex.core.raw.unlock() };
             }
         });
         if !unlocked {
             // SAFETY: as above; `sleep` did not release it.
-            unsafe { mutex.raw.unlock() };
+            unsafe { mutex.core.raw.unlock() };
         }
         mutex.acquire_raw(Wait::Forever, at, LevelRule::Above)?;
         self.data = Some(mutex.data.get_mut());
@@ -314,9 +315,9 @@ impl<T> Drop for MutexGuard<'_, T> {
     fn drop(&mut self) {
         if let Some(data) = self.data.take() {
             end_access(data);
-            acquire::released(&self.mutex.meta, AccessMode::Exclusive);
+            acquire::released(&self.mutex.core.meta, AccessMode::Exclusive);
             // SAFETY: the guard held the lock (its pointer was present) and gives it up once.
-            unsafe { self.mutex.raw.unlock() };
+            unsafe { self.mutex.core.raw.unlock() };
         }
     }
 }

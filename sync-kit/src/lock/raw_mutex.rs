@@ -188,3 +188,9 @@ impl RawMutex {
         self.state.load(Ordering::Relaxed) & LOCKED != 0
     }
 }
+
+impl super::meta::RawHeld for RawMutex {
+    fn is_held(&self) -> bool {
+        self.is_locked()
+    }
+}

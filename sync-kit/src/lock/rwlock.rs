@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::acquire::{self, Wait};
 use super::counters::LockStats;
-use super::meta::{AccessMode, Level, LockInfo, LockKind, LockMeta, MetaHandle, intern};
-use super::raw_rwlock::RawRwLock;
+use super::meta::{AccessMode, Level, LockCore, LockInfo, LockKind, LockMeta, intern};
 use crate::error::LockError;
 use crate::held::LevelRule;
 use crate::loom::cell::{ConstPtr, MutPtr, UnsafeCell};
@@ -48,8 +47,8 @@ use crate::loom::cell::{ConstPtr, MutPtr, UnsafeCell};
 /// # Ok::<(), LockError>(())
 /// ```
 pub struct RwLock<T> {
-    raw: RawRwLock,
-    meta: MetaHandle,
+    /// The lock word is `core.meta.rw` (beside the statistics it counts reads for).
+    core: LockCore<()>,
     data: UnsafeCell<T>,
 }
 
@@ -85,8 +84,10 @@ impl<T> RwLock<T> {
     #[track_caller]
     fn build(name: Option<&'static str>, level: Option<Level>, value: T) -> Self {
         Self {
-            raw: RawRwLock::new(),
-            meta: LockMeta::register(name, level, LockKind::RwLock, Location::caller()),
+            core: LockCore {
+                raw: (),
+                meta: LockMeta::register(name, level, LockKind::RwLock, Location::caller()),
+            },
             data: UnsafeCell::new(value),
         }
     }
@@ -155,13 +156,13 @@ impl<T> RwLock<T> {
         rule: LevelRule,
     ) -> Result<RwLockReadGuard<'_, T>, LockError> {
         acquire::acquire(
-            &self.meta,
+            &self.core.meta,
             AccessMode::Shared,
             at,
             wait,
             rule,
-            || self.raw.try_read_fast(),
-            &|deadline, hook| self.raw.read_slow(deadline, hook),
+            || self.core.meta.rw.try_read_fast(),
+            &|deadline, hook| self.core.meta.rw.read_slow(deadline, hook),
         )?;
         Ok(RwLockReadGuard {
             lock: self,
@@ -178,13 +179,13 @@ impl<T> RwLock<T> {
         rule: LevelRule,
     ) -> Result<RwLockWriteGuard<'_, T>, LockError> {
         acquire::acquire(
-            &self.meta,
+            &self.core.meta,
             AccessMode::Exclusive,
             at,
             wait,
             rule,
-            || self.raw.try_write_fast(),
-            &|deadline, hook| self.raw.write_slow(deadline, hook),
+            || self.core.meta.rw.try_write_fast(),
+            &|deadline, hook| self.core.meta.rw.write_slow(deadline, hook),
         )?;
         Ok(RwLockWriteGuard {
             lock: self,
@@ -195,7 +196,7 @@ impl<T> RwLock<T> {
 
     /// This lock's statistics so far (reads and writes together).
     pub fn stats(&self) -> LockStats {
-        self.meta.counters.read()
+        self.core.meta.stats()
     }
 
     /// Times this lock's exclusive holds (write holds only; read holds are not timed) into
@@ -203,22 +204,22 @@ impl<T> RwLock<T> {
     /// ([`crate::stats::set_hold_timing`]), or stops. Costs a clock read per acquisition and per
     /// release while on; a hold is timed if timing was on when it began.
     pub fn set_hold_timing(&self, on: bool) {
-        self.meta.counters.set_hold_times(on);
+        self.core.meta.set_hold_timing(on);
     }
 
     /// This lock's identity: id, name, level, where it was created.
     pub fn info(&self) -> LockInfo {
-        self.meta.info
+        self.core.meta.info
     }
 
     /// Whether a writer holds the lock right now (a snapshot that may be stale at once).
     pub fn is_write_locked(&self) -> bool {
-        self.raw.snapshot().0
+        self.core.meta.rw.snapshot().0
     }
 
     /// How many readers hold the lock right now (a snapshot that may be stale at once).
     pub fn reader_count(&self) -> usize {
-        self.raw.snapshot().1
+        self.core.meta.rw.snapshot().1
     }
 
     /// Mutable access without locking: `&mut self` proves no guard exists.
@@ -243,9 +244,9 @@ impl<T: Default> Default for RwLock<T> {
 impl<T> fmt::Debug for RwLock<T> {
     /// Shows the lock's identity and state, never the data (that would need the lock).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (writer, readers) = self.raw.snapshot();
+        let (writer, readers) = self.core.meta.rw.snapshot();
         f.debug_struct("RwLock")
-            .field("info", &self.meta.info)
+            .field("info", &self.core.meta.info)
             .field("write_locked", &writer)
             .field("readers", &readers)
             .finish_non_exhaustive()
@@ -280,9 +281,10 @@ impl<T> Drop for RwLockReadGuard<'_, T> {
         // SAFETY: dropped exactly once, here, and not used afterwards; under loom this ends the
         // tracked access before the lock is released.
         unsafe { ManuallyDrop::drop(&mut self.data) };
-        acquire::released(&self.lock.meta, AccessMode::Shared);
+        let meta: &LockMeta = &self.lock.core.meta;
+        acquire::released(meta, AccessMode::Shared);
         // SAFETY: this guard was created by a successful read acquisition and is dropped once.
-        unsafe { self.lock.raw.unlock_read() };
+        unsafe { meta.rw.unlock_read() };
     }
 }
 
@@ -321,9 +323,10 @@ impl<T> Drop for RwLockWriteGuard<'_, T> {
     fn drop(&mut self) {
         // SAFETY: dropped exactly once, here, and not used afterwards.
         unsafe { ManuallyDrop::drop(&mut self.data) };
-        acquire::released(&self.lock.meta, AccessMode::Exclusive);
+        let meta: &LockMeta = &self.lock.core.meta;
+        acquire::released(meta, AccessMode::Exclusive);
         // SAFETY: this guard was created by a successful write acquisition and is dropped once.
-        unsafe { self.lock.raw.unlock_write() };
+        unsafe { meta.rw.unlock_write() };
     }
 }
 

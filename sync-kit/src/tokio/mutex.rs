@@ -100,7 +100,7 @@ impl<T> Mutex<T> {
 
     /// This lock's statistics so far.
     pub fn stats(&self) -> LockStats {
-        self.meta.counters.read()
+        self.meta.stats()
     }
 
     /// Times this mutex's holds (see [`crate::Mutex::set_hold_timing`]).

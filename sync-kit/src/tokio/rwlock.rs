@@ -143,7 +143,7 @@ impl<T> RwLock<T> {
 
     /// This lock's statistics so far (reads and writes together).
     pub fn stats(&self) -> LockStats {
-        self.meta.counters.read()
+        self.meta.stats()
     }
 
     /// Times this lock's write holds (see [`crate::RwLock::set_hold_timing`]).
