@@ -601,7 +601,10 @@ impl MemberLoop {
         }
         // 4. Entries committed earlier (and so already durable here) go to the applier.
         self.hand_over(ready.take_committed_entries());
-        // 5. New entries and the hard state: durable before anything that depends on them.
+        // 5. New entries and the hard state: durable before anything that depends on them. A
+        //    Ready whose only change is the commit index needs no fsync (raft learns the commit
+        //    again from the leader); it is written with the next one.
+        let must_sync = ready.must_sync();
         let store = self.raw.mut_store();
         store
             .append(ready.entries())
@@ -609,9 +612,11 @@ impl MemberLoop {
         if let Some(hard_state) = ready.hs() {
             store.set_hard_state(hard_state.clone());
         }
-        store
-            .sync()
-            .map_err(|e| Fatal(format!("raft storage: {e}")))?;
+        if must_sync {
+            store
+                .sync()
+                .map_err(|e| Fatal(format!("raft storage: {e}")))?;
+        }
         // 6. A follower's answers say "I have these entries": only after the fsync.
         self.send(ready.take_persisted_messages());
         // 7. Advance; the light ready carries what became committed meanwhile.
