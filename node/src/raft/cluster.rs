@@ -40,6 +40,10 @@ pub struct Cluster {
     pub id: u64,
     /// Every member, this one included, by id.
     pub members: Vec<Member>,
+    /// This member joins a running cluster (`serve --join`): it starts with no configuration
+    /// and learns the voters from the leader's snapshot, instead of taking the members listed
+    /// here as the initial voters.
+    pub join: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -101,7 +105,21 @@ impl Cluster {
                 ids.join(", ")
             ));
         }
-        Ok(Cluster { id, members })
+        Ok(Cluster {
+            id,
+            members,
+            join: false,
+        })
+    }
+
+    /// The voters a fresh raft log starts with: every member listed, or none when joining (the
+    /// leader's snapshot then tells the configuration). An existing log keeps its own.
+    pub fn initial_voters(&self) -> Vec<u64> {
+        if self.join {
+            Vec::new()
+        } else {
+            self.members.iter().map(|m| m.id).collect()
+        }
     }
 
     /// This member.
