@@ -318,7 +318,9 @@ pub fn admin(args: &AdminArgs) -> std::process::ExitCode {
                     println!("{}", body.trim());
                     eprintln!(
                         "synckit-node admin: {addr} refused: {}",
-                        answer["error"]["message"].as_str().unwrap_or("(no message)")
+                        answer["error"]["message"]
+                            .as_str()
+                            .unwrap_or("(no message)")
                     );
                     return std::process::ExitCode::from(1);
                 }

@@ -47,14 +47,15 @@ pub fn start(addr: SocketAddr, service: Arc<Service>) -> io::Result<SocketAddr> 
                 (tiny_http::Method::Post, "/admin/remove-node" | "/admin/add-node") => {
                     // Waits for raft (up to the write timeout): off the thread serving /stats.
                     let service = Arc::clone(&service);
-                    let spawned = thread::Builder::new().name("http-admin".into()).spawn(
-                        move || {
-                            let response = admin(&service, &path, request.url());
-                            if let Err(error) = request.respond(response) {
-                                tracing::debug!(%error, "HTTP client went away");
-                            }
-                        },
-                    );
+                    let spawned =
+                        thread::Builder::new()
+                            .name("http-admin".into())
+                            .spawn(move || {
+                                let response = admin(&service, &path, request.url());
+                                if let Err(error) = request.respond(response) {
+                                    tracing::debug!(%error, "HTTP client went away");
+                                }
+                            });
                     if let Err(error) = spawned {
                         tracing::error!(%error, "cannot start a thread for an admin request");
                     }

@@ -121,7 +121,7 @@ pub struct RaftStatus {
     pub applied_index: u64,
     /// The last index in this member's log.
     pub last_index: u64,
-    /// The voters of the configuration this member has applied.
+    /// The voters of the configuration this member has applied, in increasing order.
     pub voters: Vec<u64>,
     /// The other members.
     pub peers: Vec<PeerStatus>,
@@ -513,9 +513,7 @@ impl MemberLoop {
                 }
                 conf_change.set_change_type(ConfChangeType::AddNode);
                 conf_change.node_id = member.id;
-                conf_change.context = serde_json::to_vec(member)
-                    .expect("members encode")
-                    .into();
+                conf_change.context = serde_json::to_vec(member).expect("members encode").into();
             }
         }
         if self.raw.raft.has_pending_conf() {
@@ -555,7 +553,10 @@ impl MemberLoop {
                 .copied()
                 .max_by_key(|id| progress.get(*id).map_or(0, |p| p.matched));
             if let Some(successor) = successor {
-                tracing::info!(successor, "this leader was removed: handing leadership over");
+                tracing::info!(
+                    successor,
+                    "this leader was removed: handing leadership over"
+                );
                 self.raw.transfer_leader(successor);
             }
         }
@@ -601,7 +602,10 @@ impl MemberLoop {
         answer.reject = true;
         answer.reject_hint = 0;
         answer.request_snapshot = 1;
-        tracing::debug!(leader = append.from, "joining: asking the leader for a snapshot");
+        tracing::debug!(
+            leader = append.from,
+            "joining: asking the leader for a snapshot"
+        );
         self.transport.send(answer);
     }
 
@@ -913,7 +917,7 @@ impl MemberLoop {
             commit_index: raft.raft_log.committed,
             applied_index: self.handed,
             last_index: raft.raft_log.last_index(),
-            voters: self.raw.store().conf_state().voters.clone(),
+            voters: sorted(&self.raw.store().conf_state().voters),
             peers,
         }
     }
@@ -964,6 +968,13 @@ impl ProposalId {
             seq: word(2)?,
         })
     }
+}
+
+/// The ids in increasing order.
+fn sorted(ids: &[u64]) -> Vec<u64> {
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids
 }
 
 /// Different in every run of a process (the clock in nanoseconds and the process id).
