@@ -10,7 +10,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -93,7 +93,7 @@ impl Members {
         path
     }
 
-    fn start(&mut self, id: u64, file: &PathBuf, join: bool) {
+    fn start(&mut self, id: u64, file: &Path, join: bool) {
         let file = file.display().to_string();
         let id_text = id.to_string();
         let mut args = vec![
