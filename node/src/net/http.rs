@@ -521,6 +521,49 @@ fn register_lock_families(registry: &mut Registry) {
 mod tests {
     use super::*;
 
+    #[test]
+    fn admin_queries_parse_and_mistakes_are_named() {
+        assert_eq!(
+            admin_change("/admin/remove-node?id=3", false).unwrap(),
+            MembershipChange::Remove(3)
+        );
+        let add = admin_change(
+            "/admin/add-node?id=4&chat_addr=127.0.0.1:7004&http_addr=127.0.0.1:7104\
+             &raft_addr=127.0.0.1:7204&data_dir=%2Fdata%20dir%2Fnode-4",
+            true,
+        )
+        .unwrap();
+        let MembershipChange::Add(member) = add else {
+            panic!("an addition expected: {add:?}");
+        };
+        assert_eq!(member.id, 4);
+        assert_eq!(member.raft_addr, "127.0.0.1:7204".parse().unwrap());
+        assert_eq!(
+            member.data_dir,
+            std::path::PathBuf::from("/data dir/node-4")
+        );
+        for (url, add, named) in [
+            ("/admin/remove-node", false, "id is missing"),
+            ("/admin/remove-node?id=0", false, "positive integer"),
+            ("/admin/remove-node?id=x", false, "positive integer"),
+            (
+                "/admin/add-node?id=4&chat_addr=127.0.0.1:1",
+                true,
+                "http_addr is missing",
+            ),
+            (
+                "/admin/add-node?id=4&chat_addr=nowhere",
+                true,
+                "chat_addr: an address",
+            ),
+            ("/admin/add-node?id=4&chat_addr=%zz", true, "bad encoding"),
+        ] {
+            let error = admin_change(url, add).unwrap_err();
+            assert_eq!(error.code, ErrorCode::InvalidArgument, "{url}");
+            assert!(error.message.contains(named), "{url}: {}", error.message);
+        }
+    }
+
     /// Every number in `/stats` outside the per-lock and per-condvar lists.
     fn numbers(value: &serde_json::Value, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
         match value {

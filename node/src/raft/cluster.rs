@@ -167,6 +167,14 @@ mod tests {
     }
 
     #[test]
+    fn a_joining_member_starts_with_no_voters() {
+        let mut cluster = Cluster::new(3, (1..=3).map(member).collect()).unwrap();
+        assert_eq!(cluster.initial_voters(), vec![1, 2, 3]);
+        cluster.join = true;
+        assert!(cluster.initial_voters().is_empty());
+    }
+
+    #[test]
     fn mistakes_are_named() {
         let error = Cluster::new(9, vec![member(1), member(2)]).unwrap_err();
         assert!(error.contains("no member with id 9"), "{error}");
