@@ -1,5 +1,5 @@
-//! What `synckit-node serve` and `synckit-node cluster up` do (the `client` and `bench`
-//! subcommands are in [`crate::client`]).
+//! What `synckit-node serve`, `synckit-node cluster up` and `synckit-node admin` do (the
+//! `client` and `bench` subcommands are in [`crate::client`]).
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
@@ -227,4 +227,153 @@ fn terminate(child: &std::process::Child) {
     unsafe {
         libc::kill(pid, libc::SIGTERM);
     }
+}
+
+/// `synckit-node admin`: membership changes, through the members' HTTP (stats) addresses.
+#[derive(clap::Args, Debug)]
+pub struct AdminArgs {
+    /// The members' HTTP addresses, comma-separated: each is asked in turn until the leader
+    /// accepts (a follower answers `not_leader`).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub http: Vec<SocketAddr>,
+    /// Give up after this many seconds without an answer from the leader.
+    #[arg(long, default_value_t = 20)]
+    pub timeout_secs: u64,
+    /// The change.
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+/// A membership change.
+#[derive(clap::Subcommand, Debug)]
+pub enum AdminCommand {
+    /// Remove the voter ID (a dead member, or one to replace; the leader itself may be removed).
+    RemoveNode {
+        /// The member's id.
+        id: u64,
+    },
+    /// Add member ID as a voter; then start it with `serve --cluster FILE --id ID --join`.
+    AddNode {
+        /// The new member's id (not a current voter's).
+        id: u64,
+        /// Its chat address.
+        #[arg(long)]
+        chat_addr: SocketAddr,
+        /// Its HTTP address.
+        #[arg(long)]
+        http_addr: SocketAddr,
+        /// Its raft address.
+        #[arg(long)]
+        raft_addr: SocketAddr,
+        /// Its data directory (as its cluster file names it).
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+impl AdminCommand {
+    /// The request's path and query.
+    fn target(&self) -> String {
+        match self {
+            AdminCommand::RemoveNode { id } => format!("/admin/remove-node?id={id}"),
+            AdminCommand::AddNode {
+                id,
+                chat_addr,
+                http_addr,
+                raft_addr,
+                data_dir,
+            } => format!(
+                "/admin/add-node?id={id}&chat_addr={chat_addr}&http_addr={http_addr}\
+                 &raft_addr={raft_addr}&data_dir={}",
+                percent_encode(&data_dir.to_string_lossy())
+            ),
+        }
+    }
+}
+
+/// Runs `synckit-node admin`: one JSON line on stdout (the leader's answer); exit code 0 when
+/// the change was applied, 1 when the cluster refused it, 2 when no leader answered in time.
+pub fn admin(args: &AdminArgs) -> std::process::ExitCode {
+    let target = args.command.target();
+    let deadline = std::time::Instant::now() + Duration::from_secs(args.timeout_secs);
+    let mut last = String::from("no member was asked");
+    loop {
+        for addr in &args.http {
+            match http_post(*addr, &target) {
+                Ok((status, body)) => {
+                    let answer: serde_json::Value =
+                        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+                    if status == 200 {
+                        println!("{}", body.trim());
+                        return std::process::ExitCode::SUCCESS;
+                    }
+                    if answer["error"]["code"] == "not_leader" {
+                        last = format!("{addr}: {}", answer["error"]["message"]);
+                        continue;
+                    }
+                    if answer.is_null() {
+                        last = format!("{addr}: HTTP {status}: {}", body.trim());
+                        continue;
+                    }
+                    println!("{}", body.trim());
+                    eprintln!(
+                        "synckit-node admin: {addr} refused: {}",
+                        answer["error"]["message"]
+                            .as_str()
+                            .unwrap_or("(no message)")
+                    );
+                    return std::process::ExitCode::from(1);
+                }
+                Err(error) => last = format!("{addr}: {error}"),
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let message = format!("no leader accepted the change in time (last: {last})");
+    println!(
+        "{}",
+        serde_json::json!({"ok": false, "error": {"code": "unavailable", "message": message}})
+    );
+    eprintln!("synckit-node admin: {message}");
+    std::process::ExitCode::from(2)
+}
+
+/// One `POST` without a body, over a fresh connection: the status and the body.
+fn http_post(addr: SocketAddr, target: &str) -> std::io::Result<(u16, String)> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    // The member waits for raft at most its write timeout (5 s) before answering.
+    stream.set_read_timeout(Some(Duration::from_secs(15)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "POST {target} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("a truncated HTTP response"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other("no HTTP status"))?;
+    Ok((status, body.to_string()))
+}
+
+/// Escapes what a query value cannot hold as is.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                (byte as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }

@@ -34,6 +34,9 @@ enum Command {
     /// Run a cluster on this machine: `cluster up --nodes 5 --dir ./cluster`.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Change a running cluster's members through raft (asks the members' HTTP addresses in
+    /// turn until the leader accepts): `admin --http ADDR,... remove-node ID | add-node ID ...`.
+    Admin(cli::AdminArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -92,6 +95,11 @@ struct ServeArgs {
     /// This member's id in `--cluster`.
     #[arg(long, requires = "cluster")]
     id: Option<u64>,
+    /// Join a running cluster (after `admin add-node`): start with no configuration and learn
+    /// the voters from the leader's snapshot (never campaign before). Only for a fresh data
+    /// directory; a member that has joined restarts without it.
+    #[arg(long, requires = "cluster")]
+    join: bool,
     /// Fault injection for tests: `POST /test/isolate?peers=1,2` cuts this member's raft links
     /// to those peers (`?peers=` heals).
     #[arg(long, hide = true)]
@@ -134,7 +142,10 @@ impl ServeArgs {
             config.chat_addr = me.chat_addr;
             config.http_addr = me.http_addr;
             config.data_dir = me.data_dir.clone();
-            config.cluster = Some(cluster);
+            config.cluster = Some(Cluster {
+                join: self.join,
+                ..cluster
+            });
         }
         config.test_hooks = self.test_hooks;
         Ok(config)
@@ -164,6 +175,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Bench(args) => bench::bench(&args),
+        Command::Admin(args) => cli::admin(&args),
     }
 }
 

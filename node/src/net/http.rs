@@ -1,5 +1,8 @@
 //! The statistics endpoint (tiny_http): `GET /stats` (JSON), `GET /metrics` (Prometheus text
-//! format, via prometheus-client), `GET /health`.
+//! format, via prometheus-client), `GET /health`; on a cluster member, the operator's
+//! `POST /admin/remove-node?id=N` and
+//! `POST /admin/add-node?id=N&chat_addr=A&http_addr=B&raft_addr=C&data_dir=D` (answered
+//! `{"ok":true}`, or `{"ok":false,"error":{...}}` with 400, 409 for `not_leader`, or 503).
 
 use std::io;
 use std::net::SocketAddr;
@@ -15,6 +18,8 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 use tiny_http::{Header, Response, Server};
 
+use crate::protocol::{ErrorCode, ErrorReply};
+use crate::raft::{Member, MembershipChange};
 use crate::service::Service;
 
 /// Binds the endpoint and serves it on a background thread; returns the bound address.
@@ -39,6 +44,23 @@ pub fn start(addr: SocketAddr, service: Arc<Service>) -> io::Result<SocketAddr> 
                 (tiny_http::Method::Get, "/health") => {
                     with_type(Response::from_string("ok\n"), "text/plain")
                 }
+                (tiny_http::Method::Post, "/admin/remove-node" | "/admin/add-node") => {
+                    // Waits for raft (up to the write timeout): off the thread serving /stats.
+                    let service = Arc::clone(&service);
+                    let spawned =
+                        thread::Builder::new()
+                            .name("http-admin".into())
+                            .spawn(move || {
+                                let response = admin(&service, &path, request.url());
+                                if let Err(error) = request.respond(response) {
+                                    tracing::debug!(%error, "HTTP client went away");
+                                }
+                            });
+                    if let Err(error) = spawned {
+                        tracing::error!(%error, "cannot start a thread for an admin request");
+                    }
+                    continue;
+                }
                 (tiny_http::Method::Post, "/test/isolate") if service.config().test_hooks => {
                     let query = request.url().split_once("?peers=").map_or("", |(_, q)| q);
                     isolate(&service, query)
@@ -56,6 +78,102 @@ pub fn start(addr: SocketAddr, service: Arc<Service>) -> io::Result<SocketAddr> 
         }
     })?;
     Ok(bound)
+}
+
+/// `POST /admin/remove-node` and `POST /admin/add-node`: a membership change through raft.
+fn admin(service: &Service, path: &str, url: &str) -> Response<io::Cursor<Vec<u8>>> {
+    let result = admin_change(url, path == "/admin/add-node").and_then(|change| {
+        let raft = service.raft().ok_or_else(|| {
+            ErrorReply::new(
+                ErrorCode::InvalidArgument,
+                "this node is not a cluster member (serve --cluster)",
+            )
+        })?;
+        tracing::info!(?change, "admin: membership change requested");
+        raft.change_membership(change)
+    });
+    let (status, body) = match result {
+        Ok(()) => (200, json!({ "ok": true })),
+        Err(error) => {
+            let status = match error.code {
+                ErrorCode::NotLeader => 409,
+                ErrorCode::InvalidArgument => 400,
+                ErrorCode::Unavailable => 503,
+                _ => 500,
+            };
+            (status, json!({ "ok": false, "error": error }))
+        }
+    };
+    with_type(
+        Response::from_string(format!("{body}\n")),
+        "application/json",
+    )
+    .with_status_code(status)
+}
+
+/// The change an admin request's query names.
+fn admin_change(url: &str, add: bool) -> Result<MembershipChange, ErrorReply> {
+    let invalid = |message: String| ErrorReply::new(ErrorCode::InvalidArgument, message);
+    let mut params = std::collections::HashMap::new();
+    for pair in url.split_once('?').map_or("", |(_, q)| q).split('&') {
+        if pair.is_empty() {
+            continue;
+        }
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value).ok_or_else(|| invalid(format!("{key}: bad encoding")))?;
+        params.insert(key.to_string(), value);
+    }
+    let get = |key: &str| {
+        params
+            .get(key)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| invalid(format!("the parameter {key} is missing")))
+    };
+    let id: u64 = get("id")?
+        .parse()
+        .ok()
+        .filter(|id| *id != 0)
+        .ok_or_else(|| invalid("id: a member id (a positive integer) expected".into()))?;
+    if !add {
+        return Ok(MembershipChange::Remove(id));
+    }
+    let addr = |key: &str| -> Result<std::net::SocketAddr, ErrorReply> {
+        get(key)?
+            .parse()
+            .map_err(|e| invalid(format!("{key}: an address (IP:port) expected: {e}")))
+    };
+    Ok(MembershipChange::Add(Member {
+        id,
+        chat_addr: addr("chat_addr")?,
+        http_addr: addr("http_addr")?,
+        raft_addr: addr("raft_addr")?,
+        data_dir: get("data_dir")?.into(),
+    }))
+}
+
+/// `%XX` escapes (and `+` for a space) decoded; `None` if malformed or not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            byte => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// The test hook: cut this member's raft links to the peers named in `?peers=1,2` (none heals).
@@ -402,6 +520,49 @@ fn register_lock_families(registry: &mut Registry) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn admin_queries_parse_and_mistakes_are_named() {
+        assert_eq!(
+            admin_change("/admin/remove-node?id=3", false).unwrap(),
+            MembershipChange::Remove(3)
+        );
+        let add = admin_change(
+            "/admin/add-node?id=4&chat_addr=127.0.0.1:7004&http_addr=127.0.0.1:7104\
+             &raft_addr=127.0.0.1:7204&data_dir=%2Fdata%20dir%2Fnode-4",
+            true,
+        )
+        .unwrap();
+        let MembershipChange::Add(member) = add else {
+            panic!("an addition expected: {add:?}");
+        };
+        assert_eq!(member.id, 4);
+        assert_eq!(member.raft_addr, "127.0.0.1:7204".parse().unwrap());
+        assert_eq!(
+            member.data_dir,
+            std::path::PathBuf::from("/data dir/node-4")
+        );
+        for (url, add, named) in [
+            ("/admin/remove-node", false, "id is missing"),
+            ("/admin/remove-node?id=0", false, "positive integer"),
+            ("/admin/remove-node?id=x", false, "positive integer"),
+            (
+                "/admin/add-node?id=4&chat_addr=127.0.0.1:1",
+                true,
+                "http_addr is missing",
+            ),
+            (
+                "/admin/add-node?id=4&chat_addr=nowhere",
+                true,
+                "chat_addr: an address",
+            ),
+            ("/admin/add-node?id=4&chat_addr=%zz", true, "bad encoding"),
+        ] {
+            let error = admin_change(url, add).unwrap_err();
+            assert_eq!(error.code, ErrorCode::InvalidArgument, "{url}");
+            assert!(error.message.contains(named), "{url}: {}", error.message);
+        }
+    }
 
     /// Every number in `/stats` outside the per-lock and per-condvar lists.
     fn numbers(value: &serde_json::Value, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {

@@ -40,6 +40,10 @@ pub struct Cluster {
     pub id: u64,
     /// Every member, this one included, by id.
     pub members: Vec<Member>,
+    /// This member joins a running cluster (`serve --join`): it starts with no configuration
+    /// and learns the voters from the leader's snapshot, instead of taking the members listed
+    /// here as the initial voters.
+    pub join: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -101,7 +105,21 @@ impl Cluster {
                 ids.join(", ")
             ));
         }
-        Ok(Cluster { id, members })
+        Ok(Cluster {
+            id,
+            members,
+            join: false,
+        })
+    }
+
+    /// The voters a fresh raft log starts with: every member listed, or none when joining (the
+    /// leader's snapshot then tells the configuration). An existing log keeps its own.
+    pub fn initial_voters(&self) -> Vec<u64> {
+        if self.join {
+            Vec::new()
+        } else {
+            self.members.iter().map(|m| m.id).collect()
+        }
     }
 
     /// This member.
@@ -146,6 +164,14 @@ mod tests {
         let read = Cluster::from_file(&path, 2).unwrap();
         assert_eq!(read, cluster);
         assert_eq!(read.me().chat_addr, member(2).chat_addr);
+    }
+
+    #[test]
+    fn a_joining_member_starts_with_no_voters() {
+        let mut cluster = Cluster::new(3, (1..=3).map(member).collect()).unwrap();
+        assert_eq!(cluster.initial_voters(), vec![1, 2, 3]);
+        cluster.join = true;
+        assert!(cluster.initial_voters().is_empty());
     }
 
     #[test]

@@ -75,6 +75,18 @@ enum Input {
     Status(oneshot::Sender<RaftStatus>),
     Read(ReadWaiter),
     Stop,
+    /// An operator's change of the voters; only the leader proposes it.
+    ChangeMembership(MembershipChange, Waiter),
+}
+
+/// A change of the cluster's voters (raft's ConfChange v1, one member at a time).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MembershipChange {
+    /// Add this member as a voter (its addresses travel in the change, so every member's
+    /// transport learns where it listens).
+    Add(Member),
+    /// Remove the voter with this id.
+    Remove(u64),
 }
 
 /// A cluster member's log: ordered by raft, durable on a majority, then applied.
@@ -110,6 +122,8 @@ pub struct RaftStatus {
     pub applied_index: u64,
     /// The last index in this member's log.
     pub last_index: u64,
+    /// The voters of the configuration this member has applied, in increasing order.
+    pub voters: Vec<u64>,
     /// The other members.
     pub peers: Vec<PeerStatus>,
 }
@@ -145,7 +159,7 @@ impl RaftLog {
         applied: u64,
     ) -> Result<Opened, String> {
         let me = cluster.me().clone();
-        let voters: Vec<u64> = cluster.members.iter().map(|m| m.id).collect();
+        let voters = cluster.initial_voters();
         let raft_dir = data_dir.join("raft");
         let mut storage = DiskStorage::open(&raft_dir, ConfState::from((voters, vec![])))
             .map_err(|e| format!("cannot open raft's log in {}: {e}", raft_dir.display()))?;
@@ -282,6 +296,31 @@ impl RaftLog {
         let (answer, status) = oneshot::channel();
         self.inbox.send(Input::Status(answer)).ok()?;
         status.recv_timeout(Duration::from_secs(1)).ok()
+    }
+
+    /// Changes the cluster's voters through raft: on the leader, proposes the change and waits
+    /// (at most [`WRITE_TIMEOUT`]) until it is committed and applied here; elsewhere answers
+    /// `not_leader` with the leader's chat address. Refuses (`invalid_argument`) removing an
+    /// unknown id or the last voter and adding an existing id, and (`unavailable`) a change while
+    /// another is not yet applied. A leader that removes itself hands leadership over to the
+    /// most up-to-date voter once the change is applied.
+    pub fn change_membership(&self, change: MembershipChange) -> Result<(), ErrorReply> {
+        let (done, answer) = oneshot::channel();
+        let waiter: Waiter = Box::new(move |result| {
+            let _ = done.send(result.map(|_| ()));
+        });
+        self.inbox
+            .send(Input::ChangeMembership(change, waiter))
+            .map_err(|_| stopped())?;
+        answer
+            .recv_timeout(WRITE_TIMEOUT + Duration::from_secs(2))
+            .unwrap_or_else(|_| {
+                Err(ErrorReply::new(
+                    ErrorCode::Unavailable,
+                    "the membership change was not answered in time; check /stats before \
+                     retrying",
+                ))
+            })
     }
 
     /// Test hook: drops everything to and from `peers` at the transport, as a network cut would.
@@ -422,6 +461,9 @@ impl MemberLoop {
             Input::Propose(command, waiter) => {
                 self.propose(Instant::now() + WRITE_TIMEOUT, command, waiter)
             }
+            Input::Message(message) if self.awaits_configuration(&message) => {
+                self.ask_for_snapshot(&message)
+            }
             Input::Message(message) => {
                 let from = message.from;
                 if let Err(error) = self.raw.step(*message) {
@@ -458,8 +500,150 @@ impl MemberLoop {
                 );
             }
             Input::Stop => return false,
+            Input::ChangeMembership(change, waiter) => self.propose_membership(change, waiter),
         }
         true
+    }
+
+    /// On the leader: checks an operator's membership change and proposes it; its waiter is
+    /// answered once the entry is applied here (or when it times out, like any proposal).
+    fn propose_membership(&mut self, change: MembershipChange, waiter: Waiter) {
+        let invalid = |message: String| Err(ErrorReply::new(ErrorCode::InvalidArgument, message));
+        if self.raw.raft.state != StateRole::Leader {
+            return waiter(Err(ErrorReply::not_leader(self.leader_chat_addr())));
+        }
+        let voters = self.raw.store().conf_state().voters.clone();
+        let mut conf_change = ConfChange::default();
+        match &change {
+            MembershipChange::Remove(id) => {
+                if !voters.contains(id) {
+                    return waiter(invalid(format!(
+                        "member {id} is not a voter (the voters are {voters:?})"
+                    )));
+                }
+                if voters.len() == 1 {
+                    return waiter(invalid(format!(
+                        "member {id} is the last voter: a cluster cannot remove its last voter"
+                    )));
+                }
+                conf_change.set_change_type(ConfChangeType::RemoveNode);
+                conf_change.node_id = *id;
+            }
+            MembershipChange::Add(member) => {
+                if voters.contains(&member.id) {
+                    return waiter(invalid(format!(
+                        "member {} is already a voter (remove it first to replace it)",
+                        member.id
+                    )));
+                }
+                // The same checks as a cluster file's: distinct ids, addresses, directories.
+                let mut members: Vec<Member> = self
+                    .cluster
+                    .members
+                    .iter()
+                    .filter(|m| voters.contains(&m.id) && m.id != member.id)
+                    .cloned()
+                    .collect();
+                members.push(member.clone());
+                if let Err(error) = Cluster::new(member.id, members) {
+                    return waiter(invalid(format!("member {}: {error}", member.id)));
+                }
+                conf_change.set_change_type(ConfChangeType::AddNode);
+                conf_change.node_id = member.id;
+                conf_change.context = serde_json::to_vec(member).expect("members encode").into();
+            }
+        }
+        if self.raw.raft.has_pending_conf() {
+            return waiter(Err(ErrorReply::new(
+                ErrorCode::Unavailable,
+                "another membership change is not applied yet: retry once it is",
+            )));
+        }
+        self.next_seq += 1;
+        let context = ProposalId {
+            member: self.cluster.id,
+            incarnation: self.incarnation,
+            seq: self.next_seq,
+        };
+        match self.raw.propose_conf_change(context.encode(), conf_change) {
+            Ok(()) => {
+                tracing::info!(?change, "membership change proposed");
+                self.pending
+                    .insert(self.next_seq, (Instant::now() + WRITE_TIMEOUT, waiter));
+            }
+            Err(error) => waiter(Err(ErrorReply::new(
+                ErrorCode::Unavailable,
+                format!("raft refused the membership change: {error}"),
+            ))),
+        }
+    }
+
+    /// A committed membership change: applied, then its proposer's waiter (on this member)
+    /// answered; a leader that removed itself hands leadership to the most up-to-date voter.
+    fn conf_change_committed(&mut self, entry: &RaftEntry) {
+        self.change_membership(entry);
+        let voters = self.raw.store().conf_state().voters.clone();
+        if self.raw.raft.state == StateRole::Leader && !voters.contains(&self.cluster.id) {
+            let progress = self.raw.raft.prs();
+            let successor = voters
+                .iter()
+                .copied()
+                .max_by_key(|id| progress.get(*id).map_or(0, |p| p.matched));
+            if let Some(successor) = successor {
+                tracing::info!(
+                    successor,
+                    "this leader was removed: handing leadership over"
+                );
+                self.raw.transfer_leader(successor);
+            }
+        }
+        let Some(waiter) = self.my_waiter(&entry.context) else {
+            return;
+        };
+        let applied = ConfChange::parse_from_bytes(&entry.data).is_ok_and(|change| {
+            let present = voters.contains(&change.node_id);
+            match change.get_change_type() {
+                ConfChangeType::RemoveNode => !present,
+                _ => present,
+            }
+        });
+        waiter(if applied {
+            Ok(crate::state::Outcome::Done)
+        } else {
+            Err(ErrorReply::new(
+                ErrorCode::InvalidArgument,
+                "raft refused the membership change when applying it (see the member's log)",
+            ))
+        });
+    }
+
+    /// A member started with `--join` knows no configuration: it must not replay the log from
+    /// its start (the initial voters are not in it), so it answers the leader's appends by
+    /// asking for a snapshot, whose configuration names the voters.
+    fn awaits_configuration(&self, message: &Message) -> bool {
+        let conf = self.raw.store().conf_state();
+        message.get_msg_type() == MessageType::MsgAppend
+            && conf.voters.is_empty()
+            && conf.learners.is_empty()
+    }
+
+    /// Refuses an append as raft-rs's `request_snapshot` would (which needs a non-empty log):
+    /// the leader then sends its latest snapshot instead of entries.
+    fn ask_for_snapshot(&mut self, append: &Message) {
+        let mut answer = Message::default();
+        answer.set_msg_type(MessageType::MsgAppendResponse);
+        answer.to = append.from;
+        answer.from = self.cluster.id;
+        answer.term = append.term;
+        answer.index = append.index;
+        answer.reject = true;
+        answer.reject_hint = 0;
+        answer.request_snapshot = 1;
+        tracing::debug!(
+            leader = append.from,
+            "joining: asking the leader for a snapshot"
+        );
+        self.transport.send(answer);
     }
 
     fn propose(&mut self, deadline: Instant, command: Command, waiter: Option<Waiter>) {
@@ -668,7 +852,7 @@ impl MemberLoop {
                         tracing::error!(index = entry.index, %error, "a committed entry does not decode: skipped");
                     }
                 },
-                _ => self.change_membership(&entry),
+                _ => self.conf_change_committed(&entry),
             }
         }
         self.handed = last;
@@ -836,6 +1020,7 @@ impl MemberLoop {
             commit_index: raft.raft_log.committed,
             applied_index: self.handed,
             last_index: raft.raft_log.last_index(),
+            voters: sorted(&self.raw.store().conf_state().voters),
             peers,
         }
     }
@@ -892,6 +1077,13 @@ impl ProposalId {
             seq: word(2)?,
         })
     }
+}
+
+/// The ids in increasing order.
+fn sorted(ids: &[u64]) -> Vec<u64> {
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids
 }
 
 /// Different in every run of a process (the clock in nanoseconds and the process id).

@@ -12,4 +12,4 @@ pub mod storage;
 pub mod transport;
 
 pub use cluster::{Cluster, Member};
-pub use member::{RaftLog, RaftStatus};
+pub use member::{MembershipChange, RaftLog, RaftStatus};
