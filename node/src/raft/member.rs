@@ -228,6 +228,7 @@ impl RaftLog {
             pre_vote: true,
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
+            batch_append: true,
             ..raft::Config::default()
         };
         let logger = slog::Logger::root(slog_stdlog::StdLog.fuse(), slog::o!());
