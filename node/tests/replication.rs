@@ -34,46 +34,59 @@ struct TestCluster {
     chat: Vec<SocketAddr>,
     data: Vec<PathBuf>,
     members: Vec<Option<Node>>,
+    /// Per member: what its command runs through (empty: nothing).
+    wrappers: Vec<Vec<String>>,
     extra: Vec<String>,
 }
 
 impl TestCluster {
     /// Writes a cluster file of `size` members on free loopback ports and starts them all.
     fn start(size: usize, extra: &[&str]) -> TestCluster {
-        let dir = common::data_dir();
         let held: Vec<TcpListener> = (0..size * 3)
             .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
             .collect();
         let port = |i: usize| held[i].local_addr().unwrap();
+        let addrs = (0..size)
+            .map(|i| [port(3 * i), port(3 * i + 1), port(3 * i + 2)])
+            .collect();
+        drop(held);
+        TestCluster::start_on(addrs, vec![Vec::new(); size], extra)
+    }
+
+    /// Writes a cluster file of members at `addrs` (chat, HTTP, raft) and starts each, its
+    /// command run through its `wrappers` entry (e.g. `ip netns exec NS`).
+    fn start_on(
+        addrs: Vec<[SocketAddr; 3]>,
+        wrappers: Vec<Vec<String>>,
+        extra: &[&str],
+    ) -> TestCluster {
+        let dir = common::data_dir();
         let mut file_text = String::new();
         let mut chat = Vec::new();
         let mut data = Vec::new();
-        for i in 0..size {
+        for (i, [chat_addr, http_addr, raft_addr]) in addrs.iter().enumerate() {
             let data_dir = dir.path().join(format!("node-{}", i + 1));
             std::fs::create_dir_all(&data_dir).unwrap();
             file_text.push_str(&format!(
-                "[[node]]\nid = {}\nchat_addr = \"{}\"\nhttp_addr = \"{}\"\nraft_addr = \"{}\"\ndata_dir = \"{}\"\n\n",
+                "[[node]]\nid = {}\nchat_addr = \"{chat_addr}\"\nhttp_addr = \"{http_addr}\"\nraft_addr = \"{raft_addr}\"\ndata_dir = \"{}\"\n\n",
                 i + 1,
-                port(3 * i),
-                port(3 * i + 1),
-                port(3 * i + 2),
                 data_dir.display()
             ));
-            chat.push(port(3 * i));
+            chat.push(*chat_addr);
             data.push(data_dir);
         }
         let file = dir.path().join("cluster.toml");
         std::fs::write(&file, file_text).unwrap();
-        drop(held);
         let mut cluster = TestCluster {
             _dir: dir,
             file,
             chat,
             data,
-            members: (0..size).map(|_| None).collect(),
+            members: (0..addrs.len()).map(|_| None).collect(),
+            wrappers,
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
-        for id in 1..=size as u64 {
+        for id in 1..=addrs.len() as u64 {
             cluster.restart(id);
         }
         cluster
@@ -91,7 +104,11 @@ impl TestCluster {
         let id_text = id.to_string();
         let mut args = vec!["--cluster", &file, "--id", &id_text];
         args.extend(self.extra.iter().map(String::as_str));
-        Node::try_start(&self.data[id as usize - 1], &args)
+        let wrapper: Vec<&str> = self.wrappers[id as usize - 1]
+            .iter()
+            .map(String::as_str)
+            .collect();
+        Node::try_start_wrapped(&self.data[id as usize - 1], &args, &wrapper, |_| {})
     }
 
     fn kill(&mut self, id: u64) {
@@ -593,4 +610,185 @@ fn reads_on_a_follower_see_every_change_acknowledged_before_them() {
             "the follower's read missed message {id}: {messages:?}"
         );
     }
+}
+
+/// Network namespaces, one per member, on one bridge: a real network between members, which
+/// routes can cut. Needs root and iproute2 (CI has both).
+struct Namespaces {
+    prefix: String,
+    subnet: u8,
+    size: usize,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let output = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+impl Namespaces {
+    fn create(size: usize) -> Result<Namespaces, String> {
+        let pid = std::process::id();
+        let net = Namespaces {
+            prefix: format!("sk{}", pid % 100_000),
+            subnet: 20 + (pid % 200) as u8,
+            size,
+        };
+        let bridge = format!("{}br", net.prefix);
+        ip(&["link", "add", &bridge, "type", "bridge"])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("10.213.{}.254/24", net.subnet),
+            "dev",
+            &bridge,
+        ])?;
+        ip(&["link", "set", &bridge, "up"])?;
+        for i in 1..=size {
+            let (ns, outside, inside) = (
+                net.ns(i),
+                format!("{}v{i}", net.prefix),
+                format!("{}p{i}", net.prefix),
+            );
+            ip(&["netns", "add", &ns])?;
+            ip(&[
+                "link", "add", &outside, "type", "veth", "peer", "name", &inside,
+            ])?;
+            ip(&["link", "set", &inside, "netns", &ns])?;
+            ip(&["link", "set", &outside, "master", &bridge])?;
+            ip(&["link", "set", &outside, "up"])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/24", net.addr(i)),
+                "dev",
+                &inside,
+            ])?;
+            ip(&["-n", &ns, "link", "set", &inside, "up"])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(net)
+    }
+
+    fn ns(&self, i: usize) -> String {
+        format!("{}n{i}", self.prefix)
+    }
+
+    fn addr(&self, i: usize) -> String {
+        format!("10.213.{}.{i}", self.subnet)
+    }
+
+    /// Cuts (or, with `add` false, heals) every path between `a` and `b`, both ways.
+    fn route(&self, a: &[u64], b: &[u64], add: bool) {
+        for (from, to) in a.iter().flat_map(|x| b.iter().map(move |y| (*x, *y))) {
+            for (here, there) in [(from, to), (to, from)] {
+                let target = format!("{}/32", self.addr(there as usize));
+                let verb = if add { "add" } else { "del" };
+                ip(&[
+                    "-n",
+                    &self.ns(here as usize),
+                    "route",
+                    verb,
+                    "blackhole",
+                    &target,
+                ])
+                .unwrap();
+            }
+        }
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for i in 1..=self.size {
+            let _ = ip(&["netns", "del", &self.ns(i)]);
+        }
+        let _ = ip(&["link", "del", &format!("{}br", self.prefix)]);
+    }
+}
+
+#[test]
+fn a_partition_of_the_network_itself() {
+    // The same story as the test above, with the cut made by the network, not the transport.
+    let net = match Namespaces::create(5) {
+        Ok(net) => net,
+        Err(why) => {
+            eprintln!(
+                "network namespaces unavailable here ({why}); the partition is covered by \
+                 a_minority_partition_acknowledges_nothing_and_its_leader_steps_down"
+            );
+            return;
+        }
+    };
+    let addrs = (1..=5)
+        .map(|i| {
+            let at = |port: u16| format!("{}:{port}", net.addr(i)).parse().unwrap();
+            [at(7001), at(7101), at(7201)]
+        })
+        .collect();
+    let wrappers = (1..=5)
+        .map(|i| vec!["ip".into(), "netns".into(), "exec".into(), net.ns(i)])
+        .collect();
+    let cluster = TestCluster::start_on(addrs, wrappers, &[]);
+    create_accounts(&cluster, &["writer0", "sink"]);
+    let leader = cluster.wait_for_leader();
+    let follower = if leader == 1 { 2 } else { 1 };
+    let minority = [leader, follower];
+    let majority: Vec<u64> = (1..=5).filter(|id| !minority.contains(id)).collect();
+    let mut writer = Writer::new(&cluster.chat, "writer0", 0);
+    let mut acked = HashMap::new();
+    for n in 0..10 {
+        let text = format!("before-{n}");
+        acked.insert(
+            writer.send("sink", &text, Instant::now() + SETTLE).unwrap(),
+            text,
+        );
+    }
+    cluster.wait_converged();
+    let old_leader = cluster.members[leader as usize - 1].as_ref().unwrap();
+    let mut client = old_leader.login(Protocol::Binary, "writer0");
+
+    net.route(&minority, &majority, true);
+    let answer = client
+        .call(&Request::SendMessage {
+            to: "sink".into(),
+            text: "minority".into(),
+            key: Some(idempotency_key()),
+        })
+        .unwrap();
+    let error = answer.expect_err("the minority acknowledged a write");
+    assert!(
+        matches!(error.code, ErrorCode::Unavailable | ErrorCode::NotLeader),
+        "{error:?}"
+    );
+    assert!(wait_until(SETTLE, || old_leader.stats()["raft"]["role"] != "leader"));
+    let majority_chat: Vec<SocketAddr> = majority
+        .iter()
+        .map(|id| cluster.chat[*id as usize - 1])
+        .collect();
+    let mut writer = Writer::new(&majority_chat, "writer0", 0);
+    for n in 0..10 {
+        let text = format!("during-{n}");
+        acked.insert(
+            writer.send("sink", &text, Instant::now() + SETTLE).unwrap(),
+            text,
+        );
+    }
+
+    net.route(&minority, &majority, false);
+    cluster.wait_converged();
+    let stored = assert_stored_once(&cluster, &acked);
+    assert!(!stored.values().any(|text| text == "minority"));
 }

@@ -114,7 +114,25 @@ impl Node {
         args: &[&str],
         adjust: impl FnOnce(&mut Command),
     ) -> Result<Node, StartFailure> {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_synckit-node"));
+        Node::try_start_wrapped(dir, args, &[], adjust)
+    }
+
+    /// Like [`Node::try_start_with`], run through `wrapper` (e.g. `ip netns exec NS`).
+    pub fn try_start_wrapped(
+        dir: &Path,
+        args: &[&str],
+        wrapper: &[&str],
+        adjust: impl FnOnce(&mut Command),
+    ) -> Result<Node, StartFailure> {
+        let binary = env!("CARGO_BIN_EXE_synckit-node");
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
         command
             .arg("serve")
             .arg("--data-dir")
