@@ -22,8 +22,6 @@ use synckit_node::protocol::{ErrorCode, Protocol, Reply, Request};
 const SETTLE: Duration = Duration::from_secs(30);
 /// The longest one `synckit-node admin` run may take.
 const ADMIN: Duration = Duration::from_secs(40);
-/// Small, so that the leader has a snapshot to send a joining member soon.
-const SNAPSHOT_EVERY: &str = "10";
 
 /// One member's addresses and directory.
 #[derive(Clone)]
@@ -96,14 +94,9 @@ impl Members {
     fn start(&mut self, id: u64, file: &Path, join: bool) {
         let file = file.display().to_string();
         let id_text = id.to_string();
-        let mut args = vec![
-            "--cluster",
-            &file,
-            "--id",
-            &id_text,
-            "--snapshot-every-records",
-            SNAPSHOT_EVERY,
-        ];
+        // Default snapshot settings (every 500,000 commands or 300 s): the snapshot a joining
+        // member needs is the one written when its add-node applies.
+        let mut args = vec!["--cluster", &file, "--id", &id_text];
         if join {
             args.push("--join");
         }

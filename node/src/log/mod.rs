@@ -63,6 +63,8 @@ pub struct Batch {
     pub through: u64,
     /// Reads waiting for this batch: called once it is applied.
     pub reads: Vec<ReadWaiter>,
+    /// Take a snapshot once this batch is applied (a member joined and will need one).
+    pub snapshot_soon: bool,
 }
 
 impl std::fmt::Debug for Batch {
@@ -74,6 +76,7 @@ impl std::fmt::Debug for Batch {
             .field("install", &self.install.as_ref().map(|image| image.applied))
             .field("through", &self.through)
             .field("reads", &self.reads.len())
+            .field("snapshot_soon", &self.snapshot_soon)
             .finish()
     }
 }

@@ -853,7 +853,14 @@ impl MemberLoop {
                         tracing::error!(index = entry.index, %error, "a committed entry does not decode: skipped");
                     }
                 },
-                _ => self.conf_change_committed(&entry),
+                _ => {
+                    // A member joins from a snapshot: have one on disk soon rather than at
+                    // the next interval.
+                    batch.snapshot_soon |= entry.get_entry_type() == EntryType::EntryConfChange
+                        && ConfChange::parse_from_bytes(&entry.data)
+                            .is_ok_and(|c| c.get_change_type() == ConfChangeType::AddNode);
+                    self.conf_change_committed(&entry);
+                }
             }
         }
         self.handed = last;

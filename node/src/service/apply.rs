@@ -92,12 +92,14 @@ impl Applier {
     }
 
     /// Applies batches until the log stops; snapshots every `snapshot_every_records` commands
-    /// (or `snapshot_interval_secs` with any), and after a failed log write (a snapshot is the
+    /// (or `snapshot_interval_secs` with any), when a batch asks for one (a member joined), and
+    /// after a failed log write (a snapshot is the
     /// one way to let the log drop old segments and free space), at most once a second.
     pub(super) fn run(self) {
         let interval = Duration::from_secs(self.core.config.snapshot_interval_secs.max(1));
         let mut last_snapshot = Instant::now();
         let mut storage_failed = false;
+        let mut snapshot_soon = false;
         loop {
             match self
                 .batches
@@ -105,6 +107,7 @@ impl Applier {
             {
                 Ok(batch) => {
                     storage_failed |= batch.storage_failed;
+                    snapshot_soon |= batch.snapshot_soon;
                     self.apply(batch);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -113,12 +116,14 @@ impl Applier {
             let pending = self.core.records_since_snapshot.load(Ordering::Relaxed);
             let reclaim = storage_failed && last_snapshot.elapsed() >= Duration::from_secs(1);
             if reclaim
+                || snapshot_soon
                 || pending >= self.core.config.snapshot_every_records.max(1)
                 || (pending > 0 && last_snapshot.elapsed() >= interval)
             {
                 self.snapshot();
                 last_snapshot = Instant::now();
                 storage_failed = false;
+                snapshot_soon = false;
             }
         }
     }
