@@ -20,13 +20,15 @@ use synckit_node::client::Client;
 use synckit_node::protocol::Protocol;
 use synckit_node::protocol::{ErrorCode, Reply, Request};
 
-const FIRST_SEGMENT: &str = "wal-00000000000000000001.log";
+/// The first segment of raft's log (a single node is a one-member raft group), in `raft/`.
+const FIRST_SEGMENT: &str = "raft-00000000000000000001.log";
 
+/// The segments of raft's log in the data directory `dir`.
 fn segments(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("raft"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("wal-") && n.ends_with(".log"))
+        .filter(|n| n.starts_with("raft-") && n.ends_with(".log"))
         .collect();
     names.sort();
     names
@@ -78,7 +80,7 @@ fn phase_one(node: &Node, snapshots: bool) -> Expected {
             wait_until(PROMPT * 2, || dir.join("snapshot.json").exists()
                 && !segments(dir).iter().any(|s| s == FIRST_SEGMENT)),
             "a snapshot and log truncation; files: {:?}",
-            std::fs::read_dir(dir)
+            std::fs::read_dir(dir.join("raft"))
                 .unwrap()
                 .map(|e| e.unwrap().file_name())
                 .collect::<Vec<_>>()
@@ -452,8 +454,9 @@ fn damage_inside_the_log_stops_the_node_instead_of_dropping_what_follows() {
         send(&mut alice, "alice", &format!("note {i}"));
     }
     node.kill();
-    // Damage the second record's payload; three whole records follow it.
-    let segment = dir.path().join(FIRST_SEGMENT);
+    // Damage the second record's payload (the hard state in the head); whole records follow
+    // it (the rest of the head, the entries).
+    let segment = dir.path().join("raft").join(FIRST_SEGMENT);
     let mut bytes = std::fs::read(&segment).unwrap();
     let second = 8 + u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
     bytes[second + 8 + 2] ^= 0xff;

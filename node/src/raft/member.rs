@@ -222,6 +222,7 @@ impl RaftLog {
             batch_append: true,
             ..raft::Config::default()
         };
+        let recovered_last = storage.last_index().map_err(|e| e.to_string())?;
         let logger = slog::Logger::root(slog_stdlog::StdLog.fuse(), slog::o!());
         let raw = start_raw(&config, storage, &logger)?;
 
@@ -260,6 +261,7 @@ impl RaftLog {
             raft_dir,
             storage_error: None,
             held: None,
+            recovered_last,
             cluster: cluster.clone(),
             transport: Arc::clone(&transport),
             inputs,
@@ -430,6 +432,9 @@ struct MemberLoop {
     /// A Ready whose entries and hard state could not be made durable: neither advanced nor
     /// followed by another Ready until a retry (every tick, and before every proposal) writes it.
     held: Option<Ready>,
+    /// The last index of raft's log when this member started: every change acknowledged before
+    /// is at or below it.
+    recovered_last: u64,
     cluster: Cluster,
     transport: Arc<Transport>,
     inputs: Receiver<Input>,
@@ -546,8 +551,16 @@ impl MemberLoop {
                 let _ = answer.send(self.status());
             }
             // The only voter commits alone, and answers a change only once it is applied: every
-            // change acknowledged before this read is already in the state.
-            Input::Read(done) if self.sole_voter() => done(Ok(())),
+            // change acknowledged by this run is in the state, and every one acknowledged before
+            // it is at or below the last index found at start (re-committed by this run's first
+            // commit).
+            Input::Read(done) if self.sole_voter() => {
+                if self.handed >= self.recovered_last {
+                    done(Ok(()));
+                } else {
+                    self.reads_at.push((self.recovered_last, done));
+                }
+            }
             Input::Read(done) => {
                 self.next_seq += 1;
                 let now = Instant::now();
