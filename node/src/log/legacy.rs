@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use raft::prelude::{ConfState, HardState, SnapshotMetadata};
+use raft::prelude::ConfState;
 
 use super::segments::{self, Entry};
 use super::snapshot::SNAPSHOT_FILE;
@@ -368,40 +368,19 @@ pub fn migrate_wal(dir: &Path) -> Result<Option<u64>, String> {
     Ok(Some(index))
 }
 
-/// Raft's storage in `raft_dir` made to start at `index`: snapshot metadata (term 1, the
-/// one-member configuration), hard state term >= 1 and commit >= `index`, durable. A storage
-/// already there is left alone; one holding anything else is refused.
+/// Raft's storage in `raft_dir` made to start at `index` (see [`DiskStorage::start_at`]): the
+/// one-member configuration, durable.
 fn init_raft(raft_dir: &Path, index: u64) -> Result<(), String> {
     let conf_state = ConfState::from((vec![SINGLE_ID], vec![]));
-    let failed = |e: std::io::Error| format!("raft's storage in {}: {e}", raft_dir.display());
-    let mut storage = DiskStorage::open(raft_dir, conf_state.clone()).map_err(failed)?;
-    let at = storage.snapshot_metadata().index;
-    let last = raft::Storage::last_index(&storage).map_err(|e| failed(std::io::Error::other(e)))?;
-    if at != index {
-        if at != 0 || last != 0 {
-            return Err(format!(
-                "{} holds the single-node log's segments (up to index {index}) and a raft log                  (snapshot at {at}, last index {last}) that do not match: refusing to start                  (move one of them aside)",
-                raft_dir.parent().unwrap_or(raft_dir).display()
-            ));
-        }
-        let mut meta = SnapshotMetadata {
-            index,
-            term: 1,
-            ..SnapshotMetadata::default()
-        };
-        meta.set_conf_state(conf_state);
-        storage.apply_snapshot(&meta).map_err(failed)?;
-    }
-    let hard_state = storage.hard_state().clone();
-    if hard_state.term < 1 || hard_state.commit < index {
-        storage.set_hard_state(HardState {
-            term: hard_state.term.max(1),
-            commit: hard_state.commit.max(index),
-            ..hard_state
-        });
-        storage.sync().map_err(failed)?;
-    }
-    Ok(())
+    let failed = |e: std::io::Error| {
+        format!(
+            "bringing the single-node log forward: raft's storage in {}: {e}",
+            raft_dir.display()
+        )
+    };
+    DiskStorage::open(raft_dir, conf_state.clone())
+        .and_then(|mut storage| storage.start_at(index, conf_state))
+        .map_err(failed)
 }
 
 /// A cluster member's data directory must not hold the single-node log's segments: their

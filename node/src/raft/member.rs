@@ -162,6 +162,14 @@ impl RaftLog {
         let raft_dir = data_dir.join("raft");
         let mut storage = open_storage(&raft_dir, cluster, &snapshots)?;
 
+        // A node on its own whose state is ahead of a raft log that never ran (a data directory
+        // brought forward from an earlier format): raft starts where the state is.
+        if cluster.standalone && applied > 0 && storage.hard_state().term == 0 {
+            let conf_state = ConfState::from((vec![me.id], vec![]));
+            storage
+                .start_at(applied, conf_state)
+                .map_err(|e| format!("raft's log in {}: {e}", raft_dir.display()))?;
+        }
         // Recovery: the committed entries the state's snapshot does not cover.
         let first = storage.first_index().map_err(|e| e.to_string())?;
         if applied + 1 < first {
@@ -173,11 +181,17 @@ impl RaftLog {
             ));
         }
         let mut commit = storage.hard_state().commit;
-        if applied > commit {
-            // The commit index is stored lazily; what was applied was committed.
-            storage.set_commit(applied);
+        // The commit index is stored lazily; what was applied was committed. On a node on its
+        // own, so is every entry it made durable: it is the only voter, and nobody else can
+        // replace its log. Recovery then applies everything the last run wrote, before serving.
+        let mut committed = applied;
+        if cluster.standalone {
+            committed = committed.max(storage.last_index().map_err(|e| e.to_string())?);
+        }
+        if committed > commit {
+            storage.set_commit(committed);
             storage.sync().map_err(|e| format!("raft storage: {e}"))?;
-            commit = applied;
+            commit = committed;
         }
         let mut recovered = Recovered {
             through: commit,
