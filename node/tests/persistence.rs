@@ -537,3 +537,28 @@ fn sigterm_syncs_the_log_so_pushed_messages_stay_delivered() {
         "pushed messages stay delivered"
     );
 }
+
+/// A single node is a one-member raft group that campaigns as it starts (it is its only voter):
+/// its first write after a start waits for no election timeout (1 to 2 s).
+#[test]
+fn a_single_node_takes_writes_as_soon_as_it_starts() {
+    let dir = data_dir();
+    let node = Node::start(dir.path(), &[]);
+    node.create("bob");
+    let mut alice = node.user(Protocol::Binary, "alice");
+    send(&mut alice, "bob", "before");
+    drop(alice);
+    node.kill();
+
+    let started = std::time::Instant::now();
+    let node = Node::start(dir.path(), &[]);
+    let mut alice = node.login(Protocol::Binary, "alice");
+    send(&mut alice, "bob", "after the restart");
+    let first_write = started.elapsed();
+    eprintln!("first write {first_write:?} after the start");
+    assert!(
+        first_write < Duration::from_millis(900),
+        "the first write took {first_write:?}: an election timeout is at least 1 s"
+    );
+    assert_eq!(node.stats()["raft"]["role"], "leader");
+}
