@@ -12,13 +12,13 @@ mod common;
 use std::path::Path;
 
 use common::{Node, PASSWORD, data_dir, read_all, send};
+use serde_json::json;
+use synckit_node::hasher::Hasher;
 use synckit_node::log::legacy::{self, LEGACY_WAL_DIR};
 use synckit_node::log::segments::{Entry, encode};
 use synckit_node::log::snapshot;
-use synckit_node::state::{Account, Command, Image};
-use serde_json::json;
-use synckit_node::hasher::Hasher;
 use synckit_node::protocol::Protocol;
+use synckit_node::state::{Account, Command, Image};
 
 /// A format-1 record: `[length u32 LE][crc32 u32 LE][JSON]`.
 fn record(entry: serde_json::Value) -> Vec<u8> {
@@ -199,10 +199,7 @@ fn a_format_2_data_directory_is_brought_forward_into_raft() {
     write_format_2(dir.path());
     let node = Node::start(dir.path(), &[]);
     assert!(
-        dir.path()
-            .join(LEGACY_WAL_DIR)
-            .join(WAL_SEGMENT)
-            .exists(),
+        dir.path().join(LEGACY_WAL_DIR).join(WAL_SEGMENT).exists(),
         "the old segment is kept aside"
     );
     assert!(!dir.path().join(WAL_SEGMENT).exists());

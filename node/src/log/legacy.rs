@@ -322,8 +322,8 @@ fn read_records(path: &Path) -> Result<Vec<OldEntry>, String> {
 
 /// The single-node log's segments (format 2) in `dir`.
 fn wal_segments(dir: &Path) -> Result<Vec<PathBuf>, String> {
-    let found = segments::list::<Entry>(dir)
-        .map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+    let found =
+        segments::list::<Entry>(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
     Ok(found.into_iter().map(|(_, path)| path).collect())
 }
 

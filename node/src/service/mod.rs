@@ -377,9 +377,10 @@ impl Drop for Service {
 /// The node's cluster: the one in its configuration, or (started without `--cluster`) a
 /// cluster of its own, one member with the node's addresses and data directory.
 fn cluster_of(config: &Config) -> Cluster {
-    config.cluster.clone().unwrap_or_else(|| {
-        Cluster::single(config.chat_addr, config.http_addr, &config.data_dir)
-    })
+    config
+        .cluster
+        .clone()
+        .unwrap_or_else(|| Cluster::single(config.chat_addr, config.http_addr, &config.data_dir))
 }
 
 fn lock_data_dir(dir: &Path) -> Result<FileLock, StartError> {
