@@ -31,6 +31,7 @@ use std::io;
 use std::net::TcpListener;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -93,6 +94,8 @@ pub enum MembershipChange {
 pub struct RaftLog {
     id: u64,
     inbox: Sender<Input>,
+    /// Reads need not ask raft (set by the loop): see `MemberLoop::local_reads`.
+    local_reads: Arc<AtomicBool>,
     transport: Arc<Transport>,
     thread: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
@@ -268,6 +271,7 @@ impl RaftLog {
             .map_err(|e| format!("cannot start the raft transport: {e}"))?,
         );
         let (batches, applier) = unbounded();
+        let local_reads = Arc::new(AtomicBool::new(false));
         let mut member = MemberLoop {
             raw,
             raft_config: config,
@@ -276,6 +280,7 @@ impl RaftLog {
             storage_error: None,
             held: None,
             recovered_last,
+            local_reads: Arc::clone(&local_reads),
             cluster: cluster.clone(),
             transport: Arc::clone(&transport),
             inputs,
@@ -301,6 +306,7 @@ impl RaftLog {
             log: Arc::new(RaftLog {
                 id: me.id,
                 inbox,
+                local_reads,
                 transport,
                 thread: std::sync::Mutex::new(Some(thread)),
             }),
@@ -413,6 +419,11 @@ impl CommandLog for RaftLog {
     }
 
     fn read_barrier(&self, done: ReadWaiter) {
+        // The only voter, caught up with the log it found at start: at once, on the caller's
+        // thread, as a log without replication would.
+        if self.local_reads.load(Ordering::Acquire) {
+            return done(Ok(()));
+        }
         if let Err(crossbeam_channel::SendError(Input::Read(done))) =
             self.inbox.send(Input::Read(done))
         {
@@ -449,6 +460,11 @@ struct MemberLoop {
     /// The last index of raft's log when this member started: every change acknowledged before
     /// is at or below it.
     recovered_last: u64,
+    /// Set while this member is its configuration's only voter and has handed the applier
+    /// everything up to `recovered_last`: a read then sees every acknowledged change without
+    /// asking raft (every change is applied before it is acknowledged), so `read_barrier`
+    /// answers at once.
+    local_reads: Arc<AtomicBool>,
     cluster: Cluster,
     transport: Arc<Transport>,
     inputs: Receiver<Input>,
@@ -523,6 +539,8 @@ impl MemberLoop {
                 tracing::error!("raft stopped on this member: {why}");
                 return self.shut_down(&why);
             }
+            let local = self.sole_voter() && self.handed >= self.recovered_last;
+            self.local_reads.store(local, Ordering::Release);
         }
     }
 
@@ -1247,6 +1265,7 @@ impl MemberLoop {
 
     /// Answers everything still waiting, and leaves the cluster.
     fn shut_down(mut self, why: &str) {
+        self.local_reads.store(false, Ordering::Release);
         let error = ErrorReply::new(ErrorCode::Unavailable, why.to_string());
         for (_, waiter) in std::mem::take(&mut self.pending).into_values() {
             waiter(Err(error.clone()));
