@@ -454,9 +454,10 @@ struct MemberLoop {
     /// Set while raft's storage fails to write (`storage failure: ...`); cleared by the next
     /// write that succeeds.
     storage_error: Option<String>,
-    /// A Ready whose entries and hard state could not be made durable: neither advanced nor
-    /// followed by another Ready until a retry (every tick, and before every proposal) writes it.
-    held: Option<Ready>,
+    /// A Ready whose entries and hard state could not be made durable: handed back to raft as
+    /// not yet persisted (`advance_append_async`), its persisted messages kept, and no other
+    /// Ready taken until a retry (every tick, and before every proposal) writes it.
+    held: Option<Held>,
     /// The last index of raft's log when this member started: every change acknowledged before
     /// is at or below it.
     recovered_last: u64,
@@ -487,6 +488,14 @@ struct MemberLoop {
     reads: BTreeMap<u64, PendingRead>,
     /// Reads whose index is known, waiting for the applier to reach it.
     reads_at: Vec<(u64, ReadWaiter)>,
+}
+
+/// A Ready raft holds as written but not yet durable (see `MemberLoop::held`).
+struct Held {
+    /// Its number, for `on_persist_ready`.
+    number: u64,
+    /// The messages that may leave only once it is durable (a follower's acknowledgements).
+    messages: Vec<Message>,
 }
 
 /// A read waiting for raft to confirm the commit index it must see.
@@ -884,8 +893,9 @@ impl MemberLoop {
     /// raft restarts from its durable state, as after a crash, so that they are not made durable
     /// later behind their refusal (on a single node, a refused change is never applied; in a
     /// cluster, one the leader already sent may still commit, like any unacknowledged change).
-    /// Otherwise the Ready is held and its write retried every tick and before each proposal;
-    /// once one succeeds, the loop goes on.
+    /// Otherwise raft keeps the Ready as not yet durable (it counts none of it, and its
+    /// acknowledgements are not sent), and its write is retried every tick and before each
+    /// proposal; once one succeeds, raft is told, and the loop goes on.
     fn on_ready(&mut self) -> Result<(), Fatal> {
         if self.held.is_some() || !self.raw.has_ready() {
             return Ok(());
@@ -931,7 +941,15 @@ impl MemberLoop {
                     drop(ready);
                     self.restart_raft().map_err(Fatal)?;
                 } else {
-                    self.held = Some(ready);
+                    // Raft learns it is durable only from `on_persist_ready`, after a retry's
+                    // fsync: until then it counts none of it, and its acks stay here.
+                    let held = Held {
+                        number: ready.number(),
+                        messages: ready.take_persisted_messages(),
+                    };
+                    self.raw.advance_append_async(ready);
+                    self.raw.advance_apply();
+                    self.held = Some(held);
                 }
                 return Ok(());
             }
@@ -996,18 +1014,20 @@ impl MemberLoop {
         }
     }
 
-    /// Writes the held Ready again; once that succeeds, finishes it.
+    /// Writes the held Ready again; once that succeeds, tells raft it is durable and sends its
+    /// acknowledgements (what it commits comes with the next Ready).
     fn retry_storage(&mut self) {
-        let Some(ready) = self.held.take() else {
+        let Some(held) = self.held.take() else {
             return;
         };
         match self.raw.mut_store().sync() {
             Ok(()) => {
                 self.storage_recovered();
-                self.finish(ready);
+                self.raw.on_persist_ready(held.number);
+                self.send(held.messages);
             }
             Err(error) => {
-                self.held = Some(ready);
+                self.held = Some(held);
                 tracing::debug!(%error, "raft's log still cannot be written");
                 self.storage_failed(&error);
             }
