@@ -3,7 +3,10 @@
 //! acknowledged; the node keeps serving; once space is back it accepts writes again; and after a
 //! `kill -9` and a restart every acknowledged message is there exactly once, and no refused one.
 //!
-//! Mounting needs root (as CI runs); elsewhere the test says so and does nothing.
+//! A cluster member whose disk fills stays in the cluster: the others go on, and it catches up
+//! once space is back.
+//!
+//! Mounting needs root (as CI runs); elsewhere the tests say so and do nothing.
 
 mod common;
 
@@ -180,4 +183,135 @@ fn ok_or_err(
     result: std::io::Result<Result<Reply, synckit_node::protocol::ErrorReply>>,
 ) -> Result<Reply, synckit_node::protocol::ErrorReply> {
     result.expect("the node answers")
+}
+
+/// Three members, the third on a small tmpfs that fills: its raft loop keeps its unwritten Ready
+/// and retries instead of leaving; the other two elect a leader between them and go on; once
+/// space is back the third writes what it held, catches up, and every member shows the same
+/// state at the same index.
+#[test]
+fn a_member_whose_disk_fills_stays_and_catches_up() {
+    let dir = data_dir();
+    let Some(disk) = SmallDisk::mount(&dir.path().join("disk"), "8m") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let held: Vec<std::net::TcpListener> = (0..9)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let addr = |i: usize| held[i].local_addr().unwrap();
+    let data: Vec<PathBuf> = vec![
+        dir.path().join("node-1"),
+        dir.path().join("node-2"),
+        disk.at.join("node-3"),
+    ];
+    let mut file_text = String::new();
+    for (i, data_dir) in data.iter().enumerate() {
+        fs::create_dir_all(data_dir).unwrap();
+        file_text.push_str(&format!(
+            "[[node]]\nid = {}\nchat_addr = \"{}\"\nhttp_addr = \"{}\"\nraft_addr = \"{}\"\ndata_dir = \"{}\"\n\n",
+            i + 1,
+            addr(3 * i),
+            addr(3 * i + 1),
+            addr(3 * i + 2),
+            data_dir.display()
+        ));
+    }
+    drop(held);
+    let file = dir.path().join("cluster.toml");
+    fs::write(&file, file_text).unwrap();
+    let file = file.display().to_string();
+    let start = |id: usize| {
+        let id_text = id.to_string();
+        Node::start(&data[id - 1], &["--cluster", &file, "--id", &id_text])
+    };
+    let mut members: Vec<Node> = (1..=3).map(start).collect();
+    let mut leader = None;
+    assert!(wait_until(PROMPT * 3, || {
+        leader = leader_among(&members, &[1, 2, 3]);
+        leader.is_some()
+    }));
+    if leader == Some(3) {
+        // The member about to fill is a follower: restarted, it rejoins as one (pre-vote).
+        members.pop().unwrap().kill();
+        assert!(wait_until(PROMPT * 3, || {
+            leader = leader_among(&members, &[1, 2]);
+            leader.is_some()
+        }));
+        members.push(start(3));
+    }
+    let before_fill = &members[leader.unwrap() - 1];
+    before_fill.create("bob");
+    drop(before_fill.user(Protocol::Binary, "alice"));
+
+    let filler_path = disk.at.join("filler");
+    let filler = fill(&filler_path);
+    // Members 1 and 2 are a majority: they have (or elect) a leader between them and go on.
+    assert!(
+        wait_until(PROMPT * 3, || {
+            leader = leader_among(&members, &[1, 2]);
+            leader.is_some()
+        }),
+        "no leader among the members with space"
+    );
+    let leader = &members[leader.unwrap() - 1];
+    let mut alice = leader.login(Protocol::Binary, "alice");
+    let big = "x".repeat(4000);
+    let mut acknowledged = Vec::new();
+    for i in 0..10 {
+        acknowledged.push(send(
+            &mut alice,
+            "bob",
+            &format!("while 3 is full {i} {big}"),
+        ));
+    }
+    // The third member is still running, serving its HTTP endpoint, and has not left.
+    members[2].assert_running();
+    assert_eq!(members[2].get("/health").status, 200);
+    assert!(
+        wait_until(PROMPT, || members[2]
+            .stderr()
+            .contains("raft's log could not be written")),
+        "the full member logged its failing writes:\n{}",
+        members[2].stderr()
+    );
+    assert!(
+        !members[2].stderr().contains("raft stopped on this member"),
+        "{}",
+        members[2].stderr()
+    );
+
+    drop(filler);
+    fs::remove_file(&filler_path).unwrap();
+    acknowledged.push(send(&mut alice, "bob", "after space came back"));
+    let mut seen = Vec::new();
+    let converged = wait_until(PROMPT * 3, || {
+        seen = members
+            .iter()
+            .map(|node| {
+                let stats = node.stats();
+                (
+                    stats["applied_index"].clone(),
+                    stats["state_digest"].clone(),
+                )
+            })
+            .collect();
+        seen.windows(2).all(|w| w[0] == w[1])
+    });
+    assert!(converged, "the members did not converge: {seen:?}");
+    // Every acknowledged message, once, read on the member whose disk was full.
+    drop(alice);
+    let mut bob = members[2].login(Protocol::Binary, "bob");
+    let ids: Vec<u64> = read_all(&mut bob).into_iter().map(|m| m.id).collect();
+    assert_eq!(ids, acknowledged);
+    for node in members {
+        node.kill();
+    }
+}
+
+/// The first of `ids` whose member says it is the leader.
+fn leader_among(members: &[Node], ids: &[usize]) -> Option<usize> {
+    ids.iter()
+        .copied()
+        .find(|&id| members[id - 1].stats()["raft"]["role"] == "leader")
 }

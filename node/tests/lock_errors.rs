@@ -1,6 +1,9 @@
 //! A sync-kit refusal inside the node becomes an error reply, never a panic or a hang, and the
 //! node keeps serving afterwards. The refusal is provoked the way a lock-order bug would cause
-//! it: the calling thread already holds a leveled lock above every lock of the service.
+//! it: the calling thread already holds a leveled lock above every lock of the service, and
+//! makes a request that takes one of them on that thread (a read hands messages out under the
+//! reader's mailbox shard; proposing a change takes no lock of the node since raft orders the
+//! log, so a send is no longer refused there).
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -41,10 +44,23 @@ fn a_lock_order_violation_inside_the_service_is_an_error_reply() {
         key: None,
     };
 
+    let first = match service.execute(&mut alice, send()).expect("send") {
+        Reply::Sent { id, .. } => id,
+        other => panic!("unexpected reply {other:?}"),
+    };
+    let (outbox, _inbox) = crossbeam_channel::unbounded();
+    let mut bob = service.connect(peer, outbox).expect("a connection slot");
+    let login = Request::Login {
+        username: "bob".into(),
+        password: "correct horse battery".into(),
+    };
+    service.execute(&mut bob, login).expect("bob logs in");
+    let read = || Request::ReadMessages { limit: 10 };
+
     let violations_before = sync_kit::deadlock::stats().level_violations;
     let outer = Mutex::with_level("test-outer", Level(u32::MAX), ());
     let held = outer.lock().unwrap();
-    let refused = service.execute(&mut alice, send());
+    let refused = service.execute(&mut bob, read());
     drop(held);
 
     let error = refused.expect_err("the service's locks sit below the held one");
@@ -56,19 +72,21 @@ fn a_lock_order_violation_inside_the_service_is_an_error_reply() {
     );
     assert!(sync_kit::deadlock::stats().level_violations > violations_before);
 
-    // Nothing was stored by the refused send, and the service goes on serving.
+    // The refused read handed nothing out, and the service goes on serving (bob is logged in
+    // now: the second send is pushed to him, not left for a read).
     let sent = service
         .execute(&mut alice, send())
         .expect("send once the lock is released");
     assert!(matches!(sent, Reply::Sent { .. }), "{sent:?}");
-    let (outbox, _inbox) = crossbeam_channel::unbounded();
-    let mut bob = service.connect(peer, outbox).expect("a connection slot");
-    let login = Request::Login {
-        username: "bob".into(),
-        password: "correct horse battery".into(),
-    };
-    match service.execute(&mut bob, login).expect("bob logs in") {
-        Reply::LoggedIn { unread } => assert_eq!(unread, 1, "only the accepted send is queued"),
+    match service.execute(&mut bob, read()).expect("bob reads") {
+        Reply::Messages { messages } => {
+            let ids: Vec<u64> = messages.iter().map(|m| m.id).collect();
+            assert_eq!(
+                ids,
+                vec![first],
+                "the message the refused read left: {messages:?}"
+            );
+        }
         other => panic!("unexpected reply {other:?}"),
     }
 }

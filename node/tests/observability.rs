@@ -9,7 +9,7 @@ use synckit_node::protocol::Protocol;
 use synckit_node::protocol::Request;
 
 fn lock_names() -> Vec<String> {
-    let mut names = vec!["sessions".to_string(), "wal-sequence".to_string()];
+    let mut names = vec!["sessions".to_string(), "apply-batch".to_string()];
     names.extend((0..16).map(|i| format!("mailboxes-{i:02}")));
     names
 }
@@ -58,7 +58,7 @@ fn stats_lists_the_named_locks_and_the_node_figures() {
             "{name} has acquisitions after traffic"
         );
     }
-    for name in ["sessions", "wal-sequence"] {
+    for name in ["sessions", "apply-batch"] {
         assert!(
             acquisitions(&stats, name) > acquisitions(&before, name),
             "{name}: traffic adds acquisitions"
@@ -87,7 +87,15 @@ fn stats_lists_the_named_locks_and_the_node_figures() {
         "{levels:?}"
     );
     assert!(levels.contains(&("mailboxes-07".into(), Value::from(20))));
-    assert!(levels.contains(&("wal-sequence".into(), Value::from(90))));
+    assert!(levels.contains(&("apply-batch".into(), Value::from(5))));
+
+    // A node started without --cluster is a one-member raft group: its own leader, no peers.
+    let raft = &stats["raft"];
+    assert_eq!(raft["role"], "leader", "{raft}");
+    assert_eq!(raft["id"], 1, "{raft}");
+    assert_eq!(raft["voters"], serde_json::json!([1]), "{raft}");
+    assert_eq!(raft["peers"], serde_json::json!([]), "{raft}");
+    assert_eq!(raft["commit_index"], raft["applied_index"], "{raft}");
 
     // The node-wide sections.
     for key in [
@@ -143,7 +151,7 @@ fn metrics_are_prometheus_text_with_lock_counters() {
             .unwrap_or_else(|| panic!("no value in {line:?}"))
     };
     assert!(value("synckit_lock_acquisitions_total{lock=\"sessions\"") > 0.0);
-    assert!(value("synckit_lock_acquisitions_total{lock=\"wal-sequence\"") > 0.0);
+    assert!(value("synckit_lock_acquisitions_total{lock=\"apply-batch\"") > 0.0);
     for i in 0..16 {
         assert!(
             text.contains(&format!(

@@ -20,13 +20,15 @@ use synckit_node::client::Client;
 use synckit_node::protocol::Protocol;
 use synckit_node::protocol::{ErrorCode, Reply, Request};
 
-const FIRST_SEGMENT: &str = "wal-00000000000000000001.log";
+/// The first segment of raft's log (a single node is a one-member raft group), in `raft/`.
+const FIRST_SEGMENT: &str = "raft-00000000000000000001.log";
 
+/// The segments of raft's log in the data directory `dir`.
 fn segments(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("raft"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("wal-") && n.ends_with(".log"))
+        .filter(|n| n.starts_with("raft-") && n.ends_with(".log"))
         .collect();
     names.sort();
     names
@@ -78,7 +80,7 @@ fn phase_one(node: &Node, snapshots: bool) -> Expected {
             wait_until(PROMPT * 2, || dir.join("snapshot.json").exists()
                 && !segments(dir).iter().any(|s| s == FIRST_SEGMENT)),
             "a snapshot and log truncation; files: {:?}",
-            std::fs::read_dir(dir)
+            std::fs::read_dir(dir.join("raft"))
                 .unwrap()
                 .map(|e| e.unwrap().file_name())
                 .collect::<Vec<_>>()
@@ -452,8 +454,9 @@ fn damage_inside_the_log_stops_the_node_instead_of_dropping_what_follows() {
         send(&mut alice, "alice", &format!("note {i}"));
     }
     node.kill();
-    // Damage the second record's payload; three whole records follow it.
-    let segment = dir.path().join(FIRST_SEGMENT);
+    // Damage the second record's payload (the hard state in the head); whole records follow
+    // it (the rest of the head, the entries).
+    let segment = dir.path().join("raft").join(FIRST_SEGMENT);
     let mut bytes = std::fs::read(&segment).unwrap();
     let second = 8 + u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
     bytes[second + 8 + 2] ^= 0xff;
@@ -533,4 +536,29 @@ fn sigterm_syncs_the_log_so_pushed_messages_stay_delivered() {
         0,
         "pushed messages stay delivered"
     );
+}
+
+/// A single node is a one-member raft group that campaigns as it starts (it is its only voter):
+/// its first write after a start waits for no election timeout (1 to 2 s).
+#[test]
+fn a_single_node_takes_writes_as_soon_as_it_starts() {
+    let dir = data_dir();
+    let node = Node::start(dir.path(), &[]);
+    node.create("bob");
+    let mut alice = node.user(Protocol::Binary, "alice");
+    send(&mut alice, "bob", "before");
+    drop(alice);
+    node.kill();
+
+    let started = std::time::Instant::now();
+    let node = Node::start(dir.path(), &[]);
+    let mut alice = node.login(Protocol::Binary, "alice");
+    send(&mut alice, "bob", "after the restart");
+    let first_write = started.elapsed();
+    eprintln!("first write {first_write:?} after the start");
+    assert!(
+        first_write < Duration::from_millis(900),
+        "the first write took {first_write:?}: an election timeout is at least 1 s"
+    );
+    assert_eq!(node.stats()["raft"]["role"], "leader");
 }

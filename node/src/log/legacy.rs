@@ -7,6 +7,24 @@
 //! deleted). A crash between the two leaves a format-2 snapshot next to old segments: the next
 //! start finds them covered and just moves them. The image's applied index is above every old
 //! sequence number and message id, so new message ids (log indexes) keep increasing.
+//!
+//! Format 2 (the single-node log before raft: `wal-*.log` segments of [`Entry`] records next to
+//! a format-2 `snapshot.json`) is brought forward by [`migrate_wal`] when a node starts without
+//! `--cluster` (it now runs as a one-member raft group), in an order that a crash at any step
+//! leaves redone or finished at the next start:
+//!
+//! 1. recover the state as the single-node log did: the snapshot, then every record after it
+//!    through `State::apply` (a torn tail is cut, damage refused, as before);
+//! 2. write that state as the snapshot (`atomic_write`), covering index `n`;
+//! 3. initialise raft's storage (`raft/`) at `n`: snapshot metadata at `n` with term 1 and the
+//!    one-member configuration, hard state term 1 and commit `n`, fsynced (skipped when it
+//!    already starts at `n`);
+//! 4. only then move the segments into `legacy-format-2/` (kept, not deleted).
+//!
+//! Steps 1 and 2 give the same state again when repeated (the segments' records at or below the
+//! snapshot's index are skipped), step 3 is skipped once done, and step 4 only moves what is
+//! left. A format-1 directory goes through [`migrate`] first, which leaves a format-2 snapshot
+//! and no segments.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -14,11 +32,20 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use raft::prelude::ConfState;
+
+use super::segments::{self, Entry};
 use super::snapshot::SNAPSHOT_FILE;
-use crate::state::{Account, Image, ImageMessage};
+use crate::raft::storage::DiskStorage;
+use crate::state::{Account, Image, ImageMessage, State};
 
 /// Where the old segments are moved.
 pub const LEGACY_DIR: &str = "legacy-format-1";
+/// Where the single-node log's segments (format 2) are moved once raft's storage holds their
+/// state.
+pub const LEGACY_WAL_DIR: &str = "legacy-format-2";
+/// The raft id of a node started without `--cluster`.
+const SINGLE_ID: u64 = 1;
 
 #[derive(Deserialize)]
 struct OldSnapshot {
@@ -293,8 +320,89 @@ fn read_records(path: &Path) -> Result<Vec<OldEntry>, String> {
     Ok(entries)
 }
 
+/// The single-node log's segments (format 2) in `dir`.
+fn wal_segments(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let found =
+        segments::list::<Entry>(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+    Ok(found.into_iter().map(|(_, path)| path).collect())
+}
+
+/// Brings a data directory written by the single-node log (format 2) forward to a one-member
+/// raft group's (see the module's summary). Returns the index raft's storage starts at, or
+/// `None` if there was nothing to bring forward.
+pub fn migrate_wal(dir: &Path) -> Result<Option<u64>, String> {
+    let wal = wal_segments(dir)?;
+    if wal.is_empty() {
+        return Ok(None);
+    }
+    // 1. The state, recovered as the single-node log recovered it.
+    let image = super::snapshot::load(dir)?;
+    let (found, truncated) = segments::recover::<Entry>(dir)
+        .map_err(|e| format!("cannot recover the log in {}: {e}", dir.display()))?;
+    let state = State::from_image(image);
+    for entry in found.into_iter().flat_map(|segment| segment.records) {
+        if entry.index > state.applied_index() {
+            state
+                .apply(entry.index, &entry.command)
+                .map_err(|e| format!("replaying the log in {}: {e}", dir.display()))?;
+        }
+    }
+    let index = state.applied_index();
+    // 2. Its snapshot.
+    let image = state
+        .image()
+        .map_err(|e| format!("the recovered state's image: {e}"))?;
+    super::snapshot::save(dir, image)?;
+    // 3. Raft's storage, starting at that index.
+    if index > 0 {
+        init_raft(&dir.join("raft"), index)?;
+    }
+    // 4. The segments, aside.
+    move_to(dir, &wal, LEGACY_WAL_DIR)?;
+    tracing::info!(
+        index,
+        segments = wal.len(),
+        truncated_bytes = truncated,
+        "a single-node log was brought forward to raft's; its segments are in {LEGACY_WAL_DIR}/"
+    );
+    Ok(Some(index))
+}
+
+/// Raft's storage in `raft_dir` made to start at `index` (see [`DiskStorage::start_at`]): the
+/// one-member configuration, durable.
+fn init_raft(raft_dir: &Path, index: u64) -> Result<(), String> {
+    let conf_state = ConfState::from((vec![SINGLE_ID], vec![]));
+    let failed = |e: std::io::Error| {
+        format!(
+            "bringing the single-node log forward: raft's storage in {}: {e}",
+            raft_dir.display()
+        )
+    };
+    DiskStorage::open(raft_dir, conf_state.clone())
+        .and_then(|mut storage| storage.start_at(index, conf_state))
+        .map_err(failed)
+}
+
+/// A cluster member's data directory must not hold the single-node log's segments: their
+/// changes would be ignored. (A single node brings them forward: start it without
+/// `--cluster` once.)
+pub fn refuse_wal(dir: &Path) -> Result<(), String> {
+    match wal_segments(dir)?.first() {
+        None => Ok(()),
+        Some(path) => Err(format!(
+            "{} holds the log of a node started without --cluster ({}); start it once without              --cluster, which brings it forward into raft's log, or move the segments aside",
+            dir.display(),
+            path.display()
+        )),
+    }
+}
+
 fn move_aside(dir: &Path, segments: &[PathBuf]) -> Result<(), String> {
-    let aside = dir.join(LEGACY_DIR);
+    move_to(dir, segments, LEGACY_DIR)
+}
+
+fn move_to(dir: &Path, segments: &[PathBuf], to: &str) -> Result<(), String> {
+    let aside = dir.join(to);
     fs::create_dir_all(&aside).map_err(|e| format!("cannot create {}: {e}", aside.display()))?;
     for path in segments {
         let name = path.file_name().expect("a segment has a name");

@@ -3,15 +3,15 @@
 //! The node proposes a [`Command`]; the log gives it the next index, makes it durable, and hands
 //! it (in log order, in [`Batch`]es) to the node's applier, which applies it and calls its
 //! [`Waiter`] with the outcome. A command the log cannot make durable is never applied: its
-//! waiter gets the error. Today's log is [`LocalLog`] (one node, group commit on local disk);
-//! a replicated log plugs in behind the same [`CommandLog`] trait without touching `apply`.
+//! waiter gets the error. The log is raft's (`crate::raft::RaftLog`), for a single node too (a
+//! one-member cluster); it plugs in behind the [`CommandLog`] trait without touching `apply`.
+//! [`segments`] is the checksummed record format raft's storage is built on; [`legacy`] brings
+//! data directories of earlier formats forward.
 
 pub mod legacy;
-mod local;
 pub mod segments;
 pub mod snapshot;
 
-pub use local::{LocalLog, WAL_SEQUENCE_LEVEL};
 pub use segments::{Entry, Recovered};
 
 use crate::protocol::ErrorReply;

@@ -1,6 +1,7 @@
 //! The log on disk: segments of checksummed binary records, torn-tail repair, compaction.
 //!
-//! - Segments are files `wal-<first index, 20 digits>.log`; each is a sequence of records
+//! - The single-node log of earlier versions wrote segments `wal-<first index, 20 digits>.log`
+//!   (read now only to bring such a directory forward: `super::legacy`); each is a sequence of records
 //!   `[payload length: u32 LE][crc32 of payload: u32 LE][payload]`, where the payload is a format
 //!   byte ([`RECORD_FORMAT`]) followed by the postcard encoding of an [`Entry`].
 //! - Indexes increase strictly through the log (they may skip: a batch that failed to be written

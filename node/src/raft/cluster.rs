@@ -44,6 +44,10 @@ pub struct Cluster {
     /// and learns the voters from the leader's snapshot, instead of taking the members listed
     /// here as the initial voters.
     pub join: bool,
+    /// A node started without `--cluster`: the one member of its own cluster, with no raft
+    /// port (it has no peers to hear from; its `raft_addr` is unused) and no membership
+    /// changes.
+    pub standalone: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -109,7 +113,25 @@ impl Cluster {
             id,
             members,
             join: false,
+            standalone: false,
         })
+    }
+
+    /// The one-member cluster of a node started without `--cluster` (member 1, with the node's
+    /// own addresses and data directory; see [`Cluster::standalone`]).
+    pub fn single(chat_addr: SocketAddr, http_addr: SocketAddr, data_dir: &Path) -> Cluster {
+        Cluster {
+            id: 1,
+            members: vec![Member {
+                id: 1,
+                chat_addr,
+                http_addr,
+                raft_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+                data_dir: data_dir.to_path_buf(),
+            }],
+            join: false,
+            standalone: true,
+        }
     }
 
     /// The voters a fresh raft log starts with: every member listed, or none when joining (the
@@ -164,6 +186,16 @@ mod tests {
         let read = Cluster::from_file(&path, 2).unwrap();
         assert_eq!(read, cluster);
         assert_eq!(read.me().chat_addr, member(2).chat_addr);
+    }
+
+    #[test]
+    fn a_single_node_is_member_1_and_its_only_voter() {
+        let one = member(1);
+        let single = Cluster::single(one.chat_addr, one.http_addr, &one.data_dir);
+        assert!(single.standalone && !single.join);
+        assert_eq!(single.initial_voters(), vec![1]);
+        assert_eq!(single.me().chat_addr, one.chat_addr);
+        assert_eq!(single.me().data_dir, one.data_dir);
     }
 
     #[test]

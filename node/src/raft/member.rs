@@ -31,6 +31,7 @@ use std::io;
 use std::net::TcpListener;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -38,7 +39,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, unbounded};
 use protobuf::Message as _;
 use raft::prelude::{
     ConfChange, ConfChangeType, ConfState, Entry as RaftEntry, EntryType, Message, MessageType,
-    Snapshot,
+    Ready, Snapshot,
 };
 use raft::{GetEntriesContext, INVALID_ID, RawNode, StateRole, Storage as _};
 use serde::Serialize;
@@ -93,6 +94,8 @@ pub enum MembershipChange {
 pub struct RaftLog {
     id: u64,
     inbox: Sender<Input>,
+    /// Reads need not ask raft (set by the loop): see `MemberLoop::local_reads`.
+    local_reads: Arc<AtomicBool>,
     transport: Arc<Transport>,
     thread: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
@@ -159,18 +162,17 @@ impl RaftLog {
         applied: u64,
     ) -> Result<Opened, String> {
         let me = cluster.me().clone();
-        let voters = cluster.initial_voters();
         let raft_dir = data_dir.join("raft");
-        let mut storage = DiskStorage::open(&raft_dir, ConfState::from((voters, vec![])))
-            .map_err(|e| format!("cannot open raft's log in {}: {e}", raft_dir.display()))?;
-        let source = Arc::clone(&snapshots);
-        storage.set_snapshot_source(Box::new(move || {
-            source
-                .read_encoded()
-                .map_err(io::Error::other)?
-                .ok_or_else(|| io::Error::other("no snapshot written yet"))
-        }));
+        let mut storage = open_storage(&raft_dir, cluster, &snapshots)?;
 
+        // A node on its own whose state is ahead of a raft log that never ran (a data directory
+        // brought forward from an earlier format): raft starts where the state is.
+        if cluster.standalone && applied > 0 && storage.hard_state().term == 0 {
+            let conf_state = ConfState::from((vec![me.id], vec![]));
+            storage
+                .start_at(applied, conf_state)
+                .map_err(|e| format!("raft's log in {}: {e}", raft_dir.display()))?;
+        }
         // Recovery: the committed entries the state's snapshot does not cover.
         let first = storage.first_index().map_err(|e| e.to_string())?;
         if applied + 1 < first {
@@ -182,11 +184,17 @@ impl RaftLog {
             ));
         }
         let mut commit = storage.hard_state().commit;
-        if applied > commit {
-            // The commit index is stored lazily; what was applied was committed.
-            storage.set_commit(applied);
+        // The commit index is stored lazily; what was applied was committed. On a node on its
+        // own, so is every entry it made durable: it is the only voter, and nobody else can
+        // replace its log. Recovery then applies everything the last run wrote, before serving.
+        let mut committed = applied;
+        if cluster.standalone {
+            committed = committed.max(storage.last_index().map_err(|e| e.to_string())?);
+        }
+        if committed > commit {
+            storage.set_commit(committed);
             storage.sync().map_err(|e| format!("raft storage: {e}"))?;
-            commit = applied;
+            commit = committed;
         }
         let mut recovered = Recovered {
             through: commit,
@@ -231,13 +239,19 @@ impl RaftLog {
             batch_append: true,
             ..raft::Config::default()
         };
+        let recovered_last = storage.last_index().map_err(|e| e.to_string())?;
         let logger = slog::Logger::root(slog_stdlog::StdLog.fuse(), slog::o!());
-        let raw = RawNode::new(&config, storage, &logger)
-            .map_err(|e| format!("cannot start raft: {e}"))?;
+        let raw = start_raw(&config, storage, &logger)?;
 
         let (inbox, inputs) = unbounded();
-        let listener = TcpListener::bind(me.raft_addr)
-            .map_err(|e| format!("cannot listen for raft on {}: {e}", me.raft_addr))?;
+        // A node on its own has no peers to hear from: no raft port.
+        let listener = match cluster.standalone {
+            true => None,
+            false => Some(
+                TcpListener::bind(me.raft_addr)
+                    .map_err(|e| format!("cannot listen for raft on {}: {e}", me.raft_addr))?,
+            ),
+        };
         let peers = cluster
             .members
             .iter()
@@ -257,8 +271,16 @@ impl RaftLog {
             .map_err(|e| format!("cannot start the raft transport: {e}"))?,
         );
         let (batches, applier) = unbounded();
+        let local_reads = Arc::new(AtomicBool::new(false));
         let mut member = MemberLoop {
             raw,
+            raft_config: config,
+            logger,
+            raft_dir,
+            storage_error: None,
+            held: None,
+            recovered_last,
+            local_reads: Arc::clone(&local_reads),
             cluster: cluster.clone(),
             transport: Arc::clone(&transport),
             inputs,
@@ -284,6 +306,7 @@ impl RaftLog {
             log: Arc::new(RaftLog {
                 id: me.id,
                 inbox,
+                local_reads,
                 transport,
                 thread: std::sync::Mutex::new(Some(thread)),
             }),
@@ -334,6 +357,44 @@ fn stopped() -> ErrorReply {
     ErrorReply::new(ErrorCode::Unavailable, "this member has stopped")
 }
 
+/// Opens raft's storage in `raft_dir` (a new one starts with the cluster's initial voters), its
+/// snapshots read from `snapshots`.
+fn open_storage(
+    raft_dir: &Path,
+    cluster: &Cluster,
+    snapshots: &Arc<SnapshotStore>,
+) -> Result<DiskStorage, String> {
+    let voters = cluster.initial_voters();
+    let mut storage = DiskStorage::open(raft_dir, ConfState::from((voters, vec![])))
+        .map_err(|e| format!("cannot open raft's log in {}: {e}", raft_dir.display()))?;
+    let source = Arc::clone(snapshots);
+    storage.set_snapshot_source(Box::new(move || {
+        source
+            .read_encoded()
+            .map_err(io::Error::other)?
+            .ok_or_else(|| io::Error::other("no snapshot written yet"))
+    }));
+    Ok(storage)
+}
+
+/// Starts raft on `storage`. A member that is its configuration's only voter campaigns at once
+/// (it wins alone): a single node serves writes as soon as it starts, without waiting out an
+/// election timeout.
+fn start_raw(
+    config: &raft::Config,
+    storage: DiskStorage,
+    logger: &slog::Logger,
+) -> Result<RawNode<DiskStorage>, String> {
+    let conf = storage.conf_state().clone();
+    let mut raw =
+        RawNode::new(config, storage, logger).map_err(|e| format!("cannot start raft: {e}"))?;
+    if conf.voters == [config.id] && conf.learners.is_empty() {
+        raw.campaign()
+            .map_err(|e| format!("cannot start raft: campaigning: {e}"))?;
+    }
+    Ok(raw)
+}
+
 impl CommandLog for RaftLog {
     fn propose(&self, command: Command, waiter: Option<Waiter>) {
         if let Err(crossbeam_channel::SendError(Input::Propose(_, Some(waiter)))) =
@@ -358,6 +419,11 @@ impl CommandLog for RaftLog {
     }
 
     fn read_barrier(&self, done: ReadWaiter) {
+        // The only voter, caught up with the log it found at start: at once, on the caller's
+        // thread, as a log without replication would.
+        if self.local_reads.load(Ordering::Acquire) {
+            return done(Ok(()));
+        }
         if let Err(crossbeam_channel::SendError(Input::Read(done))) =
             self.inbox.send(Input::Read(done))
         {
@@ -380,6 +446,26 @@ impl CommandLog for RaftLog {
 /// The state of the raft loop (on its own thread).
 struct MemberLoop {
     raw: RawNode<DiskStorage>,
+    /// What raft was started with, and where its storage is: raft restarts from its durable
+    /// state after a failed write of this member's own proposals (see `on_ready`).
+    raft_config: raft::Config,
+    logger: slog::Logger,
+    raft_dir: std::path::PathBuf,
+    /// Set while raft's storage fails to write (`storage failure: ...`); cleared by the next
+    /// write that succeeds.
+    storage_error: Option<String>,
+    /// A Ready whose entries and hard state could not be made durable: handed back to raft as
+    /// not yet persisted (`advance_append_async`), its persisted messages kept, and no other
+    /// Ready taken until a retry (every tick, and before every proposal) writes it.
+    held: Option<Held>,
+    /// The last index of raft's log when this member started: every change acknowledged before
+    /// is at or below it.
+    recovered_last: u64,
+    /// Set while this member is its configuration's only voter and has handed the applier
+    /// everything up to `recovered_last`: a read then sees every acknowledged change without
+    /// asking raft (every change is applied before it is acknowledged), so `read_barrier`
+    /// answers at once.
+    local_reads: Arc<AtomicBool>,
     cluster: Cluster,
     transport: Arc<Transport>,
     inputs: Receiver<Input>,
@@ -402,6 +488,14 @@ struct MemberLoop {
     reads: BTreeMap<u64, PendingRead>,
     /// Reads whose index is known, waiting for the applier to reach it.
     reads_at: Vec<(u64, ReadWaiter)>,
+}
+
+/// A Ready raft holds as written but not yet durable (see `MemberLoop::held`).
+struct Held {
+    /// Its number, for `on_persist_ready`.
+    number: u64,
+    /// The messages that may leave only once it is durable (a follower's acknowledgements).
+    messages: Vec<Message>,
 }
 
 /// A read waiting for raft to confirm the commit index it must see.
@@ -446,6 +540,7 @@ impl MemberLoop {
                 self.raw.tick();
                 next_tick = Instant::now() + TICK;
                 self.expire();
+                self.retry_storage();
             }
             self.propose_waiting();
             // 2. to 7.
@@ -453,15 +548,22 @@ impl MemberLoop {
                 tracing::error!("raft stopped on this member: {why}");
                 return self.shut_down(&why);
             }
+            let local = self.sole_voter() && self.handed >= self.recovered_last;
+            self.local_reads.store(local, Ordering::Release);
         }
     }
 
     /// Handles one input; `false` to stop.
     fn take(&mut self, input: Input) -> bool {
         match input {
-            Input::Propose(command, waiter) => {
-                self.propose(Instant::now() + WRITE_TIMEOUT, command, waiter)
-            }
+            Input::Propose(command, waiter) => match self.storage_blocked() {
+                Some(error) => {
+                    if let Some(waiter) = waiter {
+                        waiter(Err(ErrorReply::new(ErrorCode::Internal, error)));
+                    }
+                }
+                None => self.propose(Instant::now() + WRITE_TIMEOUT, command, waiter),
+            },
             Input::Message(message) if self.awaits_configuration(&message) => {
                 self.ask_for_snapshot(&message)
             }
@@ -473,7 +575,9 @@ impl MemberLoop {
             }
             Input::Sync(done) => {
                 let target = self.raw.raft.raft_log.last_index();
-                if target <= self.handed {
+                if let Some(error) = self.storage_blocked() {
+                    let _ = done.send(Err(error));
+                } else if target <= self.handed {
                     let _ = done.send(Ok(()));
                 } else {
                     self.syncs.push(PendingSync {
@@ -486,6 +590,17 @@ impl MemberLoop {
             Input::Compact(covered) => self.compact(covered),
             Input::Status(answer) => {
                 let _ = answer.send(self.status());
+            }
+            // The only voter commits alone, and answers a change only once it is applied: every
+            // change acknowledged by this run is in the state, and every one acknowledged before
+            // it is at or below the last index found at start (re-committed by this run's first
+            // commit).
+            Input::Read(done) if self.sole_voter() => {
+                if self.handed >= self.recovered_last {
+                    done(Ok(()));
+                } else {
+                    self.reads_at.push((self.recovered_last, done));
+                }
             }
             Input::Read(done) => {
                 self.next_seq += 1;
@@ -510,6 +625,13 @@ impl MemberLoop {
     /// answered once the entry is applied here (or when it times out, like any proposal).
     fn propose_membership(&mut self, change: MembershipChange, waiter: Waiter) {
         let invalid = |message: String| Err(ErrorReply::new(ErrorCode::InvalidArgument, message));
+        if self.cluster.standalone {
+            return waiter(invalid(
+                "this node was started without --cluster: it has no raft port, so it cannot \
+                 take other members (start it with --cluster to form a cluster)"
+                    .into(),
+            ));
+        }
         if self.raw.raft.state != StateRole::Leader {
             return waiter(Err(ErrorReply::not_leader(self.leader_chat_addr())));
         }
@@ -763,8 +885,19 @@ impl MemberLoop {
     }
 
     /// Steps 2 to 7: one Ready, handled in raft's order.
+    ///
+    /// A failed write (a full disk, a failing fsync) does not stop the member: the Ready is not
+    /// advanced, and nothing that depends on it is sent. Waiting proposals are answered
+    /// `internal` ("storage failure: ..."), and so is every proposal while the write keeps
+    /// failing. If the Ready holds entries of this member's own proposals (answered as failed),
+    /// raft restarts from its durable state, as after a crash, so that they are not made durable
+    /// later behind their refusal (on a single node, a refused change is never applied; in a
+    /// cluster, one the leader already sent may still commit, like any unacknowledged change).
+    /// Otherwise raft keeps the Ready as not yet durable (it counts none of it, and its
+    /// acknowledgements are not sent), and its write is retried every tick and before each
+    /// proposal; once one succeeds, raft is told, and the loop goes on.
     fn on_ready(&mut self) -> Result<(), Fatal> {
-        if !self.raw.has_ready() {
+        if self.held.is_some() || !self.raw.has_ready() {
             return Ok(());
         }
         let mut ready = self.raw.ready();
@@ -790,6 +923,10 @@ impl MemberLoop {
         //    Ready whose only change is the commit index needs no fsync (raft learns the commit
         //    again from the leader); it is written with the next one.
         let must_sync = ready.must_sync();
+        let mine = ready
+            .entries()
+            .iter()
+            .any(|entry| self.is_mine(&entry.context));
         let store = self.raw.mut_store();
         store
             .append(ready.entries())
@@ -798,10 +935,32 @@ impl MemberLoop {
             store.set_hard_state(hard_state.clone());
         }
         if must_sync {
-            store
-                .sync()
-                .map_err(|e| Fatal(format!("raft storage: {e}")))?;
+            if let Err(error) = store.sync() {
+                self.storage_failed(&error);
+                if mine {
+                    drop(ready);
+                    self.restart_raft().map_err(Fatal)?;
+                } else {
+                    // Raft learns it is durable only from `on_persist_ready`, after a retry's
+                    // fsync: until then it counts none of it, and its acks stay here.
+                    let held = Held {
+                        number: ready.number(),
+                        messages: ready.take_persisted_messages(),
+                    };
+                    self.raw.advance_append_async(ready);
+                    self.raw.advance_apply();
+                    self.held = Some(held);
+                }
+                return Ok(());
+            }
+            self.storage_recovered();
         }
+        self.finish(ready);
+        Ok(())
+    }
+
+    /// Steps 6 and 7 of a Ready whose entries and hard state are durable.
+    fn finish(&mut self, mut ready: Ready) {
         // 6. A follower's answers say "I have these entries": only after the fsync.
         self.send(ready.take_persisted_messages());
         // 7. Advance; the light ready carries what became committed meanwhile.
@@ -818,7 +977,98 @@ impl MemberLoop {
             self.answer_syncs(&mut batch);
             let _ = self.applier.send(batch);
         }
+    }
+
+    /// A write of raft's storage failed: everything waiting for a change is answered with it,
+    /// and the applier is told (it attempts a snapshot, which lets the log drop old entries).
+    fn storage_failed(&mut self, error: &io::Error) {
+        let message = format!("storage failure: {error}");
+        if self.storage_error.is_none() {
+            tracing::error!(
+                %error,
+                "raft's log could not be written: changes are refused until a retry succeeds"
+            );
+        }
+        self.storage_error = Some(message.clone());
+        let reply = ErrorReply::new(ErrorCode::Internal, message.clone());
+        for (_, waiter) in std::mem::take(&mut self.pending).into_values() {
+            waiter(Err(reply.clone()));
+        }
+        for (_, _, waiter) in std::mem::take(&mut self.waiting) {
+            if let Some(waiter) = waiter {
+                waiter(Err(reply.clone()));
+            }
+        }
+        for sync in std::mem::take(&mut self.syncs) {
+            let _ = sync.done.send(Err(message.clone()));
+        }
+        let _ = self.applier.send(Batch {
+            storage_failed: true,
+            ..Batch::default()
+        });
+    }
+
+    fn storage_recovered(&mut self) {
+        if self.storage_error.take().is_some() {
+            tracing::info!("raft's log is written again: changes are accepted");
+        }
+    }
+
+    /// Writes the held Ready again; once that succeeds, tells raft it is durable and sends its
+    /// acknowledgements (what it commits comes with the next Ready).
+    fn retry_storage(&mut self) {
+        let Some(held) = self.held.take() else {
+            return;
+        };
+        match self.raw.mut_store().sync() {
+            Ok(()) => {
+                self.storage_recovered();
+                self.raw.on_persist_ready(held.number);
+                self.send(held.messages);
+            }
+            Err(error) => {
+                self.held = Some(held);
+                tracing::debug!(%error, "raft's log still cannot be written");
+                self.storage_failed(&error);
+            }
+        }
+    }
+
+    /// The storage error, if writes still fail after a retry (proposals are then refused
+    /// without entering raft).
+    fn storage_blocked(&mut self) -> Option<String> {
+        self.held.as_ref()?;
+        self.retry_storage();
+        self.held.as_ref()?;
+        self.storage_error.clone()
+    }
+
+    /// Restarts raft from what its storage holds durably, as a crash and restart would, dropping
+    /// whatever was not written. What the applier was handed stays: it was durable.
+    fn restart_raft(&mut self) -> Result<(), String> {
+        let mut storage = open_storage(&self.raft_dir, &self.cluster, &self.snapshots)?;
+        if storage.hard_state().commit < self.handed {
+            storage.set_commit(self.handed);
+        }
+        self.raft_config.applied = self.handed;
+        self.raw = start_raw(&self.raft_config, storage, &self.logger)?;
+        tracing::warn!(
+            applied = self.handed,
+            "raft restarted from its durable log after a failed write"
+        );
         Ok(())
+    }
+
+    /// This member is its configuration's only voter (it commits alone).
+    fn sole_voter(&self) -> bool {
+        let conf = self.raw.store().conf_state();
+        conf.voters == [self.cluster.id] && conf.learners.is_empty()
+    }
+
+    /// The context names a proposal this member made in this run.
+    fn is_mine(&self, context: &[u8]) -> bool {
+        ProposalId::decode(context)
+            .is_some_and(|id| id.member == self.cluster.id && id.incarnation == self.incarnation)
     }
 
     fn send(&mut self, messages: Vec<Message>) {
@@ -1035,6 +1285,7 @@ impl MemberLoop {
 
     /// Answers everything still waiting, and leaves the cluster.
     fn shut_down(mut self, why: &str) {
+        self.local_reads.store(false, Ordering::Release);
         let error = ErrorReply::new(ErrorCode::Unavailable, why.to_string());
         for (_, waiter) in std::mem::take(&mut self.pending).into_values() {
             waiter(Err(error.clone()));

@@ -558,6 +558,34 @@ impl DiskStorage {
         self.delete_segments_up_to(u64::MAX)
     }
 
+    /// Makes a log with no entries and no election yet start at `index`, as a one-member
+    /// group's whose state machine already holds everything up to there (a data directory
+    /// written before the node ran raft): snapshot metadata at `index` with term 1 and
+    /// `conf_state`, hard state term >= 1 and commit >= `index`. Durable on return. Done again,
+    /// it changes nothing; a log that holds entries or another snapshot is refused.
+    pub fn start_at(&mut self, index: u64, conf_state: ConfState) -> io::Result<()> {
+        if self.snapshot.index != index {
+            if self.snapshot.index != 0 || !self.entries.is_empty() {
+                return Err(invalid_input(format!(
+                    "raft's log in {} cannot start at {index}: it holds a snapshot at {} and \
+                     entries up to {}",
+                    self.dir.display(),
+                    self.snapshot.index,
+                    self.last()
+                )));
+            }
+            self.apply_snapshot(&snapshot_metadata(index, 1, conf_state))?;
+        }
+        if self.hard_state.term < 1 || self.hard_state.commit < index {
+            let mut hard_state = self.hard_state.clone();
+            hard_state.term = hard_state.term.max(1);
+            hard_state.commit = hard_state.commit.max(index);
+            self.set_hard_state(hard_state);
+            self.sync()?;
+        }
+        Ok(())
+    }
+
     /// Where `Storage::snapshot` gets the state machine's bytes: returns (index covered, data).
     /// `Storage::snapshot` builds the Snapshot with metadata {index, term(index), current conf
     /// state}; if index < request_index, or the term of index is unknown, or the source fails,

@@ -89,8 +89,9 @@ pub struct PeerHealth {
 /// Raft messages to and from the other members of the cluster (see the module summary).
 pub struct Transport {
     shared: Arc<Shared>,
-    /// The listener's address, dialled once to wake the acceptor when stopping.
-    local_addr: SocketAddr,
+    /// The listener's address, dialled once to wake the acceptor when stopping (`None`: no
+    /// listener, a member that has no peers to hear from).
+    local_addr: Option<SocketAddr>,
     acceptor: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -149,14 +150,22 @@ impl Transport {
     /// Serves `listener` (this member's raft_addr) and dials each peer (id, "host:port").
     /// Every well-formed message received is passed to `deliver` (called from the transport's
     /// threads; it must not block for long, and must not call [`Transport::stop`]).
+    ///
+    /// Without a listener (`None`: a node on its own, which has no raft port) nothing is
+    /// accepted; peers, if any, are still dialled.
     pub fn start(
         id: u64,
-        listener: TcpListener,
+        listener: Option<TcpListener>,
         peers: Vec<(u64, String)>,
         deliver: Box<dyn Fn(Message) + Send + Sync>,
     ) -> io::Result<Transport> {
-        let local_addr = listener.local_addr()?;
-        listener.set_nonblocking(false)?;
+        let local_addr = match &listener {
+            Some(listener) => {
+                listener.set_nonblocking(false)?;
+                Some(listener.local_addr()?)
+            }
+            None => None,
+        };
         let shared = Arc::new(Shared {
             id,
             epoch: Instant::now(),
@@ -180,6 +189,10 @@ impl Transport {
             transport.insert_peer(peer, addr)?;
         }
         // Accepting starts once the peers are known: a hello is checked against them.
+        let Some(listener) = listener else {
+            tracing::debug!(id, "raft transport started without a listener");
+            return Ok(transport);
+        };
         let acceptor = {
             let shared = Arc::clone(&transport.shared);
             thread::Builder::new()
@@ -187,7 +200,7 @@ impl Transport {
                 .spawn(move || accept_loop(&shared, listener))?
         };
         *lock(&transport.acceptor) = Some(acceptor);
-        tracing::info!(id, addr = %local_addr, "raft transport started");
+        tracing::info!(id, addr = ?local_addr, "raft transport started");
         Ok(transport)
     }
 
@@ -270,8 +283,8 @@ impl Transport {
         }
         // The acceptor first, so that no reader starts after the readers are collected.
         let acceptor = lock(&self.acceptor).take();
-        if let Some(acceptor) = acceptor {
-            match TcpStream::connect_timeout(&wake_address(self.local_addr), CONNECT_TIMEOUT) {
+        if let (Some(acceptor), Some(local_addr)) = (acceptor, self.local_addr) {
+            match TcpStream::connect_timeout(&wake_address(local_addr), CONNECT_TIMEOUT) {
                 Ok(_) => join(acceptor, "acceptor"),
                 Err(error) => tracing::warn!(
                     %error,
@@ -821,7 +834,7 @@ mod tests {
         let deliver = Box::new(move |message| {
             let _ = deliveries.send(message);
         });
-        let transport = Transport::start(id, listener, peers, deliver).unwrap();
+        let transport = Transport::start(id, Some(listener), peers, deliver).unwrap();
         Member { transport, inbox }
     }
 

@@ -6,9 +6,9 @@
 //!            decide everything non-deterministic (clock, Argon2id on the hashing pool) ─► Command
 //!              │
 //!              ▼  log.propose(command, waiter)            (never blocks on the disk)
-//!            log thread: next index (`wal-sequence`), group commit, one fsync per batch
-//!              │
-//!              ▼  durable batches, in log order
+//!            raft loop (`crate::raft`): raft orders it; one fsync per Ready (group commit);
+//!              │  a single node is a one-member cluster, on the same path
+//!              ▼  committed batches, in log order
 //!            applier thread (`apply.rs`): State::apply(index, command), lanes by shard
 //!              ├─ effects: live pushes (their marks: one MarkDelivered per batch), sessions of
 //!              │  a deleted account
@@ -26,7 +26,6 @@
 //! | `sessions`: `RwLock<HashMap<user, Vec<SessionHandle>>>` | 10 | who is online (logins, pushes) |
 //! | `mailboxes-NN` (in [`State`]) | 20 | applying a command; reading a mailbox |
 //! | `state-digest` (in [`State`]) | 30 | reading or storing the last digest, alone |
-//! | `wal-sequence` (in the log) | 90 | giving a command its index and queueing it |
 //!
 //! A `LockError` (which would mean a bug in that order) becomes an `internal` error answer and an
 //! error log line, never a panic or a hang.
@@ -55,9 +54,9 @@ use sync_kit::{LockError, RwLock};
 use crate::config::Config;
 use crate::hasher::Hasher;
 use crate::log::snapshot::{self, SnapshotStore};
-use crate::log::{Batch, CommandLog, LocalLog, Recovered, legacy};
+use crate::log::{CommandLog, legacy};
 use crate::protocol::{ErrorCode, ErrorReply, Reply, Request, ServerFrame, limits};
-use crate::raft::{RaftLog, RaftStatus};
+use crate::raft::{Cluster, RaftLog, RaftStatus};
 use crate::state::{Capture, Command, MessageCounts, Outcome, State};
 
 /// Lock levels of the node (see `docs/node.md`).
@@ -67,15 +66,10 @@ pub mod levels {
     pub const SESSIONS: Level = Level(10);
     /// `mailboxes-NN`: messages per user, sharded (in the state).
     pub const MAILBOXES: Level = crate::state::MAILBOXES_LEVEL;
-    /// `wal-sequence`: log order (in the log).
-    pub const WAL_SEQUENCE: Level = crate::log::WAL_SEQUENCE_LEVEL;
 }
 
 // The order every operation takes its locks in, checked at compile time.
-const _: () = {
-    assert!(levels::SESSIONS.0 < levels::MAILBOXES.0);
-    assert!(levels::MAILBOXES.0 < levels::WAL_SEQUENCE.0);
-};
+const _: () = assert!(levels::SESSIONS.0 < levels::MAILBOXES.0);
 
 /// The bytes of messages one read returns at most, so its answer stays within a frame
 /// ([`limits::MAX_FRAME`], envelope included).
@@ -103,8 +97,8 @@ impl std::error::Error for StartError {}
 /// everything logged so far durable and applied, then stops the threads.
 pub struct Service {
     core: Arc<Core>,
-    /// Raft's side of the log, when this node is a cluster member (for its figures).
-    raft: Option<Arc<RaftLog>>,
+    /// Raft's side of the log (for its figures and membership changes).
+    raft: Arc<RaftLog>,
     applier: Option<JoinHandle<()>>,
     snapshots: Option<JoinHandle<()>>,
     _data_lock: FileLock,
@@ -157,12 +151,22 @@ impl Service {
         })?;
         let data_lock = lock_data_dir(dir)?;
 
-        // A data directory of the format before the log-first core is brought forward first.
+        // A data directory of the format before the log-first core is brought forward first,
+        // then one written by the single-node log before raft.
         legacy::migrate(dir).map_err(StartError)?;
+        let cluster = cluster_of(config);
+        if cluster.standalone {
+            legacy::migrate_wal(dir).map_err(StartError)?;
+        } else {
+            legacy::refuse_wal(dir).map_err(StartError)?;
+        }
         // Recovery: the snapshot's image, then every command logged after it, through `apply`.
         let state = State::from_image(snapshot::load(dir).map_err(StartError)?);
         let snapshots = Arc::new(SnapshotStore::new(dir, state.applied_index()));
-        let (log, raft, recovered, batches) = open_log(config, &snapshots, state.applied_index())?;
+        let opened = RaftLog::open(&cluster, dir, Arc::clone(&snapshots), state.applied_index())
+            .map_err(StartError)?;
+        let (raft, recovered, batches) = (opened.log, opened.recovered, opened.batches);
+        let log: Arc<dyn CommandLog> = raft.clone();
         let mut replayed = 0u64;
         for entry in recovered.entries {
             if entry.index > state.applied_index() {
@@ -333,13 +337,13 @@ impl Service {
             parallel_batches: core.parallel_batches.load(Ordering::Relaxed),
             applied_index,
             state_digest,
-            raft: self.raft.as_ref().and_then(|raft| raft.status()),
+            raft: self.raft.status(),
         }
     }
 
-    /// Raft's side of the log, when this node is a cluster member.
-    pub fn raft(&self) -> Option<&Arc<RaftLog>> {
-        self.raft.as_ref()
+    /// Raft's side of the log (a node started without `--cluster` is a one-member cluster).
+    pub fn raft(&self) -> &Arc<RaftLog> {
+        &self.raft
     }
 
     /// The configuration this node runs with.
@@ -370,34 +374,13 @@ impl Drop for Service {
     }
 }
 
-type OpenedLog = (
-    Arc<dyn CommandLog>,
-    Option<Arc<RaftLog>>,
-    Recovered,
-    crossbeam_channel::Receiver<Batch>,
-);
-
-/// The node's log: on local disk alone, or raft's when the node is a cluster member.
-fn open_log(
-    config: &Config,
-    snapshots: &Arc<SnapshotStore>,
-    applied: u64,
-) -> Result<OpenedLog, StartError> {
-    let dir = &config.data_dir;
-    match &config.cluster {
-        None => {
-            let (log, recovered, batches) = LocalLog::open(dir, applied).map_err(|e| {
-                StartError(format!("cannot open the log in {}: {e}", dir.display()))
-            })?;
-            Ok((log, None, recovered, batches))
-        }
-        Some(cluster) => {
-            let opened =
-                RaftLog::open(cluster, dir, Arc::clone(snapshots), applied).map_err(StartError)?;
-            let log: Arc<dyn CommandLog> = opened.log.clone();
-            Ok((log, Some(opened.log), opened.recovered, opened.batches))
-        }
-    }
+/// The node's cluster: the one in its configuration, or (started without `--cluster`) a
+/// cluster of its own, one member with the node's addresses and data directory.
+fn cluster_of(config: &Config) -> Cluster {
+    config
+        .cluster
+        .clone()
+        .unwrap_or_else(|| Cluster::single(config.chat_addr, config.http_addr, &config.data_dir))
 }
 
 fn lock_data_dir(dir: &Path) -> Result<FileLock, StartError> {
@@ -752,7 +735,7 @@ pub struct NodeStats {
     /// SHA-256 of the state at `applied_index`, in hex: equal on nodes that applied the same
     /// commands.
     pub state_digest: String,
-    /// Raft's figures, when this node is a cluster member.
+    /// Raft's figures (`None` if its loop did not answer in time).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub raft: Option<RaftStatus>,
 }
