@@ -519,8 +519,14 @@ impl MemberLoop {
     fn run(mut self) {
         let mut next_tick = Instant::now() + TICK;
         loop {
-            // 1. What arrived (waiting at most until the next tick), then raft's clock.
-            let wait = next_tick.saturating_duration_since(Instant::now());
+            // 1. What arrived (waiting at most until the next tick, or not at all while raft
+            //    has a Ready left from the last turn: an advance can make one, e.g. a sole
+            //    voter's commit), then raft's clock.
+            let wait = if self.held.is_none() && self.raw.has_ready() {
+                Duration::ZERO
+            } else {
+                next_tick.saturating_duration_since(Instant::now())
+            };
             let first = match self.inputs.recv_timeout(wait) {
                 Ok(input) => Some(input),
                 Err(RecvTimeoutError::Timeout) => None,
