@@ -12,14 +12,14 @@ use sync_kit::mvcc::{Conflict, MvccMap, MvccStats, Snapshot};
 mod common;
 use common::bounded;
 
-fn contents<K: Ord + Clone, V: Clone>(snapshot: &Snapshot<K, V>) -> Vec<(K, V)> {
+fn contents<K: Ord + std::hash::Hash + Clone, V: Clone>(snapshot: &Snapshot<K, V>) -> Vec<(K, V)> {
     snapshot
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
 
-fn commit_all<K: Ord + Clone, V: Clone>(map: &MvccMap<K, V>, entries: &[(K, V)]) -> u64 {
+fn commit_all<K: Ord + std::hash::Hash + Clone, V: Clone>(map: &MvccMap<K, V>, entries: &[(K, V)]) -> u64 {
     let mut tx = map.begin();
     for (k, v) in entries {
         tx.insert(k.clone(), v.clone());
@@ -607,8 +607,8 @@ fn overwritten_values_are_freed_when_the_last_snapshot_that_sees_them_drops() {
     tx.commit().unwrap();
     assert_eq!(
         Arc::strong_count(&tracked),
-        2,
-        "the latest version holds it"
+        3,
+        "the latest version holds it (in its ordered map and in the latest version's hash index)"
     );
 
     let snapshot = map.snapshot();

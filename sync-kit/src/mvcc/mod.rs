@@ -49,11 +49,13 @@
 //! assert_eq!(map.snapshot().iter().map(|(_, v)| *v).sum::<i32>(), 150);
 //! ```
 
+mod index;
 mod snapshot;
 mod state;
 mod transaction;
 
 use std::fmt;
+use std::hash::Hash;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -78,13 +80,13 @@ impl<K, V> Clone for MvccMap<K, V> {
     }
 }
 
-impl<K: Ord + Clone, V: Clone> Default for MvccMap<K, V> {
+impl<K: Ord + Hash + Clone, V: Clone> Default for MvccMap<K, V> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<K: Ord + Clone, V: Clone> MvccMap<K, V> {
+impl<K: Ord + Hash + Clone, V: Clone> MvccMap<K, V> {
     /// An empty map at version 0.
     pub fn new() -> Self {
         Self {
@@ -104,12 +106,12 @@ impl<K: Ord + Clone, V: Clone> MvccMap<K, V> {
 
     /// The latest committed value of `key`.
     pub fn get(&self, key: &K) -> Option<V> {
-        self.shared.latest().get(key)
+        self.shared.get_latest(key)
     }
 
     /// Whether `key` has a committed value.
     pub fn contains_key(&self, key: &K) -> bool {
-        self.shared.latest().get(key).is_some()
+        self.shared.contains_latest(key)
     }
 
     /// Number of keys in the latest version.

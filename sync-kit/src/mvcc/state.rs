@@ -13,14 +13,17 @@
 //! against is the one it replaces.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::hash::Hash;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use imbl::OrdMap;
 
 use super::MvccStats;
+use super::index::{Index, Lookup};
 use super::transaction::Conflict;
 use crate::loom::InternalMutex;
+use crate::loom::atomic::{AtomicU64 as SyncAtomicU64, Ordering};
 
 /// One committed entry: its value (`None` for a tombstone) and the version that wrote it.
 #[derive(Clone, Debug)]
@@ -37,7 +40,7 @@ pub(crate) struct Version<K, V> {
     pub(crate) len: usize,
 }
 
-impl<K: Ord + Clone, V: Clone> Version<K, V> {
+impl<K: Ord + Hash + Clone, V: Clone> Version<K, V> {
     pub(crate) fn get(&self, key: &K) -> Option<V> {
         self.entries.get(key).and_then(|e| e.value.clone())
     }
@@ -73,16 +76,19 @@ impl<K, V> State<K, V> {
 struct CommitterState<K> {
     /// Removed keys in commit order, with the version that removed them.
     tombstones: VecDeque<(u64, K)>,
+    /// Hashes of the index slots the running commit left holding a previous value, to forget
+    /// once it is published (kept here to reuse the allocation).
+    kept_prev: Vec<u64>,
 }
 
 /// A live snapshot's claim on its version; released on drop unless a commit released it.
-pub(crate) struct Registration<K: Ord + Clone, V: Clone> {
+pub(crate) struct Registration<K: Ord + Hash + Clone, V: Clone> {
     pub(crate) shared: Arc<Shared<K, V>>,
     pub(crate) version: u64,
     active: bool,
 }
 
-impl<K: Ord + Clone, V: Clone> Registration<K, V> {
+impl<K: Ord + Hash + Clone, V: Clone> Registration<K, V> {
     /// Registers a snapshot of the latest version, returning it.
     pub(crate) fn latest(shared: &Arc<Shared<K, V>>) -> (Self, Arc<Version<K, V>>) {
         let version = shared.acquire_latest();
@@ -105,7 +111,7 @@ impl<K: Ord + Clone, V: Clone> Registration<K, V> {
     }
 }
 
-impl<K: Ord + Clone, V: Clone> Drop for Registration<K, V> {
+impl<K: Ord + Hash + Clone, V: Clone> Drop for Registration<K, V> {
     fn drop(&mut self) {
         if self.active {
             self.shared.release(self.version);
@@ -116,6 +122,13 @@ impl<K: Ord + Clone, V: Clone> Drop for Registration<K, V> {
 pub(crate) struct Shared<K, V> {
     committer: InternalMutex<CommitterState<K>>,
     state: InternalMutex<State<K, V>>,
+    /// The latest version's entries by hash (see `index.rs`), written by committers before they
+    /// publish.
+    index: Index<K, V>,
+    /// The latest published version number: stored (Release) inside `state`'s critical section
+    /// that publishes the version, after the index holds its writes; loaded (Acquire) by
+    /// [`Shared::get_latest`] before it asks the index.
+    published: SyncAtomicU64,
     // Plain counters; they order no other memory.
     commits: AtomicU64,
     conflicts: AtomicU64,
@@ -125,7 +138,7 @@ pub(crate) struct Shared<K, V> {
 /// the queue faster than commits can fill it (a commit removes at most as many keys as it writes).
 const TOMBSTONES_PER_COMMIT: usize = 64;
 
-impl<K: Ord + Clone, V: Clone> Shared<K, V> {
+impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
     pub(crate) fn new() -> Self {
         Self {
             state: InternalMutex::new(State {
@@ -138,10 +151,49 @@ impl<K: Ord + Clone, V: Clone> Shared<K, V> {
             }),
             committer: InternalMutex::new(CommitterState {
                 tombstones: VecDeque::new(),
+                kept_prev: Vec::new(),
             }),
+            index: Index::new(),
+            published: SyncAtomicU64::new(0),
             commits: AtomicU64::new(0),
             conflicts: AtomicU64::new(0),
         }
+    }
+
+    /// The latest committed value of `key`, without the state lock: the index answers for the
+    /// published version read just before. If the key was written twice since (two commits
+    /// published while this thread was between the load and the lookup), read again.
+    ///
+    /// Linearizable: the answer is the key's value at a version that was the latest at some
+    /// moment of the call (the one loaded, or one published during the lookup), never at an
+    /// unpublished one, so a commit's writes appear to these reads all at once.
+    pub(crate) fn get_latest(&self, key: &K) -> Option<V> {
+        loop {
+            let at = self.published.load(Ordering::Acquire);
+            if let Lookup::Known(value) = self.index.get_at(key, at) {
+                return value;
+            }
+        }
+    }
+
+    /// Whether `key` has a value in the latest version (as [`Shared::get_latest`]).
+    pub(crate) fn contains_latest(&self, key: &K) -> bool {
+        loop {
+            let at = self.published.load(Ordering::Acquire);
+            if let Some(live) = self.index.contains_at(key, at) {
+                return live;
+            }
+        }
+    }
+
+    /// The value of `key` at `version`, which a live snapshot stands on, if the index can tell.
+    pub(crate) fn lookup_at(&self, key: &K, version: u64) -> Lookup<V> {
+        self.index.get_at(key, version)
+    }
+
+    /// Whether `key` has a value at `version` (a live snapshot's), if the index can tell.
+    pub(crate) fn contains_at(&self, key: &K, version: u64) -> Option<bool> {
+        self.index.contains_at(key, version)
     }
 
     /// The latest version, without registering a snapshot.
@@ -185,15 +237,17 @@ impl<K: Ord + Clone, V: Clone> Shared<K, V> {
             let oldest_live = state.oldest_live_except(snapshot_version);
             (Arc::clone(&state.latest), oldest_live)
         };
+        // The index holds `base`'s entries exactly (no unpublished version while `committer` is
+        // held): one hash lookup per key instead of a walk down the ordered map.
         for key in reads.iter().chain(writes.keys()) {
-            if let Some(entry) = base.entries.get(key)
-                && entry.written_at > snapshot_version
+            if let Some(written_at) = self.index.written_at(key)
+                && written_at > snapshot_version
             {
                 self.conflicts.fetch_add(1, Ordering::Relaxed);
                 return Err(Conflict {
                     key: key.clone(),
                     snapshot_version,
-                    committed_version: entry.written_at,
+                    committed_version: written_at,
                 });
             }
         }
@@ -206,7 +260,9 @@ impl<K: Ord + Clone, V: Clone> Shared<K, V> {
         let mut entries = base.entries.clone();
         let mut len = base.len;
         for (key, value) in writes {
-            let was_live = entries.get(&key).is_some_and(|e| e.value.is_some());
+            // Stamped `number`, which no reader stands on before it is published below.
+            let (kept_prev, was_live) = self.index.write(&key, value.clone(), number);
+            committer.kept_prev.extend(kept_prev);
             match (&value, was_live) {
                 (Some(_), false) => len += 1,
                 (None, true) => len -= 1,
@@ -225,7 +281,13 @@ impl<K: Ord + Clone, V: Clone> Shared<K, V> {
         }
         // Snapshots registered since `oldest_live` was read stand on `base`, which is newer than
         // every queued tombstone but this commit's own: the bound stays safe.
-        drop_old_tombstones(&mut entries, &mut committer.tombstones, oldest_live, number);
+        drop_old_tombstones(
+            &mut entries,
+            &self.index,
+            &mut committer.tombstones,
+            oldest_live,
+            number,
+        );
         let next = Arc::new(Version {
             number,
             entries,
@@ -236,8 +298,15 @@ impl<K: Ord + Clone, V: Clone> Shared<K, V> {
             let mut state = self.state.lock();
             state.release(snapshot_version);
             registration.active = false;
+            // After the index holds this version's writes (the mutex orders them before).
+            self.published.store(number, Ordering::Release);
             std::mem::replace(&mut state.latest, next)
         };
+        // `number` is published: the overwritten values need not stay in the index (older
+        // snapshots find them in their own versions).
+        for hash in committer.kept_prev.drain(..) {
+            self.index.forget_prev(hash, number);
+        }
         drop(committer);
         // Freeing the previous version's unshared nodes (when nothing else holds it) happens
         // here, outside both locks.
@@ -268,8 +337,9 @@ impl<K: Ord + Clone, V: Clone> Shared<K, V> {
 
 /// Drops tombstones that no live snapshot is old enough to need: a tombstone written at version
 /// `t` matters only to a transaction whose snapshot is older than `t`.
-fn drop_old_tombstones<K: Ord + Clone, V: Clone>(
+fn drop_old_tombstones<K: Ord + Hash + Clone, V: Clone>(
     entries: &mut OrdMap<K, Entry<V>>,
+    index: &Index<K, V>,
     queue: &mut VecDeque<(u64, K)>,
     oldest_live: Option<u64>,
     committing: u64,
@@ -290,6 +360,7 @@ fn drop_old_tombstones<K: Ord + Clone, V: Clone>(
             .is_some_and(|e| e.written_at == written_at && e.value.is_none())
         {
             entries.remove(&key);
+            index.remove_tombstone(&key, written_at);
         }
     }
 }
