@@ -23,21 +23,17 @@ use hashbrown::HashTable;
 
 use crate::loom::InternalMutex;
 
-/// One key's last write and, while its version is being published, the write before it.
-/// `prev_at == 0` with `prev == None`: nothing before `written_at` that any live reader can see.
-/// `prev_at == FORGOTTEN`: the previous value was dropped once `written_at` was published (so
-/// that the index never keeps an overwritten value alive: only snapshots do).
+/// One key's last write and, while its version is being published, the write before it
+/// (boxed: it is there only for that short while, and the slots stay small for the cache).
+/// `prev == None`: the previous value is no longer kept (`written_at` is published), so readers of
+/// older versions go to their version's ordered map and the index never keeps an overwritten
+/// value alive. `prev == Some((0, None))`: nothing before `written_at` that a reader can see.
 struct Slot<K, V> {
     key: K,
     written_at: u64,
     value: Option<V>,
-    prev_at: u64,
-    prev: Option<V>,
+    prev: Option<Box<(u64, Option<V>)>>,
 }
-
-/// `prev_at` of a slot whose previous value is no longer kept: readers of older versions go to
-/// their version's ordered map.
-const FORGOTTEN: u64 = u64::MAX;
 
 /// Shards: a power of two. Few under loom, where each is one more object to model.
 #[cfg(not(loom))]
@@ -87,7 +83,9 @@ impl<K: Hash + Eq + Clone, V: Clone> Index<K, V> {
         match shard.find(hash, |slot| slot.key == *key) {
             None => Lookup::Known(None),
             Some(slot) if slot.written_at <= at => Lookup::Known(slot.value.clone()),
-            Some(slot) if slot.prev_at <= at => Lookup::Known(slot.prev.clone()),
+            Some(Slot {
+                prev: Some(prev), ..
+            }) if prev.0 <= at => Lookup::Known(prev.1.clone()),
             Some(_) => Lookup::Older,
         }
     }
@@ -99,7 +97,9 @@ impl<K: Hash + Eq + Clone, V: Clone> Index<K, V> {
         match shard.find(hash, |slot| slot.key == *key) {
             None => Some(false),
             Some(slot) if slot.written_at <= at => Some(slot.value.is_some()),
-            Some(slot) if slot.prev_at <= at => Some(slot.prev.is_some()),
+            Some(Slot {
+                prev: Some(prev), ..
+            }) if prev.0 <= at => Some(prev.1.is_some()),
             Some(_) => None,
         }
     }
@@ -114,16 +114,21 @@ impl<K: Hash + Eq + Clone, V: Clone> Index<K, V> {
     }
 
     /// Records a write of `key` at the unpublished version `at` (committers only). Returns the
-    /// key's hash, for [`Index::forget_prev`] once `at` is published, if the slot now keeps a
-    /// previous value, and whether the key had a value before.
-    pub(crate) fn write(&self, key: &K, value: Option<V>, at: u64) -> (Option<u64>, bool) {
+    /// key's hash, for [`Index::forget_prev`] once `at` is published, and whether the key had a
+    /// value before.
+    pub(crate) fn write(&self, key: &K, value: Option<V>, at: u64) -> (u64, bool) {
         let hash = self.hash(key);
         let mut shard = self.shard(hash).lock();
         if let Some(slot) = shard.find_mut(hash, |slot| slot.key == *key) {
             let was_live = slot.value.is_some();
-            slot.prev = std::mem::replace(&mut slot.value, value);
-            slot.prev_at = std::mem::replace(&mut slot.written_at, at);
-            (slot.prev.is_some().then_some(hash), was_live)
+            let prev = std::mem::replace(&mut slot.value, value);
+            let prev_at = std::mem::replace(&mut slot.written_at, at);
+            match &mut slot.prev {
+                // Reuse the box of an earlier publication when one is still there.
+                Some(kept) => **kept = (prev_at, prev),
+                None => slot.prev = Some(Box::new((prev_at, prev))),
+            }
+            (hash, was_live)
         } else {
             shard.insert_unique(
                 hash,
@@ -131,12 +136,11 @@ impl<K: Hash + Eq + Clone, V: Clone> Index<K, V> {
                     key: key.clone(),
                     written_at: at,
                     value,
-                    prev_at: 0,
-                    prev: None,
+                    prev: Some(Box::new((0, None))),
                 },
                 |slot| self.hasher.hash_one(&slot.key),
             );
-            (None, false)
+            (hash, false)
         }
     }
 
@@ -147,9 +151,8 @@ impl<K: Hash + Eq + Clone, V: Clone> Index<K, V> {
         let mut shard = self.shard(hash).lock();
         // May visit slots of other hashes: forgetting any slot written at `at` is safe.
         for slot in shard.iter_hash_mut(hash) {
-            if slot.written_at == at && slot.prev_at != FORGOTTEN {
+            if slot.written_at == at {
                 slot.prev = None;
-                slot.prev_at = FORGOTTEN;
             }
         }
     }

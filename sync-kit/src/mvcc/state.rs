@@ -76,7 +76,7 @@ impl<K, V> State<K, V> {
 struct CommitterState<K> {
     /// Removed keys in commit order, with the version that removed them.
     tombstones: VecDeque<(u64, K)>,
-    /// Hashes of the index slots the running commit left holding a previous value, to forget
+    /// Hashes of the index slots the running commit wrote, whose previous values are forgotten
     /// once it is published (kept here to reuse the allocation).
     kept_prev: Vec<u64>,
 }
@@ -262,7 +262,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         for (key, value) in writes {
             // Stamped `number`, which no reader stands on before it is published below.
             let (kept_prev, was_live) = self.index.write(&key, value.clone(), number);
-            committer.kept_prev.extend(kept_prev);
+            committer.kept_prev.push(kept_prev);
             match (&value, was_live) {
                 (Some(_), false) => len += 1,
                 (None, true) => len -= 1,
