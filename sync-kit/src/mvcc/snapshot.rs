@@ -6,7 +6,7 @@ use std::ops::RangeBounds;
 use std::sync::Arc;
 
 use super::index::Lookup;
-use super::state::{Entry, Registration, Shared, Version};
+use super::state::{Registration, Shared, Version};
 
 /// A consistent view of an [`MvccMap`](super::MvccMap) at one version.
 ///
@@ -47,10 +47,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Snapshot<K, V> {
             .shared
             .contains_at(key, self.version.number)
             .unwrap_or_else(|| {
-                self.version
-                    .entries
-                    .get(key)
-                    .is_some_and(|e: &Entry<V>| e.value.is_some())
+                self.version.entries().contains_key(key)
             })
     }
 
@@ -72,7 +69,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Snapshot<K, V> {
     /// All entries at this version, in key order.
     pub fn iter(&self) -> Iter<'_, K, V> {
         Iter {
-            inner: Box::new(self.version.entries.iter()),
+            inner: Box::new(self.version.entries().iter()),
         }
     }
 
@@ -80,7 +77,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Snapshot<K, V> {
     /// key of the previous page with `(Bound::Excluded(last), Bound::Unbounded)`).
     pub fn range<R: RangeBounds<K>>(&self, range: R) -> Iter<'_, K, V> {
         Iter {
-            inner: Box::new(self.version.entries.range(range)),
+            inner: Box::new(self.version.entries().range(range)),
         }
     }
 }
@@ -104,18 +101,16 @@ impl<K: Ord + Hash + Clone, V: Clone> fmt::Debug for Snapshot<K, V> {
     }
 }
 
-/// Iterator over a snapshot's entries, in key order (tombstones skipped).
+/// Iterator over a snapshot's entries, in key order.
 pub struct Iter<'a, K, V> {
-    inner: Box<dyn Iterator<Item = (&'a K, &'a Entry<V>)> + 'a>,
+    inner: Box<dyn Iterator<Item = (&'a K, &'a V)> + 'a>,
 }
 
 impl<'a, K, V> Iterator for Iter<'a, K, V> {
     type Item = (&'a K, &'a V);
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.inner
-            .by_ref()
-            .find_map(|(k, e)| e.value.as_ref().map(|v| (k, v)))
+        self.inner.next()
     }
 }
 

@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::Hash;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::sync::atomic::AtomicU64;
 
 use imbl::OrdMap;
@@ -25,26 +25,98 @@ use super::transaction::Conflict;
 use crate::loom::InternalMutex;
 use crate::loom::atomic::{AtomicU64 as SyncAtomicU64, Ordering};
 
-/// One committed entry: its value (`None` for a tombstone) and the version that wrote it.
-#[derive(Clone, Debug)]
-pub(crate) struct Entry<V> {
-    pub(crate) written_at: u64,
-    pub(crate) value: Option<V>,
-}
-
-/// One immutable version of the map.
+/// One immutable version of the map: its number, its live key count, and its ordered entries
+/// (tombstones are not in them: only the index needs those, for validation).
+///
+/// The ordered map is built lazily. A commit does not path-copy the latest `OrdMap` of the whole
+/// map: it records the last built version (`base`) and every write since it (`delta`, a small
+/// persistent map that the next commit extends by a path copy of its own few nodes), and the
+/// version's map is built the first time something needs it (an ordered read, or a point read the
+/// index cannot answer) as `base` plus `delta`. Every [`MATERIALIZE_EVERY`] commits (or sooner
+/// when many keys were written), the committing thread builds its own version once it has
+/// published it and released the locks: those commits then share one path copy of the B-tree's
+/// upper levels, and the deltas stay small. No version refers to an unbuilt older one except its
+/// `base`, so an overwritten value is still freed with the last snapshot that sees it.
 pub(crate) struct Version<K, V> {
     pub(crate) number: u64,
-    pub(crate) entries: OrdMap<K, Entry<V>>,
     /// Live (non-tombstone) keys.
     pub(crate) len: usize,
+    entries: OnceLock<OrdMap<K, V>>,
+    /// Until `entries` is built: the last built version before it and the writes since. Taken
+    /// (and the link to `base` dropped) by the build. Locked inside `entries`' initialization,
+    /// which runs once, and by the next commit (under the committer lock) to extend the delta:
+    /// never held across anything else, and its lock order is committer, then this.
+    pending: std::sync::Mutex<Option<Pending<K, V>>>,
+}
+
+#[derive(Clone)]
+struct Pending<K, V> {
+    base: Arc<Version<K, V>>,
+    delta: OrdMap<K, Option<V>>,
 }
 
 impl<K: Ord + Hash + Clone, V: Clone> Version<K, V> {
+    fn built(number: u64, entries: OrdMap<K, V>) -> Self {
+        Self {
+            number,
+            len: entries.len(),
+            entries: OnceLock::from(entries),
+            pending: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// This version's entries in key order, built on first use (see the type's documentation).
+    pub(crate) fn entries(&self) -> &OrdMap<K, V> {
+        self.entries.get_or_init(|| {
+            let Pending { base, delta } = self
+                .pending()
+                .take()
+                .expect("an unbuilt version keeps its base and writes");
+            // `base` is built, or being built by the commit that made it (then this waits).
+            let mut entries = base.entries().clone();
+            drop(base);
+            for (key, value) in delta {
+                match value {
+                    Some(value) => {
+                        entries.insert(key, value);
+                    }
+                    None => {
+                        entries.remove(&key);
+                    }
+                }
+            }
+            entries
+        })
+    }
+
     pub(crate) fn get(&self, key: &K) -> Option<V> {
-        self.entries.get(key).and_then(|e| e.value.clone())
+        self.entries().get(key).cloned()
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Option<Pending<K, V>>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// What a version committed on this one starts from: this one's base and delta while it is
+    /// unbuilt and `extend` (its build not started), else this version and an empty delta.
+    fn successor_pending(self: &Arc<Self>, extend: bool) -> Pending<K, V> {
+        if extend && let Some(pending) = self.pending().as_ref() {
+            return pending.clone();
+        }
+        Pending {
+            base: Arc::clone(self),
+            delta: OrdMap::new(),
+        }
     }
 }
+
+/// A commit builds its version's ordered map itself (after publishing it) when this many
+/// versions were committed since the last one built...
+const MATERIALIZE_EVERY: u64 = 32;
+/// ...or when the versions since then wrote this many keys (a bulk load is built at once).
+const MATERIALIZE_WRITES: usize = 256;
 
 struct State<K, V> {
     latest: Arc<Version<K, V>>,
@@ -79,6 +151,9 @@ struct CommitterState<K> {
     /// Hashes of the index slots the running commit wrote, whose previous values are forgotten
     /// once it is published (kept here to reuse the allocation).
     kept_prev: Vec<u64>,
+    /// Versions committed, and keys they wrote, since the last one whose build a commit started.
+    unbuilt_versions: u64,
+    unbuilt_writes: usize,
 }
 
 /// A live snapshot's claim on its version; released on drop unless a commit released it.
@@ -142,16 +217,14 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
     pub(crate) fn new() -> Self {
         Self {
             state: InternalMutex::new(State {
-                latest: Arc::new(Version {
-                    number: 0,
-                    entries: OrdMap::new(),
-                    len: 0,
-                }),
+                latest: Arc::new(Version::built(0, OrdMap::new())),
                 live: BTreeMap::new(),
             }),
             committer: InternalMutex::new(CommitterState {
                 tombstones: VecDeque::new(),
                 kept_prev: Vec::new(),
+                unbuilt_versions: 0,
+                unbuilt_writes: 0,
             }),
             index: Index::new(),
             published: SyncAtomicU64::new(0),
@@ -257,12 +330,14 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             return Ok(base.number);
         }
         let number = base.number + 1;
-        let mut entries = base.entries.clone();
         let mut len = base.len;
+        // Extend `base`'s delta unless `base` is being built by the commit that made it.
+        let mut pending = base.successor_pending(committer.unbuilt_versions > 0);
+        let written = writes.len();
         for (key, value) in writes {
             // Stamped `number`, which no reader stands on before it is published below.
-            let (kept_prev, was_live) = self.index.write(&key, value.clone(), number);
-            committer.kept_prev.push(kept_prev);
+            let (hash, was_live) = self.index.write(&key, value.clone(), number);
+            committer.kept_prev.push(hash);
             match (&value, was_live) {
                 (Some(_), false) => len += 1,
                 (None, true) => len -= 1,
@@ -271,29 +346,32 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             if value.is_none() {
                 committer.tombstones.push_back((number, key.clone()));
             }
-            entries.insert(
-                key,
-                Entry {
-                    written_at: number,
-                    value,
-                },
-            );
+            pending.delta.insert(key, value);
         }
         // Snapshots registered since `oldest_live` was read stand on `base`, which is newer than
         // every queued tombstone but this commit's own: the bound stays safe.
         drop_old_tombstones(
-            &mut entries,
             &self.index,
             &mut committer.tombstones,
             oldest_live,
             number,
         );
+        committer.unbuilt_versions += 1;
+        committer.unbuilt_writes += written;
+        let build = committer.unbuilt_versions >= MATERIALIZE_EVERY
+            || committer.unbuilt_writes >= MATERIALIZE_WRITES;
+        if build {
+            committer.unbuilt_versions = 0;
+            committer.unbuilt_writes = 0;
+        }
         let next = Arc::new(Version {
             number,
-            entries,
             len,
+            entries: OnceLock::new(),
+            pending: std::sync::Mutex::new(Some(pending)),
         });
         drop(base);
+        let to_build = build.then(|| Arc::clone(&next));
         let previous = {
             let mut state = self.state.lock();
             state.release(snapshot_version);
@@ -308,9 +386,13 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             self.index.forget_prev(hash, number);
         }
         drop(committer);
-        // Freeing the previous version's unshared nodes (when nothing else holds it) happens
-        // here, outside both locks.
+        // Outside both locks: other commits go on while this one builds its version's ordered
+        // map (path copies of the versions since the last build, the upper levels copied once),
+        // and frees what the versions it replaces no longer share.
         drop(previous);
+        if let Some(version) = to_build {
+            version.entries();
+        }
         Ok(number)
     }
 
@@ -336,9 +418,9 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
 }
 
 /// Drops tombstones that no live snapshot is old enough to need: a tombstone written at version
-/// `t` matters only to a transaction whose snapshot is older than `t`.
+/// `t` matters only to a transaction whose snapshot is older than `t`. Tombstones live in the
+/// index only (the ordered maps hold values alone).
 fn drop_old_tombstones<K: Ord + Hash + Clone, V: Clone>(
-    entries: &mut OrdMap<K, Entry<V>>,
     index: &Index<K, V>,
     queue: &mut VecDeque<(u64, K)>,
     oldest_live: Option<u64>,
@@ -355,12 +437,6 @@ fn drop_old_tombstones<K: Ord + Hash + Clone, V: Clone>(
         }
         let (written_at, key) = queue.pop_front().expect("front exists");
         // Only if the key was not written again since.
-        if entries
-            .get(&key)
-            .is_some_and(|e| e.written_at == written_at && e.value.is_none())
-        {
-            entries.remove(&key);
-            index.remove_tombstone(&key, written_at);
-        }
+        index.remove_tombstone(&key, written_at);
     }
 }
