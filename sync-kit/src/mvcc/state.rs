@@ -114,7 +114,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Version<K, V> {
 
 /// A commit builds its version's ordered map itself (after publishing it) when this many
 /// versions were committed since the last one built...
-const MATERIALIZE_EVERY: u64 = 32;
+const MATERIALIZE_EVERY: u64 = 16;
 /// ...or when the versions since then wrote this many keys (a bulk load is built at once).
 const MATERIALIZE_WRITES: usize = 256;
 
