@@ -158,7 +158,8 @@ fn main() {
         }
         "rwlock_hashmap_commit" => {
             let keys = random_keys(KEYS, SEQUENCE);
-            let map = parking_lot::RwLock::new((0..KEYS).map(|k| (k, k)).collect::<HashMap<_, _>>());
+            let map =
+                parking_lot::RwLock::new((0..KEYS).map(|k| (k, k)).collect::<HashMap<_, _>>());
             for i in 0..n as usize {
                 let mut m = black_box(&map).write();
                 let v = m.get(&keys[i & (SEQUENCE - 1)]).copied().unwrap_or(0);

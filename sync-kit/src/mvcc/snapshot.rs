@@ -46,9 +46,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Snapshot<K, V> {
         self.registration
             .shared
             .contains_at(key, self.version.number)
-            .unwrap_or_else(|| {
-                self.version.entries().contains_key(key)
-            })
+            .unwrap_or_else(|| self.version.entries().contains_key(key))
     }
 
     /// The version number this snapshot sees.

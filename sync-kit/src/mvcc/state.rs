@@ -1,21 +1,29 @@
-//! The shared state of one map: the latest version, the live snapshot versions, the tombstone
-//! queue, and the commit procedure.
+//! The shared state of one map: the latest version, the live snapshot versions, the latest
+//! version's hash index, the tombstone queue, and the commit procedure.
 //!
 //! Two internal locks, always taken in this order:
 //!
 //! - `committer`: held by one commit from validation to publication. Commits are serialized
-//!   (each builds on the version the previous one published), and the tombstone queue is theirs.
+//!   (each builds on the version the previous one published); the tombstone queue and the
+//!   index's writes are theirs.
 //! - `state`: the latest version and the live snapshot versions. Held only to copy or swap an
-//!   `Arc` and update a counter, never across validation, the path copy of the new version or
-//!   the freeing of an old one, so snapshots and reads never wait for a commit's work.
+//!   `Arc`, store the published version number and update a counter, never across validation,
+//!   the index and delta writes, the build of a version's ordered map or the freeing of an old
+//!   one, so snapshots and reads never wait for a commit's work.
+//!
+//! Under `committer`, an index shard's mutex or the latest version's `pending` mutex may be taken,
+//! each alone and for a moment. A version's `pending` is a `std` mutex and its map a `std`
+//! `OnceLock`, not loom's: neither is ever held across a loom operation (a build only clones and
+//! inserts into `imbl` maps), so under loom they can neither block nor be interleaved, and loom
+//! still explores every interleaving of the atomics and internal mutexes around them.
 //!
 //! While a commit holds `committer`, `state.latest` cannot change, so the version it validated
 //! against is the one it replaces.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::Hash;
-use std::sync::{Arc, OnceLock};
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
 
 use imbl::OrdMap;
 
@@ -29,8 +37,8 @@ use crate::loom::atomic::{AtomicU64 as SyncAtomicU64, Ordering};
 /// (tombstones are not in them: only the index needs those, for validation).
 ///
 /// The ordered map is built lazily. A commit does not path-copy the latest `OrdMap` of the whole
-/// map: it records the last built version (`base`) and every write since it (`delta`, a small
-/// persistent map that the next commit extends by a path copy of its own few nodes), and the
+/// map: it records the last built version (`base`) and every write since it (`delta`, a short
+/// sorted list that the next commit copies and merges its own writes into), and the
 /// version's map is built the first time something needs it (an ordered read, or a point read the
 /// index cannot answer) as `base` plus `delta`. Every [`MATERIALIZE_EVERY`] commits (or sooner
 /// when many keys were written), the committing thread builds its own version once it has
@@ -52,7 +60,8 @@ pub(crate) struct Version<K, V> {
 #[derive(Clone)]
 struct Pending<K, V> {
     base: Arc<Version<K, V>>,
-    delta: OrdMap<K, Option<V>>,
+    /// Sorted by key, one entry per key (the last write since `base`).
+    delta: Vec<(K, Option<V>)>,
 }
 
 impl<K: Ord + Hash + Clone, V: Clone> Version<K, V> {
@@ -99,24 +108,56 @@ impl<K: Ord + Hash + Clone, V: Clone> Version<K, V> {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// What a version committed on this one starts from: this one's base and delta while it is
-    /// unbuilt and `extend` (its build not started), else this version and an empty delta.
-    fn successor_pending(self: &Arc<Self>, extend: bool) -> Pending<K, V> {
+    /// What a version committed on this one with the (sorted) writes `fresh` is built from:
+    /// this one's base and its delta merged with `fresh` while this one is unbuilt and `extend`
+    /// (its build not started), else this version and `fresh`.
+    fn successor_pending(
+        self: &Arc<Self>,
+        extend: bool,
+        fresh: Vec<(K, Option<V>)>,
+    ) -> Pending<K, V> {
         if extend && let Some(pending) = self.pending().as_ref() {
-            return pending.clone();
+            return Pending {
+                base: Arc::clone(&pending.base),
+                delta: merge(&pending.delta, fresh),
+            };
         }
         Pending {
             base: Arc::clone(self),
-            delta: OrdMap::new(),
+            delta: fresh,
         }
     }
+}
+
+/// The sorted union of `older` and `newer` (both sorted, one entry per key), `newer` winning.
+fn merge<K: Ord + Clone, V: Clone>(
+    older: &[(K, Option<V>)],
+    newer: Vec<(K, Option<V>)>,
+) -> Vec<(K, Option<V>)> {
+    let mut merged = Vec::with_capacity(older.len() + newer.len());
+    let mut older = older.iter().peekable();
+    for (key, value) in newer {
+        while let Some((old_key, _)) = older.peek() {
+            match old_key.cmp(&key) {
+                std::cmp::Ordering::Less => merged.push(older.next().expect("peeked").clone()),
+                std::cmp::Ordering::Equal => {
+                    older.next();
+                    break;
+                }
+                std::cmp::Ordering::Greater => break,
+            }
+        }
+        merged.push((key, value));
+    }
+    merged.extend(older.cloned());
+    merged
 }
 
 /// A commit builds its version's ordered map itself (after publishing it) when this many
 /// versions were committed since the last one built...
 const MATERIALIZE_EVERY: u64 = 16;
 /// ...or when the versions since then wrote this many keys (a bulk load is built at once).
-const MATERIALIZE_WRITES: usize = 256;
+const MATERIALIZE_WRITES: usize = 64;
 
 struct State<K, V> {
     latest: Arc<Version<K, V>>,
@@ -331,9 +372,8 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         }
         let number = base.number + 1;
         let mut len = base.len;
-        // Extend `base`'s delta unless `base` is being built by the commit that made it.
-        let mut pending = base.successor_pending(committer.unbuilt_versions > 0);
         let written = writes.len();
+        let mut fresh = Vec::with_capacity(written);
         for (key, value) in writes {
             // Stamped `number`, which no reader stands on before it is published below.
             let (hash, was_live) = self.index.write(&key, value.clone(), number);
@@ -346,16 +386,13 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             if value.is_none() {
                 committer.tombstones.push_back((number, key.clone()));
             }
-            pending.delta.insert(key, value);
+            fresh.push((key, value));
         }
+        // Extend `base`'s delta unless `base` is being built by the commit that made it.
+        let pending = base.successor_pending(committer.unbuilt_versions > 0, fresh);
         // Snapshots registered since `oldest_live` was read stand on `base`, which is newer than
         // every queued tombstone but this commit's own: the bound stays safe.
-        drop_old_tombstones(
-            &self.index,
-            &mut committer.tombstones,
-            oldest_live,
-            number,
-        );
+        drop_old_tombstones(&self.index, &mut committer.tombstones, oldest_live, number);
         committer.unbuilt_versions += 1;
         committer.unbuilt_writes += written;
         let build = committer.unbuilt_versions >= MATERIALIZE_EVERY
