@@ -353,18 +353,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         };
         // The index holds `base`'s entries exactly (no unpublished version while `committer` is
         // held): one hash lookup per key instead of a walk down the ordered map.
-        for key in reads.iter().chain(writes.keys()) {
-            if let Some(written_at) = self.index.written_at(key)
-                && written_at > snapshot_version
-            {
-                self.conflicts.fetch_add(1, Ordering::Relaxed);
-                return Err(Conflict {
-                    key: key.clone(),
-                    snapshot_version,
-                    committed_version: written_at,
-                });
-            }
-        }
+        self.validate(snapshot_version, reads, writes.keys())?;
         self.commits.fetch_add(1, Ordering::Relaxed);
         if writes.is_empty() {
             self.release_registration(registration);
@@ -395,8 +384,11 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         drop_old_tombstones(&self.index, &mut committer.tombstones, oldest_live, number);
         committer.unbuilt_versions += 1;
         committer.unbuilt_writes += written;
-        let build = committer.unbuilt_versions >= MATERIALIZE_EVERY
-            || committer.unbuilt_writes >= MATERIALIZE_WRITES;
+        // Not while `base` is still being built by the commit that started it (another thread):
+        // this build would wait for that one. The next commits keep extending the delta instead.
+        let build = (committer.unbuilt_versions >= MATERIALIZE_EVERY
+            || committer.unbuilt_writes >= MATERIALIZE_WRITES)
+            && pending.base.entries.get().is_some();
         if build {
             committer.unbuilt_versions = 0;
             committer.unbuilt_writes = 0;
@@ -431,6 +423,28 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             version.entries();
         }
         Ok(number)
+    }
+
+    /// Fails with the first key of `reads` or `writes` written after `snapshot_version`.
+    fn validate<'k>(
+        &self,
+        snapshot_version: u64,
+        reads: &'k BTreeSet<K>,
+        writes: impl Iterator<Item = &'k K>,
+    ) -> Result<(), Conflict<K>> {
+        for key in reads.iter().chain(writes) {
+            if let Some(written_at) = self.index.written_at(key)
+                && written_at > snapshot_version
+            {
+                self.conflicts.fetch_add(1, Ordering::Relaxed);
+                return Err(Conflict {
+                    key: key.clone(),
+                    snapshot_version,
+                    committed_version: written_at,
+                });
+            }
+        }
+        Ok(())
     }
 
     fn release_registration(&self, registration: &mut Registration<K, V>) {
