@@ -1,17 +1,19 @@
-//! The hash index of the latest version: one slot per key of the latest `OrdMap`, so that point
-//! reads and commit validation cost one hash lookup instead of a walk down the B-tree.
+//! The hash index of the latest version: one slot per key that has a value or a tombstone in
+//! it, so that point reads and commit validation cost one hash lookup instead of a walk down a
+//! B-tree (tombstones live here only: the ordered maps of the versions hold values).
 //!
-//! Each slot keeps the key's last write (`written_at`, `value`) and the write before it
-//! (`prev_at`, `prev`). Only committers change the index, under the committer lock: a commit
-//! writes its slots (stamped with its new, not yet published, version number) *before* it
-//! publishes that version, and the next commit cannot start before that. So at any moment at most
-//! one version stamped in the index is unpublished, and for any version `at` that a reader may
-//! stand on, a slot answers exactly when `written_at <= at` (the value) or
-//! `prev_at <= at < written_at` (the previous value); otherwise the reader falls back to the
-//! ordered map of its version (a snapshot) or retries with a newer version (a read of the
-//! latest). A key without a slot has no value at any version a live reader stands on: slots are
-//! created by writes and removed only with their tombstone, at the same commit that drops the
-//! tombstone from the ordered map (see `state.rs`), once no live snapshot is older than it.
+//! Each slot keeps the key's last write (`written_at`, `value`) and, while that write's version is
+//! being published, the write before it (`prev`: its version and value). Only committers change
+//! the index, under the committer lock: a commit writes its slots (stamped with its new, not yet
+//! published, version number) *before* it publishes that version, forgets the previous writes
+//! after publishing, and the next commit cannot start before that. So at any moment at most one
+//! version stamped in the index is unpublished, and for any version `at` that a reader may stand
+//! on, a slot answers exactly when `written_at <= at` (the value) or when it keeps a previous
+//! write of version `<= at` (that value); otherwise the reader falls back to the ordered map of
+//! its version (a snapshot) or loads the published version again (a read of the latest: once a
+//! previous write is forgotten, the version that replaced it is published). A key without a slot
+//! has no value at any version a live reader stands on: slots are created by writes and removed
+//! only with their tombstone (see `state.rs`), once no live snapshot is older than it.
 //!
 //! The index is sharded (one internal mutex per shard, each on its own cache line), hashed once
 //! with `hashbrown`'s default hasher (foldhash, seeded at random per map: several times cheaper
