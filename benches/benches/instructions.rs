@@ -13,13 +13,32 @@
 //! | `sync_kit_write` / `parking_lot_write` | write lock, increment, unlock |
 //! | `sync_kit_bucket` / `governor_bucket` | `try_acquire(1)` / `check()` on a bucket that grants |
 //! | `sync_kit_bucket_fake_clock` | `try_acquire(1)` with a fake clock (no clock read) |
+//! | `sync_kit_mvcc_get` / `sync_kit_snapshot_get` / `dashmap_get` | one point read of a random key among 100k (`MvccMap::get`, `Snapshot::get`, `DashMap::get`) |
+//! | `sync_kit_mvcc_commit` / `rwlock_hashmap_commit` | read one random key, write another, commit (as `mvcc.rs`'s `commit_1_thread`; the floor under a `parking_lot::RwLock<HashMap>` write lock) |
 
+use std::collections::HashMap;
 use std::hint::black_box;
 use std::num::NonZeroU32;
 
+use sync_kit::mvcc::MvccMap;
 use sync_kit::ratelimit::{FakeClock, Quota, TokenBucket};
+use sync_kit_benches::random_keys;
 
-const OPS: [&str; 9] = [
+/// Keys of the MVCC loops' maps, and the length of their (cycled) random key sequence.
+const KEYS: u64 = 100_000;
+const SEQUENCE: usize = 1 << 16;
+
+fn mvcc_map() -> MvccMap<u64, u64> {
+    let map = MvccMap::new();
+    let mut tx = map.begin();
+    for k in 0..KEYS {
+        tx.insert(k, k);
+    }
+    tx.commit().expect("nothing else commits");
+    map
+}
+
+const OPS: [&str; 14] = [
     "sync_kit_mutex",
     "parking_lot_mutex",
     "sync_kit_read",
@@ -29,6 +48,11 @@ const OPS: [&str; 9] = [
     "sync_kit_bucket",
     "sync_kit_bucket_fake_clock",
     "governor_bucket",
+    "sync_kit_mvcc_get",
+    "sync_kit_snapshot_get",
+    "dashmap_get",
+    "sync_kit_mvcc_commit",
+    "rwlock_hashmap_commit",
 ];
 
 fn main() {
@@ -101,6 +125,45 @@ fn main() {
             let limiter = governor::RateLimiter::direct(quota);
             for _ in 0..n {
                 black_box(black_box(&limiter).check().is_ok());
+            }
+        }
+        "sync_kit_mvcc_get" => {
+            let (map, keys) = (mvcc_map(), random_keys(KEYS, SEQUENCE));
+            for i in 0..n as usize {
+                black_box(black_box(&map).get(&keys[i & (SEQUENCE - 1)]));
+            }
+        }
+        "sync_kit_snapshot_get" => {
+            let (map, keys) = (mvcc_map(), random_keys(KEYS, SEQUENCE));
+            let snapshot = map.snapshot();
+            for i in 0..n as usize {
+                black_box(black_box(&snapshot).get(&keys[i & (SEQUENCE - 1)]));
+            }
+        }
+        "dashmap_get" => {
+            let keys = random_keys(KEYS, SEQUENCE);
+            let map: dashmap::DashMap<u64, u64> = (0..KEYS).map(|k| (k, k)).collect();
+            for i in 0..n as usize {
+                black_box(black_box(&map).get(&keys[i & (SEQUENCE - 1)]).map(|v| *v));
+            }
+        }
+        "sync_kit_mvcc_commit" => {
+            let (map, keys) = (mvcc_map(), random_keys(KEYS, SEQUENCE));
+            for i in 0..n as usize {
+                let mut tx = black_box(&map).begin();
+                let v = tx.get(&keys[i & (SEQUENCE - 1)]).unwrap_or(0);
+                tx.insert(keys[(i + 1) & (SEQUENCE - 1)], v + 1);
+                tx.commit().expect("one thread: no conflict");
+            }
+        }
+        "rwlock_hashmap_commit" => {
+            let keys = random_keys(KEYS, SEQUENCE);
+            let map =
+                parking_lot::RwLock::new((0..KEYS).map(|k| (k, k)).collect::<HashMap<_, _>>());
+            for i in 0..n as usize {
+                let mut m = black_box(&map).write();
+                let v = m.get(&keys[i & (SEQUENCE - 1)]).copied().unwrap_or(0);
+                m.insert(keys[(i + 1) & (SEQUENCE - 1)], v + 1);
             }
         }
         other => {

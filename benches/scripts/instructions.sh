@@ -20,7 +20,8 @@ bin=$(cargo bench -p sync-kit-benches --bench instructions --no-run --message-fo
 ops=("$@")
 if [ ${#ops[@]} -eq 0 ]; then
   ops=(sync_kit_mutex parking_lot_mutex sync_kit_read parking_lot_read sync_kit_write
-       parking_lot_write sync_kit_bucket sync_kit_bucket_fake_clock governor_bucket)
+       parking_lot_write sync_kit_bucket sync_kit_bucket_fake_clock governor_bucket
+       sync_kit_mvcc_get sync_kit_snapshot_get dashmap_get sync_kit_mvcc_commit rwlock_hashmap_commit)
 fi
 
 LOW=10000
@@ -53,3 +54,6 @@ ratio "Mutex lock+unlock" sync_kit_mutex parking_lot_mutex
 ratio "RwLock read+unlock" sync_kit_read parking_lot_read
 ratio "RwLock write+unlock" sync_kit_write parking_lot_write
 ratio "TokenBucket try_acquire" sync_kit_bucket governor_bucket
+ratio "MvccMap::get" sync_kit_mvcc_get dashmap_get
+ratio "Snapshot::get" sync_kit_snapshot_get dashmap_get
+ratio "MVCC commit (1 read, 1 write)" sync_kit_mvcc_commit rwlock_hashmap_commit

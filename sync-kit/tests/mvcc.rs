@@ -12,14 +12,17 @@ use sync_kit::mvcc::{Conflict, MvccMap, MvccStats, Snapshot};
 mod common;
 use common::bounded;
 
-fn contents<K: Ord + Clone, V: Clone>(snapshot: &Snapshot<K, V>) -> Vec<(K, V)> {
+fn contents<K: Ord + std::hash::Hash + Clone, V: Clone>(snapshot: &Snapshot<K, V>) -> Vec<(K, V)> {
     snapshot
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
 
-fn commit_all<K: Ord + Clone, V: Clone>(map: &MvccMap<K, V>, entries: &[(K, V)]) -> u64 {
+fn commit_all<K: Ord + std::hash::Hash + Clone, V: Clone>(
+    map: &MvccMap<K, V>,
+    entries: &[(K, V)],
+) -> u64 {
     let mut tx = map.begin();
     for (k, v) in entries {
         tx.insert(k.clone(), v.clone());
@@ -607,8 +610,8 @@ fn overwritten_values_are_freed_when_the_last_snapshot_that_sees_them_drops() {
     tx.commit().unwrap();
     assert_eq!(
         Arc::strong_count(&tracked),
-        2,
-        "the latest version holds it"
+        3,
+        "the latest version holds it (in its ordered map and in the latest version's hash index)"
     );
 
     let snapshot = map.snapshot();
@@ -638,4 +641,83 @@ fn overwritten_values_are_freed_when_the_last_snapshot_that_sees_them_drops() {
     tx.remove(&2);
     tx.commit().unwrap();
     assert_eq!(Arc::strong_count(&tracked), 1);
+}
+
+/// `MvccMap::get` reads the latest version through the hash index, without the state lock: a
+/// commit's writes still appear to it all at once. The writer sets `a` and `b` to `i` in one
+/// commit (the index is written in key order, `a` first); a reader that sees `a == i` must then
+/// see `b >= i`, and values never go backwards.
+#[test]
+fn latest_reads_see_multi_key_commits_atomically() {
+    let map: MvccMap<&str, u64> = MvccMap::new();
+    let done = AtomicBool::new(false);
+    thread::scope(|s| {
+        s.spawn(|| {
+            for i in 1..=20_000u64 {
+                let mut tx = map.begin();
+                tx.insert("a", i);
+                tx.insert("b", i);
+                tx.commit().expect("the only writer");
+            }
+            done.store(true, Ordering::Release);
+        });
+        s.spawn(|| {
+            let mut last_a = 0;
+            while !done.load(Ordering::Acquire) {
+                let a = map.get(&"a").unwrap_or(0);
+                let b = map.get(&"b").unwrap_or(0);
+                assert!(b >= a, "torn commit: a = {a} then b = {b}");
+                assert!(a >= last_a, "went backwards: {last_a} then {a}");
+                if a > 0 {
+                    assert!(map.contains_key(&"a") && map.contains_key(&"b"));
+                }
+                last_a = a;
+            }
+        });
+    });
+    assert_eq!((map.get(&"a"), map.get(&"b")), (Some(20_000), Some(20_000)));
+}
+
+/// Snapshots of every version, most of whose ordered maps are never built by a commit (a commit
+/// builds one every few versions), answer point reads, `contains_key`, `iter` and `range` as of
+/// their version, whether the index can answer (recent versions) or not (keys overwritten
+/// twice since).
+#[test]
+fn snapshots_of_unbuilt_versions_read_as_of_their_version() {
+    let map: MvccMap<u32, u32> = MvccMap::new();
+    let mut model: BTreeMap<u32, u32> = BTreeMap::new();
+    let mut snapshots = Vec::new();
+    for round in 0..100u32 {
+        let mut tx = map.begin();
+        let key = round % 7;
+        if round % 5 == 4 {
+            tx.remove(&key);
+            model.remove(&key);
+        } else {
+            tx.insert(key, round);
+            model.insert(key, round);
+        }
+        tx.commit().unwrap();
+        snapshots.push((map.snapshot(), model.clone()));
+    }
+    for (snapshot, expected) in snapshots.iter().rev() {
+        for key in 0..8 {
+            assert_eq!(snapshot.get(&key), expected.get(&key).copied(), "key {key}");
+            assert_eq!(snapshot.contains_key(&key), expected.contains_key(&key));
+        }
+        assert_eq!(
+            contents(snapshot),
+            expected.clone().into_iter().collect::<Vec<_>>()
+        );
+        assert_eq!(snapshot.len(), expected.len());
+        let tail: Vec<_> = snapshot.range(3..).map(|(k, v)| (*k, *v)).collect();
+        assert_eq!(
+            tail,
+            expected
+                .range(3..)
+                .map(|(k, v)| (*k, *v))
+                .collect::<Vec<_>>()
+        );
+    }
+    assert_eq!(map.len(), model.len());
 }

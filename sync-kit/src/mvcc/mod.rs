@@ -12,21 +12,28 @@
 //!
 //! # How it works, and its invariants
 //!
-//! Every version is a persistent ordered map (`imbl::OrdMap`): a commit copies only the paths it
-//! changes and shares the rest with the previous version, so a snapshot is an `Arc` of one
-//! version. Memory stays bounded without any walk of the map: a version's nodes are freed when the
-//! last snapshot holding them is dropped.
+//! Every version is a persistent ordered map (`imbl::OrdMap`) that shares all it did not change
+//! with older versions, so a snapshot is an `Arc` of one version. Memory stays bounded without any
+//! walk of the map: a version's nodes are freed when the last snapshot holding them is dropped.
 //!
-//! Each entry remembers the version that last wrote it; that is what commit validation compares
-//! with the transaction's snapshot version (exact keys, no hashing, no false conflicts). A removal
-//! leaves a tombstone so that a later commit still sees that the key was written. Tombstones are
-//! queued in commit order and dropped, a few per commit, once no live snapshot or transaction is
-//! older than them: from then on an absent key and a tombstone validate the same way.
+//! Beside the versions, a sharded hash index of the latest version (keys are therefore `Hash`
+//! too) holds each key's last write, stamped with its version, tombstones included. It answers
+//! [`MvccMap::get`] without any map-wide lock (linearizable: a commit's writes appear all at
+//! once), point reads of recent snapshots and of transactions, and commit validation, each in one
+//! hash lookup. A version's ordered map is built lazily from the last built version plus the
+//! writes since (a commit builds its own every few versions, outside the locks), so a commit does
+//! not path-copy the whole B-tree each time.
+//!
+//! A removal leaves a tombstone in the index so that a later commit still sees that the key was
+//! written. Tombstones are queued in commit order and dropped, a few per commit, once no live
+//! snapshot or transaction is older than them: from then on an absent key and a tombstone
+//! validate the same way.
 //!
 //! Commits are serialized among themselves. Snapshot creation, the bookkeeping of live snapshot
 //! versions and a commit's publication share one short internal critical section (copy or swap
-//! an `Arc`, update a counter); validation, the path copy and the freeing of old versions happen
-//! outside it, so no reader ever waits for a commit's work.
+//! an `Arc`, update a counter); validation and the index writes happen outside it, the build of
+//! ordered maps and the freeing of old versions outside every lock, so no reader ever waits for a
+//! commit's work.
 //!
 //! ```
 //! use sync_kit::mvcc::MvccMap;
@@ -49,11 +56,13 @@
 //! assert_eq!(map.snapshot().iter().map(|(_, v)| *v).sum::<i32>(), 150);
 //! ```
 
+mod index;
 mod snapshot;
 mod state;
 mod transaction;
 
 use std::fmt;
+use std::hash::Hash;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -78,13 +87,13 @@ impl<K, V> Clone for MvccMap<K, V> {
     }
 }
 
-impl<K: Ord + Clone, V: Clone> Default for MvccMap<K, V> {
+impl<K: Ord + Hash + Clone, V: Clone> Default for MvccMap<K, V> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<K: Ord + Clone, V: Clone> MvccMap<K, V> {
+impl<K: Ord + Hash + Clone, V: Clone> MvccMap<K, V> {
     /// An empty map at version 0.
     pub fn new() -> Self {
         Self {
@@ -104,12 +113,12 @@ impl<K: Ord + Clone, V: Clone> MvccMap<K, V> {
 
     /// The latest committed value of `key`.
     pub fn get(&self, key: &K) -> Option<V> {
-        self.shared.latest().get(key)
+        self.shared.get_latest(key)
     }
 
     /// Whether `key` has a committed value.
     pub fn contains_key(&self, key: &K) -> bool {
-        self.shared.latest().get(key).is_some()
+        self.shared.contains_latest(key)
     }
 
     /// Number of keys in the latest version.

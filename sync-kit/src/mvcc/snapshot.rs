@@ -1,21 +1,23 @@
 //! [`Snapshot`]: one immutable version of an [`MvccMap`](super::MvccMap).
 
 use std::fmt;
+use std::hash::Hash;
 use std::ops::RangeBounds;
 use std::sync::Arc;
 
-use super::state::{Entry, Registration, Shared, Version};
+use super::index::Lookup;
+use super::state::{Registration, Shared, Version};
 
 /// A consistent view of an [`MvccMap`](super::MvccMap) at one version.
 ///
 /// It never changes, whatever is committed after it, and keeps its version alive until dropped.
 /// Cloning registers another snapshot of the same version.
-pub struct Snapshot<K: Ord + Clone, V: Clone> {
+pub struct Snapshot<K: Ord + Hash + Clone, V: Clone> {
     version: Arc<Version<K, V>>,
     registration: Registration<K, V>,
 }
 
-impl<K: Ord + Clone, V: Clone> Snapshot<K, V> {
+impl<K: Ord + Hash + Clone, V: Clone> Snapshot<K, V> {
     pub(crate) fn register(shared: &Arc<Shared<K, V>>) -> Self {
         let (registration, version) = Registration::latest(shared);
         Self {
@@ -29,18 +31,22 @@ impl<K: Ord + Clone, V: Clone> Snapshot<K, V> {
         self.registration
     }
 
-    pub(crate) fn entry(&self, key: &K) -> Option<&Entry<V>> {
-        self.version.entries.get(key)
-    }
-
-    /// The value of `key` at this version.
+    /// The value of `key` at this version. One hash lookup in the latest version's index when
+    /// the key was written at most once since this version (almost always, for a recent
+    /// snapshot); otherwise a lookup in this version's ordered map.
     pub fn get(&self, key: &K) -> Option<V> {
-        self.version.get(key)
+        match self.registration.shared.lookup_at(key, self.version.number) {
+            Lookup::Known(value) => value,
+            Lookup::Older => self.version.get(key),
+        }
     }
 
     /// Whether `key` has a value at this version.
     pub fn contains_key(&self, key: &K) -> bool {
-        self.entry(key).is_some_and(|e| e.value.is_some())
+        self.registration
+            .shared
+            .contains_at(key, self.version.number)
+            .unwrap_or_else(|| self.version.entries().contains_key(key))
     }
 
     /// The version number this snapshot sees.
@@ -61,7 +67,7 @@ impl<K: Ord + Clone, V: Clone> Snapshot<K, V> {
     /// All entries at this version, in key order.
     pub fn iter(&self) -> Iter<'_, K, V> {
         Iter {
-            inner: Box::new(self.version.entries.iter()),
+            inner: Box::new(self.version.entries().iter()),
         }
     }
 
@@ -69,12 +75,12 @@ impl<K: Ord + Clone, V: Clone> Snapshot<K, V> {
     /// key of the previous page with `(Bound::Excluded(last), Bound::Unbounded)`).
     pub fn range<R: RangeBounds<K>>(&self, range: R) -> Iter<'_, K, V> {
         Iter {
-            inner: Box::new(self.version.entries.range(range)),
+            inner: Box::new(self.version.entries().range(range)),
         }
     }
 }
 
-impl<K: Ord + Clone, V: Clone> Clone for Snapshot<K, V> {
+impl<K: Ord + Hash + Clone, V: Clone> Clone for Snapshot<K, V> {
     fn clone(&self) -> Self {
         // Register the same version again (not the latest one).
         Self {
@@ -84,7 +90,7 @@ impl<K: Ord + Clone, V: Clone> Clone for Snapshot<K, V> {
     }
 }
 
-impl<K: Ord + Clone, V: Clone> fmt::Debug for Snapshot<K, V> {
+impl<K: Ord + Hash + Clone, V: Clone> fmt::Debug for Snapshot<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Snapshot")
             .field("version", &self.version.number)
@@ -93,18 +99,16 @@ impl<K: Ord + Clone, V: Clone> fmt::Debug for Snapshot<K, V> {
     }
 }
 
-/// Iterator over a snapshot's entries, in key order (tombstones skipped).
+/// Iterator over a snapshot's entries, in key order.
 pub struct Iter<'a, K, V> {
-    inner: Box<dyn Iterator<Item = (&'a K, &'a Entry<V>)> + 'a>,
+    inner: Box<dyn Iterator<Item = (&'a K, &'a V)> + 'a>,
 }
 
 impl<'a, K, V> Iterator for Iter<'a, K, V> {
     type Item = (&'a K, &'a V);
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.inner
-            .by_ref()
-            .find_map(|(k, e)| e.value.as_ref().map(|v| (k, v)))
+        self.inner.next()
     }
 }
 

@@ -1,47 +1,163 @@
-//! The shared state of one map: the latest version, the live snapshot versions, the tombstone
-//! queue, and the commit procedure.
+//! The shared state of one map: the latest version, the live snapshot versions, the latest
+//! version's hash index, the tombstone queue, and the commit procedure.
 //!
 //! Two internal locks, always taken in this order:
 //!
 //! - `committer`: held by one commit from validation to publication. Commits are serialized
-//!   (each builds on the version the previous one published), and the tombstone queue is theirs.
+//!   (each builds on the version the previous one published); the tombstone queue and the
+//!   index's writes are theirs.
 //! - `state`: the latest version and the live snapshot versions. Held only to copy or swap an
-//!   `Arc` and update a counter, never across validation, the path copy of the new version or
-//!   the freeing of an old one, so snapshots and reads never wait for a commit's work.
+//!   `Arc`, store the published version number and update a counter, never across validation,
+//!   the index and delta writes, the build of a version's ordered map or the freeing of an old
+//!   one, so snapshots and reads never wait for a commit's work.
+//!
+//! Under `committer`, an index shard's mutex or the latest version's `pending` mutex may be taken,
+//! each alone and for a moment. A version's `pending` is a `std` mutex and its map a `std`
+//! `OnceLock`, not loom's: neither is ever held across a loom operation (a build only clones and
+//! inserts into `imbl` maps), so under loom they can neither block nor be interleaved, and loom
+//! still explores every interleaving of the atomics and internal mutexes around them.
 //!
 //! While a commit holds `committer`, `state.latest` cannot change, so the version it validated
 //! against is the one it replaces.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::hash::Hash;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
 
 use imbl::OrdMap;
 
 use super::MvccStats;
+use super::index::{Index, Lookup};
 use super::transaction::Conflict;
 use crate::loom::InternalMutex;
+use crate::loom::atomic::{AtomicU64 as SyncAtomicU64, Ordering};
 
-/// One committed entry: its value (`None` for a tombstone) and the version that wrote it.
-#[derive(Clone, Debug)]
-pub(crate) struct Entry<V> {
-    pub(crate) written_at: u64,
-    pub(crate) value: Option<V>,
-}
-
-/// One immutable version of the map.
+/// One immutable version of the map: its number, its live key count, and its ordered entries
+/// (tombstones are not in them: only the index needs those, for validation).
+///
+/// The ordered map is built lazily. A commit does not path-copy the latest `OrdMap` of the whole
+/// map: it records the last built version (`base`) and every write since it (`delta`, a short
+/// sorted list that the next commit copies and merges its own writes into), and the
+/// version's map is built the first time something needs it (an ordered read, or a point read the
+/// index cannot answer) as `base` plus `delta`. Every [`MATERIALIZE_EVERY`] commits (or sooner
+/// when many keys were written), the committing thread builds its own version once it has
+/// published it and released the locks: those commits then share one path copy of the B-tree's
+/// upper levels, and the deltas stay small. No version refers to an unbuilt older one except its
+/// `base`, so an overwritten value is still freed with the last snapshot that sees it.
 pub(crate) struct Version<K, V> {
     pub(crate) number: u64,
-    pub(crate) entries: OrdMap<K, Entry<V>>,
     /// Live (non-tombstone) keys.
     pub(crate) len: usize,
+    entries: OnceLock<OrdMap<K, V>>,
+    /// Until `entries` is built: the last built version before it and the writes since. Taken
+    /// (and the link to `base` dropped) by the build. Locked inside `entries`' initialization,
+    /// which runs once, and by the next commit (under the committer lock) to extend the delta:
+    /// never held across anything else, and its lock order is committer, then this.
+    pending: std::sync::Mutex<Option<Pending<K, V>>>,
 }
 
-impl<K: Ord + Clone, V: Clone> Version<K, V> {
+#[derive(Clone)]
+struct Pending<K, V> {
+    base: Arc<Version<K, V>>,
+    /// Sorted by key, one entry per key (the last write since `base`).
+    delta: Vec<(K, Option<V>)>,
+}
+
+impl<K: Ord + Hash + Clone, V: Clone> Version<K, V> {
+    fn built(number: u64, entries: OrdMap<K, V>) -> Self {
+        Self {
+            number,
+            len: entries.len(),
+            entries: OnceLock::from(entries),
+            pending: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// This version's entries in key order, built on first use (see the type's documentation).
+    pub(crate) fn entries(&self) -> &OrdMap<K, V> {
+        self.entries.get_or_init(|| {
+            let Pending { base, delta } = self
+                .pending()
+                .take()
+                .expect("an unbuilt version keeps its base and writes");
+            // `base` is built, or being built by the commit that made it (then this waits).
+            let mut entries = base.entries().clone();
+            drop(base);
+            for (key, value) in delta {
+                match value {
+                    Some(value) => {
+                        entries.insert(key, value);
+                    }
+                    None => {
+                        entries.remove(&key);
+                    }
+                }
+            }
+            entries
+        })
+    }
+
     pub(crate) fn get(&self, key: &K) -> Option<V> {
-        self.entries.get(key).and_then(|e| e.value.clone())
+        self.entries().get(key).cloned()
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Option<Pending<K, V>>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// What a version committed on this one with the (sorted) writes `fresh` is built from:
+    /// this one's base and its delta merged with `fresh` while this one is unbuilt and `extend`
+    /// (its build not started), else this version and `fresh`.
+    fn successor_pending(
+        self: &Arc<Self>,
+        extend: bool,
+        fresh: Vec<(K, Option<V>)>,
+    ) -> Pending<K, V> {
+        if extend && let Some(pending) = self.pending().as_ref() {
+            return Pending {
+                base: Arc::clone(&pending.base),
+                delta: merge(&pending.delta, fresh),
+            };
+        }
+        Pending {
+            base: Arc::clone(self),
+            delta: fresh,
+        }
     }
 }
+
+/// The sorted union of `older` and `newer` (both sorted, one entry per key), `newer` winning.
+fn merge<K: Ord + Clone, V: Clone>(
+    older: &[(K, Option<V>)],
+    newer: Vec<(K, Option<V>)>,
+) -> Vec<(K, Option<V>)> {
+    let mut merged = Vec::with_capacity(older.len() + newer.len());
+    let mut older = older.iter().peekable();
+    for (key, value) in newer {
+        while let Some((old_key, _)) = older.peek() {
+            match old_key.cmp(&key) {
+                std::cmp::Ordering::Less => merged.push(older.next().expect("peeked").clone()),
+                std::cmp::Ordering::Equal => {
+                    older.next();
+                    break;
+                }
+                std::cmp::Ordering::Greater => break,
+            }
+        }
+        merged.push((key, value));
+    }
+    merged.extend(older.cloned());
+    merged
+}
+
+/// A commit builds its version's ordered map itself (after publishing it) when this many
+/// versions were committed since the last one built...
+const MATERIALIZE_EVERY: u64 = 16;
+/// ...or when the versions since then wrote this many keys (a bulk load is built at once).
+const MATERIALIZE_WRITES: usize = 64;
 
 struct State<K, V> {
     latest: Arc<Version<K, V>>,
@@ -73,16 +189,22 @@ impl<K, V> State<K, V> {
 struct CommitterState<K> {
     /// Removed keys in commit order, with the version that removed them.
     tombstones: VecDeque<(u64, K)>,
+    /// Hashes of the index slots the running commit wrote, whose previous values are forgotten
+    /// once it is published (kept here to reuse the allocation).
+    kept_prev: Vec<u64>,
+    /// Versions committed, and keys they wrote, since the last one whose build a commit started.
+    unbuilt_versions: u64,
+    unbuilt_writes: usize,
 }
 
 /// A live snapshot's claim on its version; released on drop unless a commit released it.
-pub(crate) struct Registration<K: Ord + Clone, V: Clone> {
+pub(crate) struct Registration<K: Ord + Hash + Clone, V: Clone> {
     pub(crate) shared: Arc<Shared<K, V>>,
     pub(crate) version: u64,
     active: bool,
 }
 
-impl<K: Ord + Clone, V: Clone> Registration<K, V> {
+impl<K: Ord + Hash + Clone, V: Clone> Registration<K, V> {
     /// Registers a snapshot of the latest version, returning it.
     pub(crate) fn latest(shared: &Arc<Shared<K, V>>) -> (Self, Arc<Version<K, V>>) {
         let version = shared.acquire_latest();
@@ -105,7 +227,7 @@ impl<K: Ord + Clone, V: Clone> Registration<K, V> {
     }
 }
 
-impl<K: Ord + Clone, V: Clone> Drop for Registration<K, V> {
+impl<K: Ord + Hash + Clone, V: Clone> Drop for Registration<K, V> {
     fn drop(&mut self) {
         if self.active {
             self.shared.release(self.version);
@@ -116,6 +238,13 @@ impl<K: Ord + Clone, V: Clone> Drop for Registration<K, V> {
 pub(crate) struct Shared<K, V> {
     committer: InternalMutex<CommitterState<K>>,
     state: InternalMutex<State<K, V>>,
+    /// The latest version's entries by hash (see `index.rs`), written by committers before they
+    /// publish.
+    index: Index<K, V>,
+    /// The latest published version number: stored (Release) inside `state`'s critical section
+    /// that publishes the version, after the index holds its writes; loaded (Acquire) by
+    /// [`Shared::get_latest`] before it asks the index.
+    published: SyncAtomicU64,
     // Plain counters; they order no other memory.
     commits: AtomicU64,
     conflicts: AtomicU64,
@@ -125,23 +254,60 @@ pub(crate) struct Shared<K, V> {
 /// the queue faster than commits can fill it (a commit removes at most as many keys as it writes).
 const TOMBSTONES_PER_COMMIT: usize = 64;
 
-impl<K: Ord + Clone, V: Clone> Shared<K, V> {
+impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
     pub(crate) fn new() -> Self {
         Self {
             state: InternalMutex::new(State {
-                latest: Arc::new(Version {
-                    number: 0,
-                    entries: OrdMap::new(),
-                    len: 0,
-                }),
+                latest: Arc::new(Version::built(0, OrdMap::new())),
                 live: BTreeMap::new(),
             }),
             committer: InternalMutex::new(CommitterState {
                 tombstones: VecDeque::new(),
+                kept_prev: Vec::new(),
+                unbuilt_versions: 0,
+                unbuilt_writes: 0,
             }),
+            index: Index::new(),
+            published: SyncAtomicU64::new(0),
             commits: AtomicU64::new(0),
             conflicts: AtomicU64::new(0),
         }
+    }
+
+    /// The latest committed value of `key`, without the state lock: the index answers for the
+    /// published version read just before. If the key was written twice since (two commits
+    /// published while this thread was between the load and the lookup), read again.
+    ///
+    /// Linearizable: the answer is the key's value at a version that was the latest at some
+    /// moment of the call (the one loaded, or one published during the lookup), never at an
+    /// unpublished one, so a commit's writes appear to these reads all at once.
+    pub(crate) fn get_latest(&self, key: &K) -> Option<V> {
+        loop {
+            let at = self.published.load(Ordering::Acquire);
+            if let Lookup::Known(value) = self.index.get_at(key, at) {
+                return value;
+            }
+        }
+    }
+
+    /// Whether `key` has a value in the latest version (as [`Shared::get_latest`]).
+    pub(crate) fn contains_latest(&self, key: &K) -> bool {
+        loop {
+            let at = self.published.load(Ordering::Acquire);
+            if let Some(live) = self.index.contains_at(key, at) {
+                return live;
+            }
+        }
+    }
+
+    /// The value of `key` at `version`, which a live snapshot stands on, if the index can tell.
+    pub(crate) fn lookup_at(&self, key: &K, version: u64) -> Lookup<V> {
+        self.index.get_at(key, version)
+    }
+
+    /// Whether `key` has a value at `version` (a live snapshot's), if the index can tell.
+    pub(crate) fn contains_at(&self, key: &K, version: u64) -> Option<bool> {
+        self.index.contains_at(key, version)
     }
 
     /// The latest version, without registering a snapshot.
@@ -185,28 +351,22 @@ impl<K: Ord + Clone, V: Clone> Shared<K, V> {
             let oldest_live = state.oldest_live_except(snapshot_version);
             (Arc::clone(&state.latest), oldest_live)
         };
-        for key in reads.iter().chain(writes.keys()) {
-            if let Some(entry) = base.entries.get(key)
-                && entry.written_at > snapshot_version
-            {
-                self.conflicts.fetch_add(1, Ordering::Relaxed);
-                return Err(Conflict {
-                    key: key.clone(),
-                    snapshot_version,
-                    committed_version: entry.written_at,
-                });
-            }
-        }
+        // The index holds `base`'s entries exactly (no unpublished version while `committer` is
+        // held): one hash lookup per key instead of a walk down the ordered map.
+        self.validate(snapshot_version, reads, writes.keys())?;
         self.commits.fetch_add(1, Ordering::Relaxed);
         if writes.is_empty() {
             self.release_registration(registration);
             return Ok(base.number);
         }
         let number = base.number + 1;
-        let mut entries = base.entries.clone();
         let mut len = base.len;
+        let written = writes.len();
+        let mut fresh = Vec::with_capacity(written);
         for (key, value) in writes {
-            let was_live = entries.get(&key).is_some_and(|e| e.value.is_some());
+            // Stamped `number`, which no reader stands on before it is published below.
+            let (hash, was_live) = self.index.write(&key, value.clone(), number);
+            committer.kept_prev.push(hash);
             match (&value, was_live) {
                 (Some(_), false) => len += 1,
                 (None, true) => len -= 1,
@@ -215,34 +375,76 @@ impl<K: Ord + Clone, V: Clone> Shared<K, V> {
             if value.is_none() {
                 committer.tombstones.push_back((number, key.clone()));
             }
-            entries.insert(
-                key,
-                Entry {
-                    written_at: number,
-                    value,
-                },
-            );
+            fresh.push((key, value));
         }
+        // Extend `base`'s delta unless `base` is being built by the commit that made it.
+        let pending = base.successor_pending(committer.unbuilt_versions > 0, fresh);
         // Snapshots registered since `oldest_live` was read stand on `base`, which is newer than
         // every queued tombstone but this commit's own: the bound stays safe.
-        drop_old_tombstones(&mut entries, &mut committer.tombstones, oldest_live, number);
+        drop_old_tombstones(&self.index, &mut committer.tombstones, oldest_live, number);
+        committer.unbuilt_versions += 1;
+        committer.unbuilt_writes += written;
+        // Not while `base` is still being built by the commit that started it (another thread):
+        // this build would wait for that one. The next commits keep extending the delta instead.
+        let build = (committer.unbuilt_versions >= MATERIALIZE_EVERY
+            || committer.unbuilt_writes >= MATERIALIZE_WRITES)
+            && pending.base.entries.get().is_some();
+        if build {
+            committer.unbuilt_versions = 0;
+            committer.unbuilt_writes = 0;
+        }
         let next = Arc::new(Version {
             number,
-            entries,
             len,
+            entries: OnceLock::new(),
+            pending: std::sync::Mutex::new(Some(pending)),
         });
         drop(base);
+        let to_build = build.then(|| Arc::clone(&next));
         let previous = {
             let mut state = self.state.lock();
             state.release(snapshot_version);
             registration.active = false;
+            // After the index holds this version's writes (the mutex orders them before).
+            self.published.store(number, Ordering::Release);
             std::mem::replace(&mut state.latest, next)
         };
+        // `number` is published: the overwritten values need not stay in the index (older
+        // snapshots find them in their own versions).
+        for hash in committer.kept_prev.drain(..) {
+            self.index.forget_prev(hash, number);
+        }
         drop(committer);
-        // Freeing the previous version's unshared nodes (when nothing else holds it) happens
-        // here, outside both locks.
+        // Outside both locks: other commits go on while this one builds its version's ordered
+        // map (path copies of the versions since the last build, the upper levels copied once),
+        // and frees what the versions it replaces no longer share.
         drop(previous);
+        if let Some(version) = to_build {
+            version.entries();
+        }
         Ok(number)
+    }
+
+    /// Fails with the first key of `reads` or `writes` written after `snapshot_version`.
+    fn validate<'k>(
+        &self,
+        snapshot_version: u64,
+        reads: &'k BTreeSet<K>,
+        writes: impl Iterator<Item = &'k K>,
+    ) -> Result<(), Conflict<K>> {
+        for key in reads.iter().chain(writes) {
+            if let Some(written_at) = self.index.written_at(key)
+                && written_at > snapshot_version
+            {
+                self.conflicts.fetch_add(1, Ordering::Relaxed);
+                return Err(Conflict {
+                    key: key.clone(),
+                    snapshot_version,
+                    committed_version: written_at,
+                });
+            }
+        }
+        Ok(())
     }
 
     fn release_registration(&self, registration: &mut Registration<K, V>) {
@@ -267,9 +469,10 @@ impl<K: Ord + Clone, V: Clone> Shared<K, V> {
 }
 
 /// Drops tombstones that no live snapshot is old enough to need: a tombstone written at version
-/// `t` matters only to a transaction whose snapshot is older than `t`.
-fn drop_old_tombstones<K: Ord + Clone, V: Clone>(
-    entries: &mut OrdMap<K, Entry<V>>,
+/// `t` matters only to a transaction whose snapshot is older than `t`. Tombstones live in the
+/// index only (the ordered maps hold values alone).
+fn drop_old_tombstones<K: Ord + Hash + Clone, V: Clone>(
+    index: &Index<K, V>,
     queue: &mut VecDeque<(u64, K)>,
     oldest_live: Option<u64>,
     committing: u64,
@@ -285,11 +488,6 @@ fn drop_old_tombstones<K: Ord + Clone, V: Clone>(
         }
         let (written_at, key) = queue.pop_front().expect("front exists");
         // Only if the key was not written again since.
-        if entries
-            .get(&key)
-            .is_some_and(|e| e.written_at == written_at && e.value.is_none())
-        {
-            entries.remove(&key);
-        }
+        index.remove_tombstone(&key, written_at);
     }
 }

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::hash::Hash;
 
 use super::snapshot::Snapshot;
 
@@ -10,13 +11,13 @@ use super::snapshot::Snapshot;
 /// Reads see the snapshot the transaction began at plus its own writes; writes are buffered and
 /// applied together by [`commit`](Transaction::commit). Dropping a transaction without committing
 /// discards it.
-pub struct Transaction<K: Ord + Clone, V: Clone> {
+pub struct Transaction<K: Ord + Hash + Clone, V: Clone> {
     snapshot: Snapshot<K, V>,
     reads: BTreeSet<K>,
     writes: BTreeMap<K, Option<V>>,
 }
 
-impl<K: Ord + Clone, V: Clone> Transaction<K, V> {
+impl<K: Ord + Hash + Clone, V: Clone> Transaction<K, V> {
     pub(crate) fn new(snapshot: Snapshot<K, V>) -> Self {
         Self {
             snapshot,
@@ -65,7 +66,7 @@ impl<K: Ord + Clone, V: Clone> Transaction<K, V> {
     }
 }
 
-impl<K: Ord + Clone + fmt::Debug, V: Clone> fmt::Debug for Transaction<K, V> {
+impl<K: Ord + Hash + Clone + fmt::Debug, V: Clone> fmt::Debug for Transaction<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Transaction")
             .field("snapshot_version", &self.snapshot.version())
