@@ -12,6 +12,14 @@ use loom::thread;
 use loom_tests::model;
 use sync_kit::tokio::Mutex;
 
+/// The detector's `threads_waiting` is process-wide: the tests of this file run one at a time, so
+/// one test's waiters never show up in the other's count.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn increment(counter: &Mutex<u32>) {
     block_on(async {
         let mut guard = counter.lock().await.expect("one lock held: never refused");
@@ -25,6 +33,7 @@ fn increment(counter: &Mutex<u32>) {
 /// reports a deadlock if a waiter is left asleep).
 #[test]
 fn async_mutex_mutual_exclusion_and_no_lost_wakeup() {
+    let _serial = one_at_a_time();
     model(|| {
         let counter = Arc::new(Mutex::new(0u32));
         let handles: Vec<_> = (0..2)
@@ -48,6 +57,7 @@ fn async_mutex_mutual_exclusion_and_no_lost_wakeup() {
 /// left waiting.
 #[test]
 fn async_cancelled_wait_leaves_nothing_behind() {
+    let _serial = one_at_a_time();
     model(|| {
         let waiting_before = sync_kit::deadlock::stats().threads_waiting;
         let m = Arc::new(Mutex::new(0u32));
