@@ -47,8 +47,15 @@ const SHARDS: usize = 2;
 #[repr(align(64))]
 struct Shard<K, V>(InternalMutex<HashTable<Slot<K, V>>>);
 
+/// Seeded at random per map in production (foldhash); fixed under loom, whose runs must repeat:
+/// the shard a key lands in decides which interleavings exist.
+#[cfg(not(loom))]
+type IndexHasher = DefaultHashBuilder;
+#[cfg(loom)]
+type IndexHasher = std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
+
 pub(crate) struct Index<K, V> {
-    hasher: DefaultHashBuilder,
+    hasher: IndexHasher,
     shards: Box<[Shard<K, V>]>,
 }
 
@@ -63,7 +70,7 @@ pub(crate) enum Lookup<V> {
 impl<K: Hash + Eq + Clone, V: Clone> Index<K, V> {
     pub(crate) fn new() -> Self {
         Self {
-            hasher: DefaultHashBuilder::default(),
+            hasher: IndexHasher::default(),
             shards: (0..SHARDS)
                 .map(|_| Shard(InternalMutex::new(HashTable::new())))
                 .collect(),
