@@ -22,7 +22,7 @@
 
 use std::hash::{BuildHasher, Hash};
 
-use hashbrown::{DefaultHashBuilder, HashTable};
+use hashbrown::HashTable;
 
 use crate::loom::InternalMutex;
 
@@ -50,7 +50,7 @@ struct Shard<K, V>(InternalMutex<HashTable<Slot<K, V>>>);
 /// Seeded at random per map in production (foldhash); fixed under loom, whose runs must repeat:
 /// the shard a key lands in decides which interleavings exist.
 #[cfg(not(loom))]
-type IndexHasher = DefaultHashBuilder;
+type IndexHasher = hashbrown::DefaultHashBuilder;
 #[cfg(loom)]
 type IndexHasher = std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
 
