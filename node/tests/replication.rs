@@ -504,10 +504,12 @@ fn raft_segments(dir: &Path) -> Vec<(PathBuf, u64)> {
         .collect()
 }
 
-#[test]
-fn a_minority_partition_acknowledges_nothing_and_its_leader_steps_down() {
-    let cluster = TestCluster::start(5, &["--test-hooks"]);
-    create_accounts(&cluster, &["writer0", "sink"]);
+/// The partition story, whatever cuts the network: with `cut(minority, majority, true)` the leader
+/// and one follower lose the other three (`false` heals). Nothing is acknowledged on the minority
+/// side and its leader steps down; the majority elects a leader and goes on; after healing, every
+/// member agrees and the minority's unacknowledged write is gone.
+fn partition_story(cluster: &TestCluster, cut: impl Fn(&[u64], &[u64], bool)) {
+    create_accounts(cluster, &["writer0", "sink"]);
     let leader = cluster.wait_for_leader();
     let follower = if leader == 1 { 2 } else { 1 };
     let minority = [leader, follower];
@@ -522,23 +524,9 @@ fn a_minority_partition_acknowledges_nothing_and_its_leader_steps_down() {
         );
     }
     cluster.wait_converged();
-
-    let cut = |cluster: &TestCluster, ids: &[u64], from: &[u64]| {
-        let list: Vec<String> = from.iter().map(u64::to_string).collect();
-        for id in ids {
-            let node = cluster.members[*id as usize - 1].as_ref().unwrap();
-            let response = common::http_request(
-                node.http,
-                "POST",
-                &format!("/test/isolate?peers={}", list.join(",")),
-            );
-            assert_eq!(response.status, 200, "{response:?}");
-        }
-    };
     let old_leader = cluster.members[leader as usize - 1].as_ref().unwrap();
     let mut client = old_leader.login(Protocol::Binary, "writer0");
-    cut(&cluster, &minority, &majority);
-    cut(&cluster, &majority, &minority);
+    cut(&minority, &majority, true);
 
     // On the minority side nothing is acknowledged...
     let answer = client
@@ -568,24 +556,50 @@ fn a_minority_partition_acknowledges_nothing_and_its_leader_steps_down() {
             text,
         );
     }
-    let new_leader = majority
-        .iter()
-        .find(|id| {
-            let node = cluster.members[**id as usize - 1].as_ref().unwrap();
+    assert!(
+        majority.iter().any(|id| {
+            let node = cluster.members[*id as usize - 1].as_ref().unwrap();
             node.stats()["raft"]["role"] == "leader"
-        })
-        .copied();
-    assert!(new_leader.is_some(), "no leader in the majority");
+        }),
+        "no leader in the majority"
+    );
 
     // Healed: everyone agrees, and the minority's unacknowledged write is gone.
-    cut(&cluster, &[1, 2, 3, 4, 5], &[]);
+    cut(&minority, &majority, false);
     cluster.wait_converged();
-    let stored = assert_stored_once(&cluster, &acked);
+    let stored = assert_stored_once(cluster, &acked);
     assert!(
         !stored.values().any(|text| text == "minority"),
         "the minority's unacknowledged write survived the partition"
     );
     cluster.wait_converged();
+}
+
+#[test]
+fn a_minority_partition_acknowledges_nothing_and_its_leader_steps_down() {
+    let cluster = TestCluster::start(5, &["--test-hooks"]);
+    // The cut made at each member's transport (the test hook), both ways.
+    let isolate = |ids: &[u64], from: &[u64]| {
+        let list: Vec<String> = from.iter().map(u64::to_string).collect();
+        for id in ids {
+            let node = cluster.members[*id as usize - 1].as_ref().unwrap();
+            let response = common::http_request(
+                node.http,
+                "POST",
+                &format!("/test/isolate?peers={}", list.join(",")),
+            );
+            assert_eq!(response.status, 200, "{response:?}");
+        }
+    };
+    partition_story(&cluster, |minority, majority, cut| {
+        let (to_minority, to_majority): (&[u64], &[u64]) = if cut {
+            (majority, minority)
+        } else {
+            (&[], &[])
+        };
+        isolate(minority, to_minority);
+        isolate(majority, to_majority);
+    });
 }
 
 #[test]
@@ -742,53 +756,7 @@ fn a_partition_of_the_network_itself() {
         .map(|i| vec!["ip".into(), "netns".into(), "exec".into(), net.ns(i)])
         .collect();
     let cluster = TestCluster::start_on(addrs, wrappers, &[]);
-    create_accounts(&cluster, &["writer0", "sink"]);
-    let leader = cluster.wait_for_leader();
-    let follower = if leader == 1 { 2 } else { 1 };
-    let minority = [leader, follower];
-    let majority: Vec<u64> = (1..=5).filter(|id| !minority.contains(id)).collect();
-    let mut writer = Writer::new(&cluster.chat, "writer0", 0);
-    let mut acked = HashMap::new();
-    for n in 0..10 {
-        let text = format!("before-{n}");
-        acked.insert(
-            writer.send("sink", &text, Instant::now() + SETTLE).unwrap(),
-            text,
-        );
-    }
-    cluster.wait_converged();
-    let old_leader = cluster.members[leader as usize - 1].as_ref().unwrap();
-    let mut client = old_leader.login(Protocol::Binary, "writer0");
-
-    net.route(&minority, &majority, true);
-    let answer = client
-        .call(&Request::SendMessage {
-            to: "sink".into(),
-            text: "minority".into(),
-            key: Some(idempotency_key()),
-        })
-        .unwrap();
-    let error = answer.expect_err("the minority acknowledged a write");
-    assert!(
-        matches!(error.code, ErrorCode::Unavailable | ErrorCode::NotLeader),
-        "{error:?}"
-    );
-    assert!(wait_until(SETTLE, || old_leader.stats()["raft"]["role"] != "leader"));
-    let majority_chat: Vec<SocketAddr> = majority
-        .iter()
-        .map(|id| cluster.chat[*id as usize - 1])
-        .collect();
-    let mut writer = Writer::new(&majority_chat, "writer0", 0);
-    for n in 0..10 {
-        let text = format!("during-{n}");
-        acked.insert(
-            writer.send("sink", &text, Instant::now() + SETTLE).unwrap(),
-            text,
-        );
-    }
-
-    net.route(&minority, &majority, false);
-    cluster.wait_converged();
-    let stored = assert_stored_once(&cluster, &acked);
-    assert!(!stored.values().any(|text| text == "minority"));
+    partition_story(&cluster, |minority, majority, cut| {
+        net.route(minority, majority, cut)
+    });
 }
