@@ -227,6 +227,18 @@ fn admin(http: &str, args: &[&str]) -> (i32, serde_json::Value, String) {
     )
 }
 
+/// `admin add-node id` for `spec` is refused (exit 1) with a message containing `why`.
+fn assert_add_refused(http: &str, id: u64, spec: &Spec, why: &str) {
+    let args = add_args(id, spec);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, answer, _) = admin(http, &args);
+    assert_eq!(code, 1, "{answer}");
+    assert!(
+        answer["error"]["message"].as_str().unwrap().contains(why),
+        "{answer}"
+    );
+}
+
 fn add_args(id: u64, spec: &Spec) -> Vec<String> {
     vec![
         "add-node".into(),
@@ -358,32 +370,12 @@ fn refusals_are_clear_and_a_follower_sends_the_cli_on() {
 
     // An existing id.
     let spec = members.spec(7);
-    let args = add_args(2, &spec);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (code, answer, _) = admin(&http, &args);
-    assert_eq!(code, 1, "{answer}");
-    assert!(
-        answer["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("already a voter"),
-        "{answer}"
-    );
+    assert_add_refused(&http, 2, &spec, "already a voter");
 
     // An address a voter already uses.
     let mut clash = spec.clone();
     clash.raft = members.specs[&leader].raft;
-    let args = add_args(7, &clash);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (code, answer, _) = admin(&http, &args);
-    assert_eq!(code, 1, "{answer}");
-    assert!(
-        answer["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("both use"),
-        "{answer}"
-    );
+    assert_add_refused(&http, 7, &clash, "both use");
 
     // Nothing reachable: exit 2.
     let dead = common::dead_addr().to_string();

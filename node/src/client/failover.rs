@@ -199,10 +199,7 @@ impl FailoverClient {
         username: &str,
         password: &str,
     ) -> io::Result<Result<Reply, ErrorReply>> {
-        self.call(&Request::CreateAccount {
-            username: username.into(),
-            password: password.into(),
-        })
+        self.call(&Request::create_account(username, password))
     }
 
     /// Logs in; on success the credentials are kept to log in again after a move.
@@ -211,10 +208,7 @@ impl FailoverClient {
         username: &str,
         password: &str,
     ) -> io::Result<Result<Reply, ErrorReply>> {
-        self.call(&Request::Login {
-            username: username.into(),
-            password: password.into(),
-        })
+        self.call(&Request::login(username, password))
     }
 
     /// Sends a message with a fresh idempotency key, retried with that same key, and returns
@@ -224,11 +218,7 @@ impl FailoverClient {
         to: &str,
         text: &str,
     ) -> io::Result<(Request, Result<Reply, ErrorReply>)> {
-        let request = Request::SendMessage {
-            to: to.into(),
-            text: text.into(),
-            key: Some(idempotency_key()),
-        };
+        let request = Request::keyed_send(to, text);
         let answer = self.call(&request)?;
         Ok((request, answer))
     }

@@ -287,10 +287,7 @@ impl Client {
         username: &str,
         password: &str,
     ) -> io::Result<Result<Reply, ErrorReply>> {
-        self.call(&Request::CreateAccount {
-            username: username.into(),
-            password: password.into(),
-        })
+        self.call(&Request::create_account(username, password))
     }
 
     /// Logs in.
@@ -299,10 +296,7 @@ impl Client {
         username: &str,
         password: &str,
     ) -> io::Result<Result<Reply, ErrorReply>> {
-        self.call(&Request::Login {
-            username: username.into(),
-            password: password.into(),
-        })
+        self.call(&Request::login(username, password))
     }
 
     /// Sends a message with a fresh idempotency key, and returns the request that carries it:
@@ -313,11 +307,7 @@ impl Client {
         to: &str,
         text: &str,
     ) -> io::Result<(Request, Result<Reply, ErrorReply>)> {
-        let request = Request::SendMessage {
-            to: to.into(),
-            text: text.into(),
-            key: Some(idempotency_key()),
-        };
+        let request = Request::keyed_send(to, text);
         let answer = self.call(&request)?;
         Ok((request, answer))
     }

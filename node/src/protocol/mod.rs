@@ -201,6 +201,32 @@ pub enum Request {
 }
 
 impl Request {
+    /// A `create_account` request.
+    pub fn create_account(username: &str, password: &str) -> Request {
+        Request::CreateAccount {
+            username: username.into(),
+            password: password.into(),
+        }
+    }
+
+    /// A `login` request.
+    pub fn login(username: &str, password: &str) -> Request {
+        Request::Login {
+            username: username.into(),
+            password: password.into(),
+        }
+    }
+
+    /// A `send_message` request with a fresh idempotency key: sent again (after a lost answer,
+    /// a reconnection), it stores nothing new and answers with the first message's id.
+    pub fn keyed_send(to: &str, text: &str) -> Request {
+        Request::SendMessage {
+            to: to.into(),
+            text: text.into(),
+            key: Some(crate::client::idempotency_key()),
+        }
+    }
+
     /// This request's operation.
     pub fn op(&self) -> Op {
         match self {
