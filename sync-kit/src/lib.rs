@@ -15,6 +15,9 @@
 //!   with the same checks, tasks being the waiters and holders.
 //! - Statistics for every lock ([`LockStats`]), and a live list of every named lock
 //!   ([`stats::all`]).
+//! - [`work::RangeCoordinator`]: hands out disjoint chunks of a `u64` range (a proof-of-work
+//!   nonce space) to worker threads, stops them all at the first success, and refuses anything
+//!   from a job superseded by a re-arm.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -47,9 +50,11 @@
 //! `raw_condvar`) apart from the typed wrappers (`mutex`, `rwlock`, `condvar`) and the acquisition
 //! protocol they share; `held` is the per-thread list of held locks; `deadlock/` is the wait-for
 //! graph, the learned lock order and their reports; `stats` the counters and the registry of
-//! named locks and condvars; `lockset` the public face of `LockSet` and its helper types; `loom/`
-//! the single std/loom facade; `tokio/` the async locks. `mvcc`, `ratelimit` and `fs` are cargo
-//! features (on by default), `tokio` too (off by default).
+//! named locks and condvars; `lockset` the public face of `LockSet` and its helper types; `work/`
+//! the range coordinator (`word` its atomic words' layouts, `coordinator` the hand-out and a
+//! job's end, `search` the worker loop); `loom/` the single std/loom facade; `tokio/` the async
+//! locks. `mvcc`, `ratelimit` and `fs` are cargo features (on by default), `tokio` too (off by
+//! default).
 
 #![warn(missing_docs)]
 
@@ -69,6 +74,7 @@ pub mod ratelimit;
 pub mod stats;
 #[cfg(any(feature = "tokio", loom))]
 pub mod tokio;
+pub mod work;
 
 pub use deadlock::DeadlockReport;
 pub use error::LockError;
