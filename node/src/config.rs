@@ -39,6 +39,17 @@ pub struct Config {
     /// Threads applying a batch's commands on different mailbox shards in parallel (0: half the
     /// cores, 1 to 4).
     pub apply_threads: usize,
+    /// Coins granted to each account created (0 grants nothing).
+    pub initial_balance: u64,
+    /// The leader seals the pooled transactions this often (milliseconds)...
+    pub block_interval_ms: u64,
+    /// ...or as soon as this many are pooled. A block holds at most
+    /// [`MAX_BLOCK_TXS`](crate::ledger::MAX_BLOCK_TXS) (its `get_block` answer fits one frame).
+    pub block_max_txs: usize,
+    /// Proof of work: leading zero bits of a sealed block's hash (0 turns it off).
+    pub difficulty_bits: u32,
+    /// Threads searching nonces when this member seals a block (0: every core).
+    pub seal_threads: usize,
     /// The cluster this node is a member of (`serve --cluster FILE --id N`); `None`: a node on
     /// its own.
     #[serde(skip)]
@@ -65,6 +76,11 @@ impl Default for Config {
             frame_timeout_secs: 30,
             io_threads: 0,
             apply_threads: 0,
+            initial_balance: 1000,
+            block_interval_ms: 1000,
+            block_max_txs: 1000,
+            difficulty_bits: 16,
+            seal_threads: 0,
             cluster: None,
             test_hooks: false,
         }

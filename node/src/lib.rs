@@ -9,6 +9,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod hasher;
+pub mod ledger;
 pub mod log;
 pub mod net;
 pub mod protocol;

@@ -37,6 +37,17 @@ enum Command {
     /// Change a running cluster's members through raft (asks the members' HTTP addresses in
     /// turn until the leader accepts): `admin --http ADDR,... remove-node ID | add-node ID ...`.
     Admin(cli::AdminArgs),
+    /// Check a stopped node's chain offline (hash links, Merkle roots, proof of work, every
+    /// transaction replayed to the same outputs): prints the height and tip, or names the first
+    /// bad block and exits non-zero.
+    VerifyChain(VerifyChainArgs),
+}
+
+#[derive(Args, Debug)]
+struct VerifyChainArgs {
+    /// The node's data directory.
+    #[arg(long)]
+    data_dir: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -88,6 +99,21 @@ struct ServeArgs {
     /// 1 to 4).
     #[arg(long)]
     apply_threads: Option<usize>,
+    /// Coins granted to each account created (default 1000; 0 grants nothing).
+    #[arg(long)]
+    initial_balance: Option<u64>,
+    /// The leader seals pooled transactions this often, in milliseconds (default 1000)...
+    #[arg(long)]
+    block_interval_ms: Option<u64>,
+    /// ...or as soon as this many are pooled (default 1000; a block holds at most 960).
+    #[arg(long)]
+    block_max_txs: Option<usize>,
+    /// Proof of work: leading zero bits of a block's hash (default 16; 0 turns it off).
+    #[arg(long)]
+    difficulty_bits: Option<u32>,
+    /// Threads searching nonces when this member seals a block (0: every core).
+    #[arg(long)]
+    seal_threads: Option<usize>,
     /// The cluster file (TOML, one `[[node]]` table per member): run as the member `--id`,
     /// with that member's addresses and data directory.
     #[arg(long, requires = "id")]
@@ -134,7 +160,12 @@ impl ServeArgs {
             snapshot_every_records,
             frame_timeout_secs,
             io_threads,
-            apply_threads
+            apply_threads,
+            initial_balance,
+            block_interval_ms,
+            block_max_txs,
+            difficulty_bits,
+            seal_threads
         );
         if let (Some(path), Some(id)) = (&self.cluster, self.id) {
             let cluster = Cluster::from_file(path, id)?;
@@ -176,6 +207,21 @@ fn main() -> ExitCode {
         },
         Command::Bench(args) => bench::bench(&args),
         Command::Admin(args) => cli::admin(&args),
+        Command::VerifyChain(args) => {
+            match synckit_node::ledger::verify::verify_data_dir(&args.data_dir) {
+                Ok(verified) => {
+                    println!(
+                        "chain verified: height {} tip {} ({} unspent outputs, supply {})",
+                        verified.height, verified.tip, verified.utxos, verified.supply
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("synckit-node verify-chain: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 

@@ -79,7 +79,7 @@ proptest! {
         apply_all(&first, 1, &commands[..cut]);
         let dir = tempfile::tempdir().unwrap();
         snapshot::save(dir.path(), first.image().unwrap()).unwrap();
-        let restarted = State::from_image(snapshot::load(dir.path()).unwrap());
+        let restarted = State::from_image(snapshot::load(dir.path()).unwrap()).unwrap();
         prop_assert_eq!(restarted.digest().unwrap(), first.digest().unwrap());
         // Replaying from the start of the log skips what the snapshot covers.
         apply_all(&restarted, 1, &commands);

@@ -268,6 +268,7 @@ pub fn migrate(dir: &Path) -> Result<Option<u64>, String> {
             .map(|(user, messages)| (user, messages.into_values().collect()))
             .collect(),
         sent_keys: BTreeMap::new(),
+        ledger: Default::default(),
     };
     super::snapshot::save(dir, image)?;
     move_aside(dir, &segments)?;
@@ -339,7 +340,7 @@ pub fn migrate_wal(dir: &Path) -> Result<Option<u64>, String> {
     let image = super::snapshot::load(dir)?;
     let (found, truncated) = segments::recover::<Entry>(dir)
         .map_err(|e| format!("cannot recover the log in {}: {e}", dir.display()))?;
-    let state = State::from_image(image);
+    let state = State::from_image(image)?;
     for entry in found.into_iter().flat_map(|segment| segment.records) {
         if entry.index > state.applied_index() {
             state

@@ -26,8 +26,8 @@ use prost::encoding::{decode_varint, encode_varint};
 
 pub use super::FrameError;
 use super::{
-    DecodeError, ErrorCode, ErrorReply, Message, Op, Parse, Push, Reply, Request, Response,
-    ServerFrame, limits,
+    BlockInfo, DecodeError, ErrorCode, ErrorReply, Hash32, Message, Op, Outpoint, Output, Parse,
+    Push, Reply, Request, Response, ServerFrame, UtxoEntry, limits,
 };
 
 /// First byte of every binary frame: magic `0xB`, version 1.
@@ -240,6 +240,36 @@ fn put_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
     }
 }
 
+fn put_hash(out: &mut Vec<u8>, hash: &Hash32) {
+    out.extend_from_slice(&hash.0);
+}
+
+fn put_outpoints(out: &mut Vec<u8>, outpoints: &[Outpoint]) {
+    encode_varint(outpoints.len() as u64, out);
+    for outpoint in outpoints {
+        put_hash(out, &outpoint.tx);
+        encode_varint(u64::from(outpoint.index), out);
+    }
+}
+
+fn put_outputs(out: &mut Vec<u8>, outputs: &[Output]) {
+    encode_varint(outputs.len() as u64, out);
+    for output in outputs {
+        put_str(out, &output.to);
+        encode_varint(output.amount, out);
+    }
+}
+
+fn put_opt_varint(out: &mut Vec<u8>, value: Option<u64>) {
+    match value {
+        None => out.put_u8(0),
+        Some(value) => {
+            out.put_u8(1);
+            encode_varint(value, out);
+        }
+    }
+}
+
 fn put_message(out: &mut Vec<u8>, m: &Message) {
     encode_varint(m.id, out);
     put_str(out, &m.from);
@@ -287,6 +317,17 @@ fn put_request_payload(out: &mut Vec<u8>, request: &Request) {
             }
         }
         Request::DeleteAccount { password } => put_str(out, password),
+        Request::GetBalance {} | Request::ListUtxos {} | Request::ChainInfo {} => {}
+        Request::SubmitTransaction { inputs, outputs } => {
+            put_outpoints(out, inputs);
+            put_outputs(out, outputs);
+        }
+        Request::Transfer { to, amount } => {
+            put_str(out, to);
+            encode_varint(*amount, out);
+        }
+        Request::GetTransaction { txid } => put_hash(out, txid),
+        Request::GetBlock { height } => encode_varint(*height, out),
     }
 }
 
@@ -335,6 +376,60 @@ fn put_reply_payload(out: &mut Vec<u8>, reply: &Reply) {
             }
         }
         Reply::Deleted { deleted } => encode_varint(u64::from(*deleted), out),
+        Reply::Block(block) => {
+            encode_varint(block.height, out);
+            put_hash(out, &block.hash);
+            put_hash(out, &block.prev);
+            put_hash(out, &block.merkle_root);
+            encode_varint(block.timestamp, out);
+            encode_varint(u64::from(block.difficulty), out);
+            encode_varint(block.nonce, out);
+            encode_varint(block.txids.len() as u64, out);
+            for txid in &block.txids {
+                put_hash(out, txid);
+            }
+        }
+        Reply::Chain {
+            height,
+            tip,
+            mempool,
+            difficulty_bits,
+            supply,
+        } => {
+            encode_varint(*height, out);
+            put_hash(out, tip);
+            encode_varint(*mempool, out);
+            encode_varint(u64::from(*difficulty_bits), out);
+            encode_varint(*supply, out);
+        }
+        Reply::Transaction {
+            txid,
+            inputs,
+            outputs,
+            block,
+            grant,
+        } => {
+            put_hash(out, txid);
+            put_outpoints(out, inputs);
+            put_outputs(out, outputs);
+            put_opt_varint(out, *block);
+            put_opt_varint(out, *grant);
+        }
+        Reply::Pooled { txid } => put_hash(out, txid),
+        Reply::Balance { confirmed, pending } => {
+            encode_varint(*confirmed, out);
+            // Zigzag, as protobuf's sint64: small magnitudes of either sign stay short.
+            encode_varint(((*pending << 1) ^ (*pending >> 63)) as u64, out);
+        }
+        Reply::Utxos { utxos } => {
+            encode_varint(utxos.len() as u64, out);
+            for utxo in utxos {
+                put_hash(out, &utxo.tx);
+                encode_varint(u64::from(utxo.index), out);
+                encode_varint(utxo.amount, out);
+                out.put_u8(u8::from(utxo.confirmed));
+            }
+        }
         Reply::Done {} => {}
     }
 }
@@ -472,6 +567,66 @@ impl<'a> Fields<'a> {
         Ok(n as usize)
     }
 
+    fn hash(&mut self, what: &str) -> FieldResult<Hash32> {
+        if self.buf.len() < 32 {
+            return Err(ErrorReply::new(
+                ErrorCode::Malformed,
+                format!("{what}: 32 bytes expected, {} left", self.buf.len()),
+            ));
+        }
+        let (head, tail) = self.buf.split_at(32);
+        self.buf = tail;
+        Ok(Hash32(head.try_into().expect("32 bytes")))
+    }
+
+    fn flag(&mut self, what: &str) -> FieldResult<bool> {
+        if !self.buf.has_remaining() {
+            return Err(ErrorReply::new(
+                ErrorCode::Malformed,
+                format!("{what}: missing"),
+            ));
+        }
+        match self.buf.get_u8() {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(ErrorReply::new(
+                ErrorCode::Malformed,
+                format!("{what}: byte {other} is neither 0 nor 1"),
+            )),
+        }
+    }
+
+    fn opt_varint(&mut self, what: &str) -> FieldResult<Option<u64>> {
+        Ok(match self.flag(what)? {
+            true => Some(self.varint(what)?),
+            false => None,
+        })
+    }
+
+    fn outpoints(&mut self) -> FieldResult<Vec<Outpoint>> {
+        let n = self.count("inputs", limits::MAX_TX_IO)?;
+        (0..n)
+            .map(|_| {
+                Ok(Outpoint {
+                    tx: self.hash("input tx")?,
+                    index: self.u32("input index")?,
+                })
+            })
+            .collect()
+    }
+
+    fn outputs(&mut self) -> FieldResult<Vec<Output>> {
+        let n = self.count("outputs", limits::MAX_TX_IO)?;
+        (0..n)
+            .map(|_| {
+                Ok(Output {
+                    to: self.string("output to")?,
+                    amount: self.varint("output amount")?,
+                })
+            })
+            .collect()
+    }
+
     fn message(&mut self) -> FieldResult<Message> {
         Ok(Message {
             id: self.varint("message id")?,
@@ -558,6 +713,23 @@ pub fn decode_request_view(frame: FrameView<'_>) -> Result<(u32, Request), Decod
             Op::DeleteAccount => Request::DeleteAccount {
                 password: f.string("password")?,
             },
+            Op::GetBalance => Request::GetBalance {},
+            Op::ListUtxos => Request::ListUtxos {},
+            Op::ChainInfo => Request::ChainInfo {},
+            Op::SubmitTransaction => Request::SubmitTransaction {
+                inputs: f.outpoints()?,
+                outputs: f.outputs()?,
+            },
+            Op::Transfer => Request::Transfer {
+                to: f.string("to")?,
+                amount: f.varint("amount")?,
+            },
+            Op::GetTransaction => Request::GetTransaction {
+                txid: f.hash("txid")?,
+            },
+            Op::GetBlock => Request::GetBlock {
+                height: f.varint("height")?,
+            },
             Op::Deliver => unreachable!("request_from_code refuses pushes"),
         };
         f.end()?;
@@ -624,6 +796,57 @@ pub fn decode_server_frame_view(frame: FrameView<'_>) -> Result<ServerFrame, Err
         Some(Op::DeleteMessages) => Reply::Deleted {
             deleted: f.u32("deleted")?,
         },
+        Some(Op::GetBlock) => Reply::Block(BlockInfo {
+            height: f.varint("height")?,
+            hash: f.hash("hash")?,
+            prev: f.hash("prev")?,
+            merkle_root: f.hash("merkle_root")?,
+            timestamp: f.varint("timestamp")?,
+            difficulty: f.u32("difficulty")?,
+            nonce: f.varint("nonce")?,
+            txids: {
+                let n = f.count("txids", usize::MAX)?;
+                (0..n).map(|_| f.hash("txid")).collect::<FieldResult<_>>()?
+            },
+        }),
+        Some(Op::ChainInfo) => Reply::Chain {
+            height: f.varint("height")?,
+            tip: f.hash("tip")?,
+            mempool: f.varint("mempool")?,
+            difficulty_bits: f.u32("difficulty_bits")?,
+            supply: f.varint("supply")?,
+        },
+        Some(Op::GetTransaction) => Reply::Transaction {
+            txid: f.hash("txid")?,
+            inputs: f.outpoints()?,
+            outputs: f.outputs()?,
+            block: f.opt_varint("block")?,
+            grant: f.opt_varint("grant")?,
+        },
+        Some(Op::SubmitTransaction | Op::Transfer) => Reply::Pooled {
+            txid: f.hash("txid")?,
+        },
+        Some(Op::GetBalance) => Reply::Balance {
+            confirmed: f.varint("confirmed")?,
+            pending: {
+                let zigzag = f.varint("pending")?;
+                ((zigzag >> 1) as i64) ^ -((zigzag & 1) as i64)
+            },
+        },
+        Some(Op::ListUtxos) => {
+            let n = f.count("utxos", usize::MAX)?;
+            let utxos = (0..n)
+                .map(|_| {
+                    Ok(UtxoEntry {
+                        tx: f.hash("tx")?,
+                        index: f.u32("index")?,
+                        amount: f.varint("amount")?,
+                        confirmed: f.flag("confirmed")?,
+                    })
+                })
+                .collect::<FieldResult<_>>()?;
+            Reply::Utxos { utxos }
+        }
         _ => Reply::Done {},
     };
     f.end()?;

@@ -125,6 +125,12 @@ pub fn decode_request(line: &[u8]) -> Result<(u32, Request), DecodeError> {
             format!("unknown operation {op_name:?}"),
         )
     })?;
+    // Operations without arguments take no `data` or an empty object: the types have an empty
+    // object, so an absent one is read as that.
+    if matches!(op, Op::GetBalance | Op::ListUtxos | Op::ChainInfo) && !object.contains_key("data")
+    {
+        object.insert("data".into(), Value::Object(Default::default()));
+    }
     let request: Request = serde_json::from_value(Value::Object(object)).map_err(|e| {
         fail(
             Some(id),

@@ -19,6 +19,8 @@ use std::io::{self, BufRead};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::ledger::{Hash32, Outpoint, Output};
+
 /// Limits enforced on every request, whatever the protocol.
 pub mod limits {
     /// Usernames: 1 to 32 bytes of ASCII letters, digits, `_`, `-`, `.`.
@@ -39,6 +41,10 @@ pub mod limits {
     pub const MAX_IDS: usize = 1000;
     /// A whole frame (binary payload or JSON line).
     pub const MAX_FRAME: usize = 64 * 1024;
+    /// Outputs one `list_utxos` answer lists at most (so that it fits a frame).
+    pub const MAX_LISTED_UTXOS: usize = 500;
+    /// Inputs or outputs of one transaction, at most.
+    pub const MAX_TX_IO: usize = 100;
 }
 
 /// Declares [`Op`] and its table [`Op::ALL`] from one list of rows, so that an operation's
@@ -95,6 +101,20 @@ operations! {
     DeleteMessages = 7, "delete_messages", Request;
     /// Delete own account.
     DeleteAccount = 8, "delete_account", Request;
+    /// Own coins: confirmed and pending.
+    GetBalance = 9, "get_balance", Request;
+    /// Own spendable outputs.
+    ListUtxos = 10, "list_utxos", Request;
+    /// Submit a transaction spending own outputs.
+    SubmitTransaction = 11, "submit_transaction", Request;
+    /// Pay an account; the node picks the inputs.
+    Transfer = 12, "transfer", Request;
+    /// A transaction by id.
+    GetTransaction = 13, "get_transaction", Request;
+    /// A block by height.
+    GetBlock = 14, "get_block", Request;
+    /// The chain's head and sizes.
+    ChainInfo = 15, "chain_info", Request;
     /// Server push: a message delivered live.
     Deliver = 32, "deliver", Push;
 }
@@ -198,6 +218,36 @@ pub enum Request {
         /// The account's password.
         password: String,
     },
+    /// The logged-in account's balance.
+    GetBalance {},
+    /// The logged-in account's spendable outputs (at most [`limits::MAX_LISTED_UTXOS`]).
+    ListUtxos {},
+    /// Pool a transaction spending the logged-in account's outputs.
+    SubmitTransaction {
+        /// The outputs it spends.
+        inputs: Vec<Outpoint>,
+        /// The outputs it creates.
+        outputs: Vec<Output>,
+    },
+    /// Pay `amount` coins to `to`; the node picks the inputs and pays the change back.
+    Transfer {
+        /// Payee.
+        to: String,
+        /// Coins.
+        amount: u64,
+    },
+    /// A transaction, pooled or sealed.
+    GetTransaction {
+        /// Its id.
+        txid: Hash32,
+    },
+    /// A sealed block.
+    GetBlock {
+        /// Its height (1 is the first block).
+        height: u64,
+    },
+    /// The chain's height, tip, mempool size, difficulty and supply.
+    ChainInfo {},
 }
 
 impl Request {
@@ -238,6 +288,13 @@ impl Request {
             Request::ReadMessages { .. } => Op::ReadMessages,
             Request::DeleteMessages { .. } => Op::DeleteMessages,
             Request::DeleteAccount { .. } => Op::DeleteAccount,
+            Request::GetBalance {} => Op::GetBalance,
+            Request::ListUtxos {} => Op::ListUtxos,
+            Request::SubmitTransaction { .. } => Op::SubmitTransaction,
+            Request::Transfer { .. } => Op::Transfer,
+            Request::GetTransaction { .. } => Op::GetTransaction,
+            Request::GetBlock { .. } => Op::GetBlock,
+            Request::ChainInfo {} => Op::ChainInfo,
         }
     }
 }
@@ -311,8 +368,88 @@ pub enum Reply {
         /// Count.
         deleted: u32,
     },
+    /// A sealed block.
+    Block(BlockInfo),
+    /// The chain's head and sizes.
+    Chain {
+        /// Blocks sealed.
+        height: u64,
+        /// The last block's hash (64 zeros before the first block).
+        tip: Hash32,
+        /// Transactions pooled.
+        mempool: u64,
+        /// The leading zero bits this member seals blocks with.
+        difficulty_bits: u32,
+        /// Coins in sealed outputs (the sealed grants).
+        supply: u64,
+    },
+    /// A transaction.
+    Transaction {
+        /// Its id.
+        txid: Hash32,
+        /// The outputs it spends.
+        inputs: Vec<Outpoint>,
+        /// The outputs it creates.
+        outputs: Vec<Output>,
+        /// The height of its block; `null` while it is pooled.
+        block: Option<u64>,
+        /// A grant: the log index of the account creation that made it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grant: Option<u64>,
+    },
+    /// A transaction was pooled.
+    Pooled {
+        /// Its id.
+        txid: Hash32,
+    },
+    /// A balance.
+    Balance {
+        /// Coins of owned outputs in sealed blocks.
+        confirmed: u64,
+        /// The net effect of pooled transactions (negative when they spend confirmed coins).
+        pending: i64,
+    },
+    /// Spendable outputs.
+    Utxos {
+        /// Confirmed first, each by outpoint.
+        utxos: Vec<UtxoEntry>,
+    },
     /// Nothing to return (create account, logout, delete account).
     Done {},
+}
+
+/// A block as `get_block` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockInfo {
+    /// 1 for the first block.
+    pub height: u64,
+    /// Its hash.
+    pub hash: Hash32,
+    /// The previous block's hash.
+    pub prev: Hash32,
+    /// The Merkle root of its transactions' ids.
+    pub merkle_root: Hash32,
+    /// Milliseconds since the Unix epoch, when it was sealed.
+    pub timestamp: u64,
+    /// Leading zero bits of its hash, at least.
+    pub difficulty: u32,
+    /// The proof of work.
+    pub nonce: u64,
+    /// Its transactions' ids, in block order.
+    pub txids: Vec<Hash32>,
+}
+
+/// One spendable output, as `list_utxos` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UtxoEntry {
+    /// The transaction that created it.
+    pub tx: Hash32,
+    /// Its position among that transaction's outputs.
+    pub index: u32,
+    /// Coins.
+    pub amount: u64,
+    /// In a sealed block (else created by a pooled transaction).
+    pub confirmed: bool,
 }
 
 /// Why a request failed.
@@ -351,6 +488,18 @@ pub enum ErrorCode {
     /// The cluster cannot order the write now (no majority reachable within a bounded wait);
     /// nothing was acknowledged. The client may retry later, or on another member.
     Unavailable = 14,
+    /// The transaction spends an output that a transaction in the mempool spends already (the
+    /// message names the output and that transaction's id).
+    DoubleSpend = 15,
+    /// The transaction spends an output that does not exist (never did, or is spent in a block).
+    NoSuchOutput = 16,
+    /// The transaction spends an output that another account owns.
+    NotOwner = 17,
+    /// The transaction breaks a rule (sums differ, no inputs, too many inputs or outputs, an
+    /// amount zero, an output to no account, ...); the message says which.
+    InvalidTransaction = 18,
+    /// A transfer of more coins than the sender can spend.
+    InsufficientFunds = 19,
 }
 
 impl ErrorCode {
@@ -372,6 +521,11 @@ impl ErrorCode {
             Internal,
             NotLeader,
             Unavailable,
+            DoubleSpend,
+            NoSuchOutput,
+            NotOwner,
+            InvalidTransaction,
+            InsufficientFunds,
         ]
         .into_iter()
         .find(|c| *c as u8 == code)
@@ -819,6 +973,33 @@ mod tests {
             Request::DeleteAccount {
                 password: "correct horse".into(),
             },
+            Request::GetBalance {},
+            Request::ListUtxos {},
+            Request::SubmitTransaction {
+                inputs: vec![Outpoint {
+                    tx: Hash32([0xab; 32]),
+                    index: 3,
+                }],
+                outputs: vec![
+                    Output {
+                        to: "bob".into(),
+                        amount: 300,
+                    },
+                    Output {
+                        to: "alice".into(),
+                        amount: u64::MAX,
+                    },
+                ],
+            },
+            Request::Transfer {
+                to: "bob".into(),
+                amount: 300,
+            },
+            Request::GetTransaction {
+                txid: Hash32([1; 32]),
+            },
+            Request::GetBlock { height: 12 },
+            Request::ChainInfo {},
         ]
     }
 
@@ -854,6 +1035,86 @@ mod tests {
             (Op::DeleteMessages, Ok(Reply::Deleted { deleted: 2 })),
             (Op::Logout, Ok(Reply::Done {})),
             (
+                Op::GetBalance,
+                Ok(Reply::Balance {
+                    confirmed: 1000,
+                    pending: -300,
+                }),
+            ),
+            (
+                Op::ListUtxos,
+                Ok(Reply::Utxos {
+                    utxos: vec![UtxoEntry {
+                        tx: Hash32([2; 32]),
+                        index: 0,
+                        amount: 1000,
+                        confirmed: true,
+                    }],
+                }),
+            ),
+            (
+                Op::Transfer,
+                Ok(Reply::Pooled {
+                    txid: Hash32([3; 32]),
+                }),
+            ),
+            (
+                Op::GetTransaction,
+                Ok(Reply::Transaction {
+                    txid: Hash32([4; 32]),
+                    inputs: vec![],
+                    outputs: vec![Output {
+                        to: "alice".into(),
+                        amount: 1000,
+                    }],
+                    block: Some(1),
+                    grant: Some(5),
+                }),
+            ),
+            (
+                Op::GetTransaction,
+                Ok(Reply::Transaction {
+                    txid: Hash32([4; 32]),
+                    inputs: vec![Outpoint {
+                        tx: Hash32([5; 32]),
+                        index: 1,
+                    }],
+                    outputs: vec![],
+                    block: None,
+                    grant: None,
+                }),
+            ),
+            (
+                Op::GetBlock,
+                Ok(Reply::Block(BlockInfo {
+                    height: 1,
+                    hash: Hash32([6; 32]),
+                    prev: Hash32::ZERO,
+                    merkle_root: Hash32([7; 32]),
+                    timestamp: 1_764_048_000_000,
+                    difficulty: 16,
+                    nonce: 99_999,
+                    txids: vec![Hash32([4; 32])],
+                })),
+            ),
+            (
+                Op::ChainInfo,
+                Ok(Reply::Chain {
+                    height: 1,
+                    tip: Hash32([6; 32]),
+                    mempool: 2,
+                    difficulty_bits: 16,
+                    supply: 2000,
+                }),
+            ),
+            (
+                Op::Transfer,
+                Err(ErrorReply::new(
+                    ErrorCode::InsufficientFunds,
+                    "ann can spend 10 coins, fewer than 300",
+                )),
+            ),
+            (
                 Op::Login,
                 Err(ErrorReply::new(ErrorCode::AuthFailed, "wrong password")),
             ),
@@ -876,6 +1137,61 @@ mod tests {
             let line = json::read_line(&mut &bytes[..]).unwrap();
             assert_eq!(json::decode_request(&line).unwrap(), (i as u32, request));
         }
+    }
+
+    #[test]
+    fn ledger_requests_read_as_documented_and_take_no_data_or_an_empty_object() {
+        for line in [
+            r#"{"id":1,"op":"get_balance"}"#,
+            r#"{"id":1,"op":"get_balance","data":{}}"#,
+        ] {
+            assert_eq!(
+                json::decode_request(line.as_bytes()).unwrap(),
+                (1, Request::GetBalance {})
+            );
+        }
+        let tx = "ab".repeat(32);
+        let line = format!(
+            r#"{{"id":2,"op":"submit_transaction","data":{{"inputs":[{{"tx":"{tx}","index":0}}],"outputs":[{{"to":"bob","amount":300}}]}}}}"#
+        );
+        assert_eq!(
+            json::decode_request(line.as_bytes()).unwrap().1,
+            Request::SubmitTransaction {
+                inputs: vec![Outpoint {
+                    tx: Hash32([0xab; 32]),
+                    index: 0
+                }],
+                outputs: vec![Output {
+                    to: "bob".into(),
+                    amount: 300
+                }],
+            }
+        );
+        // A txid that is not 64 hex digits is an invalid argument, saying so.
+        let error =
+            json::decode_request(br#"{"id":3,"op":"get_transaction","data":{"txid":"xyz"}}"#)
+                .unwrap_err();
+        assert_eq!(error.error.code, ErrorCode::InvalidArgument);
+        assert!(
+            error.error.message.contains("64 hex digits"),
+            "{}",
+            error.error.message
+        );
+        // The answers' JSON shapes.
+        let reply = serde_json::to_value(Reply::Balance {
+            confirmed: 1000,
+            pending: -300,
+        })
+        .unwrap();
+        assert_eq!(
+            reply,
+            serde_json::json!({"confirmed": 1000, "pending": -300})
+        );
+        let reply = serde_json::to_value(Reply::Pooled {
+            txid: Hash32([0xab; 32]),
+        })
+        .unwrap();
+        assert_eq!(reply, serde_json::json!({ "txid": tx }));
     }
 
     #[test]
@@ -925,6 +1241,19 @@ mod tests {
             Op::DeleteAccount => Request::DeleteAccount {
                 password: "p".into(),
             },
+            Op::GetBalance => Request::GetBalance {},
+            Op::ListUtxos => Request::ListUtxos {},
+            Op::SubmitTransaction => Request::SubmitTransaction {
+                inputs: vec![],
+                outputs: vec![],
+            },
+            Op::Transfer => Request::Transfer {
+                to: "b".into(),
+                amount: 1,
+            },
+            Op::GetTransaction => Request::GetTransaction { txid: Hash32::ZERO },
+            Op::GetBlock => Request::GetBlock { height: 1 },
+            Op::ChainInfo => Request::ChainInfo {},
             Op::Deliver => return None,
         })
     }
@@ -1001,6 +1330,11 @@ mod tests {
         (12, "internal"),
         (13, "not_leader"),
         (14, "unavailable"),
+        (15, "double_spend"),
+        (16, "no_such_output"),
+        (17, "not_owner"),
+        (18, "invalid_transaction"),
+        (19, "insufficient_funds"),
     ];
 
     #[test]

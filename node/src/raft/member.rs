@@ -96,6 +96,8 @@ pub struct RaftLog {
     inbox: Sender<Input>,
     /// Reads need not ask raft (set by the loop): see `MemberLoop::local_reads`.
     local_reads: Arc<AtomicBool>,
+    /// Whether this member leads (set by the loop after every round).
+    leading: Arc<AtomicBool>,
     transport: Arc<Transport>,
     thread: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
@@ -272,7 +274,9 @@ impl RaftLog {
         );
         let (batches, applier) = unbounded();
         let local_reads = Arc::new(AtomicBool::new(false));
+        let leading = Arc::new(AtomicBool::new(false));
         let mut member = MemberLoop {
+            leading: Arc::clone(&leading),
             raw,
             raft_config: config,
             logger,
@@ -307,12 +311,18 @@ impl RaftLog {
                 id: me.id,
                 inbox,
                 local_reads,
+                leading,
                 transport,
                 thread: std::sync::Mutex::new(Some(thread)),
             }),
             recovered,
             batches: applier,
         })
+    }
+
+    /// Whether this member is the leader now (as of the loop's last round).
+    pub fn is_leader(&self) -> bool {
+        self.leading.load(Ordering::Acquire)
     }
 
     /// Raft's figures, from the loop (`None` if it does not answer within a second).
@@ -359,6 +369,53 @@ fn stopped() -> ErrorReply {
 
 /// Opens raft's storage in `raft_dir` (a new one starts with the cluster's initial voters), its
 /// snapshots read from `snapshots`.
+/// The committed commands in `data_dir`'s raft log after index `applied`, read without starting
+/// raft (for `verify-chain`, on a stopped member). A member that is its own only voter counts
+/// every durable entry as committed, as its start does.
+pub fn read_committed(data_dir: &Path, applied: u64) -> Result<Vec<Entry>, String> {
+    let raft_dir = data_dir.join("raft");
+    if !raft_dir.exists() {
+        return Ok(Vec::new());
+    }
+    let storage = DiskStorage::open(&raft_dir, ConfState::default())
+        .map_err(|e| format!("cannot open raft's log in {}: {e}", raft_dir.display()))?;
+    let mut commit = storage.hard_state().commit;
+    if storage.conf_state().voters.len() <= 1 {
+        commit = commit.max(storage.last_index().map_err(|e| e.to_string())?);
+    }
+    let first = storage.first_index().map_err(|e| e.to_string())?;
+    if commit <= applied {
+        return Ok(Vec::new());
+    }
+    if applied + 1 < first {
+        return Err(format!(
+            "raft's log in {} starts at index {first}, after the snapshot's {applied}: the \
+             entries between are gone",
+            raft_dir.display()
+        ));
+    }
+    let entries = storage
+        .entries(
+            applied + 1,
+            commit + 1,
+            u64::MAX,
+            GetEntriesContext::empty(false),
+        )
+        .map_err(|e| format!("raft's log in {}: {e}", raft_dir.display()))?;
+    let mut commands = Vec::new();
+    for entry in entries {
+        if entry.get_entry_type() == EntryType::EntryNormal && !entry.data.is_empty() {
+            let command = decode_command(&entry.data)
+                .map_err(|e| format!("log entry {}: {e}", entry.index))?;
+            commands.push(Entry {
+                index: entry.index,
+                command,
+            });
+        }
+    }
+    Ok(commands)
+}
+
 fn open_storage(
     raft_dir: &Path,
     cluster: &Cluster,
@@ -466,6 +523,8 @@ struct MemberLoop {
     /// asking raft (every change is applied before it is acknowledged), so `read_barrier`
     /// answers at once.
     local_reads: Arc<AtomicBool>,
+    /// Set while this member leads (for the block sealer, which runs on the leader only).
+    leading: Arc<AtomicBool>,
     cluster: Cluster,
     transport: Arc<Transport>,
     inputs: Receiver<Input>,
@@ -556,6 +615,8 @@ impl MemberLoop {
             }
             let local = self.sole_voter() && self.handed >= self.recovered_last;
             self.local_reads.store(local, Ordering::Release);
+            let leads = self.raw.raft.state == StateRole::Leader;
+            self.leading.store(leads, Ordering::Release);
         }
     }
 
@@ -1292,6 +1353,7 @@ impl MemberLoop {
     /// Answers everything still waiting, and leaves the cluster.
     fn shut_down(mut self, why: &str) {
         self.local_reads.store(false, Ordering::Release);
+        self.leading.store(false, Ordering::Release);
         let error = ErrorReply::new(ErrorCode::Unavailable, why.to_string());
         for (_, waiter) in std::mem::take(&mut self.pending).into_values() {
             waiter(Err(error.clone()));

@@ -136,9 +136,7 @@ impl Applier {
             let index = image.applied;
             match core.state.install(image) {
                 Ok(()) => tracing::info!(index, "snapshot from the leader installed"),
-                Err(error) => {
-                    lock_failed(error);
-                }
+                Err(error) => tracing::error!(index, %error, "snapshot from the leader refused"),
             }
         }
         let applied = batch.entries.len() as u64;
@@ -222,8 +220,11 @@ impl Applier {
             let users = command.users();
             let first = users.first().map_or(0, |user| lane_of(user));
             let single = users.iter().all(|user| lane_of(user) == first);
+            // Ledger-ordered commands keep their order among themselves: on lane 0, or alone.
+            let ledger = command.ledger_ordered();
             match command {
-                _ if single => lanes[first].push((index, command, waiter)),
+                _ if ledger && single && first == 0 => lanes[0].push((index, command, waiter)),
+                _ if single && !ledger => lanes[first].push((index, command, waiter)),
                 Command::MarkDelivered { marks } => {
                     let mut parts: Vec<Vec<(String, Vec<u64>)>> = vec![Vec::new(); count];
                     for (user, ids) in marks {
@@ -290,6 +291,16 @@ impl Core {
                 (Command::DeleteAccount { username, .. }, Outcome::Done) => {
                     self.end_sessions(username);
                     tracing::info!(user = %username, index, "account deleted");
+                }
+                (_, Outcome::Pooled { .. } | Outcome::Done)
+                    if matches!(
+                        command,
+                        Command::OpenAccount { .. }
+                            | Command::SubmitTransaction { .. }
+                            | Command::Transfer { .. }
+                    ) && self.state.ledger().pooled() >= self.config.block_max_txs =>
+                {
+                    let _ = self.seal_wake.try_send(());
                 }
                 _ => {}
             }

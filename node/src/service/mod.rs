@@ -33,7 +33,9 @@
 mod apply;
 mod checks;
 mod connection;
+mod ledger;
 mod listing;
+mod sealer;
 
 pub use connection::{Connection, Outbox, SessionHandle};
 
@@ -101,6 +103,8 @@ pub struct Service {
     raft: Arc<RaftLog>,
     applier: Option<JoinHandle<()>>,
     snapshots: Option<JoinHandle<()>>,
+    /// Seals blocks while this member leads (stopped first when the node stops).
+    sealer: Option<sealer::Sealer>,
     _data_lock: FileLock,
 }
 
@@ -123,6 +127,8 @@ struct Core {
     started: Instant,
     data_dir: PathBuf,
     config: Config,
+    /// Hurries the sealer (apply pooled `block_max_txs` transactions).
+    seal_wake: Sender<()>,
 }
 
 impl std::fmt::Debug for Service {
@@ -161,7 +167,8 @@ impl Service {
             legacy::refuse_wal(dir).map_err(StartError)?;
         }
         // Recovery: the snapshot's image, then every command logged after it, through `apply`.
-        let state = State::from_image(snapshot::load(dir).map_err(StartError)?);
+        let state = State::from_image(snapshot::load(dir).map_err(StartError)?)
+            .map_err(|e| StartError(format!("snapshot in {}: {e}", dir.display())))?;
         let snapshots = Arc::new(SnapshotStore::new(dir, state.applied_index()));
         let opened = RaftLog::open(&cluster, dir, Arc::clone(&snapshots), state.applied_index())
             .map_err(StartError)?;
@@ -197,6 +204,7 @@ impl Service {
             Duration::from_secs(60),
             config.login_burst.max(1),
         );
+        let seal_wake = sealer::Sealer::waker();
         let core = Arc::new(Core {
             state,
             log: Arc::clone(&log),
@@ -215,6 +223,7 @@ impl Service {
             started: Instant::now(),
             data_dir: dir.clone(),
             config: config.clone(),
+            seal_wake: seal_wake.0.clone(),
         });
 
         let (captures, snapshot_queue) = bounded::<Capture>(1);
@@ -237,11 +246,14 @@ impl Service {
             .name("apply".into())
             .spawn(move || applier.run())
             .map_err(|e| start_error("applier thread")(e.to_string()))?;
+        let sealer = sealer::Sealer::start(Arc::clone(&core), Arc::clone(&raft), seal_wake)
+            .map_err(|e| start_error("sealer thread")(e.to_string()))?;
         Ok(Service {
             core,
             raft,
             applier: Some(applier),
             snapshots: Some(snapshots),
+            sealer: Some(sealer),
             _data_lock: data_lock,
         })
     }
@@ -338,7 +350,23 @@ impl Service {
             applied_index,
             state_digest,
             raft: self.raft.status(),
+            ledger: self.ledger_stats(),
         }
+    }
+
+    /// The ledger's figures.
+    pub fn ledger_stats(&self) -> Option<LedgerStats> {
+        let ledger = self.core.state.ledger();
+        let info = ledger.info().ok()?;
+        let (accepted, refused, blocks_refused) = ledger.counters();
+        Some(LedgerStats {
+            chain: info,
+            difficulty_bits: self.core.config.difficulty_bits,
+            transactions_accepted: accepted,
+            transactions_refused: refused,
+            blocks_refused,
+            sealing: self.sealer.as_ref().map(sealer::Sealer::stats),
+        })
     }
 
     /// Raft's side of the log (a node started without `--cluster` is a one-member cluster).
@@ -359,6 +387,7 @@ impl Service {
 
 impl Drop for Service {
     fn drop(&mut self) {
+        drop(self.sealer.take());
         if let Err(error) = self.sync_log() {
             tracing::error!(%error, "the log could not be synced while stopping");
         }
@@ -420,10 +449,11 @@ impl Core {
                 let core = Arc::clone(self);
                 self.hasher.hash_then(password, move |hashed| match hashed {
                     Ok(password_hash) => {
-                        let command = Command::CreateAccount {
+                        let command = Command::OpenAccount {
                             username,
                             password_hash,
                             created: now_ms(),
+                            grant: core.config.initial_balance,
                         };
                         core.commit(connection, command, done, |_, _| Reply::Done {});
                     }
@@ -513,6 +543,13 @@ impl Core {
                 }
             }
             Request::ReadMessages { limit } => self.read_messages(connection, limit, done),
+            Request::GetBalance {}
+            | Request::ListUtxos {}
+            | Request::SubmitTransaction { .. }
+            | Request::Transfer { .. }
+            | Request::GetTransaction { .. }
+            | Request::GetBlock { .. }
+            | Request::ChainInfo {} => self.handle_ledger(connection, request, done),
             Request::DeleteMessages { ids } => {
                 let command = self.current_user(&mut connection).and_then(|user| {
                     checks::ids(&ids)?;
@@ -738,6 +775,27 @@ pub struct NodeStats {
     /// Raft's figures (`None` if its loop did not answer in time).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub raft: Option<RaftStatus>,
+    /// The ledger's figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<LedgerStats>,
+}
+
+/// The ledger's figures in `/stats`.
+#[derive(Clone, Debug, Serialize)]
+pub struct LedgerStats {
+    /// Height, tip, mempool size and bytes, supply, confirmed outputs.
+    #[serde(flatten)]
+    pub chain: crate::ledger::ChainInfo,
+    /// The difficulty this member seals with.
+    pub difficulty_bits: u32,
+    /// Transactions pooled by apply on this member.
+    pub transactions_accepted: u64,
+    /// Transactions refused, by reason (by a request's check or by apply).
+    pub transactions_refused: std::collections::BTreeMap<&'static str, u64>,
+    /// Blocks refused by apply.
+    pub blocks_refused: u64,
+    /// This member's sealing.
+    pub sealing: Option<sealer::SealStats>,
 }
 
 fn now_ms() -> u64 {

@@ -9,12 +9,22 @@
 //! | `SendMessage` | the recipient's shard (and the sender's, with a key) | `Sent { id, timestamp }`, `AlreadySent` or `no_such_user` |
 //! | `MarkDelivered` | one shard per user named | `Done` |
 //! | `DeleteMessages` | the owner's shard | `Deleted(count)` |
+//! | `OpenAccount` | the account map, the user's shard, the mempool (its grant) | `Done` or `user_exists` |
+//! | `SubmitTransaction` | the mempool | `Pooled { txid }` or a ledger refusal |
+//! | `Transfer` | the mempool | `Pooled { txid }` or a ledger refusal |
+//! | `SealBlock` | the chain, the confirmed outputs, the mempool | `Done` or refused (logged as an error) |
+//!
+//! Commands that read or write the account map or the ledger (the accounts, the mempool, the
+//! chain) are *ledger-ordered* ([`Command::ledger_ordered`]): the applier keeps them in log
+//! order among themselves, since a transfer's recipient must exist and an account with coins
+//! cannot be deleted.
 //!
 //! Commands are stored in the log as they are encoded here (postcard, behind a format version
 //! byte), so a variant's fields never change meaning once released: a new field is a new variant.
 
 use serde::{Deserialize, Serialize};
 
+use crate::ledger::{Block, Hash32, Transaction};
 use crate::protocol::ErrorReply;
 
 /// One change of the node's state.
@@ -64,6 +74,40 @@ pub enum Command {
         /// Message ids.
         ids: Vec<u64>,
     },
+    /// Create an account (refused if the name is taken) and grant it `grant` coins (a grant
+    /// transaction in the mempool, sealed with the next block). Replaces `CreateAccount`, which
+    /// logs written before the ledger still hold.
+    OpenAccount {
+        /// Name.
+        username: String,
+        /// Argon2id PHC string, hashed before the command was logged.
+        password_hash: String,
+        /// Creation time, milliseconds since the Unix epoch, read before logging.
+        created: u64,
+        /// Coins granted (the proposing member's `initial_balance`; 0 grants nothing).
+        grant: u64,
+    },
+    /// Pool a transaction spending `from`'s outputs, if it is valid when applied.
+    SubmitTransaction {
+        /// The logged-in account that submits it (it must own every input).
+        from: String,
+        /// The transaction.
+        tx: Transaction,
+    },
+    /// Pay `amount` from `from` to `to`, with inputs the ledger picks when it applies this.
+    Transfer {
+        /// Payer.
+        from: String,
+        /// Payee.
+        to: String,
+        /// Coins.
+        amount: u64,
+    },
+    /// Append a block sealed by the leader, if it extends the tip and every check passes.
+    SealBlock {
+        /// The block.
+        block: Block,
+    },
 }
 
 impl Command {
@@ -85,7 +129,25 @@ impl Command {
                 marks.iter().map(|(user, _)| user.as_str()).collect()
             }
             Command::DeleteMessages { user, .. } => vec![user],
+            Command::OpenAccount { username, .. } => vec![username],
+            Command::SubmitTransaction { .. }
+            | Command::Transfer { .. }
+            | Command::SealBlock { .. } => Vec::new(),
         }
+    }
+
+    /// Whether it reads or writes the account map or the ledger: such commands apply in log
+    /// order among themselves.
+    pub fn ledger_ordered(&self) -> bool {
+        matches!(
+            self,
+            Command::CreateAccount { .. }
+                | Command::DeleteAccount { .. }
+                | Command::OpenAccount { .. }
+                | Command::SubmitTransaction { .. }
+                | Command::Transfer { .. }
+                | Command::SealBlock { .. }
+        )
     }
 }
 
@@ -110,6 +172,11 @@ pub enum Outcome {
     },
     /// Messages were deleted.
     Deleted(u32),
+    /// A transaction was pooled.
+    Pooled {
+        /// Its id.
+        txid: Hash32,
+    },
     /// Refused by validation at apply time; the state is unchanged.
     Refused(ErrorReply),
 }

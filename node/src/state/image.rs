@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::Account;
+use crate::ledger::LedgerImage;
 
 /// The whole state at one applied index, in canonical order.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +23,10 @@ pub struct Image {
     /// The idempotency keys of each sender's keyed sends, by sender, each by key.
     #[serde(default)]
     pub sent_keys: BTreeMap<String, Vec<ImageKey>>,
+    /// The ledger: every sealed block and the pooled transactions (the confirmed outputs are
+    /// what replaying the blocks gives).
+    #[serde(default, skip_serializing_if = "LedgerImage::is_empty")]
+    pub ledger: LedgerImage,
 }
 
 /// A keyed send remembered for its sender.
@@ -51,12 +56,17 @@ pub struct ImageMessage {
 }
 
 impl Image {
-    /// SHA-256 of the postcard encoding of the image's contents (accounts, mailboxes, keys), in
-    /// hex. The applied index is not hashed (it is shown beside the digest): entries that carry
+    /// SHA-256 of the postcard encoding of the image's contents (accounts, mailboxes, keys,
+    /// ledger), in hex. The applied index is not hashed (it is shown beside the digest): entries that carry
     /// no command, such as the empty entry a restarted raft leader appends, move it and leave
     /// the state as it was.
     pub fn digest(&self) -> String {
-        let contents = (&self.accounts, &self.mailboxes, &self.sent_keys);
+        let contents = (
+            &self.accounts,
+            &self.mailboxes,
+            &self.sent_keys,
+            &self.ledger,
+        );
         let bytes = postcard::to_stdvec(&contents).expect("an image always encodes");
         hex::encode(Sha256::digest(&bytes))
     }

@@ -6,6 +6,7 @@
 //! | mailboxes | 16 shards, each a `Mutex<HashMap<user, Mailbox>>` named `mailboxes-NN` | 20 |
 //! | applied index | an atomic, raised while the applied command's shard lock is held | - |
 //! | `apply-batch` | `Mutex<()>` held while a batch applies, on however many threads | 5 |
+//! | ledger | [`Ledger`]: confirmed outputs (MVCC), `ledger-chain`, `mempool` | 24, 25 |
 //! | `state-digest` | `Mutex<Option<(index, digest)>>`: the last digest, taken alone | 30 |
 //!
 //! Invariant: the same commands applied at the same log indexes give the same state, byte for
@@ -40,6 +41,7 @@ use serde::{Deserialize, Serialize};
 use sync_kit::mvcc::{MvccMap, MvccStats, Snapshot};
 use sync_kit::{LockError, LockSet, Mutex, MutexGuard};
 
+use crate::ledger::Ledger;
 use crate::protocol::{ErrorCode, ErrorReply, Message};
 
 /// Lock level of the mailbox shards (see `docs/node.md` for the node's whole order).
@@ -131,6 +133,7 @@ type Shard = HashMap<String, Mailbox>;
 /// The node's replicated state: accounts and mailboxes.
 pub struct State {
     accounts: MvccMap<String, Account>,
+    ledger: Ledger,
     shards: Vec<Mutex<Shard>>,
     /// Held while a batch is applied: an image never sees part of a batch.
     batch: Mutex<()>,
@@ -180,6 +183,7 @@ impl State {
     pub fn new() -> State {
         State {
             accounts: MvccMap::new(),
+            ledger: Ledger::new(),
             shards: SHARD_NAMES
                 .into_iter()
                 .map(|name| Mutex::with_level(name, MAILBOXES_LEVEL, HashMap::new()))
@@ -209,27 +213,13 @@ impl State {
                 username,
                 password_hash,
                 created,
-            } => {
-                let _shard = self.shard(username)?;
-                let mut tx = self.accounts.begin();
-                let outcome = if tx.get(username).is_some() {
-                    Outcome::Refused(ErrorReply::new(
-                        ErrorCode::UserExists,
-                        format!("username {username:?} is taken"),
-                    ))
-                } else {
-                    tx.insert(
-                        username.clone(),
-                        Account {
-                            password_hash: password_hash.clone(),
-                            created: *created,
-                        },
-                    );
-                    commit(tx).map_or_else(Outcome::Refused, |()| Outcome::Done)
-                };
-                self.applied.fetch_max(index, Ordering::AcqRel);
-                Ok(outcome)
-            }
+            } => self.create_account(index, username, password_hash, *created, 0),
+            Command::OpenAccount {
+                username,
+                password_hash,
+                created,
+                grant,
+            } => self.create_account(index, username, password_hash, *created, *grant),
             Command::DeleteAccount {
                 username,
                 password_hash,
@@ -238,6 +228,10 @@ impl State {
                 let mut tx = self.accounts.begin();
                 let outcome = match tx.get(username) {
                     Some(account) if account.password_hash == *password_hash => {
+                        if let Err(refusal) = self.ledger.check_empty(username)? {
+                            self.applied.fetch_max(index, Ordering::AcqRel);
+                            return Ok(Outcome::Refused(refusal));
+                        }
                         tx.remove(username);
                         match commit(tx) {
                             Ok(()) => {
@@ -319,7 +313,80 @@ impl State {
                 self.applied.fetch_max(index, Ordering::AcqRel);
                 Ok(Outcome::Deleted(deleted))
             }
+            Command::SubmitTransaction { from, tx } => {
+                let exists = |user: &str| self.has_account(user);
+                let outcome = pooled(self.ledger.apply_submit(from, tx.clone(), exists)?);
+                self.applied.fetch_max(index, Ordering::AcqRel);
+                Ok(outcome)
+            }
+            Command::Transfer { from, to, amount } => {
+                let exists = |user: &str| self.has_account(user);
+                let outcome = pooled(self.ledger.apply_transfer(from, to, *amount, exists)?);
+                self.applied.fetch_max(index, Ordering::AcqRel);
+                Ok(outcome)
+            }
+            Command::SealBlock { block } => {
+                let outcome = match self.ledger.apply_block(block)? {
+                    Ok(()) => Outcome::Done,
+                    Err(why) => {
+                        // Every member refuses it alike (the same checks on the same state): a
+                        // block sealed on a tip that moved meanwhile, or a bug worth a look.
+                        tracing::error!(
+                            index,
+                            height = block.header.height,
+                            "block refused: {why}"
+                        );
+                        Outcome::Refused(ErrorReply::new(
+                            ErrorCode::InvalidArgument,
+                            format!("block refused: {why}"),
+                        ))
+                    }
+                };
+                self.applied.fetch_max(index, Ordering::AcqRel);
+                Ok(outcome)
+            }
         }
+    }
+
+    /// Creates an account (and pools its grant of `grant` coins), unless the name is taken.
+    fn create_account(
+        &self,
+        index: u64,
+        username: &str,
+        password_hash: &str,
+        created: u64,
+        grant: u64,
+    ) -> Result<Outcome, LockError> {
+        let _shard = self.shard(username)?;
+        let mut tx = self.accounts.begin();
+        let outcome = if tx.get(&username.to_string()).is_some() {
+            Outcome::Refused(ErrorReply::new(
+                ErrorCode::UserExists,
+                format!("username {username:?} is taken"),
+            ))
+        } else {
+            tx.insert(
+                username.to_string(),
+                Account {
+                    password_hash: password_hash.to_string(),
+                    created,
+                },
+            );
+            match commit(tx) {
+                Ok(()) => {
+                    self.ledger.apply_grant(index, username, grant)?;
+                    Outcome::Done
+                }
+                Err(refusal) => Outcome::Refused(refusal),
+            }
+        };
+        self.applied.fetch_max(index, Ordering::AcqRel);
+        Ok(outcome)
+    }
+
+    /// The ledger: balances, outputs, transactions, blocks (reads; apply is the only writer).
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
     }
 
     /// Held by the applier while it applies a batch, however many threads apply it: images wait
@@ -523,6 +590,7 @@ impl State {
             applied: self.applied_index(),
             accounts: self.accounts.snapshot(),
             mailboxes,
+            ledger: self.ledger.capture()?,
         })
     }
 
@@ -548,9 +616,11 @@ impl State {
         Ok((applied, digest))
     }
 
-    /// A state holding exactly `image`.
-    pub fn from_image(image: Image) -> State {
-        let state = State::new();
+    /// A state holding exactly `image`; `Err` if its ledger does not check (naming the first
+    /// block or pooled transaction that does not).
+    pub fn from_image(image: Image) -> Result<State, String> {
+        let mut state = State::new();
+        state.ledger = Ledger::from_image(image.ledger)?;
         let mut tx = state.accounts.begin();
         for (name, account) in image.accounts {
             tx.insert(name, account);
@@ -579,13 +649,12 @@ impl State {
                 })
                 .collect();
         }
-        let mut state = state;
         for (lock, shard) in state.shards.iter_mut().zip(shards) {
             *lock.get_mut() = shard;
         }
         state.applied.store(image.applied, Ordering::Release);
         state.base.store(image.applied, Ordering::Release);
-        state
+        Ok(state)
     }
 
     /// Log entries up to `index` that carry no command (a new raft leader's empty entry, a
@@ -598,12 +667,14 @@ impl State {
     /// Replaces the whole state with `image` (a snapshot installed from the cluster's leader,
     /// which is ahead of everything this member applied). Between batches, like a capture; the
     /// delivery bookkeeping starts empty, as after a restart.
-    pub fn install(&self, image: Image) -> Result<(), LockError> {
-        let fresh = State::from_image(image);
-        let _between_batches = self.batch()?;
+    pub fn install(&self, image: Image) -> Result<(), String> {
+        let fresh = State::from_image(image)?;
+        let locked = |e: LockError| e.to_string();
+        let _between_batches = self.batch().map_err(locked)?;
         let mut set = LockSet::new();
         let slots: Vec<_> = self.shards.iter().map(|shard| set.lock(shard)).collect();
-        let mut held = set.acquire()?;
+        let mut held = set.acquire().map_err(locked)?;
+        self.ledger.install(fresh.ledger).map_err(locked)?;
         let wanted = fresh.accounts.snapshot();
         let mut tx = self.accounts.begin();
         for (name, _) in self.accounts.snapshot().iter() {
@@ -633,6 +704,7 @@ pub struct Capture {
     applied: u64,
     accounts: Snapshot<String, Account>,
     mailboxes: Vec<CapturedMailbox>,
+    ledger: crate::ledger::LedgerCapture,
 }
 
 type CapturedMailbox = (String, OrdMap<u64, Stored>, OrdMap<String, (u64, u64)>);
@@ -681,7 +753,16 @@ impl Capture {
             accounts,
             mailboxes,
             sent_keys,
+            ledger: self.ledger.image(),
         }
+    }
+}
+
+/// The outcome of pooling a transaction.
+fn pooled(result: Result<crate::ledger::Hash32, ErrorReply>) -> Outcome {
+    match result {
+        Ok(txid) => Outcome::Pooled { txid },
+        Err(refusal) => Outcome::Refused(refusal),
     }
 }
 
@@ -781,13 +862,13 @@ mod tests {
             .map(|k| k.key.as_str())
             .collect();
         assert_eq!(keys, vec!["new", "old"]);
-        let restored = State::from_image(image);
+        let restored = State::from_image(image).unwrap();
         assert!(matches!(
             send(&restored, 7, "ben", 1_003 + KEYS_KEPT_MS, "new"),
             Outcome::AlreadySent { id: 5, .. }
         ));
         assert_eq!(restored.digest().unwrap().1, {
-            let again = State::from_image(restored.image().unwrap());
+            let again = State::from_image(restored.image().unwrap()).unwrap();
             again.digest().unwrap().1
         });
     }

@@ -1,0 +1,166 @@
+//! The ledger's requests: reads after a read barrier, changes as commands.
+//!
+//! ```text
+//! transfer / submit_transaction ─► logged in? ─► read barrier (this member has applied every
+//!     change acknowledged before) ─► Ledger::check* against a snapshot of the confirmed outputs
+//!     and the pool: most refusals end here ─► Command::Transfer / SubmitTransaction ─► log ─►
+//!     apply checks again (the outpoint index and the insertion under one lock) ─► Pooled{txid}
+//! get_balance, list_utxos, get_transaction, get_block, chain_info ─► logged in? ─► read barrier
+//!     ─► read the state
+//! ```
+
+use std::sync::Arc;
+
+use super::{Core, Done, checks, lock_failed};
+use crate::ledger::Transaction;
+use crate::protocol::{BlockInfo, ErrorCode, ErrorReply, Reply, Request, UtxoEntry, limits};
+use crate::state::{Command, Outcome};
+
+impl Core {
+    /// Handles a ledger request (see the module's flow).
+    pub(super) fn handle_ledger(
+        self: &Arc<Self>,
+        mut connection: Box<super::Connection>,
+        request: Request,
+        done: Done,
+    ) {
+        let user = match self.current_user(&mut connection) {
+            Ok(user) => user,
+            Err(error) => return done(connection, Err(error)),
+        };
+        if let Request::Transfer { to, .. } = &request
+            && let Err(error) = checks::username(to)
+        {
+            return done(connection, Err(error));
+        }
+        let core = Arc::clone(self);
+        self.log.read_barrier(Box::new(move |ready| {
+            if let Err(error) = ready {
+                return done(connection, Err(error));
+            }
+            match core.ledger_command(&user, request) {
+                Ok(Some(command)) => {
+                    core.commit(connection, command, done, |_, outcome| match outcome {
+                        Outcome::Pooled { txid } => Reply::Pooled { txid },
+                        _ => Reply::Done {},
+                    })
+                }
+                Ok(None) => unreachable!("reads are answered by ledger_command"),
+                Err(Answered(answer)) => done(connection, answer),
+            }
+        }));
+    }
+
+    /// The command a change request becomes once checked; a read's answer as `Answered`.
+    fn ledger_command(&self, user: &str, request: Request) -> Result<Option<Command>, Answered> {
+        let ledger = self.state.ledger();
+        let exists = |name: &str| self.state.has_account(name);
+        let refused = |error: ErrorReply| Answered(Err(error));
+        let answer = |reply: Result<Reply, ErrorReply>| Err(Answered(reply));
+        match request {
+            Request::SubmitTransaction { inputs, outputs } => {
+                let tx = Transaction {
+                    inputs,
+                    outputs,
+                    grant: None,
+                };
+                ledger.check(user, &tx, exists).map_err(refused)?;
+                Ok(Some(Command::SubmitTransaction {
+                    from: user.to_string(),
+                    tx,
+                }))
+            }
+            Request::Transfer { to, amount } => {
+                ledger
+                    .check_transfer(user, &to, amount, exists)
+                    .map_err(refused)?;
+                Ok(Some(Command::Transfer {
+                    from: user.to_string(),
+                    to,
+                    amount,
+                }))
+            }
+            Request::GetBalance {} => answer(
+                ledger
+                    .balance(user)
+                    .map(|balance| Reply::Balance {
+                        confirmed: balance.confirmed,
+                        pending: balance.pending,
+                    })
+                    .map_err(lock_failed),
+            ),
+            Request::ListUtxos {} => answer(
+                ledger
+                    .owned_by(user)
+                    .map(|owned| Reply::Utxos {
+                        utxos: owned
+                            .into_iter()
+                            .take(limits::MAX_LISTED_UTXOS)
+                            .map(|o| UtxoEntry {
+                                tx: o.outpoint.tx,
+                                index: o.outpoint.index,
+                                amount: o.amount,
+                                confirmed: o.confirmed,
+                            })
+                            .collect(),
+                    })
+                    .map_err(lock_failed),
+            ),
+            Request::GetTransaction { txid } => {
+                answer(match ledger.transaction(&txid).map_err(lock_failed) {
+                    Ok(Some(located)) => Ok(Reply::Transaction {
+                        txid,
+                        inputs: located.tx.inputs,
+                        outputs: located.tx.outputs,
+                        block: located.block,
+                        grant: located.tx.grant,
+                    }),
+                    Ok(None) => Err(not_found(format!("no transaction {txid}"))),
+                    Err(error) => Err(error),
+                })
+            }
+            Request::GetBlock { height } => {
+                answer(match ledger.block(height).map_err(lock_failed) {
+                    Ok(Some(block)) => Ok(Reply::Block(BlockInfo {
+                        height,
+                        hash: block.hash(),
+                        prev: block.header.prev,
+                        merkle_root: block.header.merkle_root,
+                        timestamp: block.header.timestamp,
+                        difficulty: block.header.difficulty,
+                        nonce: block.header.nonce,
+                        txids: block.txids(),
+                    })),
+                    Ok(None) => Err(not_found(format!(
+                        "no block at height {height} (the chain has {})",
+                        ledger.info().map_or(0, |info| info.height)
+                    ))),
+                    Err(error) => Err(error),
+                })
+            }
+            Request::ChainInfo {} => answer(
+                ledger
+                    .info()
+                    .map(|info| Reply::Chain {
+                        height: info.height,
+                        tip: info.tip,
+                        mempool: info.mempool as u64,
+                        difficulty_bits: self.config.difficulty_bits,
+                        supply: info.supply,
+                    })
+                    .map_err(lock_failed),
+            ),
+            other => answer(Err(ErrorReply::new(
+                ErrorCode::Internal,
+                format!("{} is not a ledger operation", other.op().name()),
+            ))),
+        }
+    }
+}
+
+/// A request answered without a command.
+struct Answered(Result<Reply, ErrorReply>);
+
+fn not_found(message: String) -> ErrorReply {
+    ErrorReply::new(ErrorCode::InvalidArgument, message)
+}
