@@ -13,17 +13,38 @@
 //!
 //! Only the last phase is timed. A latency runs from the moment a request is handed to the socket
 //! to the moment its response is parsed. Pushes (the deliveries of the messages sent) are read,
-//! counted and dropped. A node that closes a connection, stops answering or sends something undecodable
-//! ends the run with an error naming the connection; an error *response* to a message counts as
-//! `failed` and the loop goes on.
+//! counted and dropped. With one `--addr`, a node that closes a connection, stops answering or
+//! sends something undecodable ends the run with an error naming the connection; an error
+//! *response* to a message counts as `failed` and the loop goes on.
 //!
 //! With several `--addr` members (a cluster), the generator first finds the leader, the one
 //! member that can order writes: it creates the first account through a [`FailoverClient`],
 //! which follows `not_leader` answers and skips dead members, and aims every connection at the
-//! member that accepted it. It does not follow a leader change during the run: after one, the
-//! old leader's `not_leader` answers count as `failed` (and a dead leader ends the run), so a
-//! report of a clean run is a report on one leader. With one address, nothing of this happens:
-//! the run is what it always was.
+//! member that accepted it. From then on each connection follows the leader on its own, the way
+//! a [`FailoverClient`] does, in all three phases:
+//!
+//! - every measured send carries a fresh idempotency key (`Request::keyed_send`), so a send made
+//!   again after its answer was lost is stored once;
+//! - on `not_leader` naming a leader, the connection is made again to that leader at once (after
+//!   a pause if its last move followed a named leader too: two members naming each other must
+//!   not make it spin); on `not_leader` without a leader, `unavailable`, or a connection that
+//!   closes, resets or cannot be made, it is made again to the next member of the list after a
+//!   pause of 20 ms, doubling at each further try up to 500 ms and reset by a usable answer.
+//!   The pause is the connection's own deadline on the one poll loop: the other connections go
+//!   on meanwhile;
+//! - a new connection first logs in again as the connection's account (sessions are local to a
+//!   member), then sends the same request again, bytes and key unchanged (a `create_account`
+//!   sent again that answers `user_exists` counts as created).
+//!
+//! Such a request is not `failed`: it counts once in `messages` when a usable answer comes, and
+//! its latency runs from its *first* send (or from when it was issued, if its connection was
+//! being made again then) to that answer, so the time a failover takes shows in the latencies
+//! (a client waited that long). The report adds `reconnects` (connections made
+//! again during the measured phase, failed attempts included) and `retried` (measured messages
+//! sent more than once). A run still ends with an error when no member has given a usable answer
+//! for two minutes (naming the last problem), when a login on a new connection is refused, or
+//! on an undecodable frame. With one address, nothing of this happens: sends carry no key, a
+//! dead connection ends the run, and the run is what it always was.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -68,7 +89,8 @@ pub struct BenchArgs {
     /// The node's chat address (start it with a high --requests-per-sec, and with a high
     /// --login-burst when connections share accounts), or a cluster's members' chat addresses
     /// separated by commas: every connection then goes to the leader, found by following
-    /// `not_leader` from the first member that answers.
+    /// `not_leader` from the first member that answers, and follows the leader (and moves past
+    /// dead members) when it changes during the run; sends then carry idempotency keys.
     #[arg(long, default_value = "127.0.0.1:7878")]
     pub addr: AddrList,
     /// Use the JSON protocol.
