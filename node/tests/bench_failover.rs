@@ -36,7 +36,10 @@ fn the_load_generator_follows_a_new_leader_when_the_leader_is_killed() {
     let under_way = wait_until(SETTLE, || {
         run.is_finished() || stored(cluster.member(leader)) >= 50
     });
-    assert!(under_way, "the measured phase did not start within {SETTLE:?}");
+    assert!(
+        under_way,
+        "the measured phase did not start within {SETTLE:?}"
+    );
     assert!(
         !run.is_finished(),
         "the run ended before the leader could be killed: {:?}",
@@ -54,7 +57,10 @@ fn the_load_generator_follows_a_new_leader_when_the_leader_is_killed() {
         .join()
         .expect("the load generator does not panic")
         .expect("the run completes despite the leader's death");
-    eprintln!("killed the leader at {at_kill} stored; {}", report.to_json());
+    eprintln!(
+        "killed the leader at {at_kill} stored; {}",
+        report.to_json()
+    );
     let total = connections * messages;
     assert_eq!((report.messages, report.failed), (total, 0), "{report:?}");
     assert!(report.reconnects >= 1, "{}", report.to_json());
