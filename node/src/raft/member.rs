@@ -896,8 +896,11 @@ impl MemberLoop {
                 waiter(Err(ErrorReply::new(
                     ErrorCode::Unavailable,
                     format!(
-                        "no majority of the cluster confirmed this change within {} s; it was \
-                         not acknowledged (it may still be applied: retry sends with their key)",
+                        "this change was not confirmed by a majority of the cluster within {} s, \
+                         so it was not acknowledged; it may still take effect later. Check that \
+                         a majority of the members are running and can reach each other, then \
+                         check whether the change took effect before making it again (a send \
+                         made again with the same idempotency key is stored at most once)",
                         WRITE_TIMEOUT.as_secs()
                     ),
                 )));

@@ -978,3 +978,122 @@ pub fn dead_addr() -> SocketAddr {
         .and_then(|listener| listener.local_addr())
         .expect("a free port")
 }
+
+// ----- clusters -----
+
+/// A cluster of member processes on loopback ports, started from one cluster file; every
+/// member still running is killed when it is dropped (each [`Node`] is).
+pub struct Cluster {
+    _dir: tempfile::TempDir,
+    /// The members' chat addresses, member `id` at `id - 1`.
+    pub chat: Vec<SocketAddr>,
+    /// The running members, member `id` at `id - 1` (`None` once killed).
+    pub members: Vec<Option<Node>>,
+}
+
+impl Cluster {
+    /// Writes a cluster file of `size` members on free loopback ports and starts them all, each
+    /// with `extra` flags.
+    pub fn start(size: usize, extra: &[&str]) -> Cluster {
+        let dir = data_dir();
+        let held: Vec<std::net::TcpListener> = (0..size * 3)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let port = |i: usize| held[i].local_addr().unwrap();
+        let mut file_text = String::new();
+        let mut chat = Vec::new();
+        let mut data = Vec::new();
+        for i in 0..size {
+            let data_dir = dir.path().join(format!("node-{}", i + 1));
+            std::fs::create_dir_all(&data_dir).unwrap();
+            file_text.push_str(&format!(
+                "[[node]]\nid = {}\nchat_addr = \"{}\"\nhttp_addr = \"{}\"\nraft_addr = \"{}\"\ndata_dir = \"{}\"\n\n",
+                i + 1,
+                port(3 * i),
+                port(3 * i + 1),
+                port(3 * i + 2),
+                data_dir.display()
+            ));
+            chat.push(port(3 * i));
+            data.push(data_dir);
+        }
+        drop(held);
+        let file = dir.path().join("cluster.toml");
+        std::fs::write(&file, file_text).unwrap();
+        let file = file.display().to_string();
+        let members = data
+            .iter()
+            .enumerate()
+            .map(|(i, data)| {
+                let id = (i + 1).to_string();
+                let mut args = vec!["--cluster", &file, "--id", &id];
+                args.extend(extra);
+                Some(Node::start(data, &args))
+            })
+            .collect();
+        Cluster {
+            _dir: dir,
+            chat,
+            members,
+        }
+    }
+
+    /// Member `id` (panics if it was killed).
+    pub fn member(&self, id: u64) -> &Node {
+        self.members[id as usize - 1]
+            .as_ref()
+            .unwrap_or_else(|| panic!("member {id} was killed"))
+    }
+
+    /// `kill -9` member `id`, waiting until it is gone.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(node) = self.members[id as usize - 1].take() {
+            node.kill();
+        }
+    }
+
+    /// The running members, with their ids.
+    pub fn live(&self) -> impl Iterator<Item = (u64, &Node)> {
+        self.members
+            .iter()
+            .enumerate()
+            .filter_map(|(i, node)| node.as_ref().map(|node| (i as u64 + 1, node)))
+    }
+
+    /// The leader, once a running member says it is one within `timeout` (panics otherwise).
+    pub fn wait_for_leader(&self, timeout: Duration) -> u64 {
+        let mut leader = None;
+        assert!(
+            wait_until(timeout, || {
+                leader = self
+                    .live()
+                    .find(|(_, node)| node.stats()["raft"]["role"] == "leader")
+                    .map(|(id, _)| id);
+                leader.is_some()
+            }),
+            "no leader among the running members within {timeout:?}"
+        );
+        leader.unwrap()
+    }
+
+    /// Waits until every running member reports the same applied index and state digest
+    /// within `timeout` (panics otherwise); returns them.
+    pub fn wait_converged(&self, timeout: Duration) -> (u64, String) {
+        let mut seen = Vec::new();
+        let converged = wait_until(timeout, || {
+            seen = self
+                .live()
+                .map(|(_, node)| {
+                    let stats = node.stats();
+                    (
+                        stats["applied_index"].as_u64().unwrap(),
+                        stats["state_digest"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect();
+            seen.windows(2).all(|w| w[0] == w[1])
+        });
+        assert!(converged, "members did not converge: {seen:?}");
+        seen[0].clone()
+    }
+}
