@@ -147,8 +147,9 @@ pub struct Transaction {
     /// The outputs it creates.
     pub outputs: Vec<Output>,
     /// Grants only: the log index of the account creation that made it (which also makes every
-    /// grant's id unique).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// grant's id unique). Always written (`null` for a transfer): the log's encoding, postcard,
+    /// has no field names and cannot skip one.
+    #[serde(default)]
     pub grant: Option<u64>,
 }
 
@@ -317,6 +318,16 @@ mod tests {
             let error = tx.check_shape().unwrap_err();
             assert_eq!(error.code, ErrorCode::InvalidTransaction);
             assert!(error.message.contains(why), "{} vs {why}", error.message);
+        }
+    }
+
+    #[test]
+    fn transactions_survive_the_logs_encoding_and_json() {
+        for tx in [transfer(), Transaction::grant("ann", 5, 9)] {
+            let bytes = postcard::to_stdvec(&tx).unwrap();
+            assert_eq!(postcard::from_bytes::<Transaction>(&bytes).unwrap(), tx);
+            let json = serde_json::to_string(&tx).unwrap();
+            assert_eq!(serde_json::from_str::<Transaction>(&json).unwrap(), tx);
         }
     }
 

@@ -285,7 +285,10 @@ impl Core {
                 (Command::SendMessage { to, .. }, Outcome::Sent { id, .. }) => {
                     self.push(to, *id, &mut done.pushed);
                 }
-                (Command::CreateAccount { username, .. }, Outcome::Done) => {
+                (
+                    Command::CreateAccount { username, .. } | Command::OpenAccount { username, .. },
+                    Outcome::Done,
+                ) => {
                     tracing::info!(user = %username, index, "account created");
                 }
                 (Command::DeleteAccount { username, .. }, Outcome::Done) => {

@@ -31,8 +31,9 @@ pub const PROMPT: Duration = Duration::from_secs(10);
 /// A password every test account uses unless a test says otherwise.
 pub const PASSWORD: &str = "correct horse battery";
 
-/// Limits generous enough that no test trips them by accident; a test that wants a limit passes
-/// its own flag, which replaces the generous one.
+/// Limits generous enough that no test trips them by accident, no grant (a chat test deletes
+/// accounts, which an account holding coins cannot be) and light proof of work (debug builds
+/// hash slowly); a test that wants otherwise passes its own flag, which replaces the default.
 const GENEROUS: &[&str] = &[
     "--requests-per-sec",
     "1000000",
@@ -42,6 +43,10 @@ const GENEROUS: &[&str] = &[
     "100000",
     "--login-burst",
     "100000",
+    "--initial-balance",
+    "0",
+    "--difficulty-bits",
+    "4",
 ];
 
 /// Both wire protocols, for tests that run once per protocol.

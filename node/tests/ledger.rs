@@ -1,0 +1,349 @@
+//! The ledger over real connections and real processes.
+//!
+//! What it proves:
+//! - a double-spend storm (many connections of one owner spending one output at once) pools
+//!   exactly one transaction, on a node alone and on a cluster before and after its leader is
+//!   killed; the winner is sealed in a block on every member;
+//! - random concurrent transfers conserve the supply: once the pool is sealed, the confirmed
+//!   balances add up to the grants, and every member holds the same chain;
+//! - `verify-chain` accepts the chain of a node killed with -9 and restarted, and names the
+//!   block when a snapshot's block is changed (which the node then refuses at start) and the
+//!   file when the raft log is damaged.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::Duration;
+
+use common::{Cluster, Node, PASSWORD, data_dir, ok, wait_until};
+use synckit_node::client::Client;
+use synckit_node::ledger::{Hash32, Outpoint, Output};
+use synckit_node::protocol::{ErrorCode, Protocol, Reply, Request};
+
+/// Flags of every node here: coins, quick blocks, light work.
+const LEDGER: &[&str] = &[
+    "--initial-balance",
+    "1000",
+    "--block-interval-ms",
+    "100",
+    "--difficulty-bits",
+    "6",
+];
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn logged_in(addr: std::net::SocketAddr, user: &str) -> Client {
+    let mut client = Client::connect(addr, Protocol::Binary).unwrap();
+    ok(client.login(user, PASSWORD));
+    client
+}
+
+fn utxos(client: &mut Client) -> Vec<(Outpoint, u64, bool)> {
+    match ok(client.call(&Request::ListUtxos {})) {
+        Reply::Utxos { utxos } => utxos
+            .into_iter()
+            .map(|u| {
+                (
+                    Outpoint {
+                        tx: u.tx,
+                        index: u.index,
+                    },
+                    u.amount,
+                    u.confirmed,
+                )
+            })
+            .collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn balance(client: &mut Client) -> (u64, i64) {
+    match ok(client.call(&Request::GetBalance {})) {
+        Reply::Balance { confirmed, pending } => (confirmed, pending),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn chain(client: &mut Client) -> (u64, Hash32, u64, u64) {
+    match ok(client.call(&Request::ChainInfo {})) {
+        Reply::Chain {
+            height,
+            tip,
+            mempool,
+            supply,
+            ..
+        } => (height, tip, mempool, supply),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn block_of(client: &mut Client, txid: Hash32) -> Option<u64> {
+    match ok(client.call(&Request::GetTransaction { txid })) {
+        Reply::Transaction { block, .. } => block,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// `connections` connections of `owner` (spread over `addrs`) submit at once a transaction
+/// spending `coin` (worth `amount`) to `payee`, each a different split: returns the one txid
+/// pooled, asserting every other got `double_spend`.
+fn storm(
+    addrs: &[std::net::SocketAddr],
+    owner: &str,
+    payee: &str,
+    coin: Outpoint,
+    amount: u64,
+    connections: usize,
+) -> Hash32 {
+    let start = Arc::new(Barrier::new(connections));
+    let attempts: Vec<_> = (0..connections)
+        .map(|i| {
+            let (addr, owner, payee) =
+                (addrs[i % addrs.len()], owner.to_string(), payee.to_string());
+            let start = Arc::clone(&start);
+            thread::spawn(move || {
+                let mut client = logged_in(addr, &owner);
+                let split = 1 + i as u64;
+                let request = Request::SubmitTransaction {
+                    inputs: vec![coin],
+                    outputs: vec![
+                        Output {
+                            to: payee,
+                            amount: split,
+                        },
+                        Output {
+                            to: owner,
+                            amount: amount - split,
+                        },
+                    ],
+                };
+                start.wait();
+                client.call(&request).unwrap()
+            })
+        })
+        .collect();
+    let mut pooled = Vec::new();
+    for attempt in attempts {
+        match attempt.join().unwrap() {
+            Ok(Reply::Pooled { txid }) => pooled.push(txid),
+            Ok(other) => panic!("{other:?}"),
+            Err(error) => {
+                assert_eq!(error.code, ErrorCode::DoubleSpend, "{error:?}");
+                assert!(
+                    error.message.contains(&coin.to_string()),
+                    "{}",
+                    error.message
+                );
+            }
+        }
+    }
+    assert_eq!(
+        pooled.len(),
+        1,
+        "exactly one of {connections} spends is pooled: {pooled:?}"
+    );
+    pooled[0]
+}
+
+#[test]
+fn a_double_spend_storm_pools_exactly_one_transaction() {
+    let dir = data_dir();
+    let node = Node::start(dir.path(), LEDGER);
+    node.create("owner");
+    node.create("payee");
+    let mut owner = node.login(Protocol::Json, "owner");
+    let coins = utxos(&mut owner);
+    assert_eq!(coins.len(), 1, "{coins:?}");
+    let (coin, amount, _) = coins[0];
+    assert_eq!(amount, 1000);
+    let winner = storm(&[node.chat], "owner", "payee", coin, amount, 16);
+    // Sealed in a block, and the balances follow the winner.
+    assert!(wait_until(PATIENCE, || block_of(&mut owner, winner).is_some()));
+    let mut payee = node.login(Protocol::Binary, "payee");
+    assert!(wait_until(PATIENCE, || chain(&mut payee).2 == 0));
+    let (confirmed, pending) = balance(&mut payee);
+    let (owner_confirmed, _) = balance(&mut owner);
+    assert_eq!(pending, 0);
+    assert_eq!(confirmed + owner_confirmed, 2000);
+    assert!(confirmed > 1000 && confirmed <= 1016, "{confirmed}");
+}
+
+#[test]
+fn a_double_spend_storm_across_a_leader_kill_pools_exactly_one_each_time() {
+    let mut cluster = Cluster::start(3, LEDGER);
+    let leader = cluster.wait_for_leader(PATIENCE);
+    let mut at_leader =
+        Client::connect(cluster.chat[leader as usize - 1], Protocol::Binary).unwrap();
+    for user in ["owner", "payee"] {
+        ok(at_leader.create_account(user, PASSWORD));
+    }
+    ok(at_leader.login("owner", PASSWORD));
+    let (coin, amount, _) = utxos(&mut at_leader)[0];
+    let first = storm(&cluster.chat, "owner", "payee", coin, amount, 12);
+    assert!(wait_until(PATIENCE, || block_of(&mut at_leader, first).is_some()));
+
+    // The leader dies; the owner's change output is spent by a storm on the survivors.
+    cluster.kill(leader);
+    let leader = cluster.wait_for_leader(PATIENCE);
+    let survivors: Vec<_> = cluster
+        .live()
+        .map(|(id, _)| cluster.chat[id as usize - 1])
+        .collect();
+    let mut at_leader = logged_in(cluster.chat[leader as usize - 1], "owner");
+    let change = utxos(&mut at_leader)
+        .into_iter()
+        .find(|(outpoint, _, confirmed)| outpoint.tx == first && *confirmed)
+        .expect("the first winner's change is confirmed");
+    let second = storm(&survivors, "owner", "payee", change.0, change.1, 12);
+    assert!(wait_until(PATIENCE, || block_of(&mut at_leader, second).is_some()));
+    cluster.wait_converged(PATIENCE);
+    for addr in survivors {
+        let mut client = logged_in(addr, "payee");
+        assert!(block_of(&mut client, first).is_some() && block_of(&mut client, second).is_some());
+    }
+}
+
+#[test]
+fn random_concurrent_transfers_conserve_the_supply() {
+    const USERS: usize = 6;
+    let dir = data_dir();
+    let node = Node::start(dir.path(), LEDGER);
+    let names: Vec<String> = (0..USERS).map(|i| format!("user{i}")).collect();
+    for name in &names {
+        node.create(name);
+    }
+    let workers: Vec<_> = (0..USERS)
+        .map(|i| {
+            let (addr, names) = (node.chat, names.clone());
+            thread::spawn(move || {
+                let mut client = logged_in(addr, &names[i]);
+                let mut seed = 0x9e37_79b9_u64.wrapping_mul(i as u64 + 1);
+                let mut accepted = 0;
+                for _ in 0..30 {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    let to = names[(seed % USERS as u64) as usize].clone();
+                    let amount = 1 + (seed >> 8) % 80;
+                    match client.call(&Request::Transfer { to, amount }).unwrap() {
+                        Ok(Reply::Pooled { .. }) => accepted += 1,
+                        Err(error) => assert_eq!(error.code, ErrorCode::InsufficientFunds),
+                        Ok(other) => panic!("{other:?}"),
+                    }
+                }
+                accepted
+            })
+        })
+        .collect();
+    let accepted: u32 = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    assert!(accepted > 0);
+    let mut client = logged_in(node.chat, &names[0]);
+    assert!(
+        wait_until(PATIENCE, || chain(&mut client).2 == 0),
+        "the pool is sealed"
+    );
+    let (height, _, _, supply) = chain(&mut client);
+    assert!(height >= 1);
+    assert_eq!(supply, 1000 * USERS as u64);
+    let total: u64 = names
+        .iter()
+        .map(|name| {
+            let (confirmed, pending) = balance(&mut logged_in(node.chat, name));
+            assert_eq!(pending, 0);
+            confirmed
+        })
+        .sum();
+    assert_eq!(total, supply);
+    // Every block checks, offline too.
+    let (_, stderr) = node.kill_and_collect();
+    let verified = verify_chain(dir.path());
+    assert!(verified.0, "{verified:?}\n{stderr}");
+}
+
+/// Runs `verify-chain` on `dir`: (success, stdout, stderr).
+fn verify_chain(dir: &Path) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_synckit-node"))
+        .args(["verify-chain", "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn verify_chain_accepts_a_killed_node_and_names_damage() {
+    let dir = data_dir();
+    let mut args = LEDGER.to_vec();
+    args.extend(["--snapshot-every-records", "1"]);
+    let node = Node::start(dir.path(), &args);
+    for name in ["ann", "ben"] {
+        node.create(name);
+    }
+    let mut ann = node.login(Protocol::Binary, "ann");
+    for amount in [10, 20, 30] {
+        ok(ann.call(&Request::Transfer {
+            to: "ben".into(),
+            amount,
+        }));
+    }
+    assert!(wait_until(PATIENCE, || chain(&mut ann).2 == 0));
+    let (height, tip, _, _) = chain(&mut ann);
+    node.kill();
+
+    let (good, stdout, stderr) = verify_chain(dir.path());
+    assert!(good, "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!("height {height} tip {tip}")),
+        "{stdout}"
+    );
+    // Restarted, it holds the same chain.
+    let node = Node::start(dir.path(), &args);
+    assert_eq!(chain(&mut node.login(Protocol::Json, "ann")).1, tip);
+    node.kill();
+
+    // A block changed in the snapshot: named by verify-chain, refused at start.
+    let snapshot = dir.path().join("snapshot.json");
+    let original = std::fs::read(&snapshot).unwrap();
+    let mut image: serde_json::Value = serde_json::from_slice(&original).unwrap();
+    let amount = &mut image["ledger"]["blocks"][0]["txs"][0]["outputs"][0]["amount"];
+    assert!(
+        amount.is_u64(),
+        "the snapshot holds the first block: {image}"
+    );
+    *amount = (amount.as_u64().unwrap() + 1).into();
+    std::fs::write(&snapshot, serde_json::to_vec(&image).unwrap()).unwrap();
+    let (good, _, stderr) = verify_chain(dir.path());
+    assert!(!good && stderr.contains("block 1"), "{stderr}");
+    let Err(refused) = Node::try_start(dir.path(), &args) else {
+        panic!("a changed block is refused at start");
+    };
+    assert!(refused.stderr.contains("block 1"), "{}", refused.stderr);
+    std::fs::write(&snapshot, &original).unwrap();
+
+    // A damaged raft log: the file is named.
+    let segment = std::fs::read_dir(dir.path().join("raft"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "log"))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .next_back()
+        .expect("a raft segment");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    assert!(bytes.len() > 64, "{}", bytes.len());
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&segment, bytes).unwrap();
+    let (good, _, stderr) = verify_chain(dir.path());
+    assert!(
+        !good && stderr.contains(&segment.file_name().unwrap().to_string_lossy().to_string()),
+        "{stderr}"
+    );
+}
