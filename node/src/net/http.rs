@@ -221,6 +221,9 @@ pub fn stats_json(service: &Service) -> serde_json::Value {
     if let Some(raft) = node.raft {
         stats["raft"] = json!(raft);
     }
+    if let Some(ledger) = node.ledger {
+        stats["ledger"] = json!(ledger);
+    }
     stats
 }
 
@@ -285,6 +288,30 @@ const FIGURES: &[Figure] = &[
     figure!(Gauge "log_records_since_snapshot" <- ["log", "records_since_snapshot"] "Log records written since the last snapshot"),
     figure!(Counter "apply_parallel_batches" <- ["apply", "parallel_batches"] "Batches whose commands were applied on several threads at once"),
     figure!(Gauge "applied_index" <- ["applied_index"] "Log index of the last command applied"),
+    figure!(Gauge "ledger_height" <- ["ledger", "height"] "Blocks in the chain"),
+    figure!(Gauge "ledger_mempool_transactions" <- ["ledger", "mempool"] "Transactions in the mempool"),
+    figure!(Gauge "ledger_mempool_bytes" <- ["ledger", "mempool_bytes"] "Canonical bytes of the mempool's transactions"),
+    figure!(Gauge "ledger_supply" <- ["ledger", "supply"] "Coins in confirmed outputs (the sealed grants)"),
+    figure!(Gauge "ledger_utxos" <- ["ledger", "utxos"] "Confirmed unspent outputs"),
+    figure!(Gauge "ledger_difficulty_bits" <- ["ledger", "difficulty_bits"] "Leading zero bits this member seals blocks with"),
+    figure!(Counter "ledger_transactions_accepted" <- ["ledger", "transactions_accepted"] "Transactions pooled"),
+    figure!(Counter "ledger_transactions_refused" {"reason" = "double_spend"} <- ["ledger", "transactions_refused", "double_spend"] "Transactions refused, by reason"),
+    figure!(Counter "ledger_transactions_refused" {"reason" = "no_such_output"} <- ["ledger", "transactions_refused", "no_such_output"] "Transactions refused, by reason"),
+    figure!(Counter "ledger_transactions_refused" {"reason" = "not_owner"} <- ["ledger", "transactions_refused", "not_owner"] "Transactions refused, by reason"),
+    figure!(Counter "ledger_transactions_refused" {"reason" = "invalid_transaction"} <- ["ledger", "transactions_refused", "invalid_transaction"] "Transactions refused, by reason"),
+    figure!(Counter "ledger_transactions_refused" {"reason" = "insufficient_funds"} <- ["ledger", "transactions_refused", "insufficient_funds"] "Transactions refused, by reason"),
+    figure!(Counter "ledger_transactions_refused" {"reason" = "mempool_full"} <- ["ledger", "transactions_refused", "mempool_full"] "Transactions refused, by reason"),
+    figure!(Counter "ledger_transactions_refused" {"reason" = "other"} <- ["ledger", "transactions_refused", "other"] "Transactions refused, by reason"),
+    figure!(Counter "ledger_blocks_refused" <- ["ledger", "blocks_refused"] "Blocks apply refused (a tip that moved, or a check that failed)"),
+    figure!(Counter "ledger_blocks_sealed" <- ["ledger", "sealing", "blocks_sealed"] "Blocks this member sealed and the cluster applied"),
+    figure!(Counter "ledger_sealed_blocks_refused" <- ["ledger", "sealing", "blocks_refused"] "Blocks this member sealed that were refused"),
+    figure!(Counter "ledger_sealing_microseconds" <- ["ledger", "sealing", "sealing_micros_total"] "Time this member spent searching nonces"),
+    figure!(Gauge "ledger_last_sealing_microseconds" <- ["ledger", "sealing", "sealing_micros_last"] "The last block's nonce search"),
+    figure!(Counter "ledger_seal_jobs" <- ["ledger", "sealing", "coordinator", "jobs"] "Nonce searches started (RangeCoordinator jobs)"),
+    figure!(Counter "ledger_seal_chunks_handed_out" <- ["ledger", "sealing", "coordinator", "chunks_handed_out"] "Nonce chunks handed to sealing workers"),
+    figure!(Counter "ledger_seal_chunks_searched" <- ["ledger", "sealing", "coordinator", "chunks_searched"] "Nonce chunks searched without success"),
+    figure!(Counter "ledger_seal_chunks_wasted" <- ["ledger", "sealing", "coordinator", "chunks_wasted"] "Nonce chunks given up after a win (work the search wasted)"),
+    figure!(Counter "ledger_seal_wins" <- ["ledger", "sealing", "coordinator", "wins"] "Nonces found"),
 ];
 
 type Labels = Vec<(String, String)>;
