@@ -827,7 +827,10 @@ impl Ledger {
             ErrorCode::Unavailable => "mempool_full",
             _ => "other",
         };
-        let at = REFUSALS.iter().position(|r| *r == reason).unwrap_or(REFUSALS.len() - 1);
+        let at = REFUSALS
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(REFUSALS.len() - 1);
         self.counters.refused[at].fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -989,7 +989,9 @@ pub fn dead_addr() -> SocketAddr {
 /// A cluster of member processes on loopback ports, started from one cluster file; every
 /// member still running is killed when it is dropped (each [`Node`] is).
 pub struct Cluster {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    /// The flags every member was started with (cluster file and id included, but for the id).
+    extra: Vec<String>,
     /// The members' chat addresses, member `id` at `id - 1`.
     pub chat: Vec<SocketAddr>,
     /// The running members, member `id` at `id - 1` (`None` once killed).
@@ -1037,10 +1039,29 @@ impl Cluster {
             })
             .collect();
         Cluster {
-            _dir: dir,
+            dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             chat,
             members,
         }
+    }
+
+    /// Member `id`'s data directory.
+    pub fn data_dir(&self, id: u64) -> std::path::PathBuf {
+        self.dir.path().join(format!("node-{id}"))
+    }
+
+    /// Starts member `id` again (after [`Cluster::kill`]) on its data directory.
+    pub fn restart(&mut self, id: u64) {
+        assert!(
+            self.members[id as usize - 1].is_none(),
+            "member {id} is running"
+        );
+        let file = self.dir.path().join("cluster.toml").display().to_string();
+        let id_text = id.to_string();
+        let mut args = vec!["--cluster", &file, "--id", &id_text];
+        args.extend(self.extra.iter().map(String::as_str));
+        self.members[id as usize - 1] = Some(Node::start(&self.data_dir(id), &args));
     }
 
     /// Member `id` (panics if it was killed).
