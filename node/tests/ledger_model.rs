@@ -383,6 +383,14 @@ fn refusals_name_what_is_wrong() {
         panic!()
     };
     assert_eq!(error.code, ErrorCode::InsufficientFunds);
+    let Outcome::Refused(error) = h.apply(Command::Transfer {
+        from: "ben".into(),
+        to: "zed".into(),
+        amount: 1,
+    }) else {
+        panic!()
+    };
+    assert_eq!(error.code, ErrorCode::NoSuchUser);
     // An account with coins cannot be deleted.
     let Outcome::Refused(error) = h.apply(Command::DeleteAccount {
         username: "ben".into(),

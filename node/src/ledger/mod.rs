@@ -50,13 +50,14 @@ pub const MAX_BLOCK_TXS: usize = 960;
 pub const MAX_POOL_TXS: usize = 100_000;
 
 /// Why a transaction is refused, as the figures count it.
-const REFUSALS: [&str; 7] = [
+const REFUSALS: [&str; 8] = [
     "double_spend",
     "no_such_output",
     "not_owner",
     "invalid_transaction",
     "insufficient_funds",
     "mempool_full",
+    "no_such_user",
     "other",
 ];
 
@@ -267,9 +268,11 @@ impl Ledger {
         amount: u64,
         account_exists: impl Fn(&str) -> bool,
     ) -> Result<Result<Hash32, ErrorReply>, LockError> {
-        let tx = {
+        let tx = if account_exists(to) {
             let pool = self.pool.lock()?;
             self.pick(from, to, amount, &pool)
+        } else {
+            Err(no_such_user(to))
         };
         match tx {
             // Nothing changes between the pick and the submit: apply is the only writer, and
@@ -353,12 +356,15 @@ impl Ledger {
         amount: u64,
         account_exists: impl Fn(&str) -> bool,
     ) -> Result<(), ErrorReply> {
-        let outcome = self
-            .pool
-            .lock()
-            .map_err(lock_error)
-            .and_then(|pool| self.pick(from, to, amount, &pool))
-            .and_then(|tx| check_recipients(&tx, &account_exists));
+        let outcome = if account_exists(to) {
+            self.pool
+                .lock()
+                .map_err(lock_error)
+                .and_then(|pool| self.pick(from, to, amount, &pool))
+                .map(drop)
+        } else {
+            Err(no_such_user(to))
+        };
         if let Err(error) = &outcome {
             self.count_refusal(error.code);
         }
@@ -825,6 +831,7 @@ impl Ledger {
             ErrorCode::InvalidTransaction => "invalid_transaction",
             ErrorCode::InsufficientFunds => "insufficient_funds",
             ErrorCode::Unavailable => "mempool_full",
+            ErrorCode::NoSuchUser => "no_such_user",
             _ => "other",
         };
         let at = REFUSALS
@@ -879,6 +886,10 @@ fn check_recipients(tx: &Transaction, exists: &impl Fn(&str) -> bool) -> Result<
         ))),
         None => Ok(()),
     }
+}
+
+fn no_such_user(name: &str) -> ErrorReply {
+    ErrorReply::new(ErrorCode::NoSuchUser, format!("no such user {name:?}"))
 }
 
 fn lock_error(error: LockError) -> ErrorReply {

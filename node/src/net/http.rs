@@ -301,6 +301,7 @@ const FIGURES: &[Figure] = &[
     figure!(Counter "ledger_transactions_refused" {"reason" = "invalid_transaction"} <- ["ledger", "transactions_refused", "invalid_transaction"] "Transactions refused, by reason"),
     figure!(Counter "ledger_transactions_refused" {"reason" = "insufficient_funds"} <- ["ledger", "transactions_refused", "insufficient_funds"] "Transactions refused, by reason"),
     figure!(Counter "ledger_transactions_refused" {"reason" = "mempool_full"} <- ["ledger", "transactions_refused", "mempool_full"] "Transactions refused, by reason"),
+    figure!(Counter "ledger_transactions_refused" {"reason" = "no_such_user"} <- ["ledger", "transactions_refused", "no_such_user"] "Transactions refused, by reason"),
     figure!(Counter "ledger_transactions_refused" {"reason" = "other"} <- ["ledger", "transactions_refused", "other"] "Transactions refused, by reason"),
     figure!(Counter "ledger_blocks_refused" <- ["ledger", "blocks_refused"] "Blocks apply refused (a tip that moved, or a check that failed)"),
     figure!(Counter "ledger_blocks_sealed" <- ["ledger", "sealing", "blocks_sealed"] "Blocks this member sealed and the cluster applied"),
