@@ -25,7 +25,7 @@ struct Cli {
 enum Command {
     /// Run a node (defaults: chat on 127.0.0.1:7878, HTTP on 127.0.0.1:7879, data in
     /// ./synckit-data).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Talk to a node from the command line (one request per run, JSON output).
     Client(client_cli::ClientArgs),
     /// Load-test a node from one event-driven thread: C connections, each with one request in

@@ -292,7 +292,8 @@ mod tests {
     #[test]
     fn shape_refuses_what_no_state_could_make_valid() {
         assert!(transfer().check_shape().is_ok());
-        let cases: Vec<(Box<dyn Fn(&mut Transaction)>, &str)> = vec![
+        type Spoil = Box<dyn Fn(&mut Transaction)>;
+        let cases: Vec<(Spoil, &str)> = vec![
             (Box::new(|t| t.inputs.clear()), "1 to 100 inputs"),
             (Box::new(|t| t.outputs.clear()), "1 to 100 outputs"),
             (Box::new(|t| t.inputs.push(t.inputs[0])), "is named twice"),

@@ -38,25 +38,23 @@ impl Core {
             if let Err(error) = ready {
                 return done(connection, Err(error));
             }
-            match core.ledger_command(&user, request) {
-                Ok(Some(command)) => {
+            match core.ledger_step(&user, request) {
+                Step::Propose(command) => {
                     core.commit(connection, command, done, |_, outcome| match outcome {
                         Outcome::Pooled { txid } => Reply::Pooled { txid },
                         _ => Reply::Done {},
                     })
                 }
-                Ok(None) => unreachable!("reads are answered by ledger_command"),
-                Err(Answered(answer)) => done(connection, answer),
+                Step::Answer(answer) => done(connection, answer),
             }
         }));
     }
 
-    /// The command a change request becomes once checked; a read's answer as `Answered`.
-    fn ledger_command(&self, user: &str, request: Request) -> Result<Option<Command>, Answered> {
+    /// The command a change request becomes once checked, or the answer (a read's, a refusal).
+    fn ledger_step(&self, user: &str, request: Request) -> Step {
         let ledger = self.state.ledger();
         let exists = |name: &str| self.state.has_account(name);
-        let refused = |error: ErrorReply| Answered(Err(error));
-        let answer = |reply: Result<Reply, ErrorReply>| Err(Answered(reply));
+        let answer = Step::Answer;
         match request {
             Request::SubmitTransaction { inputs, outputs } => {
                 let tx = Transaction {
@@ -64,21 +62,23 @@ impl Core {
                     outputs,
                     grant: None,
                 };
-                ledger.check(user, &tx, exists).map_err(refused)?;
-                Ok(Some(Command::SubmitTransaction {
-                    from: user.to_string(),
-                    tx,
-                }))
+                match ledger.check(user, &tx, exists) {
+                    Ok(()) => Step::Propose(Command::SubmitTransaction {
+                        from: user.to_string(),
+                        tx,
+                    }),
+                    Err(error) => Step::Answer(Err(error)),
+                }
             }
             Request::Transfer { to, amount } => {
-                ledger
-                    .check_transfer(user, &to, amount, exists)
-                    .map_err(refused)?;
-                Ok(Some(Command::Transfer {
-                    from: user.to_string(),
-                    to,
-                    amount,
-                }))
+                match ledger.check_transfer(user, &to, amount, exists) {
+                    Ok(()) => Step::Propose(Command::Transfer {
+                        from: user.to_string(),
+                        to,
+                        amount,
+                    }),
+                    Err(error) => Step::Answer(Err(error)),
+                }
             }
             Request::GetBalance {} => answer(
                 ledger
@@ -158,8 +158,13 @@ impl Core {
     }
 }
 
-/// A request answered without a command.
-struct Answered(Result<Reply, ErrorReply>);
+/// What a ledger request comes to once checked.
+enum Step {
+    /// A change: propose it; apply's outcome is the answer.
+    Propose(Command),
+    /// A read's answer, or a refusal: nothing to log.
+    Answer(Result<Reply, ErrorReply>),
+}
 
 fn not_found(message: String) -> ErrorReply {
     ErrorReply::new(ErrorCode::InvalidArgument, message)
