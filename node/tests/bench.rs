@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{FakeAnswer, FakeMember, Node, data_dir, dead_addr};
 use synckit_node::client::AddrList;
-use synckit_node::client::bench::{self, BenchArgs};
+use synckit_node::client::bench::{self, BenchArgs, BenchOp};
 use synckit_node::protocol::{Protocol, Request};
 
 fn args(node: &Node, protocol: Protocol, connections: usize, messages: usize) -> BenchArgs {
@@ -20,6 +20,7 @@ fn args(node: &Node, protocol: Protocol, connections: usize, messages: usize) ->
         messages,
         size: 16,
         users: None,
+        op: BenchOp::Send,
     }
 }
 
@@ -93,6 +94,7 @@ fn nothing_listening_is_an_error() {
         messages: 1,
         size: 1,
         users: None,
+        op: BenchOp::Send,
     })
     .expect_err("no node");
     assert!(error.contains("cannot connect"), "{error}");
