@@ -711,3 +711,43 @@ fn ledger_commands_against_a_real_node(protocol: Protocol) {
         );
     }
 }
+
+/// A transfer is sealed by a later block: `tx` shows its height, and `chain` an empty pool.
+///
+/// Ignored: the node cannot decode a committed entry holding a non-grant transaction (a block
+/// with a transfer in it): `Transaction::grant` is skipped when `None` by
+/// `skip_serializing_if`, which postcard (the log's encoding) cannot tell from a missing field
+/// ("a committed entry does not decode: skipped ... Hit the end of buffer"). Every later block
+/// fails the same way and the pool only grows. Run with `--ignored` once that is fixed.
+#[test]
+#[ignore = "node bug: a block holding a transfer does not decode from the log (see the doc)"]
+fn a_transfer_is_sealed_into_a_block() {
+    let protocol = Protocol::Binary;
+    let dir = data_dir();
+    let node = Node::start(
+        dir.path(),
+        &["--difficulty-bits", "4", "--block-interval-ms", "100"],
+    );
+    for name in ["alice", "bob"] {
+        let created = client(&node, protocol, None, &["create-account", name, PASSWORD]);
+        succeeded(&created, "create_account");
+    }
+    let alice = Some(("alice", PASSWORD));
+    let pooled = succeeded(
+        &client(&node, protocol, alice, &["transfer", "bob", "10"]),
+        "transfer",
+    );
+    let txid = pooled["txid"].as_str().expect("a txid").to_string();
+    let mut tx = Value::Null;
+    let sealed = wait_until(Duration::from_secs(30), || {
+        tx = succeeded(
+            &client(&node, protocol, alice, &["tx", &txid]),
+            "get_transaction",
+        );
+        tx["block"].is_u64()
+    });
+    assert!(sealed, "never sealed: {tx}; node stderr: {}", node.stderr());
+    chain_until(&node, protocol, alice, |chain| chain["mempool"] == 0);
+    let balance = succeeded(&client(&node, protocol, alice, &["balance"]), "get_balance");
+    assert_eq!(balance, json!({"confirmed": 990, "pending": 0}));
+}

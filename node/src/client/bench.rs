@@ -86,7 +86,7 @@ const MAX_CONNECTING: usize = 1024;
 /// Bytes read from a socket at a time (one buffer shared by every connection).
 const READ_CHUNK: usize = 64 * 1024;
 /// Every account's password.
-const PASSWORD: &str = "bench-password";
+pub const PASSWORD: &str = "bench-password";
 /// Open files the process needs besides its connections (stdio, the poll instance, ...).
 const SPARE_FILES: u64 = 32;
 
@@ -175,6 +175,8 @@ pub struct Report {
     pub connections: usize,
     /// Accounts they logged in as.
     pub users: usize,
+    /// Those accounts' names, account i at i (not in the JSON report).
+    pub accounts: Vec<String>,
     /// Requests of the measured phase (messages or transfers) answered, successes and
     /// failures.
     pub messages: usize,
@@ -348,6 +350,7 @@ pub fn run(args: &BenchArgs) -> Result<Report, String> {
         op: args.op,
         connections: args.connections,
         users,
+        accounts: (0..users).map(username).collect(),
         messages: latencies.len(),
         failed,
         pushes: generator.pushes,
