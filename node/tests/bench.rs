@@ -7,10 +7,10 @@ mod common;
 use std::thread;
 use std::time::Duration;
 
-use common::{FakeAnswer, FakeMember, Node, data_dir, dead_addr};
+use common::{FakeAnswer, FakeMember, Node, data_dir, dead_addr, ok, wait_until};
 use synckit_node::client::AddrList;
-use synckit_node::client::bench::{self, BenchArgs};
-use synckit_node::protocol::{Protocol, Request};
+use synckit_node::client::bench::{self, BenchArgs, BenchOp};
+use synckit_node::protocol::{Protocol, Reply, Request};
 
 fn args(node: &Node, protocol: Protocol, connections: usize, messages: usize) -> BenchArgs {
     BenchArgs {
@@ -20,6 +20,7 @@ fn args(node: &Node, protocol: Protocol, connections: usize, messages: usize) ->
         messages,
         size: 16,
         users: None,
+        op: BenchOp::Send,
     }
 }
 
@@ -93,6 +94,7 @@ fn nothing_listening_is_an_error() {
         messages: 1,
         size: 1,
         users: None,
+        op: BenchOp::Send,
     })
     .expect_err("no node");
     assert!(error.contains("cannot connect"), "{error}");
@@ -123,4 +125,96 @@ fn with_several_members_every_connection_goes_to_the_leader() {
     );
     let stats = node.stats();
     assert_eq!(stats["messages"]["stored"], connections * messages);
+}
+
+/// `--op transfer`: every measured request is a one-coin transfer to the next account, all are
+/// pooled (the accounts' grants cover them, and transfers chain on pooled change), and the
+/// ledger holds exactly the grants and those transfers, with every account's coins intact (a
+/// ring: each account pays 20 and is paid 20) and the received coins where they belong.
+#[test]
+fn transfers_move_coins_around_the_ring() {
+    let dir = data_dir();
+    let node = Node::start(
+        dir.path(),
+        &[
+            "--difficulty-bits",
+            "4",
+            "--block-interval-ms",
+            "100",
+            "--initial-balance",
+            "1000",
+        ],
+    );
+    let (connections, transfers) = (4, 20);
+    let report = bench::run(&BenchArgs {
+        op: BenchOp::Transfer,
+        ..args(&node, Protocol::Binary, connections, transfers)
+    })
+    .expect("the run completes");
+    assert_eq!(report.op, BenchOp::Transfer);
+    assert_eq!(
+        (report.messages, report.failed),
+        (connections * transfers, 0),
+        "{report:?}"
+    );
+    assert_eq!(report.pushes, 0, "transfers push nothing");
+    assert_eq!(report.to_json()["op"], "transfer");
+    assert!(report.to_json()["messages_per_sec"].as_f64() > Some(0.0));
+    assert_eq!(report.accounts.len(), connections);
+
+    for account in &report.accounts {
+        let mut client = client_logged_in(&node, account);
+        let Reply::Balance { confirmed, pending } = ok(client.get_balance()) else {
+            panic!("not a balance");
+        };
+        assert_eq!(
+            confirmed as i64 + pending,
+            1000,
+            "{account}: paid 20, was paid 20"
+        );
+        let Reply::Utxos { utxos } = ok(client.list_utxos()) else {
+            panic!("not utxos");
+        };
+        assert_eq!(
+            utxos.iter().map(|u| u.amount).sum::<u64>(),
+            1000,
+            "{account}"
+        );
+    }
+
+    // The ledger holds the 4 grants and the 80 transfers, sealed or pooled (read again if a
+    // block was sealed while the blocks were read).
+    let mut client = client_logged_in(&node, &report.accounts[0]);
+    let chain = |client: &mut synckit_node::client::Client| match ok(client.chain_info()) {
+        Reply::Chain {
+            height, mempool, ..
+        } => (height, mempool),
+        other => panic!("not chain info: {other:?}"),
+    };
+    let mut seen = (0, 0, 0);
+    let stable = wait_until(Duration::from_secs(30), || {
+        let (height, mempool) = chain(&mut client);
+        let mut sealed = 0;
+        for block in 1..=height {
+            let Reply::Block(block) = ok(client.get_block(block)) else {
+                panic!("not a block");
+            };
+            sealed += block.txids.len() as u64;
+        }
+        seen = (height, sealed, mempool);
+        chain(&mut client).0 == height
+    });
+    assert!(stable, "the chain kept growing: {seen:?}");
+    let (height, sealed, mempool) = seen;
+    assert_eq!(
+        sealed + mempool,
+        (connections + connections * transfers) as u64,
+        "{height} blocks holding {sealed} transactions, {mempool} pooled"
+    );
+}
+
+fn client_logged_in(node: &Node, account: &str) -> synckit_node::client::Client {
+    let mut client = node.connect(Protocol::Binary);
+    ok(client.login(account, bench::PASSWORD));
+    client
 }

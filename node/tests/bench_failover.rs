@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::{Cluster, wait_until};
 use synckit_node::client::AddrList;
-use synckit_node::client::bench::{self, BenchArgs, Report};
+use synckit_node::client::bench::{self, BenchArgs, BenchOp, Report};
 
 /// An election (1 to 2 s) plus a write's timeout (5 s), with room; every wait is bounded by it.
 const SETTLE: Duration = Duration::from_secs(20);
@@ -41,6 +41,7 @@ fn kill_the_leader_mid_run(first: usize) -> Report {
         messages: MESSAGES,
         size: 16,
         users: None,
+        op: BenchOp::Send,
     };
     let run = thread::spawn(move || bench::run(&args));
 

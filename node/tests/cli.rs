@@ -566,3 +566,195 @@ fn passwords_reach_neither_the_data_dir_nor_the_logs() {
         assert!(!stderr.contains(password), "stderr: {stderr}");
     }
 }
+
+/// Polls `chain` (as `login`) until `done` holds of its data, for at most a minute; returns it.
+#[track_caller]
+fn chain_until(
+    node: &Node,
+    protocol: Protocol,
+    login: Option<(&str, &str)>,
+    mut done: impl FnMut(&Value) -> bool,
+) -> Value {
+    let mut last = Value::Null;
+    let reached = wait_until(Duration::from_secs(60), || {
+        last = succeeded(&client(node, protocol, login, &["chain"]), "chain_info");
+        done(&last)
+    });
+    assert!(reached, "the chain never got there; last: {last}");
+    last
+}
+
+both!(ledger_commands_against_a_real_node);
+fn ledger_commands_against_a_real_node(protocol: Protocol) {
+    let dir = data_dir();
+    let node = Node::start(
+        dir.path(),
+        &[
+            "--difficulty-bits",
+            "4",
+            "--block-interval-ms",
+            "100",
+            "--initial-balance",
+            "1000",
+        ],
+    );
+    let alice = Some(("alice", PASSWORD));
+    let bob = Some(("bob", PASSWORD));
+    for name in ["alice", "bob"] {
+        let created = client(&node, protocol, None, &["create-account", name, PASSWORD]);
+        succeeded(&created, "create_account");
+    }
+
+    // The grant is pooled at creation and sealed by the next block: which one `balance` sees
+    // depends on whether a block (every 100 ms) came first, but the coins are 1000 either way.
+    let first = succeeded(&client(&node, protocol, alice, &["balance"]), "get_balance");
+    assert!(
+        first == json!({"confirmed": 0, "pending": 1000})
+            || first == json!({"confirmed": 1000, "pending": 0}),
+        "{first}"
+    );
+    // Both grants sealed: a block at least, nothing pooled, 2000 coins in sealed outputs.
+    let chain = chain_until(&node, protocol, alice, |chain| {
+        chain["height"].as_u64() >= Some(1) && chain["mempool"] == 0
+    });
+    assert_eq!(
+        (&chain["supply"], &chain["difficulty_bits"]),
+        (&json!(2000), &json!(4)),
+        "{chain}"
+    );
+    assert_eq!(chain["tip"].as_str().map(str::len), Some(64), "{chain}");
+    let balance = succeeded(&client(&node, protocol, alice, &["balance"]), "get_balance");
+    assert_eq!(balance, json!({"confirmed": 1000, "pending": 0}));
+
+    // Block 1 holds a grant: a transaction with no inputs, 1000 coins to its account.
+    let block = succeeded(
+        &client(&node, protocol, alice, &["block", "1"]),
+        "get_block",
+    );
+    assert_eq!(
+        (&block["height"], &block["difficulty"]),
+        (&json!(1), &json!(4))
+    );
+    let granted = block["txids"][0].as_str().expect("a txid").to_string();
+    let grant = succeeded(
+        &client(&node, protocol, alice, &["tx", &granted]),
+        "get_transaction",
+    );
+    assert_eq!(
+        (&grant["txid"], &grant["inputs"], &grant["block"]),
+        (&json!(granted), &json!([]), &json!(1)),
+        "{grant}"
+    );
+    assert_eq!(grant["outputs"][0]["amount"], 1000, "{grant}");
+    assert!(grant["grant"].is_u64(), "{grant}");
+
+    // A transfer answers with its txid, which `tx` shows (pooled or already sealed).
+    let pooled = succeeded(
+        &client(&node, protocol, alice, &["transfer", "bob", "10"]),
+        "transfer",
+    );
+    let txid = pooled["txid"].as_str().expect("a txid").to_string();
+    assert_eq!(txid.len(), 64, "{pooled}");
+    let tx = succeeded(
+        &client(&node, protocol, alice, &["tx", &txid]),
+        "get_transaction",
+    );
+    assert_eq!(tx["txid"], json!(txid), "{tx}");
+    assert_eq!(
+        tx["inputs"][0]["tx"],
+        json!(granted),
+        "it spends the grant: {tx}"
+    );
+    let outputs = tx["outputs"].as_array().expect("outputs");
+    let amounts: Vec<_> = outputs.iter().map(|o| o["amount"].clone()).collect();
+    assert_eq!(
+        amounts,
+        [json!(10), json!(990)],
+        "payment, then change: {tx}"
+    );
+    // Both sides see it at once, pooled or sealed.
+    let coins = |login| {
+        let balance = succeeded(&client(&node, protocol, login, &["balance"]), "get_balance");
+        balance["confirmed"].as_i64().unwrap() + balance["pending"].as_i64().unwrap()
+    };
+    assert_eq!((coins(alice), coins(bob)), (990, 1010));
+    let utxos = succeeded(&client(&node, protocol, bob, &["utxos"]), "list_utxos");
+    let mut held: Vec<_> = utxos["utxos"]
+        .as_array()
+        .expect("utxos")
+        .iter()
+        .map(|u| u["amount"].as_u64().unwrap())
+        .collect();
+    held.sort_unstable();
+    assert_eq!(held, [10, 1000], "{utxos}");
+
+    // More than alice has: refused by name, exit code 1, nothing spent.
+    let message = refused(
+        &client(&node, protocol, alice, &["transfer", "bob", "100000"]),
+        "transfer",
+        "insufficient_funds",
+    );
+    assert!(message.contains("990"), "{message}");
+    assert_eq!(coins(alice), 990);
+
+    // Unknown things are refused by the node; a TXID that is not one never reaches it.
+    refused(
+        &client(&node, protocol, alice, &["block", "1000"]),
+        "get_block",
+        "invalid_argument",
+    );
+    refused(
+        &client(&node, protocol, alice, &["tx", &"0".repeat(64)]),
+        "get_transaction",
+        "invalid_argument",
+    );
+    for bad in ["zz", "1234", &"g".repeat(64)] {
+        let run = client(&node, protocol, alice, &["tx", bad]);
+        assert_eq!(run.status.code(), Some(2), "{run:#?}");
+        assert_eq!(run.stdout, "", "{run:#?}");
+        assert!(
+            run.stderr.contains("64 hex digits") && !run.stderr.contains("panicked"),
+            "{run:#?}"
+        );
+    }
+}
+
+/// A transfer is sealed by a later block: `tx` shows its height, and `chain` an empty pool.
+#[test]
+fn a_transfer_is_sealed_into_a_block() {
+    let protocol = Protocol::Binary;
+    let dir = data_dir();
+    let node = Node::start(
+        dir.path(),
+        &[
+            "--difficulty-bits",
+            "4",
+            "--block-interval-ms",
+            "100",
+            "--initial-balance",
+            "1000",
+        ],
+    );
+    for name in ["alice", "bob"] {
+        let created = client(&node, protocol, None, &["create-account", name, PASSWORD]);
+        succeeded(&created, "create_account");
+    }
+    let alice = Some(("alice", PASSWORD));
+    let pooled = succeeded(
+        &client(&node, protocol, alice, &["transfer", "bob", "10"]),
+        "transfer",
+    );
+    let txid = pooled["txid"].as_str().expect("a txid").to_string();
+    let mut tx = Value::Null;
+    let sealed = wait_until(Duration::from_secs(30), || {
+        tx = succeeded(
+            &client(&node, protocol, alice, &["tx", &txid]),
+            "get_transaction",
+        );
+        tx["block"].is_u64()
+    });
+    assert!(sealed, "never sealed: {tx}; node stderr: {}", node.stderr());
+    chain_until(&node, protocol, alice, |chain| chain["mempool"] == 0);
+    let balance = succeeded(&client(&node, protocol, alice, &["balance"]), "get_balance");
+    assert_eq!(balance, json!({"confirmed": 990, "pending": 0}));
+}

@@ -248,3 +248,53 @@ fn connecting_to_no_member_fails_at_once_naming_them() {
         "cannot connect to any of no address given"
     );
 }
+
+both!(a_transfer_whose_answer_is_lost_is_not_sent_again);
+fn a_transfer_whose_answer_is_lost_is_not_sent_again(protocol: Protocol) {
+    let dir = data_dir();
+    let node = Node::start(dir.path(), &["--initial-balance", "1000"]);
+    node.create("alice");
+    node.create("bob");
+    // A member that accepts the login, then closes the connection on the transfer: it may have
+    // been executed, so the client must not pay again elsewhere.
+    let closing = FakeMember::start(FakeAnswer::Close);
+    let members = [closing.addr.to_string(), node.chat.to_string()];
+    let mut client = FailoverClient::connect(&members, protocol).unwrap();
+    ok(client.login("alice", PASSWORD));
+    let error = client.transfer("bob", 7).expect_err("the answer was lost");
+    assert_eq!(
+        error.kind(),
+        std::io::ErrorKind::ConnectionAborted,
+        "{error}"
+    );
+    assert!(error.to_string().contains("not sent again"), "{error}");
+    let transfers = closing
+        .requests()
+        .iter()
+        .filter(|r| matches!(r, Request::Transfer { .. }))
+        .count();
+    assert_eq!(transfers, 1, "sent once, to the closing member");
+    // The node never saw it; the next call moves on (logging in again) and works.
+    let Reply::Balance { confirmed, pending } = ok(client.get_balance()) else {
+        panic!("not a balance");
+    };
+    assert_eq!(confirmed as i64 + pending, 1000, "nothing was paid");
+    assert_eq!(client.connected_to(), Some(members[1].as_str()));
+    assert!(matches!(
+        ok(client.transfer("bob", 7)),
+        Reply::Pooled { .. }
+    ));
+
+    // `not_leader` means nothing was done: a transfer follows it like any request.
+    let follower = FakeMember::start(FakeAnswer::NotLeader(Some(node.chat.to_string())));
+    let mut client = FailoverClient::connect(&[follower.addr.to_string()], protocol).unwrap();
+    ok(client.login("alice", PASSWORD));
+    assert!(matches!(
+        ok(client.transfer("bob", 3)),
+        Reply::Pooled { .. }
+    ));
+    let Reply::Balance { confirmed, pending } = ok(client.get_balance()) else {
+        panic!("not a balance");
+    };
+    assert_eq!(confirmed as i64 + pending, 990);
+}

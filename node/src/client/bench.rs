@@ -9,7 +9,9 @@
 //! 2. log every connection in, connection `i` as account `i mod users` (several connections may
 //!    share an account: 10,000 connections need not cost 10,000 Argon2id hashes);
 //! 3. the measured phase: every connection sends `--messages` messages of `--size` bytes to the
-//!    next account.
+//!    next account, or with `--op transfer` makes `--messages` transfers of one coin to it (each
+//!    account starts with the node's `--initial-balance`, pooled: a transfer spends the change
+//!    of the account's last pooled transfer, so none waits for a block).
 //!
 //! Only the last phase is timed. A latency runs from the moment a request is handed to the socket
 //! to the moment its response is parsed. Pushes (the deliveries of the messages sent) are read,
@@ -35,6 +37,11 @@
 //! - a new connection first logs in again as the connection's account (sessions are local to a
 //!   member), then sends the same request again, bytes and key unchanged (a `create_account`
 //!   sent again that answers `user_exists` counts as created).
+//!
+//! Transfers are the exception: they carry no key, and one sent again would pay again. A
+//! measured transfer that is answered `not_leader` or `unavailable` (nothing was done) is sent
+//! again as above, but one whose connection dies after it was sent is counted as `failed`
+//! (it may or may not have been executed) and the connection goes on with its next transfer.
 //!
 //! Such a request is not `failed`: it counts once in `messages` when a usable answer comes, and
 //! its latency runs from its *first* send (or from when it was issued, if its connection was
@@ -79,7 +86,7 @@ const MAX_CONNECTING: usize = 1024;
 /// Bytes read from a socket at a time (one buffer shared by every connection).
 const READ_CHUNK: usize = 64 * 1024;
 /// Every account's password.
-const PASSWORD: &str = "bench-password";
+pub const PASSWORD: &str = "bench-password";
 /// Open files the process needs besides its connections (stdio, the poll instance, ...).
 const SPARE_FILES: u64 = 32;
 
@@ -105,12 +112,40 @@ pub struct BenchArgs {
     /// Message text size in bytes.
     #[arg(long, default_value_t = 32)]
     pub size: usize,
+    /// What the measured phase does: `send` messages of --size bytes, or `transfer` one coin
+    /// per request (the ledger's `transfer`, to the same next account). Each account starts
+    /// with the node's --initial-balance (default 1000) and receives one coin per transfer
+    /// from the connection before it; transfers chain on pooled outputs, so they need no
+    /// block between them. With several --addr, a transfer whose connection died after it
+    /// was sent is counted as `failed` and not sent again (it may have been executed).
+    #[arg(long, value_enum, default_value_t = BenchOp::Send)]
+    pub op: BenchOp,
     /// Accounts to create, from 1 to one per connection (the default); connection i logs in
     /// as account i mod users and sends to account (i + 1) mod users. The node pushes a message
     /// to every connection logged in as its recipient: with fewer accounts than connections,
     /// each message costs connections/users pushes (see `pushes` in the report).
     #[arg(long)]
     pub users: Option<usize>,
+}
+
+/// What the measured phase of a run sends.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BenchOp {
+    /// `send_message` of --size bytes.
+    #[default]
+    Send,
+    /// `transfer` of one coin.
+    Transfer,
+}
+
+impl BenchOp {
+    /// The name reports use.
+    pub fn name(self) -> &'static str {
+        match self {
+            BenchOp::Send => "send",
+            BenchOp::Transfer => "transfer",
+        }
+    }
 }
 
 impl BenchArgs {
@@ -134,13 +169,19 @@ impl BenchArgs {
 pub struct Report {
     /// The protocol spoken.
     pub protocol: Protocol,
+    /// What the measured phase sent.
+    pub op: BenchOp,
     /// Connections.
     pub connections: usize,
     /// Accounts they logged in as.
     pub users: usize,
-    /// Messages answered (successes and failures).
+    /// Those accounts' names, account i at i (not in the JSON report).
+    pub accounts: Vec<String>,
+    /// Requests of the measured phase (messages or transfers) answered, successes and
+    /// failures.
     pub messages: usize,
-    /// Messages answered with an error.
+    /// Those answered with an error (or, transfers with several members, whose connection died
+    /// after they were sent: not sent again).
     pub failed: usize,
     /// Live deliveries received during the measured phase (one per message when every account
     /// has one connection; connections/users per message when they share accounts).
@@ -176,6 +217,7 @@ impl Report {
                 Protocol::Binary => "binary",
                 Protocol::Json => "json",
             },
+            "op": self.op.name(),
             "connections": self.connections,
             "users": self.users,
             "messages": self.messages,
@@ -270,13 +312,17 @@ pub fn run(args: &BenchArgs) -> Result<Report, String> {
     if let Some(follow) = &mut generator.follow {
         follow.reconnects = 0;
         follow.retried = 0;
+        // A transfer has no idempotency key: sent again, it would pay again.
+        follow.send_once = args.op == BenchOp::Transfer;
     }
     let started = Instant::now();
     generator.run_phase(
         |_| args.messages,
         |i| {
             let to = username((i + 1) % users);
-            if cluster {
+            if args.op == BenchOp::Transfer {
+                Request::Transfer { to, amount: 1 }
+            } else if cluster {
                 // Sent again after a move, it is stored once.
                 Request::keyed_send(&to, &text)
             } else {
@@ -301,8 +347,10 @@ pub fn run(args: &BenchArgs) -> Result<Report, String> {
         .map_or((0, 0), |follow| (follow.reconnects, follow.retried));
     Ok(Report {
         protocol: args.protocol(),
+        op: args.op,
         connections: args.connections,
         users,
+        accounts: (0..users).map(username).collect(),
         messages: latencies.len(),
         failed,
         pushes: generator.pushes,
@@ -453,6 +501,9 @@ struct Follow {
     retried: usize,
     /// Why a connection was last given up, for the error of a run that stalls.
     last_problem: Option<String>,
+    /// Whether a request whose connection died after it was sent is answered as failed
+    /// (connection lost) instead of being sent again: the measured transfers.
+    send_once: bool,
 }
 
 /// C connections on one poll instance.
@@ -508,6 +559,7 @@ impl Generator {
                 reconnects: 0,
                 retried: 0,
                 last_problem: None,
+                send_once: false,
             }
         });
         let mut generator = Generator {
@@ -728,8 +780,24 @@ impl Generator {
         let mut answer = match self.read_ready(index)? {
             Progress::Pending => return Ok(Progress::Pending),
             Progress::Lost(why) => {
+                let follow = self.follow.as_mut().expect("following");
+                let send_once = follow.send_once;
+                let link = &mut follow.links[index];
+                // Up and pending: the request went to this connection, and may have been done.
+                let lost = send_once && link.state == LinkState::Up && link.pending;
+                let answer = lost.then(|| {
+                    link.pending = false;
+                    Answer {
+                        latency: link.first_sent.elapsed(),
+                        result: Err(ErrorReply::new(
+                            ErrorCode::Internal,
+                            format!("connection lost after the request was sent: {why}"),
+                        )),
+                        retried: false,
+                    }
+                });
                 self.lose(index, why, None);
-                return Ok(Progress::Pending);
+                return Ok(answer.map_or(Progress::Pending, Progress::Answered));
             }
             Progress::Answered(answer) => answer,
         };

@@ -14,7 +14,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use super::{AddrList, FailoverClient};
-use crate::protocol::{ErrorReply, Protocol, Reply, Request};
+use crate::protocol::{ErrorReply, Hash32, Protocol, Reply, Request};
 
 /// `synckit-node client ...`
 #[derive(Args, Debug)]
@@ -82,6 +82,32 @@ enum ClientCommand {
     },
     /// Delete the logged-in account (uses --password).
     DeleteAccount,
+    /// The account's coins: `confirmed` (in sealed blocks) and `pending` (the net effect of
+    /// pooled transactions).
+    Balance,
+    /// The account's spendable outputs, confirmed ones first.
+    Utxos,
+    /// Pay AMOUNT coins to TO; prints the pooled transaction's id. Not sent again if its
+    /// answer is lost (it may have been executed: look at the balance).
+    Transfer {
+        /// Payee.
+        to: String,
+        /// Coins.
+        amount: u64,
+    },
+    /// A transaction, pooled or sealed (`block` is null while it is pooled).
+    Tx {
+        /// Its id: 64 hex digits.
+        #[arg(value_parser = parse_txid)]
+        txid: Hash32,
+    },
+    /// A sealed block.
+    Block {
+        /// Its height (1 is the first block).
+        height: u64,
+    },
+    /// The chain's height, tip, mempool size, difficulty and supply.
+    Chain,
     /// Print live deliveries as they arrive (after one line reporting the login).
     Watch {
         /// Stop after this many messages.
@@ -91,6 +117,11 @@ enum ClientCommand {
         #[arg(long)]
         timeout_secs: Option<u64>,
     },
+}
+
+/// A TXID argument: 64 hex digits, or a usage error saying so.
+fn parse_txid(text: &str) -> Result<Hash32, String> {
+    Hash32::from_hex(text.trim()).map_err(|error| error.message)
 }
 
 fn print(value: serde_json::Value) {
@@ -206,6 +237,15 @@ fn run_client(args: &ClientArgs) -> Result<bool, String> {
         ClientCommand::DeleteAccount => Request::DeleteAccount {
             password: password.clone(),
         },
+        ClientCommand::Balance => Request::GetBalance {},
+        ClientCommand::Utxos => Request::ListUtxos {},
+        ClientCommand::Transfer { to, amount } => Request::Transfer {
+            to: to.clone(),
+            amount: *amount,
+        },
+        ClientCommand::Tx { txid } => Request::GetTransaction { txid: *txid },
+        ClientCommand::Block { height } => Request::GetBlock { height: *height },
+        ClientCommand::Chain => Request::ChainInfo {},
         ClientCommand::Watch {
             count,
             timeout_secs,

@@ -19,9 +19,11 @@
 //! Retrying is safe because a member that answers `not_leader` or `unavailable` changed nothing.
 //! A request whose *answer* was lost (the connection died after it was sent) may have been
 //! executed: sends carry an idempotency key, the same on every retry, so a retried send is
-//! stored once ([`FailoverClient::call`] gives a send without a key one). Other requests are
-//! retried as they are: a retried `create_account` may answer `user_exists`, a retried
-//! `delete_messages` may count fewer deletions.
+//! stored once ([`FailoverClient::call`] gives a send without a key one). A `transfer` has no
+//! key and would pay twice: once sent whole, it is not sent again when its answer is lost (the
+//! call fails with [`io::ErrorKind::ConnectionAborted`]; the balance tells whether it was
+//! executed). Other requests are retried as they are: a retried `create_account` may answer
+//! `user_exists`, a retried `delete_messages` may count fewer deletions.
 //!
 //! Pushes come from the member the client is connected to. After a reconnection the new
 //! connection's pushes continue, but a message stored while no connection was logged in is not
@@ -34,7 +36,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::{Client, idempotency_key};
-use crate::protocol::{ErrorCode, ErrorReply, Message, Protocol, Reply, Request};
+use crate::protocol::{ErrorCode, ErrorReply, Hash32, Message, Protocol, Reply, Request};
 
 /// How hard a [`FailoverClient`] tries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,6 +90,9 @@ enum Attempt {
     Redirect(String),
     /// Another member may do better, after a pause; why this one did not.
     Retry(String),
+    /// A request that must not be sent twice (a transfer) was sent and its answer lost: it
+    /// may have been executed. Why.
+    Lost(String),
 }
 
 impl FailoverClient {
@@ -223,6 +228,42 @@ impl FailoverClient {
         Ok((request, answer))
     }
 
+    /// The logged-in account's balance (`Reply::Balance`).
+    pub fn get_balance(&mut self) -> io::Result<Result<Reply, ErrorReply>> {
+        self.call(&Request::GetBalance {})
+    }
+
+    /// The logged-in account's spendable outputs (`Reply::Utxos`).
+    pub fn list_utxos(&mut self) -> io::Result<Result<Reply, ErrorReply>> {
+        self.call(&Request::ListUtxos {})
+    }
+
+    /// Pays `amount` coins to `to` (`Reply::Pooled` with the transaction's id). A transfer is
+    /// not idempotent: it follows `not_leader` and `unavailable` (nothing was done) like any
+    /// request, but once it was sent whole and its answer is lost it is not sent again; that
+    /// is an error of kind [`io::ErrorKind::ConnectionAborted`] (it may have been executed).
+    pub fn transfer(&mut self, to: &str, amount: u64) -> io::Result<Result<Reply, ErrorReply>> {
+        self.call(&Request::Transfer {
+            to: to.into(),
+            amount,
+        })
+    }
+
+    /// A transaction, pooled or sealed (`Reply::Transaction`).
+    pub fn get_transaction(&mut self, txid: Hash32) -> io::Result<Result<Reply, ErrorReply>> {
+        self.call(&Request::GetTransaction { txid })
+    }
+
+    /// The sealed block at `height`, 1 for the first (`Reply::Block`).
+    pub fn get_block(&mut self, height: u64) -> io::Result<Result<Reply, ErrorReply>> {
+        self.call(&Request::GetBlock { height })
+    }
+
+    /// The chain's height, tip, mempool size, difficulty and supply (`Reply::Chain`).
+    pub fn chain_info(&mut self) -> io::Result<Result<Reply, ErrorReply>> {
+        self.call(&Request::ChainInfo {})
+    }
+
     /// The next live delivery, waiting at most `timeout` (`None`: forever). A connection that
     /// dies meanwhile is replaced (logged in again, within [`FailoverOptions::deadline`]) and the
     /// wait goes on on the new one: delivery is at least once, and messages stored while no
@@ -270,6 +311,16 @@ impl FailoverClient {
                     problem
                 }
                 Attempt::Retry(problem) => problem,
+                Attempt::Lost(problem) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        format!(
+                            "the answer to the transfer was lost ({problem}): it may have been \
+                             executed, so it is not sent again; look at the balance before \
+                             transferring again"
+                        ),
+                    ));
+                }
             };
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -343,9 +394,21 @@ impl FailoverClient {
             .as_mut()
             .expect("connected before a request");
         let addr = addr.clone();
-        let answer = client
+        // A request that failed to go out whole was not executed; one that went out may have
+        // been, which matters for a transfer only (retried, it would pay twice).
+        let sent = client
             .set_read_timeout(Some(wait))
-            .and_then(|()| client.call(request));
+            .and_then(|()| client.send(request));
+        let answer = match sent {
+            Ok(id) => match client.wait_for(id) {
+                Err(e) if matches!(request, Request::Transfer { .. }) => {
+                    self.disconnect();
+                    return Attempt::Lost(format!("{addr}: {e}"));
+                }
+                answer => answer,
+            },
+            Err(e) => Err(e),
+        };
         match answer {
             Err(e) => {
                 self.disconnect();

@@ -17,7 +17,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::protocol::{
-    ErrorReply, FrameParser, Message, Parse, Protocol, Push, Reply, Request, ServerFrame,
+    ErrorReply, FrameParser, Hash32, Message, Parse, Protocol, Push, Reply, Request, ServerFrame,
 };
 
 pub mod bench;
@@ -310,6 +310,40 @@ impl Client {
         let request = Request::keyed_send(to, text);
         let answer = self.call(&request)?;
         Ok((request, answer))
+    }
+
+    /// The logged-in account's balance (`Reply::Balance`).
+    pub fn get_balance(&mut self) -> io::Result<Result<Reply, ErrorReply>> {
+        self.call(&Request::GetBalance {})
+    }
+
+    /// The logged-in account's spendable outputs (`Reply::Utxos`).
+    pub fn list_utxos(&mut self) -> io::Result<Result<Reply, ErrorReply>> {
+        self.call(&Request::ListUtxos {})
+    }
+
+    /// Pays `amount` coins to `to` (`Reply::Pooled` with the transaction's id). Not idempotent:
+    /// sent twice, it pays twice.
+    pub fn transfer(&mut self, to: &str, amount: u64) -> io::Result<Result<Reply, ErrorReply>> {
+        self.call(&Request::Transfer {
+            to: to.into(),
+            amount,
+        })
+    }
+
+    /// A transaction, pooled or sealed (`Reply::Transaction`).
+    pub fn get_transaction(&mut self, txid: Hash32) -> io::Result<Result<Reply, ErrorReply>> {
+        self.call(&Request::GetTransaction { txid })
+    }
+
+    /// The sealed block at `height`, 1 for the first (`Reply::Block`).
+    pub fn get_block(&mut self, height: u64) -> io::Result<Result<Reply, ErrorReply>> {
+        self.call(&Request::GetBlock { height })
+    }
+
+    /// The chain's height, tip, mempool size, difficulty and supply (`Reply::Chain`).
+    pub fn chain_info(&mut self) -> io::Result<Result<Reply, ErrorReply>> {
+        self.call(&Request::ChainInfo {})
     }
 }
 
