@@ -12,7 +12,8 @@
 //! - `pow_seal_13_bits`: one seal per iteration. `plain_loop` is one thread trying nonces in
 //!   order with no coordinator (the floor); `search_1_worker` and `search_2_workers` call
 //!   `RangeCoordinator::search(0..u64::MAX, workers, 64, check)` with chunks of 1,024 nonces
-//!   (which arms a job and spawns scoped threads each time: that cost is in the figure).
+//!   (which arms a job each time and, with 2 workers, spawns and joins a scoped thread for the
+//!   second: that cost is in the figure).
 //! - `chunk_overhead`: taking one chunk. `fetch_add` is the floor (one `fetch_add` on a cursor and
 //!   the chunk's bounds computed from it); `next_chunk` is the coordinator's hand-out (one status
 //!   load, one compare-exchange); `next_chunk+finish_chunk` adds ending it (one status load, one
@@ -21,7 +22,7 @@
 //! - After criterion, `ratios` (only under `cargo bench`; `WORK_RATIOS=0` skips it): five rounds
 //!   of 128 headers sealed by the plain loop, then with 1 worker, then with 2, and the median
 //!   speed-up; the same at 16 bits (32 headers a round), where a seal is 8 times the work and the
-//!   fixed cost of a search (arming, spawning and joining its threads, also printed) weighs 8
+//!   fixed cost of a search (arming, spawning and joining its thread, also printed) weighs 8
 //!   times less; then the per-chunk cost ratio over 10⁷ chunks. One run reports every ratio.
 //!
 //! Run with `cargo bench -p sync-kit-benches --bench work -- --warm-up-time 1 --measurement-time 3`.
@@ -209,7 +210,7 @@ fn time_seals(headers: &[Header], seal: &dyn Fn(&Header) -> u64) -> f64 {
 }
 
 /// 2 workers against 1 (at [`DIFFICULTY`] and at 16 bits, where the fixed cost of a search
-/// weighs 8 times less), the fixed cost itself (spawning and joining scoped threads), and the
+/// weighs 8 times less), the fixed cost itself (spawning and joining a scoped thread), and the
 /// per-chunk cost against `fetch_add`, measured back to back and printed as ratios.
 fn ratios() {
     const ROUNDS: u64 = 5;
@@ -242,21 +243,25 @@ fn ratios() {
     }
 
     const SPAWNS: u32 = 1_000;
-    let mut spawns = Vec::new();
-    for threads in [1, 2] {
-        let start = Instant::now();
-        for _ in 0..SPAWNS {
-            std::thread::scope(|s| {
-                for _ in 0..threads {
-                    s.spawn(|| black_box(0));
-                }
-            });
-        }
-        spawns.push(start.elapsed().as_secs_f64() * 1e6 / f64::from(SPAWNS));
+    let start = Instant::now();
+    for _ in 0..SPAWNS {
+        std::thread::scope(|s| {
+            s.spawn(|| black_box(0));
+        });
     }
+    let spawn = start.elapsed().as_secs_f64() * 1e6 / f64::from(SPAWNS);
+    let start = Instant::now();
+    for _ in 0..SPAWNS {
+        black_box(coordinated_seal(
+            &coordinator,
+            &Header::with_difficulty(7, 0),
+            1,
+        ));
+    }
+    let empty = start.elapsed().as_secs_f64() * 1e6 / f64::from(SPAWNS);
     println!(
-        "ratios: fixed cost of a search: spawning and joining 1 scoped thread {:.1} us, 2: {:.1} us",
-        spawns[0], spawns[1]
+        "ratios: fixed cost of a search: spawning and joining a scoped thread {spawn:.1} us; \
+         a 1-worker search that succeeds at once (arm, first chunk, report, wait) {empty:.2} us"
     );
 
     const CHUNKS: u64 = 10_000_000;
