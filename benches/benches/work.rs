@@ -20,8 +20,8 @@
 //!   compare-exchange). With 2 threads both hammer one cursor: wall time per chunk, both threads
 //!   together. `should_stop` next to a plain `AtomicBool` load.
 //! - After criterion, `ratios` (only under `cargo bench`; `WORK_RATIOS=0` skips it): five rounds
-//!   of 128 headers sealed by the plain loop, then with 1 worker, then with 2, and the median
-//!   speed-up; the same at 16 bits (32 headers a round), where a seal is 8 times the work and the
+//!   of 512 headers sealed by the plain loop, then with 1 worker, then with 2, and the median
+//!   speed-up; the same at 16 bits (128 headers a round), where a seal is 8 times the work and the
 //!   fixed cost of a search (arming, spawning and joining its thread, also printed) weighs 8
 //!   times less; then the per-chunk cost ratio over 10⁷ chunks. One run reports every ratio.
 //!
@@ -215,7 +215,7 @@ fn time_seals(headers: &[Header], seal: &dyn Fn(&Header) -> u64) -> f64 {
 fn ratios() {
     const ROUNDS: u64 = 5;
     let coordinator = RangeCoordinator::new(CHUNK);
-    for (difficulty, seals) in [(DIFFICULTY, 128), (16, 32)] {
+    for (difficulty, seals) in [(DIFFICULTY, 512), (16, 128)] {
         let (mut speed_ups, mut overheads) = (Vec::new(), Vec::new());
         for round in 0..ROUNDS {
             let headers: Vec<Header> = (0..seals)
