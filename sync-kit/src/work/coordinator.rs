@@ -191,11 +191,16 @@ impl RangeCoordinator {
         self.end.store(range.end, Ordering::Relaxed);
         self.step.store(step, Ordering::Relaxed);
         self.chunks.store(chunks, Ordering::Relaxed);
+        // A swap where a store would do (here and below): loom can let a concurrent
+        // compare-exchange read the value before a plain store, as if the store had not happened
+        // (tokio-rs/loom#254, open), so a stale `finish_chunk` or `next_chunk` would overwrite
+        // the new job's word in the model. A read-modify-write is ordered against them in loom as
+        // on hardware, and `arm` is not a hot path.
         self.unfinished
-            .store(tagged::pack(generation, chunks), Ordering::Relaxed);
+            .swap(tagged::pack(generation, chunks), Ordering::Relaxed);
         // 4. Reopen: a worker that reads this value (or a later claim's) sees all of step 3.
         self.cursor
-            .store(tagged::pack(generation, chunks), Ordering::Release);
+            .swap(tagged::pack(generation, chunks), Ordering::Release);
         ledger.supersede(generation, outcome);
         Tally::add(&self.tally.jobs);
         drop(ledger);

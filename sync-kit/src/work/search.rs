@@ -1,5 +1,5 @@
 //! The worker loop ([`RangeCoordinator::work`]) and the all-in-one
-//! [`RangeCoordinator::search`] on scoped threads.
+//! [`RangeCoordinator::search`] on the calling thread and scoped threads.
 //!
 //! A worker takes chunks until `next_chunk` returns `None`; inside a chunk it checks `batch`
 //! values, then asks `should_stop`, so it stops within one batch of another worker's win (or a
@@ -7,17 +7,18 @@
 //! abandoned. A worker whose `check` panics cancels the job as it unwinds, so the others stop
 //! too and `search` propagates the panic instead of searching on.
 //!
-//! `search` runs on `std::thread::scope`, which loom cannot model (it has no scoped threads);
-//! the loom models drive `next_chunk`, `finish_chunk`, `report_success`, `cancel` and `arm`
-//! from loom threads instead, which is everything `search` calls.
+//! `search` works on the calling thread too, and spawns the other workers with
+//! `std::thread::scope`, which loom cannot model (it has no scoped threads); the loom models run
+//! `work` (and so everything `search` calls) on loom threads instead.
 
 use std::ops::Range;
 
 use super::{Job, JobOutcome, RangeCoordinator};
 
 impl RangeCoordinator {
-    /// Arms a job over `range` and searches it with `workers` scoped threads (at least 1); each
-    /// runs [`work`](Self::work) with `batch` and `check`. Returns when every worker is done,
+    /// Arms a job over `range` and searches it with `workers` workers (at least 1): the calling
+    /// thread and `workers - 1` scoped threads, each running [`work`](Self::work) with `batch`
+    /// and `check` (so one worker spawns no thread). Returns when every worker is done,
     /// with the job's outcome: `check(value)` returning `true` for some value gives
     /// [`JobOutcome::Found`] of the first one reported.
     ///
@@ -32,9 +33,10 @@ impl RangeCoordinator {
     ) -> JobOutcome {
         let job = self.arm(range);
         std::thread::scope(|scope| {
-            for _ in 0..workers.max(1) {
+            for _ in 1..workers.max(1) {
                 scope.spawn(|| self.work(job, batch, &check));
             }
+            self.work(job, batch, &check);
         });
         self.wait(job)
     }
