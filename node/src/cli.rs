@@ -49,14 +49,17 @@ pub fn serve(config: &Config) -> Result<(), String> {
     let chat = listener.local_addr().map_err(|e| e.to_string())?;
     let http = net::http::start(config.http_addr, Arc::clone(&service))
         .map_err(|e| format!("cannot serve HTTP on {}: {e}", config.http_addr))?;
+    let grpc = net::grpc::start(config.grpc_addr, Arc::clone(&service))
+        .map_err(|e| format!("cannot serve gRPC on {}: {e}", config.grpc_addr))?;
     stop_on_signal(Arc::clone(&service))?;
-    // One machine-readable line on stdout: scripts and tests read the bound addresses from it.
+    // One machine-readable line on stdout: scripts and tests read the bound addresses from it
+    // (fields added later go last, so older readers of its start keep working).
     println!(
-        "synckit-node listening chat={chat} http={http} data={}",
+        "synckit-node listening chat={chat} http={http} data={} grpc={grpc}",
         config.data_dir.display()
     );
     let _ = std::io::stdout().flush();
-    tracing::info!(%chat, %http, data = %config.data_dir.display(), "node started");
+    tracing::info!(%chat, %http, %grpc, data = %config.data_dir.display(), "node started");
     let threads = match config.io_threads {
         // Half the cores: the log, the applier and the hashing pool need the rest (measured on
         // 2 cores: one loop spends 20 % less CPU per command than two, and serves more).

@@ -14,6 +14,13 @@ pub struct Config {
     pub chat_addr: SocketAddr,
     /// HTTP statistics endpoint.
     pub http_addr: SocketAddr,
+    /// gRPC front end (`proto/synckit.proto`, `docs/protocol.md` "gRPC"). A cluster member
+    /// left at the default listens on a free port of its chat address's host instead (the
+    /// members of `cluster up` share one machine), printed on its listening line.
+    pub grpc_addr: SocketAddr,
+    /// A gRPC token (a session) expires after this many seconds without a call (an open
+    /// `Subscribe` stream keeps it alive).
+    pub grpc_token_idle_secs: u64,
     /// Where the log and snapshots live (locked by one node at a time).
     pub data_dir: PathBuf,
     /// Connections served at once; more are refused.
@@ -65,6 +72,8 @@ impl Default for Config {
         Self {
             chat_addr: "127.0.0.1:7878".parse().expect("valid address"),
             http_addr: "127.0.0.1:7879".parse().expect("valid address"),
+            grpc_addr: "127.0.0.1:7880".parse().expect("valid address"),
+            grpc_token_idle_secs: 1800,
             data_dir: PathBuf::from("./synckit-data"),
             max_connections: 4096,
             requests_per_sec: 1000,

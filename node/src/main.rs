@@ -23,8 +23,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run a node (defaults: chat on 127.0.0.1:7878, HTTP on 127.0.0.1:7879, data in
-    /// ./synckit-data).
+    /// Run a node (defaults: chat on 127.0.0.1:7878, HTTP on 127.0.0.1:7879, gRPC on
+    /// 127.0.0.1:7880, data in ./synckit-data).
     Serve(Box<ServeArgs>),
     /// Talk to a node from the command line (one request per run, JSON output).
     Client(client_cli::ClientArgs),
@@ -68,6 +68,12 @@ struct ServeArgs {
     /// HTTP statistics address.
     #[arg(long)]
     http_addr: Option<SocketAddr>,
+    /// gRPC address (default 127.0.0.1:7880).
+    #[arg(long)]
+    grpc_addr: Option<SocketAddr>,
+    /// A gRPC token expires after this many idle seconds (default 1800).
+    #[arg(long)]
+    grpc_token_idle_secs: Option<u64>,
     /// Data directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -151,6 +157,8 @@ impl ServeArgs {
         flag!(
             chat_addr,
             http_addr,
+            grpc_addr,
+            grpc_token_idle_secs,
             data_dir,
             max_connections,
             requests_per_sec,
@@ -173,6 +181,12 @@ impl ServeArgs {
             config.chat_addr = me.chat_addr;
             config.http_addr = me.http_addr;
             config.data_dir = me.data_dir.clone();
+            // The cluster file names no gRPC address, and members sharing a machine would all
+            // take the default port: a member left at the default takes a free port on its chat
+            // address's host (printed on its listening line).
+            if config.grpc_addr == Config::default().grpc_addr {
+                config.grpc_addr = SocketAddr::new(me.chat_addr.ip(), 0);
+            }
             config.cluster = Some(Cluster {
                 join: self.join,
                 ..cluster

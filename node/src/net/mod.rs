@@ -1,4 +1,5 @@
-//! The network room: connections on a few event loops, and the HTTP statistics endpoint.
+//! The network room: connections on a few event loops, the HTTP statistics endpoint, and the
+//! gRPC front end ([`grpc`]).
 //!
 //! ```text
 //! acceptor thread ─► round robin ─► event loop 1 .. N (mio): read ─► parse ─► Service::handle
@@ -11,6 +12,7 @@
 //! ([`Protocol::detect`](crate::protocol::Protocol::detect)).
 
 mod event_loop;
+pub mod grpc;
 pub mod http;
 
 pub use event_loop::{OUTPUT_HIGH, PUSH_QUEUE};

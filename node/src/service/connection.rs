@@ -20,6 +20,8 @@ pub struct Outbox {
     /// its capacity from the start, too much for thousands of connections).
     capacity: usize,
     wake: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// Set by [`Outbox::sink`]: pushes go there instead of `frames`.
+    sink: Option<Arc<dyn Fn(ServerFrame) -> bool + Send + Sync>>,
 }
 
 impl Outbox {
@@ -30,6 +32,20 @@ impl Outbox {
             frames,
             capacity: usize::MAX,
             wake: None,
+            sink: None,
+        }
+    }
+
+    /// An outbox that hands each push to `sink`, which says whether it took it (a refused push
+    /// stays queued in the mailbox, as with a full queue): for front ends with queues of their
+    /// own, such as the gRPC server's sessions, which take pushes only while a `Subscribe`
+    /// stream is open. Called on the applier's thread: it must not block.
+    pub fn sink(sink: impl Fn(ServerFrame) -> bool + Send + Sync + 'static) -> Outbox {
+        Outbox {
+            frames: crossbeam_channel::bounded(0).0,
+            capacity: 0,
+            wake: None,
+            sink: Some(Arc::new(sink)),
         }
     }
 
@@ -44,11 +60,15 @@ impl Outbox {
             frames,
             capacity,
             wake: Some(wake),
+            sink: None,
         }
     }
 
     /// Queues `frame` unless the queue is full or closed; says whether it was queued.
     pub fn offer(&self, frame: ServerFrame) -> bool {
+        if let Some(sink) = &self.sink {
+            return sink(frame);
+        }
         if self.frames.len() >= self.capacity {
             return false;
         }

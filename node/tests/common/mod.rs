@@ -60,6 +60,8 @@ pub struct Node {
     pub chat: SocketAddr,
     /// HTTP statistics address.
     pub http: SocketAddr,
+    /// gRPC address.
+    pub grpc: SocketAddr,
     /// The data directory it runs on.
     pub data_dir: PathBuf,
     stdout: Arc<Mutex<String>>,
@@ -143,6 +145,7 @@ impl Node {
             .arg("--data-dir")
             .arg(dir)
             .args(["--chat-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args(["--grpc-addr", "127.0.0.1:0"])
             .args(
                 GENEROUS
                     .chunks(2)
@@ -197,7 +200,7 @@ impl Node {
                     ));
                 }
             };
-            let Some((chat, http, data)) = parse_listening(&line) else {
+            let Some((chat, http, data, grpc)) = parse_listening(&line) else {
                 stdout_seen.push_str(&line);
                 stdout_seen.push('\n');
                 continue;
@@ -222,6 +225,7 @@ impl Node {
                 pid,
                 chat,
                 http,
+                grpc,
                 data_dir: dir.to_path_buf(),
                 stdout: stdout_text,
                 stderr,
@@ -377,15 +381,22 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// `synckit-node listening chat=IP:PORT http=IP:PORT data=DIR`
-fn parse_listening(line: &str) -> Option<(SocketAddr, SocketAddr, String)> {
+/// `synckit-node listening chat=IP:PORT http=IP:PORT data=DIR grpc=IP:PORT` (the directory may
+/// hold spaces: `grpc=` is found from the end).
+fn parse_listening(line: &str) -> Option<(SocketAddr, SocketAddr, String, SocketAddr)> {
     let rest = line.strip_prefix("synckit-node listening ")?;
     let rest = rest.strip_prefix("chat=")?;
     let (chat, rest) = rest.split_once(' ')?;
     let rest = rest.strip_prefix("http=")?;
     let (http, rest) = rest.split_once(' ')?;
-    let data = rest.strip_prefix("data=")?;
-    Some((chat.parse().ok()?, http.parse().ok()?, data.to_string()))
+    let rest = rest.strip_prefix("data=")?;
+    let (data, grpc) = rest.rsplit_once(" grpc=")?;
+    Some((
+        chat.parse().ok()?,
+        http.parse().ok()?,
+        data.to_string(),
+        grpc.parse().ok()?,
+    ))
 }
 
 // ----- results -----
