@@ -1,49 +1,19 @@
 //! Bytes on the wire for the reference payloads, in the binary protocol, the JSON protocol and
-//! protobuf (prost), and a check that `docs/protocol.md` shows exactly these figures.
+//! protobuf (the gRPC front end's own messages, generated from `proto/synckit.proto`), and a
+//! check that `docs/protocol.md` shows exactly these figures.
 //!
 //! Protobuf is compared payload to payload (a protobuf message carries no operation, request id
-//! or length of its own), and frame to frame with protobuf inside the same 5-byte header.
+//! or length of its own), frame to frame with protobuf inside the same 5-byte header, and as the
+//! gRPC front end sends it: one HTTP/2 DATA frame (a 9-byte frame header) holding gRPC's 5-byte
+//! prefix (a compression flag and a 4-byte length) and the payload. The call's HEADERS frame
+//! (method path, token, ...) comes on top, HPACK-compressed.
 
 use prost::Message as _;
+use synckit_node::net::grpc::pb;
 use synckit_node::protocol::{Request, binary, json};
 
-#[derive(Clone, PartialEq, prost::Message)]
-struct LoginPb {
-    #[prost(string, tag = "1")]
-    username: String,
-    #[prost(string, tag = "2")]
-    password: String,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct SendMessagePb {
-    #[prost(string, tag = "1")]
-    to: String,
-    #[prost(string, tag = "2")]
-    text: String,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct ListAccountsPb {
-    #[prost(string, tag = "1")]
-    pattern: String,
-    #[prost(uint32, tag = "2")]
-    page_size: u32,
-    #[prost(string, optional, tag = "3")]
-    cursor: Option<String>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct ReadMessagesPb {
-    #[prost(uint32, tag = "1")]
-    limit: u32,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct DeleteAccountPb {
-    #[prost(string, tag = "1")]
-    password: String,
-}
+/// An HTTP/2 DATA frame's header, then gRPC's prefix before each message.
+const GRPC_DATA_OVERHEAD: usize = 9 + 5;
 
 struct Row {
     name: &'static str,
@@ -59,7 +29,7 @@ fn rows() -> Vec<Row> {
                 username: "username".into(),
                 password: "password".into(),
             },
-            protobuf: LoginPb {
+            protobuf: pb::LoginRequest {
                 username: "username".into(),
                 password: "password".into(),
             }
@@ -72,9 +42,10 @@ fn rows() -> Vec<Row> {
                 text: "Hello, Bob!".into(),
                 key: None,
             },
-            protobuf: SendMessagePb {
+            protobuf: pb::SendMessageRequest {
                 to: "bob".into(),
                 text: "Hello, Bob!".into(),
+                key: None,
             }
             .encoded_len(),
         },
@@ -85,7 +56,7 @@ fn rows() -> Vec<Row> {
                 page_size: 10,
                 cursor: None,
             },
-            protobuf: ListAccountsPb {
+            protobuf: pb::ListAccountsRequest {
                 pattern: "user*".into(),
                 page_size: 10,
                 cursor: None,
@@ -95,14 +66,14 @@ fn rows() -> Vec<Row> {
         Row {
             name: "READ_MESSAGES",
             request: Request::ReadMessages { limit: 10 },
-            protobuf: ReadMessagesPb { limit: 10 }.encoded_len(),
+            protobuf: pb::ReadMessagesRequest { limit: 10 }.encoded_len(),
         },
         Row {
             name: "DELETE_ACCOUNT",
             request: Request::DeleteAccount {
                 password: "alice".into(),
             },
-            protobuf: DeleteAccountPb {
+            protobuf: pb::DeleteAccountRequest {
                 password: "alice".into(),
             }
             .encoded_len(),
@@ -112,7 +83,7 @@ fn rows() -> Vec<Row> {
 
 fn table() -> String {
     let mut out = String::from(
-        "| operation | binary frame | binary payload | protobuf payload | protobuf in the same header | JSON line |\n|---|---|---|---|---|---|\n",
+        "| operation | binary frame | binary payload | protobuf payload | protobuf in the same header | gRPC DATA frame | JSON line |\n|---|---|---|---|---|---|---|\n",
     );
     for row in rows() {
         // Request id 1, as a client's first request.
@@ -121,10 +92,11 @@ fn table() -> String {
         let header = frame - payload;
         let json = json::encode_request(1, &row.request).len();
         out.push_str(&format!(
-            "| {} | {frame} | {payload} | {} | {} | {json} |\n",
+            "| {} | {frame} | {payload} | {} | {} | {} | {json} |\n",
             row.name,
             row.protobuf,
-            header + row.protobuf
+            header + row.protobuf,
+            GRPC_DATA_OVERHEAD + row.protobuf
         ));
     }
     out
