@@ -403,6 +403,7 @@ impl Front {
         };
         session.subscribed.store(true, Ordering::Release);
         let (stream, out) = mpsc::channel(16);
+        let front = Arc::clone(self);
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -419,7 +420,8 @@ impl Front {
                     () = stream.closed() => break, // the client went away
                 }
             }
-            // Pushes taken after this wait in the queue for the next stream.
+            // Idle from now on; pushes taken after this wait in the queue for the next stream.
+            front.tokens.touch(&session);
             session.subscribed.store(false, Ordering::Release);
         });
         Ok(ReceiverStream::new(out))
