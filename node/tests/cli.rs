@@ -701,12 +701,12 @@ fn ledger_commands_against_a_real_node(protocol: Protocol) {
     refused(
         &client(&node, protocol, alice, &["block", "1000"]),
         "get_block",
-        "invalid_argument",
+        "not_found",
     );
     refused(
         &client(&node, protocol, alice, &["tx", &"0".repeat(64)]),
         "get_transaction",
-        "invalid_argument",
+        "not_found",
     );
     for bad in ["zz", "1234", &"g".repeat(64)] {
         let run = client(&node, protocol, alice, &["tx", bad]);

@@ -586,13 +586,13 @@ async fn ledger_rpcs_and_a_double_spend() {
         ))
         .await,
         Code::NotFound,
-        "invalid_argument",
+        "not_found",
     );
     refused(
         c.get_block(authed(&alice, pb::GetBlockRequest { height: 1_000_000 }))
             .await,
         Code::NotFound,
-        "invalid_argument",
+        "not_found",
     );
     refused(
         c.get_transaction(authed(

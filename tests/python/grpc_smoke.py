@@ -182,7 +182,7 @@ def run(smoke, addr):
     smoke.refused(
         "GetBlock of an unknown height is NOT_FOUND",
         lambda: chat.GetBlock(pb.GetBlockRequest(height=10**9), metadata=auth(a.token)),
-        grpc.StatusCode.NOT_FOUND, "invalid_argument",
+        grpc.StatusCode.NOT_FOUND, "not_found",
     )
 
     transfer = chat.Transfer(pb.TransferRequest(to=bob, amount=100), metadata=auth(a.token))

@@ -741,14 +741,7 @@ fn status(error: ErrorReply) -> Status {
     use ErrorCode::*;
     let code = match error.code {
         NotLoggedIn | AuthFailed => Code::Unauthenticated,
-        NoSuchUser | NoSuchOutput => Code::NotFound,
-        // The service answers an unknown transaction or block `invalid_argument`, saying so.
-        InvalidArgument
-            if error.message.starts_with("no transaction ")
-                || error.message.starts_with("no block at height ") =>
-        {
-            Code::NotFound
-        }
+        NoSuchUser | NoSuchOutput | NotFound => Code::NotFound,
         UserExists => Code::AlreadyExists,
         InvalidArgument | InvalidTransaction | InvalidUtf8 | Malformed | TooLarge
         | InvalidCursor => Code::InvalidArgument,

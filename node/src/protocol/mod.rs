@@ -500,6 +500,8 @@ pub enum ErrorCode {
     InvalidTransaction = 18,
     /// A transfer of more coins than the sender can spend.
     InsufficientFunds = 19,
+    /// No such transaction or block.
+    NotFound = 20,
 }
 
 impl ErrorCode {
@@ -526,6 +528,7 @@ impl ErrorCode {
             NotOwner,
             InvalidTransaction,
             InsufficientFunds,
+            NotFound,
         ]
         .into_iter()
         .find(|c| *c as u8 == code)
@@ -1335,6 +1338,7 @@ mod tests {
         (17, "not_owner"),
         (18, "invalid_transaction"),
         (19, "insufficient_funds"),
+        (20, "not_found"),
     ];
 
     #[test]

@@ -167,5 +167,5 @@ enum Step {
 }
 
 fn not_found(message: String) -> ErrorReply {
-    ErrorReply::new(ErrorCode::InvalidArgument, message)
+    ErrorReply::new(ErrorCode::NotFound, message)
 }
