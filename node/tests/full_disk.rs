@@ -196,50 +196,9 @@ fn a_member_whose_disk_fills_stays_and_catches_up() {
         eprintln!("skipped: cannot mount a tmpfs here (needs root)");
         return;
     };
-    let held: Vec<std::net::TcpListener> = (0..9)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let addr = |i: usize| held[i].local_addr().unwrap();
-    let data: Vec<PathBuf> = vec![
-        dir.path().join("node-1"),
-        dir.path().join("node-2"),
-        disk.at.join("node-3"),
-    ];
-    let mut file_text = String::new();
-    for (i, data_dir) in data.iter().enumerate() {
-        fs::create_dir_all(data_dir).unwrap();
-        file_text.push_str(&format!(
-            "[[node]]\nid = {}\nchat_addr = \"{}\"\nhttp_addr = \"{}\"\nraft_addr = \"{}\"\ndata_dir = \"{}\"\n\n",
-            i + 1,
-            addr(3 * i),
-            addr(3 * i + 1),
-            addr(3 * i + 2),
-            data_dir.display()
-        ));
-    }
-    drop(held);
-    let file = dir.path().join("cluster.toml");
-    fs::write(&file, file_text).unwrap();
-    let file = file.display().to_string();
-    let start = |id: usize| {
-        let id_text = id.to_string();
-        Node::start(&data[id - 1], &["--cluster", &file, "--id", &id_text])
-    };
-    let mut members: Vec<Node> = (1..=3).map(start).collect();
-    let mut leader = None;
-    assert!(wait_until(PROMPT * 3, || {
-        leader = leader_among(&members, &[1, 2, 3]);
-        leader.is_some()
-    }));
-    if leader == Some(3) {
-        // The member about to fill is a follower: restarted, it rejoins as one (pre-vote).
-        members.pop().unwrap().kill();
-        assert!(wait_until(PROMPT * 3, || {
-            leader = leader_among(&members, &[1, 2]);
-            leader.is_some()
-        }));
-        members.push(start(3));
-    }
+    let three = ThreeMembers::write(dir.path(), &disk.at, &[]);
+    let (members, leader) = three.start_with_follower_3();
+    let mut leader = Some(leader);
     let before_fill = &members[leader.unwrap() - 1];
     before_fill.create("bob");
     drop(before_fill.user(Protocol::Binary, "alice"));
@@ -284,6 +243,72 @@ fn a_member_whose_disk_fills_stays_and_catches_up() {
     drop(filler);
     fs::remove_file(&filler_path).unwrap();
     acknowledged.push(send(&mut alice, "bob", "after space came back"));
+    drop(alice);
+    converge_and_read_on_3(members, &acknowledged);
+}
+
+/// Three members, the third cut off while the others write enough for the leader to compact
+/// its log behind a snapshot, then given back with too little space for that snapshot: it logs
+/// that the leader's snapshot could not be installed and stays (raft restarts from its durable
+/// log and waits for the snapshot again); once space is back it installs it and catches up.
+#[test]
+fn a_member_that_cannot_write_the_leaders_snapshot_stays_and_installs_it_later() {
+    let dir = data_dir();
+    let Some(disk) = SmallDisk::mount(&dir.path().join("disk"), "8m") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let args = ["--test-hooks", "--snapshot-every-records", "10"];
+    let three = ThreeMembers::write(dir.path(), &disk.at, &args);
+    let (members, leader) = three.start_with_follower_3();
+    let leader = &members[leader - 1];
+    leader.create("bob");
+    let mut alice = leader.user(Protocol::Binary, "alice");
+    let cut = |peers: &str| {
+        let path = format!("/test/isolate?peers={peers}");
+        let response = common::http_request(members[2].http, "POST", &path);
+        assert_eq!(response.status, 200, "{response:?}");
+    };
+    cut("1,2");
+    // Enough for a snapshot of some 200 KB that the leader's log is compacted behind.
+    let big = "x".repeat(4000);
+    let mut acknowledged = Vec::new();
+    for i in 0..50 {
+        acknowledged.push(send(
+            &mut alice,
+            "bob",
+            &format!("while 3 is cut {i} {big}"),
+        ));
+    }
+    // Room for small writes, not for the snapshot.
+    let filler_path = disk.at.join("filler");
+    let filler = fill(&filler_path);
+    let full = filler.metadata().unwrap().len();
+    filler.set_len(full - 64 * 1024).unwrap();
+    cut("");
+    assert!(
+        wait_until(PROMPT * 3, || members[2]
+            .stderr()
+            .contains("the leader's snapshot could not be installed")),
+        "the member logged the failed install:\n{}",
+        members[2].stderr()
+    );
+    members[2].assert_running();
+    assert!(
+        !members[2].stderr().contains("raft stopped on this member"),
+        "{}",
+        members[2].stderr()
+    );
+    drop(filler);
+    fs::remove_file(&filler_path).unwrap();
+    acknowledged.push(send(&mut alice, "bob", "after space came back"));
+    drop(alice);
+    converge_and_read_on_3(members, &acknowledged);
+}
+
+/// Waits until the three members show the same state at the same index, then reads bob's
+/// mailbox on member 3: every acknowledged message, once, in order. Kills the members.
+fn converge_and_read_on_3(members: Vec<Node>, acknowledged: &[u64]) {
     let mut seen = Vec::new();
     let converged = wait_until(PROMPT * 3, || {
         seen = members
@@ -299,13 +324,76 @@ fn a_member_whose_disk_fills_stays_and_catches_up() {
         seen.windows(2).all(|w| w[0] == w[1])
     });
     assert!(converged, "the members did not converge: {seen:?}");
-    // Every acknowledged message, once, read on the member whose disk was full.
-    drop(alice);
     let mut bob = members[2].login(Protocol::Binary, "bob");
     let ids: Vec<u64> = read_all(&mut bob).into_iter().map(|m| m.id).collect();
     assert_eq!(ids, acknowledged);
     for node in members {
         node.kill();
+    }
+}
+
+/// Three members in one cluster file, the third's data directory on `disk`.
+struct ThreeMembers {
+    data: Vec<PathBuf>,
+    file: String,
+    args: Vec<String>,
+}
+
+impl ThreeMembers {
+    fn write(dir: &Path, disk: &Path, args: &[&str]) -> ThreeMembers {
+        let held: Vec<std::net::TcpListener> = (0..9)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let addr = |i: usize| held[i].local_addr().unwrap();
+        let data: Vec<PathBuf> = vec![dir.join("node-1"), dir.join("node-2"), disk.join("node-3")];
+        let mut file_text = String::new();
+        for (i, data_dir) in data.iter().enumerate() {
+            fs::create_dir_all(data_dir).unwrap();
+            file_text.push_str(&format!(
+                "[[node]]\nid = {}\nchat_addr = \"{}\"\nhttp_addr = \"{}\"\nraft_addr = \"{}\"\ndata_dir = \"{}\"\n\n",
+                i + 1,
+                addr(3 * i),
+                addr(3 * i + 1),
+                addr(3 * i + 2),
+                data_dir.display()
+            ));
+        }
+        drop(held);
+        let file = dir.join("cluster.toml");
+        fs::write(&file, file_text).unwrap();
+        ThreeMembers {
+            data,
+            file: file.display().to_string(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+
+    fn start(&self, id: usize) -> Node {
+        let id_text = id.to_string();
+        let mut args = vec!["--cluster", &self.file, "--id", &id_text];
+        args.extend(self.args.iter().map(String::as_str));
+        Node::start(&self.data[id - 1], &args)
+    }
+
+    /// All three running, and a leader among members 1 and 2 (member 3, the one on the small
+    /// disk, restarted as a follower if it led): the members and the leader's id.
+    fn start_with_follower_3(&self) -> (Vec<Node>, usize) {
+        let mut members: Vec<Node> = (1..=3).map(|id| self.start(id)).collect();
+        let mut leader = None;
+        assert!(wait_until(PROMPT * 3, || {
+            leader = leader_among(&members, &[1, 2, 3]);
+            leader.is_some()
+        }));
+        if leader == Some(3) {
+            // Restarted, it rejoins as a follower (pre-vote).
+            members.pop().unwrap().kill();
+            assert!(wait_until(PROMPT * 3, || {
+                leader = leader_among(&members, &[1, 2]);
+                leader.is_some()
+            }));
+            members.push(self.start(3));
+        }
+        (members, leader.unwrap())
     }
 }
 

@@ -983,9 +983,18 @@ impl MemberLoop {
         // 2. A leader's messages may go before its own fsync: it counts itself only once
         //    persisted.
         self.send(ready.take_messages());
-        // 3. A snapshot from the leader replaces everything before its index.
-        if !ready.snapshot().is_empty() {
-            self.install(ready.snapshot().clone())?;
+        // 3. A snapshot from the leader replaces everything before its index. One that cannot
+        //    be written (a full disk) leaves this member as it was: raft starts again from its
+        //    durable log, as after a crash, and the leader sends the snapshot again once this
+        //    member refuses its next append.
+        if !ready.snapshot().is_empty()
+            && let Err(error) = self.install(ready.snapshot().clone())
+        {
+            tracing::error!(%error, "the leader's snapshot could not be installed; waiting for it again");
+            self.storage_failed(&io::Error::other(error));
+            drop(ready);
+            self.restart_raft().map_err(Fatal)?;
+            return Ok(());
         }
         // 4. Entries committed earlier (and so already durable here) go to the applier.
         self.hand_over(ready.take_committed_entries());
@@ -1267,24 +1276,24 @@ impl MemberLoop {
     }
 
     /// Installs a snapshot from the leader: the image where recovery reads it, then raft's
-    /// storage, then the state in memory (through the applier, in order).
-    fn install(&mut self, snapshot: Snapshot) -> Result<(), Fatal> {
+    /// storage, then the state in memory (through the applier, in order). `Err` (nothing
+    /// installed) if it does not decode or cannot be written.
+    fn install(&mut self, snapshot: Snapshot) -> Result<(), String> {
         let meta = snapshot.get_metadata().clone();
         let image = snapshot::decode(snapshot.get_data())
-            .map_err(|e| Fatal(format!("the leader's snapshot at {}: {e}", meta.index)))?;
+            .map_err(|e| format!("the leader's snapshot at {}: {e}", meta.index))?;
         if image.applied != meta.index {
-            return Err(Fatal(format!(
+            return Err(format!(
                 "the leader's snapshot says index {} but holds the state at {}",
                 meta.index, image.applied
-            )));
+            ));
         }
         self.snapshots
-            .save_encoded(meta.index, snapshot.get_data())
-            .map_err(Fatal)?;
+            .save_encoded(meta.index, snapshot.get_data())?;
         self.raw
             .mut_store()
             .apply_snapshot(&meta)
-            .map_err(|e| Fatal(format!("raft storage: {e}")))?;
+            .map_err(|e| format!("raft storage: {e}"))?;
         tracing::info!(
             index = meta.index,
             term = meta.term,
