@@ -8,8 +8,8 @@ use std::thread;
 use std::time::Duration;
 
 use common::{FakeAnswer, FakeMember, Node, data_dir, dead_addr, ok, wait_until};
-use synckit_node::client::AddrList;
 use synckit_node::client::bench::{self, BenchArgs, BenchOp};
+use synckit_node::client::{AddrList, LedgerCalls};
 use synckit_node::protocol::{Protocol, Reply, Request};
 
 fn args(node: &Node, protocol: Protocol, connections: usize, messages: usize) -> BenchArgs {
@@ -134,17 +134,7 @@ fn with_several_members_every_connection_goes_to_the_leader() {
 #[test]
 fn transfers_move_coins_around_the_ring() {
     let dir = data_dir();
-    let node = Node::start(
-        dir.path(),
-        &[
-            "--difficulty-bits",
-            "4",
-            "--block-interval-ms",
-            "100",
-            "--initial-balance",
-            "1000",
-        ],
-    );
+    let node = Node::start(dir.path(), common::LEDGER);
     let (connections, transfers) = (4, 20);
     let report = bench::run(&BenchArgs {
         op: BenchOp::Transfer,

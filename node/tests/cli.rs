@@ -587,17 +587,7 @@ fn chain_until(
 both!(ledger_commands_against_a_real_node);
 fn ledger_commands_against_a_real_node(protocol: Protocol) {
     let dir = data_dir();
-    let node = Node::start(
-        dir.path(),
-        &[
-            "--difficulty-bits",
-            "4",
-            "--block-interval-ms",
-            "100",
-            "--initial-balance",
-            "1000",
-        ],
-    );
+    let node = Node::start(dir.path(), common::LEDGER);
     let alice = Some(("alice", PASSWORD));
     let bob = Some(("bob", PASSWORD));
     for name in ["alice", "bob"] {
@@ -724,17 +714,7 @@ fn ledger_commands_against_a_real_node(protocol: Protocol) {
 fn a_transfer_is_sealed_into_a_block() {
     let protocol = Protocol::Binary;
     let dir = data_dir();
-    let node = Node::start(
-        dir.path(),
-        &[
-            "--difficulty-bits",
-            "4",
-            "--block-interval-ms",
-            "100",
-            "--initial-balance",
-            "1000",
-        ],
-    );
+    let node = Node::start(dir.path(), common::LEDGER);
     for name in ["alice", "bob"] {
         let created = client(&node, protocol, None, &["create-account", name, PASSWORD]);
         succeeded(&created, "create_account");

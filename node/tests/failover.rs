@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::{
     FakeAnswer, FakeMember, Node, PASSWORD, both, data_dir, dead_addr, ok, read, read_all,
 };
-use synckit_node::client::{Client, FailoverClient, FailoverOptions};
+use synckit_node::client::{Client, FailoverClient, FailoverOptions, LedgerCalls};
 use synckit_node::protocol::{Protocol, Reply, Request};
 
 /// Sends alice's message to bob through `client` and returns its id.

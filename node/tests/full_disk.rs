@@ -341,26 +341,8 @@ struct ThreeMembers {
 
 impl ThreeMembers {
     fn write(dir: &Path, disk: &Path, args: &[&str]) -> ThreeMembers {
-        let held: Vec<std::net::TcpListener> = (0..9)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-            .collect();
-        let addr = |i: usize| held[i].local_addr().unwrap();
         let data: Vec<PathBuf> = vec![dir.join("node-1"), dir.join("node-2"), disk.join("node-3")];
-        let mut file_text = String::new();
-        for (i, data_dir) in data.iter().enumerate() {
-            fs::create_dir_all(data_dir).unwrap();
-            file_text.push_str(&format!(
-                "[[node]]\nid = {}\nchat_addr = \"{}\"\nhttp_addr = \"{}\"\nraft_addr = \"{}\"\ndata_dir = \"{}\"\n\n",
-                i + 1,
-                addr(3 * i),
-                addr(3 * i + 1),
-                addr(3 * i + 2),
-                data_dir.display()
-            ));
-        }
-        drop(held);
-        let file = dir.join("cluster.toml");
-        fs::write(&file, file_text).unwrap();
+        let (file, _) = common::write_cluster_file(dir, &data);
         ThreeMembers {
             data,
             file: file.display().to_string(),

@@ -16,15 +16,7 @@ use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-/// The ledger's flags: grants to spend, light proof of work, blocks sealed often.
-const LEDGER: &[&str] = &[
-    "--initial-balance",
-    "1000",
-    "--difficulty-bits",
-    "4",
-    "--block-interval-ms",
-    "100",
-];
+use common::LEDGER;
 
 /// A bound on every wait for something that should happen promptly.
 const PROMPT: Duration = Duration::from_secs(10);

@@ -19,20 +19,11 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
-use common::{Cluster, Node, PASSWORD, data_dir, ok, wait_until};
+use common::{Cluster, LEDGER, Node, PASSWORD, data_dir, ok, wait_until};
 use synckit_node::client::Client;
 use synckit_node::ledger::{Hash32, Outpoint, Output};
 use synckit_node::protocol::{ErrorCode, Protocol, Reply, Request};
 
-/// Flags of every node here: coins, quick blocks, light work.
-const LEDGER: &[&str] = &[
-    "--initial-balance",
-    "1000",
-    "--block-interval-ms",
-    "100",
-    "--difficulty-bits",
-    "6",
-];
 const PATIENCE: Duration = Duration::from_secs(30);
 
 fn logged_in(addr: std::net::SocketAddr, user: &str) -> Client {

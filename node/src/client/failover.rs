@@ -36,7 +36,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::{Client, idempotency_key};
-use crate::protocol::{ErrorCode, ErrorReply, Hash32, Message, Protocol, Reply, Request};
+use crate::protocol::{ErrorCode, ErrorReply, Message, Protocol, Reply, Request};
 
 /// How hard a [`FailoverClient`] tries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -226,42 +226,6 @@ impl FailoverClient {
         let request = Request::keyed_send(to, text);
         let answer = self.call(&request)?;
         Ok((request, answer))
-    }
-
-    /// The logged-in account's balance (`Reply::Balance`).
-    pub fn get_balance(&mut self) -> io::Result<Result<Reply, ErrorReply>> {
-        self.call(&Request::GetBalance {})
-    }
-
-    /// The logged-in account's spendable outputs (`Reply::Utxos`).
-    pub fn list_utxos(&mut self) -> io::Result<Result<Reply, ErrorReply>> {
-        self.call(&Request::ListUtxos {})
-    }
-
-    /// Pays `amount` coins to `to` (`Reply::Pooled` with the transaction's id). A transfer is
-    /// not idempotent: it follows `not_leader` and `unavailable` (nothing was done) like any
-    /// request, but once it was sent whole and its answer is lost it is not sent again; that
-    /// is an error of kind [`io::ErrorKind::ConnectionAborted`] (it may have been executed).
-    pub fn transfer(&mut self, to: &str, amount: u64) -> io::Result<Result<Reply, ErrorReply>> {
-        self.call(&Request::Transfer {
-            to: to.into(),
-            amount,
-        })
-    }
-
-    /// A transaction, pooled or sealed (`Reply::Transaction`).
-    pub fn get_transaction(&mut self, txid: Hash32) -> io::Result<Result<Reply, ErrorReply>> {
-        self.call(&Request::GetTransaction { txid })
-    }
-
-    /// The sealed block at `height`, 1 for the first (`Reply::Block`).
-    pub fn get_block(&mut self, height: u64) -> io::Result<Result<Reply, ErrorReply>> {
-        self.call(&Request::GetBlock { height })
-    }
-
-    /// The chain's height, tip, mempool size, difficulty and supply (`Reply::Chain`).
-    pub fn chain_info(&mut self) -> io::Result<Result<Reply, ErrorReply>> {
-        self.call(&Request::ChainInfo {})
     }
 
     /// The next live delivery, waiting at most `timeout` (`None`: forever). A connection that

@@ -26,6 +26,60 @@ pub mod failover;
 
 pub use failover::{FailoverClient, FailoverOptions};
 
+/// The ledger's operations, for any client that can make a call: [`Client`] (one connection)
+/// and [`FailoverClient`] (a cluster's members). Each is one request; what a lost answer means
+/// is the implementor's `call`'s business (a transfer is not idempotent: sent twice, it pays
+/// twice, so [`FailoverClient`] does not send one again once it was sent whole).
+pub trait LedgerCalls {
+    /// Sends `request` and waits for its answer.
+    fn call(&mut self, request: &Request) -> io::Result<Result<Reply, ErrorReply>>;
+
+    /// The logged-in account's balance (`Reply::Balance`).
+    fn get_balance(&mut self) -> io::Result<Result<Reply, ErrorReply>> {
+        self.call(&Request::GetBalance {})
+    }
+
+    /// The logged-in account's spendable outputs (`Reply::Utxos`).
+    fn list_utxos(&mut self) -> io::Result<Result<Reply, ErrorReply>> {
+        self.call(&Request::ListUtxos {})
+    }
+
+    /// Pays `amount` coins to `to` (`Reply::Pooled` with the transaction's id).
+    fn transfer(&mut self, to: &str, amount: u64) -> io::Result<Result<Reply, ErrorReply>> {
+        self.call(&Request::Transfer {
+            to: to.into(),
+            amount,
+        })
+    }
+
+    /// A transaction, pooled or sealed (`Reply::Transaction`).
+    fn get_transaction(&mut self, txid: Hash32) -> io::Result<Result<Reply, ErrorReply>> {
+        self.call(&Request::GetTransaction { txid })
+    }
+
+    /// The sealed block at `height`, 1 for the first (`Reply::Block`).
+    fn get_block(&mut self, height: u64) -> io::Result<Result<Reply, ErrorReply>> {
+        self.call(&Request::GetBlock { height })
+    }
+
+    /// The chain's height, tip, mempool size, difficulty and supply (`Reply::Chain`).
+    fn chain_info(&mut self) -> io::Result<Result<Reply, ErrorReply>> {
+        self.call(&Request::ChainInfo {})
+    }
+}
+
+impl LedgerCalls for Client {
+    fn call(&mut self, request: &Request) -> io::Result<Result<Reply, ErrorReply>> {
+        Client::call(self, request)
+    }
+}
+
+impl LedgerCalls for FailoverClient {
+    fn call(&mut self, request: &Request) -> io::Result<Result<Reply, ErrorReply>> {
+        FailoverClient::call(self, request)
+    }
+}
+
 /// The chat addresses of a cluster's members, as `--addr` takes them: `host:port` socket
 /// addresses separated by commas (one address is a one-member list).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -310,40 +364,6 @@ impl Client {
         let request = Request::keyed_send(to, text);
         let answer = self.call(&request)?;
         Ok((request, answer))
-    }
-
-    /// The logged-in account's balance (`Reply::Balance`).
-    pub fn get_balance(&mut self) -> io::Result<Result<Reply, ErrorReply>> {
-        self.call(&Request::GetBalance {})
-    }
-
-    /// The logged-in account's spendable outputs (`Reply::Utxos`).
-    pub fn list_utxos(&mut self) -> io::Result<Result<Reply, ErrorReply>> {
-        self.call(&Request::ListUtxos {})
-    }
-
-    /// Pays `amount` coins to `to` (`Reply::Pooled` with the transaction's id). Not idempotent:
-    /// sent twice, it pays twice.
-    pub fn transfer(&mut self, to: &str, amount: u64) -> io::Result<Result<Reply, ErrorReply>> {
-        self.call(&Request::Transfer {
-            to: to.into(),
-            amount,
-        })
-    }
-
-    /// A transaction, pooled or sealed (`Reply::Transaction`).
-    pub fn get_transaction(&mut self, txid: Hash32) -> io::Result<Result<Reply, ErrorReply>> {
-        self.call(&Request::GetTransaction { txid })
-    }
-
-    /// The sealed block at `height`, 1 for the first (`Reply::Block`).
-    pub fn get_block(&mut self, height: u64) -> io::Result<Result<Reply, ErrorReply>> {
-        self.call(&Request::GetBlock { height })
-    }
-
-    /// The chain's height, tip, mempool size, difficulty and supply (`Reply::Chain`).
-    pub fn chain_info(&mut self) -> io::Result<Result<Reply, ErrorReply>> {
-        self.call(&Request::ChainInfo {})
     }
 }
 

@@ -49,6 +49,17 @@ const GENEROUS: &[&str] = &[
     "4",
 ];
 
+/// The ledger's flags for tests that spend coins: grants to spend, light proof of work, blocks
+/// sealed often.
+pub const LEDGER: &[&str] = &[
+    "--initial-balance",
+    "1000",
+    "--difficulty-bits",
+    "4",
+    "--block-interval-ms",
+    "100",
+];
+
 /// Both wire protocols, for tests that run once per protocol.
 pub const PROTOCOLS: [Protocol; 2] = [Protocol::Binary, Protocol::Json];
 
@@ -997,6 +1008,32 @@ pub fn dead_addr() -> SocketAddr {
 
 // ----- clusters -----
 
+/// Writes `dir/cluster.toml`: member `i + 1` on free loopback ports with `data_dirs[i]` (created);
+/// returns the file and the members' chat addresses, member `id` at `id - 1`.
+pub fn write_cluster_file(dir: &Path, data_dirs: &[PathBuf]) -> (PathBuf, Vec<SocketAddr>) {
+    let held: Vec<std::net::TcpListener> = (0..data_dirs.len() * 3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let port = |i: usize| held[i].local_addr().unwrap();
+    let mut file_text = String::new();
+    for (i, data_dir) in data_dirs.iter().enumerate() {
+        std::fs::create_dir_all(data_dir).unwrap();
+        file_text.push_str(&format!(
+            "[[node]]\nid = {}\nchat_addr = \"{}\"\nhttp_addr = \"{}\"\nraft_addr = \"{}\"\ndata_dir = \"{}\"\n\n",
+            i + 1,
+            port(3 * i),
+            port(3 * i + 1),
+            port(3 * i + 2),
+            data_dir.display()
+        ));
+    }
+    let chat = (0..data_dirs.len()).map(|i| port(3 * i)).collect();
+    drop(held);
+    let file = dir.join("cluster.toml");
+    std::fs::write(&file, file_text).unwrap();
+    (file, chat)
+}
+
 /// A cluster of member processes on loopback ports, started from one cluster file; every
 /// member still running is killed when it is dropped (each [`Node`] is).
 pub struct Cluster {
@@ -1014,30 +1051,10 @@ impl Cluster {
     /// with `extra` flags.
     pub fn start(size: usize, extra: &[&str]) -> Cluster {
         let dir = data_dir();
-        let held: Vec<std::net::TcpListener> = (0..size * 3)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        let data: Vec<PathBuf> = (1..=size)
+            .map(|id| dir.path().join(format!("node-{id}")))
             .collect();
-        let port = |i: usize| held[i].local_addr().unwrap();
-        let mut file_text = String::new();
-        let mut chat = Vec::new();
-        let mut data = Vec::new();
-        for i in 0..size {
-            let data_dir = dir.path().join(format!("node-{}", i + 1));
-            std::fs::create_dir_all(&data_dir).unwrap();
-            file_text.push_str(&format!(
-                "[[node]]\nid = {}\nchat_addr = \"{}\"\nhttp_addr = \"{}\"\nraft_addr = \"{}\"\ndata_dir = \"{}\"\n\n",
-                i + 1,
-                port(3 * i),
-                port(3 * i + 1),
-                port(3 * i + 2),
-                data_dir.display()
-            ));
-            chat.push(port(3 * i));
-            data.push(data_dir);
-        }
-        drop(held);
-        let file = dir.path().join("cluster.toml");
-        std::fs::write(&file, file_text).unwrap();
+        let (file, chat) = write_cluster_file(dir.path(), &data);
         let file = file.display().to_string();
         let members = data
             .iter()
