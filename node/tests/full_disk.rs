@@ -225,20 +225,8 @@ fn a_member_whose_disk_fills_stays_and_catches_up() {
         ));
     }
     // The third member is still running, serving its HTTP endpoint, and has not left.
-    members[2].assert_running();
     assert_eq!(members[2].get("/health").status, 200);
-    assert!(
-        wait_until(PROMPT, || members[2]
-            .stderr()
-            .contains("raft's log could not be written")),
-        "the full member logged its failing writes:\n{}",
-        members[2].stderr()
-    );
-    assert!(
-        !members[2].stderr().contains("raft stopped on this member"),
-        "{}",
-        members[2].stderr()
-    );
+    stays_after_logging(&members[2], "raft's log could not be written");
 
     drop(filler);
     fs::remove_file(&filler_path).unwrap();
@@ -286,24 +274,27 @@ fn a_member_that_cannot_write_the_leaders_snapshot_stays_and_installs_it_later()
     let full = filler.metadata().unwrap().len();
     filler.set_len(full - 64 * 1024).unwrap();
     cut("");
-    assert!(
-        wait_until(PROMPT * 3, || members[2]
-            .stderr()
-            .contains("the leader's snapshot could not be installed")),
-        "the member logged the failed install:\n{}",
-        members[2].stderr()
-    );
-    members[2].assert_running();
-    assert!(
-        !members[2].stderr().contains("raft stopped on this member"),
-        "{}",
-        members[2].stderr()
-    );
+    stays_after_logging(&members[2], "the leader's snapshot could not be installed");
     drop(filler);
     fs::remove_file(&filler_path).unwrap();
     acknowledged.push(send(&mut alice, "bob", "after space came back"));
     drop(alice);
     converge_and_read_on_3(members, &acknowledged);
+}
+
+/// Waits until `member` logs `line`, then checks it is still running and still in the cluster.
+fn stays_after_logging(member: &Node, line: &str) {
+    assert!(
+        wait_until(PROMPT * 3, || member.stderr().contains(line)),
+        "the member did not log {line:?}:\n{}",
+        member.stderr()
+    );
+    member.assert_running();
+    assert!(
+        !member.stderr().contains("raft stopped on this member"),
+        "{}",
+        member.stderr()
+    );
 }
 
 /// Waits until the three members show the same state at the same index, then reads bob's

@@ -202,30 +202,12 @@ impl RaftLog {
             through: commit,
             ..Recovered::default()
         };
-        let mut membership = Vec::new();
-        if commit > applied {
-            let entries = storage
-                .entries(
-                    applied + 1,
-                    commit + 1,
-                    u64::MAX,
-                    GetEntriesContext::empty(false),
-                )
-                .map_err(|e| format!("raft's log in {}: {e}", raft_dir.display()))?;
-            for entry in entries {
-                match entry.get_entry_type() {
-                    EntryType::EntryNormal if entry.data.is_empty() => {}
-                    EntryType::EntryNormal => match decode_command(&entry.data) {
-                        Ok(command) => recovered.entries.push(Entry {
-                            index: entry.index,
-                            command,
-                        }),
-                        Err(error) => {
-                            tracing::error!(index = entry.index, %error, "entry skipped");
-                        }
-                    },
-                    _ => membership.push(entry),
-                }
+        let committed = committed_after(&storage, &raft_dir, applied, commit)?;
+        let membership = committed.membership;
+        for (index, command) in committed.commands {
+            match command {
+                Ok(command) => recovered.entries.push(Entry { index, command }),
+                Err(error) => tracing::error!(index, %error, "entry skipped"),
             }
         }
 
@@ -394,6 +376,37 @@ pub fn read_committed(data_dir: &Path, applied: u64) -> Result<Vec<Entry>, Strin
             raft_dir.display()
         ));
     }
+    committed_after(&storage, &raft_dir, applied, commit)?
+        .commands
+        .into_iter()
+        .map(|(index, command)| {
+            command
+                .map(|command| Entry { index, command })
+                .map_err(|e| format!("log entry {index}: {e}"))
+        })
+        .collect()
+}
+
+/// The entries of `storage` after `applied` through `commit`: the commands (or why one does
+/// not decode), and the membership changes.
+struct CommittedAfter {
+    commands: Vec<(u64, Result<Command, String>)>,
+    membership: Vec<RaftEntry>,
+}
+
+fn committed_after(
+    storage: &DiskStorage,
+    raft_dir: &Path,
+    applied: u64,
+    commit: u64,
+) -> Result<CommittedAfter, String> {
+    let mut committed = CommittedAfter {
+        commands: Vec::new(),
+        membership: Vec::new(),
+    };
+    if commit <= applied {
+        return Ok(committed);
+    }
     let entries = storage
         .entries(
             applied + 1,
@@ -402,18 +415,16 @@ pub fn read_committed(data_dir: &Path, applied: u64) -> Result<Vec<Entry>, Strin
             GetEntriesContext::empty(false),
         )
         .map_err(|e| format!("raft's log in {}: {e}", raft_dir.display()))?;
-    let mut commands = Vec::new();
     for entry in entries {
-        if entry.get_entry_type() == EntryType::EntryNormal && !entry.data.is_empty() {
-            let command = decode_command(&entry.data)
-                .map_err(|e| format!("log entry {}: {e}", entry.index))?;
-            commands.push(Entry {
-                index: entry.index,
-                command,
-            });
+        match entry.get_entry_type() {
+            EntryType::EntryNormal if entry.data.is_empty() => {}
+            EntryType::EntryNormal => committed
+                .commands
+                .push((entry.index, decode_command(&entry.data))),
+            _ => committed.membership.push(entry),
         }
     }
-    Ok(commands)
+    Ok(committed)
 }
 
 fn open_storage(
