@@ -208,9 +208,9 @@ fn chat(frame: &mut Frame, area: Rect, state: &State) {
         .collect();
     let unread = state.unread();
     let title = if unread > 0 {
-        format!(" Conversations ({unread} unread) ")
+        format!(" Chats: {unread} unread ")
     } else {
-        " Conversations ".to_string()
+        " Chats ".to_string()
     };
     let mut list_state =
         ListState::default().with_selected(state.current().map(|_| state.selected));
@@ -582,7 +582,7 @@ fn keys(state: &State) -> Line<'static> {
         (None, Screen::Chat) => &[
             ("Enter", "send"),
             ("Tab", "next chat"),
-            ("PgUp/PgDn", "scroll"),
+            ("PgUp/Dn", "scroll"),
             ("↑↓", "pick"),
             ("^D", "delete"),
             ("F2", "accounts"),

@@ -687,3 +687,325 @@ fn set_status(state: &mut State, local: u64, status: LineStatus) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crossterm::event::KeyCode;
+
+    use super::super::snapshots::{ctrl, key, logged_in, message, net, typed, with_conversations};
+    use super::*;
+
+    fn effects_of(state: &mut State, events: impl IntoIterator<Item = Event>) -> Vec<Effect> {
+        events.into_iter().flat_map(|e| update(state, e)).collect()
+    }
+
+    #[test]
+    fn login_keys_send_a_login_and_its_answer_opens_the_chat() {
+        let mut state = State::new(None);
+        typed(&mut state, "alice");
+        let effects = effects_of(&mut state, [key(KeyCode::Enter)]);
+        assert!(
+            effects.is_empty(),
+            "Enter on the username goes to the password"
+        );
+        assert_eq!(state.login.field, LoginField::Password);
+        typed(&mut state, "pässwörd");
+        let effects = effects_of(&mut state, [key(KeyCode::Enter), key(KeyCode::Enter)]);
+        assert_eq!(
+            effects,
+            [Effect::Net(NetCommand::Login {
+                username: "alice".into(),
+                password: "pässwörd".into()
+            })],
+            "one login, however often Enter is pressed while waiting"
+        );
+        net(
+            &mut state,
+            NetEvent::LoggedIn {
+                username: "alice".into(),
+                unread: 2,
+            },
+        );
+        assert_eq!(state.screen, Screen::Chat);
+        assert!(state.login.password.is_empty(), "the password is not kept");
+    }
+
+    #[test]
+    fn f2_on_the_login_screen_creates_the_account_instead() {
+        let mut state = State::new(Some("erin"));
+        typed(&mut state, "long enough");
+        let effects = effects_of(&mut state, [key(KeyCode::F(2)), key(KeyCode::Enter)]);
+        assert_eq!(
+            effects,
+            [Effect::Net(NetCommand::CreateAccount {
+                username: "erin".into(),
+                password: "long enough".into()
+            })]
+        );
+        net(
+            &mut state,
+            NetEvent::LoginFailed("taken (user_exists)".into()),
+        );
+        assert_eq!(state.login.error.as_deref(), Some("taken (user_exists)"));
+        assert!(!state.login.waiting);
+    }
+
+    #[test]
+    fn credentials_known_at_start_log_in_at_once() {
+        let mut state = State::new(Some("alice"));
+        assert_eq!(
+            start(&mut state, Some("secret pw".into())),
+            [Effect::Net(NetCommand::Login {
+                username: "alice".into(),
+                password: "secret pw".into()
+            })]
+        );
+        assert!(start(&mut State::new(None), Some("no user".into())).is_empty());
+    }
+
+    #[test]
+    fn sending_shows_the_line_at_once_and_the_answer_marks_it_stored() {
+        let mut state = with_conversations();
+        typed(&mut state, "héllo 🦀");
+        let effects = effects_of(&mut state, [key(KeyCode::Enter)]);
+        assert_eq!(
+            effects,
+            [Effect::Net(NetCommand::Send {
+                local: 0,
+                to: "bob".into(),
+                text: "héllo 🦀".into()
+            })]
+        );
+        assert!(state.compose.is_empty());
+        let last = || {
+            state
+                .current()
+                .unwrap()
+                .lines
+                .last()
+                .unwrap()
+                .status
+                .clone()
+        };
+        assert_eq!(last(), LineStatus::Sending(0));
+        net(
+            &mut state,
+            NetEvent::Sent {
+                local: 0,
+                id: 9,
+                timestamp: 5,
+            },
+        );
+        let last = state.current().unwrap().lines.last().unwrap();
+        assert_eq!(
+            last.status,
+            LineStatus::Stored {
+                id: 9,
+                timestamp: 5
+            }
+        );
+        assert!(last.outgoing);
+    }
+
+    #[test]
+    fn a_send_without_a_conversation_is_refused_with_a_hint() {
+        let mut state = logged_in();
+        typed(&mut state, "to nobody");
+        assert!(effects_of(&mut state, [key(KeyCode::Enter)]).is_empty());
+        assert_eq!(state.compose.text(), "to nobody", "the text is kept");
+        assert!(state.notice.as_ref().unwrap().error);
+    }
+
+    #[test]
+    fn deliveries_count_as_unread_until_their_conversation_is_shown() {
+        let mut state = with_conversations();
+        let unread = |state: &State, peer: &str| {
+            state
+                .conversations
+                .iter()
+                .find(|c| c.peer == peer)
+                .unwrap()
+                .unread
+        };
+        assert_eq!(unread(&state, "carol"), 2);
+        assert_eq!(unread(&state, "bob"), 0);
+        net(
+            &mut state,
+            NetEvent::Delivered(message(20, "bob", 9, "shown")),
+        );
+        assert_eq!(unread(&state, "bob"), 0, "bob's conversation is on screen");
+        // A duplicate delivery (at least once after a failover) is shown once.
+        net(
+            &mut state,
+            NetEvent::Messages(vec![message(20, "bob", 9, "shown")]),
+        );
+        assert_eq!(state.current().unwrap().lines.len(), 2);
+        update(&mut state, key(KeyCode::BackTab));
+        assert_eq!(state.current().unwrap().peer, "carol");
+        assert_eq!(unread(&state, "carol"), 0, "seen once shown");
+        assert_eq!(state.unread(), 1, "dave's line");
+    }
+
+    #[test]
+    fn picking_and_deleting_a_received_message() {
+        let mut state = with_conversations();
+        assert!(effects_of(&mut state, [ctrl('d')]).is_empty());
+        assert!(
+            state.overlay.is_none(),
+            "nothing picked: a hint, no question"
+        );
+        update(&mut state, key(KeyCode::Up));
+        update(&mut state, ctrl('d'));
+        assert!(matches!(
+            state.overlay,
+            Some(Overlay::DeleteMessage { id: 1, .. })
+        ));
+        assert!(effects_of(&mut state, [key(KeyCode::Char('x'))]).is_empty());
+        let effects = effects_of(&mut state, [key(KeyCode::Char('y'))]);
+        assert_eq!(
+            effects,
+            [Effect::Net(NetCommand::DeleteMessages { ids: vec![1] })]
+        );
+        net(&mut state, NetEvent::Deleted { ids: vec![1] });
+        assert!(state.current().unwrap().lines.is_empty());
+    }
+
+    #[test]
+    fn deleting_the_account_asks_the_password_and_ends_at_the_login_screen() {
+        let mut state = with_conversations();
+        update(&mut state, key(KeyCode::F(8)));
+        typed(&mut state, "correct horse");
+        let effects = effects_of(&mut state, [key(KeyCode::Enter)]);
+        assert_eq!(
+            effects,
+            [Effect::Net(NetCommand::DeleteAccount {
+                password: "correct horse".into()
+            })]
+        );
+        net(&mut state, NetEvent::AccountDeleted);
+        assert_eq!(state.screen, Screen::Login);
+        assert!(state.conversations.is_empty() && state.me.is_none());
+        assert_eq!(state.link.member.as_deref(), Some("127.0.0.1:7878"));
+    }
+
+    #[test]
+    fn the_account_filter_asks_again_on_each_change_and_drops_stale_pages() {
+        let mut state = logged_in();
+        let effects = effects_of(&mut state, [key(KeyCode::F(2))]);
+        assert!(matches!(
+            &effects[..],
+            [Effect::Net(NetCommand::ListAccounts { pattern, cursor: None, .. })] if pattern == "*"
+        ));
+        let stale = state.accounts.generation;
+        let effects = effects_of(&mut state, [key(KeyCode::Char('b'))]);
+        assert!(matches!(
+            &effects[..],
+            [Effect::Net(NetCommand::ListAccounts { pattern, .. })] if pattern == "*b*"
+        ));
+        net(
+            &mut state,
+            NetEvent::Accounts {
+                generation: stale,
+                accounts: vec!["alice".into()],
+                next_cursor: None,
+            },
+        );
+        assert!(
+            state.accounts.accounts.is_empty(),
+            "an answer to the old filter"
+        );
+        let current = state.accounts.generation;
+        net(
+            &mut state,
+            NetEvent::Accounts {
+                generation: current,
+                accounts: vec!["bob".into(), "bobby".into()],
+                next_cursor: Some("next".into()),
+            },
+        );
+        let effects = effects_of(&mut state, [key(KeyCode::PageDown)]);
+        assert!(matches!(
+            &effects[..],
+            [Effect::Net(NetCommand::ListAccounts { cursor: Some(c), .. })] if c == "next"
+        ));
+        assert_eq!(state.accounts.page(), 2);
+        let effects = effects_of(&mut state, [key(KeyCode::PageUp)]);
+        assert!(matches!(
+            &effects[..],
+            [Effect::Net(NetCommand::ListAccounts { cursor: None, .. })]
+        ));
+        assert_eq!(state.accounts.page(), 1);
+        let generation = state.accounts.generation;
+        net(
+            &mut state,
+            NetEvent::Accounts {
+                generation,
+                accounts: vec!["bob".into(), "bobby".into()],
+                next_cursor: Some("next".into()),
+            },
+        );
+        update(&mut state, key(KeyCode::Down));
+        update(&mut state, key(KeyCode::Enter));
+        assert_eq!(state.screen, Screen::Chat);
+        assert_eq!(state.current().unwrap().peer, "bobby");
+    }
+
+    #[test]
+    fn a_transfer_needs_a_payee_and_a_positive_amount() {
+        let mut state = logged_in();
+        assert_eq!(
+            effects_of(&mut state, [key(KeyCode::F(3))]),
+            [Effect::Net(NetCommand::GetBalance)]
+        );
+        update(&mut state, key(KeyCode::Tab));
+        typed(&mut state, "0");
+        assert!(effects_of(&mut state, [key(KeyCode::Enter)]).is_empty());
+        assert!(matches!(state.ledger.outcome, Some(Err(_))));
+        update(&mut state, key(KeyCode::Tab));
+        typed(&mut state, "bob");
+        update(&mut state, key(KeyCode::Tab));
+        typed(&mut state, "5");
+        assert_eq!(
+            effects_of(&mut state, [key(KeyCode::Enter)]),
+            [Effect::Net(NetCommand::Transfer {
+                to: "bob".into(),
+                amount: 5
+            })]
+        );
+        assert_eq!(
+            update(&mut state, Event::Net(NetEvent::Transferred("ab12".into()))),
+            [Effect::Net(NetCommand::GetBalance)],
+            "the balance is asked again"
+        );
+        assert_eq!(state.ledger.outcome, Some(Ok("ab12".into())));
+    }
+
+    #[test]
+    fn the_status_line_follows_the_connection() {
+        let mut state = logged_in();
+        net(&mut state, NetEvent::Reconnecting("refused".into()));
+        assert_eq!(state.link.reconnecting.as_deref(), Some("refused"));
+        net(&mut state, NetEvent::Connected("127.0.0.1:7002".into()));
+        assert_eq!(state.link.reconnecting, None);
+        assert_eq!(state.link.member.as_deref(), Some("127.0.0.1:7002"));
+        assert_eq!(state.link.moves, 1);
+    }
+
+    #[test]
+    fn help_opens_on_question_mark_only_when_not_typing_and_quits_work_anywhere() {
+        let mut state = with_conversations();
+        typed(&mut state, "why");
+        update(&mut state, key(KeyCode::Char('?')));
+        assert_eq!(state.compose.text(), "why?");
+        assert!(state.overlay.is_none());
+        update(&mut state, key(KeyCode::F(1)));
+        assert_eq!(state.overlay, Some(Overlay::Help));
+        update(&mut state, key(KeyCode::Esc));
+        assert!(state.overlay.is_none());
+        assert_eq!(effects_of(&mut state, [ctrl('q')]), [Effect::Quit]);
+        assert_eq!(
+            effects_of(&mut State::new(None), [ctrl('c')]),
+            [Effect::Quit]
+        );
+    }
+}
