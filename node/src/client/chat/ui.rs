@@ -635,7 +635,7 @@ const HELP: &[(&str, &str)] = &[
 fn help(frame: &mut Frame) {
     let area = popup(
         frame.area(),
-        74,
+        80,
         u16::try_from(HELP.len()).unwrap_or(20) + 4,
     );
     frame.render_widget(Clear, area);
