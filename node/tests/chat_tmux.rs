@@ -1,6 +1,8 @@
 //! `synckit-node chat` end to end, in real terminals: two clients in tmux sessions on one node,
 //! alice logged in from the environment and bob by typing on the login screen; a message typed
-//! in one appears in the other, both ways, and Ctrl-Q ends each client.
+//! in one appears in the other, both ways, and Ctrl-Q ends each client. Then a client on a
+//! three-member cluster whose member is killed under it: it moves to another member, says so on
+//! its status line, and still receives.
 //!
 //! Every wait polls `tmux capture-pane` until a deadline (no sleep stands for a synchronisation).
 //! The tmux server is private to the test (`tmux -L <unique name>`) and killed by a guard,
@@ -12,7 +14,9 @@ mod common;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{Node, PASSWORD, data_dir};
+use common::{Cluster, Node, PASSWORD, data_dir};
+use synckit_node::client::FailoverClient;
+use synckit_node::protocol::{Protocol, Reply};
 
 /// How long a screen may take to show what the test waits for.
 const SCREEN_DEADLINE: Duration = Duration::from_secs(30);
@@ -190,4 +194,57 @@ fn a_message_typed_in_one_chat_client_appears_in_the_other() {
     tmux.wait_ended("alice");
     tmux.wait_ended("bob");
     node.assert_running();
+}
+
+#[test]
+fn the_chat_client_moves_on_when_its_member_is_killed() {
+    if !tmux_or_skip() {
+        return;
+    }
+    let mut cluster = Cluster::start(3, &[]);
+    cluster.wait_for_leader(Duration::from_secs(60));
+    let addrs: Vec<String> = cluster.chat.iter().map(ToString::to_string).collect();
+    let mut bob = FailoverClient::connect(&addrs, Protocol::Binary).unwrap();
+    for user in ["alice", "bob"] {
+        assert_eq!(
+            bob.create_account(user, PASSWORD).unwrap(),
+            Ok(Reply::Done {})
+        );
+    }
+    assert!(bob.login("bob", PASSWORD).unwrap().is_ok());
+    let binary = env!("CARGO_BIN_EXE_synckit-node");
+    let tmux = Tmux {
+        socket: format!("synckit-chat-failover-{}", std::process::id()),
+    };
+    tmux.session(
+        "alice",
+        &format!(
+            "env SYNCKIT_USER=alice SYNCKIT_PASSWORD={} {} chat --addr {}",
+            quoted(PASSWORD),
+            quoted(binary),
+            addrs.join(",")
+        ),
+    );
+    tmux.wait_for("alice", &["alice @ 127.0.0.1:", "logged in"]);
+    let screen = tmux.screen("alice");
+    let (killed, member) = addrs
+        .iter()
+        .enumerate()
+        .find(|(_, addr)| screen.contains(&format!("alice @ {addr}")))
+        .expect("the status line names one of the members");
+    cluster.kill(killed as u64 + 1);
+
+    // The status line names another member, and says the client reconnected.
+    tmux.wait_for("alice", &["(reconnected"]);
+    let screen = tmux.screen("alice");
+    assert!(
+        !screen.contains(&format!("alice @ {member}")),
+        "still on the killed member {member}:\n{screen}"
+    );
+    // Logged in again: a message sent now is pushed to it.
+    let (_, sent) = bob.send_message("alice", "after the failover").unwrap();
+    assert!(sent.is_ok(), "{sent:?}");
+    tmux.wait_for("alice", &["bob: after the failover"]);
+    tmux.press("alice", &["C-q"]);
+    tmux.wait_ended("alice");
 }
