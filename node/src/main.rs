@@ -1,4 +1,4 @@
-//! The `synckit-node` binary: `serve`, `client`, `bench`.
+//! The `synckit-node` binary: `serve`, `client`, `chat`, `bench`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use synckit_node::cli;
-use synckit_node::client::{bench, cli as client_cli};
+use synckit_node::client::{bench, chat, cli as client_cli};
 use synckit_node::config::Config;
 use synckit_node::raft::Cluster;
 
@@ -28,6 +28,9 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Talk to a node from the command line (one request per run, JSON output).
     Client(client_cli::ClientArgs),
+    /// A terminal chat client: conversations, live deliveries, accounts, balance and transfers
+    /// (`--addr` one address or a cluster's; SYNCKIT_USER / SYNCKIT_PASSWORD log in at start).
+    Chat(chat::ChatArgs),
     /// Load-test a node from one event-driven thread: C connections, each with one request in
     /// flight, sending M messages each, binary or JSON.
     Bench(bench::BenchArgs),
@@ -212,6 +215,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Client(args) => client_cli::client(&args),
+        Command::Chat(args) => chat::chat(&args),
         Command::Cluster(ClusterCommand::Up(args)) => match cli::cluster_up(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {

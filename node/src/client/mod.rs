@@ -21,6 +21,7 @@ use crate::protocol::{
 };
 
 pub mod bench;
+pub mod chat;
 pub mod cli;
 pub mod failover;
 
