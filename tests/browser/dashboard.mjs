@@ -127,14 +127,14 @@ try {
         { timeout: opts.timeout, polling: 250 },
       );
       cycle = await handle.jsonValue();
-      // Let the sparklines gather a few samples for the screenshot.
-      await page.waitForTimeout(3000);
     } catch (error) {
       failures.push(`no refused cycle drawn with ${opts.cycle.join(", ")}: ${error.message}`);
     }
   }
 
   if (opts.screenshot) {
+    // Let the sparklines gather a few samples first.
+    await page.waitForTimeout(4000);
     mkdirSync(dirname(opts.screenshot), { recursive: true });
     await page.screenshot({ path: opts.screenshot, fullPage: true });
   }
