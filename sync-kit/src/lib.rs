@@ -15,6 +15,10 @@
 //!   with the same checks, tasks being the waiters and holders.
 //! - Statistics for every lock ([`LockStats`]), and a live list of every named lock
 //!   ([`stats::all`]).
+//! - With the cargo feature `observe`: `sync_kit::observe`, a live dashboard of every named lock,
+//!   the detector's counters and the last refusals drawn as graphs (an HTML page, its JSON, the
+//!   same figures as Prometheus text, and a small server); the last refusals themselves are kept
+//!   without it ([`deadlock::recent`]).
 //! - [`work::RangeCoordinator`]: hands out disjoint chunks of a `u64` range (a proof-of-work
 //!   nonce space) to worker threads, stops them all at the first success, and refuses anything
 //!   from a job superseded by a re-arm.
@@ -49,12 +53,13 @@
 //! Map of the crate: `lock/` holds the raw state machines (`raw_mutex`, `raw_rwlock`,
 //! `raw_condvar`) apart from the typed wrappers (`mutex`, `rwlock`, `condvar`) and the acquisition
 //! protocol they share; `held` is the per-thread list of held locks; `deadlock/` is the wait-for
-//! graph, the learned lock order and their reports; `stats` the counters and the registry of
-//! named locks and condvars; `lockset` the public face of `LockSet` and its helper types; `work/`
+//! graph, the learned lock order, their reports and the last refusals (`recent`); `stats` the
+//! counters and the registry of named locks and condvars; `lockset` the public face of `LockSet` and its helper types; `work/`
 //! the range coordinator (`word` its atomic words' layouts, `coordinator` the hand-out and a
 //! job's end, `search` the worker loop); `loom/` the single std/loom facade; `tokio/` the async
-//! locks. `mvcc`, `ratelimit` and `fs` are cargo features (on by default), `tokio` too (off by
-//! default).
+//! locks; `observe/` the dashboard (`page.html`, the JSON `snapshot`, `prometheus` text, `serve`).
+//! `mvcc`, `ratelimit` and `fs` are cargo features (on by default), `tokio` and `observe` too (off
+//! by default).
 
 #![warn(missing_docs)]
 
@@ -69,6 +74,8 @@ pub mod fs;
 pub mod lockset;
 #[cfg(feature = "mvcc")]
 pub mod mvcc;
+#[cfg(feature = "observe")]
+pub mod observe;
 #[cfg(feature = "ratelimit")]
 pub mod ratelimit;
 pub mod stats;

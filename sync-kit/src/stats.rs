@@ -175,7 +175,7 @@ pub fn prometheus_wait_histograms(prefix: &str) -> String {
 }
 
 /// Escapes a label value for the text exposition format (backslash, double quote, newline).
-fn escape_label(value: &str) -> String {
+pub(crate) fn escape_label(value: &str) -> String {
     let mut escaped = String::with_capacity(value.len());
     for c in value.chars() {
         match c {

@@ -1,5 +1,7 @@
 //! The statistics endpoint (tiny_http): `GET /stats` (JSON), `GET /metrics` (Prometheus text
-//! format, via prometheus-client), `GET /health`; on a cluster member, the operator's
+//! format, via prometheus-client), `GET /health`, the live dashboard `GET /` (sync-kit's
+//! `observe` page) and its data `GET /dashboard.json` (sync-kit's snapshot with the node's
+//! panels, from the `/stats` document); on a cluster member, the operator's
 //! `POST /admin/remove-node?id=N` and
 //! `POST /admin/add-node?id=N&chat_addr=A&http_addr=B&raft_addr=C&data_dir=D` (answered
 //! `{"ok":true}`, or `{"ok":false,"error":{...}}` with 400, 409 for `not_leader`, or 503).
@@ -40,6 +42,14 @@ pub fn start(addr: SocketAddr, service: Arc<Service>) -> io::Result<SocketAddr> 
                 (tiny_http::Method::Get, "/metrics") => with_type(
                     Response::from_string(metrics_text(&service)),
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+                (tiny_http::Method::Get, "/" | "/index.html") => with_type(
+                    Response::from_string(sync_kit::observe::page()),
+                    "text/html; charset=utf-8",
+                ),
+                (tiny_http::Method::Get, "/dashboard.json") => with_type(
+                    Response::from_string(dashboard_json(&service).to_string()),
+                    "application/json",
                 ),
                 (tiny_http::Method::Get, "/health") => {
                     with_type(Response::from_string("ok\n"), "text/plain")
@@ -225,6 +235,114 @@ pub fn stats_json(service: &Service) -> serde_json::Value {
         stats["ledger"] = json!(ledger);
     }
     stats
+}
+
+/// The dashboard's data: sync-kit's snapshot (every named lock, the detector, the last
+/// refusals) and the node's panels, each a section of the `/stats` document as key/value rows.
+pub fn dashboard_json(service: &Service) -> serde_json::Value {
+    let stats = stats_json(service);
+    let mut dashboard = sync_kit::observe::snapshot_json();
+    dashboard["panels"] = serde_json::Value::Array(panels(&stats));
+    dashboard
+}
+
+/// The node's panels, read from the `/stats` document.
+fn panels(stats: &serde_json::Value) -> Vec<serde_json::Value> {
+    let section = |title: &str, keys: &[&str]| {
+        let mut rows = Vec::new();
+        for key in keys {
+            flatten(key, &stats[key], &mut rows);
+        }
+        json!({ "title": title, "rows": rows })
+    };
+    let mut panels = vec![section(
+        "Node",
+        &[
+            "uptime_secs",
+            "connections",
+            "applied_index",
+            "state_digest",
+            "log",
+            "apply",
+            "messages",
+        ],
+    )];
+    let raft = &stats["raft"];
+    if !raft.is_null() {
+        // The member's own figures, then one row per peer.
+        let mut rows = Vec::new();
+        for (key, value) in raft.as_object().into_iter().flatten() {
+            if key != "peers" {
+                flatten(key, value, &mut rows);
+            }
+        }
+        for peer in raft["peers"].as_array().into_iter().flatten() {
+            let mut fields = peer.as_object().cloned().unwrap_or_default();
+            let id = fields.remove("id").unwrap_or_default();
+            let text = fields
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            rows.push(json!([format!("peer {id}"), text]));
+        }
+        panels.push(json!({ "title": "Raft", "rows": rows }));
+    }
+    let ledger = &stats["ledger"];
+    if !ledger.is_null() {
+        // The chain and the mempool; refusals on one row; the sealing apart.
+        let mut rows = Vec::new();
+        for (key, value) in ledger.as_object().into_iter().flatten() {
+            if key != "sealing" && key != "transactions_refused" {
+                flatten(key, value, &mut rows);
+            }
+        }
+        let refused: Vec<String> = ledger["transactions_refused"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, n)| n.as_u64() != Some(0))
+            .map(|(reason, n)| format!("{reason} {n}"))
+            .collect();
+        let refused = if refused.is_empty() {
+            "none".to_string()
+        } else {
+            refused.join(", ")
+        };
+        rows.push(json!(["transactions_refused", refused]));
+        panels.push(json!({ "title": "Ledger", "rows": rows }));
+        if !ledger["sealing"].is_null() {
+            let mut rows = Vec::new();
+            flatten("", &ledger["sealing"], &mut rows);
+            panels.push(json!({ "title": "Sealing", "rows": rows }));
+        }
+    }
+    for (title, key) in [
+        ("Accounts (MVCC)", "accounts_mvcc"),
+        ("Rate limits", "rate_limits"),
+    ] {
+        let mut rows = Vec::new();
+        flatten("", &stats[key], &mut rows);
+        panels.push(json!({ "title": title, "rows": rows }));
+    }
+    panels
+}
+
+/// `value` as rows `[dotted.key, scalar]` (arrays of scalars stay whole).
+fn flatten(prefix: &str, value: &serde_json::Value, rows: &mut Vec<serde_json::Value>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map {
+                let key = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                flatten(&key, value, rows);
+            }
+        }
+        value => rows.push(json!([prefix, value])),
+    }
 }
 
 /// Whether a figure only grows.

@@ -6,6 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64 as StdAtomicU64, Ordering};
 
+use super::recent::{self, Refusal};
 use super::report::{BlockedBy, CycleStep, DeadlockReport, ThreadInfo};
 use super::{CYCLES, WAITING_NOW, WAITS};
 use crate::held;
@@ -158,8 +159,11 @@ pub(crate) fn begin_wait_as(
     graph.insert(id, waiter);
     if let Some(cycle) = graph.find_cycle(id) {
         graph.remove(id);
+        drop(graph);
         CYCLES.fetch_add(1, Ordering::Relaxed);
-        return Err(DeadlockReport::new(cycle));
+        let report = DeadlockReport::new(cycle);
+        recent::record(Refusal::Deadlock(report.clone()));
+        return Err(report);
     }
     if !announce(id) {
         graph.remove(id);

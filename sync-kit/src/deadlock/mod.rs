@@ -33,9 +33,16 @@
 //! sees all the others. Registration and search happen under one mutex, so when two threads race
 //! to close the same cycle exactly one of them is refused. A thread that does not wait is never in
 //! the graph, so the fast path costs the detector nothing.
+//!
+//! # The last refusals
+//!
+//! Every refused cycle and every order inversion is also kept, with the time it happened, in a
+//! ring of the last [`RECENT_CAPACITY`], read by [`recent`] (always on: it costs one clone of the
+//! report per refusal, and nothing on any other path).
 
 mod graph;
 mod order;
+mod recent;
 mod report;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,6 +59,7 @@ pub use order::{
     set_order_checking, set_order_hook,
 };
 pub(crate) use order::{check as check_order, forget as forget_order};
+pub use recent::{RECENT_CAPACITY, RecentRefusal, Refusal, recent};
 pub use report::{BlockedBy, CycleStep, DeadlockReport, ThreadInfo};
 
 // Plain counters for diagnostics; they order no other memory (hence std atomics even under loom).

@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, RwLock as StdRwLock};
 
 use super::ORDER_INVERSIONS;
+use super::recent::{self, Refusal};
 use crate::error::LockError;
 use crate::held;
 use crate::lock::meta::{self, AccessMode, Level, LockId, LockInfo, LockUse};
@@ -482,6 +483,9 @@ fn learn(requested: &LockUse, held: &[LockUse]) -> Result<(), LockError> {
         }
     }
     ORDER_INVERSIONS.fetch_add(inversions.len() as u64, Ordering::Relaxed);
+    for report in &inversions {
+        recent::record(Refusal::Inversion(report.clone()));
+    }
     if refuse && let Some(report) = inversions.pop() {
         return Err(LockError::OrderInversion(Box::new(report)));
     }
