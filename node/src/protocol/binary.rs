@@ -317,7 +317,10 @@ fn put_request_payload(out: &mut Vec<u8>, request: &Request) {
             }
         }
         Request::DeleteAccount { password } => put_str(out, password),
-        Request::GetBalance {} | Request::ListUtxos {} | Request::ChainInfo {} => {}
+        Request::GetBalance {}
+        | Request::ListUtxos {}
+        | Request::ChainInfo {}
+        | Request::ClusterInfo {} => {}
         Request::SubmitTransaction { inputs, outputs } => {
             put_outpoints(out, inputs);
             put_outputs(out, outputs);
@@ -420,6 +423,13 @@ fn put_reply_payload(out: &mut Vec<u8>, reply: &Reply) {
             encode_varint(*confirmed, out);
             // Zigzag, as protobuf's sint64: small magnitudes of either sign stay short.
             encode_varint(((*pending << 1) ^ (*pending >> 63)) as u64, out);
+        }
+        Reply::Cluster { leader, members } => {
+            put_opt_str(out, leader.as_deref());
+            encode_varint(members.len() as u64, out);
+            for member in members {
+                put_str(out, member);
+            }
         }
         Reply::Utxos { utxos } => {
             encode_varint(utxos.len() as u64, out);
@@ -716,6 +726,7 @@ pub fn decode_request_view(frame: FrameView<'_>) -> Result<(u32, Request), Decod
             Op::GetBalance => Request::GetBalance {},
             Op::ListUtxos => Request::ListUtxos {},
             Op::ChainInfo => Request::ChainInfo {},
+            Op::ClusterInfo => Request::ClusterInfo {},
             Op::SubmitTransaction => Request::SubmitTransaction {
                 inputs: f.outpoints()?,
                 outputs: f.outputs()?,
@@ -831,6 +842,15 @@ pub fn decode_server_frame_view(frame: FrameView<'_>) -> Result<ServerFrame, Err
             pending: {
                 let zigzag = f.varint("pending")?;
                 ((zigzag >> 1) as i64) ^ -((zigzag & 1) as i64)
+            },
+        },
+        Some(Op::ClusterInfo) => Reply::Cluster {
+            leader: f.opt_string("leader")?,
+            members: {
+                let n = f.count("members", usize::MAX)?;
+                (0..n)
+                    .map(|_| f.string("member"))
+                    .collect::<FieldResult<_>>()?
             },
         },
         Some(Op::ListUtxos) => {

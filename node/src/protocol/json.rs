@@ -127,7 +127,10 @@ pub fn decode_request(line: &[u8]) -> Result<(u32, Request), DecodeError> {
     })?;
     // Operations without arguments take no `data` or an empty object: the types have an empty
     // object, so an absent one is read as that.
-    if matches!(op, Op::GetBalance | Op::ListUtxos | Op::ChainInfo) && !object.contains_key("data")
+    if matches!(
+        op,
+        Op::GetBalance | Op::ListUtxos | Op::ChainInfo | Op::ClusterInfo
+    ) && !object.contains_key("data")
     {
         object.insert("data".into(), Value::Object(Default::default()));
     }

@@ -115,6 +115,8 @@ operations! {
     GetBlock = 14, "get_block", Request;
     /// The chain's head and sizes.
     ChainInfo = 15, "chain_info", Request;
+    /// The cluster's members and its leader, as this member knows them.
+    ClusterInfo = 16, "cluster_info", Request;
     /// Server push: a message delivered live.
     Deliver = 32, "deliver", Push;
 }
@@ -248,6 +250,8 @@ pub enum Request {
     },
     /// The chain's height, tip, mempool size, difficulty and supply.
     ChainInfo {},
+    /// The cluster's voters and its leader (no login needed).
+    ClusterInfo {},
 }
 
 impl Request {
@@ -295,6 +299,7 @@ impl Request {
             Request::GetTransaction { .. } => Op::GetTransaction,
             Request::GetBlock { .. } => Op::GetBlock,
             Request::ChainInfo {} => Op::ChainInfo,
+            Request::ClusterInfo {} => Op::ClusterInfo,
         }
     }
 }
@@ -413,6 +418,13 @@ pub enum Reply {
     Utxos {
         /// Confirmed first, each by outpoint.
         utxos: Vec<UtxoEntry>,
+    },
+    /// The cluster as the member asked knows it.
+    Cluster {
+        /// The leader's chat address; `null` while none is known (an election).
+        leader: Option<String>,
+        /// Every voter's chat address, by member id (one, for a node on its own).
+        members: Vec<String>,
     },
     /// Nothing to return (create account, logout, delete account).
     Done {},
@@ -1003,6 +1015,7 @@ mod tests {
             },
             Request::GetBlock { height: 12 },
             Request::ChainInfo {},
+            Request::ClusterInfo {},
         ]
     }
 
@@ -1108,6 +1121,20 @@ mod tests {
                     mempool: 2,
                     difficulty_bits: 16,
                     supply: 2000,
+                }),
+            ),
+            (
+                Op::ClusterInfo,
+                Ok(Reply::Cluster {
+                    leader: Some("127.0.0.1:7003".into()),
+                    members: vec!["127.0.0.1:7001".into(), "127.0.0.1:7003".into()],
+                }),
+            ),
+            (
+                Op::ClusterInfo,
+                Ok(Reply::Cluster {
+                    leader: None,
+                    members: vec!["127.0.0.1:7001".into()],
                 }),
             ),
             (
@@ -1257,6 +1284,7 @@ mod tests {
             Op::GetTransaction => Request::GetTransaction { txid: Hash32::ZERO },
             Op::GetBlock => Request::GetBlock { height: 1 },
             Op::ChainInfo => Request::ChainInfo {},
+            Op::ClusterInfo => Request::ClusterInfo {},
             Op::Deliver => return None,
         })
     }

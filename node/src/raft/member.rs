@@ -73,7 +73,7 @@ enum Input {
     Message(Box<Message>),
     Sync(oneshot::Sender<Result<(), String>>),
     Compact(u64),
-    Status(oneshot::Sender<RaftStatus>),
+    Status(Box<dyn FnOnce(RaftStatus) + Send>),
     Read(ReadWaiter),
     Stop,
     /// An operator's change of the voters; only the leader proposes it.
@@ -129,6 +129,10 @@ pub struct RaftStatus {
     pub last_index: u64,
     /// The voters of the configuration this member has applied, in increasing order.
     pub voters: Vec<u64>,
+    /// The leader's chat address, when a leader is known.
+    pub leader_chat_addr: Option<String>,
+    /// The voters' chat addresses, in the order of `voters`.
+    pub voter_chat_addrs: Vec<String>,
     /// The other members.
     pub peers: Vec<PeerStatus>,
 }
@@ -310,8 +314,19 @@ impl RaftLog {
     /// Raft's figures, from the loop (`None` if it does not answer within a second).
     pub fn status(&self) -> Option<RaftStatus> {
         let (answer, status) = oneshot::channel();
-        self.inbox.send(Input::Status(answer)).ok()?;
+        self.status_then(Box::new(move |figures| {
+            let _ = answer.send(figures);
+        }))
+        .ok()?;
         status.recv_timeout(Duration::from_secs(1)).ok()
+    }
+
+    /// Raft's figures, given to `then` on the raft thread (for callers that must not wait, such
+    /// as an event loop). `Err` if the loop has stopped (`then` is not called).
+    pub fn status_then(&self, then: Box<dyn FnOnce(RaftStatus) + Send>) -> Result<(), String> {
+        self.inbox
+            .send(Input::Status(then))
+            .map_err(|_| "this member's raft loop has stopped".to_string())
     }
 
     /// Changes the cluster's voters through raft: on the leader, proposes the change and waits
@@ -666,9 +681,7 @@ impl MemberLoop {
                 }
             }
             Input::Compact(covered) => self.compact(covered),
-            Input::Status(answer) => {
-                let _ = answer.send(self.status());
-            }
+            Input::Status(answer) => answer(self.status()),
             // The only voter commits alone, and answers a change only once it is applied: every
             // change acknowledged by this run is in the state, and every one acknowledged before
             // it is at or below the last index found at start (re-committed by this run's first
@@ -1369,6 +1382,12 @@ impl MemberLoop {
             applied_index: self.handed,
             last_index: raft.raft_log.last_index(),
             voters: sorted(&self.raw.store().conf_state().voters),
+            leader_chat_addr: self.leader_chat_addr(),
+            voter_chat_addrs: sorted(&self.raw.store().conf_state().voters)
+                .into_iter()
+                .filter_map(|id| self.cluster.member(id))
+                .map(|member| member.chat_addr.to_string())
+                .collect(),
             peers,
         }
     }

@@ -112,6 +112,8 @@ pub struct Service {
 struct Core {
     state: State,
     log: Arc<dyn CommandLog>,
+    /// Raft's side of the log, for what the cluster looks like (`cluster_info`).
+    raft: Arc<RaftLog>,
     sessions: RwLock<HashMap<String, Vec<SessionHandle>>>,
     hasher: Hasher,
     /// A hash of a random password: verified against when a login names no account, so that
@@ -208,6 +210,7 @@ impl Service {
         let core = Arc::new(Core {
             state,
             log: Arc::clone(&log),
+            raft: Arc::clone(&raft),
             sessions: RwLock::with_level("sessions", levels::SESSIONS, HashMap::new()),
             hasher,
             decoy_hash,
@@ -496,6 +499,28 @@ impl Core {
             Request::Logout => {
                 self.logout(&mut connection);
                 done(connection, Ok(Reply::Done {}));
+            }
+            Request::ClusterInfo {} => {
+                // Answered on the raft thread, from its view: never waits on this thread.
+                let answered = Arc::new(std::sync::Mutex::new(Some((connection, done))));
+                let on_status = Arc::clone(&answered);
+                let sent = self.raft.status_then(Box::new(move |status| {
+                    if let Some((connection, done)) = take(&on_status) {
+                        let reply = Reply::Cluster {
+                            leader: status.leader_chat_addr,
+                            members: status.voter_chat_addrs,
+                        };
+                        done(connection, Ok(reply));
+                    }
+                }));
+                if let Err(why) = sent
+                    && let Some((connection, done)) = take(&answered)
+                {
+                    done(
+                        connection,
+                        Err(ErrorReply::new(ErrorCode::Unavailable, why)),
+                    );
+                }
             }
             Request::ListAccounts {
                 pattern,
@@ -796,6 +821,13 @@ pub struct LedgerStats {
     pub blocks_refused: u64,
     /// This member's sealing.
     pub sealing: Option<sealer::SealStats>,
+}
+
+/// What a shared slot holds, taken once (by whichever side gets there first).
+fn take<T>(slot: &std::sync::Mutex<Option<T>>) -> Option<T> {
+    slot.lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .take()
 }
 
 fn now_ms() -> u64 {

@@ -98,6 +98,8 @@ pub enum NetEvent {
     Connected(String),
     /// The connection is lost and the thread is trying again; why.
     Reconnecting(String),
+    /// The leader the member knows of (`None` during an election).
+    Leader(Option<String>),
     /// Logged in (after a login or an account creation).
     LoggedIn {
         /// Who.

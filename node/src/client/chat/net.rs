@@ -30,6 +30,8 @@ pub const GIVE_UP: Duration = Duration::from_secs(30);
 pub const POLL: Duration = Duration::from_millis(50);
 /// The pause between two connection attempts when no member answers.
 pub const PAUSE: Duration = Duration::from_millis(500);
+/// How often the member is asked who leads (`cluster_info`), for the status line.
+pub const LEADER_EVERY: Duration = Duration::from_secs(2);
 
 /// Starts the network thread for the cluster `members`: it runs `commands` and reports to
 /// `events`, until `commands` is closed.
@@ -48,6 +50,8 @@ pub fn spawn(
                 client: None,
                 reported: None,
                 logged_in: false,
+                leader: None,
+                leader_asked: None,
                 events,
             }
             .run(&commands);
@@ -63,6 +67,10 @@ struct Net {
     reported: Option<String>,
     /// Whether the session is logged in (pushes are waited for only then).
     logged_in: bool,
+    /// The leader last reported (`Some(None)`: reported as unknown).
+    leader: Option<Option<String>>,
+    /// When the member was last asked who leads.
+    leader_asked: Option<Instant>,
     events: Sender<Event>,
 }
 
@@ -76,6 +84,7 @@ impl Net {
     fn run(mut self, commands: &Receiver<NetCommand>) {
         self.connect();
         loop {
+            self.ask_leader();
             match commands.try_recv() {
                 Ok(command) => self.execute(command),
                 Err(TryRecvError::Disconnected) => return,
@@ -102,6 +111,27 @@ impl Net {
                     }
                 }
             }
+        }
+    }
+
+    /// Every [`LEADER_EVERY`], asks the member who leads; reports a change.
+    fn ask_leader(&mut self) {
+        if self
+            .leader_asked
+            .is_some_and(|at| at.elapsed() < LEADER_EVERY)
+        {
+            return;
+        }
+        self.leader_asked = Some(Instant::now());
+        let Some(client) = self.client.as_mut() else {
+            return;
+        };
+        // A failed ask says nothing new: the next command or wait notices a lost connection.
+        if let Ok(Ok(Reply::Cluster { leader, .. })) = client.call(&Request::ClusterInfo {})
+            && self.leader.as_ref() != Some(&leader)
+        {
+            self.leader = Some(leader.clone());
+            self.emit(NetEvent::Leader(leader));
         }
     }
 

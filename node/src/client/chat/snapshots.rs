@@ -290,3 +290,15 @@ fn status_line_reconnecting() {
     );
     insta::assert_snapshot!("status_reconnecting", draw(&state));
 }
+
+#[test]
+fn status_line_with_the_leader() {
+    let mut state = with_conversations();
+    net(&mut state, NetEvent::Leader(Some("127.0.0.1:7003".into())));
+    insta::assert_snapshot!("status_leader_elsewhere", draw(&state));
+    net(&mut state, NetEvent::Leader(Some("127.0.0.1:7878".into())));
+    let drawn = draw(&state);
+    assert!(drawn.contains("127.0.0.1:7878 (leader)"), "{drawn}");
+    net(&mut state, NetEvent::Leader(None));
+    assert!(!draw(&state).contains("leader"));
+}

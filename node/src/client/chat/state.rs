@@ -235,6 +235,8 @@ pub struct Link {
     pub member: Option<String>,
     /// Why the connection is being made again, while it is.
     pub reconnecting: Option<String>,
+    /// The leader, as the member connected to last said (`None`: not known).
+    pub leader: Option<String>,
     /// How many times the client moved to a member (again or another) after its first
     /// connection.
     pub moves: u32,

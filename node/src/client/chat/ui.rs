@@ -553,6 +553,11 @@ fn status_line(frame: &mut Frame, area: Rect, state: &State) {
                 spans.push(Span::raw(format!("{me} @ ")).bold());
             }
             spans.push(Span::raw(member.clone()));
+            match &state.link.leader {
+                Some(leader) if leader == member => spans.push(Span::raw(" (leader)").dim()),
+                Some(leader) => spans.push(Span::raw(format!(" · leader {leader}")).dim()),
+                None => {}
+            }
             if state.link.moves > 0 {
                 spans.push(Span::raw(format!(" (reconnected {}x)", state.link.moves)).dim());
             }

@@ -543,6 +543,7 @@ fn on_net(state: &mut State, event: NetEvent) -> Vec<Effect> {
             state.link.reconnecting = None;
         }
         NetEvent::Reconnecting(why) => state.link.reconnecting = Some(why),
+        NetEvent::Leader(leader) => state.link.leader = leader,
         NetEvent::LoggedIn { username, unread } => {
             state.login.waiting = false;
             state.login.error = None;
