@@ -78,9 +78,13 @@ impl<K: Ord + Hash + Clone, V: Clone> Pending<K, V> {
         };
         for (key, value) in delta {
             match value {
-                Some(value) => {
-                    entries.insert(key, value);
-                }
+                // An overwrite (the common write) in one descent that changes no node's shape.
+                Some(value) => match entries.get_mut(&key) {
+                    Some(slot) => *slot = value,
+                    None => {
+                        entries.insert(key, value);
+                    }
+                },
                 None => {
                     entries.remove(&key);
                 }
