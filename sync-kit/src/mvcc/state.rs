@@ -29,7 +29,7 @@ use imbl::OrdMap;
 
 use super::MvccStats;
 use super::index::{Index, Lookup};
-use super::transaction::{Conflict, KeyMap};
+use super::transaction::{Conflict, KeyMap, Sorted};
 use crate::loom::InternalMutex;
 use crate::loom::atomic::{AtomicU64 as SyncAtomicU64, Ordering};
 
@@ -60,7 +60,7 @@ pub(crate) struct Version<K, V> {
 struct Pending<K, V> {
     base: Arc<Version<K, V>>,
     /// Sorted by key, one entry per key (the last write since `base`).
-    delta: Vec<(K, Option<V>)>,
+    delta: Sorted<(K, Option<V>)>,
 }
 
 impl<K: Ord + Hash + Clone, V: Clone> Pending<K, V> {
@@ -76,7 +76,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Pending<K, V> {
             Ok(base) => base.into_entries(),
             Err(base) => base.entries().clone(),
         };
-        for (key, value) in delta {
+        for (key, value) in delta.into_iter() {
             match value {
                 // An overwrite (the common write) in one descent that changes no node's shape.
                 Some(value) => match entries.get_mut(&key) {
@@ -144,12 +144,12 @@ impl<K: Ord + Hash + Clone, V: Clone> Version<K, V> {
     fn successor_pending(
         self: &Arc<Self>,
         extend: bool,
-        fresh: Vec<(K, Option<V>)>,
+        fresh: Sorted<(K, Option<V>)>,
     ) -> Pending<K, V> {
         if extend && let Some(pending) = self.pending().as_ref() {
             return Pending {
                 base: Arc::clone(&pending.base),
-                delta: merge(&pending.delta, fresh),
+                delta: Sorted::Many(merge(pending.delta.as_slice(), fresh)),
             };
         }
         Pending {
@@ -162,11 +162,11 @@ impl<K: Ord + Hash + Clone, V: Clone> Version<K, V> {
 /// The sorted union of `older` and `newer` (both sorted, one entry per key), `newer` winning.
 fn merge<K: Ord + Clone, V: Clone>(
     older: &[(K, Option<V>)],
-    newer: Vec<(K, Option<V>)>,
+    newer: Sorted<(K, Option<V>)>,
 ) -> Vec<(K, Option<V>)> {
     let mut merged = Vec::with_capacity(older.len() + newer.len());
     let mut older = older.iter().peekable();
-    for (key, value) in newer {
+    for (key, value) in newer.into_iter() {
         while let Some((old_key, _)) = older.peek() {
             match old_key.cmp(&key) {
                 std::cmp::Ordering::Less => merged.push(older.next().expect("peeked").clone()),
@@ -389,7 +389,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         &self,
         registration: &mut Registration<K, V>,
         reads: &KeyMap<K, ()>,
-        writes: Vec<(K, Option<V>)>,
+        writes: Sorted<(K, Option<V>)>,
     ) -> Result<u64, Conflict<K>> {
         let snapshot_version = registration.version;
         let mut committer = self.committer.lock();
@@ -403,7 +403,9 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         // held): one hash lookup per key instead of a walk down the ordered map.
         self.validate(
             snapshot_version,
-            reads.keys().chain(writes.iter().map(|(key, _)| key)),
+            reads
+                .keys()
+                .chain(writes.as_slice().iter().map(|(key, _)| key)),
         )?;
         self.commits.fetch_add(1, Ordering::Relaxed);
         if writes.is_empty() {
@@ -413,7 +415,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         let number = base.number + 1;
         let mut len = base.len;
         let written = writes.len();
-        for (key, value) in &writes {
+        for (key, value) in writes.as_slice() {
             // Stamped `number`, which no reader stands on before it is published below.
             let (hash, was_live) = self.index.write(key, value.clone(), number);
             committer.kept_prev.push(hash);

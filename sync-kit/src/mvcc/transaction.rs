@@ -59,11 +59,14 @@ impl<K: Ord, T> KeyMap<K, T> {
             .chain(self.rest.keys())
     }
 
-    /// The entries sorted by key.
-    pub(crate) fn into_sorted_vec(self) -> Vec<(K, T)> {
+    /// The entries sorted by key (one entry without an allocation).
+    pub(crate) fn into_sorted(self) -> Sorted<(K, T)> {
         let Some(first) = self.first else {
-            return Vec::new();
+            return Sorted::Many(Vec::new());
         };
+        if self.rest.is_empty() {
+            return Sorted::One(first);
+        }
         let mut sorted = Vec::with_capacity(1 + self.rest.len());
         let mut first = Some(first);
         for (key, value) in self.rest {
@@ -73,7 +76,38 @@ impl<K: Ord, T> KeyMap<K, T> {
             sorted.push((key, value));
         }
         sorted.extend(first);
-        sorted
+        Sorted::Many(sorted)
+    }
+}
+
+/// A list of entries sorted by key, one entry kept inline (a one-key commit's writes).
+pub(crate) enum Sorted<E> {
+    One(E),
+    Many(Vec<E>),
+}
+
+impl<E> Sorted<E> {
+    pub(crate) fn as_slice(&self) -> &[E] {
+        match self {
+            Sorted::One(entry) => std::slice::from_ref(entry),
+            Sorted::Many(entries) => entries,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+
+    pub(crate) fn into_iter(self) -> impl Iterator<Item = E> {
+        let (one, many) = match self {
+            Sorted::One(entry) => (Some(entry), Vec::new()),
+            Sorted::Many(entries) => (None, entries),
+        };
+        one.into_iter().chain(many)
     }
 }
 
@@ -124,7 +158,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Transaction<K, V> {
         } = self;
         let mut registration = snapshot.into_registration();
         let shared = std::sync::Arc::clone(&registration.shared);
-        shared.commit(&mut registration, &reads, writes.into_sorted_vec())
+        shared.commit(&mut registration, &reads, writes.into_sorted())
     }
 }
 
