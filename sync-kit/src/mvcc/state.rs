@@ -11,10 +11,10 @@
 //!   the index and delta writes, the build of a version's ordered map or the freeing of an old
 //!   one, so snapshots and reads never wait for a commit's work.
 //!
-//! Under `committer`, an index shard's mutex or the latest version's `pending` mutex may be taken,
+//! Under `committer`, an index shard's mutex or a recent version's `pending` mutex may be taken,
 //! each alone and for a moment. A version's `pending` is a `std` mutex and its map a `std`
-//! `OnceLock`, not loom's: neither is ever held across a loom operation (a build only clones and
-//! inserts into `imbl` maps), so under loom they can neither block nor be interleaved, and loom
+//! `OnceLock`, not loom's: neither is ever held across a loom operation (a build only takes,
+//! clones and changes `imbl` maps), so under loom they can neither block nor be interleaved, and loom
 //! still explores every interleaving of the atomics and internal mutexes around them.
 //!
 //! While a commit holds `committer`, `state.latest` cannot change, so the version it validated
@@ -36,15 +36,33 @@ use crate::loom::atomic::{AtomicU64 as SyncAtomicU64, Ordering};
 /// One immutable version of the map: its number, its live key count, and its ordered entries
 /// (tombstones are not in them: only the index needs those, for validation).
 ///
-/// The ordered map is built lazily. A commit does not path-copy the latest `OrdMap` of the whole
-/// map: it records the last built version (`base`) and every write since it (`delta`, a short
-/// sorted list that the next commit copies and merges its own writes into), and the
-/// version's map is built the first time something needs it (an ordered read, or a point read the
-/// index cannot answer) as `base` plus `delta`. Every [`MATERIALIZE_EVERY`] commits (or sooner
-/// when many keys were written), the committing thread builds its own version once it has
-/// published it and released the locks: those commits then share one path copy of the B-tree's
-/// upper levels, and the deltas stay small. No version refers to an unbuilt older one except its
-/// `base`, so an overwritten value is still freed with the last snapshot that sees it.
+/// A commit does not path-copy the latest `OrdMap` of the whole map before publishing. Its
+/// version records the last built version (`base`) and every write since it (`delta`, a short
+/// sorted list, the one-key commit's inline), and its map is built from them once (`OnceLock`):
+///
+/// | state | `entries` | `pending` | what moves it on |
+/// |---|---|---|---|
+/// | unbuilt | empty | `Some(base, delta)` | the first `entries()`: the committing thread right after publishing (below), or a reader (an ordered read, or a point read the index cannot answer) |
+/// | being built | initializing | `None` (taken) | that call; other callers wait for it |
+/// | built | set | `None` | nothing; a successor's build may take the map whole (`into_entries`) once no one else holds this version |
+///
+/// The build is `base`'s map plus `delta` ([`Pending::build`]). Once the commit has published
+/// its version, if nothing else holds `base` (no snapshot, transaction or other version: the
+/// usual case when no snapshot lives across commits), it builds its version itself, taking
+/// `base`'s map and changing it in place: a B-tree descent per written key, no node copied, the
+/// overwritten value freed at once. If something holds `base`, the commit leaves its version
+/// unbuilt and the next commits extend the delta (merging their writes into a copy of it) until
+/// `base` is free again, or until [`MATERIALIZE_EVERY`] versions (or [`MATERIALIZE_WRITES`]
+/// written keys) are pending: then the committing thread builds its version by path copy, one
+/// copy of the upper levels for all of them.
+///
+/// Invariant: an unbuilt version's `base` is built or being built, and no version refers to an
+/// older one other than its `base`; a version's map (or `base` plus `delta`) is exactly its
+/// contents; a map is changed in place only by the build that holds the last reference to the
+/// version that owned it, which no one can reach any more (it is not the latest version). So an
+/// overwritten value is freed with the last snapshot that sees it, or, if the latest version
+/// still stands on the version that held it, by the next commit that can build in place, at the
+/// latest after [`MATERIALIZE_EVERY`] more commits.
 pub(crate) struct Version<K, V> {
     pub(crate) number: u64,
     /// Live (non-tombstone) keys.
@@ -52,8 +70,9 @@ pub(crate) struct Version<K, V> {
     entries: OnceLock<OrdMap<K, V>>,
     /// Until `entries` is built: the last built version before it and the writes since. Taken
     /// (and the link to `base` dropped) by the build. Locked inside `entries`' initialization,
-    /// which runs once, and by the next commit (under the committer lock) to extend the delta:
-    /// never held across anything else, and its lock order is committer, then this.
+    /// which runs once, and by the commits (under the committer lock) that decide whether to
+    /// build it or extend its delta: never held across anything else, and its lock order is
+    /// committer, then this.
     pending: std::sync::Mutex<Option<Pending<K, V>>>,
 }
 
