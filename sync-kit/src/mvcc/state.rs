@@ -470,9 +470,9 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             self.published.store(number, Ordering::Release);
             std::mem::replace(&mut state.latest, Arc::clone(&next))
         };
-        // The replaced version is `next`'s base or an unbuilt version standing on the same base
-        // (dropping it frees at most its delta list, never a map): let go of it first, so that
-        // `next` may hold the base's last reference.
+        // The replaced version is `next`'s base or a version standing on the same base (dropping
+        // it frees at most its delta list, or the few nodes a reader's build of it copied, never
+        // a whole map): let go of it first, so that `next` may hold the base's last reference.
         drop(previous);
         let build = match next.pending().as_ref() {
             // Nothing else holds the base (see `Pending::build`): built in place, cheaply.
