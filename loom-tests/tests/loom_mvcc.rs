@@ -127,3 +127,35 @@ fn latest_reads_see_whole_commits() {
         assert_eq!((map.get(&"a"), map.get(&"b")), (Some(2), Some(2)));
     });
 }
+
+/// A commit changes its base version's ordered map in place when nothing else holds that
+/// version any more: a snapshot taken concurrently (of the base, or of a version whose map is
+/// built from it) must keep iterating exactly its version, whichever commit or snapshot gets
+/// there first, and the map must end with both commits applied.
+#[test]
+fn in_place_builds_never_change_a_live_snapshot() {
+    model(|| {
+        let map = Arc::new(MvccMap::new());
+        let mut setup = map.begin();
+        setup.insert("a", 0);
+        setup.commit().unwrap();
+        let writer = {
+            let map = Arc::clone(&map);
+            thread::spawn(move || {
+                for i in 1..=2 {
+                    let mut tx = map.begin();
+                    tx.insert("a", i);
+                    tx.commit().expect("the only writer never conflicts");
+                }
+            })
+        };
+        let snapshot = map.snapshot();
+        let seen: Vec<(&str, i32)> = snapshot.iter().map(|(k, v)| (*k, *v)).collect();
+        let expected = i32::try_from(snapshot.version()).unwrap() - 1;
+        assert_eq!(seen, [("a", expected)], "at version {}", snapshot.version());
+        writer.join().unwrap();
+        let again: Vec<(&str, i32)> = snapshot.iter().map(|(k, v)| (*k, *v)).collect();
+        assert_eq!(again, seen, "a live snapshot changed");
+        assert_eq!(map.snapshot().iter().next(), Some((&"a", &2)));
+    });
+}

@@ -600,7 +600,9 @@ fn concurrent_inserts_and_removals_drain_tombstones() {
 }
 
 /// Reclamation measured on the values themselves, not on the map's bookkeeping: an overwritten
-/// value lives exactly as long as some snapshot or transaction can still see it.
+/// value lives as long as some snapshot or transaction can still see it, and no longer than the
+/// next commit after the last of them drops (the latest version may still stand on the version
+/// that held it, whose ordered map the next commit then takes over and changes in place).
 #[test]
 fn overwritten_values_are_freed_when_the_last_snapshot_that_sees_them_drops() {
     let tracked = Arc::new(0u32);
@@ -613,6 +615,15 @@ fn overwritten_values_are_freed_when_the_last_snapshot_that_sees_them_drops() {
         3,
         "the latest version holds it (in its ordered map and in the latest version's hash index)"
     );
+    // Overwritten with no snapshot: freed by the commit itself.
+    let mut tx = map.begin();
+    tx.insert(1, Arc::new(1));
+    tx.commit().unwrap();
+    assert_eq!(Arc::strong_count(&tracked), 1);
+    let mut tx = map.begin();
+    tx.insert(1, Arc::clone(&tracked));
+    tx.commit().unwrap();
+    assert_eq!(Arc::strong_count(&tracked), 3);
 
     let snapshot = map.snapshot();
     let reader = map.begin();
@@ -631,7 +642,15 @@ fn overwritten_values_are_freed_when_the_last_snapshot_that_sees_them_drops() {
         "a transaction still sees it"
     );
     drop(reader);
-    assert_eq!(Arc::strong_count(&tracked), 1, "nobody can see it: freed");
+    assert!(Arc::strong_count(&tracked) <= 2);
+    let mut tx = map.begin();
+    tx.insert(3, Arc::new(3));
+    tx.commit().unwrap();
+    assert_eq!(
+        Arc::strong_count(&tracked),
+        1,
+        "nobody can see it: freed by the next commit at the latest"
+    );
 
     // With no snapshot at all, an overwrite frees the old value at once.
     let mut tx = map.begin();
@@ -720,4 +739,110 @@ fn snapshots_of_unbuilt_versions_read_as_of_their_version() {
         );
     }
     assert_eq!(map.len(), model.len());
+}
+
+/// A commit whose base version nobody else holds changes its ordered map in place: a snapshot
+/// taken before many such commits (and one in the middle) must still iterate, range over and
+/// read exactly its own version, and the latest version must match a model after every commit.
+#[test]
+fn snapshots_survive_many_in_place_commits() {
+    let map: MvccMap<u32, u32> = MvccMap::new();
+    let initial: Vec<(u32, u32)> = (0..2_000).map(|k| (k, k)).collect();
+    commit_all(&map, &initial);
+    let mut model: BTreeMap<u32, u32> = initial.iter().copied().collect();
+    let before = (map.snapshot(), model.clone());
+    let mut middle = None;
+    let mut x = 12_345u32;
+    for round in 0..3_000u32 {
+        // A small LCG: random-looking keys in and beyond the initial range.
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        let key = (x >> 8) % 2_500;
+        let mut tx = map.begin();
+        if round % 9 == 0 {
+            tx.remove(&key);
+            model.remove(&key);
+        } else {
+            let v = tx.get(&key).unwrap_or(0);
+            assert_eq!(Some(v), model.get(&key).copied().or(Some(0)));
+            tx.insert(key, v + round);
+            model.insert(key, v + round);
+        }
+        tx.commit().unwrap();
+        if round == 1_500 {
+            middle = Some((map.snapshot(), model.clone()));
+        }
+    }
+    let latest = map.snapshot();
+    for (snapshot, expected) in [&before, middle.as_ref().unwrap(), &(latest, model.clone())] {
+        assert_eq!(
+            contents(snapshot),
+            expected.clone().into_iter().collect::<Vec<_>>()
+        );
+        assert_eq!(snapshot.len(), expected.len());
+        let page: Vec<_> = snapshot
+            .range(1_000..1_100)
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        assert_eq!(
+            page,
+            expected
+                .range(1_000..1_100)
+                .map(|(k, v)| (*k, *v))
+                .collect::<Vec<_>>()
+        );
+        for key in (0..2_500).step_by(7) {
+            assert_eq!(snapshot.get(&key), expected.get(&key).copied(), "key {key}");
+        }
+    }
+    assert_eq!(map.len(), model.len());
+}
+
+/// While a snapshot holds the version the latest one is built from, commits cannot change that
+/// version's map in place: they keep a list of the writes since it, and one commit in every few
+/// (16, or 64 written keys) builds its own version by path copy. So the writes kept, and the
+/// values that nobody can see any more but that such a list still holds, stay bounded while an
+/// old snapshot lives; and everything the snapshot alone held is freed with it.
+#[test]
+fn pending_writes_stay_bounded_while_an_old_snapshot_lives() {
+    let map: MvccMap<u32, Arc<u32>> = MvccMap::new();
+    let mut tx = map.begin();
+    tx.insert(0, Arc::new(0));
+    tx.commit().unwrap();
+    let old = map.snapshot();
+    let seen_by_old = old.get(&0).unwrap();
+    let tracked: Vec<Arc<u32>> = (1..=200).map(Arc::new).collect();
+    // Key 1 written 200 times: each value is overwritten by the next commit, and no snapshot
+    // but `old` (which predates them all) lives.
+    for value in &tracked {
+        let mut tx = map.begin();
+        tx.insert(1, Arc::clone(value));
+        tx.commit().unwrap();
+    }
+    let alive = tracked[..199]
+        .iter()
+        .filter(|value| Arc::strong_count(value) > 1)
+        .count();
+    assert!(
+        alive <= 16,
+        "{alive} overwritten values still held while an old snapshot lives"
+    );
+    assert_eq!(map.get(&1).as_deref(), Some(&200));
+    assert_eq!(old.get(&1), None);
+    assert_eq!(contents(&old).len(), 1);
+    drop(old);
+    let mut tx = map.begin();
+    tx.insert(2, Arc::new(2));
+    tx.commit().unwrap();
+    assert_eq!(
+        Arc::strong_count(&seen_by_old),
+        3,
+        "this clone, and the latest version (its map and the index)"
+    );
+    assert!(
+        tracked[..199]
+            .iter()
+            .all(|value| Arc::strong_count(value) == 1),
+        "the old snapshot is gone: no overwritten value is kept"
+    );
+    assert_eq!(map.stats().live_versions, 1);
 }

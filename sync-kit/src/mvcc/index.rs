@@ -27,7 +27,7 @@ use hashbrown::HashTable;
 use crate::loom::InternalMutex;
 
 /// One key's last write and, while its version is being published, the write before it
-/// (boxed: it is there only for that short while, and the slots stay small for the cache).
+/// (inline: a box would cost an allocation and a free per written key and commit).
 /// `prev == None`: the previous value is no longer kept (`written_at` is published), so readers of
 /// older versions go to their version's ordered map and the index never keeps an overwritten
 /// value alive. `prev == Some((0, None))`: nothing before `written_at` that a reader can see.
@@ -35,7 +35,7 @@ struct Slot<K, V> {
     key: K,
     written_at: u64,
     value: Option<V>,
-    prev: Option<Box<(u64, Option<V>)>>,
+    prev: Option<(u64, Option<V>)>,
 }
 
 /// Shards: a power of two. Few under loom, where each is one more object to model.
@@ -133,11 +133,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Index<K, V> {
             let was_live = slot.value.is_some();
             let prev = std::mem::replace(&mut slot.value, value);
             let prev_at = std::mem::replace(&mut slot.written_at, at);
-            match &mut slot.prev {
-                // Reuse the box of an earlier publication when one is still there.
-                Some(kept) => **kept = (prev_at, prev),
-                None => slot.prev = Some(Box::new((prev_at, prev))),
-            }
+            slot.prev = Some((prev_at, prev));
             (hash, was_live)
         } else {
             shard.insert_unique(
@@ -146,7 +142,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Index<K, V> {
                     key: key.clone(),
                     written_at: at,
                     value,
-                    prev: Some(Box::new((0, None))),
+                    prev: Some((0, None)),
                 },
                 |slot| self.hasher.hash_one(&slot.key),
             );

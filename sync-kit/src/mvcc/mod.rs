@@ -20,9 +20,11 @@
 //! too) holds each key's last write, stamped with its version, tombstones included. It answers
 //! [`MvccMap::get`] without any map-wide lock (linearizable: a commit's writes appear all at
 //! once), point reads of recent snapshots and of transactions, and commit validation, each in one
-//! hash lookup. A version's ordered map is built lazily from the last built version plus the
-//! writes since (a commit builds its own every few versions, outside the locks), so a commit does
-//! not path-copy the whole B-tree each time.
+//! hash lookup. A version's ordered map is built from the last built version plus the writes
+//! since, after the version is published and outside the locks: by its own commit, in place
+//! (taking the previous map, no node copied) when no snapshot or transaction still holds the
+//! version it is built from, else by path copy once every few versions (or by the first ordered
+//! read that needs it), so a commit does not path-copy the whole B-tree each time.
 //!
 //! A removal leaves a tombstone in the index so that a later commit still sees that the key was
 //! written. Tombstones are queued in commit order and dropped, a few per commit, once no live

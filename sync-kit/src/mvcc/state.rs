@@ -11,16 +11,16 @@
 //!   the index and delta writes, the build of a version's ordered map or the freeing of an old
 //!   one, so snapshots and reads never wait for a commit's work.
 //!
-//! Under `committer`, an index shard's mutex or the latest version's `pending` mutex may be taken,
+//! Under `committer`, an index shard's mutex or a recent version's `pending` mutex may be taken,
 //! each alone and for a moment. A version's `pending` is a `std` mutex and its map a `std`
-//! `OnceLock`, not loom's: neither is ever held across a loom operation (a build only clones and
-//! inserts into `imbl` maps), so under loom they can neither block nor be interleaved, and loom
+//! `OnceLock`, not loom's: neither is ever held across a loom operation (a build only takes,
+//! clones and changes `imbl` maps), so under loom they can neither block nor be interleaved, and loom
 //! still explores every interleaving of the atomics and internal mutexes around them.
 //!
 //! While a commit holds `committer`, `state.latest` cannot change, so the version it validated
 //! against is the one it replaces.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::hash::Hash;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
@@ -29,22 +29,40 @@ use imbl::OrdMap;
 
 use super::MvccStats;
 use super::index::{Index, Lookup};
-use super::transaction::Conflict;
+use super::transaction::{Conflict, KeyMap, Sorted};
 use crate::loom::InternalMutex;
 use crate::loom::atomic::{AtomicU64 as SyncAtomicU64, Ordering};
 
 /// One immutable version of the map: its number, its live key count, and its ordered entries
 /// (tombstones are not in them: only the index needs those, for validation).
 ///
-/// The ordered map is built lazily. A commit does not path-copy the latest `OrdMap` of the whole
-/// map: it records the last built version (`base`) and every write since it (`delta`, a short
-/// sorted list that the next commit copies and merges its own writes into), and the
-/// version's map is built the first time something needs it (an ordered read, or a point read the
-/// index cannot answer) as `base` plus `delta`. Every [`MATERIALIZE_EVERY`] commits (or sooner
-/// when many keys were written), the committing thread builds its own version once it has
-/// published it and released the locks: those commits then share one path copy of the B-tree's
-/// upper levels, and the deltas stay small. No version refers to an unbuilt older one except its
-/// `base`, so an overwritten value is still freed with the last snapshot that sees it.
+/// A commit does not path-copy the latest `OrdMap` of the whole map before publishing. Its
+/// version records the last built version (`base`) and every write since it (`delta`, a short
+/// sorted list, the one-key commit's inline), and its map is built from them once (`OnceLock`):
+///
+/// | state | `entries` | `pending` | what moves it on |
+/// |---|---|---|---|
+/// | unbuilt | empty | `Some(base, delta)` | the first `entries()`: the committing thread right after publishing (below), or a reader (an ordered read, or a point read the index cannot answer) |
+/// | being built | initializing | `None` (taken) | that call; other callers wait for it |
+/// | built | set | `None` | nothing; a successor's build may take the map whole (`into_entries`) once no one else holds this version |
+///
+/// The build is `base`'s map plus `delta` ([`Pending::build`]). Once the commit has published
+/// its version, if nothing else holds `base` (no snapshot, transaction or other version: the
+/// usual case when no snapshot lives across commits), it builds its version itself, taking
+/// `base`'s map and changing it in place: a B-tree descent per written key, no node copied, the
+/// overwritten value freed at once. If something holds `base`, the commit leaves its version
+/// unbuilt and the next commits extend the delta (merging their writes into a copy of it) until
+/// `base` is free again, or until [`MATERIALIZE_EVERY`] versions (or [`MATERIALIZE_WRITES`]
+/// written keys) are pending: then the committing thread builds its version by path copy, one
+/// copy of the upper levels for all of them.
+///
+/// Invariant: an unbuilt version's `base` is built or being built, and no version refers to an
+/// older one other than its `base`; a version's map (or `base` plus `delta`) is exactly its
+/// contents; a map is changed in place only by the build that holds the last reference to the
+/// version that owned it, which no one can reach any more (it is not the latest version). So an
+/// overwritten value is freed with the last snapshot that sees it, or, if the latest version
+/// still stands on the version that held it, by the next commit that can build in place, at the
+/// latest after [`MATERIALIZE_EVERY`] more commits.
 pub(crate) struct Version<K, V> {
     pub(crate) number: u64,
     /// Live (non-tombstone) keys.
@@ -52,16 +70,47 @@ pub(crate) struct Version<K, V> {
     entries: OnceLock<OrdMap<K, V>>,
     /// Until `entries` is built: the last built version before it and the writes since. Taken
     /// (and the link to `base` dropped) by the build. Locked inside `entries`' initialization,
-    /// which runs once, and by the next commit (under the committer lock) to extend the delta:
-    /// never held across anything else, and its lock order is committer, then this.
+    /// which runs once, and by the commits (under the committer lock) that decide whether to
+    /// build it or extend its delta: never held across anything else, and its lock order is
+    /// committer, then this.
     pending: std::sync::Mutex<Option<Pending<K, V>>>,
 }
 
-#[derive(Clone)]
 struct Pending<K, V> {
     base: Arc<Version<K, V>>,
     /// Sorted by key, one entry per key (the last write since `base`).
-    delta: Vec<(K, Option<V>)>,
+    delta: Sorted<(K, Option<V>)>,
+}
+
+impl<K: Ord + Hash + Clone, V: Clone> Pending<K, V> {
+    /// `base`'s entries plus `delta`. When this is the last reference to `base` (no snapshot,
+    /// transaction or other unbuilt version holds it, and nothing can reach it any more: it is
+    /// not the latest version), its map is taken and changed in place, so that only the nodes it
+    /// still shares with older live versions are copied; otherwise `base`'s map is cloned (O(1))
+    /// and the writes path-copy it. `base` is built, or being built by the commit that made it
+    /// (then it is shared, and `entries` waits for that build).
+    fn build(self) -> OrdMap<K, V> {
+        let Pending { base, delta } = self;
+        let mut entries = match Arc::try_unwrap(base) {
+            Ok(base) => base.into_entries(),
+            Err(base) => base.entries().clone(),
+        };
+        for (key, value) in delta.into_iter() {
+            match value {
+                // An overwrite (the common write) in one descent that changes no node's shape.
+                Some(value) => match entries.get_mut(&key) {
+                    Some(slot) => *slot = value,
+                    None => {
+                        entries.insert(key, value);
+                    }
+                },
+                None => {
+                    entries.remove(&key);
+                }
+            }
+        }
+        entries
+    }
 }
 
 impl<K: Ord + Hash + Clone, V: Clone> Version<K, V> {
@@ -77,25 +126,25 @@ impl<K: Ord + Hash + Clone, V: Clone> Version<K, V> {
     /// This version's entries in key order, built on first use (see the type's documentation).
     pub(crate) fn entries(&self) -> &OrdMap<K, V> {
         self.entries.get_or_init(|| {
-            let Pending { base, delta } = self
+            let pending = self
                 .pending()
                 .take()
                 .expect("an unbuilt version keeps its base and writes");
-            // `base` is built, or being built by the commit that made it (then this waits).
-            let mut entries = base.entries().clone();
-            drop(base);
-            for (key, value) in delta {
-                match value {
-                    Some(value) => {
-                        entries.insert(key, value);
-                    }
-                    None => {
-                        entries.remove(&key);
-                    }
-                }
-            }
-            entries
+            pending.build()
         })
+    }
+
+    /// This version's entries, owned: taken if built, else built from its base and writes.
+    fn into_entries(self) -> OrdMap<K, V> {
+        match self.entries.into_inner() {
+            Some(entries) => entries,
+            None => self
+                .pending
+                .into_inner()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .expect("an unbuilt version keeps its base and writes")
+                .build(),
+        }
     }
 
     pub(crate) fn get(&self, key: &K) -> Option<V> {
@@ -114,12 +163,12 @@ impl<K: Ord + Hash + Clone, V: Clone> Version<K, V> {
     fn successor_pending(
         self: &Arc<Self>,
         extend: bool,
-        fresh: Vec<(K, Option<V>)>,
+        fresh: Sorted<(K, Option<V>)>,
     ) -> Pending<K, V> {
         if extend && let Some(pending) = self.pending().as_ref() {
             return Pending {
                 base: Arc::clone(&pending.base),
-                delta: merge(&pending.delta, fresh),
+                delta: Sorted::Many(merge(pending.delta.as_slice(), fresh)),
             };
         }
         Pending {
@@ -132,11 +181,11 @@ impl<K: Ord + Hash + Clone, V: Clone> Version<K, V> {
 /// The sorted union of `older` and `newer` (both sorted, one entry per key), `newer` winning.
 fn merge<K: Ord + Clone, V: Clone>(
     older: &[(K, Option<V>)],
-    newer: Vec<(K, Option<V>)>,
+    newer: Sorted<(K, Option<V>)>,
 ) -> Vec<(K, Option<V>)> {
     let mut merged = Vec::with_capacity(older.len() + newer.len());
     let mut older = older.iter().peekable();
-    for (key, value) in newer {
+    for (key, value) in newer.into_iter() {
         while let Some((old_key, _)) = older.peek() {
             match old_key.cmp(&key) {
                 std::cmp::Ordering::Less => merged.push(older.next().expect("peeked").clone()),
@@ -161,16 +210,34 @@ const MATERIALIZE_WRITES: usize = 64;
 
 struct State<K, V> {
     latest: Arc<Version<K, V>>,
-    /// Version number → how many live snapshots (and transactions) stand on it.
-    live: BTreeMap<u64, usize>,
+    /// (version number, how many live snapshots and transactions stand on it), in version
+    /// order, counts above zero. A snapshot registers at the latest version, which is at the
+    /// back or goes there, and most are released at the back or the front: no allocation once
+    /// the deque has grown, no search for the common cases.
+    live: VecDeque<(u64, usize)>,
 }
 
 impl<K, V> State<K, V> {
+    /// One more snapshot of `version`, which is the latest or already registered.
+    fn retain(&mut self, version: u64) {
+        match self.live.back_mut() {
+            Some((last, count)) if *last == version => *count += 1,
+            Some((last, _)) if *last > version => {
+                match self.live.binary_search_by_key(&version, |&(v, _)| v) {
+                    Ok(at) => self.live[at].1 += 1,
+                    Err(at) => self.live.insert(at, (version, 1)),
+                }
+            }
+            _ => self.live.push_back((version, 1)),
+        }
+    }
+
     fn release(&mut self, version: u64) {
-        if let Some(count) = self.live.get_mut(&version) {
+        if let Ok(at) = self.live.binary_search_by_key(&version, |&(v, _)| v) {
+            let count = &mut self.live[at].1;
             *count -= 1;
             if *count == 0 {
-                self.live.remove(&version);
+                self.live.remove(at);
             }
         }
     }
@@ -180,8 +247,8 @@ impl<K, V> State<K, V> {
     fn oldest_live_except(&self, except: u64) -> Option<u64> {
         self.live
             .iter()
-            .find(|&(&version, &count)| version != except || count > 1)
-            .map(|(&version, _)| version)
+            .find(|&&(version, count)| version != except || count > 1)
+            .map(|&(version, _)| version)
     }
 }
 
@@ -259,7 +326,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         Self {
             state: InternalMutex::new(State {
                 latest: Arc::new(Version::built(0, OrdMap::new())),
-                live: BTreeMap::new(),
+                live: VecDeque::new(),
             }),
             committer: InternalMutex::new(CommitterState {
                 tombstones: VecDeque::new(),
@@ -319,13 +386,13 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
     pub(crate) fn acquire_latest(&self) -> Arc<Version<K, V>> {
         let mut state = self.state.lock();
         let latest = Arc::clone(&state.latest);
-        *state.live.entry(latest.number).or_default() += 1;
+        state.retain(latest.number);
         latest
     }
 
     /// Registers one more snapshot of `version` (a clone of a live snapshot).
     pub(crate) fn retain(&self, version: u64) {
-        *self.state.lock().live.entry(version).or_default() += 1;
+        self.state.lock().retain(version);
     }
 
     /// One snapshot of `version` is gone.
@@ -340,8 +407,8 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
     pub(crate) fn commit(
         &self,
         registration: &mut Registration<K, V>,
-        reads: &BTreeSet<K>,
-        writes: BTreeMap<K, Option<V>>,
+        reads: &KeyMap<K, ()>,
+        writes: Sorted<(K, Option<V>)>,
     ) -> Result<u64, Conflict<K>> {
         let snapshot_version = registration.version;
         let mut committer = self.committer.lock();
@@ -353,7 +420,12 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         };
         // The index holds `base`'s entries exactly (no unpublished version while `committer` is
         // held): one hash lookup per key instead of a walk down the ordered map.
-        self.validate(snapshot_version, reads, writes.keys())?;
+        self.validate(
+            snapshot_version,
+            reads
+                .keys()
+                .chain(writes.as_slice().iter().map(|(key, _)| key)),
+        )?;
         self.commits.fetch_add(1, Ordering::Relaxed);
         if writes.is_empty() {
             self.release_registration(registration);
@@ -362,12 +434,11 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         let number = base.number + 1;
         let mut len = base.len;
         let written = writes.len();
-        let mut fresh = Vec::with_capacity(written);
-        for (key, value) in writes {
+        for (key, value) in writes.as_slice() {
             // Stamped `number`, which no reader stands on before it is published below.
-            let (hash, was_live) = self.index.write(&key, value.clone(), number);
+            let (hash, was_live) = self.index.write(key, value.clone(), number);
             committer.kept_prev.push(hash);
-            match (&value, was_live) {
+            match (value, was_live) {
                 (Some(_), false) => len += 1,
                 (None, true) => len -= 1,
                 _ => {}
@@ -375,8 +446,8 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             if value.is_none() {
                 committer.tombstones.push_back((number, key.clone()));
             }
-            fresh.push((key, value));
         }
+        let fresh = writes;
         // Extend `base`'s delta unless `base` is being built by the commit that made it.
         let pending = base.successor_pending(committer.unbuilt_versions > 0, fresh);
         // Snapshots registered since `oldest_live` was read stand on `base`, which is newer than
@@ -384,15 +455,6 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         drop_old_tombstones(&self.index, &mut committer.tombstones, oldest_live, number);
         committer.unbuilt_versions += 1;
         committer.unbuilt_writes += written;
-        // Not while `base` is still being built by the commit that started it (another thread):
-        // this build would wait for that one. The next commits keep extending the delta instead.
-        let build = (committer.unbuilt_versions >= MATERIALIZE_EVERY
-            || committer.unbuilt_writes >= MATERIALIZE_WRITES)
-            && pending.base.entries.get().is_some();
-        if build {
-            committer.unbuilt_versions = 0;
-            committer.unbuilt_writes = 0;
-        }
         let next = Arc::new(Version {
             number,
             len,
@@ -400,15 +462,36 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             pending: std::sync::Mutex::new(Some(pending)),
         });
         drop(base);
-        let to_build = build.then(|| Arc::clone(&next));
         let previous = {
             let mut state = self.state.lock();
             state.release(snapshot_version);
             registration.active = false;
             // After the index holds this version's writes (the mutex orders them before).
             self.published.store(number, Ordering::Release);
-            std::mem::replace(&mut state.latest, next)
+            std::mem::replace(&mut state.latest, Arc::clone(&next))
         };
+        // The replaced version is `next`'s base or a version standing on the same base (dropping
+        // it frees at most its delta list, or the few nodes a reader's build of it copied, never
+        // a whole map): let go of it first, so that `next` may hold the base's last reference.
+        drop(previous);
+        let build = match next.pending().as_ref() {
+            // Nothing else holds the base (see `Pending::build`): built in place, cheaply.
+            Some(pending) if Arc::strong_count(&pending.base) == 1 => true,
+            // Not while `base` is still being built by the commit that started it (another
+            // thread): this build would wait for that one. The next commits keep extending the
+            // delta instead.
+            Some(pending) => {
+                (committer.unbuilt_versions >= MATERIALIZE_EVERY
+                    || committer.unbuilt_writes >= MATERIALIZE_WRITES)
+                    && pending.base.entries.get().is_some()
+            }
+            None => false,
+        };
+        if build {
+            committer.unbuilt_versions = 0;
+            committer.unbuilt_writes = 0;
+        }
+        let to_build = build.then_some(next);
         // `number` is published: the overwritten values need not stay in the index (older
         // snapshots find them in their own versions).
         for hash in committer.kept_prev.drain(..) {
@@ -416,23 +499,24 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         }
         drop(committer);
         // Outside both locks: other commits go on while this one builds its version's ordered
-        // map (path copies of the versions since the last build, the upper levels copied once),
-        // and frees what the versions it replaces no longer share.
-        drop(previous);
+        // map (in place, or path copies of the versions since the last build, the upper levels
+        // copied once).
         if let Some(version) = to_build {
             version.entries();
         }
         Ok(number)
     }
 
-    /// Fails with the first key of `reads` or `writes` written after `snapshot_version`.
+    /// Fails with the first of `keys` (read or written) written after `snapshot_version`.
     fn validate<'k>(
         &self,
         snapshot_version: u64,
-        reads: &'k BTreeSet<K>,
-        writes: impl Iterator<Item = &'k K>,
-    ) -> Result<(), Conflict<K>> {
-        for key in reads.iter().chain(writes) {
+        keys: impl Iterator<Item = &'k K>,
+    ) -> Result<(), Conflict<K>>
+    where
+        K: 'k,
+    {
+        for key in keys {
             if let Some(written_at) = self.index.written_at(key)
                 && written_at > snapshot_version
             {
@@ -461,8 +545,9 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             keys: state.latest.len,
             commits: self.commits.load(Ordering::Relaxed),
             conflicts: self.conflicts.load(Ordering::Relaxed),
-            live_versions: state.live.len() + usize::from(!state.live.contains_key(&latest)),
-            live_snapshots: state.live.values().sum(),
+            live_versions: state.live.len()
+                + usize::from(state.live.back().is_none_or(|&(last, _)| last != latest)),
+            live_snapshots: state.live.iter().map(|&(_, count)| count).sum(),
             tombstones,
         }
     }

@@ -1,6 +1,6 @@
 //! [`Transaction`]: reads from a snapshot, buffered writes, validated commit.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::hash::Hash;
 
@@ -13,16 +13,110 @@ use super::snapshot::Snapshot;
 /// discards it.
 pub struct Transaction<K: Ord + Hash + Clone, V: Clone> {
     snapshot: Snapshot<K, V>,
-    reads: BTreeSet<K>,
-    writes: BTreeMap<K, Option<V>>,
+    reads: KeyMap<K, ()>,
+    writes: KeyMap<K, Option<V>>,
+}
+
+/// A map from keys, its first entry kept inline: most transactions read and write one or two
+/// keys, and they then allocate nothing for their read and write sets. The other entries are in
+/// a `BTreeMap` (which allocates from its first entry on).
+pub(crate) struct KeyMap<K, T> {
+    first: Option<(K, T)>,
+    /// Entries whose keys differ from `first`'s.
+    rest: BTreeMap<K, T>,
+}
+
+impl<K: Ord, T> KeyMap<K, T> {
+    fn new() -> Self {
+        Self {
+            first: None,
+            rest: BTreeMap::new(),
+        }
+    }
+
+    fn get(&self, key: &K) -> Option<&T> {
+        match &self.first {
+            Some((first, value)) if first == key => Some(value),
+            _ => self.rest.get(key),
+        }
+    }
+
+    fn insert(&mut self, key: K, value: T) {
+        match &mut self.first {
+            None => self.first = Some((key, value)),
+            Some((first, slot)) if *first == key => *slot = value,
+            Some(_) => {
+                self.rest.insert(key, value);
+            }
+        }
+    }
+
+    /// The keys, in no particular order.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &K> {
+        self.first
+            .iter()
+            .map(|(key, _)| key)
+            .chain(self.rest.keys())
+    }
+
+    /// The entries sorted by key (one entry without an allocation).
+    pub(crate) fn into_sorted(self) -> Sorted<(K, T)> {
+        let Some(first) = self.first else {
+            return Sorted::Many(Vec::new());
+        };
+        if self.rest.is_empty() {
+            return Sorted::One(first);
+        }
+        let mut sorted = Vec::with_capacity(1 + self.rest.len());
+        let mut first = Some(first);
+        for (key, value) in self.rest {
+            if first.as_ref().is_some_and(|(first, _)| *first < key) {
+                sorted.extend(first.take());
+            }
+            sorted.push((key, value));
+        }
+        sorted.extend(first);
+        Sorted::Many(sorted)
+    }
+}
+
+/// A list of entries sorted by key, one entry kept inline (a one-key commit's writes).
+pub(crate) enum Sorted<E> {
+    One(E),
+    Many(Vec<E>),
+}
+
+impl<E> Sorted<E> {
+    pub(crate) fn as_slice(&self) -> &[E] {
+        match self {
+            Sorted::One(entry) => std::slice::from_ref(entry),
+            Sorted::Many(entries) => entries,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+
+    pub(crate) fn into_iter(self) -> impl Iterator<Item = E> {
+        let (one, many) = match self {
+            Sorted::One(entry) => (Some(entry), Vec::new()),
+            Sorted::Many(entries) => (None, entries),
+        };
+        one.into_iter().chain(many)
+    }
 }
 
 impl<K: Ord + Hash + Clone, V: Clone> Transaction<K, V> {
     pub(crate) fn new(snapshot: Snapshot<K, V>) -> Self {
         Self {
             snapshot,
-            reads: BTreeSet::new(),
-            writes: BTreeMap::new(),
+            reads: KeyMap::new(),
+            writes: KeyMap::new(),
         }
     }
 
@@ -32,7 +126,9 @@ impl<K: Ord + Hash + Clone, V: Clone> Transaction<K, V> {
         if let Some(written) = self.writes.get(key) {
             return written.clone();
         }
-        self.reads.insert(key.clone());
+        if self.reads.get(key).is_none() {
+            self.reads.insert(key.clone(), ());
+        }
         self.snapshot.get(key)
     }
 
@@ -62,7 +158,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Transaction<K, V> {
         } = self;
         let mut registration = snapshot.into_registration();
         let shared = std::sync::Arc::clone(&registration.shared);
-        shared.commit(&mut registration, &reads, writes)
+        shared.commit(&mut registration, &reads, writes.into_sorted())
     }
 }
 
@@ -70,7 +166,7 @@ impl<K: Ord + Hash + Clone + fmt::Debug, V: Clone> fmt::Debug for Transaction<K,
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Transaction")
             .field("snapshot_version", &self.snapshot.version())
-            .field("reads", &self.reads)
+            .field("reads", &self.reads.keys().collect::<Vec<_>>())
             .field("writes", &self.writes.keys().collect::<Vec<_>>())
             .finish()
     }
