@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{Node, Running, data_dir, ok, send};
-use synckit_node::client::Client;
+use synckit_node::client::{Client, LedgerCalls};
 use synckit_node::protocol::Protocol;
 
 /// A ledger with grants and quick blocks, so the mempool and the chain see traffic.
