@@ -1,8 +1,8 @@
 //! [`render`]: draws a [`State`] into a ratatui frame, and nothing else: the same state always
 //! draws the same screen, which the snapshot tests rely on.
 //!
-//! Every screen is the screen's own area, then the status line (the member, "reconnecting...",
-//! the last notice) and the footer (the keys that work here); an overlay (help, a
+//! Every screen is the screen's own area, then the status line (the member, the leader it
+//! names, "reconnecting...", the last notice) and the footer (the keys that work here); an overlay (help, a
 //! confirmation) is drawn last, in a box over the middle.
 
 use ratatui::Frame;
