@@ -9,19 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Node, Running, data_dir, ok, send};
+use common::{LEDGER, Node, Running, data_dir, ok, send};
 use synckit_node::client::{Client, LedgerCalls};
 use synckit_node::protocol::Protocol;
-
-/// A ledger with grants and quick blocks, so the mempool and the chain see traffic.
-const LEDGER: &[&str] = &[
-    "--initial-balance",
-    "1000",
-    "--difficulty-bits",
-    "4",
-    "--block-interval-ms",
-    "100",
-];
 
 /// Locks the traffic below takes, which the page must list with acquisitions.
 const BUSY_LOCKS: [&str; 4] = ["sessions", "mailboxes-00", "mempool", "ledger-chain"];
