@@ -362,19 +362,34 @@ fn verify_chain_accepts_a_killed_node_and_names_damage() {
     assert!(refused.stderr.contains("block 1"), "{}", refused.stderr);
     std::fs::write(&snapshot, &original).unwrap();
 
-    // A damaged raft log: the file is named.
-    let segment = std::fs::read_dir(dir.path().join("raft"))
+    // A damaged raft log: the file is named. Started without a snapshot at every record, the node
+    // keeps the entry acknowledged here in its log, after the head of the segment. The damage
+    // goes into the first record of the first segment, which is followed by more records, so it
+    // cannot pass for a torn tail (that would be cut, not refused).
+    let node = Node::start(dir.path(), LEDGER);
+    ok(node
+        .login(Protocol::Binary, "ann")
+        .call(&Request::Transfer {
+            to: "ben".into(),
+            amount: 1,
+        }));
+    node.kill();
+    let segments = std::fs::read_dir(dir.path().join("raft"))
         .unwrap()
         .map(|entry| entry.unwrap().path())
         .filter(|path| path.extension().is_some_and(|e| e == "log"))
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .next_back()
-        .expect("a raft segment");
+        .collect::<BTreeSet<_>>();
+    let segment = segments.first().expect("a raft segment").clone();
     let mut bytes = std::fs::read(&segment).unwrap();
-    assert!(bytes.len() > 64, "{}", bytes.len());
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0xff;
+    let first_record_len = 8 + u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
+    assert!(
+        segments.len() > 1 || bytes.len() > first_record_len,
+        "a record follows the damaged one: {} segments, {} bytes",
+        segments.len(),
+        bytes.len()
+    );
+    // Inside the payload (past the length and the checksum), so the checksum fails.
+    bytes[8 + 1] ^= 0xff;
     std::fs::write(&segment, bytes).unwrap();
     let (good, _, stderr) = verify_chain(dir.path());
     assert!(
