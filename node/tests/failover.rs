@@ -249,41 +249,55 @@ fn connecting_to_no_member_fails_at_once_naming_them() {
     );
 }
 
-both!(a_transfer_whose_answer_is_lost_is_not_sent_again);
-fn a_transfer_whose_answer_is_lost_is_not_sent_again(protocol: Protocol) {
+both!(a_transfer_whose_answer_is_lost_is_sent_again_and_pays_once);
+fn a_transfer_whose_answer_is_lost_is_sent_again_and_pays_once(protocol: Protocol) {
     let dir = data_dir();
     let node = Node::start(dir.path(), &["--initial-balance", "1000"]);
     node.create("alice");
     node.create("bob");
-    // A member that accepts the login, then closes the connection on the transfer: it may have
-    // been executed, so the client must not pay again elsewhere.
+    // A member that accepts the login, then closes the connection on the transfer: the client
+    // cannot know whether it was executed, so it sends it again, with its key, to the node.
     let closing = FakeMember::start(FakeAnswer::Close);
     let members = [closing.addr.to_string(), node.chat.to_string()];
     let mut client = FailoverClient::connect(&members, protocol).unwrap();
     ok(client.login("alice", PASSWORD));
-    let error = client.transfer("bob", 7).expect_err("the answer was lost");
-    assert_eq!(
-        error.kind(),
-        std::io::ErrorKind::ConnectionAborted,
-        "{error}"
-    );
-    assert!(error.to_string().contains("not sent again"), "{error}");
-    let transfers = closing
+    let Reply::Pooled { txid } = ok(client.transfer("bob", 7)) else {
+        panic!("not a transfer answer");
+    };
+    assert_eq!(client.connected_to(), Some(members[1].as_str()));
+    let sent: Vec<Request> = closing
         .requests()
-        .iter()
+        .into_iter()
         .filter(|r| matches!(r, Request::Transfer { .. }))
-        .count();
-    assert_eq!(transfers, 1, "sent once, to the closing member");
-    // The node never saw it; the next call moves on (logging in again) and works.
+        .collect();
+    assert!(
+        matches!(&sent[..], [Request::Transfer { key: Some(_), .. }]),
+        "sent once to the closing member, with a key: {sent:?}"
+    );
+
+    // The first try reached the node and its answer was lost: the retry, with the same key,
+    // gets the same transaction and pays nothing more.
+    let request = Request::keyed_transfer("bob", 5);
+    let mut first = node.login(protocol, "alice");
+    first.send(&request).unwrap();
+    drop(first);
+    let mut client =
+        FailoverClient::connect(&[dead_addr().to_string(), node.chat.to_string()], protocol)
+            .unwrap();
+    ok(client.login("alice", PASSWORD));
+    let Reply::Pooled { txid: retried } = ok(client.call(&request)) else {
+        panic!("not a transfer answer");
+    };
+    assert_ne!(retried, txid);
+    assert_eq!(ok(client.call(&request)), Reply::Pooled { txid: retried });
     let Reply::Balance { confirmed, pending } = ok(client.get_balance()) else {
         panic!("not a balance");
     };
-    assert_eq!(confirmed as i64 + pending, 1000, "nothing was paid");
-    assert_eq!(client.connected_to(), Some(members[1].as_str()));
-    assert!(matches!(
-        ok(client.transfer("bob", 7)),
-        Reply::Pooled { .. }
-    ));
+    assert_eq!(
+        confirmed as i64 + pending,
+        1000 - 7 - 5,
+        "each transfer paid once"
+    );
 
     // `not_leader` means nothing was done: a transfer follows it like any request.
     let follower = FakeMember::start(FakeAnswer::NotLeader(Some(node.chat.to_string())));
@@ -296,5 +310,5 @@ fn a_transfer_whose_answer_is_lost_is_not_sent_again(protocol: Protocol) {
     let Reply::Balance { confirmed, pending } = ok(client.get_balance()) else {
         panic!("not a balance");
     };
-    assert_eq!(confirmed as i64 + pending, 990);
+    assert_eq!(confirmed as i64 + pending, 1000 - 7 - 5 - 3);
 }

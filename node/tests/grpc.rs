@@ -459,11 +459,26 @@ async fn ledger_rpcs_and_a_double_spend() {
             pb::TransferRequest {
                 to: "bob".into(),
                 amount: 100,
+                key: Some("grpc-transfer-1".into()),
             },
         ))
         .await
         .unwrap()
         .into_inner();
+    // Sent again with its key, it pays nothing more: the same transaction.
+    let again = c
+        .transfer(authed(
+            &alice,
+            pb::TransferRequest {
+                to: "bob".into(),
+                amount: 100,
+                key: Some("grpc-transfer-1".into()),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.txid, transfer.txid);
     let pooled = c
         .get_transaction(authed(
             &alice,
@@ -506,6 +521,7 @@ async fn ledger_rpcs_and_a_double_spend() {
             pb::TransferRequest {
                 to: "bob".into(),
                 amount: 1_000_000,
+                key: None,
             },
         ))
         .await,

@@ -6,6 +6,9 @@
 //!   killed; the winner is sealed in a block on every member;
 //! - random concurrent transfers conserve the supply: once the pool is sealed, the confirmed
 //!   balances add up to the grants, and every member holds the same chain;
+//! - a transfer sent again with its idempotency key pays once and answers with the first one's
+//!   transaction, while pooled, once sealed and after a restart; another transfer under that
+//!   key, or a key of the wrong size, is refused;
 //! - `verify-chain` accepts the chain of a node killed with -9 and restarted, and names the
 //!   block when a snapshot's block is changed (which the node then refuses at start) and the
 //!   file when the raft log is damaged.
@@ -19,7 +22,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
-use common::{Cluster, LEDGER, Node, PASSWORD, data_dir, ok, wait_until};
+use common::{Cluster, LEDGER, Node, PASSWORD, PROTOCOLS, data_dir, err, ok, wait_until};
 use synckit_node::client::Client;
 use synckit_node::ledger::{Hash32, Outpoint, Output};
 use synckit_node::protocol::{ErrorCode, Protocol, Reply, Request};
@@ -263,7 +266,12 @@ fn random_concurrent_transfers_conserve_the_supply() {
                     seed ^= seed << 17;
                     let to = names[(seed % USERS as u64) as usize].clone();
                     let amount = 1 + (seed >> 8) % 80;
-                    match client.call(&Request::Transfer { to, amount }).unwrap() {
+                    let request = Request::Transfer {
+                        to,
+                        amount,
+                        key: None,
+                    };
+                    match client.call(&request).unwrap() {
                         Ok(Reply::Pooled { .. }) => accepted += 1,
                         Err(error) => assert_eq!(error.code, ErrorCode::InsufficientFunds),
                         Ok(other) => panic!("{other:?}"),
@@ -298,6 +306,67 @@ fn random_concurrent_transfers_conserve_the_supply() {
     assert!(verified.0, "{verified:?}\n{stderr}");
 }
 
+#[test]
+fn a_transfer_sent_again_with_its_key_pays_once() {
+    for protocol in PROTOCOLS {
+        let dir = data_dir();
+        let mut args = LEDGER.to_vec();
+        args.extend(["--snapshot-every-records", "3"]);
+        let node = Node::start(dir.path(), &args);
+        node.create("ann");
+        node.create("ben");
+        let mut ann = node.login(protocol, "ann");
+        let request = Request::keyed_transfer("ben", 10);
+        let Reply::Pooled { txid } = ok(ann.call(&request)) else {
+            panic!("not a transfer answer");
+        };
+        assert_eq!(
+            ok(ann.call(&request)),
+            Reply::Pooled { txid },
+            "{protocol:?}"
+        );
+        let (confirmed, pending) = balance(&mut ann);
+        assert_eq!(confirmed as i64 + pending, 990, "{protocol:?}: paid once");
+
+        // The key names that transfer: another amount under it is refused, saying so.
+        let Request::Transfer { key, .. } = &request else {
+            unreachable!()
+        };
+        let other = Request::Transfer {
+            to: "ben".into(),
+            amount: 11,
+            key: key.clone(),
+        };
+        let error = err(ann.call(&other), ErrorCode::InvalidArgument);
+        assert!(error.message.contains("new key"), "{error:?}");
+
+        // Sealed, the transfer keeps its key; so does a restart (snapshot, then the log).
+        assert!(wait_until(PATIENCE, || block_of(&mut ann, txid).is_some()));
+        assert_eq!(ok(ann.call(&request)), Reply::Pooled { txid });
+        drop(ann);
+        node.kill();
+        let node = Node::start(dir.path(), &args);
+        let mut ann = node.login(protocol, "ann");
+        assert_eq!(ok(ann.call(&request)), Reply::Pooled { txid });
+        let (confirmed, pending) = balance(&mut ann);
+        assert_eq!(
+            confirmed as i64 + pending,
+            990,
+            "{protocol:?}: still paid once"
+        );
+
+        for key in [String::new(), "k".repeat(65)] {
+            let request = Request::Transfer {
+                to: "ben".into(),
+                amount: 1,
+                key: Some(key),
+            };
+            let error = err(ann.call(&request), ErrorCode::InvalidArgument);
+            assert!(error.message.contains("1 to 64 bytes"), "{error:?}");
+        }
+    }
+}
+
 /// Runs `verify-chain` on `dir`: (success, stdout, stderr).
 fn verify_chain(dir: &Path) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_synckit-node"))
@@ -326,6 +395,7 @@ fn verify_chain_accepts_a_killed_node_and_names_damage() {
         ok(ann.call(&Request::Transfer {
             to: "ben".into(),
             amount,
+            key: None,
         }));
     }
     assert!(wait_until(PATIENCE, || chain(&mut ann).2 == 0));
@@ -372,6 +442,7 @@ fn verify_chain_accepts_a_killed_node_and_names_damage() {
         .call(&Request::Transfer {
             to: "ben".into(),
             amount: 1,
+            key: None,
         }));
     node.kill();
     let segments = std::fs::read_dir(dir.path().join("raft"))

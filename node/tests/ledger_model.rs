@@ -6,7 +6,10 @@
 //!   same acceptances, refusal codes and balances as a model that knows only the rules: an
 //!   output exists, is the sender's, is spent at most once (in the chain or the pool), sums match;
 //! - at every block, the confirmed balances add up to the sealed grants (supply is conserved);
-//! - a snapshot image restores the same ledger, and a block changed in it is refused by name;
+//! - a keyed transfer sent again pays nothing and gets the first one's txid; another transfer
+//!   under a used key is refused;
+//! - a snapshot image restores the same ledger (keys included), and a block changed in it is
+//!   refused by name;
 //! - a block that does not extend the tip, or holds a transaction not in the pool, is refused.
 
 use std::collections::BTreeMap;
@@ -122,10 +125,13 @@ impl Model {
 
 #[derive(Clone, Debug)]
 enum Step {
+    /// A transfer; with `key`, keyed (one of three keys per payer, so repeats happen: the same
+    /// transfer again, or another transfer under a used key).
     Transfer {
         from: usize,
         to: usize,
         amount: u64,
+        key: Option<usize>,
     },
     /// Spend the `pick`-th outputs of someone (maybe not `from`'s), paying `to`, with the sum off
     /// by `skew`.
@@ -143,7 +149,8 @@ enum Step {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        4 => (0..4usize, 0..4usize, 1..150u64).prop_map(|(from, to, amount)| Step::Transfer { from, to, amount }),
+        4 => (0..4usize, 0..4usize, 1..150u64, prop::option::of(0..3usize))
+            .prop_map(|(from, to, amount, key)| Step::Transfer { from, to, amount, key }),
         3 => (0..4usize, 0..4usize, 0..3usize, 0..4usize, prop_oneof![4 => Just(0i8), 1 => Just(1i8), 1 => Just(-1i8)])
             .prop_map(|(from, owner, pick, to, skew)| Step::Submit { from, owner, pick, to, skew }),
         2 => (1..6usize).prop_map(|count| Step::Seal { count }),
@@ -222,6 +229,8 @@ proptest! {
     fn the_ledger_decides_as_the_sequential_model(steps in prop::collection::vec(step(), 1..40)) {
         let mut harness = Harness::new();
         let mut model = Model::default();
+        // (payer, key) → (payee, amount, txid) of the keyed transfers pooled.
+        let mut keyed = BTreeMap::new();
         for user in USERS {
             prop_assert_eq!(harness.open(user), Outcome::Done);
             let grant = Transaction::grant(user, GRANT, harness.index);
@@ -229,14 +238,41 @@ proptest! {
         }
         for step in steps {
             match step {
-                Step::Transfer { from, to, amount } => {
-                    let outcome = harness.apply(Command::Transfer {
-                        from: USERS[from].into(),
-                        to: USERS[to].into(),
-                        amount,
-                    });
+                Step::Transfer { from, to, amount, key } => {
+                    let command = match key {
+                        None => Command::Transfer {
+                            from: USERS[from].into(),
+                            to: USERS[to].into(),
+                            amount,
+                        },
+                        Some(key) => Command::KeyedTransfer {
+                            from: USERS[from].into(),
+                            to: USERS[to].into(),
+                            amount,
+                            key: format!("k{key}"),
+                            timestamp: 1_000,
+                        },
+                    };
+                    let outcome = harness.apply(command);
+                    // A key used before: the same transfer gets its txid, nothing changes; another
+                    // is refused. Either way, nothing is pooled.
+                    if let Some(&(earlier_to, earlier_amount, earlier_txid)) =
+                        key.and_then(|key| keyed.get(&(from, key)))
+                    {
+                        if (earlier_to, earlier_amount) == (to, amount) {
+                            prop_assert_eq!(outcome, Outcome::Pooled { txid: earlier_txid });
+                        } else {
+                            prop_assert!(
+                                matches!(&outcome, Outcome::Refused(e) if e.code == ErrorCode::InvalidArgument),
+                                "{:?}", outcome
+                            );
+                        }
+                    } else {
                     match &outcome {
                         Outcome::Pooled { txid } => {
+                            if let Some(key) = key {
+                                keyed.insert((from, key), (to, amount, *txid));
+                            }
                             let tx = harness.state.ledger().transaction(txid).unwrap().unwrap().tx;
                             prop_assert_eq!(model.accept(*txid, &tx, Some(USERS[from])), Ok(()));
                         }
@@ -246,6 +282,7 @@ proptest! {
                             prop_assert!(((confirmed as i64 + pending) as u64) < amount);
                         }
                         other => prop_assert!(false, "unexpected {:?}", other),
+                    }
                     }
                 }
                 Step::Submit { from, owner, pick, to, skew } => {

@@ -38,10 +38,7 @@
 //!   member), then sends the same request again, bytes and key unchanged (a `create_account`
 //!   sent again that answers `user_exists` counts as created).
 //!
-//! Transfers are the exception: they carry no key, and one sent again would pay again. A
-//! measured transfer that is answered `not_leader` or `unavailable` (nothing was done) is sent
-//! again as above, but one whose connection dies after it was sent is counted as `failed`
-//! (it may or may not have been executed) and the connection goes on with its next transfer.
+//! Transfers carry an idempotency key like sends, so one sent again pays once.
 //!
 //! Such a request is not `failed`: it counts once in `messages` when a usable answer comes, and
 //! its latency runs from its *first* send (or from when it was issued, if its connection was
@@ -116,8 +113,8 @@ pub struct BenchArgs {
     /// per request (the ledger's `transfer`, to the same next account). Each account starts
     /// with the node's --initial-balance (default 1000) and receives one coin per transfer
     /// from the connection before it; transfers chain on pooled outputs, so they need no
-    /// block between them. With several --addr, a transfer whose connection died after it
-    /// was sent is counted as `failed` and not sent again (it may have been executed).
+    /// block between them. Each transfer has an idempotency key: with several --addr, one
+    /// sent again after a move pays once.
     #[arg(long, value_enum, default_value_t = BenchOp::Send)]
     pub op: BenchOp,
     /// Accounts to create, from 1 to one per connection (the default); connection i logs in
@@ -180,8 +177,7 @@ pub struct Report {
     /// Requests of the measured phase (messages or transfers) answered, successes and
     /// failures.
     pub messages: usize,
-    /// Those answered with an error (or, transfers with several members, whose connection died
-    /// after they were sent: not sent again).
+    /// Those answered with an error.
     pub failed: usize,
     /// Live deliveries received during the measured phase (one per message when every account
     /// has one connection; connections/users per message when they share accounts).
@@ -312,8 +308,6 @@ pub fn run(args: &BenchArgs) -> Result<Report, String> {
     if let Some(follow) = &mut generator.follow {
         follow.reconnects = 0;
         follow.retried = 0;
-        // A transfer has no idempotency key: sent again, it would pay again.
-        follow.send_once = args.op == BenchOp::Transfer;
     }
     let started = Instant::now();
     generator.run_phase(
@@ -321,7 +315,8 @@ pub fn run(args: &BenchArgs) -> Result<Report, String> {
         |i| {
             let to = username((i + 1) % users);
             if args.op == BenchOp::Transfer {
-                Request::Transfer { to, amount: 1 }
+                // Keyed, so that one sent again after a move pays once.
+                Request::keyed_transfer(&to, 1)
             } else if cluster {
                 // Sent again after a move, it is stored once.
                 Request::keyed_send(&to, &text)
@@ -501,9 +496,6 @@ struct Follow {
     retried: usize,
     /// Why a connection was last given up, for the error of a run that stalls.
     last_problem: Option<String>,
-    /// Whether a request whose connection died after it was sent is answered as failed
-    /// (connection lost) instead of being sent again: the measured transfers.
-    send_once: bool,
 }
 
 /// C connections on one poll instance.
@@ -559,7 +551,6 @@ impl Generator {
                 reconnects: 0,
                 retried: 0,
                 last_problem: None,
-                send_once: false,
             }
         });
         let mut generator = Generator {
@@ -780,24 +771,8 @@ impl Generator {
         let mut answer = match self.read_ready(index)? {
             Progress::Pending => return Ok(Progress::Pending),
             Progress::Lost(why) => {
-                let follow = self.follow.as_mut().expect("following");
-                let send_once = follow.send_once;
-                let link = &mut follow.links[index];
-                // Up and pending: the request went to this connection, and may have been done.
-                let lost = send_once && link.state == LinkState::Up && link.pending;
-                let answer = lost.then(|| {
-                    link.pending = false;
-                    Answer {
-                        latency: link.first_sent.elapsed(),
-                        result: Err(ErrorReply::new(
-                            ErrorCode::Internal,
-                            format!("connection lost after the request was sent: {why}"),
-                        )),
-                        retried: false,
-                    }
-                });
                 self.lose(index, why, None);
-                return Ok(answer.map_or(Progress::Pending, Progress::Answered));
+                return Ok(Progress::Pending);
             }
             Progress::Answered(answer) => answer,
         };

@@ -87,8 +87,8 @@ enum ClientCommand {
     Balance,
     /// The account's spendable outputs, confirmed ones first.
     Utxos,
-    /// Pay AMOUNT coins to TO; prints the pooled transaction's id. Not sent again if its
-    /// answer is lost (it may have been executed: look at the balance).
+    /// Pay AMOUNT coins to TO; prints the pooled transaction's id. Carries a fresh idempotency
+    /// key, so that sent again after a lost answer it pays once.
     Transfer {
         /// Payee.
         to: String,
@@ -239,10 +239,7 @@ fn run_client(args: &ClientArgs) -> Result<bool, String> {
         },
         ClientCommand::Balance => Request::GetBalance {},
         ClientCommand::Utxos => Request::ListUtxos {},
-        ClientCommand::Transfer { to, amount } => Request::Transfer {
-            to: to.clone(),
-            amount: *amount,
-        },
+        ClientCommand::Transfer { to, amount } => Request::keyed_transfer(to, *amount),
         ClientCommand::Tx { txid } => Request::GetTransaction { txid: *txid },
         ClientCommand::Block { height } => Request::GetBlock { height: *height },
         ClientCommand::Chain => Request::ChainInfo {},

@@ -18,12 +18,11 @@
 //!
 //! Retrying is safe because a member that answers `not_leader` or `unavailable` changed nothing.
 //! A request whose *answer* was lost (the connection died after it was sent) may have been
-//! executed: sends carry an idempotency key, the same on every retry, so a retried send is
-//! stored once ([`FailoverClient::call`] gives a send without a key one). A `transfer` has no
-//! key and would pay twice: once sent whole, it is not sent again when its answer is lost (the
-//! call fails with [`io::ErrorKind::ConnectionAborted`]; the balance tells whether it was
-//! executed). Other requests are retried as they are: a retried `create_account` may answer
-//! `user_exists`, a retried `delete_messages` may count fewer deletions.
+//! executed: sends and transfers carry an idempotency key, the same on every retry, so a
+//! retried send is stored once and a retried transfer pays once ([`FailoverClient::call`] gives
+//! one without a key a key). Other requests are retried as they are: a retried
+//! `create_account` may answer `user_exists`, a retried `delete_messages` may count fewer
+//! deletions.
 //!
 //! Pushes come from the member the client is connected to. After a reconnection the new
 //! connection's pushes continue, but a message stored while no connection was logged in is not
@@ -90,9 +89,6 @@ enum Attempt {
     Redirect(String),
     /// Another member may do better, after a pause; why this one did not.
     Retry(String),
-    /// A request that must not be sent twice (a transfer) was sent and its answer lost: it
-    /// may have been executed. Why.
-    Lost(String),
 }
 
 impl FailoverClient {
@@ -179,6 +175,18 @@ impl FailoverClient {
                 keyed = Request::SendMessage {
                     to: to.clone(),
                     text: text.clone(),
+                    key: Some(idempotency_key()),
+                };
+                &keyed
+            }
+            Request::Transfer {
+                to,
+                amount,
+                key: None,
+            } => {
+                keyed = Request::Transfer {
+                    to: to.clone(),
+                    amount: *amount,
                     key: Some(idempotency_key()),
                 };
                 &keyed
@@ -275,16 +283,6 @@ impl FailoverClient {
                     problem
                 }
                 Attempt::Retry(problem) => problem,
-                Attempt::Lost(problem) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::ConnectionAborted,
-                        format!(
-                            "the answer to the transfer was lost ({problem}): it may have been \
-                             executed, so it is not sent again; look at the balance before \
-                             transferring again"
-                        ),
-                    ));
-                }
             };
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -358,21 +356,12 @@ impl FailoverClient {
             .as_mut()
             .expect("connected before a request");
         let addr = addr.clone();
-        // A request that failed to go out whole was not executed; one that went out may have
-        // been, which matters for a transfer only (retried, it would pay twice).
-        let sent = client
+        // A request whose answer is lost may have been executed: sends and transfers are keyed
+        // (see `call`), so sending it again is safe.
+        let answer = client
             .set_read_timeout(Some(wait))
-            .and_then(|()| client.send(request));
-        let answer = match sent {
-            Ok(id) => match client.wait_for(id) {
-                Err(e) if matches!(request, Request::Transfer { .. }) => {
-                    self.disconnect();
-                    return Attempt::Lost(format!("{addr}: {e}"));
-                }
-                answer => answer,
-            },
-            Err(e) => Err(e),
-        };
+            .and_then(|()| client.send(request))
+            .and_then(|id| client.wait_for(id));
         match answer {
             Err(e) => {
                 self.disconnect();

@@ -45,12 +45,10 @@ pub trait LedgerCalls {
         self.call(&Request::ListUtxos {})
     }
 
-    /// Pays `amount` coins to `to` (`Reply::Pooled` with the transaction's id).
+    /// Pays `amount` coins to `to` (`Reply::Pooled` with the transaction's id), with a fresh
+    /// idempotency key (see [`Request::keyed_transfer`]).
     fn transfer(&mut self, to: &str, amount: u64) -> io::Result<Result<Reply, ErrorReply>> {
-        self.call(&Request::Transfer {
-            to: to.into(),
-            amount,
-        })
+        self.call(&Request::keyed_transfer(to, amount))
     }
 
     /// A transaction, pooled or sealed (`Reply::Transaction`).

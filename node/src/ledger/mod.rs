@@ -7,7 +7,7 @@
 //! | confirmed outputs | `MvccMap<Outpoint, Utxo>`: validation reads a snapshot, never waits | internal |
 //! | per-owner outputs | `MvccMap<String, OrdMap<Outpoint, u64>>`: balances and listings | internal |
 //! | `ledger-chain` | `Mutex<Chain>`: the blocks, the transaction index, the supply | 24 |
-//! | `mempool` | `Mutex<Mempool>`: pooled transactions and the outpoint index | 25 |
+//! | `mempool` | `Mutex<Mempool>`: pooled transactions, the outpoint index, transfers' idempotency keys | 25 |
 //!
 //! Invariant: the confirmed outputs are exactly what replaying the chain's blocks from the first
 //! gives (grants create coins, transfers move them), so their sum is the supply of the sealed
@@ -21,6 +21,7 @@
 //! is the one that counts.
 
 pub mod block;
+pub mod keys;
 pub mod pool;
 pub mod tx;
 pub mod verify;
@@ -36,6 +37,7 @@ use sync_kit::{LockError, Mutex};
 
 use crate::protocol::{ErrorCode, ErrorReply};
 pub use block::{Block, BlockHeader};
+use keys::{KeyedTransfer, TransferKeys};
 use pool::Mempool;
 pub use tx::{Hash32, Outpoint, Output, Transaction, Utxo};
 
@@ -117,6 +119,9 @@ pub struct LedgerImage {
     pub blocks: Vec<Block>,
     /// The pooled transactions, in acceptance order.
     pub pool: Vec<Transaction>,
+    /// Each payer's live keyed transfers, by key (absent in snapshots written before them).
+    #[serde(default)]
+    pub transfer_keys: BTreeMap<String, Vec<KeyedTransfer>>,
 }
 
 /// The ledger at one moment ([`Ledger::capture`]).
@@ -124,6 +129,7 @@ pub struct LedgerImage {
 pub struct LedgerCapture {
     blocks: imbl::Vector<Arc<Block>>,
     pool: Vec<Transaction>,
+    transfer_keys: BTreeMap<String, Vec<KeyedTransfer>>,
 }
 
 impl LedgerCapture {
@@ -132,6 +138,7 @@ impl LedgerCapture {
         LedgerImage {
             blocks: self.blocks.iter().map(|block| (**block).clone()).collect(),
             pool: self.pool,
+            transfer_keys: self.transfer_keys,
         }
     }
 }
@@ -139,7 +146,7 @@ impl LedgerCapture {
 impl LedgerImage {
     /// Whether there is nothing in it.
     pub fn is_empty(&self) -> bool {
-        self.blocks.is_empty() && self.pool.is_empty()
+        self.blocks.is_empty() && self.pool.is_empty() && self.transfer_keys.is_empty()
     }
 }
 
@@ -236,23 +243,7 @@ impl Ledger {
         account_exists: impl Fn(&str) -> bool,
     ) -> Result<Result<Hash32, ErrorReply>, LockError> {
         let mut pool = self.pool.lock()?;
-        let checked = self.validate(from, &tx, &pool, |outpoint| self.utxos.get(outpoint));
-        let outcome = checked
-            .and_then(|spends| {
-                check_recipients(&tx, &account_exists)?;
-                Ok(spends)
-            })
-            .and_then(|spends| {
-                if pool.len() >= MAX_POOL_TXS {
-                    return Err(ErrorReply::new(
-                        ErrorCode::Unavailable,
-                        "the mempool is full; retry once a block is sealed",
-                    ));
-                }
-                let txid = tx.txid();
-                pool.insert(txid, tx, spends);
-                Ok(txid)
-            });
+        let outcome = self.pool_checked(&mut pool, from, tx, &account_exists);
         drop(pool);
         self.count(&outcome);
         Ok(outcome)
@@ -260,30 +251,65 @@ impl Ledger {
 
     /// Pays `amount` from `from` to `to` with inputs the ledger picks (confirmed outputs by
     /// outpoint, then pooled ones, the fewest that cover it, the change back to `from`), then
-    /// pools it as [`Ledger::apply_submit`] does.
+    /// pools it as [`Ledger::apply_submit`] does. With `keyed` (an idempotency key and the
+    /// logged clock), a transfer the payer already made with that key pools nothing and gets
+    /// its txid (see [`keys`]); a new one is remembered under the key once pooled. The key's
+    /// look-up, the pick, the pooling and the remembering are one `mempool` critical section.
     pub fn apply_transfer(
         &self,
         from: &str,
         to: &str,
         amount: u64,
+        keyed: Option<(&str, u64)>,
         account_exists: impl Fn(&str) -> bool,
     ) -> Result<Result<Hash32, ErrorReply>, LockError> {
-        let tx = if account_exists(to) {
-            let pool = self.pool.lock()?;
+        let mut pool = self.pool.lock()?;
+        if let Some((key, _)) = keyed
+            && let Some(earlier) = pool.keys.find(from, key)
+        {
+            return Ok(earlier.repeat(to, amount));
+        }
+        let outcome = if account_exists(to) {
             self.pick(from, to, amount, &pool)
+                .and_then(|tx| self.pool_checked(&mut pool, from, tx, &account_exists))
         } else {
             Err(no_such_user(to))
         };
-        match tx {
-            // Nothing changes between the pick and the submit: apply is the only writer, and
-            // it is this thread.
-            Ok(tx) => self.apply_submit(from, tx, account_exists),
-            Err(error) => {
-                let outcome = Err(error);
-                self.count(&outcome);
-                Ok(outcome)
-            }
+        if let (Ok(txid), Some((key, at))) = (&outcome, keyed) {
+            let transfer = KeyedTransfer {
+                key: key.to_string(),
+                to: to.to_string(),
+                amount,
+                txid: *txid,
+                at,
+            };
+            pool.keys.remember(from, transfer);
         }
+        drop(pool);
+        self.count(&outcome);
+        Ok(outcome)
+    }
+
+    /// Pools `tx` if it is valid (inputs, recipients, room in the pool): apply's check and
+    /// insertion, under the caller's `mempool` lock.
+    fn pool_checked(
+        &self,
+        pool: &mut Mempool,
+        from: &str,
+        tx: Transaction,
+        account_exists: &impl Fn(&str) -> bool,
+    ) -> Result<Hash32, ErrorReply> {
+        let spends = self.validate(from, &tx, pool, |outpoint| self.utxos.get(outpoint))?;
+        check_recipients(&tx, account_exists)?;
+        if pool.len() >= MAX_POOL_TXS {
+            return Err(ErrorReply::new(
+                ErrorCode::Unavailable,
+                "the mempool is full; retry once a block is sealed",
+            ));
+        }
+        let txid = tx.txid();
+        pool.insert(txid, tx, spends);
+        Ok(txid)
     }
 
     /// Applies a sealed block if it extends the tip and every check passes; `Err` says why it
@@ -348,23 +374,26 @@ impl Ledger {
         outcome
     }
 
-    /// Checks a transfer as apply would (enough spendable coins, a recipient).
+    /// Checks a transfer as apply would (enough spendable coins, a recipient). With a key the
+    /// payer already used, the answer is apply's for a repeat: `Ok(Some(txid))` of the earlier
+    /// transfer (nothing to log), or the refusal of a different transfer under that key.
     pub fn check_transfer(
         &self,
         from: &str,
         to: &str,
         amount: u64,
+        key: Option<&str>,
         account_exists: impl Fn(&str) -> bool,
-    ) -> Result<(), ErrorReply> {
-        let outcome = if account_exists(to) {
-            self.pool
-                .lock()
-                .map_err(lock_error)
-                .and_then(|pool| self.pick(from, to, amount, &pool))
-                .map(drop)
-        } else {
-            Err(no_such_user(to))
-        };
+    ) -> Result<Option<Hash32>, ErrorReply> {
+        let outcome = self.pool.lock().map_err(lock_error).and_then(|pool| {
+            if let Some(earlier) = key.and_then(|key| pool.keys.find(from, key)) {
+                return earlier.repeat(to, amount).map(Some);
+            }
+            if !account_exists(to) {
+                return Err(no_such_user(to));
+            }
+            self.pick(from, to, amount, &pool).map(|_| None)
+        });
         if let Err(error) = &outcome {
             self.count_refusal(error.code);
         }
@@ -502,10 +531,14 @@ impl Ledger {
     /// batches (see `State::capture`).
     pub fn capture(&self) -> Result<LedgerCapture, LockError> {
         let blocks = self.chain.lock()?.blocks.clone();
-        let pool = self.pool.lock()?.in_order(usize::MAX);
+        let (pool, transfer_keys) = {
+            let pool = self.pool.lock()?;
+            (pool.in_order(usize::MAX), pool.keys.image())
+        };
         Ok(LedgerCapture {
             blocks,
             pool: pool.into_iter().map(|(_, tx)| tx).collect(),
+            transfer_keys,
         })
     }
 
@@ -567,6 +600,7 @@ impl Ledger {
             };
             pool.insert(txid, tx, spends);
         }
+        pool.keys = TransferKeys::from_image(image.transfer_keys);
         drop(pool);
         Ok(ledger)
     }

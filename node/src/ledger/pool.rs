@@ -8,6 +8,7 @@
 //! | `outputs` | outputs of pooled transactions (spendable by later transactions before a block) |
 //! | `unspent` | per owner, the pooled outputs no pooled transaction spends |
 //! | `pending` | per account, the net effect of pooled transactions on its coins |
+//! | `keys` | each payer's recent keyed transfers (`super::keys`): under this lock so that a key's look-up, the pooling and its remembering are one step |
 //!
 //! Invariant: an outpoint is in `spent_by` at most once, so two pooled transactions never spend
 //! one output. The pool is part of the replicated state: it changes only in
@@ -16,6 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use super::keys::TransferKeys;
 use super::tx::{Hash32, Outpoint, Transaction, Utxo};
 
 /// A transaction in the pool.
@@ -42,6 +44,8 @@ pub struct Mempool {
     unspent: HashMap<String, BTreeSet<Outpoint>>,
     pending: HashMap<String, i128>,
     bytes: usize,
+    /// Idempotency keys of pooled transfers (they outlive the transactions' stay in the pool).
+    pub keys: TransferKeys,
 }
 
 impl Mempool {

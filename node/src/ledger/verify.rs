@@ -55,7 +55,7 @@ pub fn verify_data_dir(dir: &Path) -> Result<Verified, String> {
         .blocks;
     let replayed = Ledger::from_image(LedgerImage {
         blocks,
-        pool: Vec::new(),
+        ..LedgerImage::default()
     })?;
     let (want, got) = (recovered.confirmed_outputs(), replayed.confirmed_outputs());
     if want != got {

@@ -629,7 +629,7 @@ to_request! {
     DeleteAccountRequest => |m| Request::DeleteAccount { password: m.password };
     GetBalanceRequest => |m| Request::GetBalance {};
     ListUtxosRequest => |m| Request::ListUtxos {};
-    TransferRequest => |m| Request::Transfer { to: m.to, amount: m.amount };
+    TransferRequest => |m| Request::Transfer { to: m.to, amount: m.amount, key: m.key };
     GetBlockRequest => |m| Request::GetBlock { height: m.height };
     ChainInfoRequest => |m| Request::ChainInfo {};
 }

@@ -325,9 +325,13 @@ fn put_request_payload(out: &mut Vec<u8>, request: &Request) {
             put_outpoints(out, inputs);
             put_outputs(out, outputs);
         }
-        Request::Transfer { to, amount } => {
+        Request::Transfer { to, amount, key } => {
             put_str(out, to);
             encode_varint(*amount, out);
+            // Trailing, as a send's key: a transfer without a key keeps its bytes.
+            if key.is_some() {
+                put_opt_str(out, key.as_deref());
+            }
         }
         Request::GetTransaction { txid } => put_hash(out, txid),
         Request::GetBlock { height } => encode_varint(*height, out),
@@ -734,6 +738,11 @@ pub fn decode_request_view(frame: FrameView<'_>) -> Result<(u32, Request), Decod
             Op::Transfer => Request::Transfer {
                 to: f.string("to")?,
                 amount: f.varint("amount")?,
+                key: if f.buf.is_empty() {
+                    None
+                } else {
+                    f.opt_string("key")?
+                },
             },
             Op::GetTransaction => Request::GetTransaction {
                 txid: f.hash("txid")?,

@@ -237,6 +237,12 @@ pub enum Request {
         to: String,
         /// Coins.
         amount: u64,
+        /// Idempotency key (1 to 64 bytes): a transfer whose payer and key match one pooled in
+        /// the last ten minutes or more pays nothing and is answered with that transfer's txid
+        /// (refused if it paid another payee or amount), so a client that lost an answer can
+        /// send it again safely.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
     },
     /// A transaction, pooled or sealed.
     GetTransaction {
@@ -277,6 +283,16 @@ impl Request {
         Request::SendMessage {
             to: to.into(),
             text: text.into(),
+            key: Some(crate::client::idempotency_key()),
+        }
+    }
+
+    /// A `transfer` request with a fresh idempotency key: sent again (after a lost answer, a
+    /// reconnection), it pays nothing more and answers with the first transfer's txid.
+    pub fn keyed_transfer(to: &str, amount: u64) -> Request {
+        Request::Transfer {
+            to: to.into(),
+            amount,
             key: Some(crate::client::idempotency_key()),
         }
     }
@@ -1009,6 +1025,12 @@ mod tests {
             Request::Transfer {
                 to: "bob".into(),
                 amount: 300,
+                key: None,
+            },
+            Request::Transfer {
+                to: "bob".into(),
+                amount: 1,
+                key: Some("k-1".into()),
             },
             Request::GetTransaction {
                 txid: Hash32([1; 32]),
@@ -1280,6 +1302,7 @@ mod tests {
             Op::Transfer => Request::Transfer {
                 to: "b".into(),
                 amount: 1,
+                key: None,
             },
             Op::GetTransaction => Request::GetTransaction { txid: Hash32::ZERO },
             Op::GetBlock => Request::GetBlock { height: 1 },
@@ -1426,6 +1449,33 @@ mod tests {
                 Parse::Frame { decoded: Ok(ref f), .. } if *f == unavailable
             ));
         }
+    }
+
+    #[test]
+    fn a_transfer_keeps_its_bytes_without_a_key_and_carries_one_trailing() {
+        let plain = binary::request_payload(&Request::Transfer {
+            to: "bob".into(),
+            amount: 300,
+            key: None,
+        });
+        // to: varint length + bytes; amount: varint (300 = 0xac 0x02). Nothing after.
+        assert_eq!(plain, [3, b'b', b'o', b'b', 0xac, 0x02]);
+        let keyed = binary::request_payload(&Request::Transfer {
+            to: "bob".into(),
+            amount: 300,
+            key: Some("k-1".into()),
+        });
+        // The key as an option<string> after them: 1, then the string.
+        assert_eq!(keyed[..plain.len()], plain[..]);
+        assert_eq!(keyed[plain.len()..], [1, 3, b'k', b'-', b'1']);
+        // In JSON, an absent key is no field at all.
+        let request = Request::Transfer {
+            to: "bob".into(),
+            amount: 300,
+            key: None,
+        };
+        let value = serde_json::to_value(&request).unwrap();
+        assert!(value.get("key").is_none(), "{value}");
     }
 
     #[test]

@@ -301,6 +301,7 @@ impl Core {
                         Command::OpenAccount { .. }
                             | Command::SubmitTransaction { .. }
                             | Command::Transfer { .. }
+                            | Command::KeyedTransfer { .. }
                     ) && self.state.ledger().pooled() >= self.config.block_max_txs =>
                 {
                     let _ = self.seal_wake.try_send(());

@@ -3,8 +3,9 @@
 //! ```text
 //! transfer / submit_transaction ─► logged in? ─► read barrier (this member has applied every
 //!     change acknowledged before) ─► Ledger::check* against a snapshot of the confirmed outputs
-//!     and the pool: most refusals end here ─► Command::Transfer / SubmitTransaction ─► log ─►
-//!     apply checks again (the outpoint index and the insertion under one lock) ─► Pooled{txid}
+//!     and the pool: most refusals end here, and a keyed transfer already made is answered with
+//!     its txid ─► Command::Transfer / KeyedTransfer / SubmitTransaction ─► log ─► apply checks
+//!     again (the key, the outpoint index and the insertion under one lock) ─► Pooled{txid}
 //! get_balance, list_utxos, get_transaction, get_block, chain_info ─► logged in? ─► read barrier
 //!     ─► read the state
 //! ```
@@ -28,8 +29,9 @@ impl Core {
             Ok(user) => user,
             Err(error) => return done(connection, Err(error)),
         };
-        if let Request::Transfer { to, .. } = &request
-            && let Err(error) = checks::username(to)
+        if let Request::Transfer { to, key, .. } = &request
+            && let Err(error) =
+                checks::username(to).and_then(|()| key.as_deref().map_or(Ok(()), checks::key))
         {
             return done(connection, Err(error));
         }
@@ -70,12 +72,23 @@ impl Core {
                     Err(error) => Step::Answer(Err(error)),
                 }
             }
-            Request::Transfer { to, amount } => {
-                match ledger.check_transfer(user, &to, amount, exists) {
-                    Ok(()) => Step::Propose(Command::Transfer {
-                        from: user.to_string(),
-                        to,
-                        amount,
+            Request::Transfer { to, amount, key } => {
+                match ledger.check_transfer(user, &to, amount, key.as_deref(), exists) {
+                    // A repeat of a keyed transfer this member has applied: its answer again.
+                    Ok(Some(txid)) => Step::Answer(Ok(Reply::Pooled { txid })),
+                    Ok(None) => Step::Propose(match key {
+                        None => Command::Transfer {
+                            from: user.to_string(),
+                            to,
+                            amount,
+                        },
+                        Some(key) => Command::KeyedTransfer {
+                            from: user.to_string(),
+                            to,
+                            amount,
+                            key,
+                            timestamp: super::now_ms(),
+                        },
                     }),
                     Err(error) => Step::Answer(Err(error)),
                 }

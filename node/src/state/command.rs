@@ -13,6 +13,7 @@
 //! | `SubmitTransaction` | the mempool | `Pooled { txid }` or a ledger refusal |
 //! | `Transfer` | the mempool | `Pooled { txid }` or a ledger refusal |
 //! | `SealBlock` | the chain, the confirmed outputs, the mempool | `Done` or refused (logged as an error) |
+//! | `KeyedTransfer` | the mempool (and its keys) | `Pooled { txid }` (the earlier one's for a repeat) or a ledger refusal |
 //!
 //! Commands that read or write the account map or the ledger (the accounts, the mempool, the
 //! chain) are *ledger-ordered* ([`Command::ledger_ordered`]): the applier keeps them in log
@@ -108,6 +109,21 @@ pub enum Command {
         /// The block.
         block: Block,
     },
+    /// A `Transfer` with an idempotency key: if `from` made a transfer with this key (kept at
+    /// least [`super::KEYS_KEPT_MS`]), nothing is pooled and the answer is that transfer's
+    /// txid (or a refusal if it paid someone else or another amount).
+    KeyedTransfer {
+        /// Payer.
+        from: String,
+        /// Payee.
+        to: String,
+        /// Coins.
+        amount: u64,
+        /// Idempotency key (1 to 64 bytes).
+        key: String,
+        /// Milliseconds since the Unix epoch, read before logging: keys expire by it.
+        timestamp: u64,
+    },
 }
 
 impl Command {
@@ -132,6 +148,7 @@ impl Command {
             Command::OpenAccount { username, .. } => vec![username],
             Command::SubmitTransaction { .. }
             | Command::Transfer { .. }
+            | Command::KeyedTransfer { .. }
             | Command::SealBlock { .. } => Vec::new(),
         }
     }
@@ -146,6 +163,7 @@ impl Command {
                 | Command::OpenAccount { .. }
                 | Command::SubmitTransaction { .. }
                 | Command::Transfer { .. }
+                | Command::KeyedTransfer { .. }
                 | Command::SealBlock { .. }
         )
     }

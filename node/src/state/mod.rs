@@ -321,7 +321,26 @@ impl State {
             }
             Command::Transfer { from, to, amount } => {
                 let exists = |user: &str| self.has_account(user);
-                let outcome = pooled(self.ledger.apply_transfer(from, to, *amount, exists)?);
+                let outcome = pooled(
+                    self.ledger
+                        .apply_transfer(from, to, *amount, None, exists)?,
+                );
+                self.applied.fetch_max(index, Ordering::AcqRel);
+                Ok(outcome)
+            }
+            Command::KeyedTransfer {
+                from,
+                to,
+                amount,
+                key,
+                timestamp,
+            } => {
+                let exists = |user: &str| self.has_account(user);
+                let keyed = Some((key.as_str(), *timestamp));
+                let outcome = pooled(
+                    self.ledger
+                        .apply_transfer(from, to, *amount, keyed, exists)?,
+                );
                 self.applied.fetch_max(index, Ordering::AcqRel);
                 Ok(outcome)
             }

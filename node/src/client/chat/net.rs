@@ -287,7 +287,7 @@ impl Net {
                 Err(why) => self.emit(NetEvent::Failed(format!("no balance: {why}"))),
             },
             NetCommand::Transfer { to, amount } => {
-                match self.call(&Request::Transfer { to, amount }) {
+                match self.call(&Request::keyed_transfer(&to, amount)) {
                     Ok(Reply::Pooled { txid }) => {
                         self.emit(NetEvent::Transferred(txid.to_string()));
                     }
