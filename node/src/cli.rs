@@ -215,6 +215,7 @@ fn free_members(count: u64, dir: &Path) -> Result<Vec<Member>, String> {
                 http_addr: port()?,
                 raft_addr: port()?,
                 data_dir: dir.join(format!("node-{id}")),
+                grpc_addr: Some(port()?),
             })
         })
         .collect()
@@ -271,6 +272,9 @@ pub enum AdminCommand {
         /// Its data directory (as its cluster file names it).
         #[arg(long)]
         data_dir: PathBuf,
+        /// Its gRPC address, if its cluster file names one.
+        #[arg(long)]
+        grpc_addr: Option<SocketAddr>,
     },
 }
 
@@ -285,11 +289,18 @@ impl AdminCommand {
                 http_addr,
                 raft_addr,
                 data_dir,
-            } => format!(
-                "/admin/add-node?id={id}&chat_addr={chat_addr}&http_addr={http_addr}\
-                 &raft_addr={raft_addr}&data_dir={}",
-                percent_encode(&data_dir.to_string_lossy())
-            ),
+                grpc_addr,
+            } => {
+                let mut target = format!(
+                    "/admin/add-node?id={id}&chat_addr={chat_addr}&http_addr={http_addr}\
+                     &raft_addr={raft_addr}&data_dir={}",
+                    percent_encode(&data_dir.to_string_lossy())
+                );
+                if let Some(grpc_addr) = grpc_addr {
+                    target.push_str(&format!("&grpc_addr={grpc_addr}"));
+                }
+                target
+            }
         }
     }
 }

@@ -184,11 +184,13 @@ impl ServeArgs {
             config.chat_addr = me.chat_addr;
             config.http_addr = me.http_addr;
             config.data_dir = me.data_dir.clone();
-            // The cluster file names no gRPC address, and members sharing a machine would all
-            // take the default port: a member left at the default takes a free port on its chat
-            // address's host (printed on its listening line).
+            // `--grpc-addr` (or the config file) first, then the cluster file's; a member with
+            // neither takes a free port on its chat address's host (printed on its listening
+            // line), since members sharing a machine would all take the default port.
             if config.grpc_addr == Config::default().grpc_addr {
-                config.grpc_addr = SocketAddr::new(me.chat_addr.ip(), 0);
+                config.grpc_addr = me
+                    .grpc_addr
+                    .unwrap_or_else(|| SocketAddr::new(me.chat_addr.ip(), 0));
             }
             config.cluster = Some(Cluster {
                 join: self.join,

@@ -711,3 +711,75 @@ fn the_python_client_drives_every_rpc() {
         finished.stdout
     );
 }
+
+/// A cluster member serves gRPC where its cluster file says (`grpc_addr`), and prints it.
+#[test]
+fn a_cluster_member_serves_grpc_at_its_cluster_file_address() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    let dir = data_dir();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let grpc = free();
+    let file = dir.path().join("cluster.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[node]]\nid = 1\nchat_addr = \"{}\"\nhttp_addr = \"{}\"\nraft_addr = \"{}\"\n\
+             data_dir = \"{}\"\ngrpc_addr = \"{grpc}\"\n",
+            free(),
+            free(),
+            free(),
+            dir.path().join("node-1").display()
+        ),
+    )
+    .unwrap();
+    let mut member = Killed(
+        Command::new(env!("CARGO_BIN_EXE_synckit-node"))
+            .args(["serve", "--cluster"])
+            .arg(&file)
+            .args(["--id", "1", "--log", "warn"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // The listening line comes once the ports are bound (or stdout closes if it fails).
+    let stdout = BufReader::new(member.0.stdout.take().unwrap());
+    let (found, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            if line.contains("listening") {
+                let _ = found.send(line);
+                return;
+            }
+        }
+    });
+    let line = lines.recv_timeout(PROMPT).expect("a listening line");
+    assert!(line.ends_with(&format!("grpc={grpc}")), "{line}");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut c = ChatClient::connect(format!("http://{grpc}"))
+            .await
+            .expect("connect to the file's gRPC address");
+        c.create_account(pb::CreateAccountRequest {
+            username: "ann".into(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .expect("the member answers on its file's gRPC address");
+    });
+}

@@ -3,7 +3,7 @@
 //! `observe` page) and its data `GET /dashboard.json` (sync-kit's snapshot with the node's
 //! panels, from the `/stats` document); on a cluster member, the operator's
 //! `POST /admin/remove-node?id=N` and
-//! `POST /admin/add-node?id=N&chat_addr=A&http_addr=B&raft_addr=C&data_dir=D` (answered
+//! `POST /admin/add-node?id=N&chat_addr=A&http_addr=B&raft_addr=C&data_dir=D[&grpc_addr=G]` (answered
 //! `{"ok":true}`, or `{"ok":false,"error":{...}}` with 400, 409 for `not_leader`, or 503).
 
 use std::io;
@@ -152,6 +152,10 @@ fn admin_change(url: &str, add: bool) -> Result<MembershipChange, ErrorReply> {
         http_addr: addr("http_addr")?,
         raft_addr: addr("raft_addr")?,
         data_dir: get("data_dir")?.into(),
+        grpc_addr: match params.get("grpc_addr").filter(|v| !v.is_empty()) {
+            Some(_) => Some(addr("grpc_addr")?),
+            None => None,
+        },
     }))
 }
 
@@ -677,6 +681,17 @@ mod tests {
             member.data_dir,
             std::path::PathBuf::from("/data dir/node-4")
         );
+        assert_eq!(member.grpc_addr, None);
+        let with_grpc = admin_change(
+            "/admin/add-node?id=4&chat_addr=127.0.0.1:7004&http_addr=127.0.0.1:7104\
+             &raft_addr=127.0.0.1:7204&data_dir=d&grpc_addr=127.0.0.1:7304",
+            true,
+        )
+        .unwrap();
+        assert!(
+            matches!(&with_grpc, MembershipChange::Add(m) if m.grpc_addr == Some("127.0.0.1:7304".parse().unwrap())),
+            "{with_grpc:?}"
+        );
         for (url, add, named) in [
             ("/admin/remove-node", false, "id is missing"),
             ("/admin/remove-node?id=0", false, "positive integer"),
@@ -692,6 +707,12 @@ mod tests {
                 "chat_addr: an address",
             ),
             ("/admin/add-node?id=4&chat_addr=%zz", true, "bad encoding"),
+            (
+                "/admin/add-node?id=4&chat_addr=127.0.0.1:7004&http_addr=127.0.0.1:7104\
+                 &raft_addr=127.0.0.1:7204&data_dir=d&grpc_addr=x",
+                true,
+                "grpc_addr: an address",
+            ),
         ] {
             let error = admin_change(url, add).unwrap_err();
             assert_eq!(error.code, ErrorCode::InvalidArgument, "{url}");

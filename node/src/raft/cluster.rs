@@ -7,10 +7,13 @@
 //! http_addr = "127.0.0.1:7101"
 //! raft_addr = "127.0.0.1:7201"
 //! data_dir = "./cluster/node-1"
+//! grpc_addr = "127.0.0.1:7301"   # optional
 //! ```
 //!
 //! One `[[node]]` table per voter. Ids are non-zero and distinct, and so is every address;
 //! relative data directories are relative to the working directory, as in the node's config.
+//! A member without `grpc_addr` serves gRPC on a free port of its chat address's host (members
+//! sharing a machine would otherwise all take the default port), unless `--grpc-addr` says.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -31,6 +34,18 @@ pub struct Member {
     pub raft_addr: SocketAddr,
     /// The member's data directory.
     pub data_dir: PathBuf,
+    /// gRPC (absent: a free port on the chat address's host, printed on the listening line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_addr: Option<SocketAddr>,
+}
+
+impl Member {
+    /// Every address the member listens on.
+    fn addrs(&self) -> Vec<SocketAddr> {
+        let mut addrs = vec![self.chat_addr, self.http_addr, self.raft_addr];
+        addrs.extend(self.grpc_addr);
+        addrs
+    }
 }
 
 /// Every member of a cluster, and which one this process is.
@@ -80,9 +95,8 @@ impl Cluster {
                 if other.id == member.id {
                     return Err(format!("member id {} appears twice", member.id));
                 }
-                let mine = [member.chat_addr, member.http_addr, member.raft_addr];
-                let theirs = [other.chat_addr, other.http_addr, other.raft_addr];
-                if let Some(addr) = mine.iter().find(|a| theirs.contains(a)) {
+                let theirs = other.addrs();
+                if let Some(addr) = member.addrs().iter().find(|a| theirs.contains(a)) {
                     return Err(format!(
                         "members {} and {} both use {addr}",
                         member.id, other.id
@@ -97,8 +111,8 @@ impl Cluster {
                     ));
                 }
             }
-            let own = [member.chat_addr, member.http_addr, member.raft_addr];
-            if own[0] == own[1] || own[0] == own[2] || own[1] == own[2] {
+            let own = member.addrs();
+            if (1..own.len()).any(|i| own[..i].contains(&own[i])) {
                 return Err(format!("member {} uses one address twice", member.id));
             }
         }
@@ -128,6 +142,7 @@ impl Cluster {
                 http_addr,
                 raft_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
                 data_dir: data_dir.to_path_buf(),
+                grpc_addr: None,
             }],
             join: false,
             standalone: true,
@@ -174,6 +189,7 @@ mod tests {
             http_addr: format!("127.0.0.1:{}", 7100 + id).parse().unwrap(),
             raft_addr: format!("127.0.0.1:{}", 7200 + id).parse().unwrap(),
             data_dir: format!("cluster/node-{id}").into(),
+            grpc_addr: None,
         }
     }
 
@@ -186,6 +202,31 @@ mod tests {
         let read = Cluster::from_file(&path, 2).unwrap();
         assert_eq!(read, cluster);
         assert_eq!(read.me().chat_addr, member(2).chat_addr);
+    }
+
+    #[test]
+    fn a_grpc_address_is_optional_kept_when_given_and_checked_for_clashes() {
+        let mut with_grpc = member(2);
+        with_grpc.grpc_addr = Some("127.0.0.1:7302".parse().unwrap());
+        let cluster = Cluster::new(2, vec![member(1), with_grpc.clone()]).unwrap();
+        let text = cluster.to_toml();
+        // Written only where given: the first member's table has no grpc_addr line.
+        assert_eq!(text.matches("grpc_addr").count(), 1, "{text}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster.toml");
+        std::fs::write(&path, text).unwrap();
+        let read = Cluster::from_file(&path, 2).unwrap();
+        assert_eq!(read.me().grpc_addr, with_grpc.grpc_addr);
+        assert_eq!(read.member(1).unwrap().grpc_addr, None);
+
+        let mut clash = member(1);
+        clash.grpc_addr = Some(with_grpc.raft_addr);
+        let error = Cluster::new(1, vec![clash, with_grpc.clone()]).unwrap_err();
+        assert!(error.contains("both use 127.0.0.1:7202"), "{error}");
+        let mut own = member(3);
+        own.grpc_addr = Some(own.chat_addr);
+        let error = Cluster::new(3, vec![own]).unwrap_err();
+        assert!(error.contains("member 3 uses one address twice"), "{error}");
     }
 
     #[test]
