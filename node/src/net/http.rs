@@ -574,6 +574,11 @@ fn register_raft_families(registry: &mut Registry, stats: &serde_json::Value) {
         ),
         ("raft_peer_sent", "sent", "Raft messages sent to the peer"),
         (
+            "raft_peer_sent_directly",
+            "direct",
+            "Of those, the ones the raft loop wrote itself (no writer thread woken)",
+        ),
+        (
             "raft_peer_received",
             "received",
             "Raft messages received from the peer",
