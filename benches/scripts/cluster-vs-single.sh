@@ -2,6 +2,7 @@
 # A five-member cluster next to a single node, on this machine, in one run.
 #
 #   bash benches/scripts/cluster-vs-single.sh        # ROUNDS=3, CONNECTIONS=50, MESSAGES=1000
+#   NODE_BIN=/tmp/old/synckit-node bash benches/scripts/cluster-vs-single.sh   # another build
 #
 # Each round starts a fresh single node and runs `synckit-node bench` against it. It then starts a
 # fresh five-member cluster (`synckit-node cluster up`, all five on this machine, every change
@@ -19,9 +20,15 @@ MESSAGES="${MESSAGES:-1000}"
 LIMITS=(--requests-per-sec 1000000000 --request-burst 1000000000
     --logins-per-minute 1000000000 --login-burst 1000000000 --log warn)
 
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/bench}"
-cargo build --quiet --release -p synckit-node
-node_bin="$CARGO_TARGET_DIR/release/synckit-node"
+# NODE_BIN runs a given binary (say, an older build, for a before/after comparison) instead of
+# building this checkout's.
+if [[ -n "${NODE_BIN:-}" ]]; then
+    node_bin="$NODE_BIN"
+else
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/bench}"
+    cargo build --quiet --release -p synckit-node
+    node_bin="$CARGO_TARGET_DIR/release/synckit-node"
+fi
 work="$(mktemp -d)"
 pids=()
 cleanup() {
