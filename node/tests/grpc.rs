@@ -453,31 +453,19 @@ async fn ledger_rpcs_and_a_double_spend() {
     );
 
     // Transfer spends alice's grant; a transaction spending it again is a double spend.
-    let transfer = c
-        .transfer(authed(
+    let keyed_transfer = || {
+        authed(
             &alice,
             pb::TransferRequest {
                 to: "bob".into(),
                 amount: 100,
                 key: Some("grpc-transfer-1".into()),
             },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+        )
+    };
+    let transfer = c.transfer(keyed_transfer()).await.unwrap().into_inner();
     // Sent again with its key, it pays nothing more: the same transaction.
-    let again = c
-        .transfer(authed(
-            &alice,
-            pb::TransferRequest {
-                to: "bob".into(),
-                amount: 100,
-                key: Some("grpc-transfer-1".into()),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let again = c.transfer(keyed_transfer()).await.unwrap().into_inner();
     assert_eq!(again.txid, transfer.txid);
     let pooled = c
         .get_transaction(authed(
