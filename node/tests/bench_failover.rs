@@ -8,13 +8,16 @@
 //! connections), and every connection on a follower (it forwards writes inside raft; those in
 //! flight at the kill are answered `unavailable` after the write timeout, or wait for the new
 //! leader, and may still commit: sending them again must store nothing twice).
+//!
+//! And the same kill with `--op transfer`: transfers carry keys too, so every one is paid
+//! exactly once (each survivor accepted exactly one transaction per request).
 
 mod common;
 
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, wait_until};
+use common::{Cluster, LEDGER, wait_until};
 use synckit_node::client::AddrList;
 use synckit_node::client::bench::{self, BenchArgs, BenchOp, Report};
 
@@ -23,12 +26,23 @@ const SETTLE: Duration = Duration::from_secs(20);
 const CONNECTIONS: usize = 8;
 const MESSAGES: usize = 200;
 
-/// Starts a cluster, runs the generator with `first` (0: the leader, 1: a follower) first in
-/// its list of members, kills the leader once the measured phase is under way, and checks what
-/// every placement must give; returns the report.
-fn kill_the_leader_mid_run(first: usize) -> Report {
+/// How many requests of the measured phase a member has applied: messages stored, or
+/// transactions pooled by transfers.
+fn done(node: &common::Node, op: BenchOp) -> u64 {
+    let stats = node.stats();
+    match op {
+        BenchOp::Send => stats["messages"]["stored"].as_u64().unwrap(),
+        BenchOp::Transfer => stats["ledger"]["transactions_accepted"].as_u64().unwrap(),
+    }
+}
+
+/// Starts a cluster, runs the generator (`op`) with `first` (0: the leader, 1: a follower)
+/// first in its list of members, kills the leader once the measured phase is under way, and
+/// checks what every placement must give; returns the report.
+fn kill_the_leader_mid_run(first: usize, op: BenchOp) -> Report {
     let started = Instant::now();
-    let mut cluster = Cluster::start(3, &[]);
+    let flags: &[&str] = if op == BenchOp::Transfer { LEDGER } else { &[] };
+    let mut cluster = Cluster::start(3, flags);
     let leader = cluster.wait_for_leader(SETTLE);
     // The generator aims its connections at the first member that accepts a write (a follower
     // does, forwarding it to the leader).
@@ -41,14 +55,13 @@ fn kill_the_leader_mid_run(first: usize) -> Report {
         messages: MESSAGES,
         size: 16,
         users: None,
-        op: BenchOp::Send,
+        op,
     };
     let run = thread::spawn(move || bench::run(&args));
 
-    // Kill the leader once the measured phase is under way: its first messages are stored.
-    let stored = |node: &common::Node| node.stats()["messages"]["stored"].as_u64().unwrap();
+    // Kill the leader once the measured phase is under way: its first requests are applied.
     let under_way = wait_until(SETTLE, || {
-        run.is_finished() || stored(cluster.member(leader)) >= 50
+        run.is_finished() || done(cluster.member(leader), op) >= 50
     });
     assert!(
         under_way,
@@ -59,7 +72,7 @@ fn kill_the_leader_mid_run(first: usize) -> Report {
         "the run ended before the leader could be killed: {:?}",
         run.join()
     );
-    let at_kill = stored(cluster.member(leader));
+    let at_kill = done(cluster.member(leader), op);
     cluster.kill(leader);
 
     assert!(
@@ -84,18 +97,13 @@ fn kill_the_leader_mid_run(first: usize) -> Report {
     assert_eq!(json["retried"], report.retried);
     assert!(report.retried <= report.messages);
 
-    // Both survivors hold the same state, with each acknowledged message once: one sent again
-    // after its answer was lost was not stored a second time.
+    // Both survivors hold the same state, with each acknowledged request applied once: one
+    // sent again after its answer was lost was not stored (or paid) a second time.
     let new_leader = cluster.wait_for_leader(SETTLE);
     assert_ne!(new_leader, leader);
     cluster.wait_converged(SETTLE);
     for (id, node) in cluster.live() {
-        let stats = node.stats();
-        assert_eq!(
-            stats["messages"]["stored"], total,
-            "member {id}: {}",
-            stats["messages"]
-        );
+        assert_eq!(done(node, op), total as u64, "member {id}: {op:?}");
     }
     assert!(
         started.elapsed() < Duration::from_secs(60),
@@ -107,7 +115,7 @@ fn kill_the_leader_mid_run(first: usize) -> Report {
 
 #[test]
 fn connections_on_the_leader_follow_the_new_one_when_it_is_killed() {
-    let report = kill_the_leader_mid_run(0);
+    let report = kill_the_leader_mid_run(0, BenchOp::Send);
     // Every connection was cut and made again; each had a message in flight, sent again.
     assert!(report.reconnects >= CONNECTIONS, "{}", report.to_json());
     assert!(report.retried >= 1, "{}", report.to_json());
@@ -118,5 +126,11 @@ fn connections_on_a_follower_survive_the_leaders_death() {
     // Whether a message in flight is answered `unavailable` (and moved and sent again) or waits
     // on the follower for the new leader depends on timing; either way nothing fails and
     // nothing is stored twice.
-    kill_the_leader_mid_run(1);
+    kill_the_leader_mid_run(1, BenchOp::Send);
+}
+
+#[test]
+fn transfers_on_the_leader_are_paid_once_when_it_is_killed() {
+    let report = kill_the_leader_mid_run(0, BenchOp::Transfer);
+    assert!(report.reconnects >= CONNECTIONS, "{}", report.to_json());
 }
