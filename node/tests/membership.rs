@@ -4,7 +4,10 @@
 //!   started with `--join`: it catches up (by snapshot), becomes a voter, and with one of the
 //!   original members killed the cluster still commits;
 //! - refusals: an unknown id, an existing id, a bad argument; the CLI asked a follower first
-//!   goes on to the leader.
+//!   goes on to the leader;
+//! - a node that ran alone (no `--cluster`) grows into a cluster in place: restarted as member 1
+//!   of a cluster file on its own directory it keeps its log and its one voter, and a member
+//!   added with `admin add-node` joins and holds everything written before.
 
 mod common;
 
@@ -252,6 +255,43 @@ fn add_args(id: u64, spec: &Spec) -> Vec<String> {
         "--data-dir".into(),
         spec.data.display().to_string(),
     ]
+}
+
+#[test]
+fn a_single_node_grows_into_a_cluster_in_place() {
+    let mut members = Members::new();
+    let one = members.spec(1);
+    members.spec(2);
+    // Alone first, on member 1's directory.
+    let single = Node::start(&one.data, &[]);
+    single.create("writer");
+    single.create("sink");
+    let mut writer = single.login(Protocol::Binary, "writer");
+    for n in 0..2 {
+        common::send(&mut writer, "sink", &format!("alone-{n}"));
+    }
+    drop(writer);
+    single.kill();
+
+    // Member 1 of a two-member file: its log's configuration (itself alone) stands until the
+    // second member is added.
+    let file = members.file(&[1, 2]);
+    members.start(1, &file, false);
+    members.wait_voters(&[1]);
+    assert_eq!(members.wait_for_leader(), 1);
+    write(&members, "grown", 3);
+    let args = add_args(2, &members.specs[&2]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, answer, stderr) = admin(&members.http_list(&[1]), &args);
+    assert_eq!(code, 0, "{answer} {stderr}");
+    members.start(2, &file, true);
+    members.wait_voters(&[1, 2]);
+    members.wait_converged();
+    let stored = members.nodes[&2].stats()["messages"]["stored"].clone();
+    assert_eq!(
+        stored, 5,
+        "what was written alone and after, on the new member"
+    );
 }
 
 #[test]
