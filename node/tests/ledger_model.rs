@@ -6,6 +6,8 @@
 //!   same acceptances, refusal codes and balances as a model that knows only the rules: an
 //!   output exists, is the sender's, is spent at most once (in the chain or the pool), sums match;
 //! - at every block, the confirmed balances add up to the sealed grants (supply is conserved);
+//! - a transaction submitted again by its maker (pooled or sealed) changes nothing and gets its
+//!   id;
 //! - a keyed transfer sent again pays nothing and gets the first one's txid; another transfer
 //!   under a used key is refused;
 //! - a snapshot image restores the same ledger (keys included), and a block changed in it is
@@ -38,6 +40,8 @@ struct Model {
     coins: BTreeMap<Outpoint, Coin>,
     /// Pooled transactions in order, with the outpoints they spend.
     pool: Vec<(Hash32, Transaction)>,
+    /// Every transaction accepted from a sender (pooled or sealed since), by id: its sender.
+    made: BTreeMap<Hash32, String>,
     sealed_grants: u64,
 }
 
@@ -85,6 +89,9 @@ impl Model {
             );
         }
         self.pool.push((txid, tx.clone()));
+        if let Some(from) = from {
+            self.made.insert(txid, from.to_string());
+        }
         Ok(())
     }
 
@@ -307,8 +314,16 @@ proptest! {
                         from: USERS[from].into(),
                         tx: tx.clone(),
                     });
-                    // A refusal changes neither (the model's accept returns before it changes).
-                    let expected = model.accept(tx.txid(), &tx, Some(USERS[from]));
+                    // A refusal changes neither (the model's accept returns before it changes). The
+                    // same transaction submitted again by its maker changes nothing and is
+                    // answered with its id.
+                    let txid = tx.txid();
+                    let expected = if model.made.get(&txid).is_some_and(|maker| maker == USERS[from]) {
+                        prop_assert_eq!(&outcome, &Outcome::Pooled { txid });
+                        Ok(())
+                    } else {
+                        model.accept(txid, &tx, Some(USERS[from]))
+                    };
                     prop_assert_eq!(code(&outcome), expected);
                 }
                 Step::Seal { count } => {
@@ -500,4 +515,61 @@ fn blocks_that_do_not_extend_the_tip_or_hold_unpooled_transactions_are_refused()
     image.ledger.blocks[1].txs[0].outputs[0].amount += 1;
     let error = State::from_image(image).unwrap_err();
     assert!(error.contains("block 2"), "{error}");
+}
+
+#[test]
+fn a_transaction_submitted_again_by_its_maker_changes_nothing_and_gets_its_id() {
+    let mut h = Harness::new();
+    h.open("ann");
+    h.open("ben");
+    h.seal(10).expect("the grants are pooled");
+    let grant = Transaction::grant("ann", GRANT, 1);
+    let pay = Transaction {
+        inputs: vec![Transaction::outpoint(grant.txid(), 0)],
+        outputs: vec![
+            Output {
+                to: "ben".into(),
+                amount: 30,
+            },
+            Output {
+                to: "ann".into(),
+                amount: GRANT - 30,
+            },
+        ],
+        grant: None,
+    };
+    let txid = pay.txid();
+    let submit = |from: &str| Command::SubmitTransaction {
+        from: from.into(),
+        tx: pay.clone(),
+    };
+    assert_eq!(h.apply(submit("ann")), Outcome::Pooled { txid });
+    let balances = |h: &Harness| ["ann", "ben"].map(|user| h.state.ledger().balance(user).unwrap());
+    let before = balances(&h);
+    // Pooled: again, the same id, nothing pooled twice (the request path answers it too).
+    assert_eq!(h.apply(submit("ann")), Outcome::Pooled { txid });
+    assert_eq!(
+        h.state.ledger().check("ann", &pay, |_| true),
+        Ok(Some(txid))
+    );
+    assert_eq!(h.state.ledger().info().unwrap().mempool, 1);
+    assert_eq!(balances(&h), before);
+    // Someone else submitting it is refused as before: the outputs are not theirs.
+    let Outcome::Refused(error) = h.apply(submit("ben")) else {
+        panic!("ben cannot spend ann's output");
+    };
+    assert_eq!(error.code, ErrorCode::NotOwner);
+    // Sealed: still its maker's, still the same id, nothing changes.
+    h.seal(10).expect("pooled");
+    assert_eq!(h.apply(submit("ann")), Outcome::Pooled { txid });
+    let info = h.state.ledger().info().unwrap();
+    assert_eq!((info.mempool, info.supply), (0, 2 * GRANT));
+    assert_eq!(
+        h.state.ledger().balance("ben").unwrap().confirmed,
+        GRANT + 30
+    );
+    let Outcome::Refused(error) = h.apply(submit("ben")) else {
+        panic!("ben cannot spend ann's spent output");
+    };
+    assert_eq!(error.code, ErrorCode::NoSuchOutput);
 }

@@ -20,9 +20,10 @@
 //! A request whose *answer* was lost (the connection died after it was sent) may have been
 //! executed: sends and transfers carry an idempotency key, the same on every retry, so a
 //! retried send is stored once and a retried transfer pays once ([`FailoverClient::call`] gives
-//! one without a key a key). Other requests are retried as they are: a retried
-//! `create_account` may answer `user_exists`, a retried `delete_messages` may count fewer
-//! deletions.
+//! one without a key a key). A retried `submit_transaction` is the same transaction, which its
+//! maker may submit again (it answers with its id). Other requests are retried as they are: a
+//! retried `create_account` may answer `user_exists`, a retried `delete_messages` may count
+//! fewer deletions.
 //!
 //! Pushes come from the member the client is connected to. After a reconnection the new
 //! connection's pushes continue, but a message stored while no connection was logged in is not

@@ -236,14 +236,21 @@ impl Ledger {
 
     /// Pools `tx` spending `from`'s outputs, if it is valid against the confirmed outputs and
     /// the pool: the check of the outpoint index and the insertion under one `mempool` lock.
+    /// A transaction `from` already made (pooled or sealed) changes nothing and gets its id
+    /// again: a client that lost the answer submits the same bytes again safely.
     pub fn apply_submit(
         &self,
         from: &str,
         tx: Transaction,
         account_exists: impl Fn(&str) -> bool,
     ) -> Result<Result<Hash32, ErrorReply>, LockError> {
+        let txid = tx.txid();
+        // Apply is the only writer (this thread): nothing changes between here and the pool.
+        if self.made_by(from, &txid)? {
+            return Ok(Ok(txid));
+        }
         let mut pool = self.pool.lock()?;
-        let outcome = self.pool_checked(&mut pool, from, tx, &account_exists);
+        let outcome = self.pool_checked(&mut pool, from, txid, tx, &account_exists);
         drop(pool);
         self.count(&outcome);
         Ok(outcome)
@@ -270,8 +277,10 @@ impl Ledger {
             return Ok(earlier.repeat(to, amount));
         }
         let outcome = if account_exists(to) {
-            self.pick(from, to, amount, &pool)
-                .and_then(|tx| self.pool_checked(&mut pool, from, tx, &account_exists))
+            self.pick(from, to, amount, &pool).and_then(|tx| {
+                let txid = tx.txid();
+                self.pool_checked(&mut pool, from, txid, tx, &account_exists)
+            })
         } else {
             Err(no_such_user(to))
         };
@@ -296,6 +305,7 @@ impl Ledger {
         &self,
         pool: &mut Mempool,
         from: &str,
+        txid: Hash32,
         tx: Transaction,
         account_exists: &impl Fn(&str) -> bool,
     ) -> Result<Hash32, ErrorReply> {
@@ -307,9 +317,26 @@ impl Ledger {
                 "the mempool is full; retry once a block is sealed",
             ));
         }
-        let txid = tx.txid();
         pool.insert(txid, tx, spends);
         Ok(txid)
+    }
+
+    /// Whether `from` made the transaction `txid`: it is pooled or sealed, and what it spends
+    /// was `from`'s (its first input's owner, as the pool or the chain recorded it).
+    fn made_by(&self, from: &str, txid: &Hash32) -> Result<bool, LockError> {
+        let chain = self.chain.lock()?;
+        let tx_at = |&(height, position): &(u64, u32)| {
+            &chain.blocks[(height - 1) as usize].txs[position as usize]
+        };
+        if let Some(place) = chain.located.get(txid) {
+            let payer = tx_at(place).inputs.first().and_then(|input| {
+                let spent = tx_at(chain.located.get(&input.tx)?);
+                spent.outputs.get(input.index as usize)
+            });
+            return Ok(payer.is_some_and(|output| output.to == from));
+        }
+        drop(chain);
+        Ok(self.pool.lock()?.payer(txid) == Some(from))
     }
 
     /// Applies a sealed block if it extends the tip and every check passes; `Err` says why it
@@ -354,20 +381,26 @@ impl Ledger {
     // ----- requests: checks and reads, never changing anything -----
 
     /// Checks `tx` as apply would, against a snapshot of the confirmed outputs and the pool as it
-    /// is now: a refusal here is a refusal there, an acceptance is a good guess.
+    /// is now: a refusal here is a refusal there, an acceptance is a good guess. `Ok(Some(txid))`:
+    /// `from` already made it (apply's answer to a repeat: nothing to log).
     pub fn check(
         &self,
         from: &str,
         tx: &Transaction,
         account_exists: impl Fn(&str) -> bool,
-    ) -> Result<(), ErrorReply> {
+    ) -> Result<Option<Hash32>, ErrorReply> {
+        let txid = tx.txid();
+        if self.made_by(from, &txid).map_err(lock_error)? {
+            return Ok(Some(txid));
+        }
         let snapshot = self.utxos.snapshot();
         let outcome = self
             .pool
             .lock()
             .map_err(lock_error)
             .and_then(|pool| self.validate(from, tx, &pool, |outpoint| snapshot.get(outpoint)))
-            .and_then(|_| check_recipients(tx, &account_exists));
+            .and_then(|_| check_recipients(tx, &account_exists))
+            .map(|()| None);
         if let Err(error) = &outcome {
             self.count_refusal(error.code);
         }

@@ -74,6 +74,12 @@ impl Mempool {
         self.txs.get(txid).map(|pooled| &pooled.tx)
     }
 
+    /// Who pooled `txid`: the owner of what it spends (`None`: not pooled, or a grant).
+    pub fn payer(&self, txid: &Hash32) -> Option<&str> {
+        let spent = self.txs.get(txid)?.spends.first()?;
+        Some(&spent.owner)
+    }
+
     /// The pooled transaction spending `outpoint`, if any.
     pub fn spender(&self, outpoint: &Outpoint) -> Option<Hash32> {
         self.spent_by.get(outpoint).copied()

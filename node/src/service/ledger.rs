@@ -65,7 +65,9 @@ impl Core {
                     grant: None,
                 };
                 match ledger.check(user, &tx, exists) {
-                    Ok(()) => Step::Propose(Command::SubmitTransaction {
+                    // Submitted again (the answer was lost): already pooled or sealed.
+                    Ok(Some(txid)) => Step::Answer(Ok(Reply::Pooled { txid })),
+                    Ok(None) => Step::Propose(Command::SubmitTransaction {
                         from: user.to_string(),
                         tx,
                     }),
