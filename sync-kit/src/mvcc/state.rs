@@ -28,10 +28,10 @@ use std::sync::{Arc, OnceLock};
 use imbl::OrdMap;
 
 use super::MvccStats;
-use super::index::{Index, Lookup};
+use super::index::{Index, Lookup, ReadCheck, Reserve};
 use super::transaction::{Conflict, KeyMap, Sorted};
-use crate::loom::InternalMutex;
 use crate::loom::atomic::{AtomicU64 as SyncAtomicU64, Ordering};
+use crate::loom::{InternalMutex, SpinWait};
 
 /// One immutable version of the map: its number, its live key count, and its ordered entries
 /// (tombstones are not in them: only the index needs those, for validation).
@@ -215,6 +215,10 @@ struct State<K, V> {
     /// back or goes there, and most are released at the back or the front: no allocation once
     /// the deque has grown, no search for the common cases.
     live: VecDeque<(u64, usize)>,
+    /// Versions published, and keys they wrote, since the last one whose build a commit started
+    /// (changed only by the publishing commit, in version order).
+    unbuilt_versions: u64,
+    unbuilt_writes: usize,
 }
 
 impl<K, V> State<K, V> {
@@ -256,12 +260,13 @@ impl<K, V> State<K, V> {
 struct CommitterState<K> {
     /// Removed keys in commit order, with the version that removed them.
     tombstones: VecDeque<(u64, K)>,
-    /// Hashes of the index slots the running commit wrote, whose previous values are forgotten
-    /// once it is published (kept here to reuse the allocation).
-    kept_prev: Vec<u64>,
-    /// Versions committed, and keys they wrote, since the last one whose build a commit started.
-    unbuilt_versions: u64,
-    unbuilt_writes: usize,
+    /// The last version number claimed.
+    claimed: u64,
+    /// (version, key hash) of every key written by a claimed version that may not have written
+    /// its slots yet: a read validated after the claim of such a version and before its write
+    /// sees the slot reserved, and must know whether its writer comes before it. Entries of
+    /// published versions are dropped at each claim.
+    in_flight: VecDeque<(u64, u64)>,
 }
 
 /// A live snapshot's claim on its version; released on drop unless a commit released it.
@@ -327,12 +332,13 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             state: InternalMutex::new(State {
                 latest: Arc::new(Version::built(0, OrdMap::new())),
                 live: VecDeque::new(),
+                unbuilt_versions: 0,
+                unbuilt_writes: 0,
             }),
             committer: InternalMutex::new(CommitterState {
                 tombstones: VecDeque::new(),
-                kept_prev: Vec::new(),
-                unbuilt_versions: 0,
-                unbuilt_writes: 0,
+                claimed: 0,
+                in_flight: VecDeque::new(),
             }),
             index: Index::new(),
             published: SyncAtomicU64::new(0),
@@ -410,95 +416,159 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         reads: &KeyMap<K, ()>,
         writes: Sorted<(K, Option<V>)>,
     ) -> Result<u64, Conflict<K>> {
-        let snapshot_version = registration.version;
-        let mut committer = self.committer.lock();
-        // Only this commit can replace `latest` until it releases `committer`.
-        let (base, oldest_live) = {
-            let state = self.state.lock();
-            let oldest_live = state.oldest_live_except(snapshot_version);
-            (Arc::clone(&state.latest), oldest_live)
-        };
-        // The index holds `base`'s entries exactly (no unpublished version while `committer` is
-        // held): one hash lookup per key instead of a walk down the ordered map.
-        self.validate(
-            snapshot_version,
-            reads
-                .keys()
-                .chain(writes.as_slice().iter().map(|(key, _)| key)),
-        )?;
-        self.commits.fetch_add(1, Ordering::Relaxed);
         if writes.is_empty() {
-            self.release_registration(registration);
-            return Ok(base.number);
+            return self.commit_read_only(registration, reads);
         }
-        let number = base.number + 1;
-        let mut len = base.len;
+        let snapshot_version = registration.version;
+        // 1. Reserve the written keys, in key order (so two commits never wait for each other
+        //    in a cycle), each refused if written after the snapshot.
+        let mut held = Hashes::default();
+        let mut len_change = 0isize;
+        for (at, (key, value)) in writes.as_slice().iter().enumerate() {
+            let mut spin = SpinWait::new();
+            let (hash, was_live) = loop {
+                match self.index.reserve(key, snapshot_version) {
+                    Reserve::Held { hash, was_live } => break (hash, was_live),
+                    Reserve::Conflict(written_at) => {
+                        self.unreserve(&writes.as_slice()[..at], &held);
+                        return Err(self.refuse(registration, key, written_at));
+                    }
+                    // Held by a commit that has passed this step: it writes or gives up without
+                    // waiting for a reservation.
+                    Reserve::Busy => wait(&mut spin),
+                }
+            };
+            held.push(hash);
+            len_change += match (value.is_some(), was_live) {
+                (true, false) => 1,
+                (false, true) => -1,
+                _ => 0,
+            };
+        }
+        // 2. Under the committer lock: validate the reads, claim the next number.
+        let number = {
+            let mut committer = self.committer.lock();
+            let published = self.published.load(Ordering::Acquire);
+            while committer
+                .in_flight
+                .front()
+                .is_some_and(|&(version, _)| version <= published)
+            {
+                committer.in_flight.pop_front();
+            }
+            for key in reads.keys() {
+                if writes
+                    .as_slice()
+                    .binary_search_by(|(written, _)| written.cmp(key))
+                    .is_ok()
+                {
+                    continue; // validated by its reservation
+                }
+                let written_at = match self.index.check_read(key, snapshot_version) {
+                    ReadCheck::Clear => continue,
+                    ReadCheck::Written(written_at) => written_at,
+                    // A claimed version will write it (before this one); a commit not yet
+                    // claimed will come after this one, and is no conflict.
+                    ReadCheck::Reserved(hash) => {
+                        match committer.in_flight.iter().find(|&&(_, h)| h == hash) {
+                            Some(&(version, _)) => version,
+                            None => continue,
+                        }
+                    }
+                };
+                drop(committer);
+                self.unreserve(writes.as_slice(), &held);
+                return Err(self.refuse(registration, key, written_at));
+            }
+            committer.claimed += 1;
+            let number = committer.claimed;
+            for &hash in held.iter() {
+                committer.in_flight.push_back((number, hash));
+            }
+            for (key, value) in writes.as_slice() {
+                if value.is_none() {
+                    committer.tombstones.push_back((number, key.clone()));
+                }
+            }
+            if committer
+                .tombstones
+                .front()
+                .is_some_and(|&(t, _)| t <= published)
+            {
+                let oldest_live = self.state.lock().oldest_live_except(snapshot_version);
+                // Only published tombstones (their slots are written); snapshots registered
+                // since `oldest_live` was read stand on a version at least `published`.
+                drop_old_tombstones(
+                    &self.index,
+                    &mut committer.tombstones,
+                    oldest_live,
+                    published + 1,
+                );
+            }
+            number
+        };
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        // 3. Write the reserved slots, stamped `number`, which no reader stands on before it is
+        //    published below.
+        for ((key, value), &hash) in writes.as_slice().iter().zip(held.iter()) {
+            self.index.write_reserved(key, hash, value.clone(), number);
+        }
+        // 4. Publish in version order: after the version before this one.
+        let mut spin = SpinWait::new();
+        while self.published.load(Ordering::Acquire) != number - 1 {
+            wait(&mut spin);
+        }
         let written = writes.len();
-        for (key, value) in writes.as_slice() {
-            // Stamped `number`, which no reader stands on before it is published below.
-            let (hash, was_live) = self.index.write(key, value.clone(), number);
-            committer.kept_prev.push(hash);
-            match (value, was_live) {
-                (Some(_), false) => len += 1,
-                (None, true) => len -= 1,
-                _ => {}
-            }
-            if value.is_none() {
-                committer.tombstones.push_back((number, key.clone()));
-            }
-        }
-        let fresh = writes;
-        // Extend `base`'s delta unless `base` is being built by the commit that made it.
-        let pending = base.successor_pending(committer.unbuilt_versions > 0, fresh);
-        // Snapshots registered since `oldest_live` was read stand on `base`, which is newer than
-        // every queued tombstone but this commit's own: the bound stays safe.
-        drop_old_tombstones(&self.index, &mut committer.tombstones, oldest_live, number);
-        committer.unbuilt_versions += 1;
-        committer.unbuilt_writes += written;
-        let next = Arc::new(Version {
-            number,
-            len,
-            entries: OnceLock::new(),
-            pending: std::sync::Mutex::new(Some(pending)),
-        });
-        drop(base);
-        let previous = {
+        let to_build = {
             let mut state = self.state.lock();
+            // Extend the latest version's delta unless it is being built by the commit that
+            // made it.
+            let pending = state
+                .latest
+                .successor_pending(state.unbuilt_versions > 0, writes);
+            state.unbuilt_versions += 1;
+            state.unbuilt_writes += written;
+            let len = state.latest.len.wrapping_add_signed(len_change);
+            let next = Arc::new(Version {
+                number,
+                len,
+                entries: OnceLock::new(),
+                pending: std::sync::Mutex::new(Some(pending)),
+            });
             state.release(snapshot_version);
             registration.active = false;
-            // After the index holds this version's writes (the mutex orders them before).
+            // After the index holds this version's writes and every earlier one's.
             self.published.store(number, Ordering::Release);
-            std::mem::replace(&mut state.latest, Arc::clone(&next))
-        };
-        // The replaced version is `next`'s base or a version standing on the same base (dropping
-        // it frees at most its delta list, or the few nodes a reader's build of it copied, never
-        // a whole map): let go of it first, so that `next` may hold the base's last reference.
-        drop(previous);
-        let build = match next.pending().as_ref() {
-            // Nothing else holds the base (see `Pending::build`): built in place, cheaply.
-            Some(pending) if Arc::strong_count(&pending.base) == 1 => true,
-            // Not while `base` is still being built by the commit that started it (another
-            // thread): this build would wait for that one. The next commits keep extending the
-            // delta instead.
-            Some(pending) => {
-                (committer.unbuilt_versions >= MATERIALIZE_EVERY
-                    || committer.unbuilt_writes >= MATERIALIZE_WRITES)
-                    && pending.base.entries.get().is_some()
+            // The replaced version is `next`'s base or a version standing on the same base
+            // (dropping it frees at most its delta list, or the few nodes a reader's build of it
+            // copied, never a whole map): let go of it first, so that `next` may hold the base's
+            // last reference.
+            drop(std::mem::replace(&mut state.latest, Arc::clone(&next)));
+            let build = match next.pending().as_ref() {
+                // Nothing else holds the base (see `Pending::build`): built in place, cheaply.
+                Some(pending) if Arc::strong_count(&pending.base) == 1 => true,
+                // Not while `base` is still being built by the commit that started it (another
+                // thread): this build would wait for that one. The next commits keep extending
+                // the delta instead.
+                Some(pending) => {
+                    (state.unbuilt_versions >= MATERIALIZE_EVERY
+                        || state.unbuilt_writes >= MATERIALIZE_WRITES)
+                        && pending.base.entries.get().is_some()
+                }
+                None => false,
+            };
+            if build {
+                state.unbuilt_versions = 0;
+                state.unbuilt_writes = 0;
             }
-            None => false,
+            build.then_some(next)
         };
-        if build {
-            committer.unbuilt_versions = 0;
-            committer.unbuilt_writes = 0;
-        }
-        let to_build = build.then_some(next);
         // `number` is published: the overwritten values need not stay in the index (older
         // snapshots find them in their own versions).
-        for hash in committer.kept_prev.drain(..) {
+        for &hash in held.iter() {
             self.index.forget_prev(hash, number);
         }
-        drop(committer);
-        // Outside both locks: other commits go on while this one builds its version's ordered
+        // Outside every lock: other commits go on while this one builds its version's ordered
         // map (in place, or path copies of the versions since the last build, the upper levels
         // copied once).
         if let Some(version) = to_build {
@@ -507,28 +577,49 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         Ok(number)
     }
 
-    /// Fails with the first of `keys` (read or written) written after `snapshot_version`.
-    fn validate<'k>(
+    /// A transaction that wrote nothing: its reads are validated against the version published
+    /// before they are looked up, which it returns (it comes after that version's writer).
+    fn commit_read_only(
         &self,
-        snapshot_version: u64,
-        keys: impl Iterator<Item = &'k K>,
-    ) -> Result<(), Conflict<K>>
-    where
-        K: 'k,
-    {
-        for key in keys {
+        registration: &mut Registration<K, V>,
+        reads: &KeyMap<K, ()>,
+    ) -> Result<u64, Conflict<K>> {
+        let at = self.published.load(Ordering::Acquire);
+        for key in reads.keys() {
             if let Some(written_at) = self.index.written_at(key)
-                && written_at > snapshot_version
+                && written_at > registration.version
             {
-                self.conflicts.fetch_add(1, Ordering::Relaxed);
-                return Err(Conflict {
-                    key: key.clone(),
-                    snapshot_version,
-                    committed_version: written_at,
-                });
+                return Err(self.refuse(registration, key, written_at));
             }
         }
-        Ok(())
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.release_registration(registration);
+        Ok(at)
+    }
+
+    /// Counts a refused commit and releases its snapshot.
+    #[cold]
+    fn refuse(
+        &self,
+        registration: &mut Registration<K, V>,
+        key: &K,
+        written_at: u64,
+    ) -> Conflict<K> {
+        self.conflicts.fetch_add(1, Ordering::Relaxed);
+        self.release_registration(registration);
+        Conflict {
+            key: key.clone(),
+            snapshot_version: registration.version,
+            committed_version: written_at,
+        }
+    }
+
+    /// Gives up the reservations of `writes` (whose hashes are the first of `held`).
+    #[cold]
+    fn unreserve(&self, writes: &[(K, Option<V>)], held: &Hashes) {
+        for ((key, _), &hash) in writes.iter().zip(held.iter()) {
+            self.index.unreserve(key, hash);
+        }
     }
 
     fn release_registration(&self, registration: &mut Registration<K, V>) {
@@ -574,5 +665,36 @@ fn drop_old_tombstones<K: Ord + Hash + Clone, V: Clone>(
         let (written_at, key) = queue.pop_front().expect("front exists");
         // Only if the key was not written again since.
         index.remove_tombstone(&key, written_at);
+    }
+}
+
+/// Waits a moment for another commit (to write a reserved key, or to publish the version before
+/// this one): spins briefly, then yields.
+#[cold]
+fn wait(spin: &mut SpinWait) {
+    if !spin.spin() {
+        crate::loom::thread::yield_now();
+    }
+}
+
+/// The hashes of a commit's written keys, in key order; the first inline (a one-key commit
+/// allocates nothing for them).
+#[derive(Default)]
+struct Hashes {
+    first: Option<u64>,
+    rest: Vec<u64>,
+}
+
+impl Hashes {
+    fn push(&mut self, hash: u64) {
+        if self.first.is_none() {
+            self.first = Some(hash);
+        } else {
+            self.rest.push(hash);
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &u64> {
+        self.first.iter().chain(self.rest.iter())
     }
 }
