@@ -262,6 +262,9 @@ struct CommitterState<K> {
     tombstones: VecDeque<(u64, K)>,
     /// The last version number claimed.
     claimed: u64,
+    /// Writing transactions committed (counted here, on the lock's cache line, rather than in a
+    /// shared atomic).
+    commits: u64,
     /// (version, key hash) of every key written by a claimed version that may not have written
     /// its slots yet: a read validated after the claim of such a version and before its write
     /// sees the slot reserved, and must know whether its writer comes before it. Entries of
@@ -288,6 +291,21 @@ impl<K: Ord + Hash + Clone, V: Clone> Registration<K, V> {
         (registration, version)
     }
 
+    /// Commits a transaction standing on this registration (see [`Shared::commit`]), which
+    /// releases it, without another reference to the shared state.
+    pub(crate) fn commit(
+        &mut self,
+        reads: &KeyMap<K, ()>,
+        writes: Sorted<(K, Option<V>)>,
+    ) -> Result<u64, Conflict<K>> {
+        let Self {
+            shared,
+            version,
+            active,
+        } = self;
+        shared.commit(*version, active, reads, writes)
+    }
+
     /// Registers one more snapshot of the same version.
     pub(crate) fn duplicate(&self) -> Self {
         self.shared.retain(self.version);
@@ -307,18 +325,33 @@ impl<K: Ord + Hash + Clone, V: Clone> Drop for Registration<K, V> {
     }
 }
 
+/// One field on cache lines of its own: two committers on different cores take the committer
+/// lock, the state lock and the published number in turn, and each of these should move between
+/// the cores alone, not drag the index's hasher or the `Arc`'s reference counts with it.
+#[repr(align(64))]
+struct Line<T>(T);
+
+impl<T> std::ops::Deref for Line<T> {
+    type Target = T;
+
+    #[inline]
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 pub(crate) struct Shared<K, V> {
-    committer: InternalMutex<CommitterState<K>>,
-    state: InternalMutex<State<K, V>>,
     /// The latest version's entries by hash (see `index.rs`), written by committers before they
     /// publish.
-    index: Index<K, V>,
+    index: Line<Index<K, V>>,
+    committer: Line<InternalMutex<CommitterState<K>>>,
+    state: Line<InternalMutex<State<K, V>>>,
     /// The latest published version number: stored (Release) inside `state`'s critical section
-    /// that publishes the version, after the index holds its writes; loaded (Acquire) by
-    /// [`Shared::get_latest`] before it asks the index.
-    published: SyncAtomicU64,
+    /// that publishes the version, after the index holds the writes of this version and every
+    /// earlier one; loaded (Acquire) by [`Shared::get_latest`] before it asks the index.
+    published: Line<SyncAtomicU64>,
     // Plain counters; they order no other memory.
-    commits: AtomicU64,
+    read_only_commits: AtomicU64,
     conflicts: AtomicU64,
 }
 
@@ -329,20 +362,21 @@ const TOMBSTONES_PER_COMMIT: usize = 64;
 impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
     pub(crate) fn new() -> Self {
         Self {
-            state: InternalMutex::new(State {
+            state: Line(InternalMutex::new(State {
                 latest: Arc::new(Version::built(0, OrdMap::new())),
                 live: VecDeque::new(),
                 unbuilt_versions: 0,
                 unbuilt_writes: 0,
-            }),
-            committer: InternalMutex::new(CommitterState {
+            })),
+            committer: Line(InternalMutex::new(CommitterState {
                 tombstones: VecDeque::new(),
                 claimed: 0,
+                commits: 0,
                 in_flight: VecDeque::new(),
-            }),
-            index: Index::new(),
-            published: SyncAtomicU64::new(0),
-            commits: AtomicU64::new(0),
+            })),
+            index: Line(Index::new()),
+            published: Line(SyncAtomicU64::new(0)),
+            read_only_commits: AtomicU64::new(0),
             conflicts: AtomicU64::new(0),
         }
     }
@@ -410,16 +444,16 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
     /// is released only when the new version is published (or the commit fails): released
     /// earlier, a concurrent commit could drop a tombstone this validation needs and miss a
     /// conflict.
-    pub(crate) fn commit(
+    fn commit(
         &self,
-        registration: &mut Registration<K, V>,
+        snapshot_version: u64,
+        registered: &mut bool,
         reads: &KeyMap<K, ()>,
         writes: Sorted<(K, Option<V>)>,
     ) -> Result<u64, Conflict<K>> {
         if writes.is_empty() {
-            return self.commit_read_only(registration, reads);
+            return self.commit_read_only(snapshot_version, registered, reads);
         }
-        let snapshot_version = registration.version;
         // 1. Reserve the written keys, in key order (so two commits never wait for each other
         //    in a cycle), each refused if written after the snapshot.
         let mut held = Hashes::default();
@@ -431,7 +465,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
                     Reserve::Held { hash, was_live } => break (hash, was_live),
                     Reserve::Conflict(written_at) => {
                         self.unreserve(&writes.as_slice()[..at], &held);
-                        return Err(self.refuse(registration, key, written_at));
+                        return Err(self.refuse(snapshot_version, registered, key, written_at));
                     }
                     // Held by a commit that has passed this step: it writes or gives up without
                     // waiting for a reservation.
@@ -478,10 +512,11 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
                 };
                 drop(committer);
                 self.unreserve(writes.as_slice(), &held);
-                return Err(self.refuse(registration, key, written_at));
+                return Err(self.refuse(snapshot_version, registered, key, written_at));
             }
             committer.claimed += 1;
             let number = committer.claimed;
+            committer.commits += 1;
             for &hash in held.iter() {
                 committer.in_flight.push_back((number, hash));
             }
@@ -507,7 +542,6 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             }
             number
         };
-        self.commits.fetch_add(1, Ordering::Relaxed);
         // 3. Write the reserved slots, stamped `number`, which no reader stands on before it is
         //    published below.
         for ((key, value), &hash) in writes.as_slice().iter().zip(held.iter()) {
@@ -536,7 +570,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
                 pending: std::sync::Mutex::new(Some(pending)),
             });
             state.release(snapshot_version);
-            registration.active = false;
+            *registered = false;
             // After the index holds this version's writes and every earlier one's.
             self.published.store(number, Ordering::Release);
             // The replaced version is `next`'s base or a version standing on the same base
@@ -581,19 +615,20 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
     /// before they are looked up, which it returns (it comes after that version's writer).
     fn commit_read_only(
         &self,
-        registration: &mut Registration<K, V>,
+        snapshot_version: u64,
+        registered: &mut bool,
         reads: &KeyMap<K, ()>,
     ) -> Result<u64, Conflict<K>> {
         let at = self.published.load(Ordering::Acquire);
         for key in reads.keys() {
             if let Some(written_at) = self.index.written_at(key)
-                && written_at > registration.version
+                && written_at > snapshot_version
             {
-                return Err(self.refuse(registration, key, written_at));
+                return Err(self.refuse(snapshot_version, registered, key, written_at));
             }
         }
-        self.commits.fetch_add(1, Ordering::Relaxed);
-        self.release_registration(registration);
+        self.read_only_commits.fetch_add(1, Ordering::Relaxed);
+        self.release_registration(snapshot_version, registered);
         Ok(at)
     }
 
@@ -601,15 +636,16 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
     #[cold]
     fn refuse(
         &self,
-        registration: &mut Registration<K, V>,
+        snapshot_version: u64,
+        registered: &mut bool,
         key: &K,
         written_at: u64,
     ) -> Conflict<K> {
         self.conflicts.fetch_add(1, Ordering::Relaxed);
-        self.release_registration(registration);
+        self.release_registration(snapshot_version, registered);
         Conflict {
             key: key.clone(),
-            snapshot_version: registration.version,
+            snapshot_version,
             committed_version: written_at,
         }
     }
@@ -622,19 +658,22 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         }
     }
 
-    fn release_registration(&self, registration: &mut Registration<K, V>) {
-        self.state.lock().release(registration.version);
-        registration.active = false;
+    fn release_registration(&self, snapshot_version: u64, registered: &mut bool) {
+        self.state.lock().release(snapshot_version);
+        *registered = false;
     }
 
     pub(crate) fn stats(&self) -> MvccStats {
-        let tombstones = self.committer.lock().tombstones.len();
+        let (tombstones, writing_commits) = {
+            let committer = self.committer.lock();
+            (committer.tombstones.len(), committer.commits)
+        };
         let state = self.state.lock();
         let latest = state.latest.number;
         MvccStats {
             version: latest,
             keys: state.latest.len,
-            commits: self.commits.load(Ordering::Relaxed),
+            commits: writing_commits + self.read_only_commits.load(Ordering::Relaxed),
             conflicts: self.conflicts.load(Ordering::Relaxed),
             live_versions: state.live.len()
                 + usize::from(state.live.back().is_none_or(|&(last, _)| last != latest)),
