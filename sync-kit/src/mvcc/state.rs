@@ -215,8 +215,14 @@ struct State<K, V> {
     /// back or goes there, and most are released at the back or the front: no allocation once
     /// the deque has grown, no search for the common cases.
     live: VecDeque<(u64, usize)>,
-    /// Versions published, and keys they wrote, since the last one whose build a commit started
-    /// (changed only by the publishing commit, in version order).
+}
+
+/// What only the publishing commit touches (under `Shared::publisher`, taken by one commit at a
+/// time: the one whose predecessor has published).
+struct Publisher<K, V> {
+    /// The latest version (the same as `State::latest`, which readers use).
+    latest: Arc<Version<K, V>>,
+    /// Versions published, and keys they wrote, since the last one whose build a commit started.
     unbuilt_versions: u64,
     unbuilt_writes: usize,
 }
@@ -346,6 +352,7 @@ pub(crate) struct Shared<K, V> {
     index: Line<Index<K, V>>,
     committer: Line<InternalMutex<CommitterState<K>>>,
     state: Line<InternalMutex<State<K, V>>>,
+    publisher: Line<InternalMutex<Publisher<K, V>>>,
     /// The latest published version number: stored (Release) inside `state`'s critical section
     /// that publishes the version, after the index holds the writes of this version and every
     /// earlier one; loaded (Acquire) by [`Shared::get_latest`] before it asks the index.
@@ -361,10 +368,14 @@ const TOMBSTONES_PER_COMMIT: usize = 64;
 
 impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
     pub(crate) fn new() -> Self {
+        let first = Arc::new(Version::built(0, OrdMap::new()));
         Self {
             state: Line(InternalMutex::new(State {
-                latest: Arc::new(Version::built(0, OrdMap::new())),
+                latest: Arc::clone(&first),
                 live: VecDeque::new(),
+            })),
+            publisher: Line(InternalMutex::new(Publisher {
+                latest: first,
                 unbuilt_versions: 0,
                 unbuilt_writes: 0,
             })),
@@ -554,30 +565,37 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         }
         let written = writes.len();
         let to_build = {
-            let mut state = self.state.lock();
+            // Only this commit publishes until it stores `number`: the lock is never contended
+            // (but for `stats`), it only keeps the publisher's data out of the state lock, which
+            // snapshots take.
+            let mut publisher = self.publisher.lock();
             // Extend the latest version's delta unless it is being built by the commit that
             // made it.
-            let pending = state
+            let pending = publisher
                 .latest
-                .successor_pending(state.unbuilt_versions > 0, writes);
-            state.unbuilt_versions += 1;
-            state.unbuilt_writes += written;
-            let len = state.latest.len.wrapping_add_signed(len_change);
+                .successor_pending(publisher.unbuilt_versions > 0, writes);
+            publisher.unbuilt_versions += 1;
+            publisher.unbuilt_writes += written;
             let next = Arc::new(Version {
                 number,
-                len,
+                len: publisher.latest.len.wrapping_add_signed(len_change),
                 entries: OnceLock::new(),
                 pending: std::sync::Mutex::new(Some(pending)),
             });
-            state.release(snapshot_version);
-            *registered = false;
-            // After the index holds this version's writes and every earlier one's.
-            self.published.store(number, Ordering::Release);
+            {
+                let mut state = self.state.lock();
+                state.release(snapshot_version);
+                *registered = false;
+                // After the index holds this version's writes and every earlier one's.
+                self.published.store(number, Ordering::Release);
+                // Frees nothing: `publisher` still holds the replaced version.
+                state.latest = Arc::clone(&next);
+            }
             // The replaced version is `next`'s base or a version standing on the same base
             // (dropping it frees at most its delta list, or the few nodes a reader's build of it
             // copied, never a whole map): let go of it first, so that `next` may hold the base's
             // last reference.
-            drop(std::mem::replace(&mut state.latest, Arc::clone(&next)));
+            drop(std::mem::replace(&mut publisher.latest, Arc::clone(&next)));
             let build = match next.pending().as_ref() {
                 // Nothing else holds the base (see `Pending::build`): built in place, cheaply.
                 Some(pending) if Arc::strong_count(&pending.base) == 1 => true,
@@ -585,15 +603,15 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
                 // thread): this build would wait for that one. The next commits keep extending
                 // the delta instead.
                 Some(pending) => {
-                    (state.unbuilt_versions >= MATERIALIZE_EVERY
-                        || state.unbuilt_writes >= MATERIALIZE_WRITES)
+                    (publisher.unbuilt_versions >= MATERIALIZE_EVERY
+                        || publisher.unbuilt_writes >= MATERIALIZE_WRITES)
                         && pending.base.entries.get().is_some()
                 }
                 None => false,
             };
             if build {
-                state.unbuilt_versions = 0;
-                state.unbuilt_writes = 0;
+                publisher.unbuilt_versions = 0;
+                publisher.unbuilt_writes = 0;
             }
             build.then_some(next)
         };
