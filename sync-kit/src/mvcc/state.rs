@@ -357,6 +357,9 @@ pub(crate) struct Shared<K, V> {
     /// that publishes the version, after the index holds the writes of this version and every
     /// earlier one; loaded (Acquire) by [`Shared::get_latest`] before it asks the index.
     published: Line<SyncAtomicU64>,
+    /// Commits asleep in `wait_for_turn`.
+    #[cfg(not(loom))]
+    turn_waiters: Line<std::sync::atomic::AtomicUsize>,
     // Plain counters; they order no other memory.
     read_only_commits: AtomicU64,
     conflicts: AtomicU64,
@@ -387,6 +390,8 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             })),
             index: Line(Index::new()),
             published: Line(SyncAtomicU64::new(0)),
+            #[cfg(not(loom))]
+            turn_waiters: Line(std::sync::atomic::AtomicUsize::new(0)),
             read_only_commits: AtomicU64::new(0),
             conflicts: AtomicU64::new(0),
         }
@@ -559,9 +564,8 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             self.index.write_reserved(key, hash, value.clone(), number);
         }
         // 4. Publish in version order: after the version before this one.
-        let mut spin = SpinWait::new();
-        while self.published.load(Ordering::Acquire) != number - 1 {
-            wait(&mut spin);
+        if self.published.load(Ordering::Acquire) != number - 1 {
+            self.wait_for_turn(number);
         }
         let written = writes.len();
         let to_build = {
@@ -591,6 +595,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
                 // Frees nothing: `publisher` still holds the replaced version.
                 state.latest = Arc::clone(&next);
             }
+            self.wake_next();
             // The replaced version is `next`'s base or a version standing on the same base
             // (dropping it frees at most its delta list, or the few nodes a reader's build of it
             // copied, never a whole map): let go of it first, so that `next` may hold the base's
@@ -627,6 +632,57 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             version.entries();
         }
         Ok(number)
+    }
+
+    /// Waits until `number - 1` is published: spins a little, then sleeps until the publisher
+    /// wakes it (a preempted predecessor may take a whole time slice).
+    #[cold]
+    fn wait_for_turn(&self, number: u64) {
+        let mut spin = SpinWait::new();
+        while self.published.load(Ordering::Acquire) != number - 1 {
+            if spin.spin() {
+                continue;
+            }
+            #[cfg(loom)]
+            crate::loom::thread::yield_now();
+            #[cfg(not(loom))]
+            {
+                self.turn_waiters.fetch_add(1, Ordering::SeqCst);
+                let key = std::ptr::from_ref(&*self.published) as usize;
+                // SAFETY: `key` is the address of `published`, which outlives every thread
+                // parked on it (they hold a reference to this map); the closures neither panic
+                // nor call into the parking lot.
+                unsafe {
+                    parking_lot_core::park(
+                        key,
+                        || self.published.load(Ordering::SeqCst) != number - 1,
+                        || {},
+                        |_, _| {},
+                        parking_lot_core::DEFAULT_PARK_TOKEN,
+                        None,
+                    );
+                }
+                self.turn_waiters.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Wakes the commits waiting for their turn to publish, if any (after `published` moved).
+    #[inline]
+    fn wake_next(&self) {
+        #[cfg(not(loom))]
+        {
+            // Pairs with the waiter's increment before its check of `published` (both
+            // sequentially consistent): either it sees the new number or this sees it waiting.
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if self.turn_waiters.load(Ordering::SeqCst) > 0 {
+                let key = std::ptr::from_ref(&*self.published) as usize;
+                // SAFETY: as in `wait_for_turn`.
+                unsafe {
+                    parking_lot_core::unpark_all(key, parking_lot_core::DEFAULT_UNPARK_TOKEN);
+                }
+            }
+        }
     }
 
     /// A transaction that wrote nothing: its reads are validated against the version published
