@@ -847,9 +847,9 @@ fn pending_writes_stay_bounded_while_an_old_snapshot_lives() {
     assert_eq!(map.stats().live_versions, 1);
 }
 
-/// Commits run their validation and index writes side by side: threads commit on keys of their
-/// own (a counter, and a key they insert and remove in turn) and move amounts between shared
-/// accounts, while a reader checks every snapshot. Checked: every commit that returned is seen
+/// Many threads committing at once: they commit on keys of their own (a counter, and a key they
+/// insert and remove in turn) and move amounts between shared accounts, while a reader checks
+/// every snapshot. Checked: every commit that returned is seen
 /// by reads of the latest version at once (its own keys, which nobody else writes, read back
 /// exactly); snapshots are a consistent prefix (shared total conserved, each thread's counter
 /// never goes back, `len` equals the entries iterated); commit versions are distinct and leave no

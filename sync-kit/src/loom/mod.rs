@@ -5,7 +5,7 @@
 //! that ships. Items:
 //!
 //! - [`atomic`]: `AtomicU8`, `AtomicUsize`, `AtomicU64`, `Ordering`.
-//! - [`thread`]: `current`, `ThreadId`, `yield_now`.
+//! - [`thread`]: `current`, `ThreadId`.
 //! - [`cell::UnsafeCell`]: loom's `UnsafeCell` API (`get`/`get_mut` returning tracked pointers),
 //!   mirrored over `std::cell::UnsafeCell` for normal builds.
 //! - [`InternalMutex`]: a plain mutex for sync-kit's own bookkeeping (the wait-for graph, the
@@ -41,11 +41,11 @@ pub(crate) mod atomic {
 
 #[cfg(not(loom))]
 pub(crate) mod thread {
-    pub(crate) use std::thread::{ThreadId, current, yield_now};
+    pub(crate) use std::thread::{ThreadId, current};
 }
 #[cfg(loom)]
 pub(crate) mod thread {
-    pub(crate) use loom::thread::{ThreadId, current, yield_now};
+    pub(crate) use loom::thread::{ThreadId, current};
 }
 
 #[cfg(not(loom))]

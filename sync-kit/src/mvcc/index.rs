@@ -36,8 +36,6 @@ struct Slot<K, V> {
     written_at: u64,
     value: Option<V>,
     prev: Option<(u64, Option<V>)>,
-    /// A commit holds this key for writing, from its validation to its write.
-    reserved: bool,
 }
 
 /// Shards: a power of two. Few under loom, where each is one more object to model.
@@ -59,26 +57,6 @@ type IndexHasher = std::hash::BuildHasherDefault<std::collections::hash_map::Def
 pub(crate) struct Index<K, V> {
     hasher: IndexHasher,
     shards: Box<[Shard<K, V>]>,
-}
-
-/// The outcome of [`Index::reserve`].
-pub(crate) enum Reserve {
-    /// Reserved for the caller: the key's hash and whether the key has a value now.
-    Held { hash: u64, was_live: bool },
-    /// Written at this version, after the caller's snapshot.
-    Conflict(u64),
-    /// Reserved by another commit: try again once it has written or given up.
-    Busy,
-}
-
-/// The outcome of [`Index::check_read`].
-pub(crate) enum ReadCheck {
-    /// Not written after the snapshot, and no commit holds it.
-    Clear,
-    /// Written at this version, after the snapshot.
-    Written(u64),
-    /// Not written after the snapshot, but a commit holds it for writing (the key's hash).
-    Reserved(u64),
 }
 
 /// What the index says about one key at one version.
@@ -145,6 +123,33 @@ impl<K: Hash + Eq + Clone, V: Clone> Index<K, V> {
             .map(|slot| slot.written_at)
     }
 
+    /// Records a write of `key` at the unpublished version `at` (committers only). Returns the
+    /// key's hash, for [`Index::forget_prev`] once `at` is published, and whether the key had a
+    /// value before.
+    pub(crate) fn write(&self, key: &K, value: Option<V>, at: u64) -> (u64, bool) {
+        let hash = self.hash(key);
+        let mut shard = self.shard(hash).lock();
+        if let Some(slot) = shard.find_mut(hash, |slot| slot.key == *key) {
+            let was_live = slot.value.is_some();
+            let prev = std::mem::replace(&mut slot.value, value);
+            let prev_at = std::mem::replace(&mut slot.written_at, at);
+            slot.prev = Some((prev_at, prev));
+            (hash, was_live)
+        } else {
+            shard.insert_unique(
+                hash,
+                Slot {
+                    key: key.clone(),
+                    written_at: at,
+                    value,
+                    prev: Some((0, None)),
+                },
+                |slot| self.hasher.hash_one(&slot.key),
+            );
+            (hash, false)
+        }
+    }
+
     /// Drops the previous values kept by the slots of `hash` written at `at`, now published
     /// (committers only). Readers of versions before `at` then ask their ordered map, and a
     /// read of the latest version that loaded a number before `at` reads it again.
@@ -166,83 +171,8 @@ impl<K: Hash + Eq + Clone, V: Clone> Index<K, V> {
         if let Ok(entry) = shard.find_entry(hash, |slot| slot.key == *key)
             && entry.get().written_at == written_at
             && entry.get().value.is_none()
-            && !entry.get().reserved
         {
             entry.remove();
-        }
-    }
-
-    /// Holds `key` for a commit whose snapshot is `snapshot`, if no commit after that snapshot
-    /// wrote it and no other commit holds it. A key without a slot gets a placeholder slot
-    /// (`written_at` 0, no value: absent to every reader) until the commit writes or gives up.
-    pub(crate) fn reserve(&self, key: &K, snapshot: u64) -> Reserve {
-        let hash = self.hash(key);
-        let mut shard = self.shard(hash).lock();
-        if let Some(slot) = shard.find_mut(hash, |slot| slot.key == *key) {
-            if slot.reserved {
-                return Reserve::Busy;
-            }
-            if slot.written_at > snapshot {
-                return Reserve::Conflict(slot.written_at);
-            }
-            slot.reserved = true;
-            return Reserve::Held {
-                hash,
-                was_live: slot.value.is_some(),
-            };
-        }
-        shard.insert_unique(
-            hash,
-            Slot {
-                key: key.clone(),
-                written_at: 0,
-                value: None,
-                prev: None,
-                reserved: true,
-            },
-            |slot| self.hasher.hash_one(&slot.key),
-        );
-        Reserve::Held {
-            hash,
-            was_live: false,
-        }
-    }
-
-    /// Gives up the caller's reservation of `key` (a refused commit), removing its placeholder.
-    pub(crate) fn unreserve(&self, key: &K, hash: u64) {
-        let mut shard = self.shard(hash).lock();
-        if let Ok(entry) = shard.find_entry(hash, |slot| slot.key == *key) {
-            if entry.get().written_at == 0 {
-                entry.remove();
-            } else {
-                entry.into_mut().reserved = false;
-            }
-        }
-    }
-
-    /// Writes `key`, reserved by the caller, at the claimed version `at` (not yet published),
-    /// keeping the previous write for readers until [`Index::forget_prev`], and ends the
-    /// reservation.
-    pub(crate) fn write_reserved(&self, key: &K, hash: u64, value: Option<V>, at: u64) {
-        let mut shard = self.shard(hash).lock();
-        let slot = shard
-            .find_mut(hash, |slot| slot.key == *key)
-            .expect("a reserved slot stays until its commit writes it");
-        let prev = std::mem::replace(&mut slot.value, value);
-        let prev_at = std::mem::replace(&mut slot.written_at, at);
-        slot.prev = Some((prev_at, prev));
-        slot.reserved = false;
-    }
-
-    /// Whether `key`, read by a transaction whose snapshot is `snapshot`, was written since or
-    /// is held by a commit that is writing it.
-    pub(crate) fn check_read(&self, key: &K, snapshot: u64) -> ReadCheck {
-        let hash = self.hash(key);
-        let shard = self.shard(hash).lock();
-        match shard.find(hash, |slot| slot.key == *key) {
-            Some(slot) if slot.written_at > snapshot => ReadCheck::Written(slot.written_at),
-            Some(slot) if slot.reserved => ReadCheck::Reserved(hash),
-            _ => ReadCheck::Clear,
         }
     }
 }

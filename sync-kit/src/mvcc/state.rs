@@ -28,10 +28,10 @@ use std::sync::{Arc, OnceLock};
 use imbl::OrdMap;
 
 use super::MvccStats;
-use super::index::{Index, Lookup, ReadCheck, Reserve};
+use super::index::{Index, Lookup};
 use super::transaction::{Conflict, KeyMap, Sorted};
+use crate::loom::InternalMutex;
 use crate::loom::atomic::{AtomicU64 as SyncAtomicU64, Ordering};
-use crate::loom::{InternalMutex, SpinWait};
 
 /// One immutable version of the map: its number, its live key count, and its ordered entries
 /// (tombstones are not in them: only the index needs those, for validation).
@@ -217,16 +217,6 @@ struct State<K, V> {
     live: VecDeque<(u64, usize)>,
 }
 
-/// What only the publishing commit touches (under `Shared::publisher`, taken by one commit at a
-/// time: the one whose predecessor has published).
-struct Publisher<K, V> {
-    /// The latest version (the same as `State::latest`, which readers use).
-    latest: Arc<Version<K, V>>,
-    /// Versions published, and keys they wrote, since the last one whose build a commit started.
-    unbuilt_versions: u64,
-    unbuilt_writes: usize,
-}
-
 impl<K, V> State<K, V> {
     /// One more snapshot of `version`, which is the latest or already registered.
     fn retain(&mut self, version: u64) {
@@ -266,16 +256,12 @@ impl<K, V> State<K, V> {
 struct CommitterState<K> {
     /// Removed keys in commit order, with the version that removed them.
     tombstones: VecDeque<(u64, K)>,
-    /// The last version number claimed.
-    claimed: u64,
-    /// Writing transactions committed (counted here, on the lock's cache line, rather than in a
-    /// shared atomic).
-    commits: u64,
-    /// (version, key hash) of every key written by a claimed version that may not have written
-    /// its slots yet: a read validated after the claim of such a version and before its write
-    /// sees the slot reserved, and must know whether its writer comes before it. Entries of
-    /// published versions are dropped at each claim.
-    in_flight: VecDeque<(u64, u64)>,
+    /// Hashes of the index slots the running commit wrote, whose previous values are forgotten
+    /// once it is published (kept here to reuse the allocation).
+    kept_prev: Vec<u64>,
+    /// Versions committed, and keys they wrote, since the last one whose build a commit started.
+    unbuilt_versions: u64,
+    unbuilt_writes: usize,
 }
 
 /// A live snapshot's claim on its version; released on drop unless a commit released it.
@@ -297,21 +283,6 @@ impl<K: Ord + Hash + Clone, V: Clone> Registration<K, V> {
         (registration, version)
     }
 
-    /// Commits a transaction standing on this registration (see [`Shared::commit`]), which
-    /// releases it, without another reference to the shared state.
-    pub(crate) fn commit(
-        &mut self,
-        reads: &KeyMap<K, ()>,
-        writes: Sorted<(K, Option<V>)>,
-    ) -> Result<u64, Conflict<K>> {
-        let Self {
-            shared,
-            version,
-            active,
-        } = self;
-        shared.commit(*version, active, reads, writes)
-    }
-
     /// Registers one more snapshot of the same version.
     pub(crate) fn duplicate(&self) -> Self {
         self.shared.retain(self.version);
@@ -331,37 +302,18 @@ impl<K: Ord + Hash + Clone, V: Clone> Drop for Registration<K, V> {
     }
 }
 
-/// One field on cache lines of its own: two committers on different cores take the committer
-/// lock, the state lock and the published number in turn, and each of these should move between
-/// the cores alone, not drag the index's hasher or the `Arc`'s reference counts with it.
-#[repr(align(64))]
-struct Line<T>(T);
-
-impl<T> std::ops::Deref for Line<T> {
-    type Target = T;
-
-    #[inline]
-    fn deref(&self) -> &T {
-        &self.0
-    }
-}
-
 pub(crate) struct Shared<K, V> {
+    committer: InternalMutex<CommitterState<K>>,
+    state: InternalMutex<State<K, V>>,
     /// The latest version's entries by hash (see `index.rs`), written by committers before they
     /// publish.
-    index: Line<Index<K, V>>,
-    committer: Line<InternalMutex<CommitterState<K>>>,
-    state: Line<InternalMutex<State<K, V>>>,
-    publisher: Line<InternalMutex<Publisher<K, V>>>,
+    index: Index<K, V>,
     /// The latest published version number: stored (Release) inside `state`'s critical section
-    /// that publishes the version, after the index holds the writes of this version and every
-    /// earlier one; loaded (Acquire) by [`Shared::get_latest`] before it asks the index.
-    published: Line<SyncAtomicU64>,
-    /// Commits asleep in `wait_for_turn`.
-    #[cfg(not(loom))]
-    turn_waiters: Line<std::sync::atomic::AtomicUsize>,
+    /// that publishes the version, after the index holds its writes; loaded (Acquire) by
+    /// [`Shared::get_latest`] before it asks the index.
+    published: SyncAtomicU64,
     // Plain counters; they order no other memory.
-    read_only_commits: AtomicU64,
+    commits: AtomicU64,
     conflicts: AtomicU64,
 }
 
@@ -371,28 +323,20 @@ const TOMBSTONES_PER_COMMIT: usize = 64;
 
 impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
     pub(crate) fn new() -> Self {
-        let first = Arc::new(Version::built(0, OrdMap::new()));
         Self {
-            state: Line(InternalMutex::new(State {
-                latest: Arc::clone(&first),
+            state: InternalMutex::new(State {
+                latest: Arc::new(Version::built(0, OrdMap::new())),
                 live: VecDeque::new(),
-            })),
-            publisher: Line(InternalMutex::new(Publisher {
-                latest: first,
+            }),
+            committer: InternalMutex::new(CommitterState {
+                tombstones: VecDeque::new(),
+                kept_prev: Vec::new(),
                 unbuilt_versions: 0,
                 unbuilt_writes: 0,
-            })),
-            committer: Line(InternalMutex::new(CommitterState {
-                tombstones: VecDeque::new(),
-                claimed: 0,
-                commits: 0,
-                in_flight: VecDeque::new(),
-            })),
-            index: Line(Index::new()),
-            published: Line(SyncAtomicU64::new(0)),
-            #[cfg(not(loom))]
-            turn_waiters: Line(std::sync::atomic::AtomicUsize::new(0)),
-            read_only_commits: AtomicU64::new(0),
+            }),
+            index: Index::new(),
+            published: SyncAtomicU64::new(0),
+            commits: AtomicU64::new(0),
             conflicts: AtomicU64::new(0),
         }
     }
@@ -460,172 +404,101 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
     /// is released only when the new version is published (or the commit fails): released
     /// earlier, a concurrent commit could drop a tombstone this validation needs and miss a
     /// conflict.
-    fn commit(
+    pub(crate) fn commit(
         &self,
-        snapshot_version: u64,
-        registered: &mut bool,
+        registration: &mut Registration<K, V>,
         reads: &KeyMap<K, ()>,
         writes: Sorted<(K, Option<V>)>,
     ) -> Result<u64, Conflict<K>> {
+        let snapshot_version = registration.version;
+        let mut committer = self.committer.lock();
+        // Only this commit can replace `latest` until it releases `committer`.
+        let (base, oldest_live) = {
+            let state = self.state.lock();
+            let oldest_live = state.oldest_live_except(snapshot_version);
+            (Arc::clone(&state.latest), oldest_live)
+        };
+        // The index holds `base`'s entries exactly (no unpublished version while `committer` is
+        // held): one hash lookup per key instead of a walk down the ordered map.
+        self.validate(
+            snapshot_version,
+            reads
+                .keys()
+                .chain(writes.as_slice().iter().map(|(key, _)| key)),
+        )?;
+        self.commits.fetch_add(1, Ordering::Relaxed);
         if writes.is_empty() {
-            return self.commit_read_only(snapshot_version, registered, reads);
+            self.release_registration(registration);
+            return Ok(base.number);
         }
-        // 1. Reserve the written keys, in key order (so two commits never wait for each other
-        //    in a cycle), each refused if written after the snapshot.
-        let mut held = Hashes::default();
-        let mut len_change = 0isize;
-        for (at, (key, value)) in writes.as_slice().iter().enumerate() {
-            let mut spin = SpinWait::new();
-            let (hash, was_live) = loop {
-                match self.index.reserve(key, snapshot_version) {
-                    Reserve::Held { hash, was_live } => break (hash, was_live),
-                    Reserve::Conflict(written_at) => {
-                        self.unreserve(&writes.as_slice()[..at], &held);
-                        return Err(self.refuse(snapshot_version, registered, key, written_at));
-                    }
-                    // Held by a commit that has passed this step: it writes or gives up without
-                    // waiting for a reservation.
-                    Reserve::Busy => wait(&mut spin),
-                }
-            };
-            held.push(hash);
-            len_change += match (value.is_some(), was_live) {
-                (true, false) => 1,
-                (false, true) => -1,
-                _ => 0,
-            };
-        }
-        // 2. Under the committer lock: validate the reads, claim the next number.
-        let number = {
-            let mut committer = self.committer.lock();
-            let published = self.published.load(Ordering::Acquire);
-            while committer
-                .in_flight
-                .front()
-                .is_some_and(|&(version, _)| version <= published)
-            {
-                committer.in_flight.pop_front();
-            }
-            for key in reads.keys() {
-                if writes
-                    .as_slice()
-                    .binary_search_by(|(written, _)| written.cmp(key))
-                    .is_ok()
-                {
-                    continue; // validated by its reservation
-                }
-                let written_at = match self.index.check_read(key, snapshot_version) {
-                    ReadCheck::Clear => continue,
-                    ReadCheck::Written(written_at) => written_at,
-                    // A claimed version will write it (before this one); a commit not yet
-                    // claimed will come after this one, and is no conflict.
-                    ReadCheck::Reserved(hash) => {
-                        match committer.in_flight.iter().find(|&&(_, h)| h == hash) {
-                            Some(&(version, _)) => version,
-                            None => continue,
-                        }
-                    }
-                };
-                drop(committer);
-                self.unreserve(writes.as_slice(), &held);
-                return Err(self.refuse(snapshot_version, registered, key, written_at));
-            }
-            committer.claimed += 1;
-            let number = committer.claimed;
-            committer.commits += 1;
-            for &hash in held.iter() {
-                committer.in_flight.push_back((number, hash));
-            }
-            for (key, value) in writes.as_slice() {
-                if value.is_none() {
-                    committer.tombstones.push_back((number, key.clone()));
-                }
-            }
-            if committer
-                .tombstones
-                .front()
-                .is_some_and(|&(t, _)| t <= published)
-            {
-                let oldest_live = self.state.lock().oldest_live_except(snapshot_version);
-                // Only published tombstones (their slots are written); snapshots registered
-                // since `oldest_live` was read stand on a version at least `published`.
-                drop_old_tombstones(
-                    &self.index,
-                    &mut committer.tombstones,
-                    oldest_live,
-                    published + 1,
-                );
-            }
-            number
-        };
-        // 3. Write the reserved slots, stamped `number`, which no reader stands on before it is
-        //    published below.
-        for ((key, value), &hash) in writes.as_slice().iter().zip(held.iter()) {
-            self.index.write_reserved(key, hash, value.clone(), number);
-        }
-        // 4. Publish in version order: after the version before this one.
-        if self.published.load(Ordering::Acquire) != number - 1 {
-            self.wait_for_turn(number);
-        }
+        let number = base.number + 1;
+        let mut len = base.len;
         let written = writes.len();
-        let to_build = {
-            // Only this commit publishes until it stores `number`: the lock is never contended
-            // (but for `stats`), it only keeps the publisher's data out of the state lock, which
-            // snapshots take.
-            let mut publisher = self.publisher.lock();
-            // Extend the latest version's delta unless it is being built by the commit that
-            // made it.
-            let pending = publisher
-                .latest
-                .successor_pending(publisher.unbuilt_versions > 0, writes);
-            publisher.unbuilt_versions += 1;
-            publisher.unbuilt_writes += written;
-            let next = Arc::new(Version {
-                number,
-                len: publisher.latest.len.wrapping_add_signed(len_change),
-                entries: OnceLock::new(),
-                pending: std::sync::Mutex::new(Some(pending)),
-            });
-            {
-                let mut state = self.state.lock();
-                state.release(snapshot_version);
-                *registered = false;
-                // After the index holds this version's writes and every earlier one's.
-                self.published.store(number, Ordering::Release);
-                // Frees nothing: `publisher` still holds the replaced version.
-                state.latest = Arc::clone(&next);
+        for (key, value) in writes.as_slice() {
+            // Stamped `number`, which no reader stands on before it is published below.
+            let (hash, was_live) = self.index.write(key, value.clone(), number);
+            committer.kept_prev.push(hash);
+            match (value, was_live) {
+                (Some(_), false) => len += 1,
+                (None, true) => len -= 1,
+                _ => {}
             }
-            self.wake_next();
-            // The replaced version is `next`'s base or a version standing on the same base
-            // (dropping it frees at most its delta list, or the few nodes a reader's build of it
-            // copied, never a whole map): let go of it first, so that `next` may hold the base's
-            // last reference.
-            drop(std::mem::replace(&mut publisher.latest, Arc::clone(&next)));
-            let build = match next.pending().as_ref() {
-                // Nothing else holds the base (see `Pending::build`): built in place, cheaply.
-                Some(pending) if Arc::strong_count(&pending.base) == 1 => true,
-                // Not while `base` is still being built by the commit that started it (another
-                // thread): this build would wait for that one. The next commits keep extending
-                // the delta instead.
-                Some(pending) => {
-                    (publisher.unbuilt_versions >= MATERIALIZE_EVERY
-                        || publisher.unbuilt_writes >= MATERIALIZE_WRITES)
-                        && pending.base.entries.get().is_some()
-                }
-                None => false,
-            };
-            if build {
-                publisher.unbuilt_versions = 0;
-                publisher.unbuilt_writes = 0;
+            if value.is_none() {
+                committer.tombstones.push_back((number, key.clone()));
             }
-            build.then_some(next)
+        }
+        let fresh = writes;
+        // Extend `base`'s delta unless `base` is being built by the commit that made it.
+        let pending = base.successor_pending(committer.unbuilt_versions > 0, fresh);
+        // Snapshots registered since `oldest_live` was read stand on `base`, which is newer than
+        // every queued tombstone but this commit's own: the bound stays safe.
+        drop_old_tombstones(&self.index, &mut committer.tombstones, oldest_live, number);
+        committer.unbuilt_versions += 1;
+        committer.unbuilt_writes += written;
+        let next = Arc::new(Version {
+            number,
+            len,
+            entries: OnceLock::new(),
+            pending: std::sync::Mutex::new(Some(pending)),
+        });
+        drop(base);
+        let previous = {
+            let mut state = self.state.lock();
+            state.release(snapshot_version);
+            registration.active = false;
+            // After the index holds this version's writes (the mutex orders them before).
+            self.published.store(number, Ordering::Release);
+            std::mem::replace(&mut state.latest, Arc::clone(&next))
         };
+        // The replaced version is `next`'s base or a version standing on the same base (dropping
+        // it frees at most its delta list, or the few nodes a reader's build of it copied, never
+        // a whole map): let go of it first, so that `next` may hold the base's last reference.
+        drop(previous);
+        let build = match next.pending().as_ref() {
+            // Nothing else holds the base (see `Pending::build`): built in place, cheaply.
+            Some(pending) if Arc::strong_count(&pending.base) == 1 => true,
+            // Not while `base` is still being built by the commit that started it (another
+            // thread): this build would wait for that one. The next commits keep extending the
+            // delta instead.
+            Some(pending) => {
+                (committer.unbuilt_versions >= MATERIALIZE_EVERY
+                    || committer.unbuilt_writes >= MATERIALIZE_WRITES)
+                    && pending.base.entries.get().is_some()
+            }
+            None => false,
+        };
+        if build {
+            committer.unbuilt_versions = 0;
+            committer.unbuilt_writes = 0;
+        }
+        let to_build = build.then_some(next);
         // `number` is published: the overwritten values need not stay in the index (older
         // snapshots find them in their own versions).
-        for &hash in held.iter() {
+        for hash in committer.kept_prev.drain(..) {
             self.index.forget_prev(hash, number);
         }
-        // Outside every lock: other commits go on while this one builds its version's ordered
+        drop(committer);
+        // Outside both locks: other commits go on while this one builds its version's ordered
         // map (in place, or path copies of the versions since the last build, the upper levels
         // copied once).
         if let Some(version) = to_build {
@@ -634,120 +507,43 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         Ok(number)
     }
 
-    /// Waits until `number - 1` is published: spins a little, then sleeps until the publisher
-    /// wakes it (a preempted predecessor may take a whole time slice).
-    #[cold]
-    fn wait_for_turn(&self, number: u64) {
-        let mut spin = SpinWait::new();
-        while self.published.load(Ordering::Acquire) != number - 1 {
-            if spin.spin() {
-                continue;
-            }
-            #[cfg(loom)]
-            crate::loom::thread::yield_now();
-            #[cfg(not(loom))]
-            {
-                self.turn_waiters.fetch_add(1, Ordering::SeqCst);
-                let key = std::ptr::from_ref(&*self.published) as usize;
-                // SAFETY: `key` is the address of `published`, which outlives every thread
-                // parked on it (they hold a reference to this map); the closures neither panic
-                // nor call into the parking lot.
-                unsafe {
-                    parking_lot_core::park(
-                        key,
-                        || self.published.load(Ordering::SeqCst) != number - 1,
-                        || {},
-                        |_, _| {},
-                        parking_lot_core::DEFAULT_PARK_TOKEN,
-                        None,
-                    );
-                }
-                self.turn_waiters.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
-    }
-
-    /// Wakes the commits waiting for their turn to publish, if any (after `published` moved).
-    #[inline]
-    fn wake_next(&self) {
-        #[cfg(not(loom))]
-        {
-            // Pairs with the waiter's increment before its check of `published` (both
-            // sequentially consistent): either it sees the new number or this sees it waiting.
-            std::sync::atomic::fence(Ordering::SeqCst);
-            if self.turn_waiters.load(Ordering::SeqCst) > 0 {
-                let key = std::ptr::from_ref(&*self.published) as usize;
-                // SAFETY: as in `wait_for_turn`.
-                unsafe {
-                    parking_lot_core::unpark_all(key, parking_lot_core::DEFAULT_UNPARK_TOKEN);
-                }
-            }
-        }
-    }
-
-    /// A transaction that wrote nothing: its reads are validated against the version published
-    /// before they are looked up, which it returns (it comes after that version's writer).
-    fn commit_read_only(
+    /// Fails with the first of `keys` (read or written) written after `snapshot_version`.
+    fn validate<'k>(
         &self,
         snapshot_version: u64,
-        registered: &mut bool,
-        reads: &KeyMap<K, ()>,
-    ) -> Result<u64, Conflict<K>> {
-        let at = self.published.load(Ordering::Acquire);
-        for key in reads.keys() {
+        keys: impl Iterator<Item = &'k K>,
+    ) -> Result<(), Conflict<K>>
+    where
+        K: 'k,
+    {
+        for key in keys {
             if let Some(written_at) = self.index.written_at(key)
                 && written_at > snapshot_version
             {
-                return Err(self.refuse(snapshot_version, registered, key, written_at));
+                self.conflicts.fetch_add(1, Ordering::Relaxed);
+                return Err(Conflict {
+                    key: key.clone(),
+                    snapshot_version,
+                    committed_version: written_at,
+                });
             }
         }
-        self.read_only_commits.fetch_add(1, Ordering::Relaxed);
-        self.release_registration(snapshot_version, registered);
-        Ok(at)
+        Ok(())
     }
 
-    /// Counts a refused commit and releases its snapshot.
-    #[cold]
-    fn refuse(
-        &self,
-        snapshot_version: u64,
-        registered: &mut bool,
-        key: &K,
-        written_at: u64,
-    ) -> Conflict<K> {
-        self.conflicts.fetch_add(1, Ordering::Relaxed);
-        self.release_registration(snapshot_version, registered);
-        Conflict {
-            key: key.clone(),
-            snapshot_version,
-            committed_version: written_at,
-        }
-    }
-
-    /// Gives up the reservations of `writes` (whose hashes are the first of `held`).
-    #[cold]
-    fn unreserve(&self, writes: &[(K, Option<V>)], held: &Hashes) {
-        for ((key, _), &hash) in writes.iter().zip(held.iter()) {
-            self.index.unreserve(key, hash);
-        }
-    }
-
-    fn release_registration(&self, snapshot_version: u64, registered: &mut bool) {
-        self.state.lock().release(snapshot_version);
-        *registered = false;
+    fn release_registration(&self, registration: &mut Registration<K, V>) {
+        self.state.lock().release(registration.version);
+        registration.active = false;
     }
 
     pub(crate) fn stats(&self) -> MvccStats {
-        let (tombstones, writing_commits) = {
-            let committer = self.committer.lock();
-            (committer.tombstones.len(), committer.commits)
-        };
+        let tombstones = self.committer.lock().tombstones.len();
         let state = self.state.lock();
         let latest = state.latest.number;
         MvccStats {
             version: latest,
             keys: state.latest.len,
-            commits: writing_commits + self.read_only_commits.load(Ordering::Relaxed),
+            commits: self.commits.load(Ordering::Relaxed),
             conflicts: self.conflicts.load(Ordering::Relaxed),
             live_versions: state.live.len()
                 + usize::from(state.live.back().is_none_or(|&(last, _)| last != latest)),
@@ -778,36 +574,5 @@ fn drop_old_tombstones<K: Ord + Hash + Clone, V: Clone>(
         let (written_at, key) = queue.pop_front().expect("front exists");
         // Only if the key was not written again since.
         index.remove_tombstone(&key, written_at);
-    }
-}
-
-/// Waits a moment for another commit (to write a reserved key, or to publish the version before
-/// this one): spins briefly, then yields.
-#[cold]
-fn wait(spin: &mut SpinWait) {
-    if !spin.spin() {
-        crate::loom::thread::yield_now();
-    }
-}
-
-/// The hashes of a commit's written keys, in key order; the first inline (a one-key commit
-/// allocates nothing for them).
-#[derive(Default)]
-struct Hashes {
-    first: Option<u64>,
-    rest: Vec<u64>,
-}
-
-impl Hashes {
-    fn push(&mut self, hash: u64) {
-        if self.first.is_none() {
-            self.first = Some(hash);
-        } else {
-            self.rest.push(hash);
-        }
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &u64> {
-        self.first.iter().chain(self.rest.iter())
     }
 }

@@ -156,9 +156,9 @@ impl<K: Ord + Hash + Clone, V: Clone> Transaction<K, V> {
             reads,
             writes,
         } = self;
-        snapshot
-            .into_registration()
-            .commit(&reads, writes.into_sorted())
+        let mut registration = snapshot.into_registration();
+        let shared = std::sync::Arc::clone(&registration.shared);
+        shared.commit(&mut registration, &reads, writes.into_sorted())
     }
 }
 
