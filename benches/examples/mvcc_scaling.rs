@@ -1,0 +1,128 @@
+//! Commits on disjoint keys, one thread against two, in many short alternating rounds: for a
+//! machine shared with other builds, where criterion's long back-to-back groups see the load
+//! change between the one-thread and the two-thread group.
+//!
+//! Each round times the `commit_1_thread` / `commit_2_threads` workload of `benches/mvcc.rs`
+//! (begin, read one key, write another, commit, on 100k keys; two threads on disjoint keys), the
+//! same two threads each on a map of its own (nothing shared: what two threads can do on this
+//! machine at best, with twice the data in the caches), then the `RwLock<HashMap>` floor, one
+//! thread and two. Printed: the minimum and the median over the rounds of the wall time per
+//! commit, and of the two-thread ÷ one-thread ratios taken within each round.
+//!
+//! ```text
+//! cargo run --release -p sync-kit-benches --example mvcc_scaling -- 15
+//! ```
+
+use std::collections::HashMap;
+
+use sync_kit::mvcc::MvccMap;
+use sync_kit_benches::{random_keys, wall_time_split};
+
+const KEYS: u64 = 100_000;
+/// Length of the precomputed random key sequence (a power of two, cycled through).
+const SEQUENCE: usize = 1 << 16;
+
+fn mvcc_rw(map: &MvccMap<u64, u64>, read: u64, write: u64) {
+    let mut tx = map.begin();
+    let v = tx.get(&read).unwrap_or(0);
+    tx.insert(write, v + 1);
+    tx.commit().expect("disjoint keys never conflict");
+}
+
+fn locked_rw(map: &parking_lot::RwLock<HashMap<u64, u64>>, read: u64, write: u64) {
+    let mut m = map.write();
+    let v = m.get(&read).copied().unwrap_or(0);
+    m.insert(write, v + 1);
+}
+
+/// Wall nanoseconds per operation of `iters` operations split over `threads` threads on disjoint
+/// keys (thread `t` uses keys ≡ t modulo `threads`), as `benches/mvcc.rs` does.
+fn per_op(iters: u64, threads: u64, keys: &[u64], op: &(dyn Fn(u64, u64) + Sync)) -> f64 {
+    let wall = wall_time_split(iters, threads, |t, n| {
+        let own = |k: u64| k - k % threads + t;
+        let mut i = t as usize * 7919;
+        for _ in 0..n {
+            i = (i + 1) & (SEQUENCE - 1);
+            op(own(keys[i]), own(keys[(i + 1) & (SEQUENCE - 1)]));
+        }
+    });
+    wall.as_nanos() as f64 / iters as f64
+}
+
+/// (minimum, median).
+fn min_median(mut values: Vec<f64>) -> (f64, f64) {
+    values.sort_by(f64::total_cmp);
+    (values[0], values[values.len() / 2])
+}
+
+/// A map of keys `0..KEYS` (value = key).
+fn mvcc_map() -> MvccMap<u64, u64> {
+    let map = MvccMap::new();
+    let mut tx = map.begin();
+    for k in 0..KEYS {
+        tx.insert(k, k);
+    }
+    tx.commit().expect("nothing else commits");
+    map
+}
+
+fn main() {
+    let rounds: usize = std::env::args()
+        .nth(1)
+        .map_or(15, |n| n.parse().expect("rounds: a number"));
+    let keys = random_keys(KEYS, SEQUENCE);
+    let (map, other_map) = (mvcc_map(), mvcc_map());
+    let locked = parking_lot::RwLock::new((0..KEYS).map(|k| (k, k)).collect::<HashMap<_, _>>());
+    let mvcc = |r, w| mvcc_rw(&map, r, w);
+    // Thread t's keys are ≡ t (mod 2): thread 1 on a map of its own.
+    let separate = |r: u64, w: u64| {
+        mvcc_rw(
+            if r.is_multiple_of(2) {
+                &map
+            } else {
+                &other_map
+            },
+            r,
+            w,
+        )
+    };
+    let floor = |r, w| locked_rw(&locked, r, w);
+    // Warm-up.
+    per_op(100_000, 1, &keys, &mvcc);
+    per_op(100_000, 2, &keys, &mvcc);
+    let mut columns: [Vec<f64>; 8] = Default::default();
+    for _ in 0..rounds {
+        let one = per_op(100_000, 1, &keys, &mvcc);
+        let two = per_op(100_000, 2, &keys, &mvcc);
+        let two_separate = per_op(100_000, 2, &keys, &separate);
+        let floor_one = per_op(1_000_000, 1, &keys, &floor);
+        let floor_two = per_op(1_000_000, 2, &keys, &floor);
+        for (column, value) in columns.iter_mut().zip([
+            one,
+            two,
+            two / one,
+            two_separate,
+            two_separate / one,
+            floor_one,
+            floor_two,
+            floor_two / floor_one,
+        ]) {
+            column.push(value);
+        }
+    }
+    let names = [
+        "sync_kit 1 thread (ns)",
+        "sync_kit 2 threads (ns)",
+        "sync_kit 2 ÷ 1",
+        "2 threads, 2 maps (ns)",
+        "2 maps ÷ 1 thread",
+        "floor 1 thread (ns)",
+        "floor 2 threads (ns)",
+        "floor 2 ÷ 1",
+    ];
+    println!("{rounds} rounds: minimum / median");
+    for (name, column) in names.iter().zip(columns) {
+        let (min, median) = min_median(column);
+        println!("{name:<26} {min:>9.2} / {median:>9.2}");
+    }
+}
