@@ -32,6 +32,7 @@ use serde::Serialize;
 
 use super::counters::{Counters, LockStats};
 use super::raw_rwlock::RawRwLock;
+use crate::loom::cell::UnsafeCell;
 use crate::loom::{InternalMutex, global};
 
 /// A position in a lock hierarchy. A thread holding a leveled lock at level `n` may only acquire
@@ -213,12 +214,91 @@ pub(crate) fn set_global_flag(bit: u8, on: bool) {
     }
 }
 
+/// The exclusive holder's entry in its thread's held list (`held.rs`): the link to the hold
+/// below this one and where this one was acquired.
+///
+/// Owned by whoever holds the lock exclusively (a `Mutex`, an `RwLock` writer): written right
+/// after the acquisition, read by that thread while it holds the lock, last read right before
+/// the release. So the lock word's acquire and release order every access from one holder to
+/// the next, as they order accesses to the lock's data (under loom this is a tracked
+/// `UnsafeCell`, which checks exactly that). Readers never touch it.
+pub(crate) struct HeldNode {
+    below: UnsafeCell<usize>,
+    site: UnsafeCell<&'static Location<'static>>,
+}
+
+// SAFETY: the cells are only accessed by the lock's exclusive holder, between its acquisition and
+// its release (see the type's documentation and the `unsafe` methods' contract), so two threads
+// never access them without the lock word ordering the accesses.
+unsafe impl Sync for HeldNode {}
+// SAFETY: the fields are a `usize` and a `&'static Location`, both `Send`.
+unsafe impl Send for HeldNode {}
+
+impl fmt::Debug for HeldNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HeldNode { .. }")
+    }
+}
+
+impl HeldNode {
+    fn new(created_at: &'static Location<'static>) -> Self {
+        Self {
+            below: UnsafeCell::new(0),
+            site: UnsafeCell::new(created_at),
+        }
+    }
+
+    /// Records a new exclusive hold: the link below it and its call site.
+    ///
+    /// # Safety
+    /// The calling thread holds the lock exclusively.
+    #[inline(always)]
+    pub(crate) unsafe fn start(&self, below: usize, site: &'static Location<'static>) {
+        // SAFETY: by the caller's contract this thread holds the lock exclusively, so no other
+        // thread accesses the cells until the release that follows.
+        self.below.with_mut(|p| unsafe { *p = below });
+        // SAFETY: as above.
+        self.site.with_mut(|p| unsafe { *p = site });
+    }
+
+    /// The link below the hold.
+    ///
+    /// # Safety
+    /// The calling thread holds the lock exclusively and recorded the hold with `start`.
+    #[inline(always)]
+    pub(crate) unsafe fn below(&self) -> usize {
+        // SAFETY: by the caller's contract (see `start`).
+        self.below.with(|p| unsafe { *p })
+    }
+
+    /// Replaces the link below the hold (an out-of-order release below it).
+    ///
+    /// # Safety
+    /// As for [`below`](Self::below).
+    pub(crate) unsafe fn set_below(&self, below: usize) {
+        // SAFETY: by the caller's contract (see `start`).
+        self.below.with_mut(|p| unsafe { *p = below });
+    }
+
+    /// Where the hold was acquired.
+    ///
+    /// # Safety
+    /// As for [`below`](Self::below).
+    pub(crate) unsafe fn site(&self) -> &'static Location<'static> {
+        // SAFETY: by the caller's contract (see `start`).
+        self.site.with(|p| unsafe { *p })
+    }
+}
+
 /// A lock's identity and counters.
 ///
-/// Aligned to 8 (it holds 64-bit counters): the held list keys a hold by this struct's address
-/// with two flag bits below it.
+/// Aligned to 64: the held list links and keys holds by this struct's address, with a count of
+/// shared holds (up to 16) and flag bits in the six bits below it (`held.rs`).
 #[derive(Debug)]
+#[repr(align(64))]
 pub(crate) struct LockMeta {
+    /// This lock's entry in the held list of the thread that holds it exclusively.
+    pub(crate) held: HeldNode,
     pub(crate) info: LockInfo,
     pub(crate) counters: Counters,
     /// [`LEVELED`] and [`TIME_HOLDS`]: when this byte and [`GLOBAL_FLAGS`] are both zero, an
@@ -246,6 +326,7 @@ impl LockMeta {
                 kind,
                 created_at,
             },
+            held: HeldNode::new(created_at),
             counters: Counters::new(),
             flags: StdAtomicU8::new(if level.is_some() { LEVELED } else { 0 }),
             rw: RawRwLock::new(),
@@ -316,7 +397,7 @@ pub(crate) struct MetaHandle(NonNull<LockMeta>);
 const _: () = {
     const fn send_sync<T: Send + Sync>() {}
     send_sync::<LockMeta>();
-    assert!(std::mem::align_of::<LockMeta>() >= 4);
+    assert!(std::mem::align_of::<LockMeta>() >= 64);
 };
 
 // SAFETY: a `MetaHandle` is an `Arc<LockMeta>` in another form, and `LockMeta` is `Send + Sync`
