@@ -9,12 +9,15 @@
 //! | field / static  | read                                   | written                              |
 //! |-----------------|----------------------------------------|--------------------------------------|
 //! | `info`          | reports, level checks, the detector    | never (set at creation)              |
-//! | `flags`         | every acquisition (one byte, relaxed)  | creation (`LEVELED`), `set_hold_timing` |
-//! | `GLOBAL_FLAGS`  | every acquisition (one byte, relaxed)  | `set_order_checking`, `stats::set_hold_timing` |
+//! | `flags`         | every acquisition (one byte, relaxed)  | creation (`LEVELED`, the global copy), `set_hold_timing`, `set_global_flag` |
+//! | `GLOBAL_FLAGS`  | a lock's creation                      | `set_order_checking`, `stats::set_hold_timing` (under `LIVE`) |
+//! | `LIVE`          | `set_global_flag`                      | every lock's creation and drop       |
+//! | `held`          | the exclusive holder's thread (`held.rs`) | the exclusive holder's thread     |
 //! | `rw`            | an `RwLock`'s every acquisition; stats | the lock's acquisitions and releases |
 //!
-//! Invariants: `flags | GLOBAL_FLAGS == 0` exactly when an acquisition needs no level check, no
-//! order check and no clock; a `LockMeta` outlives every held-list entry that points to it (the
+//! Invariants: `flags == 0` exactly when an acquisition needs no level check, no order check and
+//! no clock: outside `LIVE`'s critical sections, the upper bits of every live lock's `flags` equal
+//! `GLOBAL_FLAGS` (a lock takes its copy, and a switch changes every copy, under that lock); a `LockMeta` outlives every held-list entry that points to it (the
 //! handle leaks it if the lock is dropped while still locked).
 
 use std::borrow::Cow;
@@ -24,7 +27,8 @@ use std::panic::Location;
 use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{
-    AtomicU8 as StdAtomicU8, AtomicU64 as StdAtomicU64, Ordering as StdOrdering,
+    AtomicU8 as StdAtomicU8, AtomicU64 as StdAtomicU64, AtomicUsize as StdAtomicUsize,
+    Ordering as StdOrdering,
 };
 use std::sync::{Mutex as StdMutex, PoisonError};
 
@@ -188,29 +192,62 @@ pub(crate) fn next_id() -> u64 {
 }
 
 /// Per-lock [`LockMeta::flags`] bit: the lock is leveled (its acquisitions check the hierarchy).
-pub(crate) const LEVELED: u8 = 0b01;
+pub(crate) const LEVELED: u8 = 0b0001;
 /// Per-lock [`LockMeta::flags`] bit: this lock times its exclusive holds.
-pub(crate) const TIME_HOLDS: u8 = 0b10;
+pub(crate) const TIME_HOLDS: u8 = 0b0010;
 /// [`GLOBAL_FLAGS`] bit: lock-order checking is on (`Refuse` or `Warn`).
 pub(crate) const ORDER_CHECKING: u8 = 0b01;
 /// [`GLOBAL_FLAGS`] bit: hold timing is on for every lock.
 pub(crate) const HOLD_TIMING: u8 = 0b10;
+/// Where a [`GLOBAL_FLAGS`] bit sits in every lock's [`LockMeta::flags`] (shifted left by this).
+const GLOBAL_SHIFT: u32 = 2;
 
-/// Process-wide switches that send every acquisition down the instrumented path: a setting read
-/// with one relaxed load, ordering no other memory (a std atomic even under loom). Order checking
-/// starts on where its default policy (`Refuse` with `debug_assertions`) is.
-pub(crate) static GLOBAL_FLAGS: StdAtomicU8 = StdAtomicU8::new(if cfg!(debug_assertions) {
+/// Process-wide switches that send every acquisition down the instrumented path. Every live
+/// lock carries a copy in its own flags byte (its upper bits), so the fast path reads one byte of
+/// the lock; this static is where a new lock takes its copy from. Written only under [`LIVE`]'s
+/// lock, together with the copies. Order checking starts on where its default policy (`Refuse`
+/// with `debug_assertions`) is.
+static GLOBAL_FLAGS: StdAtomicU8 = StdAtomicU8::new(if cfg!(debug_assertions) {
     ORDER_CHECKING
 } else {
     0
 });
 
-/// Sets or clears one of the [`GLOBAL_FLAGS`] bits.
+/// Every live lock's metadata (named or not), so that a process-wide switch reaches each lock's
+/// flags byte. A std mutex even under loom: it orders no memory the models check (flags are std
+/// atomics) and is never held across a loom operation.
+static LIVE: StdMutex<LiveLocks> = StdMutex::new(LiveLocks(Vec::new()));
+
+/// The addresses of the live `LockMeta`s; each knows its index (`LockMeta::live_slot`).
+struct LiveLocks(Vec<*const LockMeta>);
+
+// SAFETY: the pointers are only dereferenced under `LIVE`'s lock, while the `LockMeta`s are alive
+// (a lock's metadata leaves the list in `MetaHandle::drop`, before its count is given back), and
+// `LockMeta` is `Sync`.
+unsafe impl Send for LiveLocks {}
+
+fn live() -> std::sync::MutexGuard<'static, LiveLocks> {
+    LIVE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Sets or clears one of the [`GLOBAL_FLAGS`] bits, and its copy in every live lock.
 pub(crate) fn set_global_flag(bit: u8, on: bool) {
+    let live = live();
     if on {
         GLOBAL_FLAGS.fetch_or(bit, StdOrdering::Relaxed);
     } else {
         GLOBAL_FLAGS.fetch_and(!bit, StdOrdering::Relaxed);
+    }
+    for &meta in &live.0 {
+        // SAFETY: listed, so alive (see `LiveLocks`).
+        let meta = unsafe { &*meta };
+        if on {
+            meta.flags
+                .fetch_or(bit << GLOBAL_SHIFT, StdOrdering::Relaxed);
+        } else {
+            meta.flags
+                .fetch_and(!(bit << GLOBAL_SHIFT), StdOrdering::Relaxed);
+        }
     }
 }
 
@@ -301,9 +338,11 @@ pub(crate) struct LockMeta {
     pub(crate) held: HeldNode,
     pub(crate) info: LockInfo,
     pub(crate) counters: Counters,
-    /// [`LEVELED`] and [`TIME_HOLDS`]: when this byte and [`GLOBAL_FLAGS`] are both zero, an
-    /// acquisition takes the plain fast path (no level, order or clock work).
+    /// [`LEVELED`] and [`TIME_HOLDS`], and above them a copy of [`GLOBAL_FLAGS`]: when this byte
+    /// is zero, an acquisition takes the plain fast path (no level, order or clock work).
     pub(crate) flags: StdAtomicU8,
+    /// This lock's index in [`LIVE`] (written under its lock).
+    live_slot: StdAtomicUsize,
     /// An [`RwLock`](crate::RwLock)'s lock word, kept here so that its exact read count (part of
     /// the word) can be read by whoever holds the metadata (the registry). Unused by the other
     /// kinds (never locked, counts nothing).
@@ -329,8 +368,17 @@ impl LockMeta {
             held: HeldNode::new(created_at),
             counters: Counters::new(),
             flags: StdAtomicU8::new(if level.is_some() { LEVELED } else { 0 }),
+            live_slot: StdAtomicUsize::new(0),
             rw: RawRwLock::new(),
         });
+        {
+            let mut live = live();
+            let global = GLOBAL_FLAGS.load(StdOrdering::Relaxed);
+            meta.flags
+                .fetch_or(global << GLOBAL_SHIFT, StdOrdering::Relaxed);
+            meta.live_slot.store(live.0.len(), StdOrdering::Relaxed);
+            live.0.push(Arc::as_ptr(&meta));
+        }
         if name.is_some() {
             REGISTRY.lock().insert(meta.info.id, Arc::clone(&meta));
         }
@@ -350,17 +398,15 @@ impl LockMeta {
     }
 
     /// Whether an acquisition must take the instrumented path (levels, order checking, hold
-    /// timing): one load of this lock's flags, one of the global flags.
+    /// timing): one load of this lock's flags byte, which carries the global switches too.
     #[inline(always)]
     pub(crate) fn instrumented(&self) -> bool {
-        self.flags.load(StdOrdering::Relaxed) | GLOBAL_FLAGS.load(StdOrdering::Relaxed) != 0
+        self.flags.load(StdOrdering::Relaxed) != 0
     }
 
     /// Whether an exclusive hold that begins now is timed (this lock's setting or the global one).
     pub(crate) fn times_holds(&self) -> bool {
-        (self.flags.load(StdOrdering::Relaxed) & TIME_HOLDS)
-            | (GLOBAL_FLAGS.load(StdOrdering::Relaxed) & HOLD_TIMING)
-            != 0
+        self.flags.load(StdOrdering::Relaxed) & (TIME_HOLDS | HOLD_TIMING << GLOBAL_SHIFT) != 0
     }
 
     /// Times this lock's exclusive holds (or stops), whatever the global setting.
@@ -462,6 +508,17 @@ impl<R: RawHeld> Drop for LockCore<R> {
 
 impl Drop for MetaHandle {
     fn drop(&mut self) {
+        {
+            let mut live = live();
+            let slot = self.live_slot.load(StdOrdering::Relaxed);
+            live.0.swap_remove(slot);
+            if let Some(&moved) = live.0.get(slot) {
+                // SAFETY: listed, so alive (see `LiveLocks`).
+                unsafe { &*moved }
+                    .live_slot
+                    .store(slot, StdOrdering::Relaxed);
+            }
+        }
         crate::deadlock::forget_order(self.info.id);
         if self.info.name.is_some() {
             REGISTRY.lock().remove(&self.info.id);
