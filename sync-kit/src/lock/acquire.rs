@@ -106,30 +106,46 @@ impl WaitHooks for DetectorHooks {
     }
 }
 
-/// Runs the protocol. `fast` is one attempt on the lock word; `slow` is the raw slow path.
+/// Where the plain path learns that the lock's flags are not all clear.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FlagsTest {
+    /// The flags byte (`Mutex`): one load and a branch before the compare-exchange.
+    Byte,
+    /// The lock word, which mirrors the flags in a bit its fast paths test anyway (`RwLock`,
+    /// `raw_rwlock.rs`'s DIVERT): `plain` fails when the flags are not clear.
+    InWord,
+}
+
+/// Runs the protocol. `plain` is one attempt on the lock word for the plain path, `fast` one
+/// for the instrumented path (the same for a `Mutex`; an `RwLock`'s ignores its DIVERT bit);
+/// `slow` is the raw slow path.
 ///
 /// The plain path (flags clear, lock free) is inlined into the caller; everything else is one
 /// out-of-line call, so that nothing the other paths need (the wait, the slow path's closure) is
 /// written to the stack before the flags are tested.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub(crate) fn acquire<W, F, S>(
+pub(crate) fn acquire<W, P, F, S>(
     meta: &LockMeta,
     mode: AccessMode,
     at: &'static Location<'static>,
     wait: W,
     rule: LevelRule,
+    flags: FlagsTest,
+    plain: P,
     fast: F,
     slow: S,
 ) -> Result<(), LockError>
 where
     W: Into<Wait>,
+    P: FnOnce() -> bool,
     F: Fn() -> bool,
     S: Fn(
         Deadline,
         &mut dyn WaitHooks<Refusal = DeadlockReport>,
     ) -> Result<bool, SlowPathError<DeadlockReport>>,
 {
-    if !meta.instrumented() && fast() {
+    if (flags == FlagsTest::InWord || !meta.instrumented()) && plain() {
         // A read is counted by the lock word itself (`raw_rwlock.rs`).
         if mode == AccessMode::Exclusive {
             meta.counters.count_exclusive_only();

@@ -213,10 +213,12 @@ static GLOBAL_FLAGS: StdAtomicU8 = StdAtomicU8::new(if cfg!(debug_assertions) {
     0
 });
 
-/// Every live lock's metadata (named or not), so that a process-wide switch reaches each lock's
-/// flags byte. A std mutex even under loom: it orders no memory the models check (flags are std
-/// atomics) and is never held across a loom operation.
-static LIVE: StdMutex<LiveLocks> = StdMutex::new(LiveLocks(Vec::new()));
+global! {
+    /// Every live lock's metadata (named or not), so that a process-wide switch reaches each
+    /// lock's flags (and an `RwLock`'s mirror of them in its word, a loom atomic: so this is a
+    /// loom mutex under loom, one list per explored execution).
+    static LIVE: InternalMutex<LiveLocks> = InternalMutex::new(LiveLocks(Vec::new()));
+}
 
 /// The addresses of the live `LockMeta`s; each knows its index (`LockMeta::live_slot`).
 struct LiveLocks(Vec<*const LockMeta>);
@@ -226,13 +228,9 @@ struct LiveLocks(Vec<*const LockMeta>);
 // `LockMeta` is `Sync`.
 unsafe impl Send for LiveLocks {}
 
-fn live() -> std::sync::MutexGuard<'static, LiveLocks> {
-    LIVE.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// Sets or clears one of the [`GLOBAL_FLAGS`] bits, and its copy in every live lock.
 pub(crate) fn set_global_flag(bit: u8, on: bool) {
-    let live = live();
+    let live = LIVE.lock();
     if on {
         GLOBAL_FLAGS.fetch_or(bit, StdOrdering::Relaxed);
     } else {
@@ -372,10 +370,9 @@ impl LockMeta {
             rw: RawRwLock::new(),
         });
         {
-            let mut live = live();
+            let mut live = LIVE.lock();
             let global = GLOBAL_FLAGS.load(StdOrdering::Relaxed);
-            meta.flags
-                .fetch_or(global << GLOBAL_SHIFT, StdOrdering::Relaxed);
+            meta.set_flag(global << GLOBAL_SHIFT, true);
             meta.live_slot.store(live.0.len(), StdOrdering::Relaxed);
             live.0.push(Arc::as_ptr(&meta));
         }
@@ -412,10 +409,21 @@ impl LockMeta {
     /// Times this lock's exclusive holds (or stops), whatever the global setting.
     pub(crate) fn set_hold_timing(&self, on: bool) {
         self.counters.set_hold_times(on);
-        if on {
-            self.flags.fetch_or(TIME_HOLDS, StdOrdering::Relaxed);
+        let _live = LIVE.lock();
+        self.set_flag(TIME_HOLDS, on);
+    }
+
+    /// Sets or clears `bits` of [`flags`](Self::flags), and an `RwLock`'s mirror of "any flag
+    /// set" in its word. Called under [`LIVE`]'s lock, which every change of the flags takes, so
+    /// the mirror never disagrees with the byte once the lock is released.
+    fn set_flag(&self, bits: u8, on: bool) {
+        let now = if on {
+            self.flags.fetch_or(bits, StdOrdering::Relaxed) | bits
         } else {
-            self.flags.fetch_and(!TIME_HOLDS, StdOrdering::Relaxed);
+            self.flags.fetch_and(!bits, StdOrdering::Relaxed) & !bits
+        };
+        if self.info.kind == LockKind::RwLock {
+            self.rw.set_divert(now != 0);
         }
     }
 }
@@ -509,7 +517,7 @@ impl<R: RawHeld> Drop for LockCore<R> {
 impl Drop for MetaHandle {
     fn drop(&mut self) {
         {
-            let mut live = live();
+            let mut live = LIVE.lock();
             let slot = self.live_slot.load(StdOrdering::Relaxed);
             live.0.swap_remove(slot);
             if let Some(&moved) = live.0.get(slot) {

@@ -7,7 +7,7 @@ use std::ops::{Deref, DerefMut};
 use std::panic::Location;
 use std::time::{Duration, Instant};
 
-use super::acquire::{self, Forever, Wait};
+use super::acquire::{self, FlagsTest, Forever, Wait};
 use super::counters::LockStats;
 use super::meta::{AccessMode, Level, LockCore, LockInfo, LockKind, LockMeta, intern};
 use super::raw_mutex::RawMutex;
@@ -148,6 +148,8 @@ impl<T> Mutex<T> {
             at,
             wait,
             rule,
+            FlagsTest::Byte,
+            || self.core.raw.try_lock_fast(),
             || self.core.raw.try_lock_fast(),
             |deadline, hook| self.core.raw.lock_slow(deadline, hook),
         )?;

@@ -9,7 +9,7 @@ use std::ops::{Deref, DerefMut};
 use std::panic::Location;
 use std::time::{Duration, Instant};
 
-use super::acquire::{self, Forever, Wait};
+use super::acquire::{self, FlagsTest, Forever, Wait};
 use super::counters::LockStats;
 use super::meta::{AccessMode, Level, LockCore, LockInfo, LockKind, LockMeta, intern};
 use crate::error::LockError;
@@ -162,7 +162,9 @@ impl<T> RwLock<T> {
             at,
             wait,
             rule,
+            FlagsTest::InWord,
             || meta.rw.try_read_fast(),
+            || meta.rw.try_read_diverted(),
             |deadline, hook| meta.rw.read_slow(deadline, hook),
         )?;
         Ok(RwLockReadGuard {
@@ -187,7 +189,9 @@ impl<T> RwLock<T> {
             at,
             wait,
             rule,
+            FlagsTest::InWord,
             || meta.rw.try_write_fast(),
+            || meta.rw.try_write_diverted(),
             |deadline, hook| meta.rw.write_slow(deadline, hook),
         )?;
         Ok(RwLockWriteGuard {
