@@ -17,42 +17,41 @@
 //!   link into `top`. No bounds, no depth limit.
 //! - **Shared holds** (`RwLock` readers, which many threads hold at once, so they cannot own a
 //!   node in the lock) are kept in an array of [`INLINE`] two-word entries (a [`HoldKey`] and the
-//!   call site), oldest first.
+//!   call site), oldest first. A *timed* exclusive hold goes there too (its key has [`TIMED`]), so
+//!   that its release misses the stack's one comparison and ends the timing on the cold path.
 //! - **The order between the two** is in the links: a link is the address of a lock's metadata
-//!   (aligned to 64) with, in its low bits, the number of shared holds taken right after that
-//!   lock (before the next exclusive hold) and a [`TIMED_LINK`] bit. `top` is the link to the
-//!   newest exclusive hold, so a shared push adds one to `top` and a shared release of the newest
-//!   hold subtracts one; an exclusive push stores `top` (with its count) in the node and sets `top`
-//!   to the lock's bare address, so the exclusive release's one comparison also proves that no
-//!   shared hold was taken after it.
+//!   (aligned to 16) with, in its four low bits, the number of array entries taken right after
+//!   that lock's hold (before the next exclusive hold on the stack). `top` is the link to the
+//!   newest hold on the stack, so an array push adds one to `top` and the release of the newest
+//!   array entry subtracts one; an exclusive push stores `top` (with its count) in the node and
+//!   sets `top` to the lock's bare address, so the exclusive release's one comparison also proves
+//!   that nothing was taken after it.
 //! - **Older holds** may sit in the *base*, a `Vec` in a second thread-local (the one with a
-//!   destructor, touched only here): when a 17th shared hold finds the array full, every hold of
-//!   the stack and the array moves to the end of the base, in order, and the stack restarts above
-//!   it. The bottom link is then [`BASE`] instead of 0.
+//!   destructor, touched only here): when an array push finds the array full, every hold of the
+//!   stack and the array moves to the end of the base, in order, and the stack restarts above it.
+//!   The bottom link is then [`BASE`] instead of 0.
 //!
-//! | `top`                       | meaning                                                        |
-//! |-----------------------------|----------------------------------------------------------------|
-//! | `0`                         | nothing held                                                   |
-//! | `0 \| n` (n ≥ 1)            | `n` shared holds in the array, no exclusive hold, empty base    |
-//! | `BASE \| n`                 | older holds in the base, `n` shared holds above them            |
-//! | `meta \| n` (+ `TIMED_LINK`) | newest exclusive hold is `meta`'s (timed), `n` shared above it  |
+//! | `top`          | meaning                                                                   |
+//! |----------------|---------------------------------------------------------------------------|
+//! | `0`            | nothing held                                                              |
+//! | `0 \| n` (n ≥ 1) | `n` array entries, no hold on the stack, empty base                     |
+//! | `BASE \| n`    | older holds in the base, `n` array entries above them                      |
+//! | `meta \| n`    | the newest stack hold is `meta`'s, `n` array entries were taken after it   |
 //!
 //! Invariants:
 //! - following links from `top` through the nodes reaches a link whose address is `0` or
-//!   [`BASE`] (`BASE` exactly when the base is not empty, or was emptied without the cold path
-//!   noticing it yet: a bottom `BASE` with an empty base means nothing); the counts of the links
-//!   sum to `shared`, the number of array entries. Read bottom up, the holds are: the base, then
-//!   for each link its node's hold (none for the bottom link) followed by as many array entries as
-//!   its count, in array order.
+//!   [`BASE`] (`BASE` whenever the base is not empty; a bottom `BASE` over an empty base means
+//!   nothing); the counts of the links sum to `entries`, the number of array entries. Read bottom
+//!   up, the holds are: the base, then for each link its node's hold (none for the bottom link)
+//!   followed by as many array entries as its count, in array order.
 //! - a count never exceeds [`INLINE`] (all counted holds are array entries), so it never reaches
-//!   [`TIMED_LINK`] or the address bits.
+//!   the address bits.
 //! - every key and link points to a live `LockMeta`: a hold is removed before its guard releases
 //!   the lock, and a lock dropped while still locked (its guard was leaked with `mem::forget`)
-//!   leaks its `LockMeta` rather than free it (`meta::LockCore`'s `Drop`). A node in the stack
+//!   leaks its `LockMeta` rather than free it (`meta::LockCore`'s `Drop`). A node on the stack
 //!   belongs to a lock this thread holds exclusively, so only this thread touches it.
-//! - a link has [`TIMED_LINK`] (a base entry's key has [`TIMED`]) exactly when its hold is an
-//!   exclusive hold whose start was recorded in the lock's counters: its release misses the fast
-//!   comparison and ends the timing on the cold path.
+//! - a key has [`TIMED`] exactly when its hold is an exclusive hold whose start was recorded in
+//!   the lock's counters (such a hold is never on the stack).
 //! - the leveled holds, read bottom to top, have strictly increasing `(level, id)` (each was
 //!   checked against every leveled hold below it, and removals keep the order; plain acquisitions
 //!   even need a strictly higher level). So the topmost leveled hold is the highest level held.
@@ -63,26 +62,24 @@ use std::panic::Location;
 use crate::error::LockError;
 use crate::lock::meta::{AccessMode, Level, LockInfo, LockMeta, LockUse};
 
-/// Shared holds kept in the array before the holds move to the base.
-const INLINE: usize = 16;
+/// Array entries (shared holds, timed exclusive holds) before the holds move to the base.
+const INLINE: usize = 15;
 
 /// The low bit of a key: a shared hold.
 const SHARED: usize = 0b01;
-/// The second bit of a key: an exclusive hold whose duration is being timed (base entries).
+/// The second bit of a key: an exclusive hold whose duration is being timed.
 const TIMED: usize = 0b10;
 
-/// The bits of a link that count the shared holds above its node (at most [`INLINE`]).
-const COUNT: usize = 0b01_1111;
-/// The bit of a link that marks its node's hold as timed.
-const TIMED_LINK: usize = 0b10_0000;
+/// The bits of a link that count the array entries above its node (at most [`INLINE`]).
+const COUNT: usize = 0b1111;
 /// The bits of a link below the address.
-const LINK_BITS: usize = COUNT | TIMED_LINK;
-/// The bottom link's address when the base holds older holds (no `LockMeta` lives at 64).
-const BASE: usize = 64;
+const LINK_BITS: usize = COUNT;
+/// The bottom link's address when the base holds older holds (no `LockMeta` lives at 16).
+const BASE: usize = 16;
 
 const _: () = assert!(INLINE <= COUNT && std::mem::align_of::<LockMeta>() > LINK_BITS);
 
-/// A hold's identity in one word: the address of the lock's [`LockMeta`] (aligned to 64, so its
+/// A hold's identity in one word: the address of the lock's [`LockMeta`] (aligned to 16, so its
 /// low bits are free) with [`SHARED`] and [`TIMED`] in its low bits.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) struct HoldKey(usize);
@@ -170,13 +167,18 @@ enum LinkSlot {
     Below(&'static LockMeta),
 }
 
+/// `repr(C)`, `top` first: at offset 0 of the thread-local, the compiler sees through a push
+/// followed by the release in the same function (it proves `top` still holds the lock's address
+/// and drops the comparison); with the arrays first it did not (2 instructions per lock+unlock in
+/// `benches/benches/instructions.rs`).
+#[repr(C)]
 struct HeldList {
     /// The link to the newest exclusive hold (see the module's table).
     top: Cell<usize>,
-    /// Shared holds in the array: `keys[1..=shared]`, `sites[1..=shared]`, oldest first.
-    shared: Cell<usize>,
+    /// Holds in the array: `keys[1..=entries]`, `sites[1..=entries]`, oldest first.
+    entries: Cell<usize>,
     /// Slot 0 is a sentinel that stays `HoldKey(0)`, which no hold has, so a release compares
-    /// `keys[shared]` without a bounds test.
+    /// `keys[entries]` without a bounds test.
     keys: [Cell<HoldKey>; INLINE + 1],
     sites: [Cell<Option<&'static Location<'static>>>; INLINE + 1],
 }
@@ -188,50 +190,50 @@ impl HeldList {
     const fn new() -> Self {
         Self {
             top: Cell::new(0),
-            shared: Cell::new(0),
+            entries: Cell::new(0),
             keys: [const { Cell::new(HoldKey(0)) }; INLINE + 1],
             sites: [const { Cell::new(None) }; INLINE + 1],
         }
     }
 
-    /// Records an exclusive hold of `meta` (timed: its release ends the timing).
+    /// Records an untimed exclusive hold of `meta` on the stack.
     ///
     /// # Safety
     /// The calling thread holds `meta`'s lock exclusively, acquired just now.
     #[inline(always)]
-    unsafe fn push_exclusive(&self, meta: &LockMeta, at: &'static Location<'static>, timed: bool) {
+    unsafe fn push_exclusive(&self, meta: &LockMeta, at: &'static Location<'static>) {
         // SAFETY: the caller holds the lock exclusively.
         unsafe { meta.held.start(self.top.get(), at) };
-        self.top
-            .set(address(meta) | if timed { TIMED_LINK } else { 0 });
+        self.top.set(address(meta));
     }
 
+    /// Records a hold in the array: a shared hold, or a timed exclusive hold.
     #[inline(always)]
-    fn push_shared(&self, key: HoldKey, at: &'static Location<'static>) {
-        let n = self.shared.get();
+    fn push_entry(&self, key: HoldKey, at: &'static Location<'static>) {
+        let n = self.entries.get();
         if n < INLINE {
             self.keys[n + 1].set(key);
             self.sites[n + 1].set(Some(at));
-            self.shared.set(n + 1);
+            self.entries.set(n + 1);
             self.top.set(self.top.get() + 1);
         } else {
-            self.push_shared_full(key, at);
+            self.push_entry_full(key, at);
         }
     }
 
-    /// A shared hold finds the array full: every hold moves to the base, in order, and the new
+    /// An array push finds the array full: every hold moves to the base, in order, and the new
     /// one starts the array again. During thread teardown (the base is gone) it goes unrecorded.
     #[cold]
     #[inline(never)]
-    fn push_shared_full(&self, key: HoldKey, at: &'static Location<'static>) {
+    fn push_entry_full(&self, key: HoldKey, at: &'static Location<'static>) {
         let mut moved = Vec::with_capacity(INLINE * 2);
         self.for_each_above_base(|entry| moved.push(entry));
         if with_base(|base| base.append(&mut moved)).is_none() {
             return;
         }
-        self.shared.set(0);
+        self.entries.set(0);
         self.top.set(BASE);
-        self.push_shared(key, at);
+        self.push_entry(key, at);
     }
 
     /// Removes the hold of `meta` in `mode`; returns whether it was timed.
@@ -239,7 +241,7 @@ impl HeldList {
     fn remove(&self, meta: &LockMeta, mode: AccessMode) -> bool {
         let top = self.top.get();
         if mode == AccessMode::Exclusive {
-            // The newest hold, untimed, with no shared hold above it: one comparison.
+            // The newest hold, on the stack (so untimed), nothing taken after it: one comparison.
             if top == address(meta) {
                 // SAFETY: `top` points to `meta`'s node, which this thread holds exclusively
                 // until its caller releases the lock, after this call.
@@ -247,14 +249,14 @@ impl HeldList {
                 return false;
             }
         } else {
-            let n = self.shared.get();
-            // SAFETY: `shared` is at most `INLINE` (it is only ever set to such values), and
+            let n = self.entries.get();
+            // SAFETY: `entries` is at most `INLINE` (it is only ever set to such values), and
             // `keys` has `INLINE + 1` slots.
             let newest = unsafe { self.keys.get_unchecked(n) };
-            // The newest shared hold, taken after the newest exclusive hold (the top link counts
-            // it). Slot 0 (no shared hold) holds the sentinel, which matches no key.
+            // The newest array entry, taken after the newest stack hold (the top link counts it).
+            // Slot 0 (no entry) holds the sentinel, which matches no key.
             if newest.get() == HoldKey::new(meta, mode) && top & COUNT != 0 {
-                self.shared.set(n - 1);
+                self.entries.set(n - 1);
                 self.top.set(top - 1);
                 return false;
             }
@@ -294,42 +296,43 @@ impl HeldList {
     #[inline(never)]
     fn remove_deeper(&self, key: HoldKey) -> bool {
         let slots = self.link_slots();
-        if key.is_shared() {
-            if let Some(i) = (1..=self.shared.get())
-                .rev()
-                .find(|&i| self.keys[i].get() == key)
-            {
-                // The link whose count covers entry `i`: counts are consumed bottom up.
-                let mut seen = 0;
-                for &slot in slots.iter().rev() {
-                    let link = self.link(slot);
-                    seen += link & COUNT;
-                    if seen >= i {
-                        self.set_link(slot, link - 1);
-                        break;
-                    }
-                }
-                let n = self.shared.get();
-                for j in i..n {
-                    self.keys[j].set(self.keys[j + 1].get());
-                    self.sites[j].set(self.sites[j + 1].get());
-                }
-                self.shared.set(n - 1);
-                return false;
-            }
-        } else {
+        if !key.is_shared() {
             for pair in slots.windows(2) {
                 let (above, LinkSlot::Below(meta)) = (pair[0], pair[1]) else {
                     continue;
                 };
                 let link = self.link(above);
                 if link & !LINK_BITS == key.0 {
-                    // Unlink: the hold below takes over the shared holds counted above this one.
+                    // Unlink: the hold below takes over the entries counted above this one.
                     let under = below(meta);
                     self.set_link(above, under + (link & COUNT));
-                    return link & TIMED_LINK != 0;
+                    return false;
                 }
             }
+        }
+        // An array entry: shared, or a timed exclusive hold (its key carries `TIMED`).
+        if let Some(i) = (1..=self.entries.get())
+            .rev()
+            .find(|&i| self.keys[i].get().untimed() == key)
+        {
+            let timed = self.keys[i].get().is_timed();
+            // The link whose count covers entry `i`: counts are consumed bottom up.
+            let mut seen = 0;
+            for &slot in slots.iter().rev() {
+                let link = self.link(slot);
+                seen += link & COUNT;
+                if seen >= i {
+                    self.set_link(slot, link - 1);
+                    break;
+                }
+            }
+            let n = self.entries.get();
+            for j in i..n {
+                self.keys[j].set(self.keys[j + 1].get());
+                self.sites[j].set(self.sites[j + 1].get());
+            }
+            self.entries.set(n - 1);
+            return timed;
         }
         let removed = with_base(|base| {
             let at = base.iter().rposition(|e| e.0.untimed() == key)?;
@@ -359,10 +362,7 @@ impl HeldList {
         let mut next = 1;
         for &link in links.iter().rev() {
             if let Some(meta) = node_of(link) {
-                let mut key = HoldKey::new(meta, AccessMode::Exclusive);
-                if link & TIMED_LINK != 0 {
-                    key = key.timed();
-                }
+                let key = HoldKey::new(meta, AccessMode::Exclusive);
                 // SAFETY: `meta` was reached from `top`: this thread holds its lock exclusively.
                 f((key, unsafe { meta.held.site() }));
             }
@@ -372,7 +372,7 @@ impl HeldList {
             }
             next += link & COUNT;
         }
-        debug_assert_eq!(next, self.shared.get() + 1, "the counts cover the array");
+        debug_assert_eq!(next, self.entries.get() + 1, "the counts cover the array");
     }
 
     /// Every hold, oldest first.
@@ -542,18 +542,16 @@ pub(crate) unsafe fn push(meta: &LockMeta, mode: AccessMode, at: &'static Locati
     // A lock taken in a thread-local destructor, after the list is gone, goes unrecorded.
     let _ = HELD.try_with(|held| match mode {
         // SAFETY: the caller holds the lock exclusively.
-        AccessMode::Exclusive => unsafe { held.push_exclusive(meta, at, false) },
-        AccessMode::Shared => held.push_shared(HoldKey::new(meta, mode), at),
+        AccessMode::Exclusive => unsafe { held.push_exclusive(meta, at) },
+        AccessMode::Shared => held.push_entry(HoldKey::new(meta, mode), at),
     });
 }
 
-/// Records a timed exclusive hold of `meta`'s lock (its release ends the timing).
-///
-/// # Safety
-/// The calling thread has just acquired the lock exclusively (and holds it).
-pub(crate) unsafe fn push_timed(meta: &LockMeta, at: &'static Location<'static>) {
-    // SAFETY: the caller holds the lock exclusively.
-    let _ = HELD.try_with(|held| unsafe { held.push_exclusive(meta, at, true) });
+/// Records a timed exclusive hold of `meta`'s lock (its release ends the timing): an array entry
+/// whose key carries [`TIMED`], which the stack's fast release never matches.
+pub(crate) fn push_timed(meta: &LockMeta, at: &'static Location<'static>) {
+    let key = HoldKey::new(meta, AccessMode::Exclusive).timed();
+    let _ = HELD.try_with(|held| held.push_entry(key, at));
 }
 
 /// Records that the thread released one hold of `meta`'s lock in `mode` (guards may drop in any
@@ -826,5 +824,33 @@ mod tests {
         drop(g);
         drop(b);
         assert!(is_empty());
+    }
+
+    #[test]
+    fn timed_holds_interleaved_with_others_keep_their_place() {
+        use crate::RwLock;
+        let timed = Mutex::new(());
+        timed.set_hold_timing(true);
+        let plain = Mutex::new(());
+        let r = RwLock::new(());
+        let g1 = plain.lock().unwrap();
+        let gt = timed.lock().unwrap(); // an array entry, between two stack holds
+        let gr = r.read().unwrap();
+        let ids: Vec<_> = held_by_current_thread().iter().map(|h| h.lock.id).collect();
+        assert_eq!(ids, [plain.info().id, timed.info().id, r.info().id]);
+        drop(g1); // the bottom of the stack, below the timed hold
+        drop(gt); // timed, not the newest
+        assert_eq!(timed.stats().holds.timed, 1);
+        let ids: Vec<_> = held_by_current_thread().iter().map(|h| h.lock.id).collect();
+        assert_eq!(ids, [r.info().id]);
+        drop(gr);
+        assert!(is_empty());
+        // Newest first, the timed one on top.
+        let g1 = plain.lock().unwrap();
+        let gt = timed.lock().unwrap();
+        drop(gt);
+        drop(g1);
+        assert!(is_empty());
+        assert_eq!(timed.stats().holds.timed, 2);
     }
 }

@@ -1,8 +1,10 @@
 //! The acquisition protocol shared by every sync-kit lock.
 //!
-//! 0. One test of the lock's flags and the global flags (`LockMeta::instrumented`). When both are
-//!    zero (an unleveled lock, order checking `Off`, no hold timing) steps 1, 2 and the clock are
-//!    skipped: the plain path is the compare-exchange, one counter increment and a two-word push.
+//! 0. One test of the lock's flags, which carry a copy of the process-wide switches
+//!    (`LockMeta::instrumented`; an `RwLock` mirrors them in its word, where its fast paths see
+//!    them with no extra test, [`FlagsTest`]). When they are clear (an unleveled lock, order
+//!    checking `Off`, no hold timing) steps 1, 2 and the clock are skipped: the plain path is the
+//!    compare-exchange, the count (exclusive holds) and a push on the held list.
 //! 1. Level check against the thread's held list (leveled locks only), before touching the lock:
 //!    a hierarchy violation is refused whether or not the lock is free.
 //! 2. Order check (blocking and timed acquisitions only): the pairs (held, requested) this thread
@@ -238,8 +240,7 @@ fn acquired(meta: &LockMeta, mode: AccessMode, at: &'static Location<'static>) {
         meta.counters.count_exclusive_only();
         if meta.times_holds() {
             meta.counters.start_hold();
-            // SAFETY: the lock was just acquired exclusively.
-            return unsafe { held::push_timed(meta, at) };
+            return held::push_timed(meta, at);
         }
     }
     // SAFETY: the lock was just acquired in `mode`.

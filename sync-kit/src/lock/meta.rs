@@ -13,12 +13,17 @@
 //! | `GLOBAL_FLAGS`  | a lock's creation                      | `set_order_checking`, `stats::set_hold_timing` (under `LIVE`) |
 //! | `LIVE`          | `set_global_flag`                      | every lock's creation and drop       |
 //! | `held`          | the exclusive holder's thread (`held.rs`) | the exclusive holder's thread     |
-//! | `rw`            | an `RwLock`'s every acquisition; stats | the lock's acquisitions and releases |
+//! | `rw`            | an `RwLock`'s every acquisition; stats | the lock's acquisitions and releases; its DIVERT bit with `flags` (under `LIVE`) |
 //!
-//! Invariants: `flags == 0` exactly when an acquisition needs no level check, no order check and
-//! no clock: outside `LIVE`'s critical sections, the upper bits of every live lock's `flags` equal
-//! `GLOBAL_FLAGS` (a lock takes its copy, and a switch changes every copy, under that lock); a `LockMeta` outlives every held-list entry that points to it (the
-//! handle leaks it if the lock is dropped while still locked).
+//! Invariants, outside `LIVE`'s critical sections (every change of `flags` and of the DIVERT
+//! mirror is made under it):
+//! - `flags == 0` exactly when an acquisition needs no level check, no order check and no clock;
+//!   the upper bits of every live lock's `flags` equal `GLOBAL_FLAGS` (a lock takes its copy, and
+//!   a switch changes every copy, under that lock);
+//! - an `RwLock`'s word has DIVERT set exactly when its `flags` are not zero;
+//! - a `LockMeta` outlives every held-list entry that points to it (the handle leaks it if the
+//!   lock is dropped while still locked), and is listed in `LIVE` from its creation to its
+//!   handle's drop.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -327,10 +332,11 @@ impl HeldNode {
 
 /// A lock's identity and counters.
 ///
-/// Aligned to 64: the held list links and keys holds by this struct's address, with a count of
-/// shared holds (up to 16) and flag bits in the six bits below it (`held.rs`).
+/// Aligned to 16 (what `malloc` gives anyway, so no aligned allocation): the held list links and
+/// keys holds by this struct's address, with a count (up to 15) or flag bits in the four bits
+/// below it (`held.rs`).
 #[derive(Debug)]
-#[repr(align(64))]
+#[repr(align(16))]
 pub(crate) struct LockMeta {
     /// This lock's entry in the held list of the thread that holds it exclusively.
     pub(crate) held: HeldNode,
@@ -451,7 +457,7 @@ pub(crate) struct MetaHandle(NonNull<LockMeta>);
 const _: () = {
     const fn send_sync<T: Send + Sync>() {}
     send_sync::<LockMeta>();
-    assert!(std::mem::align_of::<LockMeta>() >= 64);
+    assert!(std::mem::align_of::<LockMeta>() >= 16);
 };
 
 // SAFETY: a `MetaHandle` is an `Arc<LockMeta>` in another form, and `LockMeta` is `Send + Sync`

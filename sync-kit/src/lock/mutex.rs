@@ -149,9 +149,9 @@ impl<T> Mutex<T> {
             wait,
             rule,
             FlagsTest::Byte,
-            || self.core.raw.try_lock_fast(),
-            || self.core.raw.try_lock_fast(),
-            |deadline, hook| self.core.raw.lock_slow(deadline, hook),
+            move || self.core.raw.try_lock_fast(),
+            move || self.core.raw.try_lock_fast(),
+            move |deadline, hook| self.core.raw.lock_slow(deadline, hook),
         )?;
         Ok(meta)
     }

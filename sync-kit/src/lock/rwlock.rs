@@ -163,9 +163,9 @@ impl<T> RwLock<T> {
             wait,
             rule,
             FlagsTest::InWord,
-            || meta.rw.try_read_fast(),
-            || meta.rw.try_read_diverted(),
-            |deadline, hook| meta.rw.read_slow(deadline, hook),
+            move || meta.rw.try_read_fast(),
+            move || meta.rw.try_read_diverted(),
+            move |deadline, hook| meta.rw.read_slow(deadline, hook),
         )?;
         Ok(RwLockReadGuard {
             _lock: PhantomData,
@@ -190,9 +190,9 @@ impl<T> RwLock<T> {
             wait,
             rule,
             FlagsTest::InWord,
-            || meta.rw.try_write_fast(),
-            || meta.rw.try_write_diverted(),
-            |deadline, hook| meta.rw.write_slow(deadline, hook),
+            move || meta.rw.try_write_fast(),
+            move || meta.rw.try_write_diverted(),
+            move |deadline, hook| meta.rw.write_slow(deadline, hook),
         )?;
         Ok(RwLockWriteGuard {
             _lock: PhantomData,
