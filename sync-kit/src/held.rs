@@ -74,6 +74,8 @@ const TIMED: usize = 0b10;
 const COUNT: usize = 0b1111;
 /// The bits of a link below the address.
 const LINK_BITS: usize = COUNT;
+/// Links a cold walk keeps on the stack before it allocates.
+const WALK: usize = 32;
 /// The bottom link's address when the base holds older holds (no `LockMeta` lives at 16).
 const BASE: usize = 16;
 
@@ -279,15 +281,30 @@ impl HeldList {
         }
     }
 
-    /// Where each link is stored, top first, down to the bottom link.
-    fn link_slots(&self) -> Vec<LinkSlot> {
-        let mut slots = vec![LinkSlot::Top];
+    /// Runs `f` on where each link is stored, top first, down to the bottom link: on the stack
+    /// for up to [`WALK`] links (no allocation on the cold paths of ordinary nesting).
+    fn with_link_slots<R>(&self, f: impl FnOnce(&[LinkSlot]) -> R) -> R {
+        let mut inline = [LinkSlot::Top; WALK];
+        let mut len = 1;
+        let mut deep: Vec<LinkSlot> = Vec::new();
         let mut link = self.top.get();
         while let Some(meta) = node_of(link) {
-            slots.push(LinkSlot::Below(meta));
+            if len < WALK {
+                inline[len] = LinkSlot::Below(meta);
+                len += 1;
+            } else {
+                if deep.is_empty() {
+                    deep.extend_from_slice(&inline);
+                }
+                deep.push(LinkSlot::Below(meta));
+            }
             link = below(meta);
         }
-        slots
+        if deep.is_empty() {
+            f(&inline[..len])
+        } else {
+            f(&deep)
+        }
     }
 
     /// Removal of anything but the newest untimed hold: timed, out of order, or from the base.
@@ -295,84 +312,116 @@ impl HeldList {
     #[cold]
     #[inline(never)]
     fn remove_deeper(&self, key: HoldKey) -> bool {
-        let slots = self.link_slots();
-        if !key.is_shared() {
-            for pair in slots.windows(2) {
-                let (above, LinkSlot::Below(meta)) = (pair[0], pair[1]) else {
-                    continue;
-                };
-                let link = self.link(above);
-                if link & !LINK_BITS == key.0 {
-                    // Unlink: the hold below takes over the entries counted above this one.
-                    let under = below(meta);
-                    self.set_link(above, under + (link & COUNT));
-                    return false;
+        self.with_link_slots(|slots| {
+            if !key.is_shared() {
+                for pair in slots.windows(2) {
+                    let (above, LinkSlot::Below(meta)) = (pair[0], pair[1]) else {
+                        continue;
+                    };
+                    let link = self.link(above);
+                    if link & !LINK_BITS == key.0 {
+                        // Unlink: the hold below takes over the entries counted above this one.
+                        let under = below(meta);
+                        self.set_link(above, under + (link & COUNT));
+                        return false;
+                    }
                 }
             }
-        }
-        // An array entry: shared, or a timed exclusive hold (its key carries `TIMED`).
-        if let Some(i) = (1..=self.entries.get())
-            .rev()
-            .find(|&i| self.keys[i].get().untimed() == key)
-        {
-            let timed = self.keys[i].get().is_timed();
-            // The link whose count covers entry `i`: counts are consumed bottom up.
-            let mut seen = 0;
-            for &slot in slots.iter().rev() {
-                let link = self.link(slot);
-                seen += link & COUNT;
-                if seen >= i {
-                    self.set_link(slot, link - 1);
-                    break;
+            // An array entry: shared, or a timed exclusive hold (its key carries `TIMED`).
+            if let Some(i) = (1..=self.entries.get())
+                .rev()
+                .find(|&i| self.keys[i].get().untimed() == key)
+            {
+                let timed = self.keys[i].get().is_timed();
+                // The link whose count covers entry `i`: counts are consumed bottom up.
+                let mut seen = 0;
+                for &slot in slots.iter().rev() {
+                    let link = self.link(slot);
+                    seen += link & COUNT;
+                    if seen >= i {
+                        self.set_link(slot, link - 1);
+                        break;
+                    }
                 }
+                let n = self.entries.get();
+                for j in i..n {
+                    self.keys[j].set(self.keys[j + 1].get());
+                    self.sites[j].set(self.sites[j + 1].get());
+                }
+                self.entries.set(n - 1);
+                return timed;
             }
-            let n = self.entries.get();
-            for j in i..n {
-                self.keys[j].set(self.keys[j + 1].get());
-                self.sites[j].set(self.sites[j + 1].get());
+            let removed = with_base(|base| {
+                let at = base.iter().rposition(|e| e.0.untimed() == key)?;
+                Some((base.remove(at).0.is_timed(), base.is_empty()))
+            })
+            .flatten();
+            match removed {
+                Some((timed, now_empty)) => {
+                    if now_empty {
+                        // The bottom link no longer needs to say "base".
+                        let bottom = *slots.last().expect("`top` is always a slot");
+                        let link = self.link(bottom);
+                        self.set_link(bottom, link & LINK_BITS);
+                    }
+                    timed
+                }
+                None => false, // never recorded (taken during thread teardown)
             }
-            self.entries.set(n - 1);
-            return timed;
-        }
-        let removed = with_base(|base| {
-            let at = base.iter().rposition(|e| e.0.untimed() == key)?;
-            Some((base.remove(at).0.is_timed(), base.is_empty()))
         })
-        .flatten();
-        match removed {
-            Some((timed, now_empty)) => {
-                if now_empty {
-                    // The bottom link no longer needs to say "base".
-                    let bottom = *slots.last().expect("`top` is always a slot");
-                    let link = self.link(bottom);
-                    self.set_link(bottom, link & LINK_BITS);
-                }
-                timed
-            }
-            None => false, // never recorded (taken during thread teardown)
-        }
     }
 
     /// Every hold above the base, oldest first.
     fn for_each_above_base(&self, mut f: impl FnMut(Entry)) {
-        let mut links = vec![self.top.get()];
-        while let Some(meta) = node_of(*links.last().expect("not empty")) {
-            links.push(below(meta));
-        }
-        let mut next = 1;
-        for &link in links.iter().rev() {
-            if let Some(meta) = node_of(link) {
-                let key = HoldKey::new(meta, AccessMode::Exclusive);
-                // SAFETY: `meta` was reached from `top`: this thread holds its lock exclusively.
-                f((key, unsafe { meta.held.site() }));
+        self.with_link_slots(|slots| {
+            let mut next = 1;
+            for &slot in slots.iter().rev() {
+                let link = self.link(slot);
+                if let Some(meta) = node_of(link) {
+                    let key = HoldKey::new(meta, AccessMode::Exclusive);
+                    // SAFETY: `meta` was reached from `top`: this thread holds its lock
+                    // exclusively.
+                    f((key, unsafe { meta.held.site() }));
+                }
+                for i in next..next + (link & COUNT) {
+                    let at = self.sites[i].get().unwrap_or_else(Location::caller);
+                    f((self.keys[i].get(), at));
+                }
+                next += link & COUNT;
             }
-            for i in next..next + (link & COUNT) {
+            debug_assert_eq!(next, self.entries.get() + 1, "the counts cover the array");
+        });
+    }
+
+    /// The newest hold for which `found` is true, searching newest first (no allocation; the
+    /// level check stops at the first leveled hold, usually at or near the top).
+    fn newest_where(&self, found: impl Fn(Entry) -> bool) -> Option<Entry> {
+        let mut last = self.entries.get();
+        let mut link = self.top.get();
+        loop {
+            let count = link & COUNT;
+            for i in (last + 1 - count..=last).rev() {
                 let at = self.sites[i].get().unwrap_or_else(Location::caller);
-                f((self.keys[i].get(), at));
+                let entry = (self.keys[i].get(), at);
+                if found(entry) {
+                    return Some(entry);
+                }
             }
-            next += link & COUNT;
+            last -= count;
+            let Some(meta) = node_of(link) else { break };
+            // SAFETY: `meta` was reached from `top`: this thread holds its lock exclusively.
+            let entry = (HoldKey::new(meta, AccessMode::Exclusive), unsafe {
+                meta.held.site()
+            });
+            if found(entry) {
+                return Some(entry);
+            }
+            link = below(meta);
         }
-        debug_assert_eq!(next, self.entries.get() + 1, "the counts cover the array");
+        if link & !LINK_BITS == BASE {
+            return with_base(|base| base.iter().rev().copied().find(|&e| found(e))).flatten();
+        }
+        None
     }
 
     /// Every hold, oldest first.
@@ -385,13 +434,8 @@ impl HeldList {
     }
 
     fn highest_leveled(&self) -> Option<LockUse> {
-        let mut highest = None;
-        self.for_each(|entry| {
-            if entry.0.lock().level.is_some() {
-                highest = Some(entry);
-            }
-        });
-        highest.map(to_use)
+        self.newest_where(|entry| entry.0.lock().level.is_some())
+            .map(to_use)
     }
 
     fn to_vec(&self) -> Vec<LockUse> {
