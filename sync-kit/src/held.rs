@@ -396,8 +396,11 @@ impl HeldList {
     /// The newest hold for which `found` is true, searching newest first (no allocation; the
     /// level check stops at the first leveled hold, usually at or near the top).
     fn newest_where(&self, found: impl Fn(Entry) -> bool) -> Option<Entry> {
-        let mut last = self.entries.get();
         let mut link = self.top.get();
+        if link == 0 {
+            return None; // nothing held
+        }
+        let mut last = self.entries.get();
         loop {
             let count = link & COUNT;
             for i in (last + 1 - count..=last).rev() {
@@ -583,12 +586,19 @@ fn out_of_order(held: &LockInfo, level: Level, lock: &LockInfo, rule: LevelRule)
 /// The calling thread has just acquired the lock in `mode` (and holds it).
 #[inline(always)]
 pub(crate) unsafe fn push(meta: &LockMeta, mode: AccessMode, at: &'static Location<'static>) {
+    // One thread-local access per mode, so that each stays small enough to inline where the mode
+    // is only known at run time (the instrumented and slow paths).
     // A lock taken in a thread-local destructor, after the list is gone, goes unrecorded.
-    let _ = HELD.try_with(|held| match mode {
-        // SAFETY: the caller holds the lock exclusively.
-        AccessMode::Exclusive => unsafe { held.push_exclusive(meta, at) },
-        AccessMode::Shared => held.push_entry(HoldKey::new(meta, mode), at),
-    });
+    match mode {
+        AccessMode::Exclusive => {
+            // SAFETY: the caller holds the lock exclusively.
+            let _ = HELD.try_with(|held| unsafe { held.push_exclusive(meta, at) });
+        }
+        AccessMode::Shared => {
+            let key = HoldKey::new(meta, AccessMode::Shared);
+            let _ = HELD.try_with(|held| held.push_entry(key, at));
+        }
+    }
 }
 
 /// Records a timed exclusive hold of `meta`'s lock (its release ends the timing): an array entry

@@ -174,6 +174,7 @@ impl RawRwLock {
 
     /// [`try_read_fast`](Self::try_read_fast) whatever [`DIVERT`] says (the instrumented path,
     /// once its checks passed).
+    #[inline]
     pub(crate) fn try_read_diverted(&self) -> bool {
         let state = self.state.load(Ordering::Relaxed);
         state & (WRITER | WAITING_MASK | READERS_TOP) == 0
@@ -343,6 +344,7 @@ impl RawRwLock {
 
     /// [`try_write_fast`](Self::try_write_fast) whatever [`DIVERT`] says (the instrumented path,
     /// once its checks passed).
+    #[inline]
     pub(crate) fn try_write_diverted(&self) -> bool {
         #[cfg(not(loom))]
         let state = self.state.load(Ordering::Relaxed) & (DONE_MASK | DIVERT);
