@@ -96,3 +96,33 @@ fn rwlock_shared_acquisitions_are_exact() {
         assert_eq!(stats.contentions, 0);
     });
 }
+
+/// A lock's flags change while another thread writes and reads it: turning hold timing on and
+/// off flips the DIVERT bit the `RwLock` word mirrors them in, racing with both fast paths, the
+/// instrumented path's attempts and the unlocks. Every acquisition still takes the lock, the
+/// counts stay exact, a timed hold is only ever one that began while timing was on, and the word
+/// ends free with DIVERT agreeing with the flags (the plain paths work again afterwards).
+#[test]
+fn rwlock_flags_flipping_under_acquisitions() {
+    model(|| {
+        let lock = Arc::new(RwLock::new(0usize));
+        let user = {
+            let lock = Arc::clone(&lock);
+            thread::spawn(move || {
+                *lock.write().unwrap() += 1;
+                let _ = *lock.read().unwrap();
+            })
+        };
+        lock.set_hold_timing(true);
+        lock.set_hold_timing(false);
+        user.join().unwrap();
+        let stats = lock.stats();
+        assert_eq!(stats.acquisitions, 2, "{stats:?}");
+        assert!(stats.holds.timed <= 1, "{stats:?}");
+        assert!(!lock.is_write_locked());
+        assert_eq!(lock.reader_count(), 0);
+        *lock.write().unwrap() += 1;
+        assert_eq!(*lock.read().unwrap(), 2);
+        assert_eq!(lock.stats().acquisitions, 4);
+    });
+}

@@ -1046,3 +1046,46 @@ fn a_refused_thread_leaves_the_graph_and_later_waits_are_not_refused() {
         assert_eq!(*shared.lock().unwrap(), 1);
     });
 }
+
+/// The detector copies the held list of a thread about to sleep: an exclusive hold that moved to
+/// the held list's base (behind more than 16 shared holds taken after it) is still in the copy,
+/// so the cycle through it is refused.
+#[test]
+fn a_hold_below_many_shared_holds_is_seen_by_the_detector() {
+    let _serial = serial();
+    bounded("held list base", || {
+        let m1 = Arc::new(Mutex::named("dl-base-m1", ()));
+        let m2 = Arc::new(Mutex::named("dl-base-m2", ()));
+        let reads: Arc<Vec<RwLock<()>>> = Arc::new((0..20).map(|_| RwLock::new(())).collect());
+        let b_holds_m2 = m2.lock().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let a = {
+            let (m1, m2, reads) = (Arc::clone(&m1), Arc::clone(&m2), Arc::clone(&reads));
+            spawn("dl-base-a", move || {
+                let g1 = m1.lock().unwrap();
+                let guards: Vec<_> = reads.iter().map(|r| r.read().unwrap()).collect();
+                let held = sync_kit::held_by_current_thread();
+                assert_eq!(held.len(), 21);
+                assert_eq!(held[0].name(), Some("dl-base-m1"));
+                tx.send(()).unwrap();
+                let g2 = m2.lock().unwrap(); // waits for the main thread
+                drop((g1, guards, g2));
+            })
+        };
+        recv(&rx, "a holds m1 and 20 read locks");
+        wait_for_waiters(1);
+        match m1.lock() {
+            Err(LockError::Deadlock(report)) => {
+                assert!(
+                    report
+                        .cycle()
+                        .iter()
+                        .any(|s| s.wants.name() == Some("dl-base-m2"))
+                );
+            }
+            other => panic!("expected a deadlock, got {:?}", other.map(|_| ())),
+        }
+        drop(b_holds_m2);
+        join(a);
+    });
+}

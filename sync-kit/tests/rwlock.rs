@@ -451,3 +451,37 @@ fn guards_accessors_and_debug() {
         assert_eq!(d.info().name, None);
     });
 }
+
+/// A lock whose flags send it down the instrumented path (here: its own hold timing) mirrors
+/// that in its word, where both fast paths fail on it; the instrumented path still takes the
+/// lock, and once the flags are clear again the plain path does. Counts stay exact throughout.
+#[test]
+fn hold_timing_on_and_off_diverts_and_restores_both_fast_paths() {
+    let rw = RwLock::new(0u32);
+    rw.set_hold_timing(true);
+    *rw.write().unwrap() += 1;
+    drop(rw.read().unwrap());
+    assert_eq!(*rw.try_read().unwrap(), 1);
+    rw.set_hold_timing(false);
+    *rw.write().unwrap() += 1;
+    drop(rw.read().unwrap());
+    assert!(rw.try_write().is_ok());
+    let stats = rw.stats();
+    assert_eq!(stats.acquisitions, 6);
+    assert_eq!(
+        stats.holds.timed, 1,
+        "only the write taken while timing was on"
+    );
+    assert_eq!((rw.is_write_locked(), rw.reader_count()), (false, 0));
+    // A leveled lock is diverted for good, and still refuses what it must.
+    let low = RwLock::with_level("rw-divert-low", sync_kit::Level(1), ());
+    let high = RwLock::with_level("rw-divert-high", sync_kit::Level(2), ());
+    let h = high.write().unwrap();
+    assert!(matches!(
+        low.read(),
+        Err(sync_kit::LockError::LevelViolation { .. })
+    ));
+    drop(h);
+    drop(low.write().unwrap());
+    assert_eq!(low.stats().acquisitions, 1);
+}

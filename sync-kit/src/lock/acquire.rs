@@ -1,8 +1,10 @@
 //! The acquisition protocol shared by every sync-kit lock.
 //!
-//! 0. One test of the lock's flags and the global flags (`LockMeta::instrumented`). When both are
-//!    zero (an unleveled lock, order checking `Off`, no hold timing) steps 1, 2 and the clock are
-//!    skipped: the plain path is the compare-exchange, one counter increment and a two-word push.
+//! 0. One test of the lock's flags, which carry a copy of the process-wide switches
+//!    (`LockMeta::instrumented`; an `RwLock` mirrors them in its word, where its fast paths see
+//!    them with no extra test, [`FlagsTest`]). When they are clear (an unleveled lock, order
+//!    checking `Off`, no hold timing) steps 1, 2 and the clock are skipped: the plain path is the
+//!    compare-exchange, the count (exclusive holds) and a push on the held list.
 //! 1. Level check against the thread's held list (leveled locks only), before touching the lock:
 //!    a hierarchy violation is refused whether or not the lock is free.
 //! 2. Order check (blocking and timed acquisitions only): the pairs (held, requested) this thread
@@ -24,7 +26,7 @@ use super::meta::{AccessMode, LockMeta, LockUse};
 use super::{Deadline, SlowPathError, WaitHooks};
 use crate::deadlock::{self, DeadlockReport, WaitRegistration};
 use crate::error::LockError;
-use crate::held::{self, HoldKey, LevelRule};
+use crate::held::{self, LevelRule};
 
 /// How long the caller is willing to wait.
 #[derive(Clone, Copy, Debug)]
@@ -54,6 +56,18 @@ impl Wait {
             Wait::For(d) => start.checked_add(d).map_or(Deadline::Never, Deadline::At),
             Wait::Until(at) => Deadline::At(at),
         }
+    }
+}
+
+/// A wait known at compile time to be [`Wait::Forever`] (`lock()`, `read()`, `write()`): a
+/// zero-sized argument, so that the plain path writes nothing to the stack for the cold path.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Forever;
+
+impl From<Forever> for Wait {
+    #[inline(always)]
+    fn from(_: Forever) -> Wait {
+        Wait::Forever
     }
 }
 
@@ -94,42 +108,84 @@ impl WaitHooks for DetectorHooks {
     }
 }
 
-/// Runs the protocol. `fast` is one attempt on the lock word; `slow` is the raw slow path.
+/// Where the plain path learns that the lock's flags are not all clear.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FlagsTest {
+    /// The flags byte (`Mutex`): one load and a branch before the compare-exchange.
+    Byte,
+    /// The lock word, which mirrors the flags in a bit its fast paths test anyway (`RwLock`,
+    /// `raw_rwlock.rs`'s DIVERT): `plain` fails when the flags are not clear.
+    InWord,
+}
+
+/// Runs the protocol. `plain` is one attempt on the lock word for the plain path, `fast` one
+/// for the instrumented path (the same for a `Mutex`; an `RwLock`'s ignores its DIVERT bit);
+/// `slow` is the raw slow path.
+///
+/// The plain path (flags clear, lock free) is inlined into the caller; everything else is one
+/// out-of-line call, so that nothing the other paths need (the wait, the slow path's closure) is
+/// written to the stack before the flags are tested.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub(crate) fn acquire(
+pub(crate) fn acquire<W, P, F, S>(
     meta: &LockMeta,
     mode: AccessMode,
     at: &'static Location<'static>,
-    wait: Wait,
+    wait: W,
     rule: LevelRule,
-    fast: impl FnOnce() -> bool,
-    slow: SlowPath<'_>,
-) -> Result<(), LockError> {
-    if meta.instrumented() {
-        return acquire_instrumented(meta, mode, at, wait, rule, fast, slow);
-    }
-    if fast() {
+    flags: FlagsTest,
+    plain: P,
+    fast: F,
+    slow: S,
+) -> Result<(), LockError>
+where
+    W: Into<Wait>,
+    P: FnOnce() -> bool,
+    F: Fn() -> bool,
+    S: Fn(
+        Deadline,
+        &mut dyn WaitHooks<Refusal = DeadlockReport>,
+    ) -> Result<bool, SlowPathError<DeadlockReport>>,
+{
+    if (flags == FlagsTest::InWord || !meta.instrumented()) && plain() {
         // A read is counted by the lock word itself (`raw_rwlock.rs`).
         if mode == AccessMode::Exclusive {
             meta.counters.count_exclusive_only();
         }
-        held::push(HoldKey::new(meta, mode), at);
+        // SAFETY: the lock was just acquired in `mode`.
+        unsafe { held::push(meta, mode, at) };
         return Ok(());
     }
-    acquire_slow(meta, mode, at, wait, slow)
+    acquire_cold(meta, mode, at, wait, rule, fast, slow)
 }
 
-/// Steps 1 to 4 with the checks a flag asked for (a leveled lock, order checking, hold timing).
+/// Everything but the plain path: steps 1 to 4 with the checks a flag asked for (a leveled lock,
+/// order checking, hold timing), or straight to the slow path when the plain path found the lock
+/// taken. Cold for the layout: the plain path falls through to the guard, with no jump over
+/// this call.
+#[cold]
 #[inline(never)]
-fn acquire_instrumented(
+fn acquire_cold<W, F, S>(
     meta: &LockMeta,
     mode: AccessMode,
     at: &'static Location<'static>,
-    wait: Wait,
+    wait: W,
     rule: LevelRule,
-    fast: impl FnOnce() -> bool,
-    slow: SlowPath<'_>,
-) -> Result<(), LockError> {
+    fast: F,
+    slow: S,
+) -> Result<(), LockError>
+where
+    W: Into<Wait>,
+    F: Fn() -> bool,
+    S: Fn(
+        Deadline,
+        &mut dyn WaitHooks<Refusal = DeadlockReport>,
+    ) -> Result<bool, SlowPathError<DeadlockReport>>,
+{
+    let wait = wait.into();
+    if !meta.instrumented() {
+        return acquire_slow(meta, mode, at, wait, &slow);
+    }
     held::check_level(&meta.info, mode, at, rule)?;
     if wait.may_wait() {
         deadlock::check_order(&meta.info, mode, at)?;
@@ -138,7 +194,7 @@ fn acquire_instrumented(
         acquired(meta, mode, at);
         return Ok(());
     }
-    acquire_slow(meta, mode, at, wait, slow)
+    acquire_slow(meta, mode, at, wait, &slow)
 }
 
 #[cold]
@@ -179,23 +235,23 @@ fn acquire_slow(
 /// Bookkeeping of an acquisition outside the plain fast path: counts it, starts the hold's clock
 /// if it is timed, records the hold.
 fn acquired(meta: &LockMeta, mode: AccessMode, at: &'static Location<'static>) {
-    let key = HoldKey::new(meta, mode);
     // A read is counted by the lock word itself (`raw_rwlock.rs`).
     if mode == AccessMode::Exclusive {
         meta.counters.count_exclusive_only();
         if meta.times_holds() {
             meta.counters.start_hold();
-            return held::push(key.timed(), at);
+            return held::push_timed(meta, at);
         }
     }
-    held::push(key, at);
+    // SAFETY: the lock was just acquired in `mode`.
+    unsafe { held::push(meta, mode, at) };
 }
 
 /// Bookkeeping of a release; the caller unlocks the raw lock right after. A timed hold misses
 /// the held list's fast comparison and is ended on its cold path.
 #[inline(always)]
 pub(crate) fn released(meta: &LockMeta, mode: AccessMode) {
-    if held::remove(HoldKey::new(meta, mode)) {
+    if held::remove(meta, mode) {
         meta.counters.end_timed_hold();
     }
 }

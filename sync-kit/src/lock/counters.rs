@@ -198,7 +198,7 @@ static HOLD_TIMES: AtomicBool = AtomicBool::new(false);
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
 /// Turns hold timing on or off for every lock (off by default; see [`Counters::set_hold_times`]
-/// for one lock). The blocking locks' fast path reads the matching bit of `meta::GLOBAL_FLAGS`,
+/// for one lock). The blocking locks' fast path reads the copy of `meta::GLOBAL_FLAGS` in each lock,
 /// which `stats::set_hold_timing` sets with this.
 pub(crate) fn set_hold_times_globally(on: bool) {
     HOLD_TIMES.store(on, StdOrdering::Relaxed);

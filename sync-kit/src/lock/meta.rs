@@ -9,13 +9,21 @@
 //! | field / static  | read                                   | written                              |
 //! |-----------------|----------------------------------------|--------------------------------------|
 //! | `info`          | reports, level checks, the detector    | never (set at creation)              |
-//! | `flags`         | every acquisition (one byte, relaxed)  | creation (`LEVELED`), `set_hold_timing` |
-//! | `GLOBAL_FLAGS`  | every acquisition (one byte, relaxed)  | `set_order_checking`, `stats::set_hold_timing` |
-//! | `rw`            | an `RwLock`'s every acquisition; stats | the lock's acquisitions and releases |
+//! | `flags`         | every acquisition (one byte, relaxed)  | creation (`LEVELED`, the global copy), `set_hold_timing`, `set_global_flag` |
+//! | `GLOBAL_FLAGS`  | a lock's creation                      | `set_order_checking`, `stats::set_hold_timing` (under `LIVE`) |
+//! | `LIVE`          | `set_global_flag`                      | every lock's creation and drop       |
+//! | `held`          | the exclusive holder's thread (`held.rs`) | the exclusive holder's thread     |
+//! | `rw`            | an `RwLock`'s every acquisition; stats | the lock's acquisitions and releases; its DIVERT bit with `flags` (under `LIVE`) |
 //!
-//! Invariants: `flags | GLOBAL_FLAGS == 0` exactly when an acquisition needs no level check, no
-//! order check and no clock; a `LockMeta` outlives every held-list entry that points to it (the
-//! handle leaks it if the lock is dropped while still locked).
+//! Invariants, outside `LIVE`'s critical sections (every change of `flags` and of the DIVERT
+//! mirror is made under it):
+//! - `flags == 0` exactly when an acquisition needs no level check, no order check and no clock;
+//!   the upper bits of every live lock's `flags` equal `GLOBAL_FLAGS` (a lock takes its copy, and
+//!   a switch changes every copy, under that lock);
+//! - an `RwLock`'s word has DIVERT set exactly when its `flags` are not zero;
+//! - a `LockMeta` outlives every held-list entry that points to it (the handle leaks it if the
+//!   lock is dropped while still locked), and is listed in `LIVE` from its creation to its
+//!   handle's drop.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -24,7 +32,8 @@ use std::panic::Location;
 use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{
-    AtomicU8 as StdAtomicU8, AtomicU64 as StdAtomicU64, Ordering as StdOrdering,
+    AtomicU8 as StdAtomicU8, AtomicU64 as StdAtomicU64, AtomicUsize as StdAtomicUsize,
+    Ordering as StdOrdering,
 };
 use std::sync::{Mutex as StdMutex, PoisonError};
 
@@ -32,6 +41,7 @@ use serde::Serialize;
 
 use super::counters::{Counters, LockStats};
 use super::raw_rwlock::RawRwLock;
+use crate::loom::cell::UnsafeCell;
 use crate::loom::{InternalMutex, global};
 
 /// A position in a lock hierarchy. A thread holding a leveled lock at level `n` may only acquire
@@ -187,43 +197,156 @@ pub(crate) fn next_id() -> u64 {
 }
 
 /// Per-lock [`LockMeta::flags`] bit: the lock is leveled (its acquisitions check the hierarchy).
-pub(crate) const LEVELED: u8 = 0b01;
+pub(crate) const LEVELED: u8 = 0b0001;
 /// Per-lock [`LockMeta::flags`] bit: this lock times its exclusive holds.
-pub(crate) const TIME_HOLDS: u8 = 0b10;
+pub(crate) const TIME_HOLDS: u8 = 0b0010;
 /// [`GLOBAL_FLAGS`] bit: lock-order checking is on (`Refuse` or `Warn`).
 pub(crate) const ORDER_CHECKING: u8 = 0b01;
 /// [`GLOBAL_FLAGS`] bit: hold timing is on for every lock.
 pub(crate) const HOLD_TIMING: u8 = 0b10;
+/// Where a [`GLOBAL_FLAGS`] bit sits in every lock's [`LockMeta::flags`] (shifted left by this).
+const GLOBAL_SHIFT: u32 = 2;
 
-/// Process-wide switches that send every acquisition down the instrumented path: a setting read
-/// with one relaxed load, ordering no other memory (a std atomic even under loom). Order checking
-/// starts on where its default policy (`Refuse` with `debug_assertions`) is.
-pub(crate) static GLOBAL_FLAGS: StdAtomicU8 = StdAtomicU8::new(if cfg!(debug_assertions) {
+/// Process-wide switches that send every acquisition down the instrumented path. Every live
+/// lock carries a copy in its own flags byte (its upper bits), so the fast path reads one byte of
+/// the lock; this static is where a new lock takes its copy from. Written only under [`LIVE`]'s
+/// lock, together with the copies. Order checking starts on where its default policy (`Refuse`
+/// with `debug_assertions`) is.
+static GLOBAL_FLAGS: StdAtomicU8 = StdAtomicU8::new(if cfg!(debug_assertions) {
     ORDER_CHECKING
 } else {
     0
 });
 
-/// Sets or clears one of the [`GLOBAL_FLAGS`] bits.
+global! {
+    /// Every live lock's metadata (named or not), so that a process-wide switch reaches each
+    /// lock's flags (and an `RwLock`'s mirror of them in its word, a loom atomic: so this is a
+    /// loom mutex under loom, one list per explored execution).
+    static LIVE: InternalMutex<LiveLocks> = InternalMutex::new(LiveLocks(Vec::new()));
+}
+
+/// The addresses of the live `LockMeta`s; each knows its index (`LockMeta::live_slot`).
+struct LiveLocks(Vec<*const LockMeta>);
+
+// SAFETY: the pointers are only dereferenced under `LIVE`'s lock, while the `LockMeta`s are alive
+// (a lock's metadata leaves the list in `MetaHandle::drop`, before its count is given back), and
+// `LockMeta` is `Sync`.
+unsafe impl Send for LiveLocks {}
+
+/// Sets or clears one of the [`GLOBAL_FLAGS`] bits, and its copy in every live lock.
 pub(crate) fn set_global_flag(bit: u8, on: bool) {
+    let live = LIVE.lock();
     if on {
         GLOBAL_FLAGS.fetch_or(bit, StdOrdering::Relaxed);
     } else {
         GLOBAL_FLAGS.fetch_and(!bit, StdOrdering::Relaxed);
     }
+    for &meta in &live.0 {
+        // SAFETY: listed, so alive (see `LiveLocks`).
+        let meta = unsafe { &*meta };
+        if on {
+            meta.flags
+                .fetch_or(bit << GLOBAL_SHIFT, StdOrdering::Relaxed);
+        } else {
+            meta.flags
+                .fetch_and(!(bit << GLOBAL_SHIFT), StdOrdering::Relaxed);
+        }
+    }
+}
+
+/// The exclusive holder's entry in its thread's held list (`held.rs`): the link to the hold
+/// below this one and where this one was acquired.
+///
+/// Owned by whoever holds the lock exclusively (a `Mutex`, an `RwLock` writer): written right
+/// after the acquisition, read by that thread while it holds the lock, last read right before
+/// the release. So the lock word's acquire and release order every access from one holder to
+/// the next, as they order accesses to the lock's data (under loom this is a tracked
+/// `UnsafeCell`, which checks exactly that). Readers never touch it.
+pub(crate) struct HeldNode {
+    below: UnsafeCell<usize>,
+    site: UnsafeCell<&'static Location<'static>>,
+}
+
+// SAFETY: the cells are only accessed by the lock's exclusive holder, between its acquisition and
+// its release (see the type's documentation and the `unsafe` methods' contract), so two threads
+// never access them without the lock word ordering the accesses.
+unsafe impl Sync for HeldNode {}
+// SAFETY: the fields are a `usize` and a `&'static Location`, both `Send`.
+unsafe impl Send for HeldNode {}
+
+impl fmt::Debug for HeldNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HeldNode { .. }")
+    }
+}
+
+impl HeldNode {
+    fn new(created_at: &'static Location<'static>) -> Self {
+        Self {
+            below: UnsafeCell::new(0),
+            site: UnsafeCell::new(created_at),
+        }
+    }
+
+    /// Records a new exclusive hold: the link below it and its call site.
+    ///
+    /// # Safety
+    /// The calling thread holds the lock exclusively.
+    #[inline(always)]
+    pub(crate) unsafe fn start(&self, below: usize, site: &'static Location<'static>) {
+        // SAFETY: by the caller's contract this thread holds the lock exclusively, so no other
+        // thread accesses the cells until the release that follows.
+        self.below.with_mut(|p| unsafe { *p = below });
+        // SAFETY: as above.
+        self.site.with_mut(|p| unsafe { *p = site });
+    }
+
+    /// The link below the hold.
+    ///
+    /// # Safety
+    /// The calling thread holds the lock exclusively and recorded the hold with `start`.
+    #[inline(always)]
+    pub(crate) unsafe fn below(&self) -> usize {
+        // SAFETY: by the caller's contract (see `start`).
+        self.below.with(|p| unsafe { *p })
+    }
+
+    /// Replaces the link below the hold (an out-of-order release below it).
+    ///
+    /// # Safety
+    /// As for [`below`](Self::below).
+    pub(crate) unsafe fn set_below(&self, below: usize) {
+        // SAFETY: by the caller's contract (see `start`).
+        self.below.with_mut(|p| unsafe { *p = below });
+    }
+
+    /// Where the hold was acquired.
+    ///
+    /// # Safety
+    /// As for [`below`](Self::below).
+    pub(crate) unsafe fn site(&self) -> &'static Location<'static> {
+        // SAFETY: by the caller's contract (see `start`).
+        self.site.with(|p| unsafe { *p })
+    }
 }
 
 /// A lock's identity and counters.
 ///
-/// Aligned to 8 (it holds 64-bit counters): the held list keys a hold by this struct's address
-/// with two flag bits below it.
+/// Aligned to 16 (what `malloc` gives anyway, so no aligned allocation): the held list links and
+/// keys holds by this struct's address, with a count (up to 15) or flag bits in the four bits
+/// below it (`held.rs`).
 #[derive(Debug)]
+#[repr(align(16))]
 pub(crate) struct LockMeta {
+    /// This lock's entry in the held list of the thread that holds it exclusively.
+    pub(crate) held: HeldNode,
     pub(crate) info: LockInfo,
     pub(crate) counters: Counters,
-    /// [`LEVELED`] and [`TIME_HOLDS`]: when this byte and [`GLOBAL_FLAGS`] are both zero, an
-    /// acquisition takes the plain fast path (no level, order or clock work).
+    /// [`LEVELED`] and [`TIME_HOLDS`], and above them a copy of [`GLOBAL_FLAGS`]: when this byte
+    /// is zero, an acquisition takes the plain fast path (no level, order or clock work).
     pub(crate) flags: StdAtomicU8,
+    /// This lock's index in [`LIVE`] (written under its lock).
+    live_slot: StdAtomicUsize,
     /// An [`RwLock`](crate::RwLock)'s lock word, kept here so that its exact read count (part of
     /// the word) can be read by whoever holds the metadata (the registry). Unused by the other
     /// kinds (never locked, counts nothing).
@@ -246,10 +369,19 @@ impl LockMeta {
                 kind,
                 created_at,
             },
+            held: HeldNode::new(created_at),
             counters: Counters::new(),
             flags: StdAtomicU8::new(if level.is_some() { LEVELED } else { 0 }),
+            live_slot: StdAtomicUsize::new(0),
             rw: RawRwLock::new(),
         });
+        {
+            let mut live = LIVE.lock();
+            let global = GLOBAL_FLAGS.load(StdOrdering::Relaxed);
+            meta.set_flag(global << GLOBAL_SHIFT, true);
+            meta.live_slot.store(live.0.len(), StdOrdering::Relaxed);
+            live.0.push(Arc::as_ptr(&meta));
+        }
         if name.is_some() {
             REGISTRY.lock().insert(meta.info.id, Arc::clone(&meta));
         }
@@ -269,26 +401,35 @@ impl LockMeta {
     }
 
     /// Whether an acquisition must take the instrumented path (levels, order checking, hold
-    /// timing): one load of this lock's flags, one of the global flags.
+    /// timing): one load of this lock's flags byte, which carries the global switches too.
     #[inline(always)]
     pub(crate) fn instrumented(&self) -> bool {
-        self.flags.load(StdOrdering::Relaxed) | GLOBAL_FLAGS.load(StdOrdering::Relaxed) != 0
+        self.flags.load(StdOrdering::Relaxed) != 0
     }
 
     /// Whether an exclusive hold that begins now is timed (this lock's setting or the global one).
     pub(crate) fn times_holds(&self) -> bool {
-        (self.flags.load(StdOrdering::Relaxed) & TIME_HOLDS)
-            | (GLOBAL_FLAGS.load(StdOrdering::Relaxed) & HOLD_TIMING)
-            != 0
+        self.flags.load(StdOrdering::Relaxed) & (TIME_HOLDS | HOLD_TIMING << GLOBAL_SHIFT) != 0
     }
 
     /// Times this lock's exclusive holds (or stops), whatever the global setting.
     pub(crate) fn set_hold_timing(&self, on: bool) {
         self.counters.set_hold_times(on);
-        if on {
-            self.flags.fetch_or(TIME_HOLDS, StdOrdering::Relaxed);
+        let _live = LIVE.lock();
+        self.set_flag(TIME_HOLDS, on);
+    }
+
+    /// Sets or clears `bits` of [`flags`](Self::flags), and an `RwLock`'s mirror of "any flag
+    /// set" in its word. Called under [`LIVE`]'s lock, which every change of the flags takes, so
+    /// the mirror never disagrees with the byte once the lock is released.
+    fn set_flag(&self, bits: u8, on: bool) {
+        let now = if on {
+            self.flags.fetch_or(bits, StdOrdering::Relaxed) | bits
         } else {
-            self.flags.fetch_and(!TIME_HOLDS, StdOrdering::Relaxed);
+            self.flags.fetch_and(!bits, StdOrdering::Relaxed) & !bits
+        };
+        if self.info.kind == LockKind::RwLock {
+            self.rw.set_divert(now != 0);
         }
     }
 }
@@ -316,7 +457,7 @@ pub(crate) struct MetaHandle(NonNull<LockMeta>);
 const _: () = {
     const fn send_sync<T: Send + Sync>() {}
     send_sync::<LockMeta>();
-    assert!(std::mem::align_of::<LockMeta>() >= 4);
+    assert!(std::mem::align_of::<LockMeta>() >= 16);
 };
 
 // SAFETY: a `MetaHandle` is an `Arc<LockMeta>` in another form, and `LockMeta` is `Send + Sync`
@@ -381,6 +522,17 @@ impl<R: RawHeld> Drop for LockCore<R> {
 
 impl Drop for MetaHandle {
     fn drop(&mut self) {
+        {
+            let mut live = LIVE.lock();
+            let slot = self.live_slot.load(StdOrdering::Relaxed);
+            live.0.swap_remove(slot);
+            if let Some(&moved) = live.0.get(slot) {
+                // SAFETY: listed, so alive (see `LiveLocks`).
+                unsafe { &*moved }
+                    .live_slot
+                    .store(slot, StdOrdering::Relaxed);
+            }
+        }
         crate::deadlock::forget_order(self.info.id);
         if self.info.name.is_some() {
             REGISTRY.lock().remove(&self.info.id);

@@ -7,7 +7,7 @@ use std::ops::{Deref, DerefMut};
 use std::panic::Location;
 use std::time::{Duration, Instant};
 
-use super::acquire::{self, Wait};
+use super::acquire::{self, FlagsTest, Forever, Wait};
 use super::counters::LockStats;
 use super::meta::{AccessMode, Level, LockCore, LockInfo, LockKind, LockMeta, intern};
 use super::raw_mutex::RawMutex;
@@ -92,7 +92,7 @@ impl<T> Mutex<T> {
     #[inline]
     #[track_caller]
     pub fn lock(&self) -> Result<MutexGuard<'_, T>, LockError> {
-        self.acquire(Wait::Forever, Location::caller(), LevelRule::Above)
+        self.acquire(Forever, Location::caller(), LevelRule::Above)
     }
 
     /// Acquires the mutex only if it is free now; `Err(Timeout)` otherwise.
@@ -119,36 +119,41 @@ impl<T> Mutex<T> {
     #[inline]
     pub(crate) fn acquire(
         &self,
-        wait: Wait,
+        wait: impl Into<Wait>,
         at: &'static Location<'static>,
         rule: LevelRule,
     ) -> Result<MutexGuard<'_, T>, LockError> {
-        self.acquire_raw(wait, at, rule)?;
+        let meta = self.acquire_raw(wait, at, rule)?;
         Ok(MutexGuard {
             mutex: self,
+            meta,
             data: Some(self.data.get_mut()),
             _not_send: PhantomData,
         })
     }
 
     /// The acquisition protocol without building a guard (a condvar's reacquisition reuses its
-    /// caller's guard).
+    /// caller's guard). Returns the metadata, loaded once for the acquisition and the guard.
     #[inline]
     fn acquire_raw(
         &self,
-        wait: Wait,
+        wait: impl Into<Wait>,
         at: &'static Location<'static>,
         rule: LevelRule,
-    ) -> Result<(), LockError> {
+    ) -> Result<&LockMeta, LockError> {
+        let meta: &LockMeta = &self.core.meta;
         acquire::acquire(
-            &self.core.meta,
+            meta,
             AccessMode::Exclusive,
             at,
             wait,
             rule,
-            || self.core.raw.try_lock_fast(),
-            &|deadline, hook| self.core.raw.lock_slow(deadline, hook),
-        )
+            FlagsTest::Byte,
+            move || self.core.raw.try_lock_fast(),
+            move || self.core.raw.try_lock_fast(),
+            move |deadline, hook| self.core.raw.lock_slow(deadline, hook),
+        )?;
+        Ok(meta)
     }
 
     /// This lock's statistics so far.
@@ -215,6 +220,9 @@ impl<T> fmt::Debug for Mutex<T> {
 #[clippy::has_significant_drop]
 pub struct MutexGuard<'a, T> {
     mutex: &'a Mutex<T>,
+    /// The mutex's metadata, kept so that the release does not load it again through `mutex`
+    /// (the data was written meanwhile, which the compiler must assume may have changed it).
+    meta: &'a LockMeta,
     /// `Some` while the guard holds the mutex (always, except after a failed condvar wait).
     data: Option<MutPtr<T>>,
     _not_send: PhantomData<*const ()>,
@@ -263,7 +271,7 @@ impl<'a, T> MutexGuard<'a, T> {
             // SAFETY: as above; `sleep` did not release it.
             unsafe { mutex.core.raw.unlock() };
         }
-        mutex.acquire_raw(Wait::Forever, at, LevelRule::Above)?;
+        mutex.acquire_raw(Forever, at, LevelRule::Above)?;
         self.data = Some(mutex.data.get_mut());
         Ok(outcome)
     }
@@ -315,7 +323,7 @@ impl<T> Drop for MutexGuard<'_, T> {
     fn drop(&mut self) {
         if let Some(data) = self.data.take() {
             end_access(data);
-            acquire::released(&self.mutex.core.meta, AccessMode::Exclusive);
+            acquire::released(self.meta, AccessMode::Exclusive);
             // SAFETY: the guard held the lock (its pointer was present) and gives it up once.
             unsafe { self.mutex.core.raw.unlock() };
         }

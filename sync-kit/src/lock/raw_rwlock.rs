@@ -6,7 +6,8 @@
 //! |--------|-----------------|------------------------------------------------------------------|
 //! | 0      | WRITER          | a writer holds the lock                                          |
 //! | 1      | READER_PARKED   | readers may be parked                                            |
-//! | 2..18  | waiting writers | writers that announced they wait (`(state & WAITING_MASK) / ONE_WAITING_WRITER`) |
+//! | 2..17  | waiting writers | writers that announced they wait (`(state & WAITING_MASK) / ONE_WAITING_WRITER`) |
+//! | 17     | DIVERT          | the typed layer wants every acquisition through its instrumented path: the fast paths fail on it, the slow paths ignore it |
 //! | 18..40 | readers         | readers holding the lock (`(state & READERS_MASK) / ONE_READER`) |
 //! | 40..64 | reads done      | read holds released since the last flush (`state / ONE_READ_DONE`) |
 //!
@@ -48,7 +49,10 @@ use crate::loom::{InternalMutex, global};
 const WRITER: u64 = 1 << 0;
 const READER_PARKED: u64 = 1 << 1;
 const ONE_WAITING_WRITER: u64 = 1 << 2;
-const WAITING_MASK: u64 = ((1 << 16) - 1) * ONE_WAITING_WRITER;
+const WAITING_MASK: u64 = ((1 << 15) - 1) * ONE_WAITING_WRITER;
+/// Set while the lock's flags ask for the instrumented path (`meta.rs`): both fast paths test it
+/// with what they test anyway, so the typed layer's plain path reads no flags byte.
+const DIVERT: u64 = 1 << 17;
 const ONE_READER: u64 = 1 << 18;
 const READERS_MASK: u64 = ((1 << 22) - 1) * ONE_READER;
 /// The top bit of the readers' count: the fast path only admits readers while it is clear.
@@ -150,11 +154,28 @@ impl RawRwLock {
         state & (WRITER | WAITING_MASK) == 0
     }
 
-    /// One attempt to take a read lock, no waiting. One test covers writer preference and
-    /// overflow: with the readers' top bit clear, one more reader cannot overflow (a lock with
-    /// that many readers goes through the slow path, which checks).
+    /// One attempt to take a read lock, no waiting. One test covers writer preference, overflow
+    /// and [`DIVERT`]: with the readers' top bit clear, one more reader cannot overflow (a lock
+    /// with that many readers goes through the slow path, which checks).
     #[inline]
     pub(crate) fn try_read_fast(&self) -> bool {
+        let state = self.state.load(Ordering::Relaxed);
+        state & (WRITER | WAITING_MASK | DIVERT | READERS_TOP) == 0
+            && self
+                .state
+                .compare_exchange_weak(
+                    state,
+                    state + ONE_READER,
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
+    /// [`try_read_fast`](Self::try_read_fast) whatever [`DIVERT`] says (the instrumented path,
+    /// once its checks passed).
+    #[inline]
+    pub(crate) fn try_read_diverted(&self) -> bool {
         let state = self.state.load(Ordering::Relaxed);
         state & (WRITER | WAITING_MASK | READERS_TOP) == 0
             && self
@@ -302,23 +323,47 @@ impl RawRwLock {
         state & (WRITER | READERS_MASK) == 0
     }
 
-    /// One attempt to take the write lock, no waiting.
+    /// One attempt to take the write lock, no waiting. The expected value is the word with only
+    /// its "reads done" kept (whatever they are), so the one compare-exchange also tests that the
+    /// lock is free, nobody waits and [`DIVERT`] is clear: no separate test before it (on a held
+    /// lock it fails, as parking_lot's does).
     #[inline]
     pub(crate) fn try_write_fast(&self) -> bool {
-        // Free and nobody waiting; "reads done" may hold anything.
         #[cfg(not(loom))]
-        let state = self.state.load(Ordering::Relaxed);
+        let state = self.state.load(Ordering::Relaxed) & DONE_MASK;
         // Under loom the expected value is always 0: loom 0.7 trips its own `VersionVec`
         // assertion (tokio-rs/loom#252) on this load-then-compare-exchange in one model. A
         // compare-exchange from 0 is a valid fast path too (it fails whenever reads were done and
         // leaves the acquisition to `write_slow`, which the models cover).
         #[cfg(loom)]
         let state = 0;
-        state & !DONE_MASK == 0
-            && self
-                .state
-                .compare_exchange_weak(state, state + WRITER, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
+        self.state
+            .compare_exchange_weak(state, state + WRITER, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// [`try_write_fast`](Self::try_write_fast) whatever [`DIVERT`] says (the instrumented path,
+    /// once its checks passed).
+    #[inline]
+    pub(crate) fn try_write_diverted(&self) -> bool {
+        #[cfg(not(loom))]
+        let state = self.state.load(Ordering::Relaxed) & (DONE_MASK | DIVERT);
+        // As in `try_write_fast`: from "nothing but DIVERT" under loom.
+        #[cfg(loom)]
+        let state = DIVERT;
+        self.state
+            .compare_exchange_weak(state, state + WRITER, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Sets or clears [`DIVERT`] (the lock's flags changed; `meta.rs`, under its lock of the
+    /// live locks).
+    pub(crate) fn set_divert(&self, on: bool) {
+        if on {
+            self.state.fetch_or(DIVERT, Ordering::Relaxed);
+        } else {
+            self.state.fetch_and(!DIVERT, Ordering::Relaxed);
+        }
     }
 
     /// Takes the write lock, parking while anyone holds it. Returns whether it had to wait.

@@ -9,7 +9,7 @@ use std::ops::{Deref, DerefMut};
 use std::panic::Location;
 use std::time::{Duration, Instant};
 
-use super::acquire::{self, Wait};
+use super::acquire::{self, FlagsTest, Forever, Wait};
 use super::counters::LockStats;
 use super::meta::{AccessMode, Level, LockCore, LockInfo, LockKind, LockMeta, intern};
 use crate::error::LockError;
@@ -96,7 +96,7 @@ impl<T> RwLock<T> {
     #[inline]
     #[track_caller]
     pub fn read(&self) -> Result<RwLockReadGuard<'_, T>, LockError> {
-        self.acquire_read(Wait::Forever, Location::caller(), LevelRule::Above)
+        self.acquire_read(Forever, Location::caller(), LevelRule::Above)
     }
 
     /// Acquires shared access only if available now; `Err(Timeout)` otherwise.
@@ -124,7 +124,7 @@ impl<T> RwLock<T> {
     #[inline]
     #[track_caller]
     pub fn write(&self) -> Result<RwLockWriteGuard<'_, T>, LockError> {
-        self.acquire_write(Wait::Forever, Location::caller(), LevelRule::Above)
+        self.acquire_write(Forever, Location::caller(), LevelRule::Above)
     }
 
     /// Acquires exclusive access only if nobody holds the lock now; `Err(Timeout)` otherwise.
@@ -151,21 +151,25 @@ impl<T> RwLock<T> {
     #[inline]
     pub(crate) fn acquire_read(
         &self,
-        wait: Wait,
+        wait: impl Into<Wait>,
         at: &'static Location<'static>,
         rule: LevelRule,
     ) -> Result<RwLockReadGuard<'_, T>, LockError> {
+        let meta: &LockMeta = &self.core.meta;
         acquire::acquire(
-            &self.core.meta,
+            meta,
             AccessMode::Shared,
             at,
             wait,
             rule,
-            || self.core.meta.rw.try_read_fast(),
-            &|deadline, hook| self.core.meta.rw.read_slow(deadline, hook),
+            FlagsTest::InWord,
+            move || meta.rw.try_read_fast(),
+            move || meta.rw.try_read_diverted(),
+            move |deadline, hook| meta.rw.read_slow(deadline, hook),
         )?;
         Ok(RwLockReadGuard {
-            lock: self,
+            _lock: PhantomData,
+            meta,
             data: ManuallyDrop::new(self.data.get()),
             _not_send: PhantomData,
         })
@@ -174,21 +178,25 @@ impl<T> RwLock<T> {
     #[inline]
     pub(crate) fn acquire_write(
         &self,
-        wait: Wait,
+        wait: impl Into<Wait>,
         at: &'static Location<'static>,
         rule: LevelRule,
     ) -> Result<RwLockWriteGuard<'_, T>, LockError> {
+        let meta: &LockMeta = &self.core.meta;
         acquire::acquire(
-            &self.core.meta,
+            meta,
             AccessMode::Exclusive,
             at,
             wait,
             rule,
-            || self.core.meta.rw.try_write_fast(),
-            &|deadline, hook| self.core.meta.rw.write_slow(deadline, hook),
+            FlagsTest::InWord,
+            move || meta.rw.try_write_fast(),
+            move || meta.rw.try_write_diverted(),
+            move |deadline, hook| meta.rw.write_slow(deadline, hook),
         )?;
         Ok(RwLockWriteGuard {
-            lock: self,
+            _lock: PhantomData,
+            meta,
             data: ManuallyDrop::new(self.data.get_mut()),
             _not_send: PhantomData,
         })
@@ -258,7 +266,9 @@ impl<T> fmt::Debug for RwLock<T> {
 #[must_use = "the lock is released as soon as the guard is dropped"]
 #[clippy::has_significant_drop]
 pub struct RwLockReadGuard<'a, T> {
-    lock: &'a RwLock<T>,
+    _lock: PhantomData<&'a RwLock<T>>,
+    /// The lock's metadata (and word), kept so that the release does not load it again.
+    meta: &'a LockMeta,
     data: ManuallyDrop<ConstPtr<T>>,
     _not_send: PhantomData<*const ()>,
 }
@@ -281,7 +291,7 @@ impl<T> Drop for RwLockReadGuard<'_, T> {
         // SAFETY: dropped exactly once, here, and not used afterwards; under loom this ends the
         // tracked access before the lock is released.
         unsafe { ManuallyDrop::drop(&mut self.data) };
-        let meta: &LockMeta = &self.lock.core.meta;
+        let meta = self.meta;
         acquire::released(meta, AccessMode::Shared);
         // SAFETY: this guard was created by a successful read acquisition and is dropped once.
         unsafe { meta.rw.unlock_read() };
@@ -293,7 +303,9 @@ impl<T> Drop for RwLockReadGuard<'_, T> {
 #[must_use = "the lock is released as soon as the guard is dropped"]
 #[clippy::has_significant_drop]
 pub struct RwLockWriteGuard<'a, T> {
-    lock: &'a RwLock<T>,
+    _lock: PhantomData<&'a RwLock<T>>,
+    /// The lock's metadata (and word), kept so that the release does not load it again.
+    meta: &'a LockMeta,
     data: ManuallyDrop<MutPtr<T>>,
     _not_send: PhantomData<*const ()>,
 }
@@ -323,7 +335,7 @@ impl<T> Drop for RwLockWriteGuard<'_, T> {
     fn drop(&mut self) {
         // SAFETY: dropped exactly once, here, and not used afterwards.
         unsafe { ManuallyDrop::drop(&mut self.data) };
-        let meta: &LockMeta = &self.lock.core.meta;
+        let meta = self.meta;
         acquire::released(meta, AccessMode::Exclusive);
         // SAFETY: this guard was created by a successful write acquisition and is dropped once.
         unsafe { meta.rw.unlock_write() };

@@ -158,7 +158,12 @@ pub(crate) mod cell {
         pub(crate) fn into_inner(self) -> T {
             self.0.into_inner()
         }
+        #[inline(always)]
         pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+            f(self.0.get())
+        }
+        #[inline(always)]
+        pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
             f(self.0.get())
         }
         #[inline]
