@@ -119,7 +119,7 @@ impl Node {
     }
 
     /// Like [`Node::start`], with `adjust` applied to the command before it is spawned.
-    pub fn start_with(dir: &Path, args: &[&str], adjust: impl FnOnce(&mut Command)) -> Node {
+    pub fn start_with(dir: &Path, args: &[&str], adjust: impl Fn(&mut Command)) -> Node {
         match Node::try_start_with(dir, args, adjust) {
             Ok(node) => node,
             Err(failure) => panic!("the node did not start: {failure:#?}"),
@@ -130,17 +130,45 @@ impl Node {
     pub fn try_start_with(
         dir: &Path,
         args: &[&str],
-        adjust: impl FnOnce(&mut Command),
+        adjust: impl Fn(&mut Command),
     ) -> Result<Node, StartFailure> {
         Node::try_start_wrapped(dir, args, &[], adjust)
     }
 
     /// Like [`Node::try_start_with`], run through `wrapper` (e.g. `ip netns exec NS`).
+    ///
+    /// A cluster member's ports come from its cluster file, chosen free by the test (bound to
+    /// port 0, then released): until the member binds one, another process's outgoing
+    /// connection may take it as its ephemeral local port for a moment (members dial each other
+    /// as they start). A member that fails for that reason is started again, a few times.
     pub fn try_start_wrapped(
         dir: &Path,
         args: &[&str],
         wrapper: &[&str],
-        adjust: impl FnOnce(&mut Command),
+        adjust: impl Fn(&mut Command),
+    ) -> Result<Node, StartFailure> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match Node::try_start_once(dir, args, wrapper, &adjust) {
+                Err(failure)
+                    if attempts < 5
+                        && args.contains(&"--cluster")
+                        && failure.stderr.contains("Address already in use") =>
+                {
+                    eprintln!("a member's port was taken for a moment; starting it again");
+                    thread::sleep(Duration::from_millis(100));
+                }
+                started => return started,
+            }
+        }
+    }
+
+    fn try_start_once(
+        dir: &Path,
+        args: &[&str],
+        wrapper: &[&str],
+        adjust: &impl Fn(&mut Command),
     ) -> Result<Node, StartFailure> {
         let binary = env!("CARGO_BIN_EXE_synckit-node");
         let mut command = match wrapper.split_first() {
