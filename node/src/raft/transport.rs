@@ -22,7 +22,8 @@
 //! Invariant: `queued` counts the items in the peer's queue and those the writer took but has
 //! not yet flushed to the socket; the direct path writes only under the outbox lock with
 //! `queued == 0`, and the writer writes only under that lock, so no frame overtakes an earlier
-//! one and no two frames interleave.
+//! one and no two frames interleave. The rest of a frame begun directly carries the serial of
+//! its connection: after a redial it is dropped, never written at the start of another.
 //!
 //! Wire, one direction per connection (a member sends on the connections it dialled and
 //! receives on those it accepted): a hello of 16 bytes — `MAGIC`, the version (u32 LE), the
@@ -142,8 +143,14 @@ enum Outgoing {
     Message(Message),
     /// A whole frame (length prefix included) a direct write could not start.
     Frame(Vec<u8>),
-    /// A frame a direct write began, and how many of its bytes went (counted as sent).
-    Rest(Vec<u8>, usize),
+    /// A frame a direct write began on connection `serial`, and how many of its bytes went
+    /// (counted as sent). Its rest belongs to that connection only: on a later one (after a
+    /// redial) it would be garbage, and it is dropped.
+    Rest {
+        frame: Vec<u8>,
+        written: usize,
+        serial: u64,
+    },
 }
 
 /// The writing end of a peer's connection, for the direct path and the writer alike.
@@ -151,6 +158,8 @@ enum Outgoing {
 struct Outbox {
     /// A clone of the connection once its hello is written; `None` while there is none.
     stream: Option<TcpStream>,
+    /// Counts the connections the writer made: which one `stream` is.
+    serial: u64,
 }
 
 /// A peer as `send` and `health` see it; its writer thread holds the other ends.
@@ -461,7 +470,12 @@ impl Peer {
             // rest before any other frame.
             Ok(written) if written > 0 => {
                 self.stats.sent.fetch_add(1, Ordering::Relaxed);
-                self.enqueue(Outgoing::Rest(frame, written));
+                let serial = outbox.serial;
+                self.enqueue(Outgoing::Rest {
+                    frame,
+                    written,
+                    serial,
+                });
                 None
             }
             Ok(_) => Some(Outgoing::Frame(frame)),
@@ -836,13 +850,18 @@ impl Writer {
         {
             return Ended::Broken(error);
         }
-        lock(&self.outbox).stream = Some(direct);
-        let ended = self.pump_queue(&mut output);
+        let serial = {
+            let mut outbox = lock(&self.outbox);
+            outbox.serial += 1;
+            outbox.stream = Some(direct);
+            outbox.serial
+        };
+        let ended = self.pump_queue(&mut output, serial);
         lock(&self.outbox).stream = None;
         ended
     }
 
-    fn pump_queue(&self, output: &mut BufWriter<TcpStream>) -> Ended {
+    fn pump_queue(&self, output: &mut BufWriter<TcpStream>, serial: u64) -> Ended {
         loop {
             // Checked before every batch: `stop` closes `control` and then shuts down the
             // link, so a writer busy with a long queue, or one that stored its link after the
@@ -882,7 +901,7 @@ impl Writer {
             let mut written = Ok(());
             while let Some(next) = item.take() {
                 taken += 1;
-                written = self.write_item(output, next);
+                written = self.write_item(output, next, serial);
                 if written.is_err() || output.buffer().len() >= IO_BUFFER / 2 {
                     break;
                 }
@@ -900,7 +919,12 @@ impl Writer {
 
     /// Writes one queued item into `output` (buffered). A message that cannot be encoded is
     /// dropped and counted; a failed write loses the item with the connection.
-    fn write_item(&self, output: &mut BufWriter<TcpStream>, item: Outgoing) -> io::Result<()> {
+    fn write_item(
+        &self,
+        output: &mut BufWriter<TcpStream>,
+        item: Outgoing,
+        serial: u64,
+    ) -> io::Result<()> {
         let (bytes, from, counted) = match item {
             Outgoing::Message(message) => {
                 if self.shared.is_isolated(self.peer) {
@@ -917,7 +941,18 @@ impl Writer {
                 }
             }
             Outgoing::Frame(frame) => (frame, 0, false),
-            Outgoing::Rest(frame, written) => (frame, written, true),
+            Outgoing::Rest {
+                frame,
+                written,
+                serial: begun_on,
+            } => {
+                if begun_on != serial {
+                    // Its start went out on a connection since lost: the message is lost too.
+                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                (frame, written, true)
+            }
         };
         if let Err(error) = output.write_all(&bytes[from..]) {
             if !counted {
