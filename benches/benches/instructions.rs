@@ -16,27 +16,12 @@
 //! | `sync_kit_mvcc_get` / `sync_kit_snapshot_get` / `dashmap_get` | one point read of a random key among 100k (`MvccMap::get`, `Snapshot::get`, `DashMap::get`) |
 //! | `sync_kit_mvcc_commit` / `rwlock_hashmap_commit` | read one random key, write another, commit (as `mvcc.rs`'s `commit_1_thread`; the floor under a `parking_lot::RwLock<HashMap>` write lock) |
 
-use std::collections::HashMap;
 use std::hint::black_box;
 use std::num::NonZeroU32;
 
-use sync_kit::mvcc::MvccMap;
 use sync_kit::ratelimit::{FakeClock, Quota, TokenBucket};
+use sync_kit_benches::mvcc::{KEYS, SEQUENCE, hash_map, mvcc_map};
 use sync_kit_benches::random_keys;
-
-/// Keys of the MVCC loops' maps, and the length of their (cycled) random key sequence.
-const KEYS: u64 = 100_000;
-const SEQUENCE: usize = 1 << 16;
-
-fn mvcc_map() -> MvccMap<u64, u64> {
-    let map = MvccMap::new();
-    let mut tx = map.begin();
-    for k in 0..KEYS {
-        tx.insert(k, k);
-    }
-    tx.commit().expect("nothing else commits");
-    map
-}
 
 const OPS: [&str; 14] = [
     "sync_kit_mutex",
@@ -128,13 +113,13 @@ fn main() {
             }
         }
         "sync_kit_mvcc_get" => {
-            let (map, keys) = (mvcc_map(), random_keys(KEYS, SEQUENCE));
+            let (map, keys) = (mvcc_map(KEYS), random_keys(KEYS, SEQUENCE));
             for i in 0..n as usize {
                 black_box(black_box(&map).get(&keys[i & (SEQUENCE - 1)]));
             }
         }
         "sync_kit_snapshot_get" => {
-            let (map, keys) = (mvcc_map(), random_keys(KEYS, SEQUENCE));
+            let (map, keys) = (mvcc_map(KEYS), random_keys(KEYS, SEQUENCE));
             let snapshot = map.snapshot();
             for i in 0..n as usize {
                 black_box(black_box(&snapshot).get(&keys[i & (SEQUENCE - 1)]));
@@ -148,7 +133,7 @@ fn main() {
             }
         }
         "sync_kit_mvcc_commit" => {
-            let (map, keys) = (mvcc_map(), random_keys(KEYS, SEQUENCE));
+            let (map, keys) = (mvcc_map(KEYS), random_keys(KEYS, SEQUENCE));
             for i in 0..n as usize {
                 let mut tx = black_box(&map).begin();
                 let v = tx.get(&keys[i & (SEQUENCE - 1)]).unwrap_or(0);
@@ -158,8 +143,7 @@ fn main() {
         }
         "rwlock_hashmap_commit" => {
             let keys = random_keys(KEYS, SEQUENCE);
-            let map =
-                parking_lot::RwLock::new((0..KEYS).map(|k| (k, k)).collect::<HashMap<_, _>>());
+            let map = parking_lot::RwLock::new(hash_map(KEYS));
             for i in 0..n as usize {
                 let mut m = black_box(&map).write();
                 let v = m.get(&keys[i & (SEQUENCE - 1)]).copied().unwrap_or(0);

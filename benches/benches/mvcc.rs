@@ -19,14 +19,13 @@
 //!
 //! Run with `cargo bench -p sync-kit-benches --bench mvcc`.
 
-use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{
     BenchmarkGroup, BenchmarkId, Criterion, criterion_group, criterion_main, measurement::WallTime,
 };
-use sync_kit::mvcc::MvccMap;
+use sync_kit_benches::mvcc::{KEYS, SEQUENCE, hash_map, locked_rw, mvcc_map, mvcc_rw};
 use sync_kit_benches::{random_keys, wall_time_split};
 
 /// Settings for the fast single-threaded groups: short, but enough samples for a stable median.
@@ -35,22 +34,6 @@ fn quick(group: &mut BenchmarkGroup<'_, WallTime>) {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .sample_size(100);
-}
-
-/// A map of `n` keys `0..n` (value = key), built in one transaction.
-fn mvcc_map(n: u64) -> MvccMap<u64, u64> {
-    let map = MvccMap::new();
-    let mut tx = map.begin();
-    for k in 0..n {
-        tx.insert(k, k);
-    }
-    tx.commit().expect("nothing else commits");
-    assert_eq!(map.len() as u64, n);
-    map
-}
-
-fn hash_map(n: u64) -> HashMap<u64, u64> {
-    (0..n).map(|k| (k, k)).collect()
 }
 
 const SIZES: [(u64, &str); 3] = [(1_000, "1k"), (100_000, "100k"), (1_000_000, "1M")];
@@ -77,11 +60,6 @@ fn snapshot(c: &mut Criterion) {
     }
     group.finish();
 }
-
-/// Keys in the point-read and commit groups.
-const KEYS: u64 = 100_000;
-/// Length of the precomputed random key sequence (a power of two, cycled through).
-const SEQUENCE: usize = 1 << 16;
 
 fn point_read(c: &mut Criterion) {
     let keys = random_keys(KEYS, SEQUENCE);
@@ -123,21 +101,6 @@ fn point_read(c: &mut Criterion) {
         });
     });
     group.finish();
-}
-
-/// One small transaction: read `read`, write `write` with it plus one.
-fn mvcc_rw(map: &MvccMap<u64, u64>, read: u64, write: u64) {
-    let mut tx = map.begin();
-    let v = tx.get(&read).unwrap_or(0);
-    tx.insert(write, v + 1);
-    tx.commit().expect("disjoint keys never conflict");
-}
-
-/// The same read and write under one write lock.
-fn locked_rw(map: &parking_lot::RwLock<HashMap<u64, u64>>, read: u64, write: u64) {
-    let mut m = map.write();
-    let v = m.get(&read).copied().unwrap_or(0);
-    m.insert(write, v + 1);
 }
 
 fn commit_1_thread(c: &mut Criterion) {

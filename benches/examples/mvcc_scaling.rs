@@ -13,27 +13,8 @@
 //! cargo run --release -p sync-kit-benches --example mvcc_scaling -- 15
 //! ```
 
-use std::collections::HashMap;
-
-use sync_kit::mvcc::MvccMap;
+use sync_kit_benches::mvcc::{KEYS, SEQUENCE, hash_map, locked_rw, mvcc_map, mvcc_rw};
 use sync_kit_benches::{random_keys, wall_time_split};
-
-const KEYS: u64 = 100_000;
-/// Length of the precomputed random key sequence (a power of two, cycled through).
-const SEQUENCE: usize = 1 << 16;
-
-fn mvcc_rw(map: &MvccMap<u64, u64>, read: u64, write: u64) {
-    let mut tx = map.begin();
-    let v = tx.get(&read).unwrap_or(0);
-    tx.insert(write, v + 1);
-    tx.commit().expect("disjoint keys never conflict");
-}
-
-fn locked_rw(map: &parking_lot::RwLock<HashMap<u64, u64>>, read: u64, write: u64) {
-    let mut m = map.write();
-    let v = m.get(&read).copied().unwrap_or(0);
-    m.insert(write, v + 1);
-}
 
 /// Wall nanoseconds per operation of `iters` operations split over `threads` threads on disjoint
 /// keys (thread `t` uses keys ≡ t modulo `threads`), as `benches/mvcc.rs` does.
@@ -55,24 +36,13 @@ fn min_median(mut values: Vec<f64>) -> (f64, f64) {
     (values[0], values[values.len() / 2])
 }
 
-/// A map of keys `0..KEYS` (value = key).
-fn mvcc_map() -> MvccMap<u64, u64> {
-    let map = MvccMap::new();
-    let mut tx = map.begin();
-    for k in 0..KEYS {
-        tx.insert(k, k);
-    }
-    tx.commit().expect("nothing else commits");
-    map
-}
-
 fn main() {
     let rounds: usize = std::env::args()
         .nth(1)
         .map_or(15, |n| n.parse().expect("rounds: a number"));
     let keys = random_keys(KEYS, SEQUENCE);
-    let (map, other_map) = (mvcc_map(), mvcc_map());
-    let locked = parking_lot::RwLock::new((0..KEYS).map(|k| (k, k)).collect::<HashMap<_, _>>());
+    let (map, other_map) = (mvcc_map(KEYS), mvcc_map(KEYS));
+    let locked = parking_lot::RwLock::new(hash_map(KEYS));
     let mvcc = |r, w| mvcc_rw(&map, r, w);
     // Thread t's keys are ≡ t (mod 2): thread 1 on a map of its own.
     let separate = |r: u64, w: u64| {

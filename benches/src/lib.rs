@@ -1,4 +1,5 @@
-//! Helpers shared by the criterion suites in `benches/` (the suites themselves live there).
+//! Helpers shared by the criterion suites in `benches/` (the suites themselves live there) and
+//! the examples in `examples/`.
 
 use std::sync::Barrier;
 use std::thread;
@@ -49,4 +50,50 @@ pub fn random_keys(n: u64, count: usize) -> Vec<u64> {
             (z ^ (z >> 31)) % n
         })
         .collect()
+}
+
+/// The MVCC workload of `mvcc.rs`'s point-read and commit groups, `instructions.rs`'s MVCC loops
+/// and the `mvcc_scaling` example: one map of [`KEYS`](mvcc::KEYS) keys, random keys cycled
+/// from a sequence of [`SEQUENCE`](mvcc::SEQUENCE), and the `RwLock<HashMap>` floor.
+pub mod mvcc {
+    use std::collections::HashMap;
+
+    use sync_kit::mvcc::MvccMap;
+
+    /// Keys in the point-read and commit workloads.
+    pub const KEYS: u64 = 100_000;
+    /// Length of the precomputed random key sequence (a power of two, cycled through).
+    pub const SEQUENCE: usize = 1 << 16;
+
+    /// A map of `n` keys `0..n` (value = key), built in one transaction.
+    pub fn mvcc_map(n: u64) -> MvccMap<u64, u64> {
+        let map = MvccMap::new();
+        let mut tx = map.begin();
+        for k in 0..n {
+            tx.insert(k, k);
+        }
+        tx.commit().expect("nothing else commits");
+        assert_eq!(map.len() as u64, n);
+        map
+    }
+
+    /// The same keys in a plain `HashMap`.
+    pub fn hash_map(n: u64) -> HashMap<u64, u64> {
+        (0..n).map(|k| (k, k)).collect()
+    }
+
+    /// One small transaction: read `read`, write `write` with it plus one.
+    pub fn mvcc_rw(map: &MvccMap<u64, u64>, read: u64, write: u64) {
+        let mut tx = map.begin();
+        let v = tx.get(&read).unwrap_or(0);
+        tx.insert(write, v + 1);
+        tx.commit().expect("disjoint keys never conflict");
+    }
+
+    /// The same read and write under one write lock: the floor.
+    pub fn locked_rw(map: &parking_lot::RwLock<HashMap<u64, u64>>, read: u64, write: u64) {
+        let mut m = map.write();
+        let v = m.get(&read).copied().unwrap_or(0);
+        m.insert(write, v + 1);
+    }
 }

@@ -159,25 +159,22 @@ impl RawRwLock {
     /// with that many readers goes through the slow path, which checks).
     #[inline]
     pub(crate) fn try_read_fast(&self) -> bool {
-        let state = self.state.load(Ordering::Relaxed);
-        state & (WRITER | WAITING_MASK | DIVERT | READERS_TOP) == 0
-            && self
-                .state
-                .compare_exchange_weak(
-                    state,
-                    state + ONE_READER,
-                    Ordering::Acquire,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
+        self.try_read_unless(WRITER | WAITING_MASK | DIVERT | READERS_TOP)
     }
 
     /// [`try_read_fast`](Self::try_read_fast) whatever [`DIVERT`] says (the instrumented path,
     /// once its checks passed).
     #[inline]
     pub(crate) fn try_read_diverted(&self) -> bool {
+        self.try_read_unless(WRITER | WAITING_MASK | READERS_TOP)
+    }
+
+    /// One attempt to add a reader, unless a bit of `blocked` is set (a constant at every call,
+    /// folded into the test).
+    #[inline(always)]
+    fn try_read_unless(&self, blocked: u64) -> bool {
         let state = self.state.load(Ordering::Relaxed);
-        state & (WRITER | WAITING_MASK | READERS_TOP) == 0
+        state & blocked == 0
             && self
                 .state
                 .compare_exchange_weak(
