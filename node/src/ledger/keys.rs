@@ -8,13 +8,15 @@
 //! | the key names a transfer of another payee or amount | refused (`invalid_argument`), naming that transfer |
 //!
 //! Invariant: a key is remembered only for a transfer that was pooled, and for at least
-//! [`KEYS_KEPT_MS`] of its payer's transfers' clock (the leader's reading logged in each
-//! command, so every member forgets the same keys at the same command). A refused transfer
+//! [`KEYS_KEPT_MS`] of the transfers' clock (the leader's reading logged in each command): each
+//! keyed transfer applied forgets every payer's keys older than that before its own time, so
+//! every member forgets the same keys at the same command, and the keys held are those of the
+//! last ten minutes or so, however many payers stopped paying. A refused transfer
 //! leaves no key: sent again, it is judged again. The keys are part of the replicated state and
 //! of the snapshot; they live in the [`Mempool`](super::pool::Mempool), under the `mempool`
 //! lock, so that finding a key, picking the inputs, pooling and remembering are one step.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -60,6 +62,8 @@ impl KeyedTransfer {
 #[derive(Clone, Debug, Default)]
 pub struct TransferKeys {
     by_payer: HashMap<String, HashMap<String, KeyedTransfer>>,
+    /// The same keys by age: (logged time, payer, key), the oldest first.
+    by_age: BTreeSet<(u64, String, String)>,
 }
 
 impl TransferKeys {
@@ -68,22 +72,46 @@ impl TransferKeys {
         self.by_payer.get(payer)?.get(key)
     }
 
-    /// Remembers `transfer` for `payer`, forgetting the payer's keys older than
-    /// [`KEYS_KEPT_MS`] before it (by the logged clock, so alike on every member).
+    /// Remembers `transfer` for `payer`, forgetting every key older than [`KEYS_KEPT_MS`]
+    /// before it (by the logged clock, so alike on every member).
     pub fn remember(&mut self, payer: &str, transfer: KeyedTransfer) {
-        let keys = self.by_payer.entry(payer.to_string()).or_default();
-        keys.retain(|_, kept| kept.at.saturating_add(KEYS_KEPT_MS) >= transfer.at);
-        keys.insert(transfer.key.clone(), transfer);
+        self.forget_older_than(transfer.at.saturating_sub(KEYS_KEPT_MS));
+        self.insert(payer.to_string(), transfer);
+    }
+
+    fn insert(&mut self, payer: String, transfer: KeyedTransfer) {
+        let entry = (transfer.at, payer.clone(), transfer.key.clone());
+        let keys = self.by_payer.entry(payer).or_default();
+        if let Some(replaced) = keys.insert(transfer.key.clone(), transfer) {
+            self.by_age
+                .remove(&(replaced.at, entry.1.clone(), replaced.key));
+        }
+        self.by_age.insert(entry);
+    }
+
+    /// Forgets the keys logged before `oldest_kept`.
+    fn forget_older_than(&mut self, oldest_kept: u64) {
+        while let Some((at, _, _)) = self.by_age.first()
+            && *at < oldest_kept
+        {
+            let (_, payer, key) = self.by_age.pop_first().expect("just seen");
+            if let Some(keys) = self.by_payer.get_mut(&payer) {
+                keys.remove(&key);
+                if keys.is_empty() {
+                    self.by_payer.remove(&payer);
+                }
+            }
+        }
     }
 
     /// Keys remembered, all payers together.
     pub fn len(&self) -> usize {
-        self.by_payer.values().map(HashMap::len).sum()
+        self.by_age.len()
     }
 
     /// Whether no key is remembered.
     pub fn is_empty(&self) -> bool {
-        self.by_payer.values().all(HashMap::is_empty)
+        self.by_age.is_empty()
     }
 
     /// In canonical order: payers by name, each payer's transfers by key.
@@ -101,18 +129,13 @@ impl TransferKeys {
 
     /// The keys of an image.
     pub fn from_image(image: BTreeMap<String, Vec<KeyedTransfer>>) -> TransferKeys {
-        TransferKeys {
-            by_payer: image
-                .into_iter()
-                .map(|(payer, transfers)| {
-                    let keys = transfers
-                        .into_iter()
-                        .map(|transfer| (transfer.key.clone(), transfer))
-                        .collect();
-                    (payer, keys)
-                })
-                .collect(),
+        let mut keys = TransferKeys::default();
+        for (payer, transfers) in image {
+            for transfer in transfers {
+                keys.insert(payer.clone(), transfer);
+            }
         }
+        keys
     }
 }
 
@@ -145,19 +168,26 @@ mod tests {
     }
 
     #[test]
-    fn keys_are_kept_for_the_stated_time_then_forgotten_by_the_payers_next_transfer() {
+    fn keys_are_kept_for_the_stated_time_then_forgotten_by_any_later_transfer() {
         let mut keys = TransferKeys::default();
         keys.remember("ann", transfer("old", "ben", 1, 1_000));
         keys.remember("bob", transfer("other", "ben", 1, 1_000));
+        keys.remember("bob", transfer("later", "ben", 1, 2_000));
         // Exactly KEYS_KEPT_MS later: still kept.
         keys.remember("ann", transfer("mid", "ben", 1, 1_000 + KEYS_KEPT_MS));
         assert!(keys.find("ann", "old").is_some());
-        // One millisecond past it: forgotten, by ann's transfer only.
-        keys.remember("ann", transfer("new", "ben", 1, 1_001 + KEYS_KEPT_MS));
+        assert_eq!(keys.len(), 4);
+        // One millisecond past it: forgotten, ann's and bob's, though bob does not pay again.
+        keys.remember("cat", transfer("new", "ben", 1, 1_001 + KEYS_KEPT_MS));
         assert!(keys.find("ann", "old").is_none());
+        assert!(keys.find("bob", "other").is_none());
+        assert!(keys.find("bob", "later").is_some());
         assert!(keys.find("ann", "mid").is_some());
-        assert!(keys.find("bob", "other").is_some());
         assert_eq!(keys.len(), 3);
+        // Everything older goes once the clock has moved on far enough; the image agrees.
+        keys.remember("cat", transfer("last", "ben", 1, 10 * KEYS_KEPT_MS));
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys.image().keys().collect::<Vec<_>>(), ["cat"]);
     }
 
     #[test]
