@@ -9,6 +9,7 @@
 //! - a transfer sent again with its idempotency key pays once and answers with the first one's
 //!   transaction, while pooled, once sealed and after a restart; another transfer under that
 //!   key, or a key of the wrong size, is refused;
+//! - a balance never shows a block half applied (confirmed before it, pooled after it);
 //! - `verify-chain` accepts the chain of a node killed with -9 and restarted, and names the
 //!   block when a snapshot's block is changed (which the node then refuses at start) and the
 //!   file when the raft log is damaged.
@@ -365,6 +366,28 @@ fn a_transfer_sent_again_with_its_key_pays_once() {
             assert!(error.message.contains("1 to 64 bytes"), "{error:?}");
         }
     }
+}
+
+/// A balance is read at one point of the ledger: while blocks move the grants from the pool to
+/// the confirmed outputs, every read of an account that only holds its grant adds up to it
+/// (a read of the confirmed outputs before a block and of the pool after it would give 0).
+#[test]
+fn balances_never_show_a_block_half_applied() {
+    let dir = data_dir();
+    let node = Node::start(dir.path(), LEDGER);
+    let names: Vec<String> = (0..8).map(|i| format!("holder{i}")).collect();
+    let mut reads = 0;
+    for name in &names {
+        node.create(name);
+        let mut client = node.login(Protocol::Binary, name);
+        assert!(wait_until(PATIENCE, || {
+            let (confirmed, pending) = balance(&mut client);
+            reads += 1;
+            assert_eq!(confirmed as i64 + pending, 1000, "{name}: read {reads}");
+            confirmed == 1000
+        }));
+    }
+    assert!(reads >= names.len());
 }
 
 /// Runs `verify-chain` on `dir`: (success, stdout, stderr).

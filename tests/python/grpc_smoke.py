@@ -198,8 +198,9 @@ def run(smoke, addr):
     )
     if error is not None:
         smoke.check("the double spend names the pooled transfer", transfer.txid in error.details())
-    his = [u for u in chat.ListUtxos(pb.ListUtxosRequest(), metadata=auth(b.token)).utxos
-           if u.confirmed][0]
+    # Any of bob's outputs, sealed or still pooled (his grant may be in a later block than
+    # alice's): a pooled output may be spent too.
+    his = chat.ListUtxos(pb.ListUtxosRequest(), metadata=auth(b.token)).utxos[0]
     submitted = chat.SubmitTransaction(
         pb.SubmitTransactionRequest(
             inputs=[pb.Outpoint(tx=his.tx, index=his.index)],

@@ -335,8 +335,10 @@ impl Ledger {
             });
             return Ok(payer.is_some_and(|output| output.to == from));
         }
+        // As in `transaction`: the pool before the chain is let go.
+        let pool = self.pool.lock()?;
         drop(chain);
-        Ok(self.pool.lock()?.payer(txid) == Some(from))
+        Ok(pool.payer(txid) == Some(from))
     }
 
     /// Applies a sealed block if it extends the tip and every check passes; `Err` says why it
@@ -435,11 +437,16 @@ impl Ledger {
 
     /// `user`'s balance.
     pub fn balance(&self, user: &str) -> Result<Balance, LockError> {
+        // Under the `mempool` lock, which a block's apply holds while it moves outputs from the
+        // pool to the confirmed maps: both read at one point, never one before a block and the
+        // other after it.
+        let pool = self.pool.lock()?;
         let confirmed = self
             .owned
             .get(&user.to_string())
             .map_or(0, |owned| owned.values().sum());
-        let pending = self.pool.lock()?.pending(user);
+        let pending = pool.pending(user);
+        drop(pool);
         Ok(Balance {
             confirmed,
             pending: i64::try_from(pending).unwrap_or(if pending < 0 {
@@ -453,8 +460,9 @@ impl Ledger {
     /// The outputs `user` owns and can spend: confirmed ones no pooled transaction spends, then
     /// unspent outputs of pooled transactions.
     pub fn owned_by(&self, user: &str) -> Result<Vec<Owned>, LockError> {
-        let confirmed = self.owned.get(&user.to_string()).unwrap_or_default();
+        // Both under the `mempool` lock, as in `balance`.
         let pool = self.pool.lock()?;
+        let confirmed = self.owned.get(&user.to_string()).unwrap_or_default();
         let mut owned: Vec<Owned> = confirmed
             .iter()
             .filter(|(outpoint, _)| pool.spender(outpoint).is_none())
@@ -486,8 +494,11 @@ impl Ledger {
                 block: Some(height),
             }));
         }
+        // The pool while the chain is still held: a transaction being sealed is in one or the
+        // other (a block's apply holds both), never in neither.
+        let pool = self.pool.lock()?;
         drop(chain);
-        Ok(self.pool.lock()?.get(txid).map(|tx| Located {
+        Ok(pool.get(txid).map(|tx| Located {
             tx: tx.clone(),
             block: None,
         }))
@@ -508,11 +519,11 @@ impl Ledger {
 
     /// The chain's head and sizes.
     pub fn info(&self) -> Result<ChainInfo, LockError> {
-        let (height, tip, supply) = {
-            let chain = self.chain.lock()?;
-            (chain.height(), chain.tip, chain.supply)
-        };
+        // The chain and the pool at one point (a block's apply holds both).
+        let chain = self.chain.lock()?;
+        let (height, tip, supply) = (chain.height(), chain.tip, chain.supply);
         let pool = self.pool.lock()?;
+        drop(chain);
         Ok(ChainInfo {
             height,
             tip,
