@@ -3,8 +3,8 @@
 //!
 //! ```text
 //! propose(command) ──┐
-//! peers ─ transport ─┼─► inbox ─► the raft loop (one thread), each turn:
-//! sync, compact ─────┘     1. take what arrived; tick every 100 ms; step peers' messages;
+//! peers' connections ┼─► mailbox ─► the raft loop (one thread), each turn:
+//! sync, compact ─────┘  (one epoll) 1. take what arrived; tick every 100 ms; step peers' messages;
 //!                             propose (with a context naming this member's proposal)
 //!                          2. Ready: send the leader's messages (it may send before its fsync)
 //!                          3. a snapshot from the leader: snapshot.json, then raft's storage
@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, unbounded};
+use crossbeam_channel::{Receiver, Sender, unbounded};
 use protobuf::Message as _;
 use raft::prelude::{
     ConfChange, ConfChangeType, ConfState, Entry as RaftEntry, EntryType, Message, MessageType,
@@ -46,6 +46,7 @@ use serde::Serialize;
 use slog::Drain as _;
 
 use super::cluster::{Cluster, Member};
+use super::mailbox::{Mailbox, MailboxHandle};
 use super::storage::DiskStorage;
 use super::transport::{PeerHealth, Transport};
 use crate::log::snapshot::{self, SnapshotStore};
@@ -93,7 +94,7 @@ pub enum MembershipChange {
 /// A cluster member's log: ordered by raft, durable on a majority, then applied.
 pub struct RaftLog {
     id: u64,
-    inbox: Sender<Input>,
+    inbox: MailboxHandle<Input>,
     /// Reads need not ask raft (set by the loop): see `MemberLoop::local_reads`.
     local_reads: Arc<AtomicBool>,
     /// Whether this member leads (set by the loop after every round).
@@ -231,7 +232,8 @@ impl RaftLog {
         let logger = slog::Logger::root(slog_stdlog::StdLog.fuse(), slog::o!());
         let raw = start_raw(&config, storage, &logger)?;
 
-        let (inbox, inputs) = unbounded();
+        let (mailbox, inbox) =
+            Mailbox::new().map_err(|e| format!("cannot start the raft loop's mailbox: {e}"))?;
         // A node on its own has no peers to hear from: no raft port.
         let listener = match cluster.standalone {
             true => None,
@@ -246,15 +248,13 @@ impl RaftLog {
             .filter(|m| m.id != me.id)
             .map(|m| (m.id, m.raft_addr.to_string()))
             .collect();
-        let deliver = inbox.clone();
+        let adopter = inbox.clone();
         let transport = Arc::new(
             Transport::start(
                 me.id,
                 listener,
                 peers,
-                Box::new(move |message| {
-                    let _ = deliver.send(Input::Message(Box::new(message)));
-                }),
+                Box::new(move |peer, stream| adopter.adopt(peer, stream)),
             )
             .map_err(|e| format!("cannot start the raft transport: {e}"))?,
         );
@@ -273,7 +273,7 @@ impl RaftLog {
             local_reads: Arc::clone(&local_reads),
             cluster: cluster.clone(),
             transport: Arc::clone(&transport),
-            inputs,
+            mailbox,
             applier: batches,
             snapshots,
             incarnation: incarnation(),
@@ -480,7 +480,7 @@ fn start_raw(
 
 impl CommandLog for RaftLog {
     fn propose(&self, command: Command, waiter: Option<Waiter>) {
-        if let Err(crossbeam_channel::SendError(Input::Propose(_, Some(waiter)))) =
+        if let Err(Input::Propose(_, Some(waiter))) =
             self.inbox.send(Input::Propose(command, waiter))
         {
             waiter(Err(stopped()));
@@ -507,9 +507,7 @@ impl CommandLog for RaftLog {
         if self.local_reads.load(Ordering::Acquire) {
             return done(Ok(()));
         }
-        if let Err(crossbeam_channel::SendError(Input::Read(done))) =
-            self.inbox.send(Input::Read(done))
-        {
+        if let Err(Input::Read(done)) = self.inbox.send(Input::Read(done)) {
             done(Err(stopped()));
         }
     }
@@ -553,7 +551,8 @@ struct MemberLoop {
     leading: Arc<AtomicBool>,
     cluster: Cluster,
     transport: Arc<Transport>,
-    inputs: Receiver<Input>,
+    /// Inputs from other threads, and the peers' connections.
+    mailbox: Mailbox<Input>,
     applier: Sender<Batch>,
     snapshots: Arc<SnapshotStore>,
     /// Tells this run's proposals from an earlier run's (sequence numbers restart at 0).
@@ -612,20 +611,20 @@ impl MemberLoop {
             } else {
                 next_tick.saturating_duration_since(Instant::now())
             };
-            let first = match self.inputs.recv_timeout(wait) {
-                Ok(input) => Some(input),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => return,
-            };
-            let more: Vec<Input> = self
-                .inputs
-                .try_iter()
-                .take(MAX_INPUTS_PER_TURN - 1)
-                .collect();
-            for input in first.into_iter().chain(more) {
+            let arrivals = self.mailbox.wait(wait, MAX_INPUTS_PER_TURN);
+            let messages = arrivals.messages.into_iter().filter_map(|(peer, message)| {
+                self.transport
+                    .admit(peer, &message)
+                    .then(|| Input::Message(Box::new(message)))
+            });
+            let messages: Vec<Input> = messages.collect();
+            for input in messages.into_iter().chain(arrivals.inputs) {
                 if !self.take(input) {
                     return self.shut_down("this member is stopping");
                 }
+            }
+            if arrivals.closed {
+                return;
             }
             if Instant::now() >= next_tick {
                 self.raw.tick();

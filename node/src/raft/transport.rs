@@ -1,17 +1,19 @@
 //! Raft messages between members over TCP: one outgoing connection per peer, written by the
 //! sender itself when it can be done at once, else fed by a bounded queue to the peer's writer
-//! thread; and one reader per incoming connection.
+//! thread; incoming connections, once their hello is checked, are handed to the raft loop's
+//! [`Mailbox`](super::mailbox), which reads them in its own epoll.
 //!
 //! ```text
 //! send(m) ─┬─ direct: a non-blocking write on the caller's thread ══TCP══╗
-//!          └─ queue of peer m.to ─► writer thread ═════════════TCP═══════╩═► acceptor of m.to ─► reader thread ─► deliver(m)
-//!             (bounded; full:       (dial, hello, frames;                     (hello, frames,
-//!              drop and count)       broken: redial with backoff)              from == hello id)
+//!          └─ queue of peer m.to ─► writer thread ═════════════TCP═══════╩═► acceptor of m.to ─► hello ─► adopt: the raft loop's mailbox reads the frames
+//!             (bounded; full:       (dial, hello, frames;                     (checked: a member,         ─► admit(from, m): counted, or dropped
+//!              drop and count)       broken: redial with backoff)              the newest of its sender)      (isolated, not for this member)
 //! ```
 //!
-//! The direct write saves waking the writer thread for every message (two context switches
-//! per round of raft on each member). A frame goes out whole and in order whichever way it
-//! takes; per peer:
+//! The direct write saves waking the writer thread for every message, and reading in the raft
+//! loop saves waking a reader thread: each round of raft on each member crosses no thread of
+//! the transport's on the way. A frame goes out whole and in order whichever way it takes; per
+//! peer:
 //!
 //! | state | a `send` |
 //! |---|---|
@@ -28,24 +30,25 @@
 //! Wire, one direction per connection (a member sends on the connections it dialled and
 //! receives on those it accepted): a hello of 16 bytes — `MAGIC`, the version (u32 LE), the
 //! sender's id (u64 LE) — then frames `[u32 LE length][protobuf raft Message]`. A newer
-//! connection from the same sender replaces the older one (the sender redialled).
+//! connection from the same sender replaces the older one (the sender redialled): the older is
+//! shut down, and the mailbox drops it at its end of stream.
 //!
 //! Losing messages is allowed, blocking is not: raft retries whatever is lost, so a full queue,
 //! an unknown peer, a broken connection or an isolated peer drops messages (counted in
-//! [`PeerHealth`]) and never holds the caller. Invariant: every message delivered came on a
-//! connection whose hello named the message's `from`; a peer that breaks the protocol loses its
-//! connection, never the transport.
+//! [`PeerHealth`]) and never holds the caller. Invariant: every message admitted came on a
+//! connection whose hello named the message's `from` (the mailbox checks the frames, the
+//! acceptor the hello); a peer that breaks the protocol loses its connection, never the
+//! transport.
 //!
 //! Messages wait in their peer's queue while it is unreachable, and leave once it is reached.
-//! The locks here (std's) are leaves: none is held while `deliver` runs or while another
-//! thread is waited for.
+//! The locks here (std's) are leaves: none is held while another thread is waited for.
 //!
-//! Stopping wakes every thread that may be blocked: readers and writers on a socket by
-//! `shutdown`, a writer waiting to redial by its control channel closing, the acceptor by a
-//! connection to itself.
+//! Stopping wakes every thread that may be blocked: writers on a socket by `shutdown`, a writer
+//! waiting to redial by its control channel closing, a connection waiting for its hello by
+//! `shutdown`, the acceptor by a connection to itself; the accepted connections are shut down.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::net::{
     IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs,
 };
@@ -64,7 +67,7 @@ const VERSION: u32 = 1;
 /// Bytes of a hello: magic, version, sender id.
 const HELLO_LEN: usize = 16;
 /// Largest frame accepted or sent. Snapshots travel as one message, hence the size.
-const MAX_FRAME: usize = 512 << 20;
+pub(super) const MAX_FRAME: usize = 512 << 20;
 /// Messages queued per peer before `send` drops.
 const QUEUE: usize = 4096;
 /// A dial that takes longer fails (and is retried after the backoff).
@@ -97,7 +100,7 @@ pub struct PeerHealth {
     /// Of those, the ones written at once by the sending thread (the raft loop), without
     /// waking the writer thread.
     pub direct: u64,
-    /// Messages received from the peer and delivered.
+    /// Messages received from the peer and admitted.
     pub received: u64,
     /// Messages to or from the peer that were lost here: queue full, write failed, isolated.
     pub dropped: u64,
@@ -121,15 +124,18 @@ struct Shared {
     epoch: Instant,
     peers: RwLock<HashMap<u64, Peer>>,
     isolated: RwLock<HashSet<u64>>,
-    deliver: Box<dyn Fn(Message) + Send + Sync>,
+    /// Takes an accepted connection once its hello is checked (the raft loop's mailbox).
+    adopt: Box<dyn Fn(u64, TcpStream) -> io::Result<()> + Send + Sync>,
     stopping: AtomicBool,
     /// Messages sent to an id that is not a peer.
     unknown_dropped: AtomicU64,
-    /// Accepted connections; finished ones are pruned at the next accept.
-    readers: Mutex<Vec<ReaderHandle>>,
+    /// Accepted connections waiting for their hello (a thread each, at most [`HELLO_TIMEOUT`]);
+    /// finished ones are pruned at the next accept.
+    greeters: Mutex<Vec<Greeter>>,
     /// The current incoming connection of each sender, by serial: a newer hello from the same
     /// id shuts the older connection down (its peer redialled, so it is dead, maybe half-open
-    /// after a crash, and its reader would otherwise wait on it until `stop`).
+    /// after a crash, and the mailbox would otherwise keep it until `stop`). `stop` shuts them
+    /// all down.
     inbound: Mutex<HashMap<u64, (u64, TcpStream)>>,
     /// Serials of incoming connections.
     accepted: AtomicU64,
@@ -190,15 +196,18 @@ struct PeerStats {
     reconnects: AtomicU64,
 }
 
-struct ReaderHandle {
+/// An accepted connection's thread, until its hello is read and the connection handed over.
+struct Greeter {
     stream: TcpStream,
     thread: JoinHandle<()>,
 }
 
 impl Transport {
     /// Serves `listener` (this member's raft_addr) and dials each peer (id, "host:port").
-    /// Every well-formed message received is passed to `deliver` (called from the transport's
-    /// threads; it must not block for long, and must not call [`Transport::stop`]).
+    /// Every accepted connection whose hello names a peer is passed to `adopt` with the peer's
+    /// id (the raft loop's [`MailboxHandle::adopt`](super::mailbox::MailboxHandle::adopt)),
+    /// which reads its frames from then on; whoever reads them asks [`Transport::admit`] about
+    /// each message.
     ///
     /// Without a listener (`None`: a node on its own, which has no raft port) nothing is
     /// accepted; peers, if any, are still dialled.
@@ -206,7 +215,7 @@ impl Transport {
         id: u64,
         listener: Option<TcpListener>,
         peers: Vec<(u64, String)>,
-        deliver: Box<dyn Fn(Message) + Send + Sync>,
+        adopt: Box<dyn Fn(u64, TcpStream) -> io::Result<()> + Send + Sync>,
     ) -> io::Result<Transport> {
         let local_addr = match &listener {
             Some(listener) => {
@@ -220,10 +229,10 @@ impl Transport {
             epoch: Instant::now(),
             peers: RwLock::new(HashMap::new()),
             isolated: RwLock::new(HashSet::new()),
-            deliver,
+            adopt,
             stopping: AtomicBool::new(false),
             unknown_dropped: AtomicU64::new(0),
-            readers: Mutex::new(Vec::new()),
+            greeters: Mutex::new(Vec::new()),
             inbound: Mutex::new(HashMap::new()),
             accepted: AtomicU64::new(0),
             retired: Mutex::new(Vec::new()),
@@ -292,6 +301,37 @@ impl Transport {
         }
     }
 
+    /// Whether a message that came on `sender`'s connection is to be stepped: counted as
+    /// received if so; dropped (and counted) if it is for another member or `sender` is
+    /// isolated; refused once the transport stops.
+    pub fn admit(&self, sender: u64, message: &Message) -> bool {
+        let shared = &self.shared;
+        if shared.stopping.load(Ordering::SeqCst) {
+            return false;
+        }
+        let peers = read(&shared.peers);
+        let stats = peers.get(&sender).map(|peer| &peer.stats);
+        if message.to != shared.id || shared.is_isolated(sender) {
+            if message.to != shared.id {
+                tracing::warn!(
+                    peer = sender,
+                    to = message.to,
+                    "raft message for another member dropped"
+                );
+            }
+            if let Some(stats) = stats {
+                stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            return false;
+        }
+        if let Some(stats) = stats {
+            stats.received.fetch_add(1, Ordering::Relaxed);
+            let now = shared.epoch.elapsed().as_millis() as u64 + 1;
+            stats.last_contact.store(now, Ordering::Relaxed);
+        }
+        true
+    }
+
     /// Every peer's link, sorted by id.
     pub fn health(&self) -> Vec<PeerHealth> {
         let now = self.shared.epoch.elapsed().as_millis() as u64;
@@ -325,12 +365,12 @@ impl Transport {
     }
 
     /// Closes every connection and joins every thread. Drop does the same. Later sends are
-    /// dropped; nothing is delivered once it returns.
+    /// dropped; nothing is admitted once it returns.
     pub fn stop(&self) {
         if self.shared.stopping.swap(true, Ordering::SeqCst) {
             return;
         }
-        // The acceptor first, so that no reader starts after the readers are collected.
+        // The acceptor first, so that no greeter starts after the greeters are collected.
         let acceptor = lock(&self.acceptor).take();
         if let (Some(acceptor), Some(local_addr)) = (acceptor, self.local_addr) {
             match TcpStream::connect_timeout(&wake_address(local_addr), CONNECT_TIMEOUT) {
@@ -345,12 +385,15 @@ impl Transport {
         for peer in peers {
             self.shared.retire(peer);
         }
-        let readers = std::mem::take(&mut *lock(&self.shared.readers));
-        for reader in &readers {
-            let _ = reader.stream.shutdown(Shutdown::Both);
+        let greeters = std::mem::take(&mut *lock(&self.shared.greeters));
+        for greeter in &greeters {
+            let _ = greeter.stream.shutdown(Shutdown::Both);
         }
-        for reader in readers {
-            join(reader.thread, "reader");
+        for greeter in greeters {
+            join(greeter.thread, "greeter");
+        }
+        for (_, (_, stream)) in lock(&self.shared.inbound).drain() {
+            let _ = stream.shutdown(Shutdown::Both);
         }
         let writers = std::mem::take(&mut *lock(&self.shared.retired));
         for writer in writers {
@@ -532,39 +575,9 @@ impl Shared {
         retired.retain(|writer| !writer.is_finished());
         retired.push(writer);
     }
-
-    fn count_dropped(&self, peer: u64) {
-        if let Some(peer) = read(&self.peers).get(&peer) {
-            peer.stats.dropped.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Counts `message` from `sender` and delivers it, unless the transport stops or the
-    /// sender is isolated.
-    fn receive(&self, sender: u64, message: Message) {
-        {
-            let peers = read(&self.peers);
-            let stats = peers.get(&sender).map(|peer| &peer.stats);
-            if self.is_isolated(sender) {
-                if let Some(stats) = stats {
-                    stats.dropped.fetch_add(1, Ordering::Relaxed);
-                }
-                return;
-            }
-            if let Some(stats) = stats {
-                stats.received.fetch_add(1, Ordering::Relaxed);
-                let now = self.epoch.elapsed().as_millis() as u64 + 1;
-                stats.last_contact.store(now, Ordering::Relaxed);
-            }
-        }
-        // Outside the lock: `deliver` may well call `send`.
-        if !self.stopping.load(Ordering::SeqCst) {
-            (self.deliver)(message);
-        }
-    }
 }
 
-/// Accepts peers' connections and gives each a reader thread, until the transport stops.
+/// Accepts peers' connections and gives each a thread for its hello, until the transport stops.
 fn accept_loop(shared: &Arc<Shared>, listener: TcpListener) {
     loop {
         let accepted = listener.accept();
@@ -587,17 +600,17 @@ fn accept_loop(shared: &Arc<Shared>, listener: TcpListener) {
                 continue;
             }
         };
-        let reader = {
+        let greeter = {
             let shared = Arc::clone(shared);
             thread::Builder::new()
-                .name("raft-recv".into())
-                .spawn(move || read_connection(&shared, stream, remote))
+                .name("raft-hello".into())
+                .spawn(move || greet(&shared, stream, remote))
         };
-        match reader {
+        match greeter {
             Ok(thread) => {
-                let mut readers = lock(&shared.readers);
-                readers.retain(|reader| !reader.thread.is_finished());
-                readers.push(ReaderHandle {
+                let mut greeters = lock(&shared.greeters);
+                greeters.retain(|greeter| !greeter.thread.is_finished());
+                greeters.push(Greeter {
                     stream: handle,
                     thread,
                 });
@@ -607,104 +620,42 @@ fn accept_loop(shared: &Arc<Shared>, listener: TcpListener) {
     }
 }
 
-/// One accepted connection, from its hello to its end; whatever goes wrong ends only it.
-fn read_connection(shared: &Shared, stream: TcpStream, remote: SocketAddr) {
+/// One accepted connection until its hello is read and checked; then it is handed over.
+/// Whatever goes wrong ends only it.
+fn greet(shared: &Shared, stream: TcpStream, remote: SocketAddr) {
     // The acceptor keeps a clone of the socket (for `stop`), so dropping ours would not close
     // it: shut it down, and the peer learns at once.
-    let ended = stream
-        .try_clone()
-        .and_then(|own| read_messages(shared, own));
-    let _ = stream.shutdown(Shutdown::Both);
-    match ended {
-        Ok(sender) => tracing::debug!(%remote, peer = sender, "raft connection closed by the peer"),
-        Err(_) if shared.stopping.load(Ordering::SeqCst) => {}
-        Err(error) => tracing::warn!(%remote, %error, "raft connection dropped"),
+    if let Err(error) = stream.try_clone().and_then(|own| hand_over(shared, own)) {
+        let _ = stream.shutdown(Shutdown::Both);
+        if !shared.stopping.load(Ordering::SeqCst) {
+            tracing::warn!(%remote, %error, "raft connection refused");
+        }
     }
 }
 
-/// Reads the hello, then delivers frames until the peer closes (returns the sender's id) or
-/// breaks the protocol (returns why).
-fn read_messages(shared: &Shared, stream: TcpStream) -> io::Result<u64> {
+/// Reads the hello (exactly its bytes: frames may follow in the same segment), checks that a
+/// member sent it, makes the connection its sender's current one, and hands it over.
+fn hand_over(shared: &Shared, mut stream: TcpStream) -> io::Result<()> {
     stream.set_read_timeout(Some(HELLO_TIMEOUT))?;
-    let mut input = BufReader::with_capacity(IO_BUFFER, stream);
     let mut hello = [0; HELLO_LEN];
-    input.read_exact(&mut hello)?;
+    stream.read_exact(&mut hello)?;
     let sender = parse_hello(&hello)?;
     // Only members speak raft here: anything else on the port could otherwise pose as a
     // leader of a higher term.
-    if !shared
-        .peers
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .contains_key(&sender)
-    {
+    if !read(&shared.peers).contains_key(&sender) {
         return Err(invalid(format!(
             "hello from {sender}, which is not a member"
         )));
     }
-    // Raft connections may be idle for long; `stop` wakes a blocked read by shutdown.
-    input.get_ref().set_read_timeout(None)?;
+    stream.set_read_timeout(None)?;
     tracing::debug!(peer = sender, "raft peer connected");
     let serial = shared.accepted.fetch_add(1, Ordering::Relaxed);
-    let older = lock(&shared.inbound).insert(sender, (serial, input.get_ref().try_clone()?));
+    let older = lock(&shared.inbound).insert(sender, (serial, stream.try_clone()?));
     if let Some((_, older)) = older {
         tracing::debug!(peer = sender, "a newer connection replaces the older one");
         let _ = older.shutdown(Shutdown::Both);
     }
-    let ended = read_frames(shared, sender, &mut input);
-    let mut inbound = lock(&shared.inbound);
-    if inbound
-        .get(&sender)
-        .is_some_and(|(current, _)| *current == serial)
-    {
-        inbound.remove(&sender);
-    }
-    ended.map(|()| sender)
-}
-
-/// Delivers `sender`'s frames until it closes the connection (`Ok`) or breaks the protocol.
-fn read_frames(shared: &Shared, sender: u64, input: &mut impl Read) -> io::Result<()> {
-    loop {
-        let mut prefix = [0; 4];
-        match input.read_exact(&mut prefix) {
-            Ok(()) => {}
-            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(error) => return Err(error),
-        }
-        let length = u32::from_le_bytes(prefix) as usize;
-        if length > MAX_FRAME {
-            return Err(invalid(format!(
-                "peer {sender} announced a frame of {length} bytes (limit {MAX_FRAME})"
-            )));
-        }
-        // Grows as bytes arrive: a length alone reserves no memory.
-        let mut frame = Vec::with_capacity(length.min(IO_BUFFER));
-        input.take(length as u64).read_to_end(&mut frame)?;
-        if frame.len() < length {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("peer {sender} closed the connection inside a frame"),
-            ));
-        }
-        let message: Message = protobuf::Message::parse_from_bytes(&frame)
-            .map_err(|error| invalid(format!("undecodable frame from peer {sender}: {error}")))?;
-        if message.from != sender {
-            return Err(invalid(format!(
-                "message from {} on the connection of peer {sender}",
-                message.from
-            )));
-        }
-        if message.to != shared.id {
-            tracing::warn!(
-                peer = sender,
-                to = message.to,
-                "raft message for another member dropped"
-            );
-            shared.count_dropped(sender);
-            continue;
-        }
-        shared.receive(sender, message);
-    }
+    (shared.adopt)(sender, stream)
 }
 
 fn hello(sender: u64) -> [u8; HELLO_LEN] {
@@ -1022,15 +973,29 @@ fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::raft::mailbox::{Mailbox, MailboxHandle};
     use crossbeam_channel::unbounded;
     use raft::prelude::{MessageType, Snapshot, SnapshotMetadata};
 
     /// The bound of every wait: generous, a failing test fails instead of hanging.
     const WAIT: Duration = Duration::from_secs(10);
 
+    /// A transport with a thread standing for the raft loop: it waits on the mailbox, asks
+    /// `admit` about each message, and delivers those admitted to `inbox`.
     struct Member {
-        transport: Transport,
+        transport: Arc<Transport>,
         inbox: Receiver<Message>,
+        mailbox: MailboxHandle<()>,
+        driver: Option<JoinHandle<()>>,
+    }
+
+    impl Drop for Member {
+        fn drop(&mut self) {
+            let _ = self.mailbox.send(());
+            if let Some(driver) = self.driver.take() {
+                driver.join().unwrap();
+            }
+        }
     }
 
     fn listen() -> (TcpListener, String) {
@@ -1045,12 +1010,48 @@ mod tests {
     }
 
     fn member(id: u64, listener: TcpListener, peers: Vec<(u64, String)>) -> Member {
-        let (deliveries, inbox) = unbounded();
-        let deliver = Box::new(move |message| {
+        member_delivering(id, listener, peers, |message, deliveries| {
             let _ = deliveries.send(message);
-        });
-        let transport = Transport::start(id, Some(listener), peers, deliver).unwrap();
-        Member { transport, inbox }
+        })
+    }
+
+    /// A member whose driver calls `deliver` for each admitted message (and the inbox's
+    /// sender): a `deliver` that waits stalls the reading of every connection, as a busy raft
+    /// loop does.
+    fn member_delivering(
+        id: u64,
+        listener: TcpListener,
+        peers: Vec<(u64, String)>,
+        deliver: impl Fn(Message, &Sender<Message>) + Send + 'static,
+    ) -> Member {
+        let (mut mailbox, handle) = Mailbox::<()>::new().unwrap();
+        let adopter = handle.clone();
+        let adopt = Box::new(move |sender, stream| adopter.adopt(sender, stream));
+        let transport = Arc::new(Transport::start(id, Some(listener), peers, adopt).unwrap());
+        let (deliveries, inbox) = unbounded();
+        let driver = {
+            let transport = Arc::clone(&transport);
+            thread::spawn(move || {
+                loop {
+                    let arrivals = mailbox.wait(WAIT, usize::MAX);
+                    for (sender, message) in arrivals.messages {
+                        if transport.admit(sender, &message) {
+                            deliver(message, &deliveries);
+                        }
+                    }
+                    // The unit sent by `drop`.
+                    if !arrivals.inputs.is_empty() || arrivals.closed {
+                        return;
+                    }
+                }
+            })
+        };
+        Member {
+            transport,
+            inbox,
+            mailbox: handle,
+            driver: Some(driver),
+        }
     }
 
     fn message(from: u64, to: u64, index: u64) -> Message {
@@ -1453,7 +1454,7 @@ mod tests {
     }
 
     /// The direct path and the writer together: a burst far larger than the socket buffers,
-    /// sent while the receiver is stalled (its reader thread held in `deliver`, so direct
+    /// sent while the receiver is stalled (its loop held in `deliver`, so direct
     /// writes fill the socket, stop part way through frames and queue the rest), never blocks
     /// the sender and arrives whole and in order once the receiver goes on. Then a lone message
     /// on the idle connection goes directly.
@@ -1462,22 +1463,24 @@ mod tests {
         let (listener_1, addr_1) = listen();
         let (listener_2, addr_2) = listen();
         let one = member(1, listener_1, vec![(2, addr_2)]);
-        // Member 2's reader stops in `deliver` while `stall` holds a receiver, until it is sent
+        // Member 2's loop stops in `deliver` while `stall` holds a receiver, until it is sent
         // a unit (or the bound passes).
         let stall: Arc<Mutex<Option<Receiver<()>>>> = Arc::default();
-        let (deliveries, inbox) = unbounded();
-        let deliver = {
+        let two = {
             let stall = Arc::clone(&stall);
-            Box::new(move |message| {
-                let held = lock(&stall).take();
-                if let Some(stalled) = held {
-                    let _ = stalled.recv_timeout(WAIT);
-                }
-                let _ = deliveries.send(message);
-            })
+            member_delivering(
+                2,
+                listener_2,
+                vec![(1, addr_1)],
+                move |message, deliveries| {
+                    let held = lock(&stall).take();
+                    if let Some(stalled) = held {
+                        let _ = stalled.recv_timeout(WAIT);
+                    }
+                    let _ = deliveries.send(message);
+                },
+            )
         };
-        let transport = Transport::start(2, Some(listener_2), vec![(1, addr_1)], deliver).unwrap();
-        let two = Member { transport, inbox };
         send_until_received(&one, &two, 1, 2);
         // Once the writer has written what was queued, messages go directly.
         eventually(|| {
