@@ -21,7 +21,9 @@
 //! A connection carries frames `[u32 LE length][protobuf raft Message]` from one sender, whose
 //! hello the transport checked before adopting it. A frame over [`MAX_FRAME`], an undecodable
 //! one, or one whose `from` is not the sender closes that connection only (shut down both
-//! ways, so the peer notices and redials); so does the peer's end of stream.
+//! ways, so the peer notices and redials); so does the peer's end of stream. A connection is
+//! read for at most [`READ_BUDGET`] bytes per turn (a snapshot arriving does not hold up the
+//! loop's ticks and other peers); the rest is read at the next turn, which then does not wait.
 
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -41,6 +43,9 @@ use super::transport::MAX_FRAME;
 const WAKER: Token = Token(usize::MAX);
 /// Bytes read from a socket at a time.
 const READ_CHUNK: usize = 64 * 1024;
+/// Bytes read from one connection in one `wait`: a peer sending a large snapshot does not hold
+/// the loop (its ticks, the other peers) until the whole of it has arrived.
+const READ_BUDGET: usize = 1 << 20;
 /// An input buffer that grew past this (a snapshot) is given back once drained.
 const KEEP: usize = 256 * 1024;
 
@@ -51,6 +56,11 @@ pub struct Mailbox<T> {
     inputs: Receiver<T>,
     shared: Arc<Shared>,
     connections: HashMap<Token, Connection>,
+    /// Connections whose reading stopped at [`READ_BUDGET`] with bytes maybe left in the
+    /// socket: no new edge will report them, so the next `wait` reads them without waiting.
+    unfinished: Vec<Token>,
+    /// [`READ_BUDGET`], smaller in tests.
+    read_budget: usize,
     next_token: usize,
     scratch: Box<[u8]>,
 }
@@ -131,6 +141,8 @@ impl<T> Mailbox<T> {
             inputs,
             shared: Arc::clone(&shared),
             connections: HashMap::new(),
+            unfinished: Vec::new(),
+            read_budget: READ_BUDGET,
             next_token: 0,
             scratch: vec![0; READ_CHUNK].into_boxed_slice(),
         };
@@ -150,7 +162,10 @@ impl<T> Mailbox<T> {
         // stream of proposals does not starve the peers.
         self.shared.sleeping.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        let idle = arrivals.is_empty() && self.inputs.is_empty() && !arrivals.closed;
+        let idle = arrivals.is_empty()
+            && self.inputs.is_empty()
+            && !arrivals.closed
+            && self.unfinished.is_empty();
         let timeout = if idle { timeout } else { Duration::ZERO };
         let polled = self.poll.poll(&mut self.events, Some(timeout));
         self.shared.sleeping.store(false, Ordering::SeqCst);
@@ -161,16 +176,20 @@ impl<T> Mailbox<T> {
             // but the inputs still flow (the next call polls again).
             tracing::error!(%error, "raft mailbox: poll failed");
         }
-        let ready: Vec<(Token, bool)> = self
-            .events
-            .iter()
-            .map(|event| (event.token(), event.is_read_closed() || event.is_error()))
+        let mut ready: Vec<(Token, bool)> = std::mem::take(&mut self.unfinished)
+            .into_iter()
+            .map(|token| (token, true))
             .collect();
-        for (token, closing) in ready {
+        ready.extend(
+            self.events
+                .iter()
+                .map(|event| (event.token(), event.is_read_closed() || event.is_error())),
+        );
+        for (token, drain) in ready {
             if token == WAKER {
                 self.register_adopted(&mut arrivals.messages);
             } else {
-                self.read(token, closing, &mut arrivals.messages);
+                self.read(token, drain, &mut arrivals.messages);
             }
         }
         self.take_inputs(&mut arrivals, max_inputs);
@@ -233,20 +252,31 @@ impl<T> Mailbox<T> {
     /// A read that returns less than it asked for emptied the socket: bytes that arrive later
     /// raise a new edge. So it stops there, saving the read that would only say `WouldBlock`
     /// (one system call per message a member receives), unless the peer's end of stream or
-    /// an error was reported (`closing`), which no later edge would repeat.
-    fn read(&mut self, token: Token, closing: bool, messages: &mut Vec<(u64, Message)>) {
+    /// an error was reported, or the socket may hold bytes from before (`drain`):
+    /// no later edge would repeat those. After [`READ_BUDGET`] bytes it stops and leaves the
+    /// connection in `unfinished`.
+    fn read(&mut self, token: Token, drain: bool, messages: &mut Vec<(u64, Message)>) {
         let Some(connection) = self.connections.get_mut(&token) else {
             return;
         };
+        let mut budget = self.read_budget;
         let ended = loop {
-            match connection.stream.read(&mut self.scratch) {
+            if budget == 0 {
+                if !self.unfinished.contains(&token) {
+                    self.unfinished.push(token);
+                }
+                break Ok(());
+            }
+            let want = self.scratch.len().min(budget);
+            match connection.stream.read(&mut self.scratch[..want]) {
                 Ok(0) => break Err(Ended::Closed),
                 Ok(n) => {
+                    budget -= n;
                     connection.input.extend_from_slice(&self.scratch[..n]);
                     if let Err(error) = connection.decode(messages) {
                         break Err(Ended::Broken(error));
                     }
-                    if n < self.scratch.len() && !closing {
+                    if n < want && !drain {
                         break Ok(());
                     }
                 }
@@ -470,6 +500,51 @@ mod tests {
             assert_eq!((*sender, message.index), (7, index as u64));
             assert_eq!(message.context.len(), index * 50);
         }
+    }
+
+    /// Frames past one turn's reading budget, all in the socket before the connection is
+    /// adopted, from a peer that then sends nothing more (no later edge): every turn reads its
+    /// share without waiting, and all of it arrives. A connection left with bytes in its socket
+    /// and no edge would stall the next turn for the whole timeout given to `wait`.
+    #[test]
+    fn bytes_past_the_reading_budget_arrive_without_a_new_edge() {
+        let (mut mailbox, handle) = Mailbox::<()>::new().unwrap();
+        mailbox.read_budget = 4096;
+        let (accepted, mut dialled) = pair();
+        const FRAMES: u64 = 40;
+        for index in 0..FRAMES {
+            let mut message = message(3, index);
+            message.context = vec![index as u8; 1000].into();
+            dialled.write_all(&frame(&message)).unwrap();
+        }
+        // Everything sent is in the accepted socket (40 KB, far below its buffer).
+        accepted.set_nonblocking(false).unwrap();
+        let mut peek = vec![0; 64 * 1024];
+        let deadline = Instant::now() + WAIT;
+        while accepted.peek(&mut peek).unwrap() < 40 * 1000 {
+            assert!(Instant::now() < deadline, "the bytes did not arrive");
+            thread::yield_now();
+        }
+        handle.adopt(3, accepted).unwrap();
+        let started = Instant::now();
+        let mut received = Vec::new();
+        let mut turns = 0;
+        while received.len() < FRAMES as usize {
+            assert!(
+                started.elapsed() < WAIT,
+                "a turn waited for an edge that never came"
+            );
+            let arrivals = mailbox.wait(WAIT, usize::MAX);
+            turns += 1;
+            received.extend(arrivals.messages.into_iter().map(|(_, m)| m));
+        }
+        assert!(started.elapsed() < WAIT / 2, "no turn waited");
+        assert!(turns > 5, "40 KB take about ten turns of 4 KiB, took {turns}");
+        for (index, message) in received.iter().enumerate() {
+            assert_eq!(message.index, index as u64);
+            assert!(message.context.iter().all(|b| *b == index as u8));
+        }
+        drop(dialled);
     }
 
     #[test]
