@@ -390,6 +390,55 @@ impl Segments {
         }
     }
 
+    /// Writes one batch of encoded records without syncing it (the raft loop's pipelined
+    /// writes: another thread syncs a [`Segments::sync_handle`] later). A batch that fails is cut
+    /// off again, as in [`Segments::append`], so the segment still ends with a whole record.
+    pub fn write(&mut self, batch: &[u8]) -> io::Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        if let Some(why) = &self.broken {
+            return Err(io::Error::other(why.clone()));
+        }
+        match self.file.write_all(batch) {
+            Ok(()) => {
+                self.len += batch.len() as u64;
+                Ok(())
+            }
+            Err(error) => {
+                if let Err(undo) = self.file.set_len(self.len) {
+                    let why = format!(
+                        "the log stopped accepting records: a failed write ({error}) could not \
+                         be cut off again ({undo}); restart the node, which cuts it as a torn tail"
+                    );
+                    tracing::error!("{why}");
+                    self.broken = Some(why);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Syncs what [`Segments::write`] wrote.
+    pub fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// Another handle on the current segment, for a thread that syncs what [`Segments::write`]
+    /// wrote.
+    pub fn sync_handle(&self) -> io::Result<File> {
+        self.file.try_clone()
+    }
+
+    /// Cuts the current segment back to `len` bytes, durably: what was written after it never
+    /// became durable (its sync failed), and must not be read back as if it had.
+    pub fn cut_to(&mut self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)?;
+        self.file.sync_data()?;
+        self.len = len;
+        Ok(())
+    }
+
     /// Compaction after a durable snapshot covering every index up to `covered`: starts a new
     /// segment (whose first index is `next_index`) unless the current one is still empty, then
     /// deletes every segment whose records all lie at or below `covered`.

@@ -539,7 +539,10 @@ mod tests {
             received.extend(arrivals.messages.into_iter().map(|(_, m)| m));
         }
         assert!(started.elapsed() < WAIT / 2, "no turn waited");
-        assert!(turns > 5, "40 KB take about ten turns of 4 KiB, took {turns}");
+        assert!(
+            turns > 5,
+            "40 KB take about ten turns of 4 KiB, took {turns}"
+        );
         for (index, message) in received.iter().enumerate() {
             assert_eq!(message.index, index as u64);
             assert!(message.context.iter().all(|b| *b == index as u8));

@@ -3,17 +3,29 @@
 //!
 //! ```text
 //! propose(command) ──┐
+//! sync, compact ─────┤
 //! peers' connections ┼─► mailbox ─► the raft loop (one thread), each turn:
-//! sync, compact ─────┘  (one epoll) 1. take what arrived; tick every 100 ms; step peers' messages;
-//!                             propose (with a context naming this member's proposal)
+//! syncer's answers ──┘  (one epoll) 1. take what arrived; tick every 100 ms; step peers' messages;
+//!                             propose (with a context naming this member's proposal); Readies
+//!                             whose fsync is done: durable (on_persist_ready), acks sent
 //!                          2. Ready: send the leader's messages (it may send before its fsync)
 //!                          3. a snapshot from the leader: snapshot.json, then raft's storage
 //!                          4. committed entries ─► the applier, in log order, with the waiters
 //!                             of this member's own proposals
-//!                          5. append the new entries and the hard state; one fsync
-//!                          6. send the messages that needed that fsync (a follower's acks)
-//!                          7. advance; the light ready's commit, messages and entries likewise
+//!                          5. write the new entries and the hard state; the fsync goes to the
+//!                             syncer thread, and the Ready waits for it in `flights` with its
+//!                             acknowledgements (advance_append_async)
 //! ```
+//!
+//! The loop never waits for its fsync: while the syncer runs one, the loop steps the peers'
+//! answers, hands on what they commit, and writes the next Ready, which the next fsync covers
+//! (fsyncs that queue up are done as one). Raft counts a Ready durable, and its
+//! acknowledgements leave, only once its fsync is done, in order; entries reach the applier
+//! only once committed and durable here (raft-rs hands on no entry past what is persisted).
+//! The only voter of a configuration (a node on its own) gains nothing from that and pays a
+//! thread hand-off per commit: it writes, fsyncs and advances within the turn (steps 5 to 7 of
+//! `finish`). A failed write is handled within the turn; a failed fsync cuts the segment back
+//! to what is durable and starts raft again from it, as a crash would.
 //!
 //! Every member applies every committed command through the same applier as a single node;
 //! `State::apply` does not know raft exists. A proposal on a follower is forwarded to the leader
@@ -79,6 +91,9 @@ enum Input {
     Stop,
     /// An operator's change of the voters; only the leader proposes it.
     ChangeMembership(MembershipChange, Waiter),
+    /// The syncer finished an fsync (its outcome is in `MemberLoop::synced`): only wakes the
+    /// loop.
+    Synced,
 }
 
 /// A change of the cluster's voters (raft's ConfChange v1, one member at a time).
@@ -258,6 +273,16 @@ impl RaftLog {
             )
             .map_err(|e| format!("cannot start the raft transport: {e}"))?,
         );
+        let (sync_jobs, jobs) = unbounded();
+        let (synced_sender, synced) = unbounded();
+        let syncer = {
+            let wake = inbox.clone();
+            thread::Builder::new()
+                .name("raft-sync".into())
+                .spawn(move || run_syncer(jobs, synced_sender, wake))
+                .map_err(|e| format!("cannot start the raft sync thread: {e}"))?
+        };
+        let durable_len = raw.store().written_len();
         let (batches, applier) = unbounded();
         let local_reads = Arc::new(AtomicBool::new(false));
         let leading = Arc::new(AtomicBool::new(false));
@@ -269,6 +294,15 @@ impl RaftLog {
             raft_dir,
             storage_error: None,
             held: None,
+            flights: VecDeque::new(),
+            sync_jobs: Some(sync_jobs),
+            synced,
+            syncer: Some(syncer),
+            generation: 0,
+            last_ticket: 0,
+            synced_ticket: 0,
+            ticket_lens: VecDeque::new(),
+            durable_len,
             recovered_last,
             local_reads: Arc::clone(&local_reads),
             cluster: cluster.clone(),
@@ -539,6 +573,21 @@ struct MemberLoop {
     /// not yet persisted (`advance_append_async`), its persisted messages kept, and no other
     /// Ready taken until a retry (every tick, and before every proposal) writes it.
     held: Option<Held>,
+    /// Readies written and waiting for the syncer, oldest first (see `on_ready`).
+    flights: VecDeque<Flight>,
+    /// To the syncer thread (`None` once stopping).
+    sync_jobs: Option<Sender<SyncJob>>,
+    /// From the syncer thread.
+    synced: Receiver<Synced>,
+    syncer: Option<JoinHandle<()>>,
+    /// Tells the syncer's answers about this raft from those about one restarted since.
+    generation: u64,
+    /// The last fsync ticket handed out, and the last one done.
+    last_ticket: u64,
+    synced_ticket: u64,
+    /// The segment's length at each ticket not yet done; what is durable.
+    ticket_lens: VecDeque<(u64, u64)>,
+    durable_len: u64,
     /// The last index of raft's log when this member started: every change acknowledged before
     /// is at or below it.
     recovered_last: u64,
@@ -580,6 +629,51 @@ struct Held {
     number: u64,
     /// The messages that may leave only once it is durable (a follower's acknowledgements).
     messages: Vec<Message>,
+}
+
+/// A Ready written to raft's log and handed to raft as not yet durable
+/// (`advance_append_async`), released in order once the syncer's fsync `ticket` is done.
+struct Flight {
+    number: u64,
+    /// Its acknowledgements: they leave only once it is durable.
+    messages: Vec<Message>,
+    ticket: u64,
+}
+
+/// An fsync for the syncer thread: `file` (the current segment) holds every write made before
+/// ticket `ticket` was handed out.
+struct SyncJob {
+    generation: u64,
+    ticket: u64,
+    file: std::fs::File,
+}
+
+/// What the syncer did with the latest job of a run of them.
+struct Synced {
+    generation: u64,
+    ticket: u64,
+    result: io::Result<()>,
+}
+
+/// Syncs the raft log for the loop, so that the loop steps acknowledgements and hands
+/// committed entries on while an fsync runs. Jobs queued while one runs are covered by one
+/// fsync (they are all for the current segment: the loop waits for every job before it rolls,
+/// compacts or installs a snapshot). Ends when the loop drops its sender.
+fn run_syncer(jobs: Receiver<SyncJob>, done: Sender<Synced>, wake: MailboxHandle<Input>) {
+    while let Ok(mut job) = jobs.recv() {
+        while let Ok(later) = jobs.try_recv() {
+            job = later;
+        }
+        let result = job.file.sync_data();
+        let synced = Synced {
+            generation: job.generation,
+            ticket: job.ticket,
+            result,
+        };
+        if done.send(synced).is_err() || wake.send(Input::Synced).is_err() {
+            return;
+        }
+    }
 }
 
 /// A read waiting for raft to confirm the commit index it must see.
@@ -625,6 +719,10 @@ impl MemberLoop {
             }
             if arrivals.closed {
                 return;
+            }
+            if let Err(Fatal(why)) = self.collect_syncs() {
+                tracing::error!("raft stopped on this member: {why}");
+                return self.shut_down(&why);
             }
             if Instant::now() >= next_tick {
                 self.raw.tick();
@@ -679,7 +777,10 @@ impl MemberLoop {
                     });
                 }
             }
-            Input::Compact(covered) => self.compact(covered),
+            Input::Compact(covered) => match self.drain_syncs() {
+                Ok(()) => self.compact(covered),
+                Err(Fatal(why)) => tracing::error!("compaction skipped: {why}"),
+            },
             Input::Status(answer) => answer(self.status()),
             // The only voter commits alone, and answers a change only once it is applied: every
             // change acknowledged by this run is in the state, and every one acknowledged before
@@ -706,6 +807,7 @@ impl MemberLoop {
                 );
             }
             Input::Stop => return false,
+            Input::Synced => {}
             Input::ChangeMembership(change, waiter) => self.propose_membership(change, waiter),
         }
         true
@@ -993,6 +1095,12 @@ impl MemberLoop {
         if self.held.is_some() || !self.raw.has_ready() {
             return Ok(());
         }
+        // A member with peers writes a Ready and lets the syncer fsync it (below); the only
+        // voter would only add a thread hand-off to every commit, and syncs here.
+        let pipelined = !self.sole_voter();
+        if !pipelined {
+            self.drain_syncs()?;
+        }
         let mut ready = self.raw.ready();
         // Reads whose commit index raft confirmed wait for the applier to reach it.
         for state in ready.take_read_states() {
@@ -1006,10 +1114,21 @@ impl MemberLoop {
         // 2. A leader's messages may go before its own fsync: it counts itself only once
         //    persisted.
         self.send(ready.take_messages());
+        // A Ready with a snapshot is made durable within the turn (the snapshot is, by its
+        // install), after every fsync handed out before it.
+        let pipelined = pipelined && ready.snapshot().is_empty();
         // 3. A snapshot from the leader replaces everything before its index. One that cannot
         //    be written (a full disk) leaves this member as it was: raft starts again from its
         //    durable log, as after a crash, and the leader sends the snapshot again once this
         //    member refuses its next append.
+        if !ready.snapshot().is_empty() {
+            let generation = self.generation;
+            self.drain_syncs()?;
+            if self.generation != generation {
+                // A failed fsync restarted raft: this Ready was the old raft's.
+                return Ok(());
+            }
+        }
         if !ready.snapshot().is_empty()
             && let Err(error) = self.install(ready.snapshot().clone())
         {
@@ -1023,7 +1142,8 @@ impl MemberLoop {
         self.hand_over(ready.take_committed_entries());
         // 5. New entries and the hard state: durable before anything that depends on them. A
         //    Ready whose only change is the commit index needs no fsync (raft learns the commit
-        //    again from the leader); it is written with the next one.
+        //    again from the leader); it is written with the next one. With peers, the fsync
+        //    runs on the syncer and the Ready waits in `flights` (released by `collect_syncs`).
         let must_sync = ready.must_sync();
         let mine = ready
             .entries()
@@ -1036,29 +1156,176 @@ impl MemberLoop {
         if let Some(hard_state) = ready.hs() {
             store.set_hard_state(hard_state.clone());
         }
+        if pipelined {
+            // With no fsync in flight, everything written is durable (the other paths sync what
+            // they write, and the segment rolls only then).
+            if self.synced_ticket == self.last_ticket {
+                self.durable_len = self.raw.store().written_len();
+            }
+            let store = self.raw.mut_store();
+            let ticket = match must_sync {
+                true => match store.write() {
+                    Ok(()) => self.request_sync().map_err(Fatal)?,
+                    Err(error) => {
+                        let generation = self.generation;
+                        self.drain_syncs()?;
+                        if self.generation != generation {
+                            // A failed fsync restarted raft: this Ready was the old raft's.
+                            self.storage_failed(&error);
+                            return Ok(());
+                        }
+                        return self.write_failed(ready, &error, mine);
+                    }
+                },
+                // Durable once every Ready before it is.
+                false => self.last_ticket,
+            };
+            self.flights.push_back(Flight {
+                number: ready.number(),
+                messages: ready.take_persisted_messages(),
+                ticket,
+            });
+            self.raw.advance_append_async(ready);
+            self.raw.advance_apply();
+            self.release_flights();
+            self.answer_reads_handed();
+            return Ok(());
+        }
         if must_sync {
             if let Err(error) = store.sync() {
-                self.storage_failed(&error);
-                if mine {
-                    drop(ready);
-                    self.restart_raft().map_err(Fatal)?;
-                } else {
-                    // Raft learns it is durable only from `on_persist_ready`, after a retry's
-                    // fsync: until then it counts none of it, and its acks stay here.
-                    let held = Held {
-                        number: ready.number(),
-                        messages: ready.take_persisted_messages(),
-                    };
-                    self.raw.advance_append_async(ready);
-                    self.raw.advance_apply();
-                    self.held = Some(held);
-                }
-                return Ok(());
+                return self.write_failed(ready, &error, mine);
             }
             self.storage_recovered();
         }
         self.finish(ready);
         Ok(())
+    }
+
+    /// A Ready's entries and hard state could not be written. If it holds this member's own
+    /// proposals, raft starts again from its durable log (their waiters are answered with the
+    /// error); otherwise raft keeps it as not durable until a retry writes it.
+    fn write_failed(
+        &mut self,
+        mut ready: Ready,
+        error: &io::Error,
+        mine: bool,
+    ) -> Result<(), Fatal> {
+        self.storage_failed(error);
+        if mine {
+            drop(ready);
+            self.restart_raft().map_err(Fatal)?;
+        } else {
+            // Raft learns it is durable only from `on_persist_ready`, after a retry's
+            // fsync: until then it counts none of it, and its acks stay here.
+            let held = Held {
+                number: ready.number(),
+                messages: ready.take_persisted_messages(),
+            };
+            self.raw.advance_append_async(ready);
+            self.raw.advance_apply();
+            self.held = Some(held);
+        }
+        Ok(())
+    }
+
+    /// Hands the syncer an fsync of everything written so far; returns its ticket.
+    fn request_sync(&mut self) -> Result<u64, String> {
+        let (file, len) = self
+            .raw
+            .store()
+            .sync_handle()
+            .map_err(|e| format!("raft storage: {e}"))?;
+        self.last_ticket += 1;
+        let job = SyncJob {
+            generation: self.generation,
+            ticket: self.last_ticket,
+            file,
+        };
+        let sent = self.sync_jobs.as_ref().map(|jobs| jobs.send(job));
+        if !matches!(sent, Some(Ok(()))) {
+            return Err("the raft sync thread has stopped".into());
+        }
+        self.ticket_lens.push_back((self.last_ticket, len));
+        Ok(self.last_ticket)
+    }
+
+    /// Takes the syncer's answers: a done fsync releases the Readies it covers; a failed one
+    /// drops everything written since the last durable point and starts raft again from it.
+    fn collect_syncs(&mut self) -> Result<(), Fatal> {
+        while let Ok(synced) = self.synced.try_recv() {
+            self.on_synced(synced)?;
+        }
+        Ok(())
+    }
+
+    fn on_synced(&mut self, synced: Synced) -> Result<(), Fatal> {
+        if synced.generation != self.generation || synced.ticket <= self.synced_ticket {
+            return Ok(());
+        }
+        match synced.result {
+            Ok(()) => {
+                self.synced_ticket = synced.ticket;
+                while let Some(&(ticket, len)) = self.ticket_lens.front() {
+                    if ticket > synced.ticket {
+                        break;
+                    }
+                    self.durable_len = len;
+                    self.ticket_lens.pop_front();
+                }
+                self.storage_recovered();
+                self.release_flights();
+                Ok(())
+            }
+            Err(error) => {
+                // After a failed fsync the written pages may read back as if durable: they
+                // are cut off before raft reads its log again.
+                self.storage_failed(&error);
+                let durable = self.durable_len;
+                self.raw
+                    .mut_store()
+                    .cut_to(durable)
+                    .map_err(|e| Fatal(format!("raft storage: cutting off a failed sync: {e}")))?;
+                self.restart_raft().map_err(Fatal)
+            }
+        }
+    }
+
+    /// Tells raft, in order, which written Readies are durable, and sends their
+    /// acknowledgements.
+    fn release_flights(&mut self) {
+        while self
+            .flights
+            .front()
+            .is_some_and(|flight| flight.ticket <= self.synced_ticket)
+        {
+            let flight = self.flights.pop_front().expect("checked above");
+            self.raw.on_persist_ready(flight.number);
+            self.send(flight.messages);
+        }
+    }
+
+    /// Waits until every fsync handed out is done (before a roll, a compaction, a snapshot
+    /// install, a synchronous write), then rolls the segment if it is due.
+    fn drain_syncs(&mut self) -> Result<(), Fatal> {
+        while self.synced_ticket < self.last_ticket {
+            match self.synced.recv() {
+                Ok(synced) => self.on_synced(synced)?,
+                Err(_) => return Err(Fatal("the raft sync thread has stopped".into())),
+            }
+        }
+        if self.raw.store().roll_due() {
+            self.raw.mut_store().roll_if_due();
+        }
+        Ok(())
+    }
+
+    /// Reads whose index the applier was already handed: after what it has in hand.
+    fn answer_reads_handed(&mut self) {
+        if self.reads_at.iter().any(|(index, _)| *index <= self.handed) {
+            let mut batch = Batch::default();
+            self.answer_syncs(&mut batch);
+            let _ = self.applier.send(batch);
+        }
     }
 
     /// Steps 6 and 7 of a Ready whose entries and hard state are durable.
@@ -1073,12 +1340,7 @@ impl MemberLoop {
         self.send(light.take_messages());
         self.hand_over(light.take_committed_entries());
         self.raw.advance_apply();
-        // Reads whose index the applier was already handed: after what it has in hand.
-        if self.reads_at.iter().any(|(index, _)| *index <= self.handed) {
-            let mut batch = Batch::default();
-            self.answer_syncs(&mut batch);
-            let _ = self.applier.send(batch);
-        }
+        self.answer_reads_handed();
     }
 
     /// A write of raft's storage failed: everything waiting for a change is answered with it,
@@ -1154,6 +1416,12 @@ impl MemberLoop {
         }
         self.raft_config.applied = self.handed;
         self.raw = start_raw(&self.raft_config, storage, &self.logger)?;
+        // Whatever was in flight belonged to the raft just dropped.
+        self.generation += 1;
+        self.flights.clear();
+        self.ticket_lens.clear();
+        self.synced_ticket = self.last_ticket;
+        self.durable_len = self.raw.store().written_len();
         tracing::warn!(
             applied = self.handed,
             "raft restarted from its durable log after a failed write"
@@ -1412,6 +1680,13 @@ impl MemberLoop {
         }
         for (_, done) in std::mem::take(&mut self.reads_at) {
             done(Err(error.clone()));
+        }
+        // The syncer ends with its queue; an fsync it runs finishes first.
+        self.sync_jobs = None;
+        if let Some(syncer) = self.syncer.take()
+            && syncer.join().is_err()
+        {
+            tracing::error!("the raft sync thread panicked");
         }
         self.transport.stop();
     }

@@ -214,6 +214,9 @@ pub struct DiskStorage {
     hard_state_dirty: bool,
     conf_state_dirty: bool,
     truncated_bytes: u64,
+    /// Records written by [`DiskStorage::write`] and not synced here since (another thread may
+    /// have): the next [`DiskStorage::sync`] syncs even with nothing buffered.
+    unsynced: bool,
     /// Past this length the current segment is rolled after a sync.
     roll_at: u64,
     source: Option<SnapshotSource>,
@@ -383,6 +386,7 @@ impl DiskStorage {
             hard_state_dirty: false,
             conf_state_dirty: false,
             truncated_bytes,
+            unsynced: false,
             roll_at: SEGMENT_BYTES,
             source: None,
         })
@@ -460,8 +464,68 @@ impl DiskStorage {
     /// A failed write is cut off again (as in the single-node log) and stays buffered, so the
     /// next sync retries it. A segment past ~64 MiB is then closed and a new one started.
     pub fn sync(&mut self) -> io::Result<()> {
-        if self.pending.is_empty() && !self.hard_state_dirty && !self.conf_state_dirty {
+        if !self.flush(true)? {
+            if self.unsynced {
+                self.current.sync_data()?;
+                self.unsynced = false;
+            }
             return Ok(());
+        }
+        self.unsynced = false;
+        self.roll_if_due();
+        Ok(())
+    }
+
+    /// Writes everything buffered (entries, hard state, conf state) to the current segment
+    /// without syncing it: durable only once a handle from [`DiskStorage::sync_handle`] has
+    /// been synced after this returns. On failure nothing is written and the records stay
+    /// buffered, as with [`DiskStorage::sync`]. Does not roll the segment (a roll syncs).
+    pub fn write(&mut self) -> io::Result<()> {
+        if self.flush(false)? {
+            self.unsynced = true;
+        }
+        Ok(())
+    }
+
+    /// The current segment, to sync on another thread what [`DiskStorage::write`] wrote, and its
+    /// length once that is synced.
+    pub fn sync_handle(&self) -> io::Result<(std::fs::File, u64)> {
+        Ok((self.current.sync_handle()?, self.current.len()))
+    }
+
+    /// The current segment's length (written, synced or not).
+    pub fn written_len(&self) -> u64 {
+        self.current.len()
+    }
+
+    /// Cuts the current segment back to `len` bytes (durably), dropping writes whose sync
+    /// failed; the caller starts raft again from what is durable.
+    pub fn cut_to(&mut self, len: u64) -> io::Result<()> {
+        self.current.cut_to(len)?;
+        self.unsynced = false;
+        Ok(())
+    }
+
+    /// Starts a new segment if the current one is past its size (call with everything synced).
+    pub fn roll_if_due(&mut self) {
+        if self.current.len() > self.roll_at {
+            let rolled = head(&self.snapshot, false, &self.hard_state, &self.conf_state)
+                .and_then(|head| self.roll(&head));
+            if let Err(error) = rolled {
+                tracing::warn!(%error, dir = %self.dir.display(), "could not start a new raft log segment; the current one keeps growing");
+            }
+        }
+    }
+
+    /// Whether the current segment is past its size, to be rolled once everything is synced.
+    pub fn roll_due(&self) -> bool {
+        self.current.len() > self.roll_at
+    }
+
+    /// Writes (and with `sync`, fsyncs) what is buffered; whether there was anything.
+    fn flush(&mut self, sync: bool) -> io::Result<bool> {
+        if self.pending.is_empty() && !self.hard_state_dirty && !self.conf_state_dirty {
+            return Ok(false);
         }
         let entries_end = self.pending.len();
         if self.hard_state_dirty {
@@ -474,7 +538,11 @@ impl DiskStorage {
                 return Err(error);
             }
         }
-        if let Err(error) = self.current.append(&self.pending) {
+        let written = match sync {
+            true => self.current.append(&self.pending),
+            false => self.current.write(&self.pending),
+        };
+        if let Err(error) = written {
             self.pending.truncate(entries_end);
             return Err(error);
         }
@@ -485,14 +553,7 @@ impl DiskStorage {
             file.max_entry = file.max_entry.max(self.pending_max);
         }
         self.pending_max = 0;
-        if self.current.len() > self.roll_at {
-            let rolled = head(&self.snapshot, false, &self.hard_state, &self.conf_state)
-                .and_then(|head| self.roll(&head));
-            if let Err(error) = rolled {
-                tracing::warn!(%error, dir = %self.dir.display(), "could not start a new raft log segment; the current one keeps growing");
-            }
-        }
-        Ok(())
+        Ok(true)
     }
 
     /// A local snapshot of the state machine covers every index <= `index` (index <= commit and
