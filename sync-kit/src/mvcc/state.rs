@@ -22,7 +22,6 @@
 
 use std::collections::VecDeque;
 use std::hash::Hash;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 
 use imbl::OrdMap;
@@ -176,6 +175,11 @@ impl<K: Ord + Hash + Clone, V: Clone> Version<K, V> {
             delta: fresh,
         }
     }
+
+    /// Whether this version's ordered map is built (not unbuilt, nor being built).
+    fn is_built(&self) -> bool {
+        self.entries.get().is_some()
+    }
 }
 
 /// The sorted union of `older` and `newer` (both sorted, one entry per key), `newer` winning.
@@ -242,18 +246,25 @@ impl<K, V> State<K, V> {
         }
     }
 
-    /// The oldest version a live snapshot or transaction stands on, not counting one claim on
-    /// `except` (the committing transaction's own, which it gives up on success).
-    fn oldest_live_except(&self, except: u64) -> Option<u64> {
-        self.live
-            .iter()
-            .find(|&&(version, count)| version != except || count > 1)
-            .map(|&(version, _)| version)
+    /// The oldest version a live snapshot or transaction stands on.
+    fn oldest_live(&self) -> Option<u64> {
+        self.live.front().map(|&(version, _)| version)
+    }
+
+    /// Whether a live snapshot or transaction stands on `version` or a later one.
+    fn holds_since(&self, version: u64) -> bool {
+        self.live.back().is_some_and(|&(last, _)| last >= version)
     }
 }
 
 /// What only committers touch (under `Shared::committer`).
-struct CommitterState<K> {
+struct CommitterState<K, V> {
+    /// The latest version, as in `State::latest` (only committers replace it): a commit reads
+    /// its base here without taking the state lock.
+    latest: Arc<Version<K, V>>,
+    /// Transactions committed (read-only ones included) and refused.
+    commits: u64,
+    conflicts: u64,
     /// Removed keys in commit order, with the version that removed them.
     tombstones: VecDeque<(u64, K)>,
     /// Hashes of the index slots the running commit wrote, whose previous values are forgotten
@@ -303,7 +314,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Drop for Registration<K, V> {
 }
 
 pub(crate) struct Shared<K, V> {
-    committer: InternalMutex<CommitterState<K>>,
+    committer: InternalMutex<CommitterState<K, V>>,
     state: InternalMutex<State<K, V>>,
     /// The latest version's entries by hash (see `index.rs`), written by committers before they
     /// publish.
@@ -312,9 +323,6 @@ pub(crate) struct Shared<K, V> {
     /// that publishes the version, after the index holds its writes; loaded (Acquire) by
     /// [`Shared::get_latest`] before it asks the index.
     published: SyncAtomicU64,
-    // Plain counters; they order no other memory.
-    commits: AtomicU64,
-    conflicts: AtomicU64,
 }
 
 /// How many tombstones one commit may drop: bounds a commit's extra work while still draining
@@ -323,12 +331,16 @@ const TOMBSTONES_PER_COMMIT: usize = 64;
 
 impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
     pub(crate) fn new() -> Self {
+        let first = Arc::new(Version::built(0, OrdMap::new()));
         Self {
             state: InternalMutex::new(State {
-                latest: Arc::new(Version::built(0, OrdMap::new())),
+                latest: Arc::clone(&first),
                 live: VecDeque::new(),
             }),
             committer: InternalMutex::new(CommitterState {
+                latest: first,
+                commits: 0,
+                conflicts: 0,
                 tombstones: VecDeque::new(),
                 kept_prev: Vec::new(),
                 unbuilt_versions: 0,
@@ -336,8 +348,6 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             }),
             index: Index::new(),
             published: SyncAtomicU64::new(0),
-            commits: AtomicU64::new(0),
-            conflicts: AtomicU64::new(0),
         }
     }
 
@@ -405,38 +415,44 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
     /// earlier, a concurrent commit could drop a tombstone this validation needs and miss a
     /// conflict.
     pub(crate) fn commit(
-        &self,
         registration: &mut Registration<K, V>,
         reads: &KeyMap<K, ()>,
         writes: Sorted<(K, Option<V>)>,
     ) -> Result<u64, Conflict<K>> {
+        // The registration's own handle on the map: no `Arc` clone of it for the commit.
+        let this: &Self = &registration.shared;
+        let active = &mut registration.active;
         let snapshot_version = registration.version;
-        let mut committer = self.committer.lock();
+        let mut guard = this.committer.lock();
+        let committer = &mut *guard;
         // Only this commit can replace `latest` until it releases `committer`.
-        let (base, oldest_live) = {
-            let state = self.state.lock();
-            let oldest_live = state.oldest_live_except(snapshot_version);
-            (Arc::clone(&state.latest), oldest_live)
-        };
+        let base_number = committer.latest.number;
         // The index holds `base`'s entries exactly (no unpublished version while `committer` is
-        // held): one hash lookup per key instead of a walk down the ordered map.
-        self.validate(
-            snapshot_version,
-            reads
-                .keys()
-                .chain(writes.as_slice().iter().map(|(key, _)| key)),
-        )?;
-        self.commits.fetch_add(1, Ordering::Relaxed);
-        if writes.is_empty() {
-            self.release_registration(registration);
-            return Ok(base.number);
+        // held): one hash lookup per key instead of a walk down the ordered map. If nothing was
+        // committed since the transaction's snapshot, nothing it read or wrote has changed.
+        if snapshot_version != base_number
+            && let Err(conflict) = this.validate(
+                snapshot_version,
+                reads
+                    .keys()
+                    .chain(writes.as_slice().iter().map(|(key, _)| key)),
+            )
+        {
+            committer.conflicts += 1;
+            return Err(conflict);
         }
-        let number = base.number + 1;
-        let mut len = base.len;
+        committer.commits += 1;
+        if writes.is_empty() {
+            this.state.lock().release(snapshot_version);
+            *active = false;
+            return Ok(base_number);
+        }
+        let number = base_number + 1;
+        let mut len = committer.latest.len;
         let written = writes.len();
         for (key, value) in writes.as_slice() {
             // Stamped `number`, which no reader stands on before it is published below.
-            let (hash, was_live) = self.index.write(key, value.clone(), number);
+            let (hash, was_live) = this.index.write(key, value.clone(), number);
             committer.kept_prev.push(hash);
             match (value, was_live) {
                 (Some(_), false) => len += 1,
@@ -447,12 +463,14 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
                 committer.tombstones.push_back((number, key.clone()));
             }
         }
-        let fresh = writes;
-        // Extend `base`'s delta unless `base` is being built by the commit that made it.
-        let pending = base.successor_pending(committer.unbuilt_versions > 0, fresh);
-        // Snapshots registered since `oldest_live` was read stand on `base`, which is newer than
-        // every queued tombstone but this commit's own: the bound stays safe.
-        drop_old_tombstones(&self.index, &mut committer.tombstones, oldest_live, number);
+        // Extend `base`'s delta while `base` is unbuilt (no commit decided to build it).
+        let pending = committer
+            .latest
+            .successor_pending(committer.unbuilt_versions > 0, writes);
+        let from = pending.base.number;
+        // Built, or being built by a reader (then this build would wait for that one: the
+        // next commits extend the delta instead).
+        let from_built = pending.base.is_built();
         committer.unbuilt_versions += 1;
         committer.unbuilt_writes += written;
         let next = Arc::new(Version {
@@ -461,48 +479,44 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             entries: OnceLock::new(),
             pending: std::sync::Mutex::new(Some(pending)),
         });
-        drop(base);
-        let previous = {
-            let mut state = self.state.lock();
+        let (previous, oldest_live, held) = {
+            let mut state = this.state.lock();
             state.release(snapshot_version);
-            registration.active = false;
+            *active = false;
             // After the index holds this version's writes (the mutex orders them before).
-            self.published.store(number, Ordering::Release);
-            std::mem::replace(&mut state.latest, Arc::clone(&next))
+            this.published.store(number, Ordering::Release);
+            let previous = std::mem::replace(&mut state.latest, Arc::clone(&next));
+            // From here on snapshots register at `number` or later.
+            (previous, state.oldest_live(), state.holds_since(from))
         };
         // The replaced version is `next`'s base or a version standing on the same base (dropping
         // it frees at most its delta list, or the few nodes a reader's build of it copied, never
         // a whole map): let go of it first, so that `next` may hold the base's last reference.
         drop(previous);
-        let build = match next.pending().as_ref() {
-            // Nothing else holds the base (see `Pending::build`): built in place, cheaply.
-            Some(pending) if Arc::strong_count(&pending.base) == 1 => true,
-            // Not while `base` is still being built by the commit that started it (another
-            // thread): this build would wait for that one. The next commits keep extending the
-            // delta instead.
-            Some(pending) => {
-                (committer.unbuilt_versions >= MATERIALIZE_EVERY
-                    || committer.unbuilt_writes >= MATERIALIZE_WRITES)
-                    && pending.base.entries.get().is_some()
-            }
-            None => false,
-        };
-        if build {
-            committer.unbuilt_versions = 0;
-            committer.unbuilt_writes = 0;
-        }
-        let to_build = build.then_some(next);
+        drop(std::mem::replace(&mut committer.latest, next));
         // `number` is published: the overwritten values need not stay in the index (older
         // snapshots find them in their own versions).
         for hash in committer.kept_prev.drain(..) {
-            self.index.forget_prev(hash, number);
+            this.index.forget_prev(hash, number);
         }
-        drop(committer);
-        // Outside both locks: other commits go on while this one builds its version's ordered
-        // map (in place, or path copies of the versions since the last build, the upper levels
-        // copied once).
-        if let Some(version) = to_build {
-            version.entries();
+        // Snapshots registered after `oldest_live` was read stand on `number`, newer than every
+        // queued tombstone.
+        drop_old_tombstones(&this.index, &mut committer.tombstones, oldest_live, number);
+        // No live snapshot or transaction stands on `from` or a later version, so (but for a
+        // passing handle, such as `MvccMap::len`'s) `next` holds `from`'s last reference: the
+        // build takes its map and changes it in place, cheaply. Otherwise build by path copy
+        // only every few versions, the next commits extending the delta meanwhile.
+        let build = from_built
+            && (!held
+                || committer.unbuilt_versions >= MATERIALIZE_EVERY
+                || committer.unbuilt_writes >= MATERIALIZE_WRITES);
+        if build {
+            committer.unbuilt_versions = 0;
+            committer.unbuilt_writes = 0;
+            // Under the committer lock, so that the next commit finds its base built and no
+            // other thread holding it. Readers never take this lock; one that needs this
+            // version's map meanwhile waits for the build (or does it, if it came first).
+            committer.latest.entries();
         }
         Ok(number)
     }
@@ -520,7 +534,6 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             if let Some(written_at) = self.index.written_at(key)
                 && written_at > snapshot_version
             {
-                self.conflicts.fetch_add(1, Ordering::Relaxed);
                 return Err(Conflict {
                     key: key.clone(),
                     snapshot_version,
@@ -531,20 +544,22 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         Ok(())
     }
 
-    fn release_registration(&self, registration: &mut Registration<K, V>) {
-        self.state.lock().release(registration.version);
-        registration.active = false;
-    }
-
     pub(crate) fn stats(&self) -> MvccStats {
-        let tombstones = self.committer.lock().tombstones.len();
+        let (tombstones, commits, conflicts) = {
+            let committer = self.committer.lock();
+            (
+                committer.tombstones.len(),
+                committer.commits,
+                committer.conflicts,
+            )
+        };
         let state = self.state.lock();
         let latest = state.latest.number;
         MvccStats {
             version: latest,
             keys: state.latest.len,
-            commits: self.commits.load(Ordering::Relaxed),
-            conflicts: self.conflicts.load(Ordering::Relaxed),
+            commits,
+            conflicts,
             live_versions: state.live.len()
                 + usize::from(state.live.back().is_none_or(|&(last, _)| last != latest)),
             live_snapshots: state.live.iter().map(|&(_, count)| count).sum(),
