@@ -155,6 +155,45 @@ impl<K: Hash + Eq + Clone, V: Clone> Index<K, V> {
         }
     }
 
+    /// Records a write of `key` at the unpublished version `at` (committers only) and, still
+    /// holding the key's shard, calls `publish` with whether the key had a value before and the
+    /// key (moved back), returning what it returns. Readers of the key wait on the shard until
+    /// `at` is published, so the slot keeps no previous write: a reader that loaded an older
+    /// published number before waiting finds the slot written after it and reads again (or asks
+    /// its snapshot's ordered map).
+    pub(crate) fn write_published<R>(
+        &self,
+        key: K,
+        value: Option<V>,
+        at: u64,
+        publish: impl FnOnce(bool, K) -> R,
+    ) -> R {
+        let hash = self.hash(&key);
+        let mut shard = self.shard(hash).lock();
+        let was_live = if let Some(slot) = shard.find_mut(hash, |slot| slot.key == key) {
+            let was_live = slot.value.is_some();
+            slot.value = value;
+            slot.written_at = at;
+            slot.prev = None;
+            was_live
+        } else {
+            shard.insert_unique(
+                hash,
+                Slot {
+                    key: key.clone(),
+                    written_at: at,
+                    value,
+                    prev: None,
+                },
+                |slot| self.hasher.hash_one(&slot.key),
+            );
+            false
+        };
+        let published = publish(was_live, key);
+        drop(shard);
+        published
+    }
+
     /// Drops the previous values kept by the slots of `hash` written at `at`, now published
     /// (committers only). Readers of versions before `at` then ask their ordered map, and a
     /// read of the latest version that loaded a number before `at` reads it again.

@@ -182,6 +182,29 @@ impl<K: Ord + Hash + Clone, V: Clone> Version<K, V> {
     }
 }
 
+/// What a commit learns when it publishes its version.
+struct Published<K, V> {
+    next: Arc<Version<K, V>>,
+    /// The version it replaced.
+    previous: Arc<Version<K, V>>,
+    oldest_live: Option<u64>,
+    /// Whether a live snapshot or transaction stands on the version `next` is built from, or
+    /// a later one.
+    held: bool,
+    /// Whether that version is built.
+    from_built: bool,
+}
+
+/// A version's live key count after a write of one key (`live`: a value, not a removal) that
+/// found the key live or not.
+fn live_after(len: usize, live: bool, was_live: bool) -> usize {
+    match (live, was_live) {
+        (true, false) => len + 1,
+        (false, true) => len - 1,
+        _ => len,
+    }
+}
+
 /// The sorted union of `older` and `newer` (both sorted, one entry per key), `newer` winning.
 fn merge<K: Ord + Clone, V: Clone>(
     older: &[(K, Option<V>)],
@@ -448,38 +471,27 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             return Ok(base_number);
         }
         let number = base_number + 1;
-        let mut len = committer.latest.len;
         let written = writes.len();
-        for (key, value) in writes.as_slice() {
-            // Stamped `number`, which no reader stands on before it is published below.
-            let (hash, was_live) = this.index.write(key, value.clone(), number);
-            committer.kept_prev.push(hash);
-            match (value, was_live) {
-                (Some(_), false) => len += 1,
-                (None, true) => len -= 1,
-                _ => {}
-            }
-            if value.is_none() {
-                committer.tombstones.push_back((number, key.clone()));
-            }
+        if let [(key, None)] = writes.as_slice() {
+            committer.tombstones.push_back((number, key.clone()));
         }
         // Extend `base`'s delta while `base` is unbuilt (no commit decided to build it).
-        let pending = committer
-            .latest
-            .successor_pending(committer.unbuilt_versions > 0, writes);
-        let from = pending.base.number;
-        // Built, or being built by a reader (then this build would wait for that one: the
-        // next commits extend the delta instead).
-        let from_built = pending.base.is_built();
-        committer.unbuilt_versions += 1;
-        committer.unbuilt_writes += written;
-        let next = Arc::new(Version {
-            number,
-            len,
-            entries: OnceLock::new(),
-            pending: std::sync::Mutex::new(Some(pending)),
-        });
-        let (previous, oldest_live, held) = {
+        let extend = committer.unbuilt_versions > 0;
+        let base = &committer.latest;
+        // Publishes the version of `writes` with `len` live keys: swaps it in as the latest
+        // version and releases the transaction's registration.
+        let mut publish = |len: usize, writes: Sorted<(K, Option<V>)>| {
+            let pending = base.successor_pending(extend, writes);
+            let from = pending.base.number;
+            // Built, or being built by a reader (then this build would wait for that one: the
+            // next commits extend the delta instead).
+            let from_built = pending.base.is_built();
+            let next = Arc::new(Version {
+                number,
+                len,
+                entries: OnceLock::new(),
+                pending: std::sync::Mutex::new(Some(pending)),
+            });
             let mut state = this.state.lock();
             state.release(snapshot_version);
             *active = false;
@@ -487,18 +499,60 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             this.published.store(number, Ordering::Release);
             let previous = std::mem::replace(&mut state.latest, Arc::clone(&next));
             // From here on snapshots register at `number` or later.
-            (previous, state.oldest_live(), state.holds_since(from))
+            Published {
+                held: state.holds_since(from),
+                oldest_live: state.oldest_live(),
+                next,
+                previous,
+                from_built,
+            }
         };
+        let published = match writes {
+            Sorted::One((key, value)) => {
+                // One key: its slot is written and the version published under the slot's
+                // shard lock, so no reader sees the one without the other, and the slot keeps
+                // no previous write (nothing to forget afterwards).
+                let indexed = value.clone();
+                this.index
+                    .write_published(key, indexed, number, |was_live, key| {
+                        let len = live_after(base.len, value.is_some(), was_live);
+                        publish(len, Sorted::One((key, value)))
+                    })
+            }
+            writes => {
+                let mut len = base.len;
+                for (key, value) in writes.as_slice() {
+                    // Stamped `number`, which no reader stands on before it is published below.
+                    let (hash, was_live) = this.index.write(key, value.clone(), number);
+                    committer.kept_prev.push(hash);
+                    len = live_after(len, value.is_some(), was_live);
+                    if value.is_none() {
+                        committer.tombstones.push_back((number, key.clone()));
+                    }
+                }
+                let published = publish(len, writes);
+                // `number` is published: the overwritten values need not stay in the index
+                // (older snapshots find them in their own versions).
+                for hash in committer.kept_prev.drain(..) {
+                    this.index.forget_prev(hash, number);
+                }
+                published
+            }
+        };
+        committer.unbuilt_versions += 1;
+        committer.unbuilt_writes += written;
+        let Published {
+            next,
+            previous,
+            oldest_live,
+            held,
+            from_built,
+        } = published;
         // The replaced version is `next`'s base or a version standing on the same base (dropping
         // it frees at most its delta list, or the few nodes a reader's build of it copied, never
         // a whole map): let go of it first, so that `next` may hold the base's last reference.
         drop(previous);
         drop(std::mem::replace(&mut committer.latest, next));
-        // `number` is published: the overwritten values need not stay in the index (older
-        // snapshots find them in their own versions).
-        for hash in committer.kept_prev.drain(..) {
-            this.index.forget_prev(hash, number);
-        }
         // Snapshots registered after `oldest_live` was read stand on `number`, newer than every
         // queued tombstone.
         drop_old_tombstones(&this.index, &mut committer.tombstones, oldest_live, number);
