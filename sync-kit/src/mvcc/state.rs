@@ -564,13 +564,16 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             && (!held
                 || committer.unbuilt_versions >= MATERIALIZE_EVERY
                 || committer.unbuilt_writes >= MATERIALIZE_WRITES);
-        if build {
+        let to_build = build.then(|| {
             committer.unbuilt_versions = 0;
             committer.unbuilt_writes = 0;
-            // Under the committer lock, so that the next commit finds its base built and no
-            // other thread holding it. Readers never take this lock; one that needs this
-            // version's map meanwhile waits for the build (or does it, if it came first).
-            committer.latest.entries();
+            Arc::clone(&committer.latest)
+        });
+        drop(guard);
+        // Outside both locks: other commits go on while this one builds its version's ordered
+        // map. Readers that need it meanwhile wait for the build (or do it, if they came first).
+        if let Some(version) = to_build {
+            version.entries();
         }
         Ok(number)
     }
