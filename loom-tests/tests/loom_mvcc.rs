@@ -245,3 +245,39 @@ fn write_skew_is_refused() {
         assert_eq!(map.stats().conflicts, u64::from(!mine) + u64::from(!theirs));
     });
 }
+
+/// A one-key commit writes its index slot and publishes its version under the slot's shard
+/// lock, and the slot keeps no previous write: reads of the latest version racing with such
+/// commits see each value whole, never go back, and never wait for a commit (a read that loaded
+/// the version before and finds the slot written after it reads again, and then finds that
+/// version published), and a snapshot reads exactly its version. With the slot released before
+/// the publication, a read of the latest version spins on that window until loom's branch limit.
+#[test]
+fn one_key_commits_publish_with_their_slot() {
+    model(|| {
+        let map = Arc::new(MvccMap::new());
+        let mut setup = map.begin();
+        setup.insert("a", 0);
+        setup.commit().unwrap();
+        let writer = {
+            let map = Arc::clone(&map);
+            thread::spawn(move || {
+                for i in 1..=2 {
+                    let mut tx = map.begin();
+                    tx.insert("a", i);
+                    tx.commit().expect("the only writer never conflicts");
+                }
+            })
+        };
+        let first = map.get(&"a").expect("never removed");
+        let snapshot = map.snapshot();
+        let seen = snapshot.get(&"a").expect("never removed");
+        assert_eq!(u64::try_from(seen).unwrap() + 1, snapshot.version());
+        assert!(seen >= first, "went back from {first} to {seen}");
+        let again = map.get(&"a").expect("never removed");
+        assert!(again >= seen, "went back from {seen} to {again}");
+        writer.join().unwrap();
+        assert_eq!(snapshot.get(&"a"), Some(seen), "a live snapshot changed");
+        assert_eq!(map.get(&"a"), Some(2));
+    });
+}
