@@ -94,21 +94,31 @@ impl<K: Ord + Hash + Clone, V: Clone> Pending<K, V> {
             Ok(base) => base.into_entries(),
             Err(base) => base.entries().clone(),
         };
-        for (key, value) in delta.into_iter() {
-            match value {
-                // An overwrite (the common write) in one descent that changes no node's shape.
-                Some(value) => match entries.get_mut(&key) {
-                    Some(slot) => *slot = value,
-                    None => {
-                        entries.insert(key, value);
-                    }
-                },
-                None => {
-                    entries.remove(&key);
+        match delta {
+            Sorted::One((key, value)) => apply(&mut entries, key, value),
+            Sorted::Many(delta) => {
+                for (key, value) in delta {
+                    apply(&mut entries, key, value);
                 }
             }
         }
         entries
+    }
+}
+
+/// Sets `key` to `value` in `entries` (`None`: removes it).
+fn apply<K: Ord + Clone, V: Clone>(entries: &mut OrdMap<K, V>, key: K, value: Option<V>) {
+    match value {
+        // An overwrite (the common write) in one descent that changes no node's shape.
+        Some(value) => match entries.get_mut(&key) {
+            Some(slot) => *slot = value,
+            None => {
+                entries.insert(key, value);
+            }
+        },
+        None => {
+            entries.remove(&key);
+        }
     }
 }
 
