@@ -15,6 +15,13 @@
 //! has no value at any version a live reader stands on: slots are created by writes and removed
 //! only with their tombstone (see `state.rs`), once no live snapshot is older than it.
 //!
+//! A one-key commit does without the previous write ([`Index::write_published`]): it writes the
+//! slot and publishes its version while holding the slot's shard mutex, so no reader can look at
+//! the slot between the two, and afterwards no reader needs what it replaced (a reader of an older
+//! published version that was waiting on the shard finds the slot written after its version, as
+//! when a previous write has been forgotten: it reads the published number again, or its
+//! snapshot's ordered map). Loom model `one_key_commits_publish_with_their_slot`.
+//!
 //! The index is sharded (one internal mutex per shard, each on its own cache line), hashed once
 //! with `hashbrown`'s default hasher (foldhash, seeded at random per map: several times cheaper
 //! than std's SipHash, which a point read and a commit would pay several times over): shard from

@@ -4,21 +4,28 @@
 //! Two internal locks, always taken in this order:
 //!
 //! - `committer`: held by one commit from validation to publication. Commits are serialized
-//!   (each builds on the version the previous one published); the tombstone queue and the
-//!   index's writes are theirs.
+//!   (each builds on the version the previous one published); the tombstone queue, the commit
+//!   counters, the index's writes and a second handle on the latest version (so that a commit
+//!   reads its base without the state lock) are theirs.
 //! - `state`: the latest version and the live snapshot versions. Held only to copy or swap an
 //!   `Arc`, store the published version number and update a counter, never across validation,
 //!   the index and delta writes, the build of a version's ordered map or the freeing of an old
-//!   one, so snapshots and reads never wait for a commit's work.
+//!   one, so snapshots and reads never wait for a commit's work. A commit takes it once, to
+//!   publish (and, in the same critical section, to release its transaction's snapshot and read
+//!   the oldest live snapshot version for the tombstones).
 //!
 //! Under `committer`, an index shard's mutex or a recent version's `pending` mutex may be taken,
-//! each alone and for a moment. A version's `pending` is a `std` mutex and its map a `std`
+//! each for a moment. A one-key commit holds its key's shard mutex from the slot's write until
+//! its version is published, taking the base's `pending` mutex and then `state` inside it (lock
+//! order: committer, shard, pending, state; no path takes them the other way, readers take a
+//! shard or `state` alone). A version's `pending` is a `std` mutex and its map a `std`
 //! `OnceLock`, not loom's: neither is ever held across a loom operation (a build only takes,
-//! clones and changes `imbl` maps), so under loom they can neither block nor be interleaved, and loom
-//! still explores every interleaving of the atomics and internal mutexes around them.
+//! clones and changes `imbl` maps), so under loom they can neither block nor be interleaved, and
+//! loom still explores every interleaving of the atomics and internal mutexes around them.
 //!
 //! While a commit holds `committer`, `state.latest` cannot change, so the version it validated
-//! against is the one it replaces.
+//! against is the one it replaces; if that is still the transaction's own snapshot version,
+//! nothing was committed since the transaction began and there is nothing to validate.
 
 use std::collections::VecDeque;
 use std::hash::Hash;
@@ -46,10 +53,13 @@ use crate::loom::atomic::{AtomicU64 as SyncAtomicU64, Ordering};
 /// | built | set | `None` | nothing; a successor's build may take the map whole (`into_entries`) once no one else holds this version |
 ///
 /// The build is `base`'s map plus `delta` ([`Pending::build`]). Once the commit has published
-/// its version, if nothing else holds `base` (no snapshot, transaction or other version: the
-/// usual case when no snapshot lives across commits), it builds its version itself, taking
-/// `base`'s map and changing it in place: a B-tree descent per written key, no node copied, the
-/// overwritten value freed at once. If something holds `base`, the commit leaves its version
+/// its version, if no live snapshot or transaction stands on `base` or a later version (read in
+/// the publishing critical section: then nothing but the new version holds `base`, the usual
+/// case when no snapshot lives across commits) and `base` is built, it builds its version
+/// itself, outside the locks, taking `base`'s map and changing it in place: a B-tree descent per
+/// written key, no node copied, the overwritten value freed at once (if a passing handle such as
+/// [`MvccMap::len`](super::MvccMap::len)'s still holds `base`, the build copies the path
+/// instead: `Arc::try_unwrap` decides, never the check). If a snapshot holds `base`, the commit leaves its version
 /// unbuilt and the next commits extend the delta (merging their writes into a copy of it) until
 /// `base` is free again, or until [`MATERIALIZE_EVERY`] versions (or [`MATERIALIZE_WRITES`]
 /// written keys) are pending: then the committing thread builds its version by path copy, one
@@ -270,11 +280,21 @@ impl<K, V> State<K, V> {
     }
 
     fn release(&mut self, version: u64) {
-        if let Ok(at) = self.live.binary_search_by_key(&version, |&(v, _)| v) {
+        // Most releases are of the newest or the oldest live version: no search.
+        let at = match (self.live.front(), self.live.back()) {
+            (_, Some(&(last, _))) if last == version => Ok(self.live.len() - 1),
+            (Some(&(first, _)), _) if first == version => Ok(0),
+            _ => self.live.binary_search_by_key(&version, |&(v, _)| v),
+        };
+        if let Ok(at) = at {
             let count = &mut self.live[at].1;
             *count -= 1;
             if *count == 0 {
-                self.live.remove(at);
+                if at + 1 == self.live.len() {
+                    self.live.pop_back();
+                } else {
+                    self.live.remove(at);
+                }
             }
         }
     }
