@@ -281,3 +281,34 @@ fn one_key_commits_publish_with_their_slot() {
         assert_eq!(map.get(&"a"), Some(2));
     });
 }
+
+/// Two blind one-key writes of the same key (neither reads it): both commit only if one began
+/// after the other had committed; otherwise the second to commit is refused (first committer
+/// wins on written keys too). A one-key commit validates its key under the shard lock it writes
+/// it with; with that check taken out, both commit from the same snapshot.
+#[test]
+fn blind_one_key_writes_conflict() {
+    model(|| {
+        let map = Arc::new(MvccMap::new());
+        let blind_write = |map: &MvccMap<&'static str, u32>, value| {
+            let mut tx = map.begin();
+            let began = tx.snapshot_version();
+            tx.insert("a", value);
+            (began, tx.commit())
+        };
+        let other = {
+            let map = Arc::clone(&map);
+            thread::spawn(move || blind_write(&map, 2))
+        };
+        let (my_start, mine) = blind_write(&map, 1);
+        let (their_start, theirs) = other.join().unwrap();
+        match (mine, theirs) {
+            (Ok(my_version), Ok(their_version)) => assert!(
+                my_start >= their_version || their_start >= my_version,
+                "both committed from overlapping snapshots"
+            ),
+            (Ok(_), Err(_)) | (Err(_), Ok(_)) => {}
+            (Err(_), Err(_)) => panic!("first committer always wins"),
+        }
+    });
+}

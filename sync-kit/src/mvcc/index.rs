@@ -168,16 +168,26 @@ impl<K: Hash + Eq + Clone, V: Clone> Index<K, V> {
     /// `at` is published, so the slot keeps no previous write: a reader that loaded an older
     /// published number before waiting finds the slot written after it and reads again (or asks
     /// its snapshot's ordered map).
+    ///
+    /// With `check`, the transaction's snapshot version, the key is validated first: if it was
+    /// written after `check`, nothing is written or published and the key comes back with the
+    /// version that wrote it.
     pub(crate) fn write_published<R>(
         &self,
         key: K,
         value: Option<V>,
         at: u64,
+        check: Option<u64>,
         publish: impl FnOnce(bool, K) -> R,
-    ) -> R {
+    ) -> Result<R, (K, u64)> {
         let hash = self.hash(&key);
         let mut shard = self.shard(hash).lock();
         let was_live = if let Some(slot) = shard.find_mut(hash, |slot| slot.key == key) {
+            if let Some(snapshot) = check
+                && slot.written_at > snapshot
+            {
+                return Err((key, slot.written_at));
+            }
             let was_live = slot.value.is_some();
             slot.value = value;
             slot.written_at = at;
@@ -198,7 +208,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Index<K, V> {
         };
         let published = publish(was_live, key);
         drop(shard);
-        published
+        Ok(published)
     }
 
     /// Drops the previous values kept by the slots of `hash` written at `at`, now published

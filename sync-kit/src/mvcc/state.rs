@@ -483,28 +483,29 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         // The index holds `base`'s entries exactly (no unpublished version while `committer` is
         // held): one hash lookup per key instead of a walk down the ordered map. If nothing was
         // committed since the transaction's snapshot, nothing it read or wrote has changed.
-        if snapshot_version != base_number
+        // A one-key commit validates its written key when it writes it (one lookup, not two).
+        let check = (snapshot_version != base_number).then_some(snapshot_version);
+        let written_keys = match &writes {
+            Sorted::One(_) => &[],
+            Sorted::Many(writes) => writes.as_slice(),
+        };
+        if check.is_some()
             && let Err(conflict) = this.validate(
                 snapshot_version,
-                reads
-                    .keys()
-                    .chain(writes.as_slice().iter().map(|(key, _)| key)),
+                reads.keys().chain(written_keys.iter().map(|(key, _)| key)),
             )
         {
             committer.conflicts += 1;
             return Err(conflict);
         }
-        committer.commits += 1;
         if writes.is_empty() {
+            committer.commits += 1;
             this.state.lock().release(snapshot_version);
             *active = false;
             return Ok(base_number);
         }
         let number = base_number + 1;
         let written = writes.len();
-        if let [(key, None)] = writes.as_slice() {
-            committer.tombstones.push_back((number, key.clone()));
-        }
         // Extend `base`'s delta while `base` is unbuilt (no commit decided to build it).
         let extend = committer.unbuilt_versions > 0;
         let base = &committer.latest;
@@ -539,15 +540,33 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         };
         let published = match writes {
             Sorted::One((key, value)) => {
-                // One key: its slot is written and the version published under the slot's
-                // shard lock, so no reader sees the one without the other, and the slot keeps
-                // no previous write (nothing to forget afterwards).
+                // One key: its slot is validated, written and the version published under the
+                // slot's shard lock, so no reader sees the write without the publication, and
+                // the slot keeps no previous write (nothing to forget afterwards).
                 let indexed = value.clone();
-                this.index
-                    .write_published(key, indexed, number, |was_live, key| {
-                        let len = live_after(base.len, value.is_some(), was_live);
-                        publish(len, Sorted::One((key, value)))
-                    })
+                let tombstone = value.is_none().then(|| key.clone());
+                let published =
+                    this.index
+                        .write_published(key, indexed, number, check, |was_live, key| {
+                            let len = live_after(base.len, value.is_some(), was_live);
+                            publish(len, Sorted::One((key, value)))
+                        });
+                match published {
+                    Ok(published) => {
+                        if let Some(key) = tombstone {
+                            committer.tombstones.push_back((number, key));
+                        }
+                        published
+                    }
+                    Err((key, written_at)) => {
+                        committer.conflicts += 1;
+                        return Err(Conflict {
+                            key,
+                            snapshot_version,
+                            committed_version: written_at,
+                        });
+                    }
+                }
             }
             writes => {
                 let mut len = base.len;
@@ -569,6 +588,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
                 published
             }
         };
+        committer.commits += 1;
         committer.unbuilt_versions += 1;
         committer.unbuilt_writes += written;
         let Published {
