@@ -36,8 +36,8 @@
 //! an `Arc`, update a counter), which a commit enters once; validation and the index writes
 //! happen outside it, the build of ordered maps and the freeing of old versions outside every
 //! lock, so no reader ever waits for a commit's work (a reader of a key that a one-key commit is
-//! writing waits, on that key's index shard, for the slot's write and the publication, a pointer
-//! swap, not for validation or the build). A commit whose transaction began at the latest version
+//! writing waits, on that key's index shard, for the slot's write, the new version's allocation
+//! and the publication, not for validation or the build). A commit whose transaction began at the latest version
 //! (nothing committed since) has nothing to validate.
 //!
 //! States and invariants, in short (details on `state::Version` and in `index.rs`):
