@@ -20,7 +20,8 @@
 //! the slot between the two, and afterwards no reader needs what it replaced (a reader of an older
 //! published version that was waiting on the shard finds the slot written after its version, as
 //! when a previous write has been forgotten: it reads the published number again, or its
-//! snapshot's ordered map). Loom model `one_key_commits_publish_with_their_slot`.
+//! snapshot's ordered map); the previous write is dropped before the shard is released, with no
+//! second lookup. Loom model `one_key_commits_publish_with_their_slot`.
 //!
 //! The index is sharded (one internal mutex per shard, each on its own cache line), hashed once
 //! with `hashbrown`'s default hasher (foldhash, seeded at random per map: several times cheaper
@@ -165,9 +166,9 @@ impl<K: Hash + Eq + Clone, V: Clone> Index<K, V> {
     /// Records a write of `key` at the unpublished version `at` (committers only) and, still
     /// holding the key's shard, calls `publish` with whether the key had a value before and the
     /// key (moved back), returning what it returns. Readers of the key wait on the shard until
-    /// `at` is published, so the slot keeps no previous write: a reader that loaded an older
-    /// published number before waiting finds the slot written after it and reads again (or asks
-    /// its snapshot's ordered map).
+    /// `at` is published, so the slot's previous write is dropped before the shard is released
+    /// and no reader needs it: a reader that loaded an older published number before waiting
+    /// finds the slot written after it and reads again (or asks its snapshot's ordered map).
     ///
     /// With `check`, the transaction's snapshot version, the key is validated first: if it was
     /// written after `check`, nothing is written or published and the key comes back with the
@@ -182,31 +183,41 @@ impl<K: Hash + Eq + Clone, V: Clone> Index<K, V> {
     ) -> Result<R, (K, u64)> {
         let hash = self.hash(&key);
         let mut shard = self.shard(hash).lock();
-        let was_live = if let Some(slot) = shard.find_mut(hash, |slot| slot.key == key) {
-            if let Some(snapshot) = check
-                && slot.written_at > snapshot
-            {
-                return Err((key, slot.written_at));
+        // The previous write is kept in the slot until the publication is done, as by
+        // [`Index::write`], only so that a panic inside `publish` (a user `Clone`) leaves the
+        // slot as readers of the published versions need it; it is dropped before the shard is
+        // released, so no reader ever sees it.
+        let (slot, was_live) = match shard.find_mut(hash, |slot| slot.key == key) {
+            Some(slot) => {
+                if let Some(snapshot) = check
+                    && slot.written_at > snapshot
+                {
+                    return Err((key, slot.written_at));
+                }
+                let was_live = slot.value.is_some();
+                let prev = std::mem::replace(&mut slot.value, value);
+                let prev_at = std::mem::replace(&mut slot.written_at, at);
+                slot.prev = Some((prev_at, prev));
+                (slot, was_live)
             }
-            let was_live = slot.value.is_some();
-            slot.value = value;
-            slot.written_at = at;
-            slot.prev = None;
-            was_live
-        } else {
-            shard.insert_unique(
-                hash,
-                Slot {
-                    key: key.clone(),
-                    written_at: at,
-                    value,
-                    prev: None,
-                },
-                |slot| self.hasher.hash_one(&slot.key),
-            );
-            false
+            None => {
+                let slot = shard
+                    .insert_unique(
+                        hash,
+                        Slot {
+                            key: key.clone(),
+                            written_at: at,
+                            value,
+                            prev: Some((0, None)),
+                        },
+                        |slot| self.hasher.hash_one(&slot.key),
+                    )
+                    .into_mut();
+                (slot, false)
+            }
         };
         let published = publish(was_live, key);
+        slot.prev = None;
         drop(shard);
         Ok(published)
     }

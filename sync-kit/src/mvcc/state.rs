@@ -542,7 +542,8 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             Sorted::One((key, value)) => {
                 // One key: its slot is validated, written and the version published under the
                 // slot's shard lock, so no reader sees the write without the publication, and
-                // the slot keeps no previous write (nothing to forget afterwards).
+                // the slot's previous write is dropped under that lock (nothing to forget
+                // afterwards).
                 let indexed = value.clone();
                 let tombstone = value.is_none().then(|| key.clone());
                 let published =
