@@ -15,6 +15,14 @@
 //! has no value at any version a live reader stands on: slots are created by writes and removed
 //! only with their tombstone (see `state.rs`), once no live snapshot is older than it.
 //!
+//! A one-key commit does without the previous write ([`Index::write_published`]): it writes the
+//! slot and publishes its version while holding the slot's shard mutex, so no reader can look at
+//! the slot between the two, and afterwards no reader needs what it replaced (a reader of an older
+//! published version that was waiting on the shard finds the slot written after its version, as
+//! when a previous write has been forgotten: it reads the published number again, or its
+//! snapshot's ordered map); the previous write is dropped before the shard is released, with no
+//! second lookup. Loom model `one_key_commits_publish_with_their_slot`.
+//!
 //! The index is sharded (one internal mutex per shard, each on its own cache line), hashed once
 //! with `hashbrown`'s default hasher (foldhash, seeded at random per map: several times cheaper
 //! than std's SipHash, which a point read and a commit would pay several times over): shard from
@@ -31,6 +39,11 @@ use crate::loom::InternalMutex;
 /// `prev == None`: the previous value is no longer kept (`written_at` is published), so readers of
 /// older versions go to their version's ordered map and the index never keeps an overwritten
 /// value alive. `prev == Some((0, None))`: nothing before `written_at` that a reader can see.
+///
+/// Aligned to a cache line: a slot of small keys and values (64 bytes for `u64 → u64`) then
+/// lies on one line, where the table's 16-byte-aligned buckets put most slots across two, so a
+/// commit's write and its forgetting of the previous write touch one line, not two.
+#[repr(align(64))]
 struct Slot<K, V> {
     key: K,
     written_at: u64,
@@ -148,6 +161,65 @@ impl<K: Hash + Eq + Clone, V: Clone> Index<K, V> {
             );
             (hash, false)
         }
+    }
+
+    /// Records a write of `key` at the unpublished version `at` (committers only) and, still
+    /// holding the key's shard, calls `publish` with whether the key had a value before and the
+    /// key (moved back), returning what it returns. Readers of the key wait on the shard until
+    /// `at` is published, so the slot's previous write is dropped before the shard is released
+    /// and no reader needs it: a reader that loaded an older published number before waiting
+    /// finds the slot written after it and reads again (or asks its snapshot's ordered map).
+    ///
+    /// With `check`, the transaction's snapshot version, the key is validated first: if it was
+    /// written after `check`, nothing is written or published and the key comes back with the
+    /// version that wrote it.
+    pub(crate) fn write_published<R>(
+        &self,
+        key: K,
+        value: Option<V>,
+        at: u64,
+        check: Option<u64>,
+        publish: impl FnOnce(bool, K) -> R,
+    ) -> Result<R, (K, u64)> {
+        let hash = self.hash(&key);
+        let mut shard = self.shard(hash).lock();
+        // The previous write is kept in the slot until the publication is done, as by
+        // [`Index::write`], only so that a panic inside `publish` (a user `Clone`) leaves the
+        // slot as readers of the published versions need it; it is dropped before the shard is
+        // released, so no reader ever sees it.
+        let (slot, was_live) = match shard.find_mut(hash, |slot| slot.key == key) {
+            Some(slot) => {
+                if let Some(snapshot) = check
+                    && slot.written_at > snapshot
+                {
+                    return Err((key, slot.written_at));
+                }
+                let was_live = slot.value.is_some();
+                let prev = std::mem::replace(&mut slot.value, value);
+                let prev_at = std::mem::replace(&mut slot.written_at, at);
+                slot.prev = Some((prev_at, prev));
+                (slot, was_live)
+            }
+            None => {
+                let slot = shard
+                    .insert_unique(
+                        hash,
+                        Slot {
+                            key: key.clone(),
+                            written_at: at,
+                            value,
+                            prev: Some((0, None)),
+                        },
+                        |slot| self.hasher.hash_one(&slot.key),
+                    )
+                    .into_mut();
+                (slot, false)
+            }
+        };
+        let published = publish(was_live, key);
+        slot.prev = None;
+        drop(shard);
+        Ok(published)
     }
 
     /// Drops the previous values kept by the slots of `hash` written at `at`, now published

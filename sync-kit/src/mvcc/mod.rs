@@ -22,7 +22,7 @@
 //! once), point reads of recent snapshots and of transactions, and commit validation, each in one
 //! hash lookup. A version's ordered map is built from the last built version plus the writes
 //! since, after the version is published and outside the locks: by its own commit, in place
-//! (taking the previous map, no node copied) when no snapshot or transaction still holds the
+//! (taking the previous map, no node copied) when no snapshot or transaction still stands on the
 //! version it is built from, else by path copy once every few versions (or by the first ordered
 //! read that needs it), so a commit does not path-copy the whole B-tree each time.
 //!
@@ -33,9 +33,22 @@
 //!
 //! Commits are serialized among themselves. Snapshot creation, the bookkeeping of live snapshot
 //! versions and a commit's publication share one short internal critical section (copy or swap
-//! an `Arc`, update a counter); validation and the index writes happen outside it, the build of
-//! ordered maps and the freeing of old versions outside every lock, so no reader ever waits for a
-//! commit's work.
+//! an `Arc`, update a counter), which a commit enters once; validation and the index writes
+//! happen outside it, the build of ordered maps and the freeing of old versions outside every
+//! lock, so no reader ever waits for a commit's work (a reader of a key that a one-key commit is
+//! writing waits, on that key's index shard, for the slot's write, the new version's allocation
+//! and the publication, not for validation or the build). A commit whose transaction began at the latest version
+//! (nothing committed since) has nothing to validate.
+//!
+//! States and invariants, in short (details on `state::Version` and in `index.rs`):
+//!
+//! - a version is *unbuilt* (its base, the last built version before it, plus the writes since),
+//!   *being built* (once; other callers wait) or *built* (its `OrdMap`); a map is changed in place
+//!   only by the build holding the last reference to the version that owned it;
+//! - at most one version stamped in the index is unpublished, that of the commit holding the
+//!   committer lock; each slot it wrote keeps the write before it until it is published, except
+//!   a one-key commit's slot, written and published under its shard's lock;
+//! - a tombstone stays in the index while a live snapshot or transaction is older than it.
 //!
 //! ```
 //! use sync_kit::mvcc::MvccMap;

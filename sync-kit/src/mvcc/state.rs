@@ -4,25 +4,31 @@
 //! Two internal locks, always taken in this order:
 //!
 //! - `committer`: held by one commit from validation to publication. Commits are serialized
-//!   (each builds on the version the previous one published); the tombstone queue and the
-//!   index's writes are theirs.
+//!   (each builds on the version the previous one published); the tombstone queue, the commit
+//!   counters, the index's writes and a second handle on the latest version (so that a commit
+//!   reads its base without the state lock) are theirs.
 //! - `state`: the latest version and the live snapshot versions. Held only to copy or swap an
 //!   `Arc`, store the published version number and update a counter, never across validation,
 //!   the index and delta writes, the build of a version's ordered map or the freeing of an old
-//!   one, so snapshots and reads never wait for a commit's work.
+//!   one, so snapshots and reads never wait for a commit's work. A commit takes it once, to
+//!   publish (and, in the same critical section, to release its transaction's snapshot and read
+//!   the oldest live snapshot version for the tombstones).
 //!
 //! Under `committer`, an index shard's mutex or a recent version's `pending` mutex may be taken,
-//! each alone and for a moment. A version's `pending` is a `std` mutex and its map a `std`
+//! each for a moment. A one-key commit holds its key's shard mutex from the slot's write until
+//! its version is published, taking the base's `pending` mutex and then `state` inside it (lock
+//! order: committer, shard, pending, state; no path takes them the other way, readers take a
+//! shard or `state` alone). A version's `pending` is a `std` mutex and its map a `std`
 //! `OnceLock`, not loom's: neither is ever held across a loom operation (a build only takes,
-//! clones and changes `imbl` maps), so under loom they can neither block nor be interleaved, and loom
-//! still explores every interleaving of the atomics and internal mutexes around them.
+//! clones and changes `imbl` maps), so under loom they can neither block nor be interleaved, and
+//! loom still explores every interleaving of the atomics and internal mutexes around them.
 //!
 //! While a commit holds `committer`, `state.latest` cannot change, so the version it validated
-//! against is the one it replaces.
+//! against is the one it replaces; if that is still the transaction's own snapshot version,
+//! nothing was committed since the transaction began and there is nothing to validate.
 
 use std::collections::VecDeque;
 use std::hash::Hash;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 
 use imbl::OrdMap;
@@ -47,10 +53,13 @@ use crate::loom::atomic::{AtomicU64 as SyncAtomicU64, Ordering};
 /// | built | set | `None` | nothing; a successor's build may take the map whole (`into_entries`) once no one else holds this version |
 ///
 /// The build is `base`'s map plus `delta` ([`Pending::build`]). Once the commit has published
-/// its version, if nothing else holds `base` (no snapshot, transaction or other version: the
-/// usual case when no snapshot lives across commits), it builds its version itself, taking
-/// `base`'s map and changing it in place: a B-tree descent per written key, no node copied, the
-/// overwritten value freed at once. If something holds `base`, the commit leaves its version
+/// its version, if no live snapshot or transaction stands on `base` or a later version (read in
+/// the publishing critical section: then nothing but the new version holds `base`, the usual
+/// case when no snapshot lives across commits) and `base` is built, it builds its version
+/// itself, outside the locks, taking `base`'s map and changing it in place: a B-tree descent per
+/// written key, no node copied, the overwritten value freed at once (if a passing handle such as
+/// [`MvccMap::len`](super::MvccMap::len)'s still holds `base`, the build copies the path
+/// instead: `Arc::try_unwrap` decides, never the check). If a snapshot holds `base`, the commit leaves its version
 /// unbuilt and the next commits extend the delta (merging their writes into a copy of it) until
 /// `base` is free again, or until [`MATERIALIZE_EVERY`] versions (or [`MATERIALIZE_WRITES`]
 /// written keys) are pending: then the committing thread builds its version by path copy, one
@@ -95,21 +104,31 @@ impl<K: Ord + Hash + Clone, V: Clone> Pending<K, V> {
             Ok(base) => base.into_entries(),
             Err(base) => base.entries().clone(),
         };
-        for (key, value) in delta.into_iter() {
-            match value {
-                // An overwrite (the common write) in one descent that changes no node's shape.
-                Some(value) => match entries.get_mut(&key) {
-                    Some(slot) => *slot = value,
-                    None => {
-                        entries.insert(key, value);
-                    }
-                },
-                None => {
-                    entries.remove(&key);
+        match delta {
+            Sorted::One((key, value)) => apply(&mut entries, key, value),
+            Sorted::Many(delta) => {
+                for (key, value) in delta {
+                    apply(&mut entries, key, value);
                 }
             }
         }
         entries
+    }
+}
+
+/// Sets `key` to `value` in `entries` (`None`: removes it).
+fn apply<K: Ord + Clone, V: Clone>(entries: &mut OrdMap<K, V>, key: K, value: Option<V>) {
+    match value {
+        // An overwrite (the common write) in one descent that changes no node's shape.
+        Some(value) => match entries.get_mut(&key) {
+            Some(slot) => *slot = value,
+            None => {
+                entries.insert(key, value);
+            }
+        },
+        None => {
+            entries.remove(&key);
+        }
     }
 }
 
@@ -176,6 +195,34 @@ impl<K: Ord + Hash + Clone, V: Clone> Version<K, V> {
             delta: fresh,
         }
     }
+
+    /// Whether this version's ordered map is built (not unbuilt, nor being built).
+    fn is_built(&self) -> bool {
+        self.entries.get().is_some()
+    }
+}
+
+/// What a commit learns when it publishes its version.
+struct Published<K, V> {
+    next: Arc<Version<K, V>>,
+    /// The version it replaced.
+    previous: Arc<Version<K, V>>,
+    oldest_live: Option<u64>,
+    /// Whether a live snapshot or transaction stands on the version `next` is built from, or
+    /// a later one.
+    held: bool,
+    /// Whether that version is built.
+    from_built: bool,
+}
+
+/// A version's live key count after a write of one key (`live`: a value, not a removal) that
+/// found the key live or not.
+fn live_after(len: usize, live: bool, was_live: bool) -> usize {
+    match (live, was_live) {
+        (true, false) => len + 1,
+        (false, true) => len - 1,
+        _ => len,
+    }
 }
 
 /// The sorted union of `older` and `newer` (both sorted, one entry per key), `newer` winning.
@@ -233,27 +280,44 @@ impl<K, V> State<K, V> {
     }
 
     fn release(&mut self, version: u64) {
-        if let Ok(at) = self.live.binary_search_by_key(&version, |&(v, _)| v) {
+        // Most releases are of the newest or the oldest live version: no search.
+        let at = match (self.live.front(), self.live.back()) {
+            (_, Some(&(last, _))) if last == version => Ok(self.live.len() - 1),
+            (Some(&(first, _)), _) if first == version => Ok(0),
+            _ => self.live.binary_search_by_key(&version, |&(v, _)| v),
+        };
+        if let Ok(at) = at {
             let count = &mut self.live[at].1;
             *count -= 1;
             if *count == 0 {
-                self.live.remove(at);
+                if at + 1 == self.live.len() {
+                    self.live.pop_back();
+                } else {
+                    self.live.remove(at);
+                }
             }
         }
     }
 
-    /// The oldest version a live snapshot or transaction stands on, not counting one claim on
-    /// `except` (the committing transaction's own, which it gives up on success).
-    fn oldest_live_except(&self, except: u64) -> Option<u64> {
-        self.live
-            .iter()
-            .find(|&&(version, count)| version != except || count > 1)
-            .map(|&(version, _)| version)
+    /// The oldest version a live snapshot or transaction stands on.
+    fn oldest_live(&self) -> Option<u64> {
+        self.live.front().map(|&(version, _)| version)
+    }
+
+    /// Whether a live snapshot or transaction stands on `version` or a later one.
+    fn holds_since(&self, version: u64) -> bool {
+        self.live.back().is_some_and(|&(last, _)| last >= version)
     }
 }
 
 /// What only committers touch (under `Shared::committer`).
-struct CommitterState<K> {
+struct CommitterState<K, V> {
+    /// The latest version, as in `State::latest` (only committers replace it): a commit reads
+    /// its base here without taking the state lock.
+    latest: Arc<Version<K, V>>,
+    /// Transactions committed (read-only ones included) and refused.
+    commits: u64,
+    conflicts: u64,
     /// Removed keys in commit order, with the version that removed them.
     tombstones: VecDeque<(u64, K)>,
     /// Hashes of the index slots the running commit wrote, whose previous values are forgotten
@@ -303,7 +367,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Drop for Registration<K, V> {
 }
 
 pub(crate) struct Shared<K, V> {
-    committer: InternalMutex<CommitterState<K>>,
+    committer: InternalMutex<CommitterState<K, V>>,
     state: InternalMutex<State<K, V>>,
     /// The latest version's entries by hash (see `index.rs`), written by committers before they
     /// publish.
@@ -312,9 +376,6 @@ pub(crate) struct Shared<K, V> {
     /// that publishes the version, after the index holds its writes; loaded (Acquire) by
     /// [`Shared::get_latest`] before it asks the index.
     published: SyncAtomicU64,
-    // Plain counters; they order no other memory.
-    commits: AtomicU64,
-    conflicts: AtomicU64,
 }
 
 /// How many tombstones one commit may drop: bounds a commit's extra work while still draining
@@ -323,12 +384,16 @@ const TOMBSTONES_PER_COMMIT: usize = 64;
 
 impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
     pub(crate) fn new() -> Self {
+        let first = Arc::new(Version::built(0, OrdMap::new()));
         Self {
             state: InternalMutex::new(State {
-                latest: Arc::new(Version::built(0, OrdMap::new())),
+                latest: Arc::clone(&first),
                 live: VecDeque::new(),
             }),
             committer: InternalMutex::new(CommitterState {
+                latest: first,
+                commits: 0,
+                conflicts: 0,
                 tombstones: VecDeque::new(),
                 kept_prev: Vec::new(),
                 unbuilt_versions: 0,
@@ -336,8 +401,6 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             }),
             index: Index::new(),
             published: SyncAtomicU64::new(0),
-            commits: AtomicU64::new(0),
-            conflicts: AtomicU64::new(0),
         }
     }
 
@@ -405,102 +468,161 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
     /// earlier, a concurrent commit could drop a tombstone this validation needs and miss a
     /// conflict.
     pub(crate) fn commit(
-        &self,
         registration: &mut Registration<K, V>,
         reads: &KeyMap<K, ()>,
         writes: Sorted<(K, Option<V>)>,
     ) -> Result<u64, Conflict<K>> {
+        // The registration's own handle on the map: no `Arc` clone of it for the commit.
+        let this: &Self = &registration.shared;
+        let active = &mut registration.active;
         let snapshot_version = registration.version;
-        let mut committer = self.committer.lock();
+        let mut guard = this.committer.lock();
+        let committer = &mut *guard;
         // Only this commit can replace `latest` until it releases `committer`.
-        let (base, oldest_live) = {
-            let state = self.state.lock();
-            let oldest_live = state.oldest_live_except(snapshot_version);
-            (Arc::clone(&state.latest), oldest_live)
-        };
+        let base_number = committer.latest.number;
         // The index holds `base`'s entries exactly (no unpublished version while `committer` is
-        // held): one hash lookup per key instead of a walk down the ordered map.
-        self.validate(
-            snapshot_version,
-            reads
-                .keys()
-                .chain(writes.as_slice().iter().map(|(key, _)| key)),
-        )?;
-        self.commits.fetch_add(1, Ordering::Relaxed);
+        // held): one hash lookup per key instead of a walk down the ordered map. If nothing was
+        // committed since the transaction's snapshot, nothing it read or wrote has changed.
+        // A one-key commit validates its written key when it writes it (one lookup, not two).
+        let check = (snapshot_version != base_number).then_some(snapshot_version);
+        let written_keys = match &writes {
+            Sorted::One(_) => &[],
+            Sorted::Many(writes) => writes.as_slice(),
+        };
+        if check.is_some()
+            && let Err(conflict) = this.validate(
+                snapshot_version,
+                reads.keys().chain(written_keys.iter().map(|(key, _)| key)),
+            )
+        {
+            committer.conflicts += 1;
+            return Err(conflict);
+        }
         if writes.is_empty() {
-            self.release_registration(registration);
-            return Ok(base.number);
+            committer.commits += 1;
+            this.state.lock().release(snapshot_version);
+            *active = false;
+            return Ok(base_number);
         }
-        let number = base.number + 1;
-        let mut len = base.len;
+        let number = base_number + 1;
         let written = writes.len();
-        for (key, value) in writes.as_slice() {
-            // Stamped `number`, which no reader stands on before it is published below.
-            let (hash, was_live) = self.index.write(key, value.clone(), number);
-            committer.kept_prev.push(hash);
-            match (value, was_live) {
-                (Some(_), false) => len += 1,
-                (None, true) => len -= 1,
-                _ => {}
+        // Extend `base`'s delta while `base` is unbuilt (no commit decided to build it).
+        let extend = committer.unbuilt_versions > 0;
+        let base = &committer.latest;
+        // Publishes the version of `writes` with `len` live keys: swaps it in as the latest
+        // version and releases the transaction's registration.
+        let mut publish = |len: usize, writes: Sorted<(K, Option<V>)>| {
+            let pending = base.successor_pending(extend, writes);
+            let from = pending.base.number;
+            // Built, or being built by a reader (then this build would wait for that one: the
+            // next commits extend the delta instead).
+            let from_built = pending.base.is_built();
+            let next = Arc::new(Version {
+                number,
+                len,
+                entries: OnceLock::new(),
+                pending: std::sync::Mutex::new(Some(pending)),
+            });
+            let mut state = this.state.lock();
+            state.release(snapshot_version);
+            *active = false;
+            // After the index holds this version's writes (the mutex orders them before).
+            this.published.store(number, Ordering::Release);
+            let previous = std::mem::replace(&mut state.latest, Arc::clone(&next));
+            // From here on snapshots register at `number` or later.
+            Published {
+                held: state.holds_since(from),
+                oldest_live: state.oldest_live(),
+                next,
+                previous,
+                from_built,
             }
-            if value.is_none() {
-                committer.tombstones.push_back((number, key.clone()));
+        };
+        let published = match writes {
+            Sorted::One((key, value)) => {
+                // One key: its slot is validated, written and the version published under the
+                // slot's shard lock, so no reader sees the write without the publication, and
+                // the slot's previous write is dropped under that lock (nothing to forget
+                // afterwards).
+                let indexed = value.clone();
+                let tombstone = value.is_none().then(|| key.clone());
+                let published =
+                    this.index
+                        .write_published(key, indexed, number, check, |was_live, key| {
+                            let len = live_after(base.len, value.is_some(), was_live);
+                            publish(len, Sorted::One((key, value)))
+                        });
+                match published {
+                    Ok(published) => {
+                        if let Some(key) = tombstone {
+                            committer.tombstones.push_back((number, key));
+                        }
+                        published
+                    }
+                    Err((key, written_at)) => {
+                        committer.conflicts += 1;
+                        return Err(Conflict {
+                            key,
+                            snapshot_version,
+                            committed_version: written_at,
+                        });
+                    }
+                }
             }
-        }
-        let fresh = writes;
-        // Extend `base`'s delta unless `base` is being built by the commit that made it.
-        let pending = base.successor_pending(committer.unbuilt_versions > 0, fresh);
-        // Snapshots registered since `oldest_live` was read stand on `base`, which is newer than
-        // every queued tombstone but this commit's own: the bound stays safe.
-        drop_old_tombstones(&self.index, &mut committer.tombstones, oldest_live, number);
+            writes => {
+                let mut len = base.len;
+                for (key, value) in writes.as_slice() {
+                    // Stamped `number`, which no reader stands on before it is published below.
+                    let (hash, was_live) = this.index.write(key, value.clone(), number);
+                    committer.kept_prev.push(hash);
+                    len = live_after(len, value.is_some(), was_live);
+                    if value.is_none() {
+                        committer.tombstones.push_back((number, key.clone()));
+                    }
+                }
+                let published = publish(len, writes);
+                // `number` is published: the overwritten values need not stay in the index
+                // (older snapshots find them in their own versions).
+                for hash in committer.kept_prev.drain(..) {
+                    this.index.forget_prev(hash, number);
+                }
+                published
+            }
+        };
+        committer.commits += 1;
         committer.unbuilt_versions += 1;
         committer.unbuilt_writes += written;
-        let next = Arc::new(Version {
-            number,
-            len,
-            entries: OnceLock::new(),
-            pending: std::sync::Mutex::new(Some(pending)),
-        });
-        drop(base);
-        let previous = {
-            let mut state = self.state.lock();
-            state.release(snapshot_version);
-            registration.active = false;
-            // After the index holds this version's writes (the mutex orders them before).
-            self.published.store(number, Ordering::Release);
-            std::mem::replace(&mut state.latest, Arc::clone(&next))
-        };
+        let Published {
+            next,
+            previous,
+            oldest_live,
+            held,
+            from_built,
+        } = published;
         // The replaced version is `next`'s base or a version standing on the same base (dropping
         // it frees at most its delta list, or the few nodes a reader's build of it copied, never
         // a whole map): let go of it first, so that `next` may hold the base's last reference.
         drop(previous);
-        let build = match next.pending().as_ref() {
-            // Nothing else holds the base (see `Pending::build`): built in place, cheaply.
-            Some(pending) if Arc::strong_count(&pending.base) == 1 => true,
-            // Not while `base` is still being built by the commit that started it (another
-            // thread): this build would wait for that one. The next commits keep extending the
-            // delta instead.
-            Some(pending) => {
-                (committer.unbuilt_versions >= MATERIALIZE_EVERY
-                    || committer.unbuilt_writes >= MATERIALIZE_WRITES)
-                    && pending.base.entries.get().is_some()
-            }
-            None => false,
-        };
-        if build {
+        drop(std::mem::replace(&mut committer.latest, next));
+        // Snapshots registered after `oldest_live` was read stand on `number`, newer than every
+        // queued tombstone.
+        drop_old_tombstones(&this.index, &mut committer.tombstones, oldest_live, number);
+        // No live snapshot or transaction stands on `from` or a later version, so (but for a
+        // passing handle, such as `MvccMap::len`'s) `next` holds `from`'s last reference: the
+        // build takes its map and changes it in place, cheaply. Otherwise build by path copy
+        // only every few versions, the next commits extending the delta meanwhile.
+        let build = from_built
+            && (!held
+                || committer.unbuilt_versions >= MATERIALIZE_EVERY
+                || committer.unbuilt_writes >= MATERIALIZE_WRITES);
+        let to_build = build.then(|| {
             committer.unbuilt_versions = 0;
             committer.unbuilt_writes = 0;
-        }
-        let to_build = build.then_some(next);
-        // `number` is published: the overwritten values need not stay in the index (older
-        // snapshots find them in their own versions).
-        for hash in committer.kept_prev.drain(..) {
-            self.index.forget_prev(hash, number);
-        }
-        drop(committer);
+            Arc::clone(&committer.latest)
+        });
+        drop(guard);
         // Outside both locks: other commits go on while this one builds its version's ordered
-        // map (in place, or path copies of the versions since the last build, the upper levels
-        // copied once).
+        // map. Readers that need it meanwhile wait for the build (or do it, if they came first).
         if let Some(version) = to_build {
             version.entries();
         }
@@ -520,7 +642,6 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             if let Some(written_at) = self.index.written_at(key)
                 && written_at > snapshot_version
             {
-                self.conflicts.fetch_add(1, Ordering::Relaxed);
                 return Err(Conflict {
                     key: key.clone(),
                     snapshot_version,
@@ -531,20 +652,22 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         Ok(())
     }
 
-    fn release_registration(&self, registration: &mut Registration<K, V>) {
-        self.state.lock().release(registration.version);
-        registration.active = false;
-    }
-
     pub(crate) fn stats(&self) -> MvccStats {
-        let tombstones = self.committer.lock().tombstones.len();
+        let (tombstones, commits, conflicts) = {
+            let committer = self.committer.lock();
+            (
+                committer.tombstones.len(),
+                committer.commits,
+                committer.conflicts,
+            )
+        };
         let state = self.state.lock();
         let latest = state.latest.number;
         MvccStats {
             version: latest,
             keys: state.latest.len,
-            commits: self.commits.load(Ordering::Relaxed),
-            conflicts: self.conflicts.load(Ordering::Relaxed),
+            commits,
+            conflicts,
             live_versions: state.live.len()
                 + usize::from(state.live.back().is_none_or(|&(last, _)| last != latest)),
             live_snapshots: state.live.iter().map(|&(_, count)| count).sum(),

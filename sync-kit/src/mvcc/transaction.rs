@@ -5,6 +5,7 @@ use std::fmt;
 use std::hash::Hash;
 
 use super::snapshot::Snapshot;
+use super::state::Shared;
 
 /// A multi-key transaction on an [`MvccMap`](super::MvccMap).
 ///
@@ -157,8 +158,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Transaction<K, V> {
             writes,
         } = self;
         let mut registration = snapshot.into_registration();
-        let shared = std::sync::Arc::clone(&registration.shared);
-        shared.commit(&mut registration, &reads, writes.into_sorted())
+        Shared::commit(&mut registration, &reads, writes.into_sorted())
     }
 }
 
