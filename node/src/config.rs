@@ -62,7 +62,8 @@ pub struct Config {
     #[serde(skip)]
     pub cluster: Option<crate::raft::Cluster>,
     /// Fault injection for tests (`serve --test-hooks`): `POST /test/isolate` on the HTTP
-    /// endpoint cuts this member off from the peers it names. Never on in production.
+    /// endpoint cuts this member off from the peers it names, `POST /test/fail-syncs?count=N`
+    /// makes its raft log's next N fsyncs fail. Never on in production.
     #[serde(skip)]
     pub test_hooks: bool,
 }

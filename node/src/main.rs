@@ -136,7 +136,8 @@ struct ServeArgs {
     #[arg(long, requires = "cluster")]
     join: bool,
     /// Fault injection for tests: `POST /test/isolate?peers=1,2` cuts this member's raft links
-    /// to those peers (`?peers=` heals).
+    /// to those peers (`?peers=` heals); `POST /test/fail-syncs?count=N` fails its raft log's
+    /// next N fsyncs.
     #[arg(long, hide = true)]
     test_hooks: bool,
     /// Log filter (tracing's EnvFilter syntax; RUST_LOG wins if set).

@@ -8,7 +8,9 @@
 //! - three of five killed: nothing is acknowledged (a clear error), nothing is lost, and one
 //!   restart brings the service back;
 //! - a member that was down while the others compacted their logs catches up from a snapshot;
-//! - a member whose raft log is damaged refuses to start, naming the file and the offset.
+//! - a member whose raft log is damaged refuses to start, naming the file and the offset;
+//! - a member (follower, then leader) whose fsyncs fail cuts its log back to what is durable,
+//!   restarts raft from it and catches up: nothing acknowledged is lost or stored twice.
 
 mod common;
 
@@ -474,6 +476,77 @@ fn a_member_behind_the_compacted_log_catches_up_from_a_snapshot() {
     );
     assert_stored_once(&cluster, &acked);
     cluster.wait_converged();
+}
+
+/// The syncer's fsyncs fail (a test hook stands for a failing disk) on a follower, then on the
+/// leader, while a client sends: each restarts raft from its durable log ("raft restarted")
+/// instead of counting the failed writes as durable, stays in the cluster, and catches up. Every
+/// acknowledged message is on every member once, and all agree.
+#[test]
+fn a_failed_fsync_restarts_raft_from_what_is_durable_and_loses_nothing_acknowledged() {
+    let cluster = TestCluster::start(3, &["--test-hooks"]);
+    cluster.wait_for_leader();
+    create_accounts(&cluster, &["writer0", "sink"]);
+    cluster.wait_converged();
+    let mut acked = HashMap::new();
+    let mut writer = Writer::new(&cluster.chat, "writer0", 0);
+    let mut n = 0;
+    // Sends each message until acknowledged, with one key: a member whose fsync failed answers
+    // its waiting sends `internal` (not acknowledged; they may still commit through the
+    // others), and the retry with the same key is stored at most once.
+    let mut send_some = |writer: &mut Writer, count: usize| {
+        for _ in 0..count {
+            n += 1;
+            let text = format!("m{n}");
+            let request = Request::SendMessage {
+                to: "sink".into(),
+                text: text.clone(),
+                key: Some(idempotency_key()),
+            };
+            let deadline = Instant::now() + SETTLE;
+            let id = loop {
+                assert!(Instant::now() < deadline, "{text} not acknowledged in time");
+                let Some(client) = writer.connected() else {
+                    thread::sleep(Duration::from_millis(50));
+                    continue;
+                };
+                match client.call(&request) {
+                    Ok(Ok(Reply::Sent { id, .. })) => break id,
+                    Ok(Ok(other)) => panic!("unexpected answer to a send: {other:?}"),
+                    Ok(Err(error)) => assert!(
+                        matches!(
+                            error.code,
+                            ErrorCode::NotLeader | ErrorCode::Unavailable | ErrorCode::Internal
+                        ),
+                        "a send failed with {error:?}"
+                    ),
+                    Err(_) => writer.client = None,
+                }
+            };
+            acked.insert(id, text);
+        }
+    };
+    send_some(&mut writer, 5);
+    let leader = cluster.wait_for_leader();
+    let follower = if leader == 1 { 2 } else { 1 };
+    for target in [follower, leader] {
+        let node = cluster.members[target as usize - 1].as_ref().unwrap();
+        let response = common::http_request(node.http, "POST", "/test/fail-syncs?count=3");
+        assert_eq!(response.status, 200, "{response:?}");
+        send_some(&mut writer, 20);
+        assert!(
+            wait_until(SETTLE, || node
+                .stderr()
+                .contains("raft restarted from its durable log")),
+            "member {target} did not restart raft:\n{}",
+            node.stderr()
+        );
+        node.assert_running();
+        assert!(!node.stderr().contains("raft stopped on this member"));
+    }
+    send_some(&mut writer, 5);
+    cluster.wait_converged();
+    assert_stored_once(&cluster, &acked);
 }
 
 #[test]

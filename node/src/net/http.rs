@@ -75,6 +75,10 @@ pub fn start(addr: SocketAddr, service: Arc<Service>) -> io::Result<SocketAddr> 
                     let query = request.url().split_once("?peers=").map_or("", |(_, q)| q);
                     isolate(&service, query)
                 }
+                (tiny_http::Method::Post, "/test/fail-syncs") if service.config().test_hooks => {
+                    let query = request.url().split_once("?count=").map_or("", |(_, q)| q);
+                    fail_syncs(&service, query)
+                }
                 (tiny_http::Method::Get, _) => {
                     with_type(Response::from_string("not found\n"), "text/plain")
                         .with_status_code(404)
@@ -200,6 +204,22 @@ fn isolate(service: &Service, body: &str) -> Response<io::Cursor<Vec<u8>>> {
         }
         Err(error) => with_type(
             Response::from_string(format!("peer ids expected: {error}\n")),
+            "text/plain",
+        )
+        .with_status_code(400),
+    }
+}
+
+/// `POST /test/fail-syncs?count=N` (test hooks only): the raft log's next N fsyncs fail.
+fn fail_syncs(service: &Service, count: &str) -> Response<io::Cursor<Vec<u8>>> {
+    match count.trim().parse::<u64>() {
+        Ok(count) => {
+            tracing::warn!(count, "test hook: the next raft log fsyncs fail");
+            service.raft().fail_syncs(count);
+            with_type(Response::from_string("ok\n"), "text/plain")
+        }
+        Err(error) => with_type(
+            Response::from_string(format!("a count expected: {error}\n")),
             "text/plain",
         )
         .with_status_code(400),

@@ -43,7 +43,7 @@ use std::io;
 use std::net::TcpListener;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -116,6 +116,8 @@ pub struct RaftLog {
     leading: Arc<AtomicBool>,
     transport: Arc<Transport>,
     thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// Test hook: the syncer's next fsyncs to fail (see [`RaftLog::fail_syncs`]).
+    failing_syncs: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for RaftLog {
@@ -275,11 +277,13 @@ impl RaftLog {
         );
         let (sync_jobs, jobs) = unbounded();
         let (synced_sender, synced) = unbounded();
+        let failing_syncs = Arc::new(AtomicU64::new(0));
         let syncer = {
             let wake = inbox.clone();
+            let failing = Arc::clone(&failing_syncs);
             thread::Builder::new()
                 .name("raft-sync".into())
-                .spawn(move || run_syncer(jobs, synced_sender, wake))
+                .spawn(move || run_syncer(jobs, synced_sender, wake, failing))
                 .map_err(|e| format!("cannot start the raft sync thread: {e}"))?
         };
         let durable_len = raw.store().written_len();
@@ -334,6 +338,7 @@ impl RaftLog {
                 leading,
                 transport,
                 thread: std::sync::Mutex::new(Some(thread)),
+                failing_syncs,
             }),
             recovered,
             batches: applier,
@@ -391,6 +396,12 @@ impl RaftLog {
     /// Test hook: drops everything to and from `peers` at the transport, as a network cut would.
     pub fn isolate(&self, peers: HashSet<u64>) {
         self.transport.isolate(peers);
+    }
+
+    /// Test hook: the syncer's next `count` fsyncs fail (an I/O error, nothing synced), as a
+    /// failing disk's would. A member with peers only (the only voter syncs within its turn).
+    pub fn fail_syncs(&self, count: u64) {
+        self.failing_syncs.store(count, Ordering::SeqCst);
     }
 }
 
@@ -659,12 +670,23 @@ struct Synced {
 /// committed entries on while an fsync runs. Jobs queued while one runs are covered by one
 /// fsync (they are all for the current segment: the loop waits for every job before it rolls,
 /// compacts or installs a snapshot). Ends when the loop drops its sender.
-fn run_syncer(jobs: Receiver<SyncJob>, done: Sender<Synced>, wake: MailboxHandle<Input>) {
+fn run_syncer(
+    jobs: Receiver<SyncJob>,
+    done: Sender<Synced>,
+    wake: MailboxHandle<Input>,
+    failing: Arc<AtomicU64>,
+) {
     while let Ok(mut job) = jobs.recv() {
         while let Ok(later) = jobs.try_recv() {
             job = later;
         }
-        let result = job.file.sync_data();
+        let injected = failing
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        let result = match injected {
+            true => Err(io::Error::other("fsync failed (injected by a test hook)")),
+            false => job.file.sync_data(),
+        };
         let synced = Synced {
             generation: job.generation,
             ticket: job.ticket,
