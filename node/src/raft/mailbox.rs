@@ -19,11 +19,12 @@
 //! A busy loop costs its senders no system call.
 //!
 //! A connection carries frames `[u32 LE length][protobuf raft Message]` from one sender, whose
-//! hello the transport checked before adopting it. A frame over [`MAX_FRAME`], an undecodable
-//! one, or one whose `from` is not the sender closes that connection only (shut down both
-//! ways, so the peer notices and redials); so does the peer's end of stream. A connection is
-//! read for at most [`READ_BUDGET`] bytes per turn (a snapshot arriving does not hold up the
-//! loop's ticks and other peers); the rest is read at the next turn, which then does not wait.
+//! hello the transport checked before adopting it. A frame over `MAX_FRAME` (512 MiB), an
+//! undecodable one, or one whose `from` is not the sender closes that connection only (shut
+//! down both ways, so the peer notices and redials); so does the peer's end of stream. A
+//! connection is read for at most `READ_BUDGET` (1 MiB) per turn (a snapshot arriving does not
+//! hold up the loop's ticks and other peers); the rest is read at the next turn, which then does
+//! not wait.
 
 use std::collections::HashMap;
 use std::io::{self, Read};
