@@ -19,23 +19,8 @@ cd "$(dirname "$0")/../.."
 ROUNDS="${ROUNDS:-1}"
 CONNECTIONS="${CONNECTIONS:-50}"
 MESSAGES="${MESSAGES:-3000}"
-LIMITS=(--requests-per-sec 1000000000 --request-burst 1000000000
-    --logins-per-minute 1000000000 --login-burst 1000000000 --log warn)
-
-if [[ -n "${NODE_BIN:-}" ]]; then
-    node_bin="$NODE_BIN"
-else
-    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/bench}"
-    cargo build --quiet --release -p synckit-node
-    node_bin="$CARGO_TARGET_DIR/release/synckit-node"
-fi
-work="$(mktemp -d)"
-pid=""
-cleanup() {
-    if [[ -n "$pid" ]]; then kill -INT "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=benches/scripts/common.sh
+source benches/scripts/common.sh
 ticks="$(getconf CLK_TCK)"
 
 # One line per thread of the given processes: "pid comm utime stime" (clock ticks).
@@ -53,35 +38,13 @@ threads() {
     done
 }
 
-wait_for() {
-    for _ in $(seq 300); do
-        grep -q "$2" "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "timed out waiting for '$2' in $1:" >&2
-    cat "$1" >&2
-    exit 1
-}
-
 for round in $(seq "$ROUNDS"); do
     out="$work/cluster-$round.out"
     "$node_bin" cluster up --nodes 5 --dir "$work/cluster-$round" -- "${LIMITS[@]}" \
         >"$out" 2>"$out.err" &
     pid=$!
-    for _ in 1 2 3 4 5; do wait_for "$out" "listening chat="; done
-    leader="" leader_pid=""
-    for _ in $(seq 300); do
-        while read -r line; do
-            chat="$(sed -n 's/.*listening chat=\([^ ]*\) http=\([^ ]*\).*/\1/p' <<<"$line")"
-            http="$(sed -n 's/.*listening chat=\([^ ]*\) http=\([^ ]*\).*/\2/p' <<<"$line")"
-            [[ -z "$chat" ]] && continue
-            role="$(curl -s "http://$http/stats" | sed -n 's/.*"role":"\([a-z_]*\)".*/\1/p')"
-            [[ "$role" == leader ]] && leader="$chat"
-        done <"$out"
-        [[ -n "$leader" ]] && break
-        sleep 0.1
-    done
-    [[ -n "$leader" ]] || { echo "no leader elected" >&2; exit 1; }
+    pids=("$pid")
+    leader="$(cluster_leader "$out")"
     members=$(pgrep -P "$pid" | tr '\n' ' ')
     # The member listening on the leader's chat port.
     leader_pid="$(ss -Hltnp "sport = :${leader##*:}" | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -1)"
@@ -115,5 +78,5 @@ for round in $(seq "$ROUNDS"); do
                 100 * total / ticks / secs, 1000 * total / ticks * 1000 / messages
         }' "$work/before" "$work/after" | sort
     kill -INT "$pid"; wait "$pid" 2>/dev/null || true
-    pid=""
+    pids=()
 done

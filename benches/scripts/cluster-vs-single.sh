@@ -17,26 +17,8 @@ cd "$(dirname "$0")/../.."
 ROUNDS="${ROUNDS:-3}"
 CONNECTIONS="${CONNECTIONS:-50}"
 MESSAGES="${MESSAGES:-1000}"
-LIMITS=(--requests-per-sec 1000000000 --request-burst 1000000000
-    --logins-per-minute 1000000000 --login-burst 1000000000 --log warn)
-
-# NODE_BIN runs a given binary (say, an older build, for a before/after comparison) instead of
-# building this checkout's.
-if [[ -n "${NODE_BIN:-}" ]]; then
-    node_bin="$NODE_BIN"
-else
-    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/bench}"
-    cargo build --quiet --release -p synckit-node
-    node_bin="$CARGO_TARGET_DIR/release/synckit-node"
-fi
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=benches/scripts/common.sh
+source benches/scripts/common.sh
 
 declare -A results
 median() { tr -s ' ' '\n' | awk 'NF' | sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
@@ -53,17 +35,6 @@ run_bench() {
     else
         echo "$name: FAILED: $report"
     fi
-}
-
-# Waits for a line matching $2 in file $1 (up to 30 s).
-wait_for() {
-    for _ in $(seq 300); do
-        grep -q "$2" "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "timed out waiting for '$2' in $1:" >&2
-    cat "$1" >&2
-    exit 1
 }
 
 for round in $(seq "$ROUNDS"); do
@@ -85,21 +56,8 @@ for round in $(seq "$ROUNDS"); do
     pid=$!
     pids=("$pid")
     wait_for "$out" "stats:"
-    for _ in 1 2 3 4 5; do wait_for "$out" "listening chat="; done
-    leader="" follower=""
-    for _ in $(seq 300); do
-        while read -r line; do
-            chat="$(sed -n 's/.*listening chat=\([^ ]*\) http=\([^ ]*\).*/\1/p' <<<"$line")"
-            http="$(sed -n 's/.*listening chat=\([^ ]*\) http=\([^ ]*\).*/\2/p' <<<"$line")"
-            [[ -z "$chat" ]] && continue
-            role="$(curl -s "http://$http/stats" | sed -n 's/.*"role":"\([a-z_]*\)".*/\1/p')"
-            if [[ "$role" == leader ]]; then leader="$chat"; elif [[ -z "$follower" ]]; then follower="$chat"; fi
-        done <"$out"
-        [[ -n "$leader" ]] && break
-        follower=""
-        sleep 0.1
-    done
-    [[ -n "$leader" ]] || { echo "no leader elected" >&2; exit 1; }
+    { read -r leader; read -r follower; } < <(cluster_leader "$out" follower)
+    [[ -n "$leader" ]] || exit 1
     run_bench "$leader" cluster-leader
     run_bench "$follower" cluster-follower
     kill -INT "$pid"; wait "$pid" 2>/dev/null || true

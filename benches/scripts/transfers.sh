@@ -2,6 +2,7 @@
 # Ledger transfers next to chat sends, on this machine, in one run.
 #
 #   bash benches/scripts/transfers.sh        # ROUNDS=3, CONNECTIONS=50, MESSAGES=1000, CLUSTER=1
+#   NODE_BIN=/tmp/old/synckit-node bash benches/scripts/transfers.sh   # another build
 #
 # Each round starts a fresh single node per operation and runs `synckit-node bench` against it:
 # `--op send` (messages of 32 bytes) and `--op transfer` (one coin to the next account; each
@@ -23,20 +24,8 @@ ROUNDS="${ROUNDS:-3}"
 CONNECTIONS="${CONNECTIONS:-50}"
 MESSAGES="${MESSAGES:-1000}"
 CLUSTER="${CLUSTER:-1}"
-LIMITS=(--requests-per-sec 1000000000 --request-burst 1000000000
-    --logins-per-minute 1000000000 --login-burst 1000000000 --log warn)
-
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/bench}"
-cargo build --quiet --release -p synckit-node
-node_bin="$CARGO_TARGET_DIR/release/synckit-node"
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=benches/scripts/common.sh
+source benches/scripts/common.sh
 
 declare -A results
 median() { tr -s ' ' '\n' | awk 'NF' | sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
@@ -56,17 +45,6 @@ run_bench() {
     fi
 }
 
-# Waits for a line matching $2 in file $1 (up to 30 s).
-wait_for() {
-    for _ in $(seq 300); do
-        grep -q "$2" "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "timed out waiting for '$2' in $1:" >&2
-    cat "$1" >&2
-    exit 1
-}
-
 # A fresh single node; runs the bench with --op $2 against it (round $1).
 single() {
     local out="$work/single-$1-$2.out" pid
@@ -82,25 +60,13 @@ single() {
 
 # A fresh five-member cluster; runs the bench with --op $2 against its leader (round $1).
 cluster() {
-    local out="$work/cluster-$1-$2.out" pid leader="" chat http role
+    local out="$work/cluster-$1-$2.out" pid leader
     "$node_bin" cluster up --nodes 5 --dir "$work/cluster-$1-$2" -- "${LIMITS[@]}" \
         >"$out" 2>"$out.err" &
     pid=$!
     pids=("$pid")
     wait_for "$out" "stats:"
-    for _ in 1 2 3 4 5; do wait_for "$out" "listening chat="; done
-    for _ in $(seq 300); do
-        while read -r line; do
-            chat="$(sed -n 's/.*listening chat=\([^ ]*\) http=\([^ ]*\).*/\1/p' <<<"$line")"
-            http="$(sed -n 's/.*listening chat=\([^ ]*\) http=\([^ ]*\).*/\2/p' <<<"$line")"
-            [[ -z "$chat" ]] && continue
-            role="$(curl -s "http://$http/stats" | sed -n 's/.*"role":"\([a-z_]*\)".*/\1/p')"
-            [[ "$role" == leader ]] && leader="$chat"
-        done <"$out"
-        [[ -n "$leader" ]] && break
-        sleep 0.1
-    done
-    [[ -n "$leader" ]] || { echo "no leader elected" >&2; exit 1; }
+    leader="$(cluster_leader "$out")"
     run_bench "$leader" cluster "$2"
     kill -INT "$pid"; wait "$pid" 2>/dev/null || true
     pids=()

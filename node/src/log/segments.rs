@@ -357,66 +357,46 @@ impl Segments {
     /// once space is back, remain recoverable; a torn batch left in the middle would make
     /// recovery refuse the log.
     pub fn append(&mut self, batch: &[u8]) -> io::Result<()> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        if let Some(why) = &self.broken {
-            return Err(io::Error::other(why.clone()));
-        }
-        let result = self
-            .file
-            .write_all(batch)
-            .and_then(|()| self.file.sync_data());
-        match result {
-            Ok(()) => {
-                self.len += batch.len() as u64;
-                Ok(())
-            }
-            Err(error) => {
-                let undo = self
-                    .file
-                    .set_len(self.len)
-                    .and_then(|()| self.file.sync_data());
-                if let Err(undo) = undo {
-                    let why = format!(
-                        "the log stopped accepting records: a failed write ({error}) could not \
-                         be cut off again ({undo}); restart the node, which cuts it as a torn tail"
-                    );
-                    tracing::error!("{why}");
-                    self.broken = Some(why);
-                }
-                Err(error)
-            }
-        }
+        self.put(batch, true)
     }
 
     /// Writes one batch of encoded records without syncing it (the raft loop's pipelined
     /// writes: another thread syncs a [`Segments::sync_handle`] later). A batch that fails is cut
     /// off again, as in [`Segments::append`], so the segment still ends with a whole record.
     pub fn write(&mut self, batch: &[u8]) -> io::Result<()> {
+        self.put(batch, false)
+    }
+
+    /// Writes `batch` (and with `sync`, fsyncs it); on failure cuts it off again (durably with
+    /// `sync`), or, if even that fails, stops the log.
+    fn put(&mut self, batch: &[u8], sync: bool) -> io::Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
         if let Some(why) = &self.broken {
             return Err(io::Error::other(why.clone()));
         }
-        match self.file.write_all(batch) {
-            Ok(()) => {
-                self.len += batch.len() as u64;
-                Ok(())
-            }
-            Err(error) => {
-                if let Err(undo) = self.file.set_len(self.len) {
-                    let why = format!(
-                        "the log stopped accepting records: a failed write ({error}) could not \
-                         be cut off again ({undo}); restart the node, which cuts it as a torn tail"
-                    );
-                    tracing::error!("{why}");
-                    self.broken = Some(why);
-                }
-                Err(error)
-            }
+        let mut result = self.file.write_all(batch);
+        if sync {
+            result = result.and_then(|()| self.file.sync_data());
         }
+        let Err(error) = result else {
+            self.len += batch.len() as u64;
+            return Ok(());
+        };
+        let mut undo = self.file.set_len(self.len);
+        if sync {
+            undo = undo.and_then(|()| self.file.sync_data());
+        }
+        if let Err(undo) = undo {
+            let why = format!(
+                "the log stopped accepting records: a failed write ({error}) could not be cut \
+                 off again ({undo}); restart the node, which cuts it as a torn tail"
+            );
+            tracing::error!("{why}");
+            self.broken = Some(why);
+        }
+        Err(error)
     }
 
     /// Syncs what [`Segments::write`] wrote.
