@@ -51,6 +51,28 @@ struct Slot<K, V> {
     prev: Option<(u64, Option<V>)>,
 }
 
+impl<K, V> Slot<K, V> {
+    /// The slot of a key first written at `at` (before it, the key was absent).
+    fn first(key: K, value: Option<V>, at: u64) -> Self {
+        Slot {
+            key,
+            written_at: at,
+            value,
+            prev: Some((0, None)),
+        }
+    }
+
+    /// Records a write at `at`, keeping the previous one; whether the key had a value.
+    #[inline]
+    fn overwrite(&mut self, value: Option<V>, at: u64) -> bool {
+        let was_live = self.value.is_some();
+        let prev = std::mem::replace(&mut self.value, value);
+        let prev_at = std::mem::replace(&mut self.written_at, at);
+        self.prev = Some((prev_at, prev));
+        was_live
+    }
+}
+
 /// Shards: a power of two. Few under loom, where each is one more object to model.
 #[cfg(not(loom))]
 const SHARDS: usize = 64;
@@ -143,22 +165,11 @@ impl<K: Hash + Eq + Clone, V: Clone> Index<K, V> {
         let hash = self.hash(key);
         let mut shard = self.shard(hash).lock();
         if let Some(slot) = shard.find_mut(hash, |slot| slot.key == *key) {
-            let was_live = slot.value.is_some();
-            let prev = std::mem::replace(&mut slot.value, value);
-            let prev_at = std::mem::replace(&mut slot.written_at, at);
-            slot.prev = Some((prev_at, prev));
-            (hash, was_live)
+            (hash, slot.overwrite(value, at))
         } else {
-            shard.insert_unique(
-                hash,
-                Slot {
-                    key: key.clone(),
-                    written_at: at,
-                    value,
-                    prev: Some((0, None)),
-                },
-                |slot| self.hasher.hash_one(&slot.key),
-            );
+            shard.insert_unique(hash, Slot::first(key.clone(), value, at), |slot| {
+                self.hasher.hash_one(&slot.key)
+            });
             (hash, false)
         }
     }
@@ -194,24 +205,14 @@ impl<K: Hash + Eq + Clone, V: Clone> Index<K, V> {
                 {
                     return Err((key, slot.written_at));
                 }
-                let was_live = slot.value.is_some();
-                let prev = std::mem::replace(&mut slot.value, value);
-                let prev_at = std::mem::replace(&mut slot.written_at, at);
-                slot.prev = Some((prev_at, prev));
+                let was_live = slot.overwrite(value, at);
                 (slot, was_live)
             }
             None => {
                 let slot = shard
-                    .insert_unique(
-                        hash,
-                        Slot {
-                            key: key.clone(),
-                            written_at: at,
-                            value,
-                            prev: Some((0, None)),
-                        },
-                        |slot| self.hasher.hash_one(&slot.key),
-                    )
+                    .insert_unique(hash, Slot::first(key.clone(), value, at), |slot| {
+                        self.hasher.hash_one(&slot.key)
+                    })
                     .into_mut();
                 (slot, false)
             }
