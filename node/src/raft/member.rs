@@ -23,9 +23,9 @@
 //! acknowledgements leave, only once its fsync is done, in order; entries reach the applier
 //! only once committed and durable here (raft-rs hands on no entry past what is persisted).
 //! The only voter of a configuration (a node on its own) gains nothing from that and pays a
-//! thread hand-off per commit: it writes, fsyncs and advances within the turn (steps 5 to 7 of
-//! `finish`). A failed write is handled within the turn; a failed fsync cuts the segment back
-//! to what is durable and starts raft again from it, as a crash would.
+//! thread hand-off per commit: it writes and fsyncs within the turn, then sends what needed the
+//! fsync and advances (`finish`). A failed write is handled within the turn; a failed fsync cuts
+//! the segment back to what is durable and starts raft again from it, as a crash would.
 //!
 //! Every member applies every committed command through the same applier as a single node;
 //! `State::apply` does not know raft exists. A proposal on a follower is forwarded to the leader
