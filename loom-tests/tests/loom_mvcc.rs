@@ -7,6 +7,26 @@ use loom::thread;
 use loom_tests::model;
 use sync_kit::mvcc::MvccMap;
 
+/// A map holding `a = 0` (version 1), and a thread that commits `a = 1` and then `a = 2`, the
+/// only writer (so neither commit conflicts).
+fn key_with_a_writer() -> (Arc<MvccMap<&'static str, i32>>, thread::JoinHandle<()>) {
+    let map = Arc::new(MvccMap::new());
+    let mut setup = map.begin();
+    setup.insert("a", 0);
+    setup.commit().unwrap();
+    let writer = {
+        let map = Arc::clone(&map);
+        thread::spawn(move || {
+            for i in 1..=2 {
+                let mut tx = map.begin();
+                tx.insert("a", i);
+                tx.commit().expect("the only writer never conflicts");
+            }
+        })
+    };
+    (map, writer)
+}
+
 /// Two read-modify-write transactions on one key: no update is lost. Each commit either
 /// succeeds or conflicts, and the final value counts exactly the successful ones.
 #[test]
@@ -135,20 +155,7 @@ fn latest_reads_see_whole_commits() {
 #[test]
 fn in_place_builds_never_change_a_live_snapshot() {
     model(|| {
-        let map = Arc::new(MvccMap::new());
-        let mut setup = map.begin();
-        setup.insert("a", 0);
-        setup.commit().unwrap();
-        let writer = {
-            let map = Arc::clone(&map);
-            thread::spawn(move || {
-                for i in 1..=2 {
-                    let mut tx = map.begin();
-                    tx.insert("a", i);
-                    tx.commit().expect("the only writer never conflicts");
-                }
-            })
-        };
+        let (map, writer) = key_with_a_writer();
         let snapshot = map.snapshot();
         let seen: Vec<(&str, i32)> = snapshot.iter().map(|(k, v)| (*k, *v)).collect();
         let expected = i32::try_from(snapshot.version()).unwrap() - 1;
@@ -255,20 +262,7 @@ fn write_skew_is_refused() {
 #[test]
 fn one_key_commits_publish_with_their_slot() {
     model(|| {
-        let map = Arc::new(MvccMap::new());
-        let mut setup = map.begin();
-        setup.insert("a", 0);
-        setup.commit().unwrap();
-        let writer = {
-            let map = Arc::clone(&map);
-            thread::spawn(move || {
-                for i in 1..=2 {
-                    let mut tx = map.begin();
-                    tx.insert("a", i);
-                    tx.commit().expect("the only writer never conflicts");
-                }
-            })
-        };
+        let (map, writer) = key_with_a_writer();
         let first = map.get(&"a").expect("never removed");
         let snapshot = map.snapshot();
         let seen = snapshot.get(&"a").expect("never removed");

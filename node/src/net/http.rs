@@ -51,9 +51,7 @@ pub fn start(addr: SocketAddr, service: Arc<Service>) -> io::Result<SocketAddr> 
                     Response::from_string(dashboard_json(&service).to_string()),
                     "application/json",
                 ),
-                (tiny_http::Method::Get, "/health") => {
-                    with_type(Response::from_string("ok\n"), "text/plain")
-                }
+                (tiny_http::Method::Get, "/health") => plain("ok\n"),
                 (tiny_http::Method::Post, "/admin/remove-node" | "/admin/add-node") => {
                     // Waits for raft (up to the write timeout): off the thread serving /stats.
                     let service = Arc::clone(&service);
@@ -79,12 +77,8 @@ pub fn start(addr: SocketAddr, service: Arc<Service>) -> io::Result<SocketAddr> 
                     let query = request.url().split_once("?count=").map_or("", |(_, q)| q);
                     fail_syncs(&service, query)
                 }
-                (tiny_http::Method::Get, _) => {
-                    with_type(Response::from_string("not found\n"), "text/plain")
-                        .with_status_code(404)
-                }
-                _ => with_type(Response::from_string("method not allowed\n"), "text/plain")
-                    .with_status_code(405),
+                (tiny_http::Method::Get, _) => plain("not found\n").with_status_code(404),
+                _ => plain("method not allowed\n").with_status_code(405),
             };
             if let Err(error) = request.respond(response) {
                 tracing::debug!(%error, "HTTP client went away");
@@ -200,13 +194,9 @@ fn isolate(service: &Service, body: &str) -> Response<io::Cursor<Vec<u8>>> {
         Ok(peers) => {
             tracing::warn!(?peers, "test hook: raft links cut");
             service.raft().isolate(peers);
-            with_type(Response::from_string("ok\n"), "text/plain")
+            plain("ok\n")
         }
-        Err(error) => with_type(
-            Response::from_string(format!("peer ids expected: {error}\n")),
-            "text/plain",
-        )
-        .with_status_code(400),
+        Err(error) => plain(format!("peer ids expected: {error}\n")).with_status_code(400),
     }
 }
 
@@ -216,14 +206,15 @@ fn fail_syncs(service: &Service, count: &str) -> Response<io::Cursor<Vec<u8>>> {
         Ok(count) => {
             tracing::warn!(count, "test hook: the next raft log fsyncs fail");
             service.raft().fail_syncs(count);
-            with_type(Response::from_string("ok\n"), "text/plain")
+            plain("ok\n")
         }
-        Err(error) => with_type(
-            Response::from_string(format!("a count expected: {error}\n")),
-            "text/plain",
-        )
-        .with_status_code(400),
+        Err(error) => plain(format!("a count expected: {error}\n")).with_status_code(400),
     }
+}
+
+/// A plain-text response.
+fn plain(text: impl Into<String>) -> Response<io::Cursor<Vec<u8>>> {
+    with_type(Response::from_string(text), "text/plain")
 }
 
 fn with_type<R: io::Read>(response: Response<R>, content_type: &str) -> Response<R> {
