@@ -1315,6 +1315,7 @@ impl MemberLoop {
     /// Tells raft, in order, which written Readies are durable, and sends their
     /// acknowledgements.
     fn release_flights(&mut self) {
+        let mut released = Vec::new();
         while self
             .flights
             .front()
@@ -1322,8 +1323,11 @@ impl MemberLoop {
         {
             let flight = self.flights.pop_front().expect("checked above");
             self.raw.on_persist_ready(flight.number);
-            self.send(flight.messages);
+            released.extend(flight.messages);
         }
+        // One fsync often covers several appends from the leader: their acknowledgements go
+        // out together, and only the last of them counts (see `send`).
+        self.send(released);
     }
 
     /// Waits until every fsync handed out is done (before a roll, a compaction, a snapshot
@@ -1463,7 +1467,8 @@ impl MemberLoop {
             .is_some_and(|id| id.member == self.cluster.id && id.incarnation == self.incarnation)
     }
 
-    fn send(&mut self, messages: Vec<Message>) {
+    fn send(&mut self, mut messages: Vec<Message>) {
+        drop_superseded_acks(&mut messages);
         for message in messages {
             let snapshot_to =
                 (message.get_msg_type() == MessageType::MsgSnapshot).then_some(message.to);
@@ -1773,9 +1778,87 @@ fn decode_command(data: &[u8]) -> Result<Command, String> {
     }
 }
 
+/// Drops every accepting append response that a later one in `messages` to the same leader in
+/// the same term supersedes (its index at least as high).
+///
+/// A leader takes from such a response only "this follower holds everything up to `index`" (and
+/// its commit index, which only grows); a later one says the same up to a higher index, so
+/// the earlier ones would cost the leader a wake-up, a read and a step each for nothing. Raft
+/// tolerates lost messages, so leaving them out changes no outcome. Refusals are all kept:
+/// each carries its own hint.
+fn drop_superseded_acks(messages: &mut Vec<Message>) {
+    let is_ack = |m: &Message| m.get_msg_type() == MessageType::MsgAppendResponse && !m.reject;
+    if messages.iter().filter(|m| is_ack(m)).count() < 2 {
+        return;
+    }
+    // (to, term) -> the highest index of the acks kept after this point.
+    let mut later: Vec<(u64, u64, u64)> = Vec::new();
+    let mut keep = vec![true; messages.len()];
+    for (i, message) in messages.iter().enumerate().rev() {
+        if !is_ack(message) {
+            continue;
+        }
+        let key = (message.to, message.term);
+        match later.iter_mut().find(|(to, term, _)| (*to, *term) == key) {
+            Some((_, _, index)) if *index >= message.index => keep[i] = false,
+            Some((_, _, index)) => *index = message.index,
+            None => later.push((message.to, message.term, message.index)),
+        }
+    }
+    let mut kept = keep.into_iter();
+    messages.retain(|_| kept.next().unwrap_or(true));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn append_response(to: u64, term: u64, index: u64, reject: bool) -> Message {
+        let mut message = Message::default();
+        message.set_msg_type(MessageType::MsgAppendResponse);
+        message.to = to;
+        message.term = term;
+        message.index = index;
+        message.reject = reject;
+        message
+    }
+
+    #[test]
+    fn only_the_last_ack_to_a_leader_in_a_term_is_sent() {
+        let mut heartbeat = Message::default();
+        heartbeat.set_msg_type(MessageType::MsgHeartbeatResponse);
+        heartbeat.to = 1;
+        let mut messages = vec![
+            append_response(1, 5, 10, false),
+            append_response(1, 5, 7, true),
+            heartbeat,
+            append_response(1, 5, 12, false),
+            // Another leader (after a membership change) or another term: kept.
+            append_response(2, 5, 11, false),
+            append_response(1, 4, 9, false),
+            // A late answer to a resent append, lower than one before it: kept, and it
+            // supersedes nothing.
+            append_response(1, 5, 14, false),
+            append_response(1, 5, 13, false),
+        ];
+        drop_superseded_acks(&mut messages);
+        let left: Vec<_> = messages
+            .iter()
+            .map(|m| (m.get_msg_type(), m.to, m.term, m.index, m.reject))
+            .collect();
+        use MessageType::{MsgAppendResponse as Ack, MsgHeartbeatResponse as Beat};
+        assert_eq!(
+            left,
+            [
+                (Ack, 1, 5, 7, true),
+                (Beat, 1, 0, 0, false),
+                (Ack, 2, 5, 11, false),
+                (Ack, 1, 4, 9, false),
+                (Ack, 1, 5, 14, false),
+                (Ack, 1, 5, 13, false),
+            ]
+        );
+    }
 
     #[test]
     fn proposal_ids_round_trip_and_refuse_other_shapes() {

@@ -107,6 +107,9 @@ struct Mailbox {
     messages: OrdMap<u64, Stored>,
     /// Idempotency key → (message id, timestamp) of this user's keyed sends.
     sent_keys: OrdMap<String, (u64, u64)>,
+    /// The same keys by age, (timestamp, key), the oldest first: a send forgets the expired
+    /// ones without looking at the others.
+    sent_by_age: BTreeSet<(u64, String)>,
     /// Delivery bookkeeping (not state): handed out, mark not applied yet.
     handed_out: BTreeSet<u64>,
 }
@@ -119,6 +122,23 @@ impl Mailbox {
             timestamp: stored.timestamp,
             text: stored.text.to_string(),
         }
+    }
+
+    /// Remembers this user's keyed send `id` at `timestamp`, first forgetting every key of
+    /// theirs older than [`KEYS_KEPT_MS`] before it (by the logged clock, so alike on every
+    /// member).
+    fn remember_key(&mut self, key: &str, id: u64, timestamp: u64) {
+        let oldest_kept = timestamp.saturating_sub(KEYS_KEPT_MS);
+        while let Some((at, _)) = self.sent_by_age.first()
+            && *at < oldest_kept
+        {
+            let (_, expired) = self.sent_by_age.pop_first().expect("just seen");
+            self.sent_keys.remove(&expired);
+        }
+        if let Some((_, replaced)) = self.sent_keys.insert(key.to_string(), (id, timestamp)) {
+            self.sent_by_age.remove(&(replaced, key.to_string()));
+        }
+        self.sent_by_age.insert((timestamp, key.to_string()));
     }
 
     fn unread(&self) -> impl Iterator<Item = (&u64, &Stored)> {
@@ -463,18 +483,10 @@ impl State {
             None => self.store_message(held.get_mut(sender_slot), index, to, stored),
         };
         if let Outcome::Sent { id, .. } = outcome {
-            let keys = &mut held.get_mut(sender_slot).entry(from).or_default().sent_keys;
-            // Keys older than the time they are kept, by this send's clock: the same on every
-            // node, since the clock reading is in the command.
-            let expired: Vec<String> = keys
-                .iter()
-                .filter(|(_, (_, at))| at.saturating_add(KEYS_KEPT_MS) < timestamp)
-                .map(|(key, _)| key.clone())
-                .collect();
-            for key in expired {
-                keys.remove(&key);
-            }
-            keys.insert(key.to_string(), (id, timestamp));
+            held.get_mut(sender_slot)
+                .entry(from)
+                .or_default()
+                .remember_key(key, id, timestamp);
         }
         Ok(outcome)
     }
@@ -647,11 +659,11 @@ impl State {
         commit(tx).expect("a fresh map has no concurrent writer");
         let mut shards: Vec<Shard> = (0..SHARDS).map(|_| HashMap::new()).collect();
         for (user, keys) in image.sent_keys {
-            shards[shard_of(&user)]
-                .entry(user)
-                .or_default()
-                .sent_keys
-                .extend(keys.into_iter().map(|k| (k.key, (k.id, k.timestamp))));
+            let mailbox = shards[shard_of(&user)].entry(user).or_default();
+            for key in keys {
+                mailbox.sent_by_age.insert((key.timestamp, key.key.clone()));
+                mailbox.sent_keys.insert(key.key, (key.id, key.timestamp));
+            }
         }
         for (user, messages) in image.mailboxes {
             let mailbox = shards[shard_of(&user)].entry(user).or_default();
@@ -890,5 +902,17 @@ mod tests {
             let again = State::from_image(restored.image().unwrap()).unwrap();
             again.digest().unwrap().1
         });
+        // The restored state forgets by age too: ten minutes later, only the newest key is left.
+        send(&restored, 8, "ben", 1_003 + 2 * KEYS_KEPT_MS, "later");
+        let image = restored.image().unwrap();
+        let keys: Vec<&str> = image.sent_keys["ann"]
+            .iter()
+            .map(|k| k.key.as_str())
+            .collect();
+        assert_eq!(keys, vec!["later"]);
+        assert!(matches!(
+            send(&restored, 9, "ben", 1_004 + 2 * KEYS_KEPT_MS, "new"),
+            Outcome::Sent { id: 9, .. }
+        ));
     }
 }
