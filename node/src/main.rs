@@ -10,12 +10,6 @@ use synckit_node::client::{bench, chat, cli as client_cli};
 use synckit_node::config::Config;
 use synckit_node::raft::Cluster;
 
-/// glibc's malloc took about a tenth of a busy cluster's CPU (its arenas' locks, consolidation
-/// and growth); mimalloc's per-thread free lists take a fraction of that (docs/performance.md,
-/// "The allocator").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser, Debug)]
 #[command(
     name = "synckit-node",
