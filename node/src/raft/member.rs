@@ -20,7 +20,9 @@
 //! The loop never waits for its fsync: while the syncer runs one, the loop steps the peers'
 //! answers, hands on what they commit, and writes the next Ready, which the next fsync covers
 //! (fsyncs that queue up are done as one). Raft counts a Ready durable, and its
-//! acknowledgements leave, only once its fsync is done, in order; entries reach the applier
+//! acknowledgements leave, only once its fsync is done, in order (those one fsync releases leave
+//! together, and of a follower's acks to its leader only the last counts, so only it is sent:
+//! `drop_superseded_acks`); entries reach the applier
 //! only once committed and durable here (raft-rs hands on no entry past what is persisted).
 //! The only voter of a configuration (a node on its own) gains nothing from that and pays a
 //! thread hand-off per commit: it writes and fsyncs within the turn, then sends what needed the
