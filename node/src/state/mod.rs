@@ -110,6 +110,9 @@ struct Mailbox {
     /// The same keys by age, (timestamp, key), the oldest first: a send forgets the expired
     /// ones without looking at the others.
     sent_by_age: BTreeSet<(u64, String)>,
+    /// The ids of `messages` not delivered yet (derived from them): reading what waits costs
+    /// what waits, not the mailbox's whole history.
+    undelivered: BTreeSet<u64>,
     /// Delivery bookkeeping (not state): handed out, mark not applied yet.
     handed_out: BTreeSet<u64>,
 }
@@ -142,9 +145,17 @@ impl Mailbox {
     }
 
     fn unread(&self) -> impl Iterator<Item = (&u64, &Stored)> {
-        self.messages
+        self.undelivered
             .iter()
-            .filter(|(id, stored)| !stored.delivered && !self.handed_out.contains(id))
+            .filter(|id| !self.handed_out.contains(id))
+            .filter_map(|id| Some((id, self.messages.get(id)?)))
+    }
+
+    fn store(&mut self, id: u64, stored: Stored) {
+        if !stored.delivered {
+            self.undelivered.insert(id);
+        }
+        self.messages.insert(id, stored);
     }
 }
 
@@ -308,7 +319,9 @@ impl State {
                         .expect("every named user's shard is in the set");
                     if let Some(mailbox) = held.get_mut(*slot).get_mut(user) {
                         for id in ids {
-                            if let Some(stored) = mailbox.messages.get_mut(id) {
+                            if mailbox.undelivered.remove(id)
+                                && let Some(stored) = mailbox.messages.get_mut(id)
+                            {
                                 stored.delivered = true;
                             }
                             mailbox.handed_out.remove(id);
@@ -324,6 +337,7 @@ impl State {
                 if let Some(mailbox) = shard.get_mut(user) {
                     for id in ids {
                         // Only the owner's own mailbox: nobody else's message can be named.
+                        mailbox.undelivered.remove(id);
                         if mailbox.messages.remove(id).is_some() {
                             deleted += 1;
                         }
@@ -447,8 +461,7 @@ impl State {
         shard
             .entry(to.to_string())
             .or_default()
-            .messages
-            .insert(index, stored);
+            .store(index, stored);
         Outcome::Sent {
             id: index,
             timestamp,
@@ -533,8 +546,7 @@ impl State {
             if let Ok(shard) = shard.try_lock_for(patience) {
                 for mailbox in shard.values() {
                     counts.stored += mailbox.messages.len();
-                    counts.undelivered +=
-                        mailbox.messages.values().filter(|m| !m.delivered).count();
+                    counts.undelivered += mailbox.undelivered.len();
                 }
             }
         }
@@ -667,18 +679,15 @@ impl State {
         }
         for (user, messages) in image.mailboxes {
             let mailbox = shards[shard_of(&user)].entry(user).or_default();
-            mailbox.messages = messages
-                .into_iter()
-                .map(|m| {
-                    let stored = Stored {
-                        from: m.from.into(),
-                        timestamp: m.timestamp,
-                        text: m.text.into(),
-                        delivered: m.delivered,
-                    };
-                    (m.id, stored)
-                })
-                .collect();
+            for m in messages {
+                let stored = Stored {
+                    from: m.from.into(),
+                    timestamp: m.timestamp,
+                    text: m.text.into(),
+                    delivered: m.delivered,
+                };
+                mailbox.store(m.id, stored);
+            }
         }
         for (lock, shard) in state.shards.iter_mut().zip(shards) {
             *lock.get_mut() = shard;
@@ -832,6 +841,51 @@ mod tests {
             key: Some(key.into()),
         };
         state.apply(index, &command).unwrap()
+    }
+
+    #[test]
+    fn what_waits_follows_stores_hand_outs_marks_deletes_and_a_restore() {
+        let state = State::new();
+        create(&state, 1, "ann");
+        create(&state, 2, "ben");
+        for index in 3..=7 {
+            send(&state, index, "ben", index, &format!("k{index}"));
+        }
+        let ids = |messages: Vec<Message>| messages.iter().map(|m| m.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(state.hand_out_unread("ben", 2, usize::MAX).unwrap()),
+            [3, 4]
+        );
+        assert_eq!(state.unread_count("ben").unwrap(), 3);
+        let mark = Command::MarkDelivered {
+            marks: vec![("ben".into(), vec![3, 99])],
+        };
+        assert_eq!(state.apply(8, &mark).unwrap(), Outcome::Done);
+        let delete = Command::DeleteMessages {
+            user: "ben".into(),
+            ids: vec![5],
+        };
+        assert!(matches!(
+            state.apply(9, &delete).unwrap(),
+            Outcome::Deleted(1)
+        ));
+        // 4 is handed out (not waiting, still undelivered), 6 and 7 wait.
+        assert_eq!(state.unread_count("ben").unwrap(), 2);
+        let counts = state.message_counts(std::time::Duration::ZERO);
+        assert_eq!((counts.stored, counts.undelivered), (4, 3));
+        assert_eq!(
+            ids(state.hand_out_unread("ben", 10, usize::MAX).unwrap()),
+            [6, 7]
+        );
+        // Hand-outs are not state: after a restore, everything undelivered waits again.
+        let restored = State::from_image(state.image().unwrap()).unwrap();
+        assert_eq!(restored.unread_count("ben").unwrap(), 3);
+        let counts = restored.message_counts(std::time::Duration::ZERO);
+        assert_eq!((counts.stored, counts.undelivered), (4, 3));
+        assert_eq!(
+            ids(restored.hand_out_unread("ben", 10, usize::MAX).unwrap()),
+            [4, 6, 7]
+        );
     }
 
     #[test]
