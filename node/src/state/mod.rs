@@ -105,8 +105,10 @@ struct Stored {
 #[derive(Debug, Default)]
 struct Mailbox {
     messages: OrdMap<u64, Stored>,
-    /// Idempotency key → (message id, timestamp) of this user's keyed sends.
-    sent_keys: OrdMap<String, (u64, u64)>,
+    /// Idempotency key → (message id, timestamp) of this user's keyed sends. A hash map: a send
+    /// looks its key up and stores it, which in an ordered map of random keys cost a hundred
+    /// string comparisons; the image sorts them.
+    sent_keys: imbl::HashMap<String, (u64, u64)>,
     /// The same keys by age, (timestamp, key), the oldest first: a send forgets the expired
     /// ones without looking at the others.
     sent_by_age: BTreeSet<(u64, String)>,
@@ -747,7 +749,11 @@ pub struct Capture {
     ledger: crate::ledger::LedgerCapture,
 }
 
-type CapturedMailbox = (String, OrdMap<u64, Stored>, OrdMap<String, (u64, u64)>);
+type CapturedMailbox = (
+    String,
+    OrdMap<u64, Stored>,
+    imbl::HashMap<String, (u64, u64)>,
+);
 
 impl Capture {
     /// The index of the last command it holds.
@@ -766,7 +772,7 @@ impl Capture {
         let mut sent_keys = BTreeMap::new();
         for (user, messages, keys) in self.mailboxes {
             if !keys.is_empty() {
-                let keys = keys
+                let mut keys: Vec<ImageKey> = keys
                     .iter()
                     .map(|(key, &(id, timestamp))| ImageKey {
                         key: key.clone(),
@@ -774,6 +780,7 @@ impl Capture {
                         timestamp,
                     })
                     .collect();
+                keys.sort_unstable_by(|a, b| a.key.cmp(&b.key));
                 sent_keys.insert(user.clone(), keys);
             }
             let messages = messages
