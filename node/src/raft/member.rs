@@ -31,7 +31,8 @@
 //!
 //! Every member applies every committed command through the same applier as a single node;
 //! `State::apply` does not know raft exists. A proposal on a follower is forwarded to the leader
-//! by raft-rs itself; its entry carries a context (member id, incarnation, sequence number), so
+//! by raft-rs itself (a turn's adjacent ones merged into one message:
+//! `merge_forwarded_proposals`); its entry carries a context (member id, incarnation, sequence number), so
 //! whichever member proposed it finds its waiter when the entry commits, wherever it was
 //! appended. A proposal that does not commit within [`WRITE_TIMEOUT`] is answered `unavailable`
 //! (it was never acknowledged; it may still commit later, which is why sends carry keys). While
@@ -1471,6 +1472,7 @@ impl MemberLoop {
 
     fn send(&mut self, mut messages: Vec<Message>) {
         drop_superseded_acks(&mut messages);
+        merge_forwarded_proposals(&mut messages);
         for message in messages {
             let snapshot_to =
                 (message.get_msg_type() == MessageType::MsgSnapshot).then_some(message.to);
@@ -1811,6 +1813,34 @@ fn drop_superseded_acks(messages: &mut Vec<Message>) {
     messages.retain(|_| kept.next().unwrap_or(true));
 }
 
+/// Merges each run of consecutive proposals forwarded to the same leader into one message that
+/// carries all their entries, in order.
+///
+/// A follower forwards every proposal it takes as a message of its own (raft-rs does not batch
+/// them); a leader steps a proposal of several entries as one append of them all, so a turn's
+/// proposals cost the leader one wake-up and one step instead of one each. Only adjacent ones
+/// are merged: nothing moves past a message of another kind.
+fn merge_forwarded_proposals(messages: &mut Vec<Message>) {
+    let is_proposal = |m: &Message| m.get_msg_type() == MessageType::MsgPropose;
+    if !messages
+        .windows(2)
+        .any(|pair| is_proposal(&pair[0]) && is_proposal(&pair[1]) && pair[0].to == pair[1].to)
+    {
+        return;
+    }
+    let mut merged: Vec<Message> = Vec::with_capacity(messages.len());
+    for mut message in messages.drain(..) {
+        match merged.last_mut() {
+            Some(last) if is_proposal(last) && is_proposal(&message) && last.to == message.to => {
+                let entries = message.take_entries();
+                last.mut_entries().extend(entries);
+            }
+            _ => merged.push(message),
+        }
+    }
+    *messages = merged;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1823,6 +1853,47 @@ mod tests {
         message.index = index;
         message.reject = reject;
         message
+    }
+
+    #[test]
+    fn adjacent_proposals_to_one_leader_travel_as_one_message() {
+        let proposal = |to: u64, data: &[u8]| {
+            let mut message = Message::default();
+            message.set_msg_type(MessageType::MsgPropose);
+            message.to = to;
+            let mut entry = RaftEntry::default();
+            entry.data = data.to_vec().into();
+            message.mut_entries().push(entry);
+            message
+        };
+        let mut messages = vec![
+            proposal(1, b"a"),
+            proposal(1, b"b"),
+            proposal(1, b"c"),
+            append_response(1, 5, 9, false),
+            proposal(1, b"d"),
+            proposal(2, b"e"),
+            proposal(2, b"f"),
+        ];
+        merge_forwarded_proposals(&mut messages);
+        let shape: Vec<(MessageType, u64, Vec<Vec<u8>>)> = messages
+            .iter()
+            .map(|m| {
+                let data = m.entries.iter().map(|e| e.data.to_vec()).collect();
+                (m.get_msg_type(), m.to, data)
+            })
+            .collect();
+        use MessageType::{MsgAppendResponse as Ack, MsgPropose as Prop};
+        let bytes = |items: &[&[u8]]| items.iter().map(|b| b.to_vec()).collect::<Vec<_>>();
+        assert_eq!(
+            shape,
+            [
+                (Prop, 1, bytes(&[b"a", b"b", b"c"])),
+                (Ack, 1, vec![]),
+                (Prop, 1, bytes(&[b"d"])),
+                (Prop, 2, bytes(&[b"e", b"f"])),
+            ]
+        );
     }
 
     #[test]
