@@ -1861,9 +1861,10 @@ mod tests {
             let mut message = Message::default();
             message.set_msg_type(MessageType::MsgPropose);
             message.to = to;
-            let mut entry = RaftEntry::default();
-            entry.data = data.to_vec().into();
-            message.mut_entries().push(entry);
+            message.mut_entries().push(RaftEntry {
+                data: data.to_vec().into(),
+                ..RaftEntry::default()
+            });
             message
         };
         let mut messages = vec![
