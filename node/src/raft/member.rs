@@ -22,8 +22,8 @@
 //! (fsyncs that queue up are done as one). Raft counts a Ready durable, and its
 //! acknowledgements leave, only once its fsync is done, in order (those one fsync releases leave
 //! together, and of a follower's acks to its leader only the last counts, so only it is sent:
-//! `drop_superseded_acks`); entries reach the applier
-//! only once committed and durable here (raft-rs hands on no entry past what is persisted).
+//! `drop_superseded_acks`); entries reach the applier only once committed and durable here
+//! (raft-rs hands on no entry past what is persisted).
 //! The only voter of a configuration (a node on its own) gains nothing from that and pays a
 //! thread hand-off per commit: it writes and fsyncs within the turn, then sends what needed the
 //! fsync and advances (`finish`). A failed write is handled within the turn; a failed fsync cuts
@@ -32,9 +32,9 @@
 //! Every member applies every committed command through the same applier as a single node;
 //! `State::apply` does not know raft exists. A proposal on a follower is forwarded to the leader
 //! by raft-rs itself (a turn's adjacent ones merged into one message:
-//! `merge_forwarded_proposals`); its entry carries a context (member id, incarnation, sequence number), so
-//! whichever member proposed it finds its waiter when the entry commits, wherever it was
-//! appended. A proposal that does not commit within [`WRITE_TIMEOUT`] is answered `unavailable`
+//! `merge_forwarded_proposals`); its entry carries a context (member id, incarnation, sequence
+//! number), so whichever member proposed it finds its waiter when the entry commits, wherever it
+//! was appended. A proposal that does not commit within [`WRITE_TIMEOUT`] is answered `unavailable`
 //! (it was never acknowledged; it may still commit later, which is why sends carry keys). While
 //! no leader is known, proposals wait (the same bound) and then get `not_leader` without one.
 //!

@@ -18,6 +18,11 @@
 //! every shard sees the state at exactly one index, the end of a batch: that is how
 //! [`State::image`] (snapshots, the digest) reads a consistent state while apply runs.
 //!
+//! Each mailbox also keeps two indexes derived from its state (rebuilt from an image, never in
+//! one): `undelivered`, the ids of its messages not marked delivered, and `sent_by_age`, its
+//! idempotency keys by (timestamp, key). Invariant: they hold exactly those messages and keys,
+//! so reading what waits and expiring old keys never walk the rest.
+//!
 //! Beside the state, each mailbox keeps the node's *delivery bookkeeping*: the messages handed
 //! to their recipient (pushed live or returned by a read) whose `MarkDelivered` command is not
 //! applied yet. It is node-local (never logged, never in the digest or a snapshot): it only keeps
