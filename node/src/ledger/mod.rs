@@ -441,10 +441,7 @@ impl Ledger {
         // pool to the confirmed maps: both read at one point, never one before a block and the
         // other after it.
         let pool = self.pool.lock()?;
-        let confirmed = self
-            .owned
-            .get(&user.to_string())
-            .map_or(0, |owned| owned.values().sum());
+        let confirmed = self.owned.get(user).map_or(0, |owned| owned.values().sum());
         let pending = pool.pending(user);
         drop(pool);
         Ok(Balance {
@@ -462,7 +459,7 @@ impl Ledger {
     pub fn owned_by(&self, user: &str) -> Result<Vec<Owned>, LockError> {
         // Both under the `mempool` lock, as in `balance`.
         let pool = self.pool.lock()?;
-        let confirmed = self.owned.get(&user.to_string()).unwrap_or_default();
+        let confirmed = self.owned.get(user).unwrap_or_default();
         let mut owned: Vec<Owned> = confirmed
             .iter()
             .filter(|(outpoint, _)| pool.spender(outpoint).is_none())
@@ -709,7 +706,7 @@ impl Ledger {
         if amount == 0 {
             return Err(tx::invalid_transaction("a transfer of zero coins"));
         }
-        let confirmed = self.owned.get(&from.to_string()).unwrap_or_default();
+        let confirmed = self.owned.get(from).unwrap_or_default();
         let spendable = confirmed
             .iter()
             .filter(|(outpoint, _)| pool.spender(outpoint).is_none())
@@ -853,7 +850,7 @@ impl Ledger {
         let mut owners: BTreeMap<String, OrdMap<Outpoint, u64>> = BTreeMap::new();
         let owner = |owners: &mut BTreeMap<String, OrdMap<Outpoint, u64>>, name: &str| {
             if !owners.contains_key(name) {
-                let now = self.owned.get(&name.to_string()).unwrap_or_default();
+                let now = self.owned.get(name).unwrap_or_default();
                 owners.insert(name.to_string(), now);
             }
         };

@@ -458,7 +458,7 @@ impl State {
     /// Stores a message in `to`'s mailbox, if that account exists (checked under the shard
     /// lock: account deletion holds it too).
     fn store_message(&self, shard: &mut Shard, index: u64, to: &str, stored: Stored) -> Outcome {
-        if !self.accounts.contains_key(&to.to_string()) {
+        if !self.accounts.contains_key(to) {
             return Outcome::Refused(ErrorReply::new(
                 ErrorCode::NoSuchUser,
                 format!("no such user {to:?}"),
@@ -519,12 +519,12 @@ impl State {
 
     /// The account named `username`, from the latest committed version (does not wait for apply).
     pub fn account(&self, username: &str) -> Option<Account> {
-        self.accounts.get(&username.to_string())
+        self.accounts.get(username)
     }
 
     /// Whether an account named `username` exists.
     pub fn has_account(&self, username: &str) -> bool {
-        self.accounts.contains_key(&username.to_string())
+        self.accounts.contains_key(username)
     }
 
     /// An O(1) snapshot of every account, for listings.

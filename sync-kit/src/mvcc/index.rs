@@ -28,6 +28,7 @@
 //! than std's SipHash, which a point read and a commit would pay several times over): shard from
 //! bits 32 and up, bucket and tag from the rest, as `hashbrown` uses them.
 
+use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 
 use hashbrown::HashTable;
@@ -112,7 +113,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Index<K, V> {
         }
     }
 
-    fn hash(&self, key: &K) -> u64 {
+    fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
         self.hasher.hash_one(key)
     }
 
@@ -122,10 +123,14 @@ impl<K: Hash + Eq + Clone, V: Clone> Index<K, V> {
 
     /// The value of `key` at version `at`, if the index can tell. `at` must be a published
     /// version that the caller stands on (a live snapshot's, or the latest one read just before).
-    pub(crate) fn get_at(&self, key: &K, at: u64) -> Lookup<V> {
+    pub(crate) fn get_at<Q>(&self, key: &Q, at: u64) -> Lookup<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let hash = self.hash(key);
         let shard = self.shard(hash).lock();
-        match shard.find(hash, |slot| slot.key == *key) {
+        match shard.find(hash, |slot| slot.key.borrow() == key) {
             None => Lookup::Known(None),
             Some(slot) if slot.written_at <= at => Lookup::Known(slot.value.clone()),
             Some(Slot {
@@ -136,10 +141,14 @@ impl<K: Hash + Eq + Clone, V: Clone> Index<K, V> {
     }
 
     /// Whether `key` has a value at version `at`, if the index can tell (as [`Index::get_at`]).
-    pub(crate) fn contains_at(&self, key: &K, at: u64) -> Option<bool> {
+    pub(crate) fn contains_at<Q>(&self, key: &Q, at: u64) -> Option<bool>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let hash = self.hash(key);
         let shard = self.shard(hash).lock();
-        match shard.find(hash, |slot| slot.key == *key) {
+        match shard.find(hash, |slot| slot.key.borrow() == key) {
             None => Some(false),
             Some(slot) if slot.written_at <= at => Some(slot.value.is_some()),
             Some(Slot {

@@ -76,6 +76,7 @@ mod snapshot;
 mod state;
 mod transaction;
 
+use std::borrow::Borrow;
 use std::fmt;
 use std::hash::Hash;
 use std::sync::Arc;
@@ -126,13 +127,35 @@ impl<K: Ord + Hash + Clone, V: Clone> MvccMap<K, V> {
         Transaction::new(self.snapshot())
     }
 
-    /// The latest committed value of `key`.
-    pub fn get(&self, key: &K) -> Option<V> {
+    /// The latest committed value of `key`, which may be any borrowed form of the key type
+    /// (`&str` for `String` keys), as with [`HashMap::get`](std::collections::HashMap::get).
+    ///
+    /// ```
+    /// use sync_kit::mvcc::MvccMap;
+    ///
+    /// let accounts: MvccMap<String, u32> = MvccMap::new();
+    /// let mut tx = accounts.begin();
+    /// tx.insert("ann".to_string(), 7);
+    /// tx.commit().unwrap();
+    /// let name: &str = "ann";
+    /// assert_eq!(accounts.get(name), Some(7)); // no String built to look it up
+    /// assert!(accounts.contains_key(name) && !accounts.contains_key("ben"));
+    /// assert_eq!(accounts.snapshot().get(name), Some(7));
+    /// ```
+    pub fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.shared.get_latest(key)
     }
 
-    /// Whether `key` has a committed value.
-    pub fn contains_key(&self, key: &K) -> bool {
+    /// Whether `key` (any borrowed form of the key type) has a committed value.
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.shared.contains_latest(key)
     }
 

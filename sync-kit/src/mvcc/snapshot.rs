@@ -1,5 +1,6 @@
 //! [`Snapshot`]: one immutable version of an [`MvccMap`](super::MvccMap).
 
+use std::borrow::Borrow;
 use std::fmt;
 use std::hash::Hash;
 use std::ops::RangeBounds;
@@ -34,15 +35,26 @@ impl<K: Ord + Hash + Clone, V: Clone> Snapshot<K, V> {
     /// The value of `key` at this version. One hash lookup in the latest version's index when
     /// the key was written at most once since this version (almost always, for a recent
     /// snapshot); otherwise a lookup in this version's ordered map.
-    pub fn get(&self, key: &K) -> Option<V> {
+    ///
+    /// `key` may be any borrowed form of the key type (`&str` for `String` keys), as with
+    /// [`HashMap::get`](std::collections::HashMap::get).
+    pub fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + Ord + ?Sized,
+    {
         match self.registration.shared.lookup_at(key, self.version.number) {
             Lookup::Known(value) => value,
             Lookup::Older => self.version.get(key),
         }
     }
 
-    /// Whether `key` has a value at this version.
-    pub fn contains_key(&self, key: &K) -> bool {
+    /// Whether `key` (any borrowed form of the key type) has a value at this version.
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + Ord + ?Sized,
+    {
         self.registration
             .shared
             .contains_at(key, self.version.number)

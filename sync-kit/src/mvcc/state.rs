@@ -27,6 +27,7 @@
 //! against is the one it replaces; if that is still the transaction's own snapshot version,
 //! nothing was committed since the transaction began and there is nothing to validate.
 
+use std::borrow::Borrow;
 use std::collections::VecDeque;
 use std::hash::Hash;
 use std::sync::{Arc, OnceLock};
@@ -166,7 +167,11 @@ impl<K: Ord + Hash + Clone, V: Clone> Version<K, V> {
         }
     }
 
-    pub(crate) fn get(&self, key: &K) -> Option<V> {
+    pub(crate) fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
         self.entries().get(key).cloned()
     }
 
@@ -411,7 +416,11 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
     /// Linearizable: the answer is the key's value at a version that was the latest at some
     /// moment of the call (the one loaded, or one published during the lookup), never at an
     /// unpublished one, so a commit's writes appear to these reads all at once.
-    pub(crate) fn get_latest(&self, key: &K) -> Option<V> {
+    pub(crate) fn get_latest<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         loop {
             let at = self.published.load(Ordering::Acquire);
             if let Lookup::Known(value) = self.index.get_at(key, at) {
@@ -421,7 +430,11 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
     }
 
     /// Whether `key` has a value in the latest version (as [`Shared::get_latest`]).
-    pub(crate) fn contains_latest(&self, key: &K) -> bool {
+    pub(crate) fn contains_latest<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         loop {
             let at = self.published.load(Ordering::Acquire);
             if let Some(live) = self.index.contains_at(key, at) {
@@ -431,12 +444,20 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
     }
 
     /// The value of `key` at `version`, which a live snapshot stands on, if the index can tell.
-    pub(crate) fn lookup_at(&self, key: &K, version: u64) -> Lookup<V> {
+    pub(crate) fn lookup_at<Q>(&self, key: &Q, version: u64) -> Lookup<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.index.get_at(key, version)
     }
 
     /// Whether `key` has a value at `version` (a live snapshot's), if the index can tell.
-    pub(crate) fn contains_at(&self, key: &K, version: u64) -> Option<bool> {
+    pub(crate) fn contains_at<Q>(&self, key: &Q, version: u64) -> Option<bool>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.index.contains_at(key, version)
     }
 
