@@ -39,14 +39,9 @@ run_bench() {
 
 for round in $(seq "$ROUNDS"); do
     # The single node.
-    out="$work/single-$round.out"
-    "$node_bin" serve --data-dir "$work/single-$round" --chat-addr 127.0.0.1:0 \
-        --http-addr 127.0.0.1:0 "${LIMITS[@]}" >"$out" 2>"$out.err" &
-    pid=$!
-    pids=("$pid")
-    wait_for "$out" "listening chat="
-    run_bench "$(sed -n 's/.*listening chat=\([^ ]*\).*/\1/p' "$out")" single
-    kill -INT "$pid"; wait "$pid" 2>/dev/null || true
+    start_single "$work/single-$round"
+    run_bench "$single_addr" single
+    kill -INT "$single_pid"; wait "$single_pid" 2>/dev/null || true
     pids=()
 
     # The cluster.

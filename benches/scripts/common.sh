@@ -3,7 +3,7 @@
 #
 # Sets: LIMITS (serve flags lifting every rate limit), node_bin (NODE_BIN, or this checkout's
 # release build), work (a scratch directory), pids (processes to stop on exit); defines
-# wait_for and cluster_leader.
+# wait_for, start_single and cluster_leader.
 
 # Every rate limit lifted: the benchmarks measure the node, not its limits.
 LIMITS=(--requests-per-sec 1000000000 --request-burst 1000000000
@@ -37,6 +37,19 @@ wait_for() {
     echo "timed out waiting for '$2' in $1:" >&2
     cat "$1" >&2
     exit 1
+}
+
+# Starts a single node with every limit lifted and its data in $1 (its output in $1.out) and
+# waits for it to listen; sets single_pid (also the one process in pids, stopped on exit) and
+# single_addr (its chat address).
+start_single() {
+    local out="$1.out"
+    "$node_bin" serve --data-dir "$1" --chat-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
+        "${LIMITS[@]}" >"$out" 2>"$out.err" &
+    single_pid=$!
+    pids=("$single_pid")
+    wait_for "$out" "listening chat="
+    single_addr="$(sed -n 's/.*listening chat=\([^ ]*\).*/\1/p' "$out")"
 }
 
 # Waits for the five members `cluster up` reports in file $1 and for one of them to lead (up to

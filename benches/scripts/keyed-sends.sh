@@ -16,12 +16,8 @@ MESSAGES="${MESSAGES:-3000}"
 # shellcheck source=benches/scripts/common.sh
 source benches/scripts/common.sh
 
-out="$work/single.out"
-"$node_bin" serve --data-dir "$work/single" --chat-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
-    "${LIMITS[@]}" >"$out" 2>"$out.err" &
-pids=("$!")
-wait_for "$out" "listening chat="
-addr="$(sed -n 's/.*listening chat=\([^ ]*\).*/\1/p' "$out")"
+start_single "$work/single"
+addr="$single_addr"
 "$node_bin" bench --addr "$addr,$addr" -c 50 -m 1000 >/dev/null
 for run in $(seq "$RUNS"); do
     echo "run $run: $("$node_bin" bench --addr "$addr,$addr" -c 50 -m "$MESSAGES" 2>&1)"

@@ -47,14 +47,9 @@ run_bench() {
 
 # A fresh single node; runs the bench with --op $2 against it (round $1).
 single() {
-    local out="$work/single-$1-$2.out" pid
-    "$node_bin" serve --data-dir "$work/single-$1-$2" --chat-addr 127.0.0.1:0 \
-        --http-addr 127.0.0.1:0 "${LIMITS[@]}" >"$out" 2>"$out.err" &
-    pid=$!
-    pids=("$pid")
-    wait_for "$out" "listening chat="
-    run_bench "$(sed -n 's/.*listening chat=\([^ ]*\).*/\1/p' "$out")" single "$2"
-    kill -INT "$pid"; wait "$pid" 2>/dev/null || true
+    start_single "$work/single-$1-$2"
+    run_bench "$single_addr" single "$2"
+    kill -INT "$single_pid"; wait "$single_pid" 2>/dev/null || true
     pids=()
 }
 
