@@ -145,10 +145,11 @@ impl Mailbox {
             let (_, expired) = self.sent_by_age.pop_first().expect("just seen");
             self.sent_keys.remove(&expired);
         }
-        if let Some((_, replaced)) = self.sent_keys.insert(key.to_string(), (id, timestamp)) {
-            self.sent_by_age.remove(&(replaced, key.to_string()));
+        let key = key.to_string();
+        if let Some((_, replaced)) = self.sent_keys.insert(key.clone(), (id, timestamp)) {
+            self.sent_by_age.remove(&(replaced, key.clone()));
         }
-        self.sent_by_age.insert((timestamp, key.to_string()));
+        self.sent_by_age.insert((timestamp, key));
     }
 
     fn unread(&self) -> impl Iterator<Item = (&u64, &Stored)> {
