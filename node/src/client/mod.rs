@@ -190,7 +190,7 @@ impl Client {
     pub fn connect_to(addr: &str, protocol: Protocol, timeout: Duration) -> io::Result<Client> {
         let mut last = io::Error::new(io::ErrorKind::NotFound, "the name resolves to nothing");
         for resolved in addr.to_socket_addrs()? {
-            match TcpStream::connect_timeout(&resolved, timeout) {
+            match crate::net::dial(&resolved, timeout) {
                 Ok(stream) => return Client::over(stream, protocol),
                 Err(e) => last = e,
             }

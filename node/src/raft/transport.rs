@@ -765,7 +765,7 @@ impl Writer {
     fn dial(&self, addr: &str) -> io::Result<TcpStream> {
         let mut last_error = None;
         for candidate in addr.to_socket_addrs()? {
-            match TcpStream::connect_timeout(&candidate, CONNECT_TIMEOUT) {
+            match crate::net::dial(&candidate, CONNECT_TIMEOUT) {
                 Ok(stream) => {
                     stream.set_nodelay(true)?;
                     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
