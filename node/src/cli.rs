@@ -198,14 +198,18 @@ pub fn cluster_up(args: &ClusterUpArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Members on loopback ports free now (all held until every one is chosen, so none repeats).
+/// Members on loopback ports free now, below the ephemeral range
+/// ([`net::reserve_loopback_ports`]: the members' connections to each other cannot take them
+/// before they bind).
 fn free_members(count: u64, dir: &Path) -> Result<Vec<Member>, String> {
-    let mut held = Vec::new();
+    let count_ports = usize::try_from(count.saturating_mul(4)).map_err(|e| e.to_string())?;
+    let held = net::reserve_loopback_ports(count_ports).map_err(|e| e.to_string())?;
+    let mut addrs = held.iter().map(TcpListener::local_addr);
     let mut port = || -> Result<SocketAddr, String> {
-        let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        held.push(listener);
-        Ok(addr)
+        addrs
+            .next()
+            .expect("one reserved port per address")
+            .map_err(|e| e.to_string())
     };
     (1..=count)
         .map(|id| {

@@ -715,11 +715,12 @@ fn a_cluster_member_serves_grpc_at_its_cluster_file_address() {
     }
 
     let dir = data_dir();
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
+    // Held until the file is written, so none repeats; below the ephemeral range, so no
+    // outgoing connection takes one before the member binds it.
+    let held = synckit_node::net::reserve_loopback_ports(4).unwrap();
+    let mut free = {
+        let mut ports = held.iter().map(|listener| listener.local_addr().unwrap());
+        move || ports.next().unwrap()
     };
     let grpc = free();
     let file = dir.path().join("cluster.toml");
@@ -735,6 +736,7 @@ fn a_cluster_member_serves_grpc_at_its_cluster_file_address() {
         ),
     )
     .unwrap();
+    drop(held);
     let mut member = Killed(
         Command::new(env!("CARGO_BIN_EXE_synckit-node"))
             .args(["serve", "--cluster"])

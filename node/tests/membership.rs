@@ -12,7 +12,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -42,9 +42,10 @@ struct Members {
     nodes: BTreeMap<u64, Node>,
 }
 
+/// A port below the ephemeral range: no outgoing connection (members dial each other) takes
+/// it before its member binds it.
 fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
+    synckit_node::net::reserve_loopback_ports(1).unwrap()[0]
         .local_addr()
         .unwrap()
 }

@@ -15,7 +15,7 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,9 +44,7 @@ struct TestCluster {
 impl TestCluster {
     /// Writes a cluster file of `size` members on free loopback ports and starts them all.
     fn start(size: usize, extra: &[&str]) -> TestCluster {
-        let held: Vec<TcpListener> = (0..size * 3)
-            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-            .collect();
+        let held = synckit_node::net::reserve_loopback_ports(size * 3).unwrap();
         let port = |i: usize| held[i].local_addr().unwrap();
         let addrs = (0..size)
             .map(|i| [port(3 * i), port(3 * i + 1), port(3 * i + 2)])

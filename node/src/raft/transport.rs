@@ -999,7 +999,7 @@ mod tests {
     }
 
     fn listen() -> (TcpListener, String) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = crate::net::reserve_loopback_ports(1).unwrap().remove(0);
         let addr = listener.local_addr().unwrap().to_string();
         (listener, addr)
     }

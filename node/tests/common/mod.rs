@@ -137,10 +137,10 @@ impl Node {
 
     /// Like [`Node::try_start_with`], run through `wrapper` (e.g. `ip netns exec NS`).
     ///
-    /// A cluster member's ports come from its cluster file, chosen free by the test (bound to
-    /// port 0, then released): until the member binds one, another process's outgoing
-    /// connection may take it as its ephemeral local port for a moment (members dial each other
-    /// as they start). A member that fails for that reason is started again, a few times.
+    /// A cluster member's ports come from its cluster file, chosen free by the test below the
+    /// ephemeral range ([`synckit_node::net::reserve_loopback_ports`]), then released: until
+    /// the member binds one, another test's listener may still take it. A member that fails
+    /// for that reason is started again, a few times.
     pub fn try_start_wrapped(
         dir: &Path,
         args: &[&str],
