@@ -1039,9 +1039,8 @@ pub fn dead_addr() -> SocketAddr {
 /// Writes `dir/cluster.toml`: member `i + 1` on free loopback ports with `data_dirs[i]` (created);
 /// returns the file and the members' chat addresses, member `id` at `id - 1`.
 pub fn write_cluster_file(dir: &Path, data_dirs: &[PathBuf]) -> (PathBuf, Vec<SocketAddr>) {
-    let held: Vec<std::net::TcpListener> = (0..data_dirs.len() * 3)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
+    // Below the ephemeral range: no member's outgoing connection takes one before it is bound.
+    let held = synckit_node::net::reserve_loopback_ports(data_dirs.len() * 3).unwrap();
     let port = |i: usize| held[i].local_addr().unwrap();
     let mut file_text = String::new();
     for (i, data_dir) in data_dirs.iter().enumerate() {
