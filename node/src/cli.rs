@@ -132,13 +132,16 @@ pub fn cluster_up(args: &ClusterUpArgs) -> Result<(), String> {
     .map_err(|e| format!("cannot install the stop-signal handler: {e}"))?;
     let mut children = Vec::new();
     for member in &cluster.members {
-        let child = Command::new(&exe)
+        let mut command = Command::new(&exe);
+        command
             .arg("serve")
             .arg("--cluster")
             .arg(&file)
             .arg("--id")
             .arg(member.id.to_string())
-            .args(&args.serve_args)
+            .args(&args.serve_args);
+        stop_with_parent(&mut command);
+        let child = command
             .spawn()
             .map_err(|e| format!("cannot start member {}: {e}", member.id))?;
         children.push((member.id, child));
@@ -148,29 +151,40 @@ pub fn cluster_up(args: &ClusterUpArgs) -> Result<(), String> {
         .iter()
         .map(|m| m.chat_addr.to_string())
         .collect();
-    println!(
-        "synckit-node cluster up: {} members, cluster file {}\n  chat: synckit-node client --addr {} ...\n  stats: {}\n  Ctrl-C stops every member",
+    let mut banner = format!(
+        "synckit-node cluster up: {} members, cluster file {}\n  chat: synckit-node client --addr {} ...\n",
         cluster.members.len(),
         file.display(),
         chat.join(","),
-        cluster
-            .members
-            .iter()
-            .map(|m| format!("http://{}/stats", m.http_addr))
-            .collect::<Vec<_>>()
-            .join(" ")
     );
+    for (member, (_, child)) in cluster.members.iter().zip(&children) {
+        banner.push_str(&format!(
+            "  member {}: pid {}, chat {}, stats http://{}/stats\n",
+            member.id,
+            child.id(),
+            member.chat_addr,
+            member.http_addr
+        ));
+    }
+    banner.push_str("  Ctrl-C stops every member; kill any two (kill -9 PID) and the chat goes on");
+    println!("{banner}");
     let _ = std::io::stdout().flush();
     loop {
         if stopped.recv_timeout(Duration::from_millis(500)).is_ok() {
             break;
         }
-        for (id, child) in &mut children {
-            if let Ok(Some(status)) = child.try_wait() {
-                eprintln!("synckit-node cluster: member {id} exited ({status}); the others go on");
+        children.retain_mut(|(id, child)| match child.try_wait() {
+            Ok(Some(status)) => {
+                eprintln!(
+                    "synckit-node cluster: member {id} exited ({status}); the others go on. Start it again: {} serve --cluster {} --id {id}{}",
+                    exe.display(),
+                    file.display(),
+                    args.serve_args.iter().map(|a| format!(" {a}")).collect::<String>()
+                );
+                false
             }
-        }
-        children.retain_mut(|(_, child)| !matches!(child.try_wait(), Ok(Some(_))));
+            _ => true,
+        });
         if children.is_empty() {
             return Err("every member exited".into());
         }
@@ -223,6 +237,31 @@ fn free_members(count: u64, dir: &Path) -> Result<Vec<Member>, String> {
             })
         })
         .collect()
+}
+
+/// Members stop when `cluster up` dies, even by SIGKILL: the kernel sends each SIGTERM when
+/// its parent goes (`PR_SET_PDEATHSIG`), so no member is left holding its ports.
+fn stop_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // The signal comes when the spawning *thread* ends: `cluster up` spawns from the thread
+    // that waits for the members until they stop.
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the child between fork and exec, where only async-signal-safe
+    // calls are allowed: it calls `prctl` and `getppid` (both are) and compares integers, and
+    // allocates or locks nothing.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before the request was made: then nobody sends it.
+            if u32::try_from(libc::getppid()).ok() != Some(parent) {
+                // An OS error code, not a message: nothing may be allocated here.
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Asks a child to stop as Ctrl-C would (SIGTERM: it syncs its log and exits).

@@ -665,6 +665,36 @@ impl Running {
         self.kill_now();
     }
 
+    /// Asks it to stop as Ctrl-C would (SIGTERM) and waits for it to exit; kills it and panics
+    /// if it runs on past `timeout`.
+    #[track_caller]
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid");
+        // SAFETY: kill(2) has no memory-safety preconditions; the child is not reaped yet
+        // (`child` is waited for only here and when dropped), so the pid still names it.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let mut status = None;
+        // No channel reports a child's exit: poll it, with a deadline.
+        let exited = wait_until(timeout, || {
+            status = self.child.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        if !exited {
+            self.kill_now();
+            panic!("still running {timeout:?} after SIGTERM");
+        }
+        status.expect("exited")
+    }
+
+    /// Everything it printed on stderr, once its stderr is closed (by it and whatever it
+    /// started).
+    pub fn stderr(&mut self) -> String {
+        self.stderr
+            .take()
+            .map(|reader| reader.join().unwrap_or_default())
+            .unwrap_or_default()
+    }
+
     fn kill_now(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
