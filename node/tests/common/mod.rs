@@ -588,6 +588,17 @@ fn drain<R: Read + Send + 'static>(mut pipe: R) -> JoinHandle<String> {
     })
 }
 
+/// `child`'s exit status once it exits within `timeout`; `None` if it is still running.
+fn wait_for_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let mut status = None;
+    // No channel reports a child's exit: poll it, with a deadline.
+    wait_until(timeout, || {
+        status = child.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    status
+}
+
 /// Runs `command` to its end with stdin closed, capturing its output; kills it and panics if it
 /// runs longer than `timeout`.
 #[track_caller]
@@ -595,12 +606,8 @@ pub fn run_bounded(command: &mut Command, timeout: Duration) -> Finished {
     let mut child = spawn_piped(command);
     let stdout = drain(child.stdout.take().expect("piped stdout"));
     let stderr = drain(child.stderr.take().expect("piped stderr"));
-    let mut status = None;
-    // No channel reports a child's exit: poll it, with a deadline.
-    let exited = wait_until(timeout, || {
-        status = child.try_wait().expect("try_wait");
-        status.is_some()
-    });
+    let status = wait_for_exit(&mut child, timeout);
+    let exited = status.is_some();
     if !exited {
         let _ = child.kill();
         let _ = child.wait();
@@ -673,17 +680,10 @@ impl Running {
         // SAFETY: kill(2) has no memory-safety preconditions; the child is not reaped yet
         // (`child` is waited for only here and when dropped), so the pid still names it.
         unsafe { libc::kill(pid, libc::SIGTERM) };
-        let mut status = None;
-        // No channel reports a child's exit: poll it, with a deadline.
-        let exited = wait_until(timeout, || {
-            status = self.child.try_wait().expect("try_wait");
-            status.is_some()
-        });
-        if !exited {
+        wait_for_exit(&mut self.child, timeout).unwrap_or_else(|| {
             self.kill_now();
-            panic!("still running {timeout:?} after SIGTERM");
-        }
-        status.expect("exited")
+            panic!("still running {timeout:?} after SIGTERM")
+        })
     }
 
     /// Everything it printed on stderr, once its stderr is closed (by it and whatever it
