@@ -176,10 +176,8 @@ pub fn cluster_up(args: &ClusterUpArgs) -> Result<(), String> {
         children.retain_mut(|(id, child)| match child.try_wait() {
             Ok(Some(status)) => {
                 eprintln!(
-                    "synckit-node cluster: member {id} exited ({status}); the others go on. Start it again: {} serve --cluster {} --id {id}{}",
-                    exe.display(),
-                    file.display(),
-                    args.serve_args.iter().map(|a| format!(" {a}")).collect::<String>()
+                    "synckit-node cluster: member {id} exited ({status}); the others go on. Start it again: {}",
+                    restart_command(&exe, &file, *id, &args.serve_args)
                 );
                 false
             }
@@ -210,6 +208,29 @@ pub fn cluster_up(args: &ClusterUpArgs) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The shell command that starts member `id` again as `cluster up` started it, each word quoted
+/// where a shell would split or expand it.
+fn restart_command(exe: &Path, file: &Path, id: u64, serve_args: &[String]) -> String {
+    let words = [
+        exe.display().to_string(),
+        "serve".into(),
+        "--cluster".into(),
+        file.display().to_string(),
+        "--id".into(),
+        id.to_string(),
+    ];
+    words
+        .iter()
+        .chain(serve_args)
+        .map(|word| match shlex::try_quote(word) {
+            Ok(quoted) => quoted.into_owned(),
+            // Only a NUL byte cannot be quoted, and no argument holds one.
+            Err(_) => word.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Members on loopback ports free now, below the ephemeral range
@@ -433,4 +454,42 @@ fn percent_encode(text: &str) -> String {
             other => format!("%{other:02X}"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_restart_command_reads_back_as_the_words_that_started_the_member() {
+        let plain = restart_command(
+            Path::new("/usr/bin/synckit-node"),
+            Path::new("cluster/cluster.toml"),
+            1,
+            &[],
+        );
+        assert_eq!(
+            plain,
+            "/usr/bin/synckit-node serve --cluster cluster/cluster.toml --id 1"
+        );
+        let args: Vec<String> = ["--log", "info raft=warn", "--note", "it's $HOME; *"]
+            .map(String::from)
+            .to_vec();
+        let quoted = restart_command(
+            Path::new("/opt/sync kit/synckit-node"),
+            Path::new("/tmp/my cluster/cluster.toml"),
+            3,
+            &args,
+        );
+        let mut expected = vec![
+            "/opt/sync kit/synckit-node",
+            "serve",
+            "--cluster",
+            "/tmp/my cluster/cluster.toml",
+            "--id",
+            "3",
+        ];
+        expected.extend(args.iter().map(String::as_str));
+        assert_eq!(shlex::split(&quoted).unwrap(), expected, "{quoted}");
+    }
 }
