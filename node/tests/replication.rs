@@ -44,13 +44,11 @@ struct TestCluster {
 impl TestCluster {
     /// Writes a cluster file of `size` members on free loopback ports and starts them all.
     fn start(size: usize, extra: &[&str]) -> TestCluster {
-        let held = synckit_node::net::reserve_loopback_ports(size * 3).unwrap();
-        let port = |i: usize| held[i].local_addr().unwrap();
-        let addrs = (0..size)
-            .map(|i| [port(3 * i), port(3 * i + 1), port(3 * i + 2)])
-            .collect();
-        drop(held);
-        TestCluster::start_on(addrs, vec![Vec::new(); size], extra)
+        TestCluster::start_on(
+            common::free_member_addrs(size),
+            vec![Vec::new(); size],
+            extra,
+        )
     }
 
     /// Writes a cluster file of members at `addrs` (chat, HTTP, raft) and starts each, its
@@ -61,22 +59,11 @@ impl TestCluster {
         extra: &[&str],
     ) -> TestCluster {
         let dir = common::data_dir();
-        let mut file_text = String::new();
-        let mut chat = Vec::new();
-        let mut data = Vec::new();
-        for (i, [chat_addr, http_addr, raft_addr]) in addrs.iter().enumerate() {
-            let data_dir = dir.path().join(format!("node-{}", i + 1));
-            std::fs::create_dir_all(&data_dir).unwrap();
-            file_text.push_str(&format!(
-                "[[node]]\nid = {}\nchat_addr = \"{chat_addr}\"\nhttp_addr = \"{http_addr}\"\nraft_addr = \"{raft_addr}\"\ndata_dir = \"{}\"\n\n",
-                i + 1,
-                data_dir.display()
-            ));
-            chat.push(*chat_addr);
-            data.push(data_dir);
-        }
-        let file = dir.path().join("cluster.toml");
-        std::fs::write(&file, file_text).unwrap();
+        let data: Vec<PathBuf> = (1..=addrs.len())
+            .map(|id| dir.path().join(format!("node-{id}")))
+            .collect();
+        let file = common::write_cluster_file_at(dir.path(), &addrs, &data);
+        let chat = addrs.iter().map(|[chat, _, _]| *chat).collect();
         let mut cluster = TestCluster {
             _dir: dir,
             file,

@@ -1066,29 +1066,43 @@ pub fn dead_addr() -> SocketAddr {
 
 // ----- clusters -----
 
-/// Writes `dir/cluster.toml`: member `i + 1` on free loopback ports with `data_dirs[i]` (created);
-/// returns the file and the members' chat addresses, member `id` at `id - 1`.
-pub fn write_cluster_file(dir: &Path, data_dirs: &[PathBuf]) -> (PathBuf, Vec<SocketAddr>) {
-    // Below the ephemeral range: no member's outgoing connection takes one before it is bound.
-    let held = synckit_node::net::reserve_loopback_ports(data_dirs.len() * 3).unwrap();
+/// Free loopback addresses (chat, HTTP, raft) for `size` members. They are below the ephemeral
+/// range: no member's outgoing connection takes one before its member binds it.
+pub fn free_member_addrs(size: usize) -> Vec<[SocketAddr; 3]> {
+    let held = synckit_node::net::reserve_loopback_ports(size * 3).unwrap();
     let port = |i: usize| held[i].local_addr().unwrap();
+    (0..size)
+        .map(|i| [port(3 * i), port(3 * i + 1), port(3 * i + 2)])
+        .collect()
+}
+
+/// Writes `dir/cluster.toml`: member `i + 1` at `addrs[i]` (chat, HTTP, raft) with
+/// `data_dirs[i]` (created); returns the file.
+pub fn write_cluster_file_at(
+    dir: &Path,
+    addrs: &[[SocketAddr; 3]],
+    data_dirs: &[PathBuf],
+) -> PathBuf {
     let mut file_text = String::new();
-    for (i, data_dir) in data_dirs.iter().enumerate() {
+    for (i, ([chat, http, raft], data_dir)) in addrs.iter().zip(data_dirs).enumerate() {
         std::fs::create_dir_all(data_dir).unwrap();
         file_text.push_str(&format!(
-            "[[node]]\nid = {}\nchat_addr = \"{}\"\nhttp_addr = \"{}\"\nraft_addr = \"{}\"\ndata_dir = \"{}\"\n\n",
+            "[[node]]\nid = {}\nchat_addr = \"{chat}\"\nhttp_addr = \"{http}\"\nraft_addr = \"{raft}\"\ndata_dir = \"{}\"\n\n",
             i + 1,
-            port(3 * i),
-            port(3 * i + 1),
-            port(3 * i + 2),
             data_dir.display()
         ));
     }
-    let chat = (0..data_dirs.len()).map(|i| port(3 * i)).collect();
-    drop(held);
     let file = dir.join("cluster.toml");
     std::fs::write(&file, file_text).unwrap();
-    (file, chat)
+    file
+}
+
+/// Writes `dir/cluster.toml`: member `i + 1` on free loopback ports with `data_dirs[i]` (created);
+/// returns the file and the members' chat addresses, member `id` at `id - 1`.
+pub fn write_cluster_file(dir: &Path, data_dirs: &[PathBuf]) -> (PathBuf, Vec<SocketAddr>) {
+    let addrs = free_member_addrs(data_dirs.len());
+    let file = write_cluster_file_at(dir, &addrs, data_dirs);
+    (file, addrs.iter().map(|[chat, _, _]| *chat).collect())
 }
 
 /// A cluster of member processes on loopback ports, started from one cluster file; every
