@@ -50,7 +50,7 @@ for round in $(seq "$ROUNDS"); do
         >"$out" 2>"$out.err" &
     pid=$!
     pids=("$pid")
-    wait_for "$out" "stats:"
+    wait_for "$out" "Ctrl-C stops every member"
     { read -r leader; read -r follower; } < <(cluster_leader "$out" follower)
     [[ -n "$leader" ]] || exit 1
     run_bench "$leader" cluster-leader

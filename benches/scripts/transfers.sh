@@ -60,7 +60,7 @@ cluster() {
         >"$out" 2>"$out.err" &
     pid=$!
     pids=("$pid")
-    wait_for "$out" "stats:"
+    wait_for "$out" "Ctrl-C stops every member"
     leader="$(cluster_leader "$out")"
     run_bench "$leader" cluster "$2"
     kill -INT "$pid"; wait "$pid" 2>/dev/null || true
