@@ -7,7 +7,7 @@
 //! start-up and tests).
 //!
 //! Each hashing thread keeps its 19 MiB of Argon2 memory from one hash to the next
-//! ([`Worker`]). The crate's PHC functions allocate it zeroed for every hash and free it after:
+//! (`Worker`). The crate's PHC functions allocate it zeroed for every hash and free it after:
 //! the allocator then either maps it afresh (every page faulted and cleared again, a few
 //! milliseconds per hash) or, once its adaptive mmap threshold has risen past 19 MiB, serves it
 //! from the thread's arena, where it stays resident and fragments (a node measured 245 MB after
