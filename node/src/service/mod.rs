@@ -198,8 +198,9 @@ impl Service {
         let workers = thread::available_parallelism().map_or(2, |n| n.get());
         let hasher =
             Hasher::start(workers).map_err(|e| start_error("hashing threads")(e.to_string()))?;
-        let decoy_hash = hasher
-            .hash(format!("decoy-{:?}", Instant::now()))
+        // Not on the pool, whose threads keep their Argon2 memory once they have hashed: a node
+        // nobody has logged in to holds none of it.
+        let decoy_hash = crate::hasher::hash_once(&format!("decoy-{:?}", Instant::now()))
             .map_err(start_error("hashing"))?;
         let per_minute = Quota::new(
             config.logins_per_minute.max(1),
