@@ -497,6 +497,20 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         let this: &Self = &registration.shared;
         let active = &mut registration.active;
         let snapshot_version = registration.version;
+        // What can be done before the committer lock is, so that other committers do not wait
+        // for it: the written key's slot, read below under the lock, is brought into the cache
+        // (one miss), and the new version is allocated (filled in under the lock).
+        if let Sorted::One((key, _)) = &writes {
+            let _ = this.index.written_at(key);
+        }
+        let mut next = (!writes.is_empty()).then(|| {
+            Arc::new(Version {
+                number: 0,
+                len: 0,
+                entries: OnceLock::new(),
+                pending: std::sync::Mutex::new(None),
+            })
+        });
         let mut guard = this.committer.lock();
         let committer = &mut *guard;
         // Only this commit can replace `latest` until it releases `committer`.
@@ -538,12 +552,11 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             // Built, or being built by a reader (then this build would wait for that one: the
             // next commits extend the delta instead).
             let from_built = pending.base.is_built();
-            let next = Arc::new(Version {
-                number,
-                len,
-                entries: OnceLock::new(),
-                pending: std::sync::Mutex::new(Some(pending)),
-            });
+            let mut next = next.take().expect("allocated for a commit that writes");
+            let version = Arc::get_mut(&mut next).expect("nothing else holds it yet");
+            version.number = number;
+            version.len = len;
+            *version.pending.get_mut().unwrap_or_else(|e| e.into_inner()) = Some(pending);
             let mut state = this.state.lock();
             state.release(snapshot_version);
             *active = false;
@@ -622,9 +635,10 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         } = published;
         // The replaced version is `next`'s base or a version standing on the same base (dropping
         // it frees at most its delta list, or the few nodes a reader's build of it copied, never
-        // a whole map): let go of it first, so that `next` may hold the base's last reference.
-        drop(previous);
-        drop(std::mem::replace(&mut committer.latest, next));
+        // a whole map). Its two handles go once the committer lock is released (a free there
+        // would hold up the other committers), and before the build, so that `next` may hold
+        // the base's last reference then.
+        let replaced = std::mem::replace(&mut committer.latest, next);
         // Snapshots registered after `oldest_live` was read stand on `number`, newer than every
         // queued tombstone.
         drop_old_tombstones(&this.index, &mut committer.tombstones, oldest_live, number);
@@ -642,6 +656,8 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             Arc::clone(&committer.latest)
         });
         drop(guard);
+        drop(previous);
+        drop(replaced);
         // Outside both locks: other commits go on while this one builds its version's ordered
         // map. Readers that need it meanwhile wait for the build (or do it, if they came first).
         if let Some(version) = to_build {
