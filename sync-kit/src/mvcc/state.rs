@@ -6,7 +6,9 @@
 //! - `committer`: held by one commit from validation to publication. Commits are serialized
 //!   (each builds on the version the previous one published); the tombstone queue, the commit
 //!   counters, the index's writes and a second handle on the latest version (so that a commit
-//!   reads its base without the state lock) are theirs.
+//!   reads its base without the state lock) are theirs. Before taking it, a commit only
+//!   allocates its version and, with one key, reads that key's slot (its shard's mutex alone,
+//!   as a reader takes it), so that the other committers do not wait for that cache miss.
 //! - `state`: the latest version and the live snapshot versions. Held only to copy or swap an
 //!   `Arc`, store the published version number and update a counter, never across validation,
 //!   the index and delta writes, the build of a version's ordered map or the freeing of an old
