@@ -13,12 +13,19 @@
 //!   records that were acknowledged, so recovery refuses and names the file and the offset.
 //! - A batch whose write or `fsync` fails is cut off again (so the segment still ends with a
 //!   whole record); if even that fails, the log refuses every later batch.
+//! - Space written ahead: the segment being appended to keeps [`WRITE_AHEAD`] bytes of zeros
+//!   after its last record, written in one piece whenever less than [`WRITE_AHEAD_LOW`] is
+//!   left. A record then lands inside the file instead of growing it, so the `fdatasync` after
+//!   it writes the data alone: one I/O where a growing file costs two (the data and the inode).
+//!   Zeros never form a record (a zero length has no format byte), so recovery reads a tail of
+//!   zeros after the last whole record, in any segment, as that space: kept, not a torn write.
 //! - The framing, scan, repair and refusal are generic over the payload ([`Record`]: file prefix,
 //!   format byte, size limit): raft's log (`crate::raft::storage`) uses them with its own records
 //!   and `raft-*.log` files.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Read};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -41,6 +48,13 @@ pub const RECORD_FORMAT: u8 = 2;
 pub const HEADER: usize = 8;
 /// A record larger than this cannot have been written by this node: corruption.
 const MAX_RECORD: usize = 1 << 20;
+/// Zeros kept written after the last record of the segment being appended to.
+pub const WRITE_AHEAD: u64 = 1 << 20;
+/// Below this much written-ahead space, the next batch writes [`WRITE_AHEAD`] bytes of zeros
+/// after itself.
+pub const WRITE_AHEAD_LOW: u64 = 256 << 10;
+/// A source of zeros for the space written ahead.
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
 /// What one kind of segmented log stores: the type of its records, how its files are named, the
 /// format byte that starts every payload, and the largest record it can have written. The
@@ -155,6 +169,9 @@ struct Scan<R> {
     /// The first offset after the damage where a whole record starts, if any: proof that the
     /// damage is not a torn tail.
     resumes_at: Option<u64>,
+    /// Bytes from `valid` to the last byte that is not zero: 0 when everything after the whole
+    /// records is zeros (space written ahead, not damage).
+    damaged_len: u64,
     /// The file starts with a whole record of the JSON format of earlier nodes.
     legacy: bool,
 }
@@ -180,13 +197,21 @@ fn scan<R: Record>(path: &Path) -> io::Result<Scan<R>> {
         entries.push(entry);
         at = end;
     }
+    let damaged_len = bytes[at..]
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |last| last + 1);
     // A damaged header says nothing reliable about where the next record starts: try every
     // offset. Only damaged files pay for this, and the checksum rejects almost every offset
     // before any decoding.
-    let resumes_at = (at + 1..bytes.len())
-        .find(|&offset| record_at::<R>(&bytes, offset).is_some())
-        .map(|offset| offset as u64);
+    let resumes_at = match damaged_len {
+        0 => None,
+        _ => (at + 1..bytes.len())
+            .find(|&offset| record_at::<R>(&bytes, offset).is_some())
+            .map(|offset| offset as u64),
+    };
     Ok(Scan {
+        damaged_len: damaged_len as u64,
         legacy: entries.is_empty() && legacy_record_at_start(&bytes),
         entries,
         valid: at as u64,
@@ -208,12 +233,20 @@ pub struct Recovered {
 }
 
 /// The segment being appended to, and the directory's other segments.
+///
+/// Invariant: the file holds whole records up to `len`, then zeros up to `zeroed_to` (its
+/// length, never below `len`).
 #[derive(Debug)]
 pub struct Segments {
     dir: PathBuf,
     file: File,
     /// The current segment's length: where its last whole, durable batch ends.
     len: u64,
+    /// The end of the file: zeros from `len` to here (the space written ahead).
+    zeroed_to: u64,
+    /// No space is written ahead before `len` reaches this (after a failure to write it: a full
+    /// disk is not asked again for every batch).
+    write_ahead_from: u64,
     /// Set when a failed batch could not be cut off again: from then on nothing is appended
     /// (records after the torn batch could not be recovered), and every batch fails with this.
     broken: Option<String>,
@@ -226,6 +259,8 @@ pub struct SegmentRecords<R> {
     pub number: u64,
     /// The file.
     pub path: PathBuf,
+    /// Where its whole records end (zeros may follow: space written ahead).
+    pub len: u64,
     /// Its records, in order.
     pub records: Vec<R>,
 }
@@ -251,7 +286,7 @@ pub fn recover<R: Record>(dir: &Path) -> io::Result<(Vec<SegmentRecords<R>>, u64
                 ),
             ));
         }
-        if scan.valid < scan.total {
+        if scan.damaged_len > 0 {
             let damaged = |why: String| {
                 io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -279,18 +314,19 @@ pub fn recover<R: Record>(dir: &Path) -> io::Result<(Vec<SegmentRecords<R>>, u64
             tracing::warn!(
                 segment = %path.display(),
                 at = scan.valid,
-                cut = scan.total - scan.valid,
+                cut = scan.damaged_len,
                 "cutting a torn record off the end of the log (crash during a write)"
             );
             OpenOptions::new()
                 .write(true)
                 .open(path)?
                 .set_len(scan.valid)?;
-            truncated_bytes = scan.total - scan.valid;
+            truncated_bytes = scan.damaged_len;
         }
         recovered.push(SegmentRecords {
             number: *number,
             path: path.clone(),
+            len: scan.valid,
             records: scan.entries,
         });
     }
@@ -302,9 +338,9 @@ impl Segments {
     /// (or a new one whose first index is `next_index`).
     pub fn open(dir: &Path, next_index: u64) -> io::Result<(Segments, Recovered)> {
         let (found, truncated_bytes) = recover::<Entry>(dir)?;
-        let current = match found.last() {
-            Some(segment) => segment.path.clone(),
-            None => dir.join(segment_name(next_index)),
+        let (current, len) = match found.last() {
+            Some(segment) => (segment.path.clone(), segment.len),
+            None => (dir.join(segment_name(next_index)), 0),
         };
         let recovered = Recovered {
             entries: found.into_iter().flat_map(|s| s.records).collect(),
@@ -326,17 +362,25 @@ impl Segments {
                 ),
             ));
         }
-        Ok((Segments::append_to(dir, &current)?, recovered))
+        Ok((Segments::append_to(dir, &current, len)?, recovered))
     }
 
-    /// Opens (or creates) the segment `path` in `dir` for appending, and makes its directory
-    /// entry durable.
-    pub fn append_to(dir: &Path, path: &Path) -> io::Result<Segments> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+    /// Opens (or creates) the segment `path` in `dir` for appending after its first `len` bytes
+    /// (its whole records, as recovery found them: zeros follow, if anything), and makes its
+    /// directory entry durable.
+    pub fn append_to(dir: &Path, path: &Path, len: u64) -> io::Result<Segments> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(path)?;
         sync_dir(dir)?;
         Ok(Segments {
             dir: dir.to_path_buf(),
-            len: file.metadata()?.len(),
+            zeroed_to: file.metadata()?.len().max(len),
+            len,
+            write_ahead_from: 0,
             file,
             broken: None,
         })
@@ -376,14 +420,20 @@ impl Segments {
         if let Some(why) = &self.broken {
             return Err(io::Error::other(why.clone()));
         }
-        let mut result = self.file.write_all(batch);
+        let end = self.len + batch.len() as u64;
+        let mut result = self.file.write_all_at(batch, self.len);
+        if result.is_ok() {
+            self.zeroed_to = self.zeroed_to.max(end);
+            self.write_ahead(end);
+        }
         if sync {
             result = result.and_then(|()| self.file.sync_data());
         }
         let Err(error) = result else {
-            self.len += batch.len() as u64;
+            self.len = end;
             return Ok(());
         };
+        self.zeroed_to = self.len;
         let mut undo = self.file.set_len(self.len);
         if sync {
             undo = undo.and_then(|()| self.file.sync_data());
@@ -397,6 +447,38 @@ impl Segments {
             self.broken = Some(why);
         }
         Err(error)
+    }
+
+    /// Writes [`WRITE_AHEAD`] bytes of zeros after `end` (the end of the batch just written)
+    /// when less than [`WRITE_AHEAD_LOW`] is left, so the next batches land inside the file. A
+    /// failure (a full disk) costs only the speed: the batches grow the file, and the space is
+    /// asked for again once another [`WRITE_AHEAD_LOW`] bytes are written.
+    fn write_ahead(&mut self, end: u64) {
+        if self.zeroed_to - end >= WRITE_AHEAD_LOW || end < self.write_ahead_from {
+            return;
+        }
+        let target = end + WRITE_AHEAD;
+        while self.zeroed_to < target {
+            let piece = (target - self.zeroed_to).min(ZEROS.len() as u64) as usize;
+            if let Err(error) = self.file.write_all_at(&ZEROS[..piece], self.zeroed_to) {
+                tracing::debug!(%error, "could not write space ahead of the log");
+                self.write_ahead_from = end + WRITE_AHEAD_LOW;
+                // What a partial write left is zeros as well.
+                if let Ok(meta) = self.file.metadata() {
+                    self.zeroed_to = self.zeroed_to.max(meta.len());
+                }
+                return;
+            }
+            self.zeroed_to += piece as u64;
+        }
+    }
+
+    /// Gives back the space written ahead (the segment is left for a new one). Nothing needs
+    /// it to be durable: zeros after the records read as that space anyway.
+    pub fn trim(&mut self) {
+        if self.zeroed_to > self.len && self.file.set_len(self.len).is_ok() {
+            self.zeroed_to = self.len;
+        }
     }
 
     /// Syncs what [`Segments::write`] wrote.
@@ -414,6 +496,7 @@ impl Segments {
     /// became durable (its sync failed), and must not be read back as if it had.
     pub fn cut_to(&mut self, len: u64) -> io::Result<()> {
         self.file.set_len(len)?;
+        self.zeroed_to = len;
         self.file.sync_data()?;
         self.len = len;
         Ok(())
@@ -425,9 +508,10 @@ impl Segments {
     pub fn compact(&mut self, covered: u64, next_index: u64) -> io::Result<()> {
         if self.len > 0 {
             let path = self.dir.join(segment_name(next_index));
-            self.file = OpenOptions::new().create(true).append(true).open(path)?;
-            self.len = self.file.metadata()?.len();
-            sync_dir(&self.dir)?;
+            let next = Segments::append_to(&self.dir, &path, 0)?;
+            self.trim();
+            let broken = self.broken.take();
+            *self = Segments { broken, ..next };
         }
         let found = segments(&self.dir)?;
         for pair in found.windows(2) {
@@ -447,6 +531,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn entry(index: u64) -> Entry {
         Entry {
@@ -468,15 +553,37 @@ mod tests {
             log.append(&encode(&entry(index))).unwrap();
         }
         let (_, path) = segments(dir).unwrap().pop().unwrap();
-        let bytes = fs::read(&path).unwrap();
+        let starts = record_starts(&path);
+        assert_eq!(starts.len() as u64, records);
+        (path, starts)
+    }
+
+    /// Where each record of the segment `path` starts, and (last) where its records end.
+    fn record_starts(path: &Path) -> Vec<usize> {
+        let bytes = fs::read(path).unwrap();
         let mut starts = Vec::new();
         let mut at = 0;
-        while at < bytes.len() {
+        while at + HEADER <= bytes.len() && bytes[at..at + HEADER] != [0; HEADER] {
             starts.push(at);
             at += HEADER + u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
         }
-        assert_eq!(starts.len() as u64, records);
-        (path, starts)
+        starts
+    }
+
+    /// Where the records of the segment `path` end (zeros written ahead may follow).
+    fn records_end(path: &Path) -> usize {
+        let bytes = fs::read(path).unwrap();
+        let last = *record_starts(path).last().unwrap();
+        last + HEADER + u32::from_le_bytes(bytes[last..last + 4].try_into().unwrap()) as usize
+    }
+
+    fn write_at(path: &Path, at: usize, bytes: &[u8]) {
+        OpenOptions::new()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .write_all_at(bytes, at as u64)
+            .unwrap();
     }
 
     fn flip(path: &Path, at: usize) -> Vec<u8> {
@@ -500,36 +607,99 @@ mod tests {
     fn a_torn_tail_is_cut_and_the_rest_kept() {
         let dir = tempfile::tempdir().unwrap();
         let (path, _) = log_of(dir.path(), 2);
-        let whole = fs::metadata(&path).unwrap().len();
+        let whole = records_end(&path);
         let mut torn = encode(&entry(3));
         torn.truncate(torn.len() / 2);
+        write_at(&path, whole, &torn);
+        let (_, recovered) = Segments::open(dir.path(), 1).unwrap();
+        assert_eq!(recovered.entries.len(), 2);
+        assert_eq!(recovered.truncated_bytes, torn.len() as u64);
+        assert_eq!(fs::metadata(&path).unwrap().len(), whole as u64);
+    }
+
+    #[test]
+    fn a_torn_tail_after_the_space_written_ahead_is_cut() {
+        // A file grown past the space written ahead (a burst larger than it) and torn there.
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _) = log_of(dir.path(), 2);
+        let whole = records_end(&path);
         OpenOptions::new()
             .append(true)
             .open(&path)
             .unwrap()
-            .write_all(&torn)
+            .write_all(&encode(&entry(3))[..10])
             .unwrap();
         let (_, recovered) = Segments::open(dir.path(), 1).unwrap();
         assert_eq!(recovered.entries.len(), 2);
-        assert_eq!(recovered.truncated_bytes, torn.len() as u64);
-        assert_eq!(fs::metadata(&path).unwrap().len(), whole);
+        assert_eq!(fs::metadata(&path).unwrap().len(), whole as u64);
     }
 
     #[test]
     fn a_damaged_last_record_is_a_torn_tail_and_cut() {
         let dir = tempfile::tempdir().unwrap();
         let (path, starts) = log_of(dir.path(), 3);
-        let len = fs::metadata(&path).unwrap().len() as usize;
-        flip(&path, len - 2); // inside the last record's payload: its checksum fails
+        let end = records_end(&path);
+        flip(&path, end - 2); // inside the last record's payload: its checksum fails
         let (_, recovered) = Segments::open(dir.path(), 1).unwrap();
         assert_eq!(recovered.entries.len(), 2);
-        assert_eq!(recovered.truncated_bytes, (len - starts[2]) as u64);
+        // Counted up to the last byte that is not zero.
+        let cut = recovered.truncated_bytes as usize;
+        assert!((1..=end - starts[2]).contains(&cut), "{cut}");
         assert_eq!(fs::metadata(&path).unwrap().len(), starts[2] as u64);
     }
 
     #[test]
-    fn zeros_after_the_last_record_are_a_torn_tail() {
-        // What a file system can leave when the size reached the disk before the data did.
+    fn appends_land_inside_space_written_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = Segments::open(dir.path(), 1).unwrap();
+        log.append(&encode(&entry(1))).unwrap();
+        let (_, path) = segments(dir.path()).unwrap().pop().unwrap();
+        let first_end = records_end(&path) as u64;
+        let size = fs::metadata(&path).unwrap().len();
+        assert_eq!(
+            size,
+            first_end + WRITE_AHEAD,
+            "zeros written after the first record"
+        );
+        // Records land inside the file while at least WRITE_AHEAD_LOW is left after them, then
+        // the space is written ahead again, after the batch that crossed that line.
+        let mut index = 2;
+        loop {
+            log.append(&encode(&entry(index))).unwrap();
+            index += 1;
+            let left = size - log.len();
+            if fs::metadata(&path).unwrap().len() != size {
+                assert!(left < WRITE_AHEAD_LOW, "written ahead with {left} left");
+                break;
+            }
+            assert!(
+                left >= WRITE_AHEAD_LOW,
+                "not written ahead with {left} left"
+            );
+        }
+        assert_eq!(
+            fs::metadata(&path).unwrap().len(),
+            log.len() + WRITE_AHEAD,
+            "written ahead again"
+        );
+        let bytes = fs::read(&path).unwrap();
+        assert!(bytes[log.len() as usize..].iter().all(|&b| b == 0));
+        drop(log);
+        let (log, recovered) = Segments::open(dir.path(), 1).unwrap();
+        let indexes: Vec<u64> = recovered.entries.iter().map(|e| e.index).collect();
+        assert_eq!(indexes, (1..index).collect::<Vec<_>>());
+        assert_eq!(recovered.truncated_bytes, 0, "zeros are not a torn tail");
+        assert_eq!(
+            log.len(),
+            records_end(&path) as u64,
+            "appends resume after the records"
+        );
+    }
+
+    #[test]
+    fn zeros_after_the_last_record_are_kept_and_written_over() {
+        // Space written ahead, or what a file system can leave when the size reached the disk
+        // before the data did: either way no record is there.
         let dir = tempfile::tempdir().unwrap();
         let (path, _) = log_of(dir.path(), 2);
         let whole = fs::metadata(&path).unwrap().len();
@@ -539,10 +709,36 @@ mod tests {
             .unwrap()
             .write_all(&[0; 4096])
             .unwrap();
-        let (_, recovered) = Segments::open(dir.path(), 1).unwrap();
+        let (mut log, recovered) = Segments::open(dir.path(), 1).unwrap();
         assert_eq!(recovered.entries.len(), 2);
-        assert_eq!(recovered.truncated_bytes, 4096);
-        assert_eq!(fs::metadata(&path).unwrap().len(), whole);
+        assert_eq!(recovered.truncated_bytes, 0);
+        assert_eq!(fs::metadata(&path).unwrap().len(), whole + 4096, "not cut");
+        log.append(&encode(&entry(3))).unwrap();
+        drop(log);
+        let (_, recovered) = Segments::open(dir.path(), 1).unwrap();
+        assert_eq!(recovered.entries, vec![entry(1), entry(2), entry(3)]);
+    }
+
+    #[test]
+    fn zeros_after_the_records_of_an_earlier_segment_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _) = log_of(dir.path(), 2);
+        {
+            let (mut log, _) = Segments::open(dir.path(), 1).unwrap();
+            log.compact(0, 3).unwrap(); // a new segment, nothing covered
+            log.append(&encode(&entry(3))).unwrap();
+        }
+        let end = records_end(&path) as u64;
+        assert_eq!(fs::metadata(&path).unwrap().len(), end, "space given back");
+        // A crash before the trim reached the disk leaves the zeros.
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(end + WRITE_AHEAD)
+            .unwrap();
+        let (_, recovered) = Segments::open(dir.path(), 1).unwrap();
+        assert_eq!(recovered.entries, vec![entry(1), entry(2), entry(3)]);
     }
 
     /// Damage with a whole record after it must stop recovery, name the file and the offset,
@@ -590,10 +786,9 @@ mod tests {
             log.append(&encode(&entry(3))).unwrap();
         }
         assert_eq!(segments(dir.path()).unwrap().len(), 2);
-        // Damage at the very end of the older segment: a torn tail anywhere but the last
-        // segment still means lost records.
-        let len = fs::metadata(&path).unwrap().len() as usize;
-        let before = flip(&path, len - 1);
+        // Damage at the very end of the older segment's records: a torn tail anywhere but the
+        // last segment still means lost records.
+        let before = flip(&path, records_end(&path) - 1);
         let error = Segments::open(dir.path(), 1).unwrap_err().to_string();
         assert!(error.contains(&path.display().to_string()), "{error}");
         assert!(
@@ -660,6 +855,8 @@ mod tests {
             dir: PathBuf::from("/dev"),
             file,
             len: 0,
+            zeroed_to: 0,
+            write_ahead_from: 0,
             broken: None,
         };
         let first = log.append(&encode(&entry(1))).unwrap_err();

@@ -17,8 +17,10 @@
 //!   state durable when it was created. A segment is created whole (written to a temporary file,
 //!   fsynced, renamed), when the directory is new, when the current one passes ~64 MiB, at every
 //!   compaction and at every installed snapshot.
-//! - A torn tail at the end of the last segment is cut; damage anywhere else is refused, naming
-//!   the file and the byte offset (the same scan as the single-node log).
+//! - The segment being appended to keeps zeros written ahead of its last record (see
+//!   `crate::log::segments`); a tail of zeros after the last whole record is that space. A torn
+//!   tail at the end of the last segment is cut; damage anywhere else is refused, naming the file
+//!   and the byte offset (the same scan as the single-node log).
 //!
 //! The invariant: replaying the segments present, in order, gives exactly the state last made
 //! durable. It holds while deleting segments because only a prefix of them is deleted, only
@@ -334,7 +336,9 @@ impl DiskStorage {
             snapshot: SnapshotMetadata::default(),
         };
         let mut files = Vec::with_capacity(found.len());
+        let mut last_len = 0;
         for segment in found {
+            last_len = segment.len;
             let mut max_entry = 0;
             for record in segment.records {
                 if let RaftRecord::Entry { index, .. } = record {
@@ -365,7 +369,7 @@ impl DiskStorage {
         }
         let conf_state = replay.conf_state.unwrap_or(initial);
         let current = match files.last() {
-            Some(file) => Segments::append_to(dir, &file.path)?,
+            Some(file) => Segments::append_to(dir, &file.path, last_len)?,
             None => {
                 let head = head(&replay.snapshot, false, &replay.hard_state, &conf_state)?;
                 let (current, file) = create_segment(dir, 1, &head)?;
@@ -689,6 +693,7 @@ impl DiskStorage {
     fn roll(&mut self, head: &[u8]) -> io::Result<()> {
         let number = self.files.last().map_or(1, |f| f.number + 1);
         let (current, file) = create_segment(&self.dir, number, head)?;
+        self.current.trim();
         self.current = current;
         self.files.push(file);
         Ok(())
@@ -737,7 +742,7 @@ fn head(
 fn create_segment(dir: &Path, number: u64, head: &[u8]) -> io::Result<(Segments, SegmentFile)> {
     let path = dir.join(segments::segment_file_name::<RaftRecord>(number));
     sync_kit::fs::atomic_write(&path, head)?;
-    let current = Segments::append_to(dir, &path)?;
+    let current = Segments::append_to(dir, &path, head.len() as u64)?;
     Ok((
         current,
         SegmentFile {
@@ -885,17 +890,17 @@ mod tests {
             .collect()
     }
 
-    /// Where each record of a segment starts.
+    /// Where each record of a segment starts; only zeros (space written ahead) follow them.
     fn record_starts(path: &Path) -> Vec<usize> {
         let bytes = fs::read(path).unwrap();
         let mut starts = Vec::new();
         let mut at = 0;
-        while at < bytes.len() {
+        while at + segments::HEADER <= bytes.len() && bytes[at..at + 4] != [0; 4] {
             starts.push(at);
             at += segments::HEADER
                 + u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
         }
-        assert_eq!(at, bytes.len());
+        assert!(bytes[at..].iter().all(|&b| b == 0), "only zeros follow");
         starts
     }
 
@@ -1017,7 +1022,7 @@ mod tests {
         let mut storage = open(dir.path());
         storage.append(&entries(1..=2, 1)).unwrap();
         storage.sync().unwrap();
-        let Ok(full) = Segments::append_to(Path::new("/dev"), Path::new("/dev/full")) else {
+        let Ok(full) = Segments::append_to(Path::new("/dev"), Path::new("/dev/full"), 0) else {
             eprintln!("skipped: no /dev/full to fail writes");
             return;
         };
@@ -1111,8 +1116,11 @@ mod tests {
         let first = files(dir.path()).remove(0);
         let starts = record_starts(&first);
         let mut bytes = fs::read(&first).unwrap();
-        let len = bytes.len();
-        bytes[len - 1] ^= 0xff; // the end of entry 1's record: a torn tail, were it the last
+        let last = *starts.last().unwrap();
+        let end = last
+            + segments::HEADER
+            + u32::from_le_bytes(bytes[last..last + 4].try_into().unwrap()) as usize;
+        bytes[end - 1] ^= 0xff; // the end of entry 1's record: a torn tail, were it the last
         fs::write(&first, &bytes).unwrap();
         let error = DiskStorage::open(dir.path(), voters(&[1]))
             .unwrap_err()

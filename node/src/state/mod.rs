@@ -466,10 +466,14 @@ impl State {
             ));
         }
         let timestamp = stored.timestamp;
-        shard
-            .entry(to.to_string())
-            .or_default()
-            .store(index, stored);
+        // The recipient's name is copied only for a mailbox's first message.
+        match shard.get_mut(to) {
+            Some(mailbox) => mailbox.store(index, stored),
+            None => shard
+                .entry(to.to_string())
+                .or_default()
+                .store(index, stored),
+        }
         Outcome::Sent {
             id: index,
             timestamp,
