@@ -97,6 +97,19 @@ impl<T> InternalMutex<T> {
         self.inner.lock()
     }
 
+    /// Whether another thread holds the mutex now (a hint, stale as soon as it is read: one
+    /// relaxed load, no read-modify-write). Under loom always `true`, so that the models explore
+    /// the path taken when the mutex is contended.
+    #[cfg(not(loom))]
+    pub(crate) fn is_locked(&self) -> bool {
+        self.inner.is_locked()
+    }
+
+    #[cfg(loom)]
+    pub(crate) fn is_locked(&self) -> bool {
+        true
+    }
+
     #[cfg(loom)]
     pub(crate) fn lock(&self) -> loom::sync::MutexGuard<'_, T> {
         // A panic while holding an internal lock is a sync-kit bug; keep going with the data.
@@ -202,5 +215,24 @@ pub(crate) mod cell {
         pub(crate) fn with<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
             f(self.0.as_ptr())
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::InternalMutex;
+
+    /// The committer's hint (`mvcc/state.rs`): true exactly while someone holds the mutex.
+    #[test]
+    fn is_locked_tells_whether_the_mutex_is_held() {
+        let mutex = InternalMutex::new(0);
+        assert!(!mutex.is_locked());
+        let guard = mutex.lock();
+        assert!(mutex.is_locked());
+        std::thread::scope(|s| {
+            s.spawn(|| assert!(mutex.is_locked(), "seen from another thread too"));
+        });
+        drop(guard);
+        assert!(!mutex.is_locked());
     }
 }

@@ -7,8 +7,10 @@
 //!   (each builds on the version the previous one published); the tombstone queue, the commit
 //!   counters, the index's writes and a second handle on the latest version (so that a commit
 //!   reads its base without the state lock) are theirs. Before taking it, a commit only
-//!   allocates its version and, with one key, reads that key's slot (its shard's mutex alone,
-//!   as a reader takes it), so that the other committers do not wait for that cache miss.
+//!   allocates its version and, with one key, if another commit holds the lock at that moment
+//!   (`is_locked`, one load), reads that key's slot (its shard's mutex alone, as a reader takes
+//!   it), so that the other committers do not wait for that cache miss; a lone committer takes
+//!   the miss under the lock instead of paying a second shard lock for nothing.
 //! - `state`: the latest version and the live snapshot versions. Held only to copy or swap an
 //!   `Arc`, store the published version number and update a counter, never across validation,
 //!   the index and delta writes, the build of a version's ordered map or the freeing of an old
@@ -500,9 +502,13 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         let active = &mut registration.active;
         let snapshot_version = registration.version;
         // What can be done before the committer lock is, so that other committers do not wait
-        // for it: the written key's slot, read below under the lock, is brought into the cache
-        // (one miss), and the new version is allocated (filled in under the lock).
-        if let Sorted::One((key, _)) = &writes {
+        // for it: the new version is allocated (filled in under the lock) and, if another commit
+        // holds the lock now, the written key's slot, read below under the lock, is brought into
+        // the cache (one miss) while this one waits. A lone committer skips that lookup (its
+        // shard lock and unlock are two atomic read-modify-writes, and the miss is the same).
+        if let Sorted::One((key, _)) = &writes
+            && this.committer.is_locked()
+        {
             let _ = this.index.written_at(key);
         }
         let mut next = (!writes.is_empty()).then(|| {
