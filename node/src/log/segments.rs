@@ -11,6 +11,12 @@
 //!   torn write from a crash: the file is cut back to the last whole record. Damage followed by a
 //!   whole record, or in any segment but the last, is real corruption: cutting it would drop
 //!   records that were acknowledged, so recovery refuses and names the file and the offset.
+//! - One exception, in the last segment: damage that is a write which never reached the disk
+//!   (the record's header is zeros, or a whole 512-byte sector of it is) is cut with everything
+//!   after it. A machine that loses power during an `fdatasync` can leave a later page of the
+//!   batch on the disk and not an earlier one; what follows the gap was written after it and
+//!   synced no earlier (an `fdatasync` makes every earlier write durable too), so none of it was
+//!   acknowledged. Only a disk that loses a write it said was durable breaks this.
 //! - A batch whose write or `fsync` fails is cut off again (so the segment still ends with a
 //!   whole record); if even that fails, the log refuses every later batch.
 //! - Space written ahead: the segment being appended to keeps [`WRITE_AHEAD`] bytes of zeros
@@ -172,6 +178,8 @@ struct Scan<R> {
     /// Bytes from `valid` to the last byte that is not zero: 0 when everything after the whole
     /// records is zeros (space written ahead, not damage).
     damaged_len: u64,
+    /// The damage is a write that never reached the disk ([`unwritten_at`]).
+    unwritten: bool,
     /// The file starts with a whole record of the JSON format of earlier nodes.
     legacy: bool,
 }
@@ -211,6 +219,7 @@ fn scan<R: Record>(path: &Path) -> io::Result<Scan<R>> {
             .map(|offset| offset as u64),
     };
     Ok(Scan {
+        unwritten: damaged_len > 0 && unwritten_at::<R>(&bytes, at, at + damaged_len),
         damaged_len: damaged_len as u64,
         legacy: entries.is_empty() && legacy_record_at_start(&bytes),
         entries,
@@ -218,6 +227,33 @@ fn scan<R: Record>(path: &Path) -> io::Result<Scan<R>> {
         total: bytes.len() as u64,
         resumes_at,
     })
+}
+
+/// A disk sector: the unit a write reaches the disk in, or does not.
+const SECTOR: usize = 512;
+
+/// Whether the damage at `at` is a write that never reached the disk: the header there is
+/// zeros (no record is ever written with a zero length), or a whole sector of the record it
+/// claims (a length a record of kind `R` can have, ending before `data_end`, the end of the
+/// bytes that are not zeros) is. Damage from anything else (a flipped bit, garbage) leaves
+/// neither.
+fn unwritten_at<R: Record>(bytes: &[u8], at: usize, data_end: usize) -> bool {
+    let Some(header) = bytes.get(at..at + HEADER) else {
+        return false;
+    };
+    if header.iter().all(|&b| b == 0) {
+        return true;
+    }
+    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    let end = at + HEADER + len;
+    if len > R::MAX_LEN || end > data_end {
+        return false;
+    }
+    let first_sector = at.div_ceil(SECTOR) * SECTOR;
+    (first_sector..end)
+        .step_by(SECTOR)
+        .filter(|start| start + SECTOR <= end)
+        .any(|start| bytes[start..start + SECTOR].iter().all(|&b| b == 0))
 }
 
 /// What recovery found.
@@ -305,18 +341,29 @@ pub fn recover<R: Record>(dir: &Path) -> io::Result<(Vec<SegmentRecords<R>>, u64
             if i + 1 < found.len() {
                 return Err(damaged("and it is not the last segment".into()));
             }
-            if let Some(resumes_at) = scan.resumes_at {
-                return Err(damaged(format!(
-                    "and a whole record follows at byte {resumes_at}, so this is not a write \
-                     torn by a crash"
-                )));
+            match scan.resumes_at {
+                Some(resumes_at) if !scan.unwritten => {
+                    return Err(damaged(format!(
+                        "and a whole record follows at byte {resumes_at}, so this is not a \
+                         write torn by a crash"
+                    )));
+                }
+                Some(resumes_at) => tracing::warn!(
+                    segment = %path.display(),
+                    at = scan.valid,
+                    cut = scan.damaged_len,
+                    resumes_at,
+                    "cutting a write that never reached the disk off the end of the log, with \
+                     the records written after it (power lost during a sync: none of them was \
+                     acknowledged)"
+                ),
+                None => tracing::warn!(
+                    segment = %path.display(),
+                    at = scan.valid,
+                    cut = scan.damaged_len,
+                    "cutting a torn record off the end of the log (crash during a write)"
+                ),
             }
-            tracing::warn!(
-                segment = %path.display(),
-                at = scan.valid,
-                cut = scan.damaged_len,
-                "cutting a torn record off the end of the log (crash during a write)"
-            );
             OpenOptions::new()
                 .write(true)
                 .open(path)?
@@ -764,6 +811,63 @@ mod tests {
             text.contains(&format!("follows at byte {}", starts[2])),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_write_that_never_reached_the_disk_is_cut_with_what_followed_it() {
+        // Power lost during a sync: the third record's page stayed zeros (space written
+        // ahead), the fourth's reached the disk.
+        let dir = tempfile::tempdir().unwrap();
+        let (path, starts) = log_of(dir.path(), 4);
+        write_at(&path, starts[2], &vec![0; starts[3] - starts[2]]);
+        let (_, recovered) = Segments::open(dir.path(), 1).unwrap();
+        assert_eq!(recovered.entries, vec![entry(1), entry(2)]);
+        assert!(recovered.truncated_bytes > 0);
+        assert_eq!(fs::metadata(&path).unwrap().len(), starts[2] as u64);
+    }
+
+    #[test]
+    fn a_record_with_a_zeroed_sector_is_a_write_that_never_reached_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = Segments::open(dir.path(), 1).unwrap();
+        let big = |index: u64| Entry {
+            index,
+            command: Command::SendMessage {
+                from: "a".into(),
+                to: "b".into(),
+                text: "x".repeat(3000),
+                timestamp: index,
+                key: None,
+            },
+        };
+        for index in 1..=3 {
+            log.append(&encode(&big(index))).unwrap();
+        }
+        drop(log);
+        let (_, path) = segments(dir.path()).unwrap().pop().unwrap();
+        let starts = record_starts(&path);
+        // The second record's header reached the disk, one of its sectors did not.
+        let sector = (starts[1] + HEADER).div_ceil(SECTOR) * SECTOR;
+        write_at(&path, sector, &[0; SECTOR]);
+        let (_, recovered) = Segments::open(dir.path(), 1).unwrap();
+        assert_eq!(recovered.entries, vec![big(1)]);
+        assert_eq!(fs::metadata(&path).unwrap().len(), starts[1] as u64);
+    }
+
+    #[test]
+    fn zeros_before_whole_records_of_an_earlier_segment_refuse_to_start() {
+        // Every segment but the last was synced whole before the next began: a gap there is
+        // a lost write, not one that never reached the disk.
+        let dir = tempfile::tempdir().unwrap();
+        let (path, starts) = log_of(dir.path(), 3);
+        {
+            let (mut log, _) = Segments::open(dir.path(), 1).unwrap();
+            log.compact(0, 4).unwrap();
+            log.append(&encode(&entry(4))).unwrap();
+        }
+        write_at(&path, starts[1], &vec![0; starts[2] - starts[1]]);
+        let error = Segments::open(dir.path(), 1).unwrap_err().to_string();
+        assert!(error.contains("not the last segment"), "{error}");
     }
 
     #[test]
