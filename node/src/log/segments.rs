@@ -624,6 +624,12 @@ mod tests {
         last + HEADER + u32::from_le_bytes(bytes[last..last + 4].try_into().unwrap()) as usize
     }
 
+    /// Appends `bytes` to the file `path` as they are (past any space written ahead).
+    fn append_raw(path: &Path, bytes: &[u8]) {
+        let mut file = OpenOptions::new().append(true).open(path).unwrap();
+        file.write_all(bytes).unwrap();
+    }
+
     fn write_at(path: &Path, at: usize, bytes: &[u8]) {
         OpenOptions::new()
             .write(true)
@@ -670,12 +676,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (path, _) = log_of(dir.path(), 2);
         let whole = records_end(&path);
-        OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap()
-            .write_all(&encode(&entry(3))[..10])
-            .unwrap();
+        append_raw(&path, &encode(&entry(3))[..10]);
         let (_, recovered) = Segments::open(dir.path(), 1).unwrap();
         assert_eq!(recovered.entries.len(), 2);
         assert_eq!(fs::metadata(&path).unwrap().len(), whole as u64);
@@ -750,12 +751,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (path, _) = log_of(dir.path(), 2);
         let whole = fs::metadata(&path).unwrap().len();
-        OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap()
-            .write_all(&[0; 4096])
-            .unwrap();
+        append_raw(&path, &[0; 4096]);
         let (mut log, recovered) = Segments::open(dir.path(), 1).unwrap();
         assert_eq!(recovered.entries.len(), 2);
         assert_eq!(recovered.truncated_bytes, 0);
