@@ -219,6 +219,33 @@ fn off_checks_and_learns_nothing() {
     set_order_checking(OrderChecking::default());
 }
 
+/// Turning checking on reaches locks created while it was off, `RwLock`s included: their fast
+/// paths see the switch in their lock word (its DIVERT bit), so their acquisitions are checked
+/// and learned from. (The release default is `Off`, so this is how release builds turn it on.)
+#[test]
+fn turning_checking_on_reaches_locks_created_while_it_was_off() {
+    let _serial = serial();
+    set_order_checking(OrderChecking::Off);
+    let a = Mutex::named("ord-late-a", ());
+    let b = RwLock::named("ord-late-b", ());
+    set_order_checking(OrderChecking::Refuse);
+    {
+        let _a = a.lock().unwrap();
+        let _b = b.write().unwrap(); // learned: a before b
+    }
+    let held = b.read().unwrap();
+    let report = inversion(a.lock());
+    assert_eq!(report.held.name(), Some("ord-late-b"));
+    drop(held);
+    // And off again: nothing is checked, the plain paths work.
+    set_order_checking(OrderChecking::Off);
+    {
+        let _b = b.write().unwrap();
+        let _a = a.lock().unwrap();
+    }
+    set_order_checking(OrderChecking::default());
+}
+
 #[test]
 fn the_default_policy_refuses_in_debug_builds() {
     assert_eq!(

@@ -504,6 +504,28 @@ fn hold_times_are_off_by_default_and_opt_in_per_lock_or_globally() {
     assert_eq!(m.stats().holds.timed, 4);
 }
 
+/// The global switch reaches an `RwLock` created before it whatever else is on: here with order
+/// checking `Off` (the release default), so only hold timing sends its writes off the plain path
+/// (its lock word's DIVERT bit). Turned off again, its writes are no longer timed.
+#[test]
+fn global_hold_timing_reaches_rwlocks_with_order_checking_off() {
+    use sync_kit::deadlock::{OrderChecking, order_checking, set_order_checking};
+    let _serial = serial();
+    let policy = order_checking();
+    set_order_checking(OrderChecking::Off);
+    let rw = RwLock::named("st-hold-rw-off", 0u32);
+    *rw.write().unwrap() += 1;
+    sync_kit::stats::set_hold_timing(true);
+    *rw.write().unwrap() += 1;
+    drop(rw.read().unwrap());
+    sync_kit::stats::set_hold_timing(false);
+    *rw.write().unwrap() += 1;
+    set_order_checking(policy);
+    let s = rw.stats();
+    assert_eq!(s.holds.timed, 1, "{s:?}");
+    assert_eq!(s.acquisitions, 4, "{s:?}");
+}
+
 #[test]
 fn prometheus_output_has_one_cumulative_histogram_per_named_lock() {
     let _serial = serial();

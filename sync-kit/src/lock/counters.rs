@@ -198,8 +198,9 @@ static HOLD_TIMES: AtomicBool = AtomicBool::new(false);
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
 /// Turns hold timing on or off for every lock (off by default; see [`Counters::set_hold_times`]
-/// for one lock). The blocking locks' fast path reads the copy of `meta::GLOBAL_FLAGS` in each lock,
-/// which `stats::set_hold_timing` sets with this.
+/// for one lock). The async locks read this; the blocking locks' fast path reads the copy of
+/// `meta::GLOBAL_FLAGS` in each lock (an `RwLock`'s mirrored in its word's DIVERT bit), which
+/// `stats::set_hold_timing` sets with this.
 pub(crate) fn set_hold_times_globally(on: bool) {
     HOLD_TIMES.store(on, StdOrdering::Relaxed);
 }

@@ -233,7 +233,9 @@ struct LiveLocks(Vec<*const LockMeta>);
 // `LockMeta` is `Sync`.
 unsafe impl Send for LiveLocks {}
 
-/// Sets or clears one of the [`GLOBAL_FLAGS`] bits, and its copy in every live lock.
+/// Sets or clears one of the [`GLOBAL_FLAGS`] bits, and its copy in every live lock (through
+/// [`LockMeta::set_flag`], so that an `RwLock`'s DIVERT mirror follows: its fast paths read the
+/// word, never the byte).
 pub(crate) fn set_global_flag(bit: u8, on: bool) {
     let live = LIVE.lock();
     if on {
@@ -244,13 +246,7 @@ pub(crate) fn set_global_flag(bit: u8, on: bool) {
     for &meta in &live.0 {
         // SAFETY: listed, so alive (see `LiveLocks`).
         let meta = unsafe { &*meta };
-        if on {
-            meta.flags
-                .fetch_or(bit << GLOBAL_SHIFT, StdOrdering::Relaxed);
-        } else {
-            meta.flags
-                .fetch_and(!(bit << GLOBAL_SHIFT), StdOrdering::Relaxed);
-        }
+        meta.set_flag(bit << GLOBAL_SHIFT, on);
     }
 }
 
@@ -421,7 +417,10 @@ impl LockMeta {
 
     /// Sets or clears `bits` of [`flags`](Self::flags), and an `RwLock`'s mirror of "any flag
     /// set" in its word. Called under [`LIVE`]'s lock, which every change of the flags takes, so
-    /// the mirror never disagrees with the byte once the lock is released.
+    /// the mirror never disagrees with the byte once the lock is released. Every change of the
+    /// flags goes through here (a lock's creation, its own `set_hold_timing`, a process-wide
+    /// switch): an `RwLock` whose byte changed without its DIVERT bit would keep taking the plain
+    /// path, skipping the order check and the hold's clock.
     fn set_flag(&self, bits: u8, on: bool) {
         let now = if on {
             self.flags.fetch_or(bits, StdOrdering::Relaxed) | bits
