@@ -11,6 +11,9 @@
 //! - `point_read_100k`: one `get` of a random key (the sequence is precomputed) in 100k keys:
 //!   from a `Snapshot`, from the latest version (`MvccMap::get`), from a `dashmap::DashMap`, and
 //!   from a `parking_lot::RwLock<HashMap>` (read lock + get).
+//! - `scan_100k`: a whole snapshot of 100k keys in key order (`Snapshot::iter`, summing the
+//!   values), next to the same walk of a `BTreeMap` under a `parking_lot::RwLock` read lock; and
+//!   a page of 100 keys from a random start (`Snapshot::range`), next to `BTreeMap::range`.
 //! - `commit_1_thread` / `commit_2_threads`: a small transaction (read one key, write one key,
 //!   commit) on a 100k-key map, next to the same read and write under a
 //!   `parking_lot::RwLock<HashMap>` write lock (no isolation, no history: the floor). With two
@@ -103,6 +106,52 @@ fn point_read(c: &mut Criterion) {
     group.finish();
 }
 
+fn scan(c: &mut Criterion) {
+    let keys = random_keys(KEYS, SEQUENCE);
+    let mut group = c.benchmark_group("scan_100k");
+    group
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(20);
+    let map = mvcc_map(KEYS);
+    let snap = map.snapshot();
+    group.bench_function("sync_kit_snapshot_iter", |b| {
+        b.iter(|| black_box(&snap).iter().map(|(_, v)| *v).sum::<u64>());
+    });
+    let tree = parking_lot::RwLock::new(
+        (0..KEYS)
+            .map(|k| (k, k))
+            .collect::<std::collections::BTreeMap<u64, u64>>(),
+    );
+    group.bench_function("rwlock_btreemap_iter", |b| {
+        b.iter(|| black_box(&tree).read().values().sum::<u64>());
+    });
+    group.sample_size(100);
+    let mut i = 0;
+    group.bench_function("sync_kit_snapshot_range_100", |b| {
+        b.iter(|| {
+            i = (i + 1) & (SEQUENCE - 1);
+            black_box(&snap)
+                .range(keys[i]..)
+                .take(100)
+                .map(|(_, v)| *v)
+                .sum::<u64>()
+        });
+    });
+    group.bench_function("rwlock_btreemap_range_100", |b| {
+        b.iter(|| {
+            i = (i + 1) & (SEQUENCE - 1);
+            black_box(&tree)
+                .read()
+                .range(keys[i]..)
+                .take(100)
+                .map(|(_, v)| *v)
+                .sum::<u64>()
+        });
+    });
+    group.finish();
+}
+
 fn commit_1_thread(c: &mut Criterion) {
     let keys = random_keys(KEYS, SEQUENCE);
     let mut group = c.benchmark_group("commit_1_thread");
@@ -171,6 +220,7 @@ criterion_group!(
     benches,
     snapshot,
     point_read,
+    scan,
     commit_1_thread,
     commit_2_threads
 );

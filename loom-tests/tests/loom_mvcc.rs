@@ -167,6 +167,39 @@ fn in_place_builds_never_change_a_live_snapshot() {
     });
 }
 
+/// What a snapshot's iterator lends stays put while the snapshot lives: the writer's one-key
+/// commits overwrite the key's entry in place only when no snapshot is live, else push a write
+/// and trim what no live snapshot reads, so the write a live snapshot lent is neither changed
+/// nor freed, whichever of the snapshot and the commits comes first. Once the snapshot is gone,
+/// the next commit leaves the newest write alone.
+#[test]
+fn lent_values_survive_commits() {
+    model(|| {
+        let (map, writer) = key_with_a_writer();
+        let snapshot = map.snapshot();
+        let lent: Vec<(&&str, &i32)> = snapshot.iter().collect();
+        let expected = i32::try_from(snapshot.version()).unwrap() - 1;
+        assert_eq!(
+            lent,
+            [(&"a", &expected)],
+            "at version {}",
+            snapshot.version()
+        );
+        writer.join().unwrap();
+        assert_eq!(
+            *lent[0].1, expected,
+            "a lent value changed under its snapshot"
+        );
+        drop(lent);
+        drop(snapshot);
+        let mut tx = map.begin();
+        tx.insert("a", 3);
+        tx.commit().unwrap();
+        assert_eq!(map.get(&"a"), Some(3));
+        assert_eq!(map.snapshot().iter().next(), Some((&"a", &3)));
+    });
+}
+
 /// Two commits on disjoint keys from two threads, and a reader: versions are published in
 /// version order (a read of the latest version that sees the later commit's key sees the earlier
 /// one's, whichever thread got the lower version), a snapshot sees a prefix of the commits, and
@@ -253,12 +286,12 @@ fn write_skew_is_refused() {
     });
 }
 
-/// A one-key commit writes its index slot and publishes its version under the slot's shard
-/// lock, and the slot keeps no previous write: reads of the latest version racing with such
-/// commits see each value whole, never go back, and never wait for a commit (a read that loaded
-/// the version before and finds the slot written after it reads again, and then finds that
-/// version published), and a snapshot reads exactly its version. With the slot released before
-/// the publication, a read of the latest version spins on that window until loom's branch limit.
+/// A one-key commit publishes its version and writes its key's entry (in place, when no
+/// snapshot is live) while holding the entry's index shard: reads of the latest version racing
+/// with such commits see each value whole and never go back (a read takes the entry's newest
+/// write if its version is published, else the one before), and a snapshot reads exactly its
+/// version, whichever of the snapshot and the commits comes first. (The name is the one the
+/// model had when the index held slots, not entries.)
 #[test]
 fn one_key_commits_publish_with_their_slot() {
     model(|| {

@@ -1,78 +1,78 @@
-//! The hash index of the latest version: one slot per key that has a value or a tombstone in
-//! it, so that point reads and commit validation cost one hash lookup instead of a walk down a
-//! B-tree (tombstones live here only: the ordered maps of the versions hold values).
+//! The hash index: each key that has a value or a tombstone in the latest version, with its
+//! [`Entry`] (the writes of it someone may still read, module `entry`), so that point reads,
+//! commit validation and a commit's writes cost one hash lookup and touch one entry, and never
+//! walk down a B-tree. The ordered maps of the versions hold the same entries.
 //!
-//! Each slot keeps the key's last write (`written_at`, `value`) and, while that write's version is
-//! being published, the write before it (`prev`: its version and value). Only committers change
-//! the index, under the committer lock: a commit writes its slots (stamped with its new, not yet
-//! published, version number) *before* it publishes that version, forgets the previous writes
-//! after publishing, and the next commit cannot start before that. So at any moment at most one
-//! version stamped in the index is unpublished, and for any version `at` that a reader may stand
-//! on, a slot answers exactly when `written_at <= at` (the value) or when it keeps a previous
-//! write of version `<= at` (that value); otherwise the reader falls back to the ordered map of
-//! its version (a snapshot) or loads the published version again (a read of the latest: once a
-//! previous write is forgotten, the version that replaced it is published). A key without a slot
-//! has no value at any version a live reader stands on: slots are created by writes and removed
-//! only with their tombstone (see `state.rs`), once no live snapshot is older than it.
+//! Only committers change the index and the entries, under the committer lock: a commit pushes
+//! its writes (stamped with its new, not yet published, version number) *before* it publishes
+//! that version, trims the entries after publishing, and the next commit cannot start before
+//! that. So at most one write in the index is unpublished, the newest of its entry, and the
+//! write before it stays linked until the trim: a read of the latest version loads the published
+//! number with the entry's shard locked and takes the newest write if it is published, else the
+//! one before ([`Entry::latest`]); linearizable, and it never waits for a commit but for the
+//! shard.
 //!
-//! A one-key commit does without the previous write ([`Index::write_published`]): it writes the
-//! slot and publishes its version while holding the slot's shard mutex, so no reader can look at
-//! the slot between the two, and afterwards no reader needs what it replaced (a reader of an older
-//! published version that was waiting on the shard finds the slot written after its version, as
-//! when a previous write has been forgotten: it reads the published number again, or its
-//! snapshot's ordered map); the previous write is dropped before the shard is released, with no
-//! second lookup. Loom model `one_key_commits_publish_with_their_slot`.
+//! A key without an entry has no value at any version a live reader stands on: entries are
+//! created by writes and removed from the index only with their tombstone (see `state.rs`), once
+//! no live snapshot is older than it. (The versions' ordered maps may still hold a removed
+//! entry; no live reader reaches it through them.)
+//!
+//! A one-key commit publishes while holding its key's shard ([`Index::write_published`]), so
+//! no reader can look at the entry between the write and the publication, and trims the entry
+//! before releasing it: no second lookup. Loom model `one_key_commits_publish_with_their_slot`.
 //!
 //! The index is sharded (one internal mutex per shard, each on its own cache line), hashed once
 //! with `hashbrown`'s default hasher (foldhash, seeded at random per map: several times cheaper
 //! than std's SipHash, which a point read and a commit would pay several times over): shard from
-//! bits 32 and up, bucket and tag from the rest, as `hashbrown` uses them.
+//! bits 32 and up, bucket and tag from the rest, as `hashbrown` uses them. A bucket is a pointer
+//! to the entry, so the table stays small enough to stay mostly in cache.
 
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
+use std::sync::Arc;
 
 use hashbrown::HashTable;
 
+use super::entry::{Entry, Spare};
 use crate::loom::InternalMutex;
+use crate::loom::atomic::{AtomicU64, Ordering};
 
-/// One key's last write and, while its version is being published, the write before it
-/// (inline: a box would cost an allocation and a free per written key and commit).
-/// `prev == None`: the previous value is no longer kept (`written_at` is published), so readers of
-/// older versions go to their version's ordered map and the index never keeps an overwritten
-/// value alive. `prev == Some((0, None))`: nothing before `written_at` that a reader can see.
-///
-/// Aligned to a cache line: a slot of small keys and values (64 bytes for `u64 → u64`) then
-/// lies on one line, where the table's 16-byte-aligned buckets put most slots across two, so a
-/// commit's write and its forgetting of the previous write touch one line, not two.
-#[repr(align(64))]
-struct Slot<K, V> {
-    key: K,
-    written_at: u64,
-    value: Option<V>,
-    prev: Option<(u64, Option<V>)>,
+/// What one write changes in the ordered maps, which hold each live key's entry: nothing when it
+/// overwrites a value (or removes an absent key); the key and its entry when it gives the key a
+/// value; the key's removal when it removes one.
+pub(crate) enum Change<K, V> {
+    None,
+    Insert(Arc<Entry<K, V>>),
+    Remove,
 }
 
-impl<K, V> Slot<K, V> {
-    /// The slot of a key first written at `at` (before it, the key was absent).
-    fn first(key: K, value: Option<V>, at: u64) -> Self {
-        Slot {
-            key,
-            written_at: at,
-            value,
-            prev: Some((0, None)),
+impl<K, V> Change<K, V> {
+    /// A write of a value (`live`) or a removal that found the key live or not.
+    fn of(entry: &Arc<Entry<K, V>>, live: bool, was_live: bool) -> Self {
+        match (live, was_live) {
+            (true, false) => Change::Insert(Arc::clone(entry)),
+            (false, true) => Change::Remove,
+            _ => Change::None,
         }
     }
 
-    /// Records a write at `at`, keeping the previous one; whether the key had a value.
-    #[inline]
-    fn overwrite(&mut self, value: Option<V>, at: u64) -> bool {
-        let was_live = self.value.is_some();
-        let prev = std::mem::replace(&mut self.value, value);
-        let prev_at = std::mem::replace(&mut self.written_at, at);
-        self.prev = Some((prev_at, prev));
-        was_live
+    /// The entry of the ordered maps' delta for `key` (`None`: no entry).
+    pub(crate) fn delta_entry(self, key: K) -> Option<KeyChange<K, V>> {
+        match self {
+            Change::None => None,
+            Change::Insert(entry) => Some((key, Some(entry))),
+            Change::Remove => Some((key, None)),
+        }
     }
 }
+
+/// A key that gained a value (with its entry) or lost it (`None`): one change of the keys of
+/// the ordered maps.
+pub(crate) type KeyChange<K, V> = (K, Option<Arc<Entry<K, V>>>);
+
+/// What [`Index::write_published`] returns: what the publication returned, the versions live
+/// registrations stood on then, and the entry if it keeps older writes to trim.
+pub(crate) type WrittenPublished<R, K, V> = (R, Vec<u64>, Option<Arc<Entry<K, V>>>);
 
 /// Shards: a power of two. Few under loom, where each is one more object to model.
 #[cfg(not(loom))]
@@ -80,8 +80,10 @@ const SHARDS: usize = 64;
 #[cfg(loom)]
 const SHARDS: usize = 2;
 
+type Table<K, V> = HashTable<Arc<Entry<K, V>>>;
+
 #[repr(align(64))]
-struct Shard<K, V>(InternalMutex<HashTable<Slot<K, V>>>);
+struct Shard<K, V>(InternalMutex<Table<K, V>>);
 
 /// Seeded at random per map in production (foldhash); fixed under loom, whose runs must repeat:
 /// the shard a key lands in decides which interleavings exist.
@@ -93,14 +95,6 @@ type IndexHasher = std::hash::BuildHasherDefault<std::collections::hash_map::Def
 pub(crate) struct Index<K, V> {
     hasher: IndexHasher,
     shards: Box<[Shard<K, V>]>,
-}
-
-/// What the index says about one key at one version.
-pub(crate) enum Lookup<V> {
-    /// The key's value at that version (`None`: absent or removed).
-    Known(Option<V>),
-    /// Written twice since that version: ask the version's ordered map.
-    Older,
 }
 
 impl<K: Hash + Eq + Clone, V: Clone> Index<K, V> {
@@ -117,78 +111,130 @@ impl<K: Hash + Eq + Clone, V: Clone> Index<K, V> {
         self.hasher.hash_one(key)
     }
 
-    fn shard(&self, hash: u64) -> &InternalMutex<HashTable<Slot<K, V>>> {
+    fn shard(&self, hash: u64) -> &InternalMutex<Table<K, V>> {
         &self.shards[(hash >> 32) as usize & (SHARDS - 1)].0
     }
 
-    /// The value of `key` at version `at`, if the index can tell. `at` must be a published
-    /// version that the caller stands on (a live snapshot's, or the latest one read just before).
-    pub(crate) fn get_at<Q>(&self, key: &Q, at: u64) -> Lookup<V>
+    /// Calls `read` with `key`'s entry (if any), its shard locked.
+    #[inline]
+    fn with_entry<Q, R>(&self, key: &Q, read: impl FnOnce(Option<&Entry<K, V>>) -> R) -> R
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
         let hash = self.hash(key);
         let shard = self.shard(hash).lock();
-        match shard.find(hash, |slot| slot.key.borrow() == key) {
-            None => Lookup::Known(None),
-            Some(slot) if slot.written_at <= at => Lookup::Known(slot.value.clone()),
-            Some(Slot {
-                prev: Some(prev), ..
-            }) if prev.0 <= at => Lookup::Known(prev.1.clone()),
-            Some(_) => Lookup::Older,
-        }
+        read(
+            shard
+                .find(hash, |entry| entry.key().borrow() == key)
+                .map(|entry| &**entry),
+        )
     }
 
-    /// Whether `key` has a value at version `at`, if the index can tell (as [`Index::get_at`]).
-    pub(crate) fn contains_at<Q>(&self, key: &Q, at: u64) -> Option<bool>
+    /// The value of `key` in the latest version: `published` is loaded with the key's shard
+    /// locked (see the module documentation).
+    pub(crate) fn get_latest<Q>(&self, key: &Q, published: &AtomicU64) -> Option<V>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let hash = self.hash(key);
-        let shard = self.shard(hash).lock();
-        match shard.find(hash, |slot| slot.key.borrow() == key) {
-            None => Some(false),
-            Some(slot) if slot.written_at <= at => Some(slot.value.is_some()),
-            Some(Slot {
-                prev: Some(prev), ..
-            }) if prev.0 <= at => Some(prev.1.is_some()),
-            Some(_) => None,
-        }
+        self.with_entry(key, |entry| {
+            let entry = entry?;
+            // SAFETY: the shard is locked until this returns, and the value is cloned.
+            unsafe { entry.latest(published.load(Ordering::Acquire)) }.cloned()
+        })
+    }
+
+    /// Whether `key` has a value in the latest version (as [`Index::get_latest`]).
+    pub(crate) fn contains_latest<Q>(&self, key: &Q, published: &AtomicU64) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.with_entry(key, |entry| {
+            // SAFETY: as in `get_latest`.
+            entry.is_some_and(|entry| unsafe {
+                entry.latest(published.load(Ordering::Acquire)).is_some()
+            })
+        })
+    }
+
+    /// The value of `key` at version `at`, which a live registration of the caller's stands on
+    /// until this returns.
+    pub(crate) fn get_at<Q>(&self, key: &Q, at: u64) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.with_entry(key, |entry| {
+            // SAFETY: the shard is locked and the caller's registration stands on `at` while
+            // the value is cloned.
+            entry.and_then(|entry| unsafe { entry.at(at) }.cloned().flatten())
+        })
+    }
+
+    /// Whether `key` has a value at `at` (as [`Index::get_at`]).
+    pub(crate) fn contains_at<Q>(&self, key: &Q, at: u64) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.with_entry(key, |entry| {
+            // SAFETY: as in `get_at`.
+            entry.is_some_and(|entry| unsafe { entry.at(at) }.is_some_and(Option::is_some))
+        })
+    }
+
+    /// The value `entry` (reached through a version's ordered map) has at version `at`.
+    ///
+    /// # Safety
+    ///
+    /// The caller's own registration stands on `at` for as long as it uses the reference, and
+    /// it holds `entry` alive as long.
+    pub(crate) unsafe fn value_at<'a>(&self, entry: &'a Entry<K, V>, at: u64) -> Option<&'a V> {
+        let _shard = self.shard(self.hash(entry.key())).lock();
+        // SAFETY: the shard is locked during the walk; the write found stays in the chain,
+        // unchanged, while the caller's registration reads it (module `entry`), and the entry
+        // lives as long as the caller holds it.
+        unsafe { entry.at(at) }.and_then(Option::as_ref)
     }
 
     /// The version that last wrote `key` (tombstones included). Committers only.
     pub(crate) fn written_at(&self, key: &K) -> Option<u64> {
-        let hash = self.hash(key);
-        let shard = self.shard(hash).lock();
-        shard
-            .find(hash, |slot| slot.key == *key)
-            .map(|slot| slot.written_at)
+        // SAFETY: the shard is locked while the version is read.
+        self.with_entry(key, |entry| entry.map(|entry| unsafe { entry.newest() }.0))
     }
 
     /// Records a write of `key` at the unpublished version `at` (committers only). Returns the
-    /// key's hash, for [`Index::forget_prev`] once `at` is published, and whether the key had a
-    /// value before.
-    pub(crate) fn write(&self, key: &K, value: Option<V>, at: u64) -> (u64, bool) {
+    /// key's hash, for [`Index::trim`] once `at` is published, whether the key had a value
+    /// before, and what the write changes in the ordered maps.
+    pub(crate) fn write(&self, key: &K, value: Option<V>, at: u64) -> (u64, bool, Change<K, V>) {
         let hash = self.hash(key);
         let mut shard = self.shard(hash).lock();
-        if let Some(slot) = shard.find_mut(hash, |slot| slot.key == *key) {
-            (hash, slot.overwrite(value, at))
-        } else {
-            shard.insert_unique(hash, Slot::first(key.clone(), value, at), |slot| {
-                self.hasher.hash_one(&slot.key)
-            });
-            (hash, false)
-        }
+        let live = value.is_some();
+        let was_live = match shard.find(hash, |entry| entry.key() == key) {
+            // SAFETY: the shard is locked and the caller holds the committer lock.
+            Some(entry) => unsafe {
+                let was_live = entry.newest().1.is_some();
+                entry.push(at, value, None);
+                return (hash, was_live, Change::of(entry, live, was_live));
+            },
+            None => false,
+        };
+        let entry = Arc::new(Entry::new(key.clone(), at, value));
+        let change = Change::of(&entry, live, was_live);
+        shard.insert_unique(hash, entry, |entry| self.hasher.hash_one(entry.key()));
+        (hash, was_live, change)
     }
 
     /// Records a write of `key` at the unpublished version `at` (committers only) and, still
-    /// holding the key's shard, calls `publish` with whether the key had a value before and the
-    /// key (moved back), returning what it returns. Readers of the key wait on the shard until
-    /// `at` is published, so the slot's previous write is dropped before the shard is released
-    /// and no reader needs it: a reader that loaded an older published number before waiting
-    /// finds the slot written after it and reads again (or asks its snapshot's ordered map).
+    /// holding the key's shard, calls `publish` with whether the key had a value before, what
+    /// the write changes in the ordered maps and the key (moved back). `publish` returns what
+    /// this returns and the versions live registrations stood on once `at` was published
+    /// (ascending), with which the entry is written ([`Entry::overwrite`], in `spare` if it is
+    /// pushed) before the shard is released; the entry comes back too if it keeps older writes
+    /// for the caller to trim ([`Index::trim`]). Readers of the key wait on the shard until `at`
+    /// is published and the entry written.
     ///
     /// With `check`, the transaction's snapshot version, the key is validated first: if it was
     /// written after `check`, nothing is written or published and the key comes back with the
@@ -199,62 +245,92 @@ impl<K: Hash + Eq + Clone, V: Clone> Index<K, V> {
         value: Option<V>,
         at: u64,
         check: Option<u64>,
-        publish: impl FnOnce(bool, K) -> R,
-    ) -> Result<R, (K, u64)> {
+        spare: Option<Spare<V>>,
+        publish: impl FnOnce(bool, Change<K, V>, K) -> (R, Vec<u64>),
+    ) -> Result<WrittenPublished<R, K, V>, (K, u64)> {
         let hash = self.hash(&key);
         let mut shard = self.shard(hash).lock();
-        // The previous write is kept in the slot until the publication is done, as by
-        // [`Index::write`], only so that a panic inside `publish` (a user `Clone`) leaves the
-        // slot as readers of the published versions need it; it is dropped before the shard is
-        // released, so no reader ever sees it.
-        let (slot, was_live) = match shard.find_mut(hash, |slot| slot.key == key) {
-            Some(slot) => {
+        let live = value.is_some();
+        // Every reader of the key waits on the shard, so the entry is written after the
+        // publication, once it is known whether a live snapshot may read the write it replaces
+        // (if none does, it is overwritten in place).
+        let (entry, was_live, overwrite) = match shard.find(hash, |entry| *entry.key() == key) {
+            Some(entry) => {
+                // SAFETY: the shard is locked and the caller holds the committer lock.
+                let (written_at, newest) = unsafe { entry.newest() };
                 if let Some(snapshot) = check
-                    && slot.written_at > snapshot
+                    && written_at > snapshot
                 {
-                    return Err((key, slot.written_at));
+                    return Err((key, written_at));
                 }
-                let was_live = slot.overwrite(value, at);
-                (slot, was_live)
+                let was_live = newest.is_some();
+                (entry, was_live, Some(value))
             }
             None => {
-                let slot = shard
-                    .insert_unique(hash, Slot::first(key.clone(), value, at), |slot| {
-                        self.hasher.hash_one(&slot.key)
-                    })
+                let entry = Arc::new(Entry::new(key.clone(), at, value));
+                let entry = shard
+                    .insert_unique(hash, entry, |entry| self.hasher.hash_one(entry.key()))
                     .into_mut();
-                (slot, false)
+                (&*entry, false, None)
             }
         };
-        let published = publish(was_live, key);
-        slot.prev = None;
+        let change = Change::of(entry, live, was_live);
+        let (published, live_versions) = publish(was_live, change, key);
+        let keeps_older = match overwrite {
+            // SAFETY: the shard and the committer lock are held, `at` is newer than every write
+            // of the key and published, and `live_versions` was read when it was.
+            Some(value) => unsafe { entry.overwrite(at, value, &live_versions, spare) },
+            None => false,
+        };
+        let keeps_older = keeps_older.then(|| Arc::clone(entry));
         drop(shard);
-        Ok(published)
+        Ok((published, live_versions, keeps_older))
     }
 
-    /// Drops the previous values kept by the slots of `hash` written at `at`, now published
-    /// (committers only). Readers of versions before `at` then ask their ordered map, and a
-    /// read of the latest version that loaded a number before `at` reads it again.
-    pub(crate) fn forget_prev(&self, hash: u64, at: u64) {
-        let mut shard = self.shard(hash).lock();
-        // May visit slots of other hashes: forgetting any slot written at `at` is safe.
-        for slot in shard.iter_hash_mut(hash) {
-            if slot.written_at == at {
-                slot.prev = None;
+    /// Settles the entries of `hash` whose newest write is `at`, now published (committers
+    /// only; [`Entry::settle`]), with the versions live registrations stood on when it was
+    /// (ascending), adding to `to_trim` the entries that keep older writes.
+    pub(crate) fn settle(
+        &self,
+        hash: u64,
+        at: u64,
+        live: &[u64],
+        to_trim: &mut Vec<Arc<Entry<K, V>>>,
+    ) {
+        let shard = self.shard(hash).lock();
+        // May visit entries of other hashes: settling any entry whose newest write is `at` is
+        // safe (and settling one twice does nothing more).
+        for entry in shard.iter_hash(hash) {
+            // SAFETY: the shard and the committer lock are held; an entry whose newest write
+            // is `at` has it published.
+            unsafe {
+                if entry.newest().0 == at && entry.settle(live) {
+                    to_trim.push(Arc::clone(entry));
+                }
             }
         }
     }
 
-    /// Removes `key`'s slot if it is still the tombstone written at `written_at` (committers
-    /// only, with the same tombstone dropped from the ordered map).
+    /// Trims `entry` ([`Entry::trim`]) with the versions live registrations stood on when the
+    /// version `published` was published (ascending); needs no committer lock. Returns whether
+    /// the entry still keeps writes older than its newest.
+    pub(crate) fn trim(&self, entry: &Entry<K, V>, live: &[u64], published: u64) -> bool {
+        let _shard = self.shard(self.hash(entry.key())).lock();
+        // SAFETY: the shard is locked, `published` is published and `live` was read then.
+        unsafe { entry.trim(live, published) }
+    }
+
+    /// Removes `key`'s entry if its newest write is still the tombstone written at `written_at`
+    /// (committers only).
     pub(crate) fn remove_tombstone(&self, key: &K, written_at: u64) {
         let hash = self.hash(key);
         let mut shard = self.shard(hash).lock();
-        if let Ok(entry) = shard.find_entry(hash, |slot| slot.key == *key)
-            && entry.get().written_at == written_at
-            && entry.get().value.is_none()
-        {
-            entry.remove();
+        if let Ok(found) = shard.find_entry(hash, |entry| entry.key() == key) {
+            // SAFETY: the shard is locked.
+            let (version, value) = unsafe { found.get().newest() };
+            if version == written_at && value.is_none() {
+                found.remove();
+            }
         }
     }
 }

@@ -12,42 +12,49 @@
 //!
 //! # How it works, and its invariants
 //!
-//! Every version is a persistent ordered map (`imbl::OrdMap`) that shares all it did not change
-//! with older versions, so a snapshot is an `Arc` of one version. Memory stays bounded without any
-//! walk of the map: a version's nodes are freed when the last snapshot holding them is dropped.
+//! Each key has one *entry* (`entry.rs`): the key and the writes of it that someone may still
+//! read, newest first, the oldest stored inline. A sharded hash index (keys are therefore `Hash`
+//! too) finds a key's entry; every version's ordered map (a persistent `imbl::OrdMap`, sharing
+//! all it did not change with older versions) holds the live keys, each with its entry. So a
+//! commit that overwrites values changes the entries alone, in place when no snapshot may read
+//! the value it replaces, and publishes a new version number on the same ordered map; only a
+//! commit that gives a key a value or removes one changes the ordered map. A snapshot is a
+//! version number and an `Arc` of that ordered map, so it costs the same whatever the map's size.
 //!
-//! Beside the versions, a sharded hash index of the latest version (keys are therefore `Hash`
-//! too) holds each key's last write, stamped with its version, tombstones included. It answers
-//! [`MvccMap::get`] without any map-wide lock (linearizable: a commit's writes appear all at
-//! once), point reads of recent snapshots and of transactions, and commit validation, each in one
-//! hash lookup. A version's ordered map is built from the last built version plus the writes
-//! since, after the version is published and outside the locks: by its own commit, in place
-//! (taking the previous map, no node copied) when no snapshot or transaction still stands on the
-//! version it is built from, else by path copy once every few versions (or by the first ordered
-//! read that needs it), so a commit does not path-copy the whole B-tree each time.
+//! Point reads ([`MvccMap::get`], [`Snapshot::get`], a transaction's reads) and commit validation
+//! cost one hash lookup and touch one entry, with its index shard locked. An ordered read walks
+//! its version's ordered map and reads each entry at its version (the same shard lock, per
+//! entry), lending references to the values: a write stays in its entry, unchanged, while a
+//! live snapshot or transaction reads it. Commits trim the others: with no snapshot live, a
+//! commit leaves each entry it wrote its newest write alone, inline; else, after releasing the
+//! committer lock, it unlinks from those entries every write no live snapshot reads, and
+//! entries that kept older writes for a live snapshot are trimmed again, a few per commit, once
+//! no live snapshot is older.
 //!
-//! A removal leaves a tombstone in the index so that a later commit still sees that the key was
-//! written. Tombstones are queued in commit order and dropped, a few per commit, once no live
-//! snapshot or transaction is older than them: from then on an absent key and a tombstone
-//! validate the same way.
+//! A removal leaves a tombstone (a removal write) in the index so that a later commit still sees
+//! that the key was written. Tombstones are queued in commit order and dropped, a few per commit,
+//! once no live snapshot or transaction is older than them: from then on an absent key and a
+//! tombstone validate the same way.
 //!
 //! Commits are serialized among themselves. Snapshot creation, the bookkeeping of live snapshot
-//! versions and a commit's publication share one short internal critical section (copy or swap
-//! an `Arc`, update a counter), which a commit enters once; validation and the index writes
-//! happen outside it, the build of ordered maps and the freeing of old versions outside every
-//! lock, so no reader ever waits for a commit's work (a reader of a key that a one-key commit is
-//! writing waits, on that key's index shard, for the slot's write, the new version's allocation
-//! and the publication, not for validation or the build). A commit whose transaction began at the latest version
+//! versions and a commit's publication share one short internal critical section (copy an `Arc`,
+//! store a number, update a counter), which a commit enters once; validation and the entries'
+//! writes happen outside it, the build of ordered maps and the freeing of old versions outside
+//! every lock, so no reader ever waits for a commit's work (a reader of a key that a one-key
+//! commit is writing waits, on that key's index shard, for the publication and the entry's
+//! write, not for validation or a build). A commit whose transaction began at the latest version
 //! (nothing committed since) has nothing to validate.
 //!
-//! States and invariants, in short (details on `state::Version` and in `index.rs`):
+//! States and invariants, in short (details on `state::Version`, in `entry.rs` and in
+//! `index.rs`):
 //!
-//! - a version is *unbuilt* (its base, the last built version before it, plus the writes since),
-//!   *being built* (once; other callers wait) or *built* (its `OrdMap`); a map is changed in place
-//!   only by the build holding the last reference to the version that owned it;
-//! - at most one version stamped in the index is unpublished, that of the commit holding the
-//!   committer lock; each slot it wrote keeps the write before it until it is published, except
-//!   a one-key commit's slot, written and published under its shard's lock;
+//! - an entry keeps a write while a live snapshot or transaction reads it, and its newest write;
+//!   at most one write in the index is unpublished, the newest of its entry, that of the commit
+//!   holding the committer lock, and the write before it stays until that one is published;
+//! - a version's ordered map is *unbuilt* (its base, the last built version before it, plus the
+//!   keys that gained or lost a value since), *being built* (once; other callers wait) or
+//!   *built*; a map is changed in place only by the build holding the last reference to the
+//!   version that owned it;
 //! - a tombstone stays in the index while a live snapshot or transaction is older than it.
 //!
 //! ```
@@ -71,6 +78,7 @@
 //! assert_eq!(map.snapshot().iter().map(|(_, v)| *v).sum::<i32>(), 150);
 //! ```
 
+mod entry;
 mod index;
 mod snapshot;
 mod state;
@@ -124,7 +132,7 @@ impl<K: Ord + Hash + Clone, V: Clone> MvccMap<K, V> {
 
     /// Starts a transaction at the current version.
     pub fn begin(&self) -> Transaction<K, V> {
-        Transaction::new(self.snapshot())
+        Transaction::new(state::Registration::begin(&self.shared))
     }
 
     /// The latest committed value of `key`, which may be any borrowed form of the key type
@@ -171,7 +179,7 @@ impl<K: Ord + Hash + Clone, V: Clone> MvccMap<K, V> {
 
     /// The latest committed version number.
     pub fn version(&self) -> u64 {
-        self.shared.latest().number
+        self.shared.latest_number()
     }
 
     /// Counters and gauges of this map.

@@ -6,7 +6,7 @@ use std::hash::Hash;
 use std::ops::RangeBounds;
 use std::sync::Arc;
 
-use super::index::Lookup;
+use super::entry::Entry;
 use super::state::{Registration, Shared, Version};
 
 /// A consistent view of an [`MvccMap`](super::MvccMap) at one version.
@@ -27,14 +27,8 @@ impl<K: Ord + Hash + Clone, V: Clone> Snapshot<K, V> {
         }
     }
 
-    /// Gives up the data, keeping the registration (for a commit to release).
-    pub(crate) fn into_registration(self) -> Registration<K, V> {
-        self.registration
-    }
-
-    /// The value of `key` at this version. One hash lookup in the latest version's index when
-    /// the key was written at most once since this version (almost always, for a recent
-    /// snapshot); otherwise a lookup in this version's ordered map.
+    /// The value of `key` at this version: one hash lookup, and the key's entry read at this
+    /// version (its newest write, for a recent snapshot).
     ///
     /// `key` may be any borrowed form of the key type (`&str` for `String` keys), as with
     /// [`HashMap::get`](std::collections::HashMap::get).
@@ -43,10 +37,9 @@ impl<K: Ord + Hash + Clone, V: Clone> Snapshot<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + Ord + ?Sized,
     {
-        match self.registration.shared.lookup_at(key, self.version.number) {
-            Lookup::Known(value) => value,
-            Lookup::Older => self.version.get(key),
-        }
+        self.registration
+            .shared
+            .get_at(key, self.registration.version)
     }
 
     /// Whether `key` (any borrowed form of the key type) has a value at this version.
@@ -57,13 +50,12 @@ impl<K: Ord + Hash + Clone, V: Clone> Snapshot<K, V> {
     {
         self.registration
             .shared
-            .contains_at(key, self.version.number)
-            .unwrap_or_else(|| self.version.entries().contains_key(key))
+            .contains_at(key, self.registration.version)
     }
 
     /// The version number this snapshot sees.
     pub fn version(&self) -> u64 {
-        self.version.number
+        self.registration.version
     }
 
     /// Number of keys at this version.
@@ -78,16 +70,32 @@ impl<K: Ord + Hash + Clone, V: Clone> Snapshot<K, V> {
 
     /// All entries at this version, in key order.
     pub fn iter(&self) -> Iter<'_, K, V> {
-        Iter {
-            inner: Box::new(self.version.entries().iter()),
-        }
+        self.values(self.version.entries().iter())
     }
 
     /// The entries whose keys fall in `range`, in key order (for paging: resume after the last
     /// key of the previous page with `(Bound::Excluded(last), Bound::Unbounded)`).
     pub fn range<R: RangeBounds<K>>(&self, range: R) -> Iter<'_, K, V> {
+        self.values(self.version.entries().range(range))
+    }
+
+    /// The values at this version of the keys `entries` yields (this version's keys, with
+    /// their entries).
+    fn values<'a>(
+        &'a self,
+        entries: impl Iterator<Item = (&'a K, &'a Arc<Entry<K, V>>)> + 'a,
+    ) -> Iter<'a, K, V> {
+        let at = self.registration.version;
+        let shared = &self.registration.shared;
         Iter {
-            inner: Box::new(self.version.entries().range(range)),
+            inner: Box::new(entries.filter_map(move |(key, entry)| {
+                // SAFETY: this snapshot's registration stands on `at` for as long as it is
+                // borrowed ('a), and its version's map holds the entry as long.
+                let value = unsafe { shared.value_at(entry, at) };
+                // A key of this version's map has a value at it.
+                debug_assert!(value.is_some());
+                value.map(|value| (key, value))
+            })),
         }
     }
 }
@@ -105,7 +113,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Clone for Snapshot<K, V> {
 impl<K: Ord + Hash + Clone, V: Clone> fmt::Debug for Snapshot<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Snapshot")
-            .field("version", &self.version.number)
+            .field("version", &self.registration.version)
             .field("len", &self.version.len)
             .finish()
     }

@@ -1,35 +1,39 @@
-//! The shared state of one map: the latest version, the live snapshot versions, the latest
-//! version's hash index, the tombstone queue, and the commit procedure.
+//! The shared state of one map: the latest version (its number and its ordered map of keys),
+//! the live snapshot versions, the hash index of the keys' entries, the tombstone and trim
+//! queues, and the commit procedure.
 //!
 //! Two internal locks, always taken in this order:
 //!
 //! - `committer`: held by one commit from validation to publication. Commits are serialized
-//!   (each builds on the version the previous one published); the tombstone queue, the commit
-//!   counters, the index's writes and a second handle on the latest version (so that a commit
-//!   reads its base without the state lock) are theirs. Before taking it, a commit only
-//!   allocates its version and, with one key, if another commit holds the lock at that moment
-//!   (`is_locked`, one load), reads that key's slot (its shard's mutex alone, as a reader takes
-//!   it), so that the other committers do not wait for that cache miss; a lone committer takes
-//!   the miss under the lock instead of paying a second shard lock for nothing.
+//!   (each builds on the version the previous one published); the tombstone and trim queues,
+//!   the commit counters, the entries' writes and a second copy of the latest version (so that
+//!   a commit reads its base without the state lock) are theirs. Trims of the entries take
+//!   their shards' mutexes after it is released (`entry.rs`). Before taking it, a one-key commit
+//!   reads its key's entry and allocates a node for its write if another commit holds the lock
+//!   at that moment (`is_locked`, one load; the shard's mutex alone, as a reader takes it), so
+//!   that the other committers do not wait for that cache miss and allocation; a lone committer
+//!   takes the miss under the lock instead of paying a second shard lock for nothing.
 //! - `state`: the latest version and the live snapshot versions. Held only to copy or swap an
-//!   `Arc`, store the published version number and update a counter, never across validation,
-//!   the index and delta writes, the build of a version's ordered map or the freeing of an old
-//!   one, so snapshots and reads never wait for a commit's work. A commit takes it once, to
-//!   publish (and, in the same critical section, to release its transaction's snapshot and read
-//!   the oldest live snapshot version for the tombstones).
+//!   `Arc`, store the published version number, update a counter and copy the live versions
+//!   (a few numbers), never across validation, the entries' writes, the build of a version's
+//!   ordered map or the freeing of an old one, so snapshots and reads never wait for a commit's
+//!   work. A commit takes it once, to publish (and, in the same critical section, to release its
+//!   transaction's snapshot and read the live snapshot versions, for the trims and the
+//!   tombstones).
 //!
 //! Under `committer`, an index shard's mutex or a recent version's `pending` mutex may be taken,
-//! each for a moment. A one-key commit holds its key's shard mutex from the slot's write until
-//! its version is published, taking the base's `pending` mutex and then `state` inside it (lock
-//! order: committer, shard, pending, state; no path takes them the other way, readers take a
-//! shard or `state` alone). A version's `pending` is a `std` mutex and its map a `std`
-//! `OnceLock`, not loom's: neither is ever held across a loom operation (a build only takes,
-//! clones and changes `imbl` maps), so under loom they can neither block nor be interleaved, and
-//! loom still explores every interleaving of the atomics and internal mutexes around them.
+//! each for a moment. A one-key commit holds its key's shard mutex from its validation until its
+//! entry is written after the publication, taking the base's `pending` mutex and
+//! then `state` inside it (lock order: committer, shard, pending, state; no path takes them the
+//! other way, readers take a shard or `state` alone). A version's `pending` is a `std` mutex and
+//! its map a `std` `OnceLock`, not loom's: neither is ever held across a loom operation (a build
+//! only takes, clones and changes `imbl` maps), so under loom they can neither block nor be
+//! interleaved, and loom still explores every interleaving of the atomics and internal mutexes
+//! around them.
 //!
-//! While a commit holds `committer`, `state.latest` cannot change, so the version it validated
-//! against is the one it replaces; if that is still the transaction's own snapshot version,
-//! nothing was committed since the transaction began and there is nothing to validate.
+//! While a commit holds `committer`, the latest version cannot change, so the version it
+//! validated against is the one it replaces; if that is still the transaction's own snapshot
+//! version, nothing was committed since the transaction began and there is nothing to validate.
 
 use std::borrow::Borrow;
 use std::collections::VecDeque;
@@ -39,21 +43,26 @@ use std::sync::{Arc, OnceLock};
 use imbl::OrdMap;
 
 use super::MvccStats;
-use super::index::{Index, Lookup};
+use super::entry::{Entry, Spare};
+use super::index::{Index, KeyChange};
 use super::transaction::{Conflict, KeyMap, Sorted};
 use crate::loom::InternalMutex;
 use crate::loom::atomic::{AtomicU64 as SyncAtomicU64, Ordering};
 
-/// One immutable version of the map: its number, its live key count, and its ordered entries
-/// (tombstones are not in them: only the index needs those, for validation).
+/// The keys of one or more versions of the map: the number of the version that last changed
+/// which keys have a value, the live key count, and the ordered map of the live keys with their
+/// entries (tombstones are not in it: only the index needs those, for validation). A commit that
+/// only overwrites values publishes a new version number on the same `Version` (the entries hold
+/// the values by version), so a snapshot is a version number plus an `Arc` of this.
 ///
-/// A commit does not path-copy the latest `OrdMap` of the whole map before publishing. Its
-/// version records the last built version (`base`) and every write since it (`delta`, a short
-/// sorted list, the one-key commit's inline), and its map is built from them once (`OnceLock`):
+/// A commit that does change the keys does not path-copy the latest `OrdMap` of the whole map
+/// before publishing. Its version records the last built version (`base`) and the keys that
+/// gained or lost a value since (`delta`, a short sorted list, a one-key commit's inline), and its
+/// map is built from them once (`OnceLock`):
 ///
 /// | state | `entries` | `pending` | what moves it on |
 /// |---|---|---|---|
-/// | unbuilt | empty | `Some(base, delta)` | the first `entries()`: the committing thread right after publishing (below), or a reader (an ordered read, or a point read the index cannot answer) |
+/// | unbuilt | empty | `Some(base, delta)` | the first `entries()`: the committing thread right after publishing (below), or an ordered read |
 /// | being built | initializing | `None` (taken) | that call; other callers wait for it |
 /// | built | set | `None` | nothing; a successor's build may take the map whole (`into_entries`) once no one else holds this version |
 ///
@@ -62,27 +71,26 @@ use crate::loom::atomic::{AtomicU64 as SyncAtomicU64, Ordering};
 /// the publishing critical section: then nothing but the new version holds `base`, the usual
 /// case when no snapshot lives across commits) and `base` is built, it builds its version
 /// itself, outside the locks, taking `base`'s map and changing it in place: a B-tree descent per
-/// written key, no node copied, the overwritten value freed at once (if a passing handle such as
+/// inserted or removed key, no node copied (if a passing handle such as
 /// [`MvccMap::len`](super::MvccMap::len)'s still holds `base`, the build copies the path
-/// instead: `Arc::try_unwrap` decides, never the check). If a snapshot holds `base`, the commit leaves its version
-/// unbuilt and the next commits extend the delta (merging their writes into a copy of it) until
-/// `base` is free again, or until [`MATERIALIZE_EVERY`] versions (or [`MATERIALIZE_WRITES`]
-/// written keys) are pending: then the committing thread builds its version by path copy, one
-/// copy of the upper levels for all of them.
+/// instead: `Arc::try_unwrap` decides, never the check). If a snapshot holds `base`, the commit
+/// leaves its version unbuilt and the next commits extend the delta (merging their changes into
+/// a copy of it) until `base` is free again, or until [`MATERIALIZE_EVERY`] versions (or
+/// [`MATERIALIZE_WRITES`] changed keys) are pending: then the committing thread builds its
+/// version by path copy, one copy of the upper levels for all of them.
 ///
 /// Invariant: an unbuilt version's `base` is built or being built, and no version refers to an
-/// older one other than its `base`; a version's map (or `base` plus `delta`) is exactly its
-/// contents; a map is changed in place only by the build that holds the last reference to the
-/// version that owned it, which no one can reach any more (it is not the latest version). So an
-/// overwritten value is freed with the last snapshot that sees it, or, if the latest version
-/// still stands on the version that held it, by the next commit that can build in place, at the
-/// latest after [`MATERIALIZE_EVERY`] more commits.
+/// older one other than its `base`; a version's map (or `base` plus `delta`) is exactly the live
+/// keys of every version number published on it; a map is changed in place only by the build
+/// that holds the last reference to the version that owned it, which no one can reach any more
+/// (it is not the latest version). The values are not here: an overwritten value is freed by the
+/// trims of its entry (`entry.rs`), never by a build.
 pub(crate) struct Version<K, V> {
     pub(crate) number: u64,
     /// Live (non-tombstone) keys.
     pub(crate) len: usize,
-    entries: OnceLock<OrdMap<K, V>>,
-    /// Until `entries` is built: the last built version before it and the writes since. Taken
+    entries: OnceLock<Entries<K, V>>,
+    /// Until `entries` is built: the last built version before it and the changes since. Taken
     /// (and the link to `base` dropped) by the build. Locked inside `entries`' initialization,
     /// which runs once, and by the commits (under the committer lock) that decide whether to
     /// build it or extend its delta: never held across anything else, and its lock order is
@@ -90,10 +98,17 @@ pub(crate) struct Version<K, V> {
     pending: std::sync::Mutex<Option<Pending<K, V>>>,
 }
 
+/// A version's live keys in order, each with its entry (the key's values by version).
+pub(crate) type Entries<K, V> = OrdMap<K, Arc<Entry<K, V>>>;
+
+/// The changes of a version's keys since another version: sorted by key, one entry per key
+/// that gained a value (with its entry) or lost it (`None`) since then.
+type Delta<K, V> = Sorted<KeyChange<K, V>>;
+
 struct Pending<K, V> {
     base: Arc<Version<K, V>>,
-    /// Sorted by key, one entry per key (the last write since `base`).
-    delta: Sorted<(K, Option<V>)>,
+    /// The keys that gained or lost a value since `base`.
+    delta: Delta<K, V>,
 }
 
 impl<K: Ord + Hash + Clone, V: Clone> Pending<K, V> {
@@ -103,7 +118,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Pending<K, V> {
     /// still shares with older live versions are copied; otherwise `base`'s map is cloned (O(1))
     /// and the writes path-copy it. `base` is built, or being built by the commit that made it
     /// (then it is shared, and `entries` waits for that build).
-    fn build(self) -> OrdMap<K, V> {
+    fn build(self) -> Entries<K, V> {
         let Pending { base, delta } = self;
         let mut entries = match Arc::try_unwrap(base) {
             Ok(base) => base.into_entries(),
@@ -121,16 +136,12 @@ impl<K: Ord + Hash + Clone, V: Clone> Pending<K, V> {
     }
 }
 
-/// Sets `key` to `value` in `entries` (`None`: removes it).
-fn apply<K: Ord + Clone, V: Clone>(entries: &mut OrdMap<K, V>, key: K, value: Option<V>) {
-    match value {
-        // An overwrite (the common write) in one descent that changes no node's shape.
-        Some(value) => match entries.get_mut(&key) {
-            Some(slot) => *slot = value,
-            None => {
-                entries.insert(key, value);
-            }
-        },
+/// Adds `key` with its entry to `entries` (`None`: removes it).
+fn apply<K: Ord + Clone, V>(entries: &mut Entries<K, V>, key: K, entry: Option<Arc<Entry<K, V>>>) {
+    match entry {
+        Some(entry) => {
+            entries.insert(key, entry);
+        }
         None => {
             entries.remove(&key);
         }
@@ -138,7 +149,7 @@ fn apply<K: Ord + Clone, V: Clone>(entries: &mut OrdMap<K, V>, key: K, value: Op
 }
 
 impl<K: Ord + Hash + Clone, V: Clone> Version<K, V> {
-    fn built(number: u64, entries: OrdMap<K, V>) -> Self {
+    fn built(number: u64, entries: Entries<K, V>) -> Self {
         Self {
             number,
             len: entries.len(),
@@ -148,7 +159,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Version<K, V> {
     }
 
     /// This version's entries in key order, built on first use (see the type's documentation).
-    pub(crate) fn entries(&self) -> &OrdMap<K, V> {
+    pub(crate) fn entries(&self) -> &Entries<K, V> {
         self.entries.get_or_init(|| {
             let pending = self
                 .pending()
@@ -159,7 +170,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Version<K, V> {
     }
 
     /// This version's entries, owned: taken if built, else built from its base and writes.
-    fn into_entries(self) -> OrdMap<K, V> {
+    fn into_entries(self) -> Entries<K, V> {
         match self.entries.into_inner() {
             Some(entries) => entries,
             None => self
@@ -171,14 +182,6 @@ impl<K: Ord + Hash + Clone, V: Clone> Version<K, V> {
         }
     }
 
-    pub(crate) fn get<Q>(&self, key: &Q) -> Option<V>
-    where
-        K: Borrow<Q>,
-        Q: Ord + ?Sized,
-    {
-        self.entries().get(key).cloned()
-    }
-
     fn pending(&self) -> std::sync::MutexGuard<'_, Option<Pending<K, V>>> {
         self.pending
             .lock()
@@ -188,11 +191,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Version<K, V> {
     /// What a version committed on this one with the (sorted) writes `fresh` is built from:
     /// this one's base and its delta merged with `fresh` while this one is unbuilt and `extend`
     /// (its build not started), else this version and `fresh`.
-    fn successor_pending(
-        self: &Arc<Self>,
-        extend: bool,
-        fresh: Sorted<(K, Option<V>)>,
-    ) -> Pending<K, V> {
+    fn successor_pending(self: &Arc<Self>, extend: bool, fresh: Delta<K, V>) -> Pending<K, V> {
         if extend && let Some(pending) = self.pending().as_ref() {
             return Pending {
                 base: Arc::clone(&pending.base),
@@ -211,17 +210,20 @@ impl<K: Ord + Hash + Clone, V: Clone> Version<K, V> {
     }
 }
 
+/// A new latest version's keys, and the version they replaced as the latest.
+type Replacement<K, V> = (Arc<Version<K, V>>, Arc<Version<K, V>>);
+
 /// What a commit learns when it publishes its version.
 struct Published<K, V> {
-    next: Arc<Version<K, V>>,
-    /// The version it replaced.
-    previous: Arc<Version<K, V>>,
-    oldest_live: Option<u64>,
+    /// The new version's keys and the version they replaced as the latest (`None`: the keys
+    /// did not change).
+    next: Option<Replacement<K, V>>,
     /// Whether a live snapshot or transaction stands on the version `next` is built from, or
     /// a later one.
     held: bool,
-    /// Whether that version is built.
-    from_built: bool,
+    /// With `next`: whether the version it is to be built from is built, and how many keys
+    /// gained or lost a value since that version.
+    build: Option<(bool, usize)>,
 }
 
 /// A version's live key count after a write of one key (`live`: a value, not a removal) that
@@ -235,10 +237,7 @@ fn live_after(len: usize, live: bool, was_live: bool) -> usize {
 }
 
 /// The sorted union of `older` and `newer` (both sorted, one entry per key), `newer` winning.
-fn merge<K: Ord + Clone, V: Clone>(
-    older: &[(K, Option<V>)],
-    newer: Sorted<(K, Option<V>)>,
-) -> Vec<(K, Option<V>)> {
+fn merge<K: Ord + Clone, V>(older: &[KeyChange<K, V>], newer: Delta<K, V>) -> Vec<KeyChange<K, V>> {
     let mut merged = Vec::with_capacity(older.len() + newer.len());
     let mut older = older.iter().peekable();
     for (key, value) in newer.into_iter() {
@@ -265,7 +264,12 @@ const MATERIALIZE_EVERY: u64 = 16;
 const MATERIALIZE_WRITES: usize = 64;
 
 struct State<K, V> {
+    /// The latest version's keys: the version that last changed which keys have a value (its
+    /// `number` may be older than the latest: commits that only overwrite values publish a new
+    /// number on the same key set).
     latest: Arc<Version<K, V>>,
+    /// The latest published version number.
+    number: u64,
     /// (version number, how many live snapshots and transactions stand on it), in version
     /// order, counts above zero. A snapshot registers at the latest version, which is at the
     /// back or goes there, and most are released at the back or the front: no allocation once
@@ -308,11 +312,6 @@ impl<K, V> State<K, V> {
         }
     }
 
-    /// The oldest version a live snapshot or transaction stands on.
-    fn oldest_live(&self) -> Option<u64> {
-        self.live.front().map(|&(version, _)| version)
-    }
-
     /// Whether a live snapshot or transaction stands on `version` or a later one.
     fn holds_since(&self, version: u64) -> bool {
         self.live.back().is_some_and(|&(last, _)| last >= version)
@@ -321,17 +320,25 @@ impl<K, V> State<K, V> {
 
 /// What only committers touch (under `Shared::committer`).
 struct CommitterState<K, V> {
-    /// The latest version, as in `State::latest` (only committers replace it): a commit reads
-    /// its base here without taking the state lock.
+    /// The latest version, as in `State::latest` and `State::number` (only committers replace
+    /// them): a commit reads its base here without taking the state lock.
     latest: Arc<Version<K, V>>,
+    number: u64,
     /// Transactions committed (read-only ones included) and refused.
     commits: u64,
     conflicts: u64,
     /// Removed keys in commit order, with the version that removed them.
     tombstones: VecDeque<(u64, K)>,
-    /// Hashes of the index slots the running commit wrote, whose previous values are forgotten
-    /// once it is published (kept here to reuse the allocation).
-    kept_prev: Vec<u64>,
+    /// Entries that kept writes older than their newest for live snapshots when a commit
+    /// published, with that commit's version, in commit order: trimmed (after a later commit's
+    /// lock) once no live snapshot is older than that version.
+    trims: VecDeque<(u64, Arc<Entry<K, V>>)>,
+    /// The versions live registrations stood on at the running commit's publication
+    /// (ascending; kept here to reuse the allocation).
+    live: Vec<u64>,
+    /// Hashes of the keys the running commit wrote, whose entries are trimmed once it is
+    /// published (kept here to reuse the allocation).
+    written: Vec<u64>,
     /// Versions committed, and keys they wrote, since the last one whose build a commit started.
     unbuilt_versions: u64,
     unbuilt_writes: usize,
@@ -345,15 +352,30 @@ pub(crate) struct Registration<K: Ord + Hash + Clone, V: Clone> {
 }
 
 impl<K: Ord + Hash + Clone, V: Clone> Registration<K, V> {
-    /// Registers a snapshot of the latest version, returning it.
+    /// Registers a snapshot of the latest version, returning its keys.
     pub(crate) fn latest(shared: &Arc<Shared<K, V>>) -> (Self, Arc<Version<K, V>>) {
-        let version = shared.acquire_latest();
+        let (keys, number) = shared.acquire_latest();
         let registration = Self {
             shared: Arc::clone(shared),
-            version: version.number,
+            version: number,
             active: true,
         };
-        (registration, version)
+        (registration, keys)
+    }
+
+    /// Registers a transaction at the latest version (its reads need no ordered map).
+    pub(crate) fn begin(shared: &Arc<Shared<K, V>>) -> Self {
+        let version = {
+            let mut state = shared.state.lock();
+            let number = state.number;
+            state.retain(number);
+            number
+        };
+        Self {
+            shared: Arc::clone(shared),
+            version,
+            active: true,
+        }
     }
 
     /// Registers one more snapshot of the same version.
@@ -397,14 +419,18 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         Self {
             state: InternalMutex::new(State {
                 latest: Arc::clone(&first),
+                number: 0,
                 live: VecDeque::new(),
             }),
             committer: InternalMutex::new(CommitterState {
                 latest: first,
+                number: 0,
                 commits: 0,
                 conflicts: 0,
                 tombstones: VecDeque::new(),
-                kept_prev: Vec::new(),
+                trims: VecDeque::new(),
+                live: Vec::new(),
+                written: Vec::new(),
                 unbuilt_versions: 0,
                 unbuilt_writes: 0,
             }),
@@ -425,12 +451,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        loop {
-            let at = self.published.load(Ordering::Acquire);
-            if let Lookup::Known(value) = self.index.get_at(key, at) {
-                return value;
-            }
-        }
+        self.index.get_latest(key, &self.published)
     }
 
     /// Whether `key` has a value in the latest version (as [`Shared::get_latest`]).
@@ -439,16 +460,11 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        loop {
-            let at = self.published.load(Ordering::Acquire);
-            if let Some(live) = self.index.contains_at(key, at) {
-                return live;
-            }
-        }
+        self.index.contains_latest(key, &self.published)
     }
 
-    /// The value of `key` at `version`, which a live snapshot stands on, if the index can tell.
-    pub(crate) fn lookup_at<Q>(&self, key: &Q, version: u64) -> Lookup<V>
+    /// The value of `key` at `version`, which a live snapshot of the caller's stands on.
+    pub(crate) fn get_at<Q>(&self, key: &Q, version: u64) -> Option<V>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -456,8 +472,8 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         self.index.get_at(key, version)
     }
 
-    /// Whether `key` has a value at `version` (a live snapshot's), if the index can tell.
-    pub(crate) fn contains_at<Q>(&self, key: &Q, version: u64) -> Option<bool>
+    /// Whether `key` has a value at `version` (a live snapshot's of the caller).
+    pub(crate) fn contains_at<Q>(&self, key: &Q, version: u64) -> bool
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -465,17 +481,33 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         self.index.contains_at(key, version)
     }
 
+    /// The value `entry` (from the ordered map of a version a live snapshot of the caller's
+    /// stands on) has at that version, `at`.
+    ///
+    /// # Safety
+    ///
+    /// As [`Index::value_at`].
+    pub(crate) unsafe fn value_at<'a>(&self, entry: &'a Entry<K, V>, at: u64) -> Option<&'a V> {
+        // SAFETY: the caller's contract.
+        unsafe { self.index.value_at(entry, at) }
+    }
+
     /// The latest version, without registering a snapshot.
     pub(crate) fn latest(&self) -> Arc<Version<K, V>> {
         Arc::clone(&self.state.lock().latest)
     }
 
-    /// The latest version, registered as live until [`Shared::release`].
-    pub(crate) fn acquire_latest(&self) -> Arc<Version<K, V>> {
+    /// The latest version number, and its keys.
+    pub(crate) fn latest_number(&self) -> u64 {
+        self.published.load(Ordering::Acquire)
+    }
+
+    /// The latest version's keys and number, registered as live until [`Shared::release`].
+    pub(crate) fn acquire_latest(&self) -> (Arc<Version<K, V>>, u64) {
         let mut state = self.state.lock();
-        let latest = Arc::clone(&state.latest);
-        state.retain(latest.number);
-        latest
+        let (latest, number) = (Arc::clone(&state.latest), state.number);
+        state.retain(number);
+        (latest, number)
     }
 
     /// Registers one more snapshot of `version` (a clone of a live snapshot).
@@ -502,29 +534,25 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         let active = &mut registration.active;
         let snapshot_version = registration.version;
         // What can be done before the committer lock is, so that other committers do not wait
-        // for it: the new version is allocated (filled in under the lock) and, if another commit
-        // holds the lock now, the written key's slot, read below under the lock, is brought into
-        // the cache (one miss) while this one waits. A lone committer skips that lookup (its
-        // shard lock and unlock are two atomic read-modify-writes, and the miss is the same).
+        // for it: if another commit holds the lock now, the written key's entry, read below
+        // under the lock, is brought into the cache (one miss) while this one waits. A lone
+        // committer skips that lookup (its shard lock and unlock are two atomic
+        // read-modify-writes, and the miss is the same).
+        // Such a commit is likely to push its write beside the one it replaces (the other
+        // commit's transaction, still live, may read it): the node is allocated now too.
+        let mut spare = None;
         if let Sorted::One((key, _)) = &writes
             && this.committer.is_locked()
         {
             let _ = this.index.written_at(key);
+            spare = Some(Spare::new());
         }
-        let mut next = (!writes.is_empty()).then(|| {
-            Arc::new(Version {
-                number: 0,
-                len: 0,
-                entries: OnceLock::new(),
-                pending: std::sync::Mutex::new(None),
-            })
-        });
         let mut guard = this.committer.lock();
         let committer = &mut *guard;
         // Only this commit can replace `latest` until it releases `committer`.
-        let base_number = committer.latest.number;
-        // The index holds `base`'s entries exactly (no unpublished version while `committer` is
-        // held): one hash lookup per key instead of a walk down the ordered map. If nothing was
+        let base_number = committer.number;
+        // The index holds every key's newest write, all published while `committer` is held:
+        // one hash lookup per key instead of a walk down the ordered map. If nothing was
         // committed since the transaction's snapshot, nothing it read or wrote has changed.
         // A one-key commit validates its written key when it writes it (one lookup, not two).
         let check = (snapshot_version != base_number).then_some(snapshot_version);
@@ -548,58 +576,92 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             return Ok(base_number);
         }
         let number = base_number + 1;
-        let written = writes.len();
         // Extend `base`'s delta while `base` is unbuilt (no commit decided to build it).
         let extend = committer.unbuilt_versions > 0;
         let base = &committer.latest;
-        // Publishes the version of `writes` with `len` live keys: swaps it in as the latest
-        // version and releases the transaction's registration.
-        let mut publish = |len: usize, writes: Sorted<(K, Option<V>)>| {
-            let pending = base.successor_pending(extend, writes);
-            let from = pending.base.number;
-            // Built, or being built by a reader (then this build would wait for that one: the
-            // next commits extend the delta instead).
-            let from_built = pending.base.is_built();
-            let mut next = next.take().expect("allocated for a commit that writes");
-            let version = Arc::get_mut(&mut next).expect("nothing else holds it yet");
-            version.number = number;
-            version.len = len;
-            *version.pending.get_mut().unwrap_or_else(|e| e.into_inner()) = Some(pending);
+        let mut live = std::mem::take(&mut committer.live);
+        // Publishes the version with `len` live keys whose keys changed from `base` by `delta`:
+        // swaps it in as the latest version and releases the transaction's registration.
+        // Returns what the commit learns, and the versions live registrations stand on then.
+        let publish = move |len: usize, delta: Delta<K, V>| {
+            let changed_keys = delta.len();
+            // No key gained or lost a value (each write overwrote a value, in its key's entry):
+            // the new version has `base`'s keys and entries, and publishes only its number.
+            // Nothing to allocate, swap or build.
+            let next = if delta.is_empty() && base.is_built() {
+                debug_assert_eq!(len, base.len);
+                None
+            } else {
+                let pending = base.successor_pending(extend, delta);
+                // Built, or being built by a reader (then this build would wait for that one:
+                // the next commits extend the delta instead).
+                let from = (pending.base.number, pending.base.is_built());
+                let next = Arc::new(Version {
+                    number,
+                    len,
+                    entries: OnceLock::new(),
+                    pending: std::sync::Mutex::new(Some(pending)),
+                });
+                Some((next, from))
+            };
             let mut state = this.state.lock();
             state.release(snapshot_version);
             *active = false;
             // After the index holds this version's writes (the mutex orders them before).
             this.published.store(number, Ordering::Release);
-            let previous = std::mem::replace(&mut state.latest, Arc::clone(&next));
+            state.number = number;
             // From here on snapshots register at `number` or later.
-            Published {
-                held: state.holds_since(from),
-                oldest_live: state.oldest_live(),
-                next,
-                previous,
-                from_built,
-            }
+            let published = match next {
+                None => Published {
+                    next: None,
+                    held: false,
+                    build: None,
+                },
+                Some((next, (from, from_built))) => {
+                    let previous = std::mem::replace(&mut state.latest, Arc::clone(&next));
+                    Published {
+                        held: state.holds_since(from),
+                        next: Some((next, previous)),
+                        build: Some((from_built, changed_keys)),
+                    }
+                }
+            };
+            live.clear();
+            live.extend(state.live.iter().map(|&(version, _)| version));
+            (published, live)
         };
-        let published = match writes {
+        // The entries this commit wrote that keep older writes (a snapshot was live when it
+        // published), trimmed once the committer lock is released.
+        let mut to_trim = Vec::new();
+        let (published, live) = match writes {
             Sorted::One((key, value)) => {
-                // One key: its slot is validated, written and the version published under the
-                // slot's shard lock, so no reader sees the write without the publication, and
-                // the slot's previous write is dropped under that lock (nothing to forget
-                // afterwards).
-                let indexed = value.clone();
-                let tombstone = value.is_none().then(|| key.clone());
-                let published =
-                    this.index
-                        .write_published(key, indexed, number, check, |was_live, key| {
-                            let len = live_after(base.len, value.is_some(), was_live);
-                            publish(len, Sorted::One((key, value)))
-                        });
+                // One key: its entry is validated, written, the version published and the entry
+                // trimmed under the entry's shard lock, so no reader sees the write without the
+                // publication (nothing to trim afterwards).
+                let live_value = value.is_some();
+                let tombstone = (!live_value).then(|| key.clone());
+                let published = this.index.write_published(
+                    key,
+                    value,
+                    number,
+                    check,
+                    spare,
+                    |was_live, change, key| {
+                        let len = live_after(base.len, live_value, was_live);
+                        let delta = match change.delta_entry(key) {
+                            Some(entry) => Sorted::One(entry),
+                            None => Sorted::Many(Vec::new()),
+                        };
+                        publish(len, delta)
+                    },
+                );
                 match published {
-                    Ok(published) => {
+                    Ok((published, live, keeps_older)) => {
                         if let Some(key) = tombstone {
                             committer.tombstones.push_back((number, key));
                         }
-                        published
+                        to_trim.extend(keeps_older);
+                        (published, live)
                     }
                     Err((key, written_at)) => {
                         committer.conflicts += 1;
@@ -613,61 +675,92 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             }
             writes => {
                 let mut len = base.len;
-                for (key, value) in writes.as_slice() {
+                let mut delta = Vec::new();
+                for (key, value) in writes.into_iter() {
+                    let live_value = value.is_some();
                     // Stamped `number`, which no reader stands on before it is published below.
-                    let (hash, was_live) = this.index.write(key, value.clone(), number);
-                    committer.kept_prev.push(hash);
-                    len = live_after(len, value.is_some(), was_live);
-                    if value.is_none() {
+                    let (hash, was_live, change) = this.index.write(&key, value, number);
+                    committer.written.push(hash);
+                    len = live_after(len, live_value, was_live);
+                    if !live_value {
                         committer.tombstones.push_back((number, key.clone()));
                     }
+                    // In key order, as `writes`.
+                    delta.extend(change.delta_entry(key));
                 }
-                let published = publish(len, writes);
-                // `number` is published: the overwritten values need not stay in the index
-                // (older snapshots find them in their own versions).
-                for hash in committer.kept_prev.drain(..) {
-                    this.index.forget_prev(hash, number);
+                let (published, live) = publish(len, Sorted::Many(delta));
+                // `number` is published: with no snapshot live, each entry keeps its newest
+                // write alone; else the entries are trimmed below.
+                for hash in committer.written.drain(..) {
+                    this.index.settle(hash, number, &live, &mut to_trim);
                 }
-                published
+                (published, live)
             }
         };
         committer.commits += 1;
-        committer.unbuilt_versions += 1;
-        committer.unbuilt_writes += written;
-        let Published {
-            next,
-            previous,
-            oldest_live,
-            held,
-            from_built,
-        } = published;
+        let Published { next, held, build } = published;
+        committer.number = number;
+        let oldest_live = live.first().copied();
         // The replaced version is `next`'s base or a version standing on the same base (dropping
         // it frees at most its delta list, or the few nodes a reader's build of it copied, never
         // a whole map). Its two handles go once the committer lock is released (a free there
         // would hold up the other committers), and before the build, so that `next` may hold
         // the base's last reference then.
-        let replaced = std::mem::replace(&mut committer.latest, next);
+        let replaced =
+            next.map(|(next, previous)| (previous, std::mem::replace(&mut committer.latest, next)));
         // Snapshots registered after `oldest_live` was read stand on `number`, newer than every
         // queued tombstone.
         drop_old_tombstones(&this.index, &mut committer.tombstones, oldest_live, number);
+        // The entries this commit wrote that keep older writes are trimmed after the lock, and
+        // queued for the trim that frees the rest once the snapshots that read those are gone;
+        // queued entries no live snapshot needs older writes of any more are taken now, for
+        // the same trim (an entry queued at `t` kept them for snapshots older than `t`).
+        committer
+            .trims
+            .extend(to_trim.iter().map(|entry| (number, Arc::clone(entry))));
+        while to_trim.len() < TRIMS_PER_COMMIT
+            && let Some(&(queued_at, _)) = committer.trims.front()
+            && oldest_live.is_none_or(|oldest| oldest >= queued_at)
+        {
+            to_trim.push(committer.trims.pop_front().expect("front exists").1);
+        }
+        // The live versions are needed after the lock for the trims; with none, the (empty,
+        // allocated) list goes back for the next commit.
+        let live = if live.is_empty() {
+            committer.live = live;
+            Vec::new()
+        } else {
+            live
+        };
         // No live snapshot or transaction stands on `from` or a later version, so (but for a
         // passing handle, such as `MvccMap::len`'s) `next` holds `from`'s last reference: the
         // build takes its map and changes it in place, cheaply. Otherwise build by path copy
         // only every few versions, the next commits extending the delta meanwhile.
-        let build = from_built
-            && (!held
-                || committer.unbuilt_versions >= MATERIALIZE_EVERY
-                || committer.unbuilt_writes >= MATERIALIZE_WRITES);
-        let to_build = build.then(|| {
-            committer.unbuilt_versions = 0;
-            committer.unbuilt_writes = 0;
-            Arc::clone(&committer.latest)
-        });
+        let to_build = match build {
+            // The same keys as the version before: nothing to build.
+            None => None,
+            Some((from_built, changed_keys)) => {
+                committer.unbuilt_versions += 1;
+                committer.unbuilt_writes += changed_keys;
+                let build = from_built
+                    && (!held
+                        || committer.unbuilt_versions >= MATERIALIZE_EVERY
+                        || committer.unbuilt_writes >= MATERIALIZE_WRITES);
+                build.then(|| {
+                    committer.unbuilt_versions = 0;
+                    committer.unbuilt_writes = 0;
+                    Arc::clone(&committer.latest)
+                })
+            }
+        };
         drop(guard);
-        drop(previous);
         drop(replaced);
-        // Outside both locks: other commits go on while this one builds its version's ordered
-        // map. Readers that need it meanwhile wait for the build (or do it, if they came first).
+        // Outside both locks: other commits go on while this one trims and builds its version's
+        // ordered map. Readers that need it meanwhile wait for the build (or do it, if they came
+        // first).
+        for entry in to_trim {
+            this.index.trim(&entry, &live, number);
+        }
         if let Some(version) = to_build {
             version.entries();
         }
@@ -707,7 +800,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             )
         };
         let state = self.state.lock();
-        let latest = state.latest.number;
+        let latest = state.number;
         MvccStats {
             version: latest,
             keys: state.latest.len,
@@ -720,6 +813,10 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         }
     }
 }
+
+/// How many queued entries one commit may trim (as [`TOMBSTONES_PER_COMMIT`]: a commit queues
+/// at most one entry per key it writes).
+const TRIMS_PER_COMMIT: usize = 64;
 
 /// Drops tombstones that no live snapshot is old enough to need: a tombstone written at version
 /// `t` matters only to a transaction whose snapshot is older than `t`. Tombstones live in the

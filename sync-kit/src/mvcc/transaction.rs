@@ -4,8 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::hash::Hash;
 
-use super::snapshot::Snapshot;
-use super::state::Shared;
+use super::state::{Registration, Shared};
 
 /// A multi-key transaction on an [`MvccMap`](super::MvccMap).
 ///
@@ -13,7 +12,9 @@ use super::state::Shared;
 /// applied together by [`commit`](Transaction::commit). Dropping a transaction without committing
 /// discards it.
 pub struct Transaction<K: Ord + Hash + Clone, V: Clone> {
-    snapshot: Snapshot<K, V>,
+    /// Its snapshot: a registration of the version it began at (point reads need no ordered
+    /// map, so it holds none).
+    registration: Registration<K, V>,
     reads: KeyMap<K, ()>,
     writes: KeyMap<K, Option<V>>,
 }
@@ -113,9 +114,9 @@ impl<E> Sorted<E> {
 }
 
 impl<K: Ord + Hash + Clone, V: Clone> Transaction<K, V> {
-    pub(crate) fn new(snapshot: Snapshot<K, V>) -> Self {
+    pub(crate) fn new(registration: Registration<K, V>) -> Self {
         Self {
-            snapshot,
+            registration,
             reads: KeyMap::new(),
             writes: KeyMap::new(),
         }
@@ -130,7 +131,9 @@ impl<K: Ord + Hash + Clone, V: Clone> Transaction<K, V> {
         if self.reads.get(key).is_none() {
             self.reads.insert(key.clone(), ());
         }
-        self.snapshot.get(key)
+        self.registration
+            .shared
+            .get_at(key, self.registration.version)
     }
 
     /// Sets `key` to `value` when the transaction commits.
@@ -145,7 +148,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Transaction<K, V> {
 
     /// The version this transaction reads from.
     pub fn snapshot_version(&self) -> u64 {
-        self.snapshot.version()
+        self.registration.version
     }
 
     /// Applies every write atomically at a new version and returns it (a transaction that wrote
@@ -153,11 +156,10 @@ impl<K: Ord + Hash + Clone, V: Clone> Transaction<K, V> {
     /// read or written here was committed by another transaction after this one began.
     pub fn commit(self) -> Result<u64, Conflict<K>> {
         let Transaction {
-            snapshot,
+            mut registration,
             reads,
             writes,
         } = self;
-        let mut registration = snapshot.into_registration();
         Shared::commit(&mut registration, &reads, writes.into_sorted())
     }
 }
@@ -165,7 +167,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Transaction<K, V> {
 impl<K: Ord + Hash + Clone + fmt::Debug, V: Clone> fmt::Debug for Transaction<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Transaction")
-            .field("snapshot_version", &self.snapshot.version())
+            .field("snapshot_version", &self.registration.version)
             .field("reads", &self.reads.keys().collect::<Vec<_>>())
             .field("writes", &self.writes.keys().collect::<Vec<_>>())
             .finish()

@@ -1,0 +1,523 @@
+//! One key of an [`MvccMap`](super::MvccMap): the key and the writes of it that someone may
+//! still read, newest first. The same entry is reachable from the hash index (point reads,
+//! validation, commits) and from the ordered map of every version that holds the key (ordered
+//! reads), so a commit that overwrites a key changes the entry alone: no ordered map, no second
+//! copy of the value.
+//!
+//! The writes form a chain: boxed nodes from `head` (the newest first), then the *inline* write
+//! stored in the entry itself, the oldest. With no snapshot live across commits (the usual
+//! case) the chain is the inline write alone, overwritten by each commit after it is published,
+//! so a commit touches one cache line of the map per written key.
+//!
+//! | chain | when | what the next write does |
+//! |---|---|---|
+//! | inline alone | no live snapshot stood on an older version at the last write | pushes a node, then after publishing folds it into the inline write if no snapshot is live |
+//! | nodes, then inline | a live snapshot may read an older write | pushes a node; after publishing unlinks and frees every write no live snapshot can read |
+//! | nodes, inline unlinked | as above, the inline write read by no one | as above |
+//!
+//! Invariants (all hold while the entry's index shard is locked; every access to the chain is
+//! made with it locked, so readers and the one committer never run on a chain at once):
+//!
+//! - Versions strictly decrease along the chain. The newest write may be unpublished (its commit
+//!   is between writing and publishing); then the write after it is the one published.
+//! - A write is in the chain if a live snapshot or transaction stands on a version from its own
+//!   up to (not including) the next newer write's, or if it is the newest. Trims remove the
+//!   others, only after the newest write is published, using the live versions read when it was.
+//!   A reader at version `at` reads the first write at or below `at`: it stays in the chain
+//!   while the reader's registration lives, so a reference to its value does too, after the
+//!   shard is released (what [`Snapshot::iter`](super::Snapshot::iter) lends).
+//! - A value is moved or overwritten in place only when no snapshot is live (a fold), so no
+//!   such reference exists then.
+
+use std::marker::PhantomData;
+use std::ptr;
+
+use crate::loom::cell::UnsafeCell;
+
+/// A write kept in the chain before the inline one: boxed, never changed once linked except for
+/// its `older` link.
+struct Node<V> {
+    version: u64,
+    value: Option<V>,
+    /// The next older boxed write; null: the inline write comes next (if linked).
+    older: *mut Node<V>,
+}
+
+/// A node allocated ahead of a push, outside the map's locks (see [`Entry::push`]).
+pub(crate) struct Spare<V>(Box<Node<V>>);
+
+impl<V> Spare<V> {
+    pub(crate) fn new() -> Self {
+        Spare(Box::new(Node {
+            version: 0,
+            value: None,
+            older: ptr::null_mut(),
+        }))
+    }
+}
+
+/// See the module documentation. Small: 40 bytes for `u64` keys and values (56 with the
+/// reference counts), so that the entries of a large map stay in cache as long as they can.
+pub(crate) struct Entry<K, V> {
+    key: K,
+    /// The newest boxed write; null: the inline write is the newest.
+    head: UnsafeCell<*mut Node<V>>,
+    /// The inline write's version; [`UNLINKED`]: it is not in the chain (read by no one, its
+    /// value dropped).
+    inline_version: UnsafeCell<u64>,
+    inline_value: UnsafeCell<Option<V>>,
+    /// Owns the boxed writes.
+    _owns: PhantomData<Box<Node<V>>>,
+}
+
+// SAFETY: every access to the interior-mutable fields is made with the entry's index shard
+// locked (the methods' contract), which orders them; values are read (`&V`, clones) from other
+// threads and dropped by whichever thread trims or drops, hence the bounds.
+unsafe impl<K: Send + Sync, V: Send + Sync> Sync for Entry<K, V> {}
+// SAFETY: as above.
+unsafe impl<K: Send + Sync, V: Send + Sync> Send for Entry<K, V> {}
+
+/// No write is at version 0 (the empty map's), so it marks an unlinked inline write.
+const UNLINKED: u64 = 0;
+
+/// Whether a live version (`live`, ascending) lies in `[version, newer)`: a reader stands where
+/// the write of `version` is the first at or below it.
+fn needed(live: &[u64], version: u64, newer: u64) -> bool {
+    let at = live.partition_point(|&s| s < version);
+    live.get(at).is_some_and(|&s| s < newer)
+}
+
+impl<K, V> Entry<K, V> {
+    /// A key's entry with its first write.
+    pub(crate) fn new(key: K, version: u64, value: Option<V>) -> Self {
+        Self {
+            key,
+            head: UnsafeCell::new(ptr::null_mut()),
+            inline_version: UnsafeCell::new(version),
+            inline_value: UnsafeCell::new(value),
+            _owns: PhantomData,
+        }
+    }
+
+    pub(crate) fn key(&self) -> &K {
+        &self.key
+    }
+
+    /// The newest write: its version and value.
+    ///
+    /// # Safety
+    ///
+    /// The entry's shard is locked for as long as the reference is used.
+    pub(crate) unsafe fn newest(&self) -> (u64, &Option<V>) {
+        // SAFETY: the shard lock orders this against every change of the chain.
+        unsafe {
+            let head = self.head.with(|head| *head);
+            if head.is_null() {
+                (
+                    self.inline_version.with(|v| *v),
+                    self.inline_value.with(|value| &*value),
+                )
+            } else {
+                ((*head).version, &(*head).value)
+            }
+        }
+    }
+
+    /// The write before the newest one, if the chain keeps it.
+    ///
+    /// # Safety
+    ///
+    /// As [`Entry::newest`].
+    unsafe fn second(&self) -> Option<(u64, &Option<V>)> {
+        // SAFETY: as in `newest`.
+        unsafe {
+            let head = self.head.with(|head| *head);
+            if head.is_null() {
+                return None;
+            }
+            let older = (*head).older;
+            if !older.is_null() {
+                Some(((*older).version, &(*older).value))
+            } else {
+                let version = self.inline_version.with(|v| *v);
+                (version != UNLINKED).then(|| (version, self.inline_value.with(|value| &*value)))
+            }
+        }
+    }
+
+    /// The key's value in the latest version, `published` being the latest published version
+    /// number loaded while the shard is locked: the newest write if it is published, else the
+    /// one before it (none: the key had no value).
+    ///
+    /// # Safety
+    ///
+    /// As [`Entry::newest`].
+    pub(crate) unsafe fn latest(&self, published: u64) -> Option<&V> {
+        // SAFETY: the caller's contract. An unpublished newest write was pushed after the last
+        // trim (trims follow publication), so the write before it is still linked.
+        unsafe {
+            let (version, value) = self.newest();
+            if version <= published {
+                value.as_ref()
+            } else {
+                self.second().and_then(|(_, value)| value.as_ref())
+            }
+        }
+    }
+
+    /// The write a reader at version `at` sees: the first at or below `at` (`None`: the key had
+    /// no write by then; `Some(None)`: it was removed).
+    ///
+    /// # Safety
+    ///
+    /// The entry's shard is locked during the call, and the caller's own registration stands on
+    /// `at` while it uses the reference (which may outlive the lock: the write stays in the
+    /// chain, unchanged, while a live registration reads it).
+    pub(crate) unsafe fn at(&self, at: u64) -> Option<&Option<V>> {
+        // SAFETY: the caller's contract; nodes are never changed once linked but for `older`.
+        unsafe {
+            let mut node = self.head.with(|head| *head);
+            while !node.is_null() {
+                if (*node).version <= at {
+                    return Some(&(*node).value);
+                }
+                node = (*node).older;
+            }
+            let version = self.inline_version.with(|v| *v);
+            if version != UNLINKED && version <= at {
+                return Some(self.inline_value.with(|value| &*value));
+            }
+        }
+        None
+    }
+
+    /// Links a write at `version`, newer than every write in the chain, in `spare` if given (a
+    /// node allocated before the caller's locks).
+    ///
+    /// # Safety
+    ///
+    /// The entry's shard and the map's committer lock are held.
+    pub(crate) unsafe fn push(&self, version: u64, value: Option<V>, spare: Option<Spare<V>>) {
+        // SAFETY: the caller's contract: no reader or other committer is on the chain.
+        let head = self.head.with(|head| unsafe { *head });
+        let node = match spare {
+            Some(Spare(mut node)) => {
+                *node = Node {
+                    version,
+                    value,
+                    older: head,
+                };
+                node
+            }
+            None => Box::new(Node {
+                version,
+                value,
+                older: head,
+            }),
+        };
+        let node = Box::into_raw(node);
+        // SAFETY: the caller's contract: no reader or other committer is on the chain.
+        self.head.with_mut(|head| unsafe { *head = node });
+    }
+
+    /// Records a write at `version`, already published, with the versions live snapshots and
+    /// transactions stood on at its publication (`live`, ascending). With none live, the chain
+    /// becomes this write alone, inline (written in place when it was the inline write alone: no
+    /// allocation). Else the write is pushed and the older ones stay, for the caller to trim
+    /// ([`Entry::trim`], once the committer lock is released); returns whether it must.
+    ///
+    /// # Safety
+    ///
+    /// The entry's shard and the map's committer lock are held; `version` is newer than every
+    /// write in the chain, published, and `live` was read at its publication.
+    pub(crate) unsafe fn overwrite(
+        &self,
+        version: u64,
+        value: Option<V>,
+        live: &[u64],
+        spare: Option<Spare<V>>,
+    ) -> bool {
+        // SAFETY: the caller's contract: no reader or other committer is on the chain, and with
+        // no live registration no reference lent by `at` exists.
+        unsafe {
+            if live.is_empty() && self.head.with(|head| (*head).is_null()) {
+                self.inline_version.with_mut(|v| *v = version);
+                self.inline_value.with_mut(|inline| *inline = value);
+                return false;
+            }
+            self.push(version, value, spare);
+            self.settle(live)
+        }
+    }
+
+    /// After the commit of the newest write published it, with the versions live snapshots and
+    /// transactions stood on then (`live`, ascending): with none live, makes the newest write
+    /// the inline one, alone in the chain. Returns whether older writes remain, for the caller
+    /// to trim ([`Entry::trim`]).
+    ///
+    /// # Safety
+    ///
+    /// As [`Entry::overwrite`], for the newest write.
+    pub(crate) unsafe fn settle(&self, live: &[u64]) -> bool {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let head = self.head.with(|head| *head);
+            if head.is_null() {
+                return false;
+            }
+            if live.is_empty() {
+                self.fold(head);
+                return false;
+            }
+            true
+        }
+    }
+
+    /// Removes the writes no reader can read any more: those older than a write of version at
+    /// most `published` (the trimming commit's own version) that no version in `live` (the
+    /// versions live snapshots and transactions stood on at that commit's publication,
+    /// ascending) reads. Registrations taken since stand on `published` or later, so they read
+    /// none of those; writes pushed since by later commits, and the writes just below them,
+    /// are left alone. Returns whether writes older than the newest remain.
+    ///
+    /// # Safety
+    ///
+    /// The entry's shard is locked (the committer lock need not be: pushes and in-place writes
+    /// take the shard too); `published` is published and `live` was read at its publication.
+    pub(crate) unsafe fn trim(&self, live: &[u64], published: u64) -> bool {
+        // SAFETY: the caller's contract: no reader and no committer is on the chain, and every
+        // write removed here is read by no live registration (`needed`, and the bound), so no
+        // reference lent by `at` points into it.
+        unsafe {
+            let head = self.head.with(|head| *head);
+            if head.is_null() {
+                return false;
+            }
+            let mut newer = (*head).version;
+            let mut link: *mut *mut Node<V> = &raw mut (*head).older;
+            while !(*link).is_null() {
+                let node = *link;
+                let version = (*node).version;
+                if newer > published || needed(live, version, newer) {
+                    link = &raw mut (*node).older;
+                } else {
+                    *link = (*node).older;
+                    drop(Box::from_raw(node));
+                }
+                newer = version;
+            }
+            let version = self.inline_version.with(|v| *v);
+            if version != UNLINKED && newer <= published && !needed(live, version, newer) {
+                self.inline_version.with_mut(|v| *v = UNLINKED);
+                self.inline_value.with_mut(|value| *value = None);
+            }
+            !(*head).older.is_null() || self.inline_version.with(|v| *v) != UNLINKED
+        }
+    }
+
+    /// Makes the newest write (the boxed `head`) the inline one, alone in the chain.
+    ///
+    /// # Safety
+    ///
+    /// As [`Entry::settle`] with no live registration.
+    unsafe fn fold(&self, head: *mut Node<V>) {
+        // SAFETY: the caller's contract; `head` and the nodes after it were made by `push`.
+        unsafe {
+            let newest = Box::from_raw(head);
+            let Node {
+                version,
+                value,
+                older,
+            } = *newest;
+            self.head.with_mut(|head| *head = ptr::null_mut());
+            free_chain(older);
+            self.inline_version.with_mut(|v| *v = version);
+            self.inline_value.with_mut(|inline| *inline = value);
+        }
+    }
+
+    /// The versions in the chain, newest first (tests).
+    #[cfg(test)]
+    fn versions(&self) -> Vec<u64> {
+        let mut versions = Vec::new();
+        // SAFETY: single-threaded test.
+        unsafe {
+            let mut node = self.head.with(|head| *head);
+            while !node.is_null() {
+                versions.push((*node).version);
+                node = (*node).older;
+            }
+            let version = self.inline_version.with(|v| *v);
+            if version != UNLINKED {
+                versions.push(version);
+            }
+        }
+        versions
+    }
+}
+
+impl<K, V> Drop for Entry<K, V> {
+    fn drop(&mut self) {
+        // SAFETY: the last reference is gone: no reader or committer is on the chain.
+        unsafe { free_chain(self.head.with(|head| *head)) }
+    }
+}
+
+/// Frees `node` and the boxed writes after it.
+///
+/// # Safety
+///
+/// No one else reaches that part of the chain, now or later.
+unsafe fn free_chain<V>(mut node: *mut Node<V>) {
+    while !node.is_null() {
+        // SAFETY: the caller hands the nodes over; each was made by `Box::into_raw`.
+        let owned = unsafe { Box::from_raw(node) };
+        node = owned.older;
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn seen(entry: &Entry<u8, &'static str>, at: u64) -> Option<Option<&'static str>> {
+        // SAFETY: single-threaded: nothing changes the chain while the reference is used.
+        unsafe { entry.at(at) }.copied()
+    }
+
+    #[test]
+    fn a_reader_sees_the_write_at_or_before_its_version() {
+        let entry = Entry::new(0, 3, Some("a"));
+        // SAFETY: single-threaded.
+        unsafe {
+            entry.push(5, None, None);
+            entry.push(8, Some("b"), None);
+        }
+        assert_eq!(seen(&entry, 2), None, "before the first write");
+        assert_eq!(seen(&entry, 3), Some(Some("a")));
+        assert_eq!(seen(&entry, 7), Some(None), "removed at 5");
+        assert_eq!(seen(&entry, 100), Some(Some("b")));
+    }
+
+    #[test]
+    fn the_latest_value_is_the_newest_published_write() {
+        let entry = Entry::new(0, 3, Some("a"));
+        // SAFETY: single-threaded.
+        unsafe {
+            assert_eq!(
+                entry.latest(2),
+                None,
+                "first written by an unpublished commit"
+            );
+            assert_eq!(entry.latest(3), Some(&"a"));
+            entry.push(4, Some("b"), None);
+            assert_eq!(
+                entry.latest(3),
+                Some(&"a"),
+                "version 4 is not published yet"
+            );
+            assert_eq!(entry.latest(4), Some(&"b"));
+        }
+    }
+
+    #[test]
+    fn a_trim_keeps_exactly_what_live_readers_read() {
+        let entry = Entry::new(0, 1, Some("a"));
+        // SAFETY: single-threaded.
+        unsafe {
+            for (version, value) in [(4, "b"), (6, "c"), (9, "d")] {
+                entry.push(version, Some(value), None);
+            }
+            // Readers at 5 (reads 4) and 1 (reads 1); none reads 6.
+            assert!(entry.trim(&[1, 5], 9));
+            assert_eq!(entry.versions(), [9, 4, 1]);
+            assert_eq!(seen(&entry, 5), Some(Some("b")));
+            assert_eq!(seen(&entry, 1), Some(Some("a")));
+            // The reader at 1 is gone.
+            assert!(entry.trim(&[5], 9));
+            assert_eq!(entry.versions(), [9, 4]);
+            assert!(!entry.trim(&[9], 9));
+            assert_eq!(entry.versions(), [9]);
+            entry.push(12, Some("e"), Some(Spare::new()));
+            assert!(
+                !entry.settle(&[]),
+                "no reader: the newest write folded inline"
+            );
+            assert_eq!(entry.versions(), [12]);
+            assert!(entry.head.with(|head| (*head).is_null()));
+            assert_eq!(entry.newest(), (12, &Some("e")));
+        }
+    }
+
+    #[test]
+    fn with_no_reader_an_overwrite_stays_inline() {
+        let entry = Entry::new(0, 1, Some("a"));
+        // SAFETY: single-threaded.
+        unsafe {
+            assert!(!entry.overwrite(2, Some("b"), &[], None));
+            assert!(
+                entry.head.with(|head| (*head).is_null()),
+                "written in place, nothing boxed"
+            );
+            assert_eq!(entry.newest(), (2, &Some("b")));
+            assert!(
+                entry.overwrite(3, Some("c"), &[2], None),
+                "older writes to trim"
+            );
+            assert!(entry.trim(&[2], 3), "a reader at 2 keeps version 2");
+            assert_eq!(entry.versions(), [3, 2]);
+            assert_eq!(seen(&entry, 2), Some(Some("b")));
+        }
+    }
+
+    #[test]
+    fn a_trim_leaves_what_later_commits_pushed() {
+        let entry = Entry::new(0, 1, Some("a"));
+        // SAFETY: single-threaded.
+        unsafe {
+            entry.push(4, Some("b"), None);
+            // A commit at 6 pushes after the trimming commit (4) published; a registration
+            // taken at 5, after 4's publication, is not in 4's live versions but reads 4.
+            entry.push(6, Some("c"), None);
+            assert!(entry.trim(&[], 4));
+            assert_eq!(entry.versions(), [6, 4], "1 freed; 4 may be read at 5");
+            assert!(!entry.trim(&[], 6));
+            assert_eq!(entry.versions(), [6]);
+        }
+    }
+
+    #[test]
+    fn a_reader_older_than_the_first_write_needs_nothing() {
+        let entry = Entry::new(0, 7, Some("a"));
+        // SAFETY: single-threaded.
+        unsafe {
+            entry.push(8, Some("b"), None);
+            assert!(!entry.trim(&[3], 8));
+            assert_eq!(entry.versions(), [8]);
+            assert_eq!(seen(&entry, 3), None);
+        }
+    }
+
+    #[test]
+    fn every_value_is_dropped_once() {
+        let value = std::sync::Arc::new(());
+        let entry = Entry::new(0u8, 1, Some(std::sync::Arc::clone(&value)));
+        // SAFETY: single-threaded.
+        unsafe {
+            entry.push(2, Some(std::sync::Arc::clone(&value)), None);
+            entry.push(3, Some(std::sync::Arc::clone(&value)), None);
+            assert_eq!(std::sync::Arc::strong_count(&value), 4);
+            assert!(entry.trim(&[2], 3), "the reader at 2 keeps version 2");
+            assert_eq!(std::sync::Arc::strong_count(&value), 3, "version 1 dropped");
+            entry.push(4, Some(std::sync::Arc::clone(&value)), None);
+            assert!(!entry.settle(&[]));
+            assert_eq!(
+                std::sync::Arc::strong_count(&value),
+                2,
+                "folded: one value left"
+            );
+        }
+        drop(entry);
+        assert_eq!(std::sync::Arc::strong_count(&value), 1);
+    }
+}
