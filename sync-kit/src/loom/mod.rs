@@ -4,7 +4,7 @@
 //! synchronisation is imported from here, so `RUSTFLAGS="--cfg loom"` model-checks the same code
 //! that ships. Items:
 //!
-//! - [`atomic`]: `AtomicU8`, `AtomicUsize`, `AtomicU64`, `Ordering`.
+//! - [`atomic`]: `AtomicU8`, `AtomicUsize`, `AtomicU64`, `AtomicPtr`, `Ordering`.
 //! - [`thread`]: `current`, `ThreadId`.
 //! - [`cell::UnsafeCell`]: loom's `UnsafeCell` API (`get`/`get_mut` returning tracked pointers),
 //!   mirrored over `std::cell::UnsafeCell` for normal builds.
@@ -32,10 +32,14 @@ pub(crate) mod park;
 
 #[cfg(not(loom))]
 pub(crate) mod atomic {
+    #[cfg_attr(not(feature = "mvcc"), allow(unused_imports))] // the MVCC entries' chains alone
+    pub(crate) use std::sync::atomic::AtomicPtr;
     pub(crate) use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 }
 #[cfg(loom)]
 pub(crate) mod atomic {
+    #[cfg_attr(not(feature = "mvcc"), allow(unused_imports))] // the MVCC entries' chains alone
+    pub(crate) use loom::sync::atomic::AtomicPtr;
     pub(crate) use loom::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 }
 

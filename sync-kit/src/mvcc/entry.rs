@@ -6,8 +6,9 @@
 //!
 //! The writes form a chain: boxed nodes from `head` (the newest first), then the *inline* write
 //! stored in the entry itself, the oldest. With no snapshot live across commits (the usual
-//! case) the chain is the inline write alone, overwritten by each commit after it is published,
-//! so a commit touches one cache line of the map per written key.
+//! case) the chain is the inline write alone: each commit pushes a node (freed again at once, so
+//! the allocator hands back the same memory) and folds it into the inline write after it is
+//! published, so a commit touches one cache line of the map per written key.
 //!
 //! | chain | when | what the next write does |
 //! |---|---|---|
@@ -15,8 +16,10 @@
 //! | nodes, then inline | a live snapshot may read an older write | pushes a node; after publishing unlinks and frees every write no live snapshot can read |
 //! | nodes, inline unlinked | as above, the inline write read by no one | as above |
 //!
-//! Invariants (all hold while the entry's index shard is locked; every access to the chain is
-//! made with it locked, so readers and the one committer never run on a chain at once):
+//! Invariants (all hold while the entry's index shard is locked; every change of the chain, and
+//! every read but one, is made with it locked, so readers and the one committer never run on a
+//! chain at once; the exception, [`Entry::inline_at`], reads an inline write that no commit can
+//! change while the reader's registration lives):
 //!
 //! - Versions strictly decrease along the chain. The newest write may be unpublished (its commit
 //!   is between writing and publishing); then the write after it is the one published.
@@ -26,12 +29,15 @@
 //!   A reader at version `at` reads the first write at or below `at`: it stays in the chain
 //!   while the reader's registration lives, so a reference to its value does too, after the
 //!   shard is released (what [`Snapshot::iter`](super::Snapshot::iter) lends).
-//! - A value is moved or overwritten in place only when no snapshot is live (a fold), so no
-//!   such reference exists then.
+//! - A value is moved into the inline write only when no snapshot is live (a fold), so no such
+//!   reference exists then; the fold writes the inline write before it sets `head` null.
+//! - A commit pushes its write before it publishes, so a registration taken after the
+//!   publication finds `head` set until the fold is complete.
 
 use std::marker::PhantomData;
 use std::ptr;
 
+use crate::loom::atomic::{AtomicPtr, Ordering};
 use crate::loom::cell::UnsafeCell;
 
 /// A write kept in the chain before the inline one: boxed, never changed once linked except for
@@ -60,8 +66,10 @@ impl<V> Spare<V> {
 /// reference counts), so that the entries of a large map stay in cache as long as they can.
 pub(crate) struct Entry<K, V> {
     key: K,
-    /// The newest boxed write; null: the inline write is the newest.
-    head: UnsafeCell<*mut Node<V>>,
+    /// The newest boxed write; null: the inline write is the newest. Changed with the shard
+    /// locked; loaded without it by [`Entry::inline_at`] (Acquire, against the Release of a fold
+    /// that wrote the inline write before setting it null).
+    head: AtomicPtr<Node<V>>,
     /// The inline write's version; [`UNLINKED`]: it is not in the chain (read by no one, its
     /// value dropped).
     inline_version: UnsafeCell<u64>,
@@ -92,7 +100,7 @@ impl<K, V> Entry<K, V> {
     pub(crate) fn new(key: K, version: u64, value: Option<V>) -> Self {
         Self {
             key,
-            head: UnsafeCell::new(ptr::null_mut()),
+            head: AtomicPtr::new(ptr::null_mut()),
             inline_version: UnsafeCell::new(version),
             inline_value: UnsafeCell::new(value),
             _owns: PhantomData,
@@ -111,7 +119,7 @@ impl<K, V> Entry<K, V> {
     pub(crate) unsafe fn newest(&self) -> (u64, &Option<V>) {
         // SAFETY: the shard lock orders this against every change of the chain.
         unsafe {
-            let head = self.head.with(|head| *head);
+            let head = self.head.load(Ordering::Relaxed);
             if head.is_null() {
                 (
                     self.inline_version.with(|v| *v),
@@ -131,7 +139,7 @@ impl<K, V> Entry<K, V> {
     unsafe fn second(&self) -> Option<(u64, &Option<V>)> {
         // SAFETY: as in `newest`.
         unsafe {
-            let head = self.head.with(|head| *head);
+            let head = self.head.load(Ordering::Relaxed);
             if head.is_null() {
                 return None;
             }
@@ -176,7 +184,7 @@ impl<K, V> Entry<K, V> {
     pub(crate) unsafe fn at(&self, at: u64) -> Option<&Option<V>> {
         // SAFETY: the caller's contract; nodes are never changed once linked but for `older`.
         unsafe {
-            let mut node = self.head.with(|head| *head);
+            let mut node = self.head.load(Ordering::Relaxed);
             while !node.is_null() {
                 if (*node).version <= at {
                     return Some(&(*node).value);
@@ -191,6 +199,29 @@ impl<K, V> Entry<K, V> {
         None
     }
 
+    /// The write a reader at version `at` sees, without the shard lock, if it is the inline write
+    /// and the inline write is the newest (`None`: ask [`Entry::at`] with the shard locked).
+    ///
+    /// # Safety
+    ///
+    /// The caller's own registration stands on `at` from before this call until it stops using
+    /// the reference, and it holds the entry alive as long. Then no commit changes the inline
+    /// write under it: a commit writes the inline write only when no registration is live at its
+    /// publication (a fold, which sets `head` null last), and pushes before it publishes, so a
+    /// registration taken after a publication finds `head` set until the fold is complete; and a
+    /// trim unlinks the inline write only when it is not the newest and no live registration
+    /// reads it.
+    pub(crate) unsafe fn inline_at(&self, at: u64) -> Option<&Option<V>> {
+        if !self.head.load(Ordering::Acquire).is_null() {
+            return None;
+        }
+        // SAFETY: the caller's contract: nothing writes the inline write meanwhile.
+        unsafe {
+            let version = self.inline_version.with(|v| *v);
+            (version != UNLINKED && version <= at).then(|| self.inline_value.with(|value| &*value))
+        }
+    }
+
     /// Links a write at `version`, newer than every write in the chain, in `spare` if given (a
     /// node allocated before the caller's locks).
     ///
@@ -198,8 +229,7 @@ impl<K, V> Entry<K, V> {
     ///
     /// The entry's shard and the map's committer lock are held.
     pub(crate) unsafe fn push(&self, version: u64, value: Option<V>, spare: Option<Spare<V>>) {
-        // SAFETY: the caller's contract: no reader or other committer is on the chain.
-        let head = self.head.with(|head| unsafe { *head });
+        let head = self.head.load(Ordering::Relaxed);
         let node = match spare {
             Some(Spare(mut node)) => {
                 *node = Node {
@@ -215,39 +245,7 @@ impl<K, V> Entry<K, V> {
                 older: head,
             }),
         };
-        let node = Box::into_raw(node);
-        // SAFETY: the caller's contract: no reader or other committer is on the chain.
-        self.head.with_mut(|head| unsafe { *head = node });
-    }
-
-    /// Records a write at `version`, already published, with the versions live snapshots and
-    /// transactions stood on at its publication (`live`, ascending). With none live, the chain
-    /// becomes this write alone, inline (written in place when it was the inline write alone: no
-    /// allocation). Else the write is pushed and the older ones stay, for the caller to trim
-    /// ([`Entry::trim`], once the committer lock is released); returns whether it must.
-    ///
-    /// # Safety
-    ///
-    /// The entry's shard and the map's committer lock are held; `version` is newer than every
-    /// write in the chain, published, and `live` was read at its publication.
-    pub(crate) unsafe fn overwrite(
-        &self,
-        version: u64,
-        value: Option<V>,
-        live: &[u64],
-        spare: Option<Spare<V>>,
-    ) -> bool {
-        // SAFETY: the caller's contract: no reader or other committer is on the chain, and with
-        // no live registration no reference lent by `at` exists.
-        unsafe {
-            if live.is_empty() && self.head.with(|head| (*head).is_null()) {
-                self.inline_version.with_mut(|v| *v = version);
-                self.inline_value.with_mut(|inline| *inline = value);
-                return false;
-            }
-            self.push(version, value, spare);
-            self.settle(live)
-        }
+        self.head.store(Box::into_raw(node), Ordering::Release);
     }
 
     /// After the commit of the newest write published it, with the versions live snapshots and
@@ -257,11 +255,12 @@ impl<K, V> Entry<K, V> {
     ///
     /// # Safety
     ///
-    /// As [`Entry::overwrite`], for the newest write.
+    /// The entry's shard and the map's committer lock are held; the newest write was pushed
+    /// before its commit published it, and `live` was read at that publication.
     pub(crate) unsafe fn settle(&self, live: &[u64]) -> bool {
         // SAFETY: the caller's contract.
         unsafe {
-            let head = self.head.with(|head| *head);
+            let head = self.head.load(Ordering::Relaxed);
             if head.is_null() {
                 return false;
             }
@@ -289,7 +288,7 @@ impl<K, V> Entry<K, V> {
         // write removed here is read by no live registration (`needed`, and the bound), so no
         // reference lent by `at` points into it.
         unsafe {
-            let head = self.head.with(|head| *head);
+            let head = self.head.load(Ordering::Relaxed);
             if head.is_null() {
                 return false;
             }
@@ -329,10 +328,15 @@ impl<K, V> Entry<K, V> {
                 value,
                 older,
             } = *newest;
-            self.head.with_mut(|head| *head = ptr::null_mut());
-            free_chain(older);
+            // The inline write first, then `head` (Release): a reader that loads `head` null
+            // without the shard lock sees the inline write whole ([`Entry::inline_at`]).
             self.inline_version.with_mut(|v| *v = version);
-            self.inline_value.with_mut(|inline| *inline = value);
+            let replaced = self
+                .inline_value
+                .with_mut(|inline| std::mem::replace(&mut *inline, value));
+            self.head.store(ptr::null_mut(), Ordering::Release);
+            free_chain(older);
+            drop(replaced);
         }
     }
 
@@ -342,7 +346,7 @@ impl<K, V> Entry<K, V> {
         let mut versions = Vec::new();
         // SAFETY: single-threaded test.
         unsafe {
-            let mut node = self.head.with(|head| *head);
+            let mut node = self.head.load(Ordering::Relaxed);
             while !node.is_null() {
                 versions.push((*node).version);
                 node = (*node).older;
@@ -359,7 +363,7 @@ impl<K, V> Entry<K, V> {
 impl<K, V> Drop for Entry<K, V> {
     fn drop(&mut self) {
         // SAFETY: the last reference is gone: no reader or committer is on the chain.
-        unsafe { free_chain(self.head.with(|head| *head)) }
+        unsafe { free_chain(self.head.load(Ordering::Relaxed)) }
     }
 }
 
@@ -444,26 +448,37 @@ mod tests {
                 "no reader: the newest write folded inline"
             );
             assert_eq!(entry.versions(), [12]);
-            assert!(entry.head.with(|head| (*head).is_null()));
+            assert!(entry.head.load(Ordering::Relaxed).is_null());
             assert_eq!(entry.newest(), (12, &Some("e")));
         }
     }
 
     #[test]
-    fn with_no_reader_an_overwrite_stays_inline() {
+    fn with_no_reader_a_write_is_folded_inline() {
         let entry = Entry::new(0, 1, Some("a"));
         // SAFETY: single-threaded.
         unsafe {
-            assert!(!entry.overwrite(2, Some("b"), &[], None));
+            assert_eq!(
+                entry.inline_at(5),
+                Some(&Some("a")),
+                "read without the lock"
+            );
+            entry.push(2, Some("b"), None);
+            assert_eq!(
+                entry.inline_at(5),
+                None,
+                "a boxed write is newer: ask with the lock"
+            );
+            assert!(!entry.settle(&[]));
             assert!(
-                entry.head.with(|head| (*head).is_null()),
-                "written in place, nothing boxed"
+                entry.head.load(Ordering::Relaxed).is_null(),
+                "nothing boxed"
             );
             assert_eq!(entry.newest(), (2, &Some("b")));
-            assert!(
-                entry.overwrite(3, Some("c"), &[2], None),
-                "older writes to trim"
-            );
+            assert_eq!(entry.inline_at(5), Some(&Some("b")));
+            assert_eq!(entry.inline_at(1), None, "older than the inline write");
+            entry.push(3, Some("c"), None);
+            assert!(entry.settle(&[2]), "older writes to trim");
             assert!(entry.trim(&[2], 3), "a reader at 2 keeps version 2");
             assert_eq!(entry.versions(), [3, 2]);
             assert_eq!(seen(&entry, 2), Some(Some("b")));

@@ -17,9 +17,12 @@
 //! no live snapshot is older than it. (The versions' ordered maps may still hold a removed
 //! entry; no live reader reaches it through them.)
 //!
-//! A one-key commit publishes while holding its key's shard ([`Index::write_published`]), so
-//! no reader can look at the entry between the write and the publication, and trims the entry
-//! before releasing it: no second lookup. Loom model `one_key_commits_publish_with_their_slot`.
+//! A one-key commit pushes its write and publishes while holding its key's shard
+//! ([`Index::write_published`]), and settles the entry before releasing it (with no snapshot
+//! live, its write becomes the inline one): no second lookup. Loom model
+//! `one_key_commits_publish_with_their_slot`. A snapshot's ordered read of an entry whose inline
+//! write is the newest takes no shard lock (`Entry::inline_at`; loom model
+//! `lent_values_survive_commits`).
 //!
 //! The index is sharded (one internal mutex per shard, each on its own cache line), hashed once
 //! with `hashbrown`'s default hasher (foldhash, seeded at random per map: several times cheaper
@@ -192,6 +195,10 @@ impl<K: Hash + Eq + Clone, V: Clone> Index<K, V> {
     /// The caller's own registration stands on `at` for as long as it uses the reference, and
     /// it holds `entry` alive as long.
     pub(crate) unsafe fn value_at<'a>(&self, entry: &'a Entry<K, V>, at: u64) -> Option<&'a V> {
+        // SAFETY: the caller's contract, which is `inline_at`'s.
+        if let Some(value) = unsafe { entry.inline_at(at) } {
+            return value.as_ref();
+        }
         let _shard = self.shard(self.hash(entry.key())).lock();
         // SAFETY: the shard is locked during the walk; the write found stays in the chain,
         // unchanged, while the caller's registration reads it (module `entry`), and the entry
@@ -227,14 +234,14 @@ impl<K: Hash + Eq + Clone, V: Clone> Index<K, V> {
         (hash, was_live, change)
     }
 
-    /// Records a write of `key` at the unpublished version `at` (committers only) and, still
-    /// holding the key's shard, calls `publish` with whether the key had a value before, what
-    /// the write changes in the ordered maps and the key (moved back). `publish` returns what
-    /// this returns and the versions live registrations stood on once `at` was published
-    /// (ascending), with which the entry is written ([`Entry::overwrite`], in `spare` if it is
-    /// pushed) before the shard is released; the entry comes back too if it keeps older writes
-    /// for the caller to trim ([`Index::trim`]). Readers of the key wait on the shard until `at`
-    /// is published and the entry written.
+    /// Records a write of `key` at the unpublished version `at` (committers only; pushed in
+    /// `spare` if given) and, still holding the key's shard, calls `publish` with whether the key
+    /// had a value before, what the write changes in the ordered maps and the key (moved back).
+    /// `publish` returns what this returns and the versions live registrations stood on once
+    /// `at` was published (ascending), with which the entry is settled ([`Entry::settle`]: with
+    /// none, the write becomes the inline one) before the shard is released; the entry comes
+    /// back too if it keeps older writes for the caller to trim ([`Index::trim`]). Readers of the
+    /// key that take the shard wait until `at` is published and the entry settled.
     ///
     /// With `check`, the transaction's snapshot version, the key is validated first: if it was
     /// written after `check`, nothing is written or published and the key comes back with the
@@ -251,10 +258,10 @@ impl<K: Hash + Eq + Clone, V: Clone> Index<K, V> {
         let hash = self.hash(&key);
         let mut shard = self.shard(hash).lock();
         let live = value.is_some();
-        // Every reader of the key waits on the shard, so the entry is written after the
-        // publication, once it is known whether a live snapshot may read the write it replaces
-        // (if none does, it is overwritten in place).
-        let (entry, was_live, overwrite) = match shard.find(hash, |entry| *entry.key() == key) {
+        // The write is pushed before the publication (a snapshot registered after it must find
+        // it, also without the shard lock: `Entry::inline_at`), and folded into the inline write
+        // after it if no snapshot is live then.
+        let (entry, was_live, pushed) = match shard.find(hash, |entry| *entry.key() == key) {
             Some(entry) => {
                 // SAFETY: the shard is locked and the caller holds the committer lock.
                 let (written_at, newest) = unsafe { entry.newest() };
@@ -264,24 +271,24 @@ impl<K: Hash + Eq + Clone, V: Clone> Index<K, V> {
                     return Err((key, written_at));
                 }
                 let was_live = newest.is_some();
-                (entry, was_live, Some(value))
+                // SAFETY: the shard and the committer lock are held; `at` is newer than every
+                // write of the key.
+                unsafe { entry.push(at, value, spare) };
+                (entry, was_live, true)
             }
             None => {
                 let entry = Arc::new(Entry::new(key.clone(), at, value));
                 let entry = shard
                     .insert_unique(hash, entry, |entry| self.hasher.hash_one(entry.key()))
                     .into_mut();
-                (&*entry, false, None)
+                (&*entry, false, false)
             }
         };
         let change = Change::of(entry, live, was_live);
         let (published, live_versions) = publish(was_live, change, key);
-        let keeps_older = match overwrite {
-            // SAFETY: the shard and the committer lock are held, `at` is newer than every write
-            // of the key and published, and `live_versions` was read when it was.
-            Some(value) => unsafe { entry.overwrite(at, value, &live_versions, spare) },
-            None => false,
-        };
+        // SAFETY: the shard and the committer lock are held, the newest write was pushed before
+        // `at` was published, and `live_versions` was read at the publication.
+        let keeps_older = pushed && unsafe { entry.settle(&live_versions) };
         let keeps_older = keeps_older.then(|| Arc::clone(entry));
         drop(shard);
         Ok((published, live_versions, keeps_older))

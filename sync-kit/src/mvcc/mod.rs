@@ -16,16 +16,18 @@
 //! read, newest first, the oldest stored inline. A sharded hash index (keys are therefore `Hash`
 //! too) finds a key's entry; every version's ordered map (a persistent `imbl::OrdMap`, sharing
 //! all it did not change with older versions) holds the live keys, each with its entry. So a
-//! commit that overwrites values changes the entries alone, in place when no snapshot may read
-//! the value it replaces, and publishes a new version number on the same ordered map; only a
+//! commit that overwrites values changes the entries alone (the value inline in the entry when
+//! no snapshot may read the one it replaces) and publishes a new version number on the same
+//! ordered map; only a
 //! commit that gives a key a value or removes one changes the ordered map. A snapshot is a
 //! version number and an `Arc` of that ordered map, so it costs the same whatever the map's size.
 //!
 //! Point reads ([`MvccMap::get`], [`Snapshot::get`], a transaction's reads) and commit validation
 //! cost one hash lookup and touch one entry, with its index shard locked. An ordered read walks
-//! its version's ordered map and reads each entry at its version (the same shard lock, per
-//! entry), lending references to the values: a write stays in its entry, unchanged, while a
-//! live snapshot or transaction reads it. Commits trim the others: with no snapshot live, a
+//! its version's ordered map and reads each entry at its version (without a lock when the
+//! entry's inline write is its newest, the usual case; else with the entry's shard locked),
+//! lending references to the values: a write stays in its entry, unchanged, while a live
+//! snapshot or transaction reads it. Commits trim the others: with no snapshot live, a
 //! commit leaves each entry it wrote its newest write alone, inline; else, after releasing the
 //! committer lock, it unlinks from those entries every write no live snapshot reads, and
 //! entries that kept older writes for a live snapshot are trimmed again, a few per commit, once
