@@ -23,7 +23,7 @@
 //!
 //! Under `committer`, an index shard's mutex or a recent version's `pending` mutex may be taken,
 //! each for a moment. A one-key commit holds its key's shard mutex from its validation until its
-//! entry is written after the publication, taking the base's `pending` mutex and
+//! entry is settled after the publication, taking the base's `pending` mutex and
 //! then `state` inside it (lock order: committer, shard, pending, state; no path takes them the
 //! other way, readers take a shard or `state` alone). A version's `pending` is a `std` mutex and
 //! its map a `std` `OnceLock`, not loom's: neither is ever held across a loom operation (a build
