@@ -4,7 +4,7 @@
 //! synchronisation is imported from here, so `RUSTFLAGS="--cfg loom"` model-checks the same code
 //! that ships. Items:
 //!
-//! - [`atomic`]: `AtomicU8`, `AtomicUsize`, `AtomicU64`, `AtomicPtr`, `Ordering`.
+//! - [`atomic`]: `AtomicU8`, `AtomicUsize`, `AtomicU64`, `AtomicPtr`, `Ordering`, `fence`.
 //! - [`thread`]: `current`, `ThreadId`.
 //! - [`cell::UnsafeCell`]: loom's `UnsafeCell` API (`get`/`get_mut` returning tracked pointers),
 //!   mirrored over `std::cell::UnsafeCell` for normal builds.
@@ -34,12 +34,18 @@ pub(crate) mod park;
 pub(crate) mod atomic {
     #[cfg_attr(not(feature = "mvcc"), allow(unused_imports))] // the MVCC entries' chains alone
     pub(crate) use std::sync::atomic::AtomicPtr;
+    // The MVCC registrations alone. A `SeqCst` fence, not `SeqCst` accesses: loom models the
+    // fences and treats `SeqCst` loads and stores as `AcqRel`.
+    #[cfg_attr(not(feature = "mvcc"), allow(unused_imports))]
+    pub(crate) use std::sync::atomic::fence;
     pub(crate) use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 }
 #[cfg(loom)]
 pub(crate) mod atomic {
     #[cfg_attr(not(feature = "mvcc"), allow(unused_imports))] // the MVCC entries' chains alone
     pub(crate) use loom::sync::atomic::AtomicPtr;
+    #[cfg_attr(not(feature = "mvcc"), allow(unused_imports))]
+    pub(crate) use loom::sync::atomic::fence;
     pub(crate) use loom::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 }
 

@@ -82,6 +82,7 @@
 
 mod entry;
 mod index;
+mod registry;
 mod snapshot;
 mod state;
 mod transaction;

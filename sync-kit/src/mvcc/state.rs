@@ -47,7 +47,8 @@ use super::entry::{Entry, Spare};
 use super::index::{Index, KeyChange};
 use super::transaction::{Conflict, KeyMap, Sorted};
 use crate::loom::InternalMutex;
-use crate::loom::atomic::{AtomicU64 as SyncAtomicU64, Ordering};
+use super::registry::Slots;
+use crate::loom::atomic::{AtomicU64 as SyncAtomicU64, AtomicUsize, Ordering, fence};
 
 /// The keys of one or more versions of the map: the number of the version that last changed
 /// which keys have a value, the live key count, and the ordered map of the live keys with their
@@ -266,14 +267,13 @@ const MATERIALIZE_WRITES: usize = 64;
 struct State<K, V> {
     /// The latest version's keys: the version that last changed which keys have a value (its
     /// `number` may be older than the latest: commits that only overwrite values publish a new
-    /// number on the same key set).
+    /// number on the same key set, without this lock).
     latest: Arc<Version<K, V>>,
-    /// The latest published version number.
-    number: u64,
-    /// (version number, how many live snapshots and transactions stand on it), in version
-    /// order, counts above zero. A snapshot registers at the latest version, which is at the
-    /// back or goes there, and most are released at the back or the front: no allocation once
-    /// the deque has grown, no search for the common cases.
+    /// (version number, how many live snapshots and queued transactions stand on it), in
+    /// version order, counts above zero. A snapshot registers at the latest version, which is
+    /// at the back or goes there, and most are released at the back or the front: no
+    /// allocation once the deque has grown, no search for the common cases. Transactions
+    /// register here only when their thread's slot is taken (`registry.rs`).
     live: VecDeque<(u64, usize)>,
 }
 
@@ -344,11 +344,23 @@ struct CommitterState<K, V> {
     unbuilt_writes: usize,
 }
 
-/// A live snapshot's claim on its version; released on drop unless a commit released it.
+/// A live snapshot's or transaction's claim on its version; released on drop unless a commit
+/// released it.
 pub(crate) struct Registration<K: Ord + Hash + Clone, V: Clone> {
     pub(crate) shared: Arc<Shared<K, V>>,
     pub(crate) version: u64,
-    active: bool,
+    claim: Claim,
+}
+
+/// Where a registration is recorded.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    /// In this slot of the map's `Slots` (transactions only).
+    Slot(usize),
+    /// In the state lock's queue, `State::live`.
+    Queue,
+    /// Released (by the commit that published the transaction's writes).
+    Released,
 }
 
 impl<K: Ord + Hash + Clone, V: Clone> Registration<K, V> {
@@ -358,23 +370,22 @@ impl<K: Ord + Hash + Clone, V: Clone> Registration<K, V> {
         let registration = Self {
             shared: Arc::clone(shared),
             version: number,
-            active: true,
+            claim: Claim::Queue,
         };
         (registration, keys)
     }
 
-    /// Registers a transaction at the latest version (its reads need no ordered map).
+    /// Registers a transaction at the latest version (its reads need no ordered map): in its
+    /// thread's slot, without a lock, or else in the queue.
     pub(crate) fn begin(shared: &Arc<Shared<K, V>>) -> Self {
-        let version = {
-            let mut state = shared.state.lock();
-            let number = state.number;
-            state.retain(number);
-            number
+        let (claim, version) = match shared.slots.claim(&shared.published) {
+            Some((slot, version)) => (Claim::Slot(slot), version),
+            None => (Claim::Queue, shared.acquire_latest().1),
         };
         Self {
             shared: Arc::clone(shared),
             version,
-            active: true,
+            claim,
         }
     }
 
@@ -384,28 +395,54 @@ impl<K: Ord + Hash + Clone, V: Clone> Registration<K, V> {
         Self {
             shared: Arc::clone(&self.shared),
             version: self.version,
-            active: true,
+            claim: Claim::Queue,
+        }
+    }
+
+}
+
+impl Claim {
+    /// Ends the registration of `version` recorded here; `state`: the state lock, if the
+    /// caller holds it.
+    fn release<K: Ord + Hash + Clone, V: Clone>(
+        &mut self,
+        shared: &Shared<K, V>,
+        version: u64,
+        state: Option<&mut State<K, V>>,
+    ) {
+        match std::mem::replace(self, Claim::Released) {
+            Claim::Slot(slot) => shared.slots.release(slot),
+            Claim::Queue => match state {
+                Some(state) => shared.release_queued(state, version),
+                None => shared.release(version),
+            },
+            Claim::Released => {}
         }
     }
 }
 
 impl<K: Ord + Hash + Clone, V: Clone> Drop for Registration<K, V> {
     fn drop(&mut self) {
-        if self.active {
-            self.shared.release(self.version);
-        }
+        self.claim.release(&self.shared, self.version, None);
     }
 }
 
 pub(crate) struct Shared<K, V> {
     committer: InternalMutex<CommitterState<K, V>>,
     state: InternalMutex<State<K, V>>,
+    /// The transactions registered without a lock (`registry.rs`).
+    slots: Slots,
+    /// How many registrations `State::live` counts: changed under `state`, read by commits
+    /// that publish without it (after their fence: a snapshot increments this before it
+    /// fences and loads the version it registers at, as a slot's claim does).
+    queued: AtomicUsize,
     /// The latest version's entries by hash (see `index.rs`), written by committers before they
     /// publish.
     index: Index<K, V>,
-    /// The latest published version number: stored (Release) inside `state`'s critical section
-    /// that publishes the version, after the index holds its writes; loaded (Acquire) by
-    /// [`Shared::get_latest`] before it asks the index.
+    /// The latest published version number: stored (Release) by the commit that publishes the
+    /// version, under the committer lock, after the index holds its writes (and, when the
+    /// version changes the keys, inside `state`'s critical section that swaps in its `Version`);
+    /// loaded (Acquire) by [`Shared::get_latest`] before it asks the index, and by registrations.
     published: SyncAtomicU64,
 }
 
@@ -419,9 +456,10 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         Self {
             state: InternalMutex::new(State {
                 latest: Arc::clone(&first),
-                number: 0,
                 live: VecDeque::new(),
             }),
+            slots: Slots::new(),
+            queued: AtomicUsize::new(0),
             committer: InternalMutex::new(CommitterState {
                 latest: first,
                 number: 0,
@@ -502,22 +540,59 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         self.published.load(Ordering::Acquire)
     }
 
-    /// The latest version's keys and number, registered as live until [`Shared::release`].
+    /// The latest version's keys and number, registered in the queue as live until
+    /// [`Shared::release`].
     pub(crate) fn acquire_latest(&self) -> (Arc<Version<K, V>>, u64) {
         let mut state = self.state.lock();
-        let (latest, number) = (Arc::clone(&state.latest), state.number);
+        // As a slot's claim (`registry.rs`): counted before the version is read, so that a
+        // commit that publishes a later one without the state lock either sees the count (and
+        // then takes the lock to read the queue) or is seen here.
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        // Under the state lock, `latest` holds this version's keys: the commits that change
+        // the keys swap it in and publish inside this lock, the others publish a number on the
+        // same keys.
+        let number = self.published.load(Ordering::Acquire);
         state.retain(number);
-        (latest, number)
+        (Arc::clone(&state.latest), number)
     }
 
-    /// Registers one more snapshot of `version` (a clone of a live snapshot).
+    /// Registers one more snapshot of `version` (a clone of a live snapshot: already counted
+    /// by every commit that could drop what it reads).
     pub(crate) fn retain(&self, version: u64) {
-        self.state.lock().retain(version);
+        let mut state = self.state.lock();
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        state.retain(version);
     }
 
-    /// One snapshot of `version` is gone.
+    /// One queued registration of `version` is gone.
     pub(crate) fn release(&self, version: u64) {
-        self.state.lock().release(version);
+        self.release_queued(&mut self.state.lock(), version);
+    }
+
+    fn release_queued(&self, state: &mut State<K, V>, version: u64) {
+        state.release(version);
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The versions live registrations stand on, ascending and without repeats, into `live`
+    /// (cleared first): the slots', and the queue's if `state` is given or the queue is not
+    /// empty. A commit calls this after it published its version and fenced (`SeqCst`).
+    fn live_versions(&self, state: Option<&State<K, V>>, live: &mut Vec<u64>) {
+        live.clear();
+        self.slots.collect(live);
+        match state {
+            Some(state) => live.extend(state.live.iter().map(|&(version, _)| version)),
+            None if self.queued.load(Ordering::Relaxed) > 0 => {
+                let state = self.state.lock();
+                live.extend(state.live.iter().map(|&(version, _)| version));
+            }
+            None => {}
+        }
+        if live.len() > 1 {
+            live.sort_unstable();
+            live.dedup();
+        }
     }
 
     /// Validates and applies a transaction's writes. The transaction's snapshot `registration`
@@ -531,7 +606,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
     ) -> Result<u64, Conflict<K>> {
         // The registration's own handle on the map: no `Arc` clone of it for the commit.
         let this: &Self = &registration.shared;
-        let active = &mut registration.active;
+        let claim = &mut registration.claim;
         let snapshot_version = registration.version;
         // What can be done before the committer lock is, so that other committers do not wait
         // for it: if another commit holds the lock now, the written key's entry, read below
@@ -571,8 +646,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         }
         if writes.is_empty() {
             committer.commits += 1;
-            this.state.lock().release(snapshot_version);
-            *active = false;
+            claim.release(this, snapshot_version, None);
             return Ok(base_number);
         }
         let number = base_number + 1;
@@ -581,8 +655,9 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         let base = &committer.latest;
         let mut live = std::mem::take(&mut committer.live);
         // Publishes the version with `len` live keys whose keys changed from `base` by `delta`:
-        // swaps it in as the latest version and releases the transaction's registration.
-        // Returns what the commit learns, and the versions live registrations stand on then.
+        // releases the transaction's registration, publishes the number (and swaps in the new
+        // keys, if they changed, under the state lock). Returns what the commit learns, and the
+        // versions live registrations stand on then.
         let publish = move |len: usize, delta: Delta<K, V>| {
             let changed_keys = delta.len();
             // No key gained or lost a value (each write overwrote a value, in its key's entry):
@@ -604,30 +679,37 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
                 });
                 Some((next, from))
             };
-            let mut state = this.state.lock();
-            state.release(snapshot_version);
-            *active = false;
-            // After the index holds this version's writes (the mutex orders them before).
-            this.published.store(number, Ordering::Release);
-            state.number = number;
-            // From here on snapshots register at `number` or later.
+            // The published number is stored after the index holds this version's writes (the
+            // shard mutexes order them before), and then fenced for the registrations
+            // (`registry.rs`): from here on they stand on `number` or later, or are counted in
+            // `live`. The transaction's own registration is released first, so that it is not.
             let published = match next {
-                None => Published {
-                    next: None,
-                    held: false,
-                    build: None,
-                },
-                Some((next, (from, from_built))) => {
-                    let previous = std::mem::replace(&mut state.latest, Arc::clone(&next));
+                None => {
+                    claim.release(this, snapshot_version, None);
+                    this.published.store(number, Ordering::Release);
+                    fence(Ordering::SeqCst);
+                    this.live_versions(None, &mut live);
                     Published {
+                        next: None,
+                        held: false,
+                        build: None,
+                    }
+                }
+                Some((next, (from, from_built))) => {
+                    let mut state = this.state.lock();
+                    claim.release(this, snapshot_version, Some(&mut state));
+                    this.published.store(number, Ordering::Release);
+                    fence(Ordering::SeqCst);
+                    let previous = std::mem::replace(&mut state.latest, Arc::clone(&next));
+                    this.live_versions(Some(&state), &mut live);
+                    Published {
+                        // Snapshots alone hold versions: they are all in the queue.
                         held: state.holds_since(from),
                         next: Some((next, previous)),
                         build: Some((from_built, changed_keys)),
                     }
                 }
             };
-            live.clear();
-            live.extend(state.live.iter().map(|&(version, _)| version));
             (published, live)
         };
         // The entries this commit wrote that keep older writes (a snapshot was live when it
@@ -800,15 +882,21 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             )
         };
         let state = self.state.lock();
-        let latest = state.number;
+        let latest = self.published.load(Ordering::Acquire);
+        let mut versions = Vec::new();
+        self.slots.collect(&mut versions);
+        let in_slots = versions.len();
+        versions.extend(state.live.iter().map(|&(version, _)| version));
+        versions.push(latest);
+        versions.sort_unstable();
+        versions.dedup();
         MvccStats {
             version: latest,
             keys: state.latest.len,
             commits,
             conflicts,
-            live_versions: state.live.len()
-                + usize::from(state.live.back().is_none_or(|&(last, _)| last != latest)),
-            live_snapshots: state.live.iter().map(|&(_, count)| count).sum(),
+            live_versions: versions.len(),
+            live_snapshots: in_slots + state.live.iter().map(|&(_, count)| count).sum::<usize>(),
             tombstones,
         }
     }
