@@ -249,26 +249,27 @@ impl<K, V> Entry<K, V> {
     }
 
     /// After the commit of the newest write published it, with the versions live snapshots and
-    /// transactions stood on then (`live`, ascending): with none live, makes the newest write
-    /// the inline one, alone in the chain. Returns whether older writes remain, for the caller
-    /// to trim ([`Entry::trim`]).
+    /// transactions stood on then (`live`, ascending): trims the entry for that publication
+    /// ([`Entry::trim`]), so that with no live reader older than the newest write (those
+    /// registered after the publication read the newest write) and `untouched`, the newest
+    /// write becomes the inline one, alone in the chain. Returns whether older writes remain,
+    /// for a later trim, once the readers that need them are gone.
     ///
     /// # Safety
     ///
     /// The entry's shard and the map's committer lock are held; the newest write was pushed
-    /// before its commit published it, and `live` was read at that publication.
-    pub(crate) unsafe fn settle(&self, live: &[u64]) -> bool {
-        // SAFETY: the caller's contract.
+    /// before its commit published it, and `live` was read at that publication. `untouched`: no
+    /// reference lent by [`Entry::at`] into the chain is held (the shard has been locked since
+    /// the push, or no snapshot, the readers that keep references, is live now).
+    pub(crate) unsafe fn settle(&self, live: &[u64], untouched: bool) -> bool {
+        // SAFETY: the caller's contract, which includes `trim`'s: the newest write's version
+        // is published.
         unsafe {
             let head = self.head.load(Ordering::Relaxed);
             if head.is_null() {
                 return false;
             }
-            if live.is_empty() {
-                self.fold(head);
-                return false;
-            }
-            true
+            self.trim(live, (*head).version, untouched)
         }
     }
 
@@ -277,13 +278,17 @@ impl<K, V> Entry<K, V> {
     /// versions live snapshots and transactions stood on at that commit's publication,
     /// ascending) reads. Registrations taken since stand on `published` or later, so they read
     /// none of those; writes pushed since by later commits, and the writes just below them,
-    /// are left alone. Returns whether writes older than the newest remain.
+    /// are left alone. If that leaves the newest write alone in a node and `no_snapshot` holds,
+    /// it becomes the inline write (a fold), so that the entry is one allocation again.
+    /// Returns whether writes older than the newest remain.
     ///
     /// # Safety
     ///
     /// The entry's shard is locked (the committer lock need not be: pushes and in-place writes
     /// take the shard too); `published` is published and `live` was read at its publication.
-    pub(crate) unsafe fn trim(&self, live: &[u64], published: u64) -> bool {
+    /// `no_snapshot`: no reference lent by [`Entry::at`] into this entry is held (the readers
+    /// that keep them, snapshots, are counted, and none was, with the shard locked).
+    pub(crate) unsafe fn trim(&self, live: &[u64], published: u64, no_snapshot: bool) -> bool {
         // SAFETY: the caller's contract: no reader and no committer is on the chain, and every
         // write removed here is read by no live registration (`needed`, and the bound), so no
         // reference lent by `at` points into it.
@@ -310,7 +315,14 @@ impl<K, V> Entry<K, V> {
                 self.inline_version.with_mut(|v| *v = UNLINKED);
                 self.inline_value.with_mut(|value| *value = None);
             }
-            !(*head).older.is_null() || self.inline_version.with(|v| *v) != UNLINKED
+            let alone = (*head).older.is_null() && self.inline_version.with(|v| *v) == UNLINKED;
+            // The newest write alone, published, and no reference into its node: moving its
+            // value changes nothing a reader sees (transactions copy what they read, with the
+            // shard locked).
+            if alone && no_snapshot && (*head).version <= published {
+                self.fold(head);
+            }
+            !alone
         }
     }
 
@@ -318,7 +330,8 @@ impl<K, V> Entry<K, V> {
     ///
     /// # Safety
     ///
-    /// As [`Entry::settle`] with no live registration.
+    /// The entry's shard is locked; no live registration reads a write but the newest, and no
+    /// reference into the chain is held ([`Entry::settle`], [`Entry::trim`]).
     unsafe fn fold(&self, head: *mut Node<V>) {
         // SAFETY: the caller's contract; `head` and the nodes after it were made by `push`.
         unsafe {
@@ -433,18 +446,18 @@ mod tests {
                 entry.push(version, Some(value), None);
             }
             // Readers at 5 (reads 4) and 1 (reads 1); none reads 6.
-            assert!(entry.trim(&[1, 5], 9));
+            assert!(entry.trim(&[1, 5], 9, false));
             assert_eq!(entry.versions(), [9, 4, 1]);
             assert_eq!(seen(&entry, 5), Some(Some("b")));
             assert_eq!(seen(&entry, 1), Some(Some("a")));
             // The reader at 1 is gone.
-            assert!(entry.trim(&[5], 9));
+            assert!(entry.trim(&[5], 9, false));
             assert_eq!(entry.versions(), [9, 4]);
-            assert!(!entry.trim(&[9], 9));
+            assert!(!entry.trim(&[9], 9, false));
             assert_eq!(entry.versions(), [9]);
             entry.push(12, Some("e"), Some(Spare::new()));
             assert!(
-                !entry.settle(&[]),
+                !entry.settle(&[], true),
                 "no reader: the newest write folded inline"
             );
             assert_eq!(entry.versions(), [12]);
@@ -469,7 +482,7 @@ mod tests {
                 None,
                 "a boxed write is newer: ask with the lock"
             );
-            assert!(!entry.settle(&[]));
+            assert!(!entry.settle(&[], true));
             assert!(
                 entry.head.load(Ordering::Relaxed).is_null(),
                 "nothing boxed"
@@ -478,8 +491,8 @@ mod tests {
             assert_eq!(entry.inline_at(5), Some(&Some("b")));
             assert_eq!(entry.inline_at(1), None, "older than the inline write");
             entry.push(3, Some("c"), None);
-            assert!(entry.settle(&[2]), "older writes to trim");
-            assert!(entry.trim(&[2], 3), "a reader at 2 keeps version 2");
+            assert!(entry.settle(&[2], true), "older writes to trim");
+            assert!(entry.trim(&[2], 3, false), "a reader at 2 keeps version 2");
             assert_eq!(entry.versions(), [3, 2]);
             assert_eq!(seen(&entry, 2), Some(Some("b")));
         }
@@ -494,9 +507,9 @@ mod tests {
             // A commit at 6 pushes after the trimming commit (4) published; a registration
             // taken at 5, after 4's publication, is not in 4's live versions but reads 4.
             entry.push(6, Some("c"), None);
-            assert!(entry.trim(&[], 4));
+            assert!(entry.trim(&[], 4, false));
             assert_eq!(entry.versions(), [6, 4], "1 freed; 4 may be read at 5");
-            assert!(!entry.trim(&[], 6));
+            assert!(!entry.trim(&[], 6, false));
             assert_eq!(entry.versions(), [6]);
         }
     }
@@ -507,7 +520,7 @@ mod tests {
         // SAFETY: single-threaded.
         unsafe {
             entry.push(8, Some("b"), None);
-            assert!(!entry.trim(&[3], 8));
+            assert!(!entry.trim(&[3], 8, false));
             assert_eq!(entry.versions(), [8]);
             assert_eq!(seen(&entry, 3), None);
         }
@@ -522,10 +535,10 @@ mod tests {
             entry.push(2, Some(std::sync::Arc::clone(&value)), None);
             entry.push(3, Some(std::sync::Arc::clone(&value)), None);
             assert_eq!(std::sync::Arc::strong_count(&value), 4);
-            assert!(entry.trim(&[2], 3), "the reader at 2 keeps version 2");
+            assert!(entry.trim(&[2], 3, false), "the reader at 2 keeps version 2");
             assert_eq!(std::sync::Arc::strong_count(&value), 3, "version 1 dropped");
             entry.push(4, Some(std::sync::Arc::clone(&value)), None);
-            assert!(!entry.settle(&[]));
+            assert!(!entry.settle(&[], true));
             assert_eq!(
                 std::sync::Arc::strong_count(&value),
                 2,
@@ -534,5 +547,58 @@ mod tests {
         }
         drop(entry);
         assert_eq!(std::sync::Arc::strong_count(&value), 1);
+    }
+
+    #[test]
+    fn a_write_newer_than_every_reader_is_folded_at_once() {
+        let entry = Entry::new(0, 1, Some("a"));
+        // SAFETY: single-threaded.
+        unsafe {
+            entry.push(3, Some("b"), None);
+            assert!(
+                entry.settle(&[2], true),
+                "a reader at 2 reads version 1: kept"
+            );
+            entry.push(5, Some("c"), None);
+            assert!(
+                !entry.settle(&[5, 7], true),
+                "readers registered after the publication read 5 alone"
+            );
+            assert_eq!(entry.versions(), [5]);
+            assert!(entry.head.load(Ordering::Relaxed).is_null());
+            entry.push(6, Some("d"), None);
+            assert!(!entry.settle(&[], false), "5 is read by no one");
+            assert_eq!(entry.versions(), [6]);
+            assert!(
+                !entry.head.load(Ordering::Relaxed).is_null(),
+                "a snapshot may hold a reference into the chain: 6 stays in its node"
+            );
+        }
+    }
+
+    #[test]
+    fn a_trim_that_leaves_the_newest_write_alone_folds_it_without_snapshots() {
+        let entry = Entry::new(0, 1, Some("a"));
+        // SAFETY: single-threaded.
+        unsafe {
+            entry.push(4, Some("b"), None);
+            assert!(entry.settle(&[2], true));
+            assert!(
+                !entry.trim(&[5], 4, false),
+                "version 1 unlinked; a snapshot may still hold a reference into 4"
+            );
+            assert!(!entry.head.load(Ordering::Relaxed).is_null());
+            assert!(!entry.trim(&[5], 4, true));
+            assert!(
+                entry.head.load(Ordering::Relaxed).is_null(),
+                "4 folded inline"
+            );
+            assert_eq!(entry.newest(), (4, &Some("b")));
+            assert_eq!(entry.inline_at(5), Some(&Some("b")));
+            // A later commit's write, not yet published, is left alone.
+            entry.push(6, Some("c"), None);
+            assert!(entry.trim(&[], 4, true));
+            assert_eq!(entry.versions(), [6, 4]);
+        }
     }
 }

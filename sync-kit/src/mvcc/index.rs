@@ -38,7 +38,7 @@ use hashbrown::HashTable;
 
 use super::entry::{Entry, Spare};
 use crate::loom::InternalMutex;
-use crate::loom::atomic::{AtomicU64, Ordering};
+use crate::loom::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// What one write changes in the ordered maps, which hold each live key's entry: nothing when it
 /// overwrites a value (or removes an absent key); the key and its entry when it gives the key a
@@ -288,7 +288,8 @@ impl<K: Hash + Eq + Clone, V: Clone> Index<K, V> {
         let (published, live_versions) = publish(was_live, change, key);
         // SAFETY: the shard and the committer lock are held, the newest write was pushed before
         // `at` was published, and `live_versions` was read at the publication.
-        let keeps_older = pushed && unsafe { entry.settle(&live_versions) };
+        // `untouched`: no reader took the shard since the push.
+        let keeps_older = pushed && unsafe { entry.settle(&live_versions, true) };
         let keeps_older = keeps_older.then(|| Arc::clone(entry));
         drop(shard);
         Ok((published, live_versions, keeps_older))
@@ -296,22 +297,27 @@ impl<K: Hash + Eq + Clone, V: Clone> Index<K, V> {
 
     /// Settles the entries of `hash` whose newest write is `at`, now published (committers
     /// only; [`Entry::settle`]), with the versions live registrations stood on when it was
-    /// (ascending), adding to `to_trim` the entries that keep older writes.
+    /// (ascending), adding to `to_trim` the entries that keep older writes. `queued` as in
+    /// [`Index::trim`]: the shard was released between the push and the publication, so a
+    /// snapshot registered since may hold a reference into the chain.
     pub(crate) fn settle(
         &self,
         hash: u64,
         at: u64,
         live: &[u64],
+        queued: &AtomicUsize,
         to_trim: &mut Vec<Arc<Entry<K, V>>>,
     ) {
         let shard = self.shard(hash).lock();
+        // As in `trim`: read with the shard locked.
+        let untouched = queued.load(Ordering::Relaxed) == 0;
         // May visit entries of other hashes: settling any entry whose newest write is `at` is
         // safe (and settling one twice does nothing more).
         for entry in shard.iter_hash(hash) {
             // SAFETY: the shard and the committer lock are held; an entry whose newest write
-            // is `at` has it published.
+            // is `at` has it published; `untouched` as read above.
             unsafe {
-                if entry.newest().0 == at && entry.settle(live) {
+                if entry.newest().0 == at && entry.settle(live, untouched) {
                     to_trim.push(Arc::clone(entry));
                 }
             }
@@ -319,12 +325,25 @@ impl<K: Hash + Eq + Clone, V: Clone> Index<K, V> {
     }
 
     /// Trims `entry` ([`Entry::trim`]) with the versions live registrations stood on when the
-    /// version `published` was published (ascending); needs no committer lock. Returns whether
-    /// the entry still keeps writes older than its newest.
-    pub(crate) fn trim(&self, entry: &Entry<K, V>, live: &[u64], published: u64) -> bool {
+    /// version `published` was published (ascending); needs no committer lock. `queued`: the
+    /// map's count of registrations in the state lock's queue, which holds every snapshot (the
+    /// readers that keep references to values). Returns whether the entry still keeps writes
+    /// older than its newest.
+    pub(crate) fn trim(
+        &self,
+        entry: &Entry<K, V>,
+        live: &[u64],
+        published: u64,
+        queued: &AtomicUsize,
+    ) -> bool {
         let _shard = self.shard(self.hash(entry.key())).lock();
-        // SAFETY: the shard is locked, `published` is published and `live` was read then.
-        unsafe { entry.trim(live, published) }
+        // Read with the shard locked: a snapshot counted after this read reads the entry after
+        // the trim (its reads of a chain with nodes take the shard), and a snapshot that read
+        // it before took the shard after it was counted, so it is counted here.
+        let no_snapshot = queued.load(Ordering::Relaxed) == 0;
+        // SAFETY: the shard is locked, `published` is published and `live` was read then; with
+        // `no_snapshot`, no reference lent by `Entry::at` points into the entry.
+        unsafe { entry.trim(live, published, no_snapshot) }
     }
 
     /// Removes `key`'s entry if its newest write is still the tombstone written at `written_at`

@@ -617,12 +617,12 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         // commit's transaction, still live, may read it): the node is allocated now too.
         let mut spare = None;
         if let Sorted::One((key, _)) = &writes
-            && this.committer.is_locked()
+            && (crate::loom::knob(1) > 0 || this.committer.is_locked())
         {
             let _ = this.index.written_at(key);
             spare = Some(Spare::new());
         }
-        let mut guard = this.committer.lock();
+        let mut guard = this.committer.lock_spinning();
         let committer = &mut *guard;
         // Only this commit can replace `latest` until it releases `committer`.
         let base_number = committer.number;
@@ -689,6 +689,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
                     this.published.store(number, Ordering::Release);
                     fence(Ordering::SeqCst);
                     this.live_versions(None, &mut live);
+                    if crate::loom::knob(2) == 1 { live.clear(); } else if crate::loom::knob(2) == 2 && live.is_empty() { live.push(number - 1); }
                     Published {
                         next: None,
                         held: false,
@@ -712,9 +713,9 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             };
             (published, live)
         };
-        // The entries this commit wrote that keep older writes (a snapshot was live when it
-        // published), trimmed once the committer lock is released.
-        let mut to_trim = Vec::new();
+        // The entries this commit wrote that keep older writes for live readers (trimmed for
+        // its publication already), queued below for a later trim.
+        let mut kept = Vec::new();
         let (published, live) = match writes {
             Sorted::One((key, value)) => {
                 // One key: its entry is validated, written, the version published and the entry
@@ -742,7 +743,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
                         if let Some(key) = tombstone {
                             committer.tombstones.push_back((number, key));
                         }
-                        to_trim.extend(keeps_older);
+                        kept.extend(keeps_older);
                         (published, live)
                     }
                     Err((key, written_at)) => {
@@ -774,7 +775,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
                 // `number` is published: with no snapshot live, each entry keeps its newest
                 // write alone; else the entries are trimmed below.
                 for hash in committer.written.drain(..) {
-                    this.index.settle(hash, number, &live, &mut to_trim);
+                    this.index.settle(hash, number, &live, &this.queued, &mut kept);
                 }
                 (published, live)
             }
@@ -793,13 +794,14 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         // Snapshots registered after `oldest_live` was read stand on `number`, newer than every
         // queued tombstone.
         drop_old_tombstones(&this.index, &mut committer.tombstones, oldest_live, number);
-        // The entries this commit wrote that keep older writes are trimmed after the lock, and
-        // queued for the trim that frees the rest once the snapshots that read those are gone;
-        // queued entries no live snapshot needs older writes of any more are taken now, for
-        // the same trim (an entry queued at `t` kept them for snapshots older than `t`).
+        // The entries this commit wrote that keep older writes are queued for the trim that
+        // frees them once the readers that need them are gone; queued entries no live reader
+        // needs older writes of any more are taken now, to be trimmed after the lock (an entry
+        // queued at `t` kept them for readers older than `t`).
         committer
             .trims
-            .extend(to_trim.iter().map(|entry| (number, Arc::clone(entry))));
+            .extend(kept.into_iter().map(|entry| (number, entry)));
+        let mut to_trim = Vec::new();
         while to_trim.len() < TRIMS_PER_COMMIT
             && let Some(&(queued_at, _)) = committer.trims.front()
             && oldest_live.is_none_or(|oldest| oldest >= queued_at)
@@ -841,7 +843,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         // ordered map. Readers that need it meanwhile wait for the build (or do it, if they came
         // first).
         for entry in to_trim {
-            this.index.trim(&entry, &live, number);
+            this.index.trim(&entry, &live, number, &this.queued);
         }
         if let Some(version) = to_build {
             version.entries();
