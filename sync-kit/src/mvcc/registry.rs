@@ -8,8 +8,13 @@
 //!
 //! | slot | means | moves on |
 //! |---|---|---|
-//! | `FREE` | no registration | a claim by a thread given this slot: compare-and-swap to `v + 1` |
-//! | `v + 1` | a transaction reads version `v`, or is still confirming that `v` is the latest | its claimer stores a later version while confirming; its release stores `FREE` |
+//! | `FREE` | no registration | a claim by a thread given this slot: compare-and-swap to `reading(v)` |
+//! | `reading(v)` | a transaction reads version `v`, or is still confirming that `v` is the latest | its claimer stores a later version while confirming; its commit marks it `committing(v)`; its release stores `FREE` |
+//! | `committing(v)` | the transaction stood on `v` and reads no more values: its commit validates it (which needs the tombstones since `v`, not the values) | its release stores `FREE` |
+//!
+//! A committing transaction holds no value back: under contention, transactions spend much of
+//! their life waiting for the committer lock, and the commits before theirs can then fold their
+//! writes into their entries at once instead of keeping the values they replace.
 //!
 //! A registration must be seen by every commit that could drop what it reads, without the two
 //! sharing a lock. Both sides write, fence, then read (Dekker's pattern, with `SeqCst` fences,
@@ -31,8 +36,20 @@
 use crate::loom::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
 use crate::loom::{global, thread_local};
 
-/// A slot's value with no registration in it (a registration at `v` stores `v + 1`).
+/// A slot's value with no registration in it.
 const FREE: u64 = 0;
+/// The low bit of a slot's value: its transaction is committing.
+const COMMITTING: u64 = 1;
+
+/// A slot's value for a transaction that reads version `version`.
+fn reading(version: u64) -> u64 {
+    (version + 1) << 1
+}
+
+/// The version a slot's value (not `FREE`) stands on.
+fn version_of(value: u64) -> u64 {
+    (value >> 1) - 1
+}
 
 #[repr(align(64))]
 struct Slot(AtomicU64);
@@ -88,7 +105,7 @@ impl Slots {
         let index = THREAD_NUMBER.try_with(|number| *number).ok()? & (self.slots.len() - 1);
         let slot = &self.slots[index].0;
         let mut version = published.load(Ordering::Acquire);
-        slot.compare_exchange(FREE, version + 1, Ordering::Relaxed, Ordering::Relaxed)
+        slot.compare_exchange(FREE, reading(version), Ordering::Relaxed, Ordering::Relaxed)
             .ok()?;
         loop {
             fence(Ordering::SeqCst);
@@ -98,8 +115,35 @@ impl Slots {
                 return Some((index, version));
             }
             version = latest;
-            slot.store(version + 1, Ordering::Relaxed);
+            slot.store(reading(version), Ordering::Relaxed);
         }
+    }
+
+    /// Marks the registration in `slot` committing: its transaction reads no more values.
+    /// Release: its reads happen before a commit that sees this frees what they read (they
+    /// were made with the entries' shards locked, which orders them too).
+    #[inline]
+    pub(crate) fn committing(&self, slot: usize) {
+        let slot = &self.slots[slot].0;
+        slot.store(slot.load(Ordering::Relaxed) | COMMITTING, Ordering::Release);
+    }
+
+    /// The versions the slots' registrations stand on, committing ones included (for
+    /// statistics: read without a fence).
+    pub(crate) fn registered(&self) -> impl Iterator<Item = u64> + '_ {
+        self.slots.iter().filter_map(|slot| {
+            let value = slot.0.load(Ordering::Relaxed);
+            (value != FREE).then(|| version_of(value))
+        })
+    }
+
+    /// Whether a slot other than `own` holds a registration (a hint: another thread is likely
+    /// to commit soon).
+    pub(crate) fn others_busy(&self, own: Option<usize>) -> bool {
+        self.slots
+            .iter()
+            .enumerate()
+            .any(|(index, slot)| Some(index) != own && slot.0.load(Ordering::Relaxed) != FREE)
     }
 
     /// Ends the registration in `slot`.
@@ -108,15 +152,23 @@ impl Slots {
         self.slots[slot].0.store(FREE, Ordering::Release);
     }
 
-    /// Adds the versions registered in the slots to `live` (in slot order, repeats included).
-    /// A commit calls this after it stored its version as the published one and fenced
-    /// (`SeqCst`), for the module's invariant.
-    pub(crate) fn collect(&self, live: &mut Vec<u64>) {
-        for slot in &self.slots {
-            let value = slot.0.load(Ordering::Relaxed);
-            if value != FREE {
-                live.push(value - 1);
+    /// Adds the versions that the slots' transactions still read values at to `readers` (in
+    /// slot order, repeats included), and returns the oldest version any of them stands on,
+    /// committing ones included; the slot `own` (the caller's transaction's) left out. A commit
+    /// calls this after it stored its version as the published one and fenced (`SeqCst`), for
+    /// the module's invariant.
+    pub(crate) fn collect(&self, own: Option<usize>, readers: &mut Vec<u64>) -> Option<u64> {
+        let mut oldest = None;
+        for (index, slot) in self.slots.iter().enumerate() {
+            let value = slot.0.load(Ordering::Acquire);
+            if value != FREE && Some(index) != own {
+                let version = version_of(value);
+                if value & COMMITTING == 0 {
+                    readers.push(version);
+                }
+                oldest = Some(oldest.map_or(version, |oldest: u64| oldest.min(version)));
             }
         }
+        oldest
     }
 }

@@ -225,6 +225,9 @@ struct Published<K, V> {
     /// With `next`: whether the version it is to be built from is built, and how many keys
     /// gained or lost a value since that version.
     build: Option<(bool, usize)>,
+    /// The oldest version a live registration stood on, committing transactions included
+    /// (for the tombstones: validations need them).
+    oldest: Option<u64>,
 }
 
 /// A version's live key count after a write of one key (`live`: a value, not a removal) that
@@ -401,6 +404,14 @@ impl<K: Ord + Hash + Clone, V: Clone> Registration<K, V> {
 
 }
 
+/// The slot a registration is recorded in, if it is.
+fn own_slot(claim: &Claim) -> Option<usize> {
+    match *claim {
+        Claim::Slot(slot) => Some(slot),
+        _ => None,
+    }
+}
+
 impl Claim {
     /// Ends the registration of `version` recorded here; `state`: the state lock, if the
     /// caller holds it.
@@ -575,23 +586,35 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         self.queued.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// The versions live registrations stand on, ascending and without repeats, into `live`
-    /// (cleared first): the slots', and the queue's if `state` is given or the queue is not
-    /// empty. A commit calls this after it published its version and fenced (`SeqCst`).
-    fn live_versions(&self, state: Option<&State<K, V>>, live: &mut Vec<u64>) {
+    /// The versions live registrations still read values at, ascending and without repeats,
+    /// into `live` (cleared first): the slots' (but committing transactions' and the slot
+    /// `own`), and the queue's if `state` is given or the queue is not empty. Returns the oldest version a live
+    /// registration stands on, committing transactions included. A commit calls this after it
+    /// published its version and fenced (`SeqCst`).
+    fn live_versions(
+        &self,
+        own: Option<usize>,
+        state: Option<&State<K, V>>,
+        live: &mut Vec<u64>,
+    ) -> Option<u64> {
         live.clear();
-        self.slots.collect(live);
-        match state {
-            Some(state) => live.extend(state.live.iter().map(|&(version, _)| version)),
-            None if self.queued.load(Ordering::Relaxed) > 0 => {
-                let state = self.state.lock();
-                live.extend(state.live.iter().map(|&(version, _)| version));
-            }
-            None => {}
-        }
+        let oldest_in_slots = self.slots.collect(own, live);
+        let queued = |live: &mut Vec<u64>, state: &State<K, V>| {
+            live.extend(state.live.iter().map(|&(version, _)| version));
+            state.live.front().map(|&(version, _)| version)
+        };
+        let oldest_queued = match state {
+            Some(state) => queued(live, state),
+            None if self.queued.load(Ordering::Relaxed) > 0 => queued(live, &self.state.lock()),
+            None => None,
+        };
         if live.len() > 1 {
             live.sort_unstable();
             live.dedup();
+        }
+        match (oldest_in_slots, oldest_queued) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -608,6 +631,11 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         let this: &Self = &registration.shared;
         let claim = &mut registration.claim;
         let snapshot_version = registration.version;
+        // The transaction reads no more values: the commits before this one need not keep
+        // those it could have read (`registry.rs`).
+        if let Claim::Slot(slot) = *claim {
+            this.slots.committing(slot);
+        }
         // What can be done before the committer lock is, so that other committers do not wait
         // for it: if another commit holds the lock now, the written key's entry, read below
         // under the lock, is brought into the cache (one miss) while this one waits. A lone
@@ -617,7 +645,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         // commit's transaction, still live, may read it): the node is allocated now too.
         let mut spare = None;
         if let Sorted::One((key, _)) = &writes
-            && (crate::loom::knob(1) > 0 || this.committer.is_locked())
+            && (crate::loom::knob(1) == 1 || (crate::loom::knob(1) == 2 && this.slots.others_busy(own_slot(claim))) || this.committer.is_locked())
         {
             let _ = this.index.written_at(key);
             spare = Some(Spare::new());
@@ -685,15 +713,21 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             // `live`. The transaction's own registration is released first, so that it is not.
             let published = match next {
                 None => {
-                    claim.release(this, snapshot_version, None);
+                    // A registration in a slot is left out of the live versions instead, and
+                    // released once the lock is (its slot's line need not move under it).
+                    let own = own_slot(claim);
+                    if own.is_none() {
+                        claim.release(this, snapshot_version, None);
+                    }
                     this.published.store(number, Ordering::Release);
                     fence(Ordering::SeqCst);
-                    this.live_versions(None, &mut live);
+                    let oldest = this.live_versions(own, None, &mut live);
                     if crate::loom::knob(2) == 1 { live.clear(); } else if crate::loom::knob(2) == 2 && live.is_empty() { live.push(number - 1); }
                     Published {
                         next: None,
                         held: false,
                         build: None,
+                        oldest,
                     }
                 }
                 Some((next, (from, from_built))) => {
@@ -702,12 +736,13 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
                     this.published.store(number, Ordering::Release);
                     fence(Ordering::SeqCst);
                     let previous = std::mem::replace(&mut state.latest, Arc::clone(&next));
-                    this.live_versions(Some(&state), &mut live);
+                    let oldest = this.live_versions(None, Some(&state), &mut live);
                     Published {
                         // Snapshots alone hold versions: they are all in the queue.
                         held: state.holds_since(from),
                         next: Some((next, previous)),
                         build: Some((from_built, changed_keys)),
+                        oldest,
                     }
                 }
             };
@@ -781,7 +816,12 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             }
         };
         committer.commits += 1;
-        let Published { next, held, build } = published;
+        let Published {
+            next,
+            held,
+            build,
+            oldest,
+        } = published;
         committer.number = number;
         let oldest_live = live.first().copied();
         // The replaced version is `next`'s base or a version standing on the same base (dropping
@@ -791,9 +831,9 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         // the base's last reference then.
         let replaced =
             next.map(|(next, previous)| (previous, std::mem::replace(&mut committer.latest, next)));
-        // Snapshots registered after `oldest_live` was read stand on `number`, newer than every
+        // Registrations taken after `oldest` was read stand on `number`, newer than every
         // queued tombstone.
-        drop_old_tombstones(&this.index, &mut committer.tombstones, oldest_live, number);
+        drop_old_tombstones(&this.index, &mut committer.tombstones, oldest, number);
         // The entries this commit wrote that keep older writes are queued for the trim that
         // frees them once the readers that need them are gone; queued entries no live reader
         // needs older writes of any more are taken now, to be trimmed after the lock (an entry
@@ -885,8 +925,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         };
         let state = self.state.lock();
         let latest = self.published.load(Ordering::Acquire);
-        let mut versions = Vec::new();
-        self.slots.collect(&mut versions);
+        let mut versions: Vec<u64> = self.slots.registered().collect();
         let in_slots = versions.len();
         versions.extend(state.live.iter().map(|&(version, _)| version));
         versions.push(latest);
