@@ -107,20 +107,6 @@ impl<T> InternalMutex<T> {
         self.inner.lock()
     }
 
-    #[cfg(not(loom))]
-    pub(crate) fn lock_spinning(&self) -> parking_lot::MutexGuard<'_, T> {
-        let n: u32 = knob(0);
-        for _ in 0..n {
-            if !self.inner.is_locked() {
-                if let Some(g) = self.inner.try_lock() { return g; }
-            }
-            std::hint::spin_loop();
-        }
-        self.inner.lock()
-    }
-    #[cfg(loom)]
-    pub(crate) fn lock_spinning(&self) -> loom::sync::MutexGuard<'_, T> { self.lock() }
-
     /// Whether another thread holds the mutex now (a hint, stale as soon as it is read: one
     /// relaxed load, no read-modify-write). Under loom always `true`, so that the models explore
     /// the path taken when the mutex is contended.
@@ -261,10 +247,4 @@ mod tests {
         drop(guard);
         assert!(!mutex.is_locked());
     }
-}
-
-#[allow(dead_code)]
-pub(crate) fn knob(i: usize) -> u32 {
-    static KNOBS: std::sync::OnceLock<[u32; 4]> = std::sync::OnceLock::new();
-    KNOBS.get_or_init(|| ["SPIN", "PREF", "K1", "K2"].map(|k| std::env::var(k).ok().and_then(|s| s.parse().ok()).unwrap_or(0)))[i]
 }

@@ -381,7 +381,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Registration<K, V> {
     /// Registers a transaction at the latest version (its reads need no ordered map): in its
     /// thread's slot, without a lock, or else in the queue.
     pub(crate) fn begin(shared: &Arc<Shared<K, V>>) -> Self {
-        let (claim, version) = match shared.slots.claim(&shared.published) {
+        let (claim, version) = match shared.slots.claim(&shared.publication.published) {
             Some((slot, version)) => (Claim::Slot(slot), version),
             None => (Claim::Queue, shared.acquire_latest().1),
         };
@@ -438,23 +438,45 @@ impl<K: Ord + Hash + Clone, V: Clone> Drop for Registration<K, V> {
     }
 }
 
+/// The map's shared state. Laid out in cache lines by who writes them, so that a line written
+/// on every commit does not also hold what every read needs: the `Arc`'s counts (changed by
+/// every transaction's begin and end) on the line before `index` and `slots` (read-only after
+/// creation), then the publication, the committer and the state lock, each on lines of its own.
+#[repr(C)]
 pub(crate) struct Shared<K, V> {
-    committer: InternalMutex<CommitterState<K, V>>,
-    state: InternalMutex<State<K, V>>,
-    /// The transactions registered without a lock (`registry.rs`).
-    slots: Slots,
-    /// How many registrations `State::live` counts: changed under `state`, read by commits
-    /// that publish without it (after their fence: a snapshot increments this before it
-    /// fences and loads the version it registers at, as a slot's claim does).
-    queued: AtomicUsize,
     /// The latest version's entries by hash (see `index.rs`), written by committers before they
     /// publish.
-    index: Index<K, V>,
+    index: Line<Index<K, V>>,
+    /// The transactions registered without a lock (`registry.rs`).
+    slots: Slots,
+    publication: Line<Publication>,
+    committer: Line<InternalMutex<CommitterState<K, V>>>,
+    state: Line<InternalMutex<State<K, V>>>,
+}
+
+/// What a commit writes (`published`) and then reads (`queued`) to publish a version, on one
+/// line.
+struct Publication {
     /// The latest published version number: stored (Release) by the commit that publishes the
     /// version, under the committer lock, after the index holds its writes (and, when the
     /// version changes the keys, inside `state`'s critical section that swaps in its `Version`);
     /// loaded (Acquire) by [`Shared::get_latest`] before it asks the index, and by registrations.
     published: SyncAtomicU64,
+    /// How many registrations `State::live` counts: changed under `state`, read by commits
+    /// that publish without it (after their fence: a snapshot increments this before it
+    /// fences and loads the version it registers at, as a slot's claim does).
+    queued: AtomicUsize,
+}
+
+/// A value starting a cache line of its own.
+#[repr(align(64))]
+struct Line<T>(T);
+
+impl<T> std::ops::Deref for Line<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 /// How many tombstones one commit may drop: bounds a commit's extra work while still draining
@@ -465,13 +487,16 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
     pub(crate) fn new() -> Self {
         let first = Arc::new(Version::built(0, OrdMap::new()));
         Self {
-            state: InternalMutex::new(State {
+            state: Line(InternalMutex::new(State {
                 latest: Arc::clone(&first),
                 live: VecDeque::new(),
-            }),
+            })),
             slots: Slots::new(),
-            queued: AtomicUsize::new(0),
-            committer: InternalMutex::new(CommitterState {
+            publication: Line(Publication {
+                published: SyncAtomicU64::new(0),
+                queued: AtomicUsize::new(0),
+            }),
+            committer: Line(InternalMutex::new(CommitterState {
                 latest: first,
                 number: 0,
                 commits: 0,
@@ -482,9 +507,8 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
                 written: Vec::new(),
                 unbuilt_versions: 0,
                 unbuilt_writes: 0,
-            }),
-            index: Index::new(),
-            published: SyncAtomicU64::new(0),
+            })),
+            index: Line(Index::new()),
         }
     }
 
@@ -500,7 +524,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.index.get_latest(key, &self.published)
+        self.index.get_latest(key, &self.publication.published)
     }
 
     /// Whether `key` has a value in the latest version (as [`Shared::get_latest`]).
@@ -509,7 +533,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.index.contains_latest(key, &self.published)
+        self.index.contains_latest(key, &self.publication.published)
     }
 
     /// The value of `key` at `version`, which a live snapshot of the caller's stands on.
@@ -548,7 +572,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
 
     /// The latest version number, and its keys.
     pub(crate) fn latest_number(&self) -> u64 {
-        self.published.load(Ordering::Acquire)
+        self.publication.published.load(Ordering::Acquire)
     }
 
     /// The latest version's keys and number, registered in the queue as live until
@@ -558,12 +582,12 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         // As a slot's claim (`registry.rs`): counted before the version is read, so that a
         // commit that publishes a later one without the state lock either sees the count (and
         // then takes the lock to read the queue) or is seen here.
-        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.publication.queued.fetch_add(1, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         // Under the state lock, `latest` holds this version's keys: the commits that change
         // the keys swap it in and publish inside this lock, the others publish a number on the
         // same keys.
-        let number = self.published.load(Ordering::Acquire);
+        let number = self.publication.published.load(Ordering::Acquire);
         state.retain(number);
         (Arc::clone(&state.latest), number)
     }
@@ -572,7 +596,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
     /// by every commit that could drop what it reads).
     pub(crate) fn retain(&self, version: u64) {
         let mut state = self.state.lock();
-        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.publication.queued.fetch_add(1, Ordering::Relaxed);
         state.retain(version);
     }
 
@@ -583,7 +607,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
 
     fn release_queued(&self, state: &mut State<K, V>, version: u64) {
         state.release(version);
-        self.queued.fetch_sub(1, Ordering::Relaxed);
+        self.publication.queued.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// The versions live registrations still read values at, ascending and without repeats,
@@ -605,7 +629,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         };
         let oldest_queued = match state {
             Some(state) => queued(live, state),
-            None if self.queued.load(Ordering::Relaxed) > 0 => queued(live, &self.state.lock()),
+            None if self.publication.queued.load(Ordering::Relaxed) > 0 => queued(live, &self.state.lock()),
             None => None,
         };
         if live.len() > 1 {
@@ -637,20 +661,21 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             this.slots.committing(slot);
         }
         // What can be done before the committer lock is, so that other committers do not wait
-        // for it: if another commit holds the lock now, the written key's entry, read below
-        // under the lock, is brought into the cache (one miss) while this one waits. A lone
-        // committer skips that lookup (its shard lock and unlock are two atomic
-        // read-modify-writes, and the miss is the same).
-        // Such a commit is likely to push its write beside the one it replaces (the other
-        // commit's transaction, still live, may read it): the node is allocated now too.
+        // for it: if another thread has a transaction live or a commit holds the lock now
+        // (others are likely to wait for this commit), the written key's entry, read below
+        // under the lock, is brought into the cache (a miss or two: the table's bucket and the
+        // entry) before the lock, and the node for the write is allocated. A lone committer
+        // skips that lookup (its shard lock and unlock are two atomic read-modify-writes, and
+        // the misses are the same). Reading the other slots brings them into the cache too,
+        // for the publication.
         let mut spare = None;
         if let Sorted::One((key, _)) = &writes
-            && (crate::loom::knob(1) == 1 || (crate::loom::knob(1) == 2 && this.slots.others_busy(own_slot(claim))) || this.committer.is_locked())
+            && (this.slots.others_busy(own_slot(claim)) || this.committer.is_locked())
         {
             let _ = this.index.written_at(key);
             spare = Some(Spare::new());
         }
-        let mut guard = this.committer.lock_spinning();
+        let mut guard = this.committer.lock();
         let committer = &mut *guard;
         // Only this commit can replace `latest` until it releases `committer`.
         let base_number = committer.number;
@@ -719,10 +744,9 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
                     if own.is_none() {
                         claim.release(this, snapshot_version, None);
                     }
-                    this.published.store(number, Ordering::Release);
+                    this.publication.published.store(number, Ordering::Release);
                     fence(Ordering::SeqCst);
                     let oldest = this.live_versions(own, None, &mut live);
-                    if crate::loom::knob(2) == 1 { live.clear(); } else if crate::loom::knob(2) == 2 && live.is_empty() { live.push(number - 1); }
                     Published {
                         next: None,
                         held: false,
@@ -733,7 +757,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
                 Some((next, (from, from_built))) => {
                     let mut state = this.state.lock();
                     claim.release(this, snapshot_version, Some(&mut state));
-                    this.published.store(number, Ordering::Release);
+                    this.publication.published.store(number, Ordering::Release);
                     fence(Ordering::SeqCst);
                     let previous = std::mem::replace(&mut state.latest, Arc::clone(&next));
                     let oldest = this.live_versions(None, Some(&state), &mut live);
@@ -810,7 +834,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
                 // `number` is published: with no snapshot live, each entry keeps its newest
                 // write alone; else the entries are trimmed below.
                 for hash in committer.written.drain(..) {
-                    this.index.settle(hash, number, &live, &this.queued, &mut kept);
+                    this.index.settle(hash, number, &live, &this.publication.queued, &mut kept);
                 }
                 (published, live)
             }
@@ -883,7 +907,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         // ordered map. Readers that need it meanwhile wait for the build (or do it, if they came
         // first).
         for entry in to_trim {
-            this.index.trim(&entry, &live, number, &this.queued);
+            this.index.trim(&entry, &live, number, &this.publication.queued);
         }
         if let Some(version) = to_build {
             version.entries();
@@ -924,7 +948,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             )
         };
         let state = self.state.lock();
-        let latest = self.published.load(Ordering::Acquire);
+        let latest = self.publication.published.load(Ordering::Acquire);
         let mut versions: Vec<u64> = self.slots.registered().collect();
         let in_slots = versions.len();
         versions.extend(state.live.iter().map(|&(version, _)| version));
