@@ -200,6 +200,27 @@ fn lent_values_survive_commits() {
     });
 }
 
+/// A transaction registers its version in its thread's slot, without a lock, while the writer's
+/// commits fold their writes into the key's entry whenever no registration is live: whichever
+/// comes first, the commit sees the registration or the transaction sees the commit's version
+/// (`registry.rs`), so the transaction reads the value of its own version, twice the same.
+/// Without the fence and the second look at the published version, a commit can fold the value
+/// the transaction stands on away.
+#[test]
+fn transactions_keep_what_they_read() {
+    model(|| {
+        let (map, writer) = key_with_a_writer();
+        let mut tx = map.begin();
+        let seen = tx.get(&"a");
+        let expected = i32::try_from(tx.snapshot_version()).unwrap() - 1;
+        assert_eq!(seen, Some(expected), "at version {}", tx.snapshot_version());
+        writer.join().unwrap();
+        assert_eq!(tx.get(&"a"), seen, "a transaction's reads repeat");
+        drop(tx);
+        assert_eq!(map.stats().live_snapshots, 0, "every registration released");
+    });
+}
+
 /// Two commits on disjoint keys from two threads, and a reader: versions are published in
 /// version order (a read of the latest version that sees the later commit's key sees the earlier
 /// one's, whichever thread got the lower version), a snapshot sees a prefix of the commits, and

@@ -383,6 +383,93 @@ fn stats_track_live_snapshots_and_versions() {
     assert_eq!((s.live_snapshots, s.live_versions), (0, 1));
 }
 
+/// A thread with several transactions live at once (one in its slot, the others in the queue,
+/// as are transactions of threads whose slot another thread holds) counts them all, and each
+/// reads its own version however they are registered and released.
+#[test]
+fn many_transactions_on_one_thread_each_keep_their_version() {
+    let map = MvccMap::new();
+    commit_all(&map, &[(1, 0)]);
+    let mut open = Vec::new();
+    for round in 1..=12u64 {
+        open.push((map.begin(), round - 1));
+        commit_all(&map, &[(1, round)]);
+    }
+    assert_eq!(map.stats().live_snapshots, 12);
+    assert_eq!(map.stats().live_versions, 13, "12 held and the latest");
+    // Released out of order: every other one first.
+    let (mut odd, mut even): (Vec<_>, Vec<_>) =
+        open.into_iter().enumerate().partition(|(i, _)| i % 2 == 1);
+    for (_, (tx, value)) in odd.iter_mut().chain(even.iter_mut()) {
+        assert_eq!(
+            tx.get(&1),
+            Some(*value),
+            "at version {}",
+            tx.snapshot_version()
+        );
+    }
+    drop(odd);
+    assert_eq!(map.stats().live_snapshots, 6);
+    for (_, (tx, value)) in &mut even {
+        assert_eq!(tx.get(&1), Some(*value));
+    }
+    drop(even);
+    let s = map.stats();
+    assert_eq!((s.live_snapshots, s.live_versions), (0, 1));
+    commit_all(&map, &[(1, 99)]);
+    assert_eq!(map.get(&1), Some(99));
+}
+
+/// Transactions begun on many threads while a writer commits without pause each read one
+/// version: the writer keeps `a == b` in every commit (one key per commit alternately, so that
+/// each one-key commit folds or keeps the value it replaces depending on who is registered), and
+/// a transaction that read `a` then `b` must find them equal, however its registration raced the
+/// commits. More threads than slots, so some register in the queue.
+#[test]
+fn transactions_registered_without_a_lock_read_one_version() {
+    bounded("one version per transaction", || {
+        const READERS: usize = 12;
+        const COMMITS: u64 = 4_000;
+        let map: MvccMap<&'static str, u64> = MvccMap::new();
+        commit_all(&map, &[("a", 0), ("b", 0)]);
+        let done = AtomicBool::new(false);
+        thread::scope(|scope| {
+            scope.spawn(|| {
+                for value in 1..=COMMITS {
+                    let mut tx = map.begin();
+                    tx.insert("a", value);
+                    tx.insert("b", value);
+                    tx.commit().expect("the only writer");
+                    // One-key commits too: the value stays the same, the versions move on.
+                    for key in ["a", "b"] {
+                        let mut tx = map.begin();
+                        tx.insert(key, value);
+                        tx.commit().expect("the only writer");
+                    }
+                }
+                done.store(true, Ordering::Release);
+            });
+            for _ in 0..READERS {
+                scope.spawn(|| {
+                    let mut reads = 0u64;
+                    while !done.load(Ordering::Acquire) || reads < 100 {
+                        let mut tx = map.begin();
+                        let a = tx.get(&"a").expect("always set");
+                        thread::yield_now();
+                        let b = tx.get(&"b").expect("always set");
+                        assert_eq!(a, b, "at version {}", tx.snapshot_version());
+                        assert_eq!(tx.get(&"a"), Some(a), "reads repeat");
+                        reads += 1;
+                    }
+                });
+            }
+        });
+        let s = map.stats();
+        assert_eq!((s.live_snapshots, s.live_versions), (0, 1));
+        assert_eq!(map.get(&"a"), Some(COMMITS));
+    });
+}
+
 #[test]
 fn tombstones_are_kept_while_needed_then_drained() {
     let map = MvccMap::new();

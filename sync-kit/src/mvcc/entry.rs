@@ -535,7 +535,10 @@ mod tests {
             entry.push(2, Some(std::sync::Arc::clone(&value)), None);
             entry.push(3, Some(std::sync::Arc::clone(&value)), None);
             assert_eq!(std::sync::Arc::strong_count(&value), 4);
-            assert!(entry.trim(&[2], 3, false), "the reader at 2 keeps version 2");
+            assert!(
+                entry.trim(&[2], 3, false),
+                "the reader at 2 keeps version 2"
+            );
             assert_eq!(std::sync::Arc::strong_count(&value), 3, "version 1 dropped");
             entry.push(4, Some(std::sync::Arc::clone(&value)), None);
             assert!(!entry.settle(&[], true));

@@ -45,9 +45,9 @@ use imbl::OrdMap;
 use super::MvccStats;
 use super::entry::{Entry, Spare};
 use super::index::{Index, KeyChange};
+use super::registry::Slots;
 use super::transaction::{Conflict, KeyMap, Sorted};
 use crate::loom::InternalMutex;
-use super::registry::Slots;
 use crate::loom::atomic::{AtomicU64 as SyncAtomicU64, AtomicUsize, Ordering, fence};
 
 /// The keys of one or more versions of the map: the number of the version that last changed
@@ -401,7 +401,6 @@ impl<K: Ord + Hash + Clone, V: Clone> Registration<K, V> {
             claim: Claim::Queue,
         }
     }
-
 }
 
 /// The slot a registration is recorded in, if it is.
@@ -629,7 +628,9 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         };
         let oldest_queued = match state {
             Some(state) => queued(live, state),
-            None if self.publication.queued.load(Ordering::Relaxed) > 0 => queued(live, &self.state.lock()),
+            None if self.publication.queued.load(Ordering::Relaxed) > 0 => {
+                queued(live, &self.state.lock())
+            }
             None => None,
         };
         if live.len() > 1 {
@@ -834,7 +835,8 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
                 // `number` is published: with no snapshot live, each entry keeps its newest
                 // write alone; else the entries are trimmed below.
                 for hash in committer.written.drain(..) {
-                    this.index.settle(hash, number, &live, &this.publication.queued, &mut kept);
+                    this.index
+                        .settle(hash, number, &live, &this.publication.queued, &mut kept);
                 }
                 (published, live)
             }
@@ -907,7 +909,8 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         // ordered map. Readers that need it meanwhile wait for the build (or do it, if they came
         // first).
         for entry in to_trim {
-            this.index.trim(&entry, &live, number, &this.publication.queued);
+            this.index
+                .trim(&entry, &live, number, &this.publication.queued);
         }
         if let Some(version) = to_build {
             version.entries();
