@@ -1057,6 +1057,34 @@ fn concurrent_disjoint_and_overlapping_commits() {
 
 type Contents = Vec<(u32, String)>;
 
+/// A value a snapshot lent from a node stays there while the snapshot lives, even once the
+/// write before it is unlinked and the node's write is the entry's only one: the trim that
+/// would fold it into the entry's inline write (and free the node) waits for no snapshot to be
+/// live. A fold here would leave `lent` pointing into a freed node: a changed value, or an
+/// invalid read under valgrind.
+#[test]
+fn a_value_lent_from_a_node_stays_there_until_no_snapshot_lives() {
+    let map: MvccMap<u32, String> = MvccMap::new();
+    commit_all(&map, &[(0, "first".to_string())]);
+    // A transaction at version 1 keeps "first": the next write of key 0 goes into a node.
+    let old_reader = map.begin();
+    commit_all(&map, &[(0, "second".to_string())]);
+    let snapshot = map.snapshot();
+    let lent: Vec<(&u32, &String)> = snapshot.iter().collect();
+    assert_eq!(lent, [(&0, &"second".to_string())]);
+    drop(old_reader);
+    // These commits trim key 0's entry ("first" is read by no one now), and allocate.
+    for round in 0..20 {
+        commit_all(&map, &[(1, format!("other-{round}"))]);
+    }
+    assert_eq!(lent, [(&0, &"second".to_string())], "a lent value moved");
+    drop(lent);
+    drop(snapshot);
+    commit_all(&map, &[(1, "last".to_string())]);
+    assert_eq!(map.get(&0).as_deref(), Some("second"));
+    assert_eq!(map.snapshot().get(&0).as_deref(), Some("second"));
+}
+
 /// What a snapshot's iterator lends stays valid and unchanged while the snapshot lives, however
 /// many commits overwrite, remove and re-insert its keys meanwhile: each commit trims the writes
 /// of its keys that no live snapshot reads, and the writes a live snapshot reads are never among

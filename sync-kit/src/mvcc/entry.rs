@@ -5,16 +5,17 @@
 //! copy of the value.
 //!
 //! The writes form a chain: boxed nodes from `head` (the newest first), then the *inline* write
-//! stored in the entry itself, the oldest. With no snapshot live across commits (the usual
-//! case) the chain is the inline write alone: each commit pushes a node (freed again at once, so
-//! the allocator hands back the same memory) and folds it into the inline write after it is
-//! published, so a commit touches one cache line of the map per written key.
+//! stored in the entry itself, the oldest. With no reader live across commits (the usual case)
+//! the chain is the inline write alone: each commit pushes a node (freed again at once, so the
+//! allocator hands back the same memory) and folds it into the inline write after it is
+//! published, so a commit touches one cache line of the map per written key. Transactions that
+//! are committing read nothing more and hold nothing back (`registry.rs`).
 //!
 //! | chain | when | what the next write does |
 //! |---|---|---|
-//! | inline alone | no live snapshot stood on an older version at the last write | pushes a node, then after publishing folds it into the inline write if no snapshot is live |
-//! | nodes, then inline | a live snapshot may read an older write | pushes a node; after publishing unlinks and frees every write no live snapshot can read |
-//! | nodes, inline unlinked | as above, the inline write read by no one | as above |
+//! | inline alone | no live reader stood on a version older than the last write at its publication, or a later trim folded it | pushes a node, then after publishing folds it into the inline write if no live reader is older than it |
+//! | nodes, then inline | a live reader may read an older write | pushes a node; after publishing unlinks and frees every write no live reader can read |
+//! | nodes, inline unlinked | as above, the inline write read by no one; or the newest write alone in a node, kept there while a snapshot may hold a reference into it | as above |
 //!
 //! Invariants (all hold while the entry's index shard is locked; every change of the chain, and
 //! every read but one, is made with it locked, so readers and the one committer never run on a
@@ -29,8 +30,11 @@
 //!   A reader at version `at` reads the first write at or below `at`: it stays in the chain
 //!   while the reader's registration lives, so a reference to its value does too, after the
 //!   shard is released (what [`Snapshot::iter`](super::Snapshot::iter) lends).
-//! - A value is moved into the inline write only when no snapshot is live (a fold), so no such
-//!   reference exists then; the fold writes the inline write before it sets `head` null.
+//! - A value is moved into the inline write (a fold) only when no live reader needs a write
+//!   older than it and no reference into the chain can be held: its commit has held the shard
+//!   since it pushed the write, or no snapshot (the readers that keep references; transactions
+//!   copy what they read) is registered, read with the shard locked. The fold writes the
+//!   inline write before it sets `head` null.
 //! - A commit pushes its write before it publishes, so a registration taken after the
 //!   publication finds `head` set until the fold is complete.
 

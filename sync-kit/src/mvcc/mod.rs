@@ -27,25 +27,29 @@
 //! its version's ordered map and reads each entry at its version (without a lock when the
 //! entry's inline write is its newest, the usual case; else with the entry's shard locked),
 //! lending references to the values: a write stays in its entry, unchanged, while a live
-//! snapshot or transaction reads it. Commits trim the others: with no snapshot live, a
-//! commit leaves each entry it wrote its newest write alone, inline; else, after releasing the
-//! committer lock, it unlinks from those entries every write no live snapshot reads, and
-//! entries that kept older writes for a live snapshot are trimmed again, a few per commit, once
-//! no live snapshot is older.
+//! snapshot or transaction reads it. Commits trim the others: a commit unlinks from each entry
+//! it wrote every write no live snapshot or transaction reads, and with none older than its own
+//! version, leaves its newest write alone, inline; entries that kept older writes for a live
+//! reader are trimmed again, a few per commit, once no live reader is older (and with no
+//! snapshot live, their newest write goes inline then).
 //!
 //! A removal leaves a tombstone (a removal write) in the index so that a later commit still sees
 //! that the key was written. Tombstones are queued in commit order and dropped, a few per commit,
 //! once no live snapshot or transaction is older than them: from then on an absent key and a
 //! tombstone validate the same way.
 //!
-//! Commits are serialized among themselves. Snapshot creation, the bookkeeping of live snapshot
-//! versions and a commit's publication share one short internal critical section (copy an `Arc`,
-//! store a number, update a counter), which a commit enters once; validation and the entries'
-//! writes happen outside it, the build of ordered maps and the freeing of old versions outside
-//! every lock, so no reader ever waits for a commit's work (a reader of a key that a one-key
-//! commit is writing waits, on that key's index shard, for the publication and the entry's
-//! write, not for validation or a build). A commit whose transaction began at the latest version
-//! (nothing committed since) has nothing to validate.
+//! Commits are serialized among themselves. A transaction registers the version it reads in a
+//! slot of its thread's, without a lock, and a commit reads the slots after it publishes (a
+//! fence on each side sees to it that one of the two sees the other), so beginning a
+//! transaction and committing one that overwrites values share no lock. Snapshot creation, the
+//! bookkeeping of snapshot versions and the publication of a commit that changes the keys share
+//! one short internal critical section (copy an `Arc`, store a number, update a counter);
+//! validation and the entries' writes happen outside it, the build of ordered maps and the
+//! freeing of old versions outside every lock, so no reader ever waits for a commit's work (a
+//! reader of a key that a one-key commit is writing waits, on that key's index shard, for the
+//! publication and the entry's write, not for validation or a build). A commit whose
+//! transaction began at the latest version (nothing committed since) has nothing to validate,
+//! and a transaction that is committing holds back no value (it reads no more).
 //!
 //! States and invariants, in short (details on `state::Version`, in `entry.rs` and in
 //! `index.rs`):

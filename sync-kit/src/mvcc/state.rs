@@ -1,6 +1,13 @@
 //! The shared state of one map: the latest version (its number and its ordered map of keys),
-//! the live snapshot versions, the hash index of the keys' entries, the tombstone and trim
-//! queues, and the commit procedure.
+//! the registrations of live snapshots and transactions, the hash index of the keys' entries,
+//! the tombstone and trim queues, and the commit procedure.
+//!
+//! Registrations: a transaction registers the version it reads in its thread's slot, without a
+//! lock (`registry.rs`); snapshots (which hold a version's ordered map) and the transactions
+//! whose slot is taken register in the queue under `state`, counted in `Publication::queued`. A
+//! commit stores its version as the published one, fences, and reads the slots, and the queue
+//! only if that count is not zero: a commit that overwrites values takes no lock but its own,
+//! its key's shard and the committer lock, and neither does beginning a transaction.
 //!
 //! Two internal locks, always taken in this order:
 //!
@@ -13,13 +20,13 @@
 //!   at that moment (`is_locked`, one load; the shard's mutex alone, as a reader takes it), so
 //!   that the other committers do not wait for that cache miss and allocation; a lone committer
 //!   takes the miss under the lock instead of paying a second shard lock for nothing.
-//! - `state`: the latest version and the live snapshot versions. Held only to copy or swap an
-//!   `Arc`, store the published version number, update a counter and copy the live versions
-//!   (a few numbers), never across validation, the entries' writes, the build of a version's
-//!   ordered map or the freeing of an old one, so snapshots and reads never wait for a commit's
-//!   work. A commit takes it once, to publish (and, in the same critical section, to release its
-//!   transaction's snapshot and read the live snapshot versions, for the trims and the
-//!   tombstones).
+//! - `state`: the latest version's keys and the queued registrations. Held only to copy or swap
+//!   an `Arc`, store the published version number, update a counter and copy the queued
+//!   versions (a few numbers), never across validation, the entries' writes, the build of a
+//!   version's ordered map or the freeing of an old one, so snapshots and reads never wait for a
+//!   commit's work. A commit that changes the keys takes it once, to swap in its version and
+//!   publish it; a commit that only overwrites values, only to read the queue when a snapshot
+//!   is registered.
 //!
 //! Under `committer`, an index shard's mutex or a recent version's `pending` mutex may be taken,
 //! each for a moment. A one-key commit holds its key's shard mutex from its validation until its
