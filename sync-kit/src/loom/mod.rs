@@ -4,7 +4,9 @@
 //! synchronisation is imported from here, so `RUSTFLAGS="--cfg loom"` model-checks the same code
 //! that ships. Items:
 //!
-//! - [`atomic`]: `AtomicU8`, `AtomicUsize`, `AtomicU64`, `AtomicPtr`, `Ordering`, `fence`.
+//! - [`atomic`]: `AtomicU8`, `AtomicUsize`, `AtomicU64`, `AtomicPtr`, `Ordering`.
+//! - [`dekker`]: the orderings (and fence) for a store that must be ordered before a later load
+//!   of another location: `SeqCst` accesses in normal builds, a `SeqCst` fence under loom.
 //! - [`thread`]: `current`, `ThreadId`.
 //! - [`cell::UnsafeCell`]: loom's `UnsafeCell` API (`get`/`get_mut` returning tracked pointers),
 //!   mirrored over `std::cell::UnsafeCell` for normal builds.
@@ -34,19 +36,49 @@ pub(crate) mod park;
 pub(crate) mod atomic {
     #[cfg_attr(not(feature = "mvcc"), allow(unused_imports))] // the MVCC entries' chains alone
     pub(crate) use std::sync::atomic::AtomicPtr;
-    // The MVCC registrations alone. A `SeqCst` fence, not `SeqCst` accesses: loom models the
-    // fences and treats `SeqCst` loads and stores as `AcqRel`.
-    #[cfg_attr(not(feature = "mvcc"), allow(unused_imports))]
-    pub(crate) use std::sync::atomic::fence;
     pub(crate) use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 }
 #[cfg(loom)]
 pub(crate) mod atomic {
     #[cfg_attr(not(feature = "mvcc"), allow(unused_imports))] // the MVCC entries' chains alone
     pub(crate) use loom::sync::atomic::AtomicPtr;
-    #[cfg_attr(not(feature = "mvcc"), allow(unused_imports))]
-    pub(crate) use loom::sync::atomic::fence;
     pub(crate) use loom::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+}
+
+/// Dekker's pattern: two threads each store to one location and then load from the other's,
+/// and at least one of them must see the other's store (the MVCC map's registrations against
+/// its commits). Written as
+///
+/// ```text
+/// x.store(v, dekker::STORE); dekker::fence(); let seen = y.load(dekker::LOAD);
+/// ```
+///
+/// In normal builds the accesses are `SeqCst` and the fence is nothing: `SeqCst` operations
+/// have one total order, so the later of the two stores in it comes before the other thread's
+/// load (on x86 the store is a locked instruction, which already orders it before the load: no
+/// fence instruction). loom does not model `SeqCst` accesses (it treats them as `AcqRel`) but
+/// does model `SeqCst` fences, so under loom the accesses are `Release` and `Acquire` with a
+/// `SeqCst` fence between them: the same guarantee, by the fences' total order.
+#[cfg_attr(not(feature = "mvcc"), allow(dead_code))]
+pub(crate) mod dekker {
+    use super::atomic::Ordering;
+
+    #[cfg(not(loom))]
+    pub(crate) const STORE: Ordering = Ordering::SeqCst;
+    #[cfg(not(loom))]
+    pub(crate) const LOAD: Ordering = Ordering::SeqCst;
+    #[cfg(not(loom))]
+    #[inline(always)]
+    pub(crate) fn fence() {}
+
+    #[cfg(loom)]
+    pub(crate) const STORE: Ordering = Ordering::Release;
+    #[cfg(loom)]
+    pub(crate) const LOAD: Ordering = Ordering::Acquire;
+    #[cfg(loom)]
+    pub(crate) fn fence() {
+        loom::sync::atomic::fence(Ordering::SeqCst);
+    }
 }
 
 #[cfg(not(loom))]

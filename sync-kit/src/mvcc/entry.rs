@@ -266,11 +266,16 @@ impl<K, V> Entry<K, V> {
     /// reference lent by [`Entry::at`] into the chain is held (the shard has been locked since
     /// the push, or no snapshot, the readers that keep references, is live now).
     pub(crate) unsafe fn settle(&self, live: &[u64], untouched: bool) -> bool {
-        // SAFETY: the caller's contract, which includes `trim`'s: the newest write's version
-        // is published.
+        // SAFETY: the caller's contract, which includes `trim`'s (the newest write's version is
+        // published) and, when no live reader is older than the newest write, `fold`'s.
         unsafe {
             let head = self.head.load(Ordering::Relaxed);
             if head.is_null() {
+                return false;
+            }
+            // The usual case, without the walk of `trim`: nothing older is read.
+            if untouched && live.first().is_none_or(|&oldest| oldest >= (*head).version) {
+                self.fold(head);
                 return false;
             }
             self.trim(live, (*head).version, untouched)

@@ -40,7 +40,7 @@
 //!
 //! Commits are serialized among themselves. A transaction registers the version it reads in a
 //! slot of its thread's, without a lock, and a commit reads the slots after it publishes (a
-//! fence on each side sees to it that one of the two sees the other), so beginning a
+//! store-then-load order on each side sees to it that one of the two sees the other), so beginning a
 //! transaction and committing one that overwrites values share no lock. Snapshot creation, the
 //! bookkeeping of snapshot versions and the publication of a commit that changes the keys share
 //! one short internal critical section (copy an `Arc`, store a number, update a counter);

@@ -17,24 +17,25 @@
 //! writes into their entries at once instead of keeping the values they replace.
 //!
 //! A registration must be seen by every commit that could drop what it reads, without the two
-//! sharing a lock. Both sides write, fence, then read (Dekker's pattern, with `SeqCst` fences,
-//! which loom models, rather than `SeqCst` accesses, which it does not):
+//! sharing a lock. Both sides write, then read (Dekker's pattern, with the orderings of
+//! `crate::loom::dekker`: `SeqCst` accesses, and under loom a `SeqCst` fence between them):
 //!
-//! - a claim stores `v + 1` in its slot, fences, and loads the published version; if that is
+//! - a claim stores `reading(v)` in its slot, then loads the published version; if that is
 //!   still `v`, the registration is confirmed at `v`, else it stores the newer version and checks
 //!   again;
-//! - a commit stores its version `n` as the published one, fences, and then reads the slots.
+//! - a commit stores its version `n` as the published one, then reads the slots.
 //!
-//! One of the two fences comes first in their single total order. If the claim's, the commit
-//! reads the slot (or a later store to it); if the commit's, the claim loads `n` or a later
-//! version and does not confirm `v`. Invariant: **a registration confirmed at `v` is among the
+//! One of the two stores comes first in their single total order (of the `SeqCst` operations,
+//! or under loom of the fences after them). If the claim's, the commit reads the slot (or a
+//! later store to it); if the commit's, the claim loads `n` or a later version and does not
+//! confirm `v`. Invariant: **a registration confirmed at `v` is among the
 //! live versions of every commit that publishes a version after `v`, until it is released.** A
 //! commit that publishes `n <= v` needs no such word: it keeps the newest write at or below `n`
 //! of each entry it trims, and never touches a newer one (`entry.rs`). Loom model
 //! `transactions_keep_what_they_read`.
 
-use crate::loom::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
-use crate::loom::{global, thread_local};
+use crate::loom::atomic::{AtomicU64, AtomicUsize, Ordering};
+use crate::loom::{dekker, global, thread_local};
 
 /// A slot's value with no registration in it.
 const FREE: u64 = 0;
@@ -105,17 +106,18 @@ impl Slots {
         let index = THREAD_NUMBER.try_with(|number| *number).ok()? & (self.slots.len() - 1);
         let slot = &self.slots[index].0;
         let mut version = published.load(Ordering::Acquire);
-        slot.compare_exchange(FREE, reading(version), Ordering::Relaxed, Ordering::Relaxed)
+        slot.compare_exchange(FREE, reading(version), dekker::STORE, Ordering::Relaxed)
             .ok()?;
         loop {
-            fence(Ordering::SeqCst);
-            // Acquire: the entries' writes of `latest` happen before this thread's reads.
-            let latest = published.load(Ordering::Acquire);
+            dekker::fence();
+            // Acquire (at least): the entries' writes of `latest` happen before this thread's
+            // reads.
+            let latest = published.load(dekker::LOAD);
             if latest == version {
                 return Some((index, version));
             }
             version = latest;
-            slot.store(reading(version), Ordering::Relaxed);
+            slot.store(reading(version), dekker::STORE);
         }
     }
 
@@ -155,12 +157,12 @@ impl Slots {
     /// Adds the versions that the slots' transactions still read values at to `readers` (in
     /// slot order, repeats included), and returns the oldest version any of them stands on,
     /// committing ones included; the slot `own` (the caller's transaction's) left out. A commit
-    /// calls this after it stored its version as the published one and fenced (`SeqCst`), for
-    /// the module's invariant.
+    /// calls this after it stored its version as the published one (`dekker::STORE`, then
+    /// `dekker::fence`), for the module's invariant.
     pub(crate) fn collect(&self, own: Option<usize>, readers: &mut Vec<u64>) -> Option<u64> {
         let mut oldest = None;
         for (index, slot) in self.slots.iter().enumerate() {
-            let value = slot.0.load(Ordering::Acquire);
+            let value = slot.0.load(dekker::LOAD);
             if value != FREE && Some(index) != own {
                 let version = version_of(value);
                 if value & COMMITTING == 0 {

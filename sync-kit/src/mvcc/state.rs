@@ -5,9 +5,10 @@
 //! Registrations: a transaction registers the version it reads in its thread's slot, without a
 //! lock (`registry.rs`); snapshots (which hold a version's ordered map) and the transactions
 //! whose slot is taken register in the queue under `state`, counted in `Publication::queued`. A
-//! commit stores its version as the published one, fences, and reads the slots, and the queue
-//! only if that count is not zero: a commit that overwrites values takes no lock but its own,
-//! its key's shard and the committer lock, and neither does beginning a transaction.
+//! commit stores its version as the published one, then reads the slots (Dekker's pattern,
+//! `crate::loom::dekker`), and the queue only if that count is not zero: a commit that
+//! overwrites values takes no lock but its key's shard and the committer lock, and beginning a
+//! transaction takes none.
 //!
 //! Two internal locks, always taken in this order:
 //!
@@ -55,7 +56,8 @@ use super::index::{Index, KeyChange};
 use super::registry::Slots;
 use super::transaction::{Conflict, KeyMap, Sorted};
 use crate::loom::InternalMutex;
-use crate::loom::atomic::{AtomicU64 as SyncAtomicU64, AtomicUsize, Ordering, fence};
+use crate::loom::atomic::{AtomicU64 as SyncAtomicU64, AtomicUsize, Ordering};
+use crate::loom::dekker;
 
 /// The keys of one or more versions of the map: the number of the version that last changed
 /// which keys have a value, the live key count, and the ordered map of the live keys with their
@@ -469,8 +471,9 @@ struct Publication {
     /// loaded (Acquire) by [`Shared::get_latest`] before it asks the index, and by registrations.
     published: SyncAtomicU64,
     /// How many registrations `State::live` counts: changed under `state`, read by commits
-    /// that publish without it (after their fence: a snapshot increments this before it
-    /// fences and loads the version it registers at, as a slot's claim does).
+    /// that publish without it (after they store the version: a snapshot increments this before
+    /// it loads the version it registers at, as a slot's claim stores before it loads; both with
+    /// `dekker`'s orderings).
     queued: AtomicUsize,
 }
 
@@ -588,12 +591,12 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         // As a slot's claim (`registry.rs`): counted before the version is read, so that a
         // commit that publishes a later one without the state lock either sees the count (and
         // then takes the lock to read the queue) or is seen here.
-        self.publication.queued.fetch_add(1, Ordering::Relaxed);
-        fence(Ordering::SeqCst);
+        self.publication.queued.fetch_add(1, dekker::STORE);
+        dekker::fence();
         // Under the state lock, `latest` holds this version's keys: the commits that change
         // the keys swap it in and publish inside this lock, the others publish a number on the
         // same keys.
-        let number = self.publication.published.load(Ordering::Acquire);
+        let number = self.publication.published.load(dekker::LOAD);
         state.retain(number);
         (Arc::clone(&state.latest), number)
     }
@@ -620,7 +623,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
     /// into `live` (cleared first): the slots' (but committing transactions' and the slot
     /// `own`), and the queue's if `state` is given or the queue is not empty. Returns the oldest version a live
     /// registration stands on, committing transactions included. A commit calls this after it
-    /// published its version and fenced (`SeqCst`).
+    /// published its version (`dekker::STORE`, then `dekker::fence`).
     fn live_versions(
         &self,
         own: Option<usize>,
@@ -635,7 +638,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         };
         let oldest_queued = match state {
             Some(state) => queued(live, state),
-            None if self.publication.queued.load(Ordering::Relaxed) > 0 => {
+            None if self.publication.queued.load(dekker::LOAD) > 0 => {
                 queued(live, &self.state.lock())
             }
             None => None,
@@ -741,9 +744,10 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
                 Some((next, from))
             };
             // The published number is stored after the index holds this version's writes (the
-            // shard mutexes order them before), and then fenced for the registrations
+            // shard mutexes order them before), and ordered before the reads of the registrations
             // (`registry.rs`): from here on they stand on `number` or later, or are counted in
-            // `live`. The transaction's own registration is released first, so that it is not.
+            // `live`. The transaction's own registration is not counted: a queued one is released
+            // first, one in a slot left out (and released once the lock is).
             let published = match next {
                 None => {
                     // A registration in a slot is left out of the live versions instead, and
@@ -752,8 +756,8 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
                     if own.is_none() {
                         claim.release(this, snapshot_version, None);
                     }
-                    this.publication.published.store(number, Ordering::Release);
-                    fence(Ordering::SeqCst);
+                    this.publication.published.store(number, dekker::STORE);
+                    dekker::fence();
                     let oldest = this.live_versions(own, None, &mut live);
                     Published {
                         next: None,
@@ -765,8 +769,8 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
                 Some((next, (from, from_built))) => {
                     let mut state = this.state.lock();
                     claim.release(this, snapshot_version, Some(&mut state));
-                    this.publication.published.store(number, Ordering::Release);
-                    fence(Ordering::SeqCst);
+                    this.publication.published.store(number, dekker::STORE);
+                    dekker::fence();
                     let previous = std::mem::replace(&mut state.latest, Arc::clone(&next));
                     let oldest = this.live_versions(None, Some(&state), &mut live);
                     Published {
