@@ -392,7 +392,10 @@ impl<K: Ord + Hash + Clone, V: Clone> Registration<K, V> {
     pub(crate) fn begin(shared: &Arc<Shared<K, V>>) -> Self {
         let (claim, version) = match shared.slots.claim(&shared.publication.published) {
             Some((slot, version)) => (Claim::Slot(slot), version),
-            None => (Claim::Queue, shared.acquire_latest().1),
+            None => (
+                Claim::Queue,
+                shared.register_queued(&mut shared.state.lock()),
+            ),
         };
         Self {
             shared: Arc::clone(shared),
@@ -592,18 +595,25 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
     /// [`Shared::release`].
     pub(crate) fn acquire_latest(&self) -> (Arc<Version<K, V>>, u64) {
         let mut state = self.state.lock();
+        let number = self.register_queued(&mut state);
+        // Under the state lock, `latest` holds this version's keys: the commits that change
+        // the keys swap it in and publish inside this lock, the others publish a number on the
+        // same keys.
+        (Arc::clone(&state.latest), number)
+    }
+
+    /// Records a registration at the latest version in the queue (`state` is the locked state)
+    /// and returns that version.
+    fn register_queued(&self, state: &mut State<K, V>) -> u64 {
         // As a slot's claim (`registry.rs`): counted before the version is read, so that a
         // commit that publishes a later one without the state lock either sees the count (and
         // then takes the lock to read the queue) or is seen here.
         let queued = &self.publication.queued;
         queued.store(queued.load(Ordering::Relaxed) + 1, dekker::STORE);
         dekker::fence();
-        // Under the state lock, `latest` holds this version's keys: the commits that change
-        // the keys swap it in and publish inside this lock, the others publish a number on the
-        // same keys.
         let number = self.publication.published.load(dekker::LOAD);
         state.retain(number);
-        (Arc::clone(&state.latest), number)
+        number
     }
 
     /// Registers one more snapshot of `version` (a clone of a live snapshot: already counted
@@ -629,9 +639,9 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
 
     /// The versions live registrations still read values at, ascending and without repeats,
     /// into `live` (cleared first): the slots' (but committing transactions' and the slot
-    /// `own`), and the queue's if `state` is given or the queue is not empty. Returns the oldest version a live
-    /// registration stands on, committing transactions included. A commit calls this after it
-    /// published its version (`dekker::STORE`, then `dekker::fence`).
+    /// `own`), and the queue's if `state` is given or the queue is not empty. Returns the oldest
+    /// version a live registration stands on, committing transactions included. A commit calls
+    /// this after it published its version (`dekker::STORE`, then `dekker::fence`).
     fn live_versions(
         &self,
         own: Option<usize>,
