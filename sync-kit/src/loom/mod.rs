@@ -34,12 +34,16 @@ pub(crate) mod park;
 
 #[cfg(not(loom))]
 pub(crate) mod atomic {
+    #[cfg_attr(not(feature = "mvcc"), allow(unused_imports))] // the MVCC commits alone
+    pub(crate) use std::sync::atomic::AtomicBool;
     #[cfg_attr(not(feature = "mvcc"), allow(unused_imports))] // the MVCC entries' chains alone
     pub(crate) use std::sync::atomic::AtomicPtr;
     pub(crate) use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 }
 #[cfg(loom)]
 pub(crate) mod atomic {
+    #[cfg_attr(not(feature = "mvcc"), allow(unused_imports))] // the MVCC commits alone
+    pub(crate) use loom::sync::atomic::AtomicBool;
     #[cfg_attr(not(feature = "mvcc"), allow(unused_imports))] // the MVCC entries' chains alone
     pub(crate) use loom::sync::atomic::AtomicPtr;
     pub(crate) use loom::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
@@ -67,6 +71,9 @@ pub(crate) mod dekker {
     pub(crate) const STORE: Ordering = Ordering::SeqCst;
     #[cfg(not(loom))]
     pub(crate) const LOAD: Ordering = Ordering::SeqCst;
+    /// For a read-modify-write in the place of the store.
+    #[cfg(not(loom))]
+    pub(crate) const RMW: Ordering = Ordering::SeqCst;
     #[cfg(not(loom))]
     #[inline(always)]
     pub(crate) fn fence() {}
@@ -75,6 +82,8 @@ pub(crate) mod dekker {
     pub(crate) const STORE: Ordering = Ordering::Release;
     #[cfg(loom)]
     pub(crate) const LOAD: Ordering = Ordering::Acquire;
+    #[cfg(loom)]
+    pub(crate) const RMW: Ordering = Ordering::AcqRel;
     #[cfg(loom)]
     pub(crate) fn fence() {
         loom::sync::atomic::fence(Ordering::SeqCst);
@@ -95,6 +104,17 @@ pub(crate) use std::thread_local;
 
 #[cfg(loom)]
 pub(crate) use loom::thread_local;
+
+/// Gives the processor to another thread: after a [`SpinWait`] gave up on a short wait for
+/// another thread's step (under loom, lets the model run that thread).
+#[cfg_attr(not(feature = "mvcc"), allow(dead_code))] // the MVCC commits alone
+#[inline]
+pub(crate) fn yield_now() {
+    #[cfg(not(loom))]
+    std::thread::yield_now();
+    #[cfg(loom)]
+    loom::thread::yield_now();
+}
 
 /// Declares a lazily initialised global: `global! { static NAME: Type = init; }`.
 #[cfg(not(loom))]
@@ -164,6 +184,23 @@ impl<T> InternalMutex<T> {
     #[cfg_attr(not(feature = "mvcc"), allow(dead_code))]
     pub(crate) fn lock_polling(&self, _polls: u32) -> loom::sync::MutexGuard<'_, T> {
         self.lock()
+    }
+
+    /// Locks the mutex if no one holds it, without waiting.
+    #[cfg(not(loom))]
+    #[cfg_attr(not(feature = "mvcc"), allow(dead_code))] // the MVCC map alone
+    pub(crate) fn try_lock(&self) -> Option<parking_lot::MutexGuard<'_, T>> {
+        self.inner.try_lock()
+    }
+
+    #[cfg(loom)]
+    #[cfg_attr(not(feature = "mvcc"), allow(dead_code))]
+    pub(crate) fn try_lock(&self) -> Option<loom::sync::MutexGuard<'_, T>> {
+        match self.inner.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
     }
 
     /// Whether another thread holds the mutex now (a hint, stale as soon as it is read: one

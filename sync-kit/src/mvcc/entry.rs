@@ -252,6 +252,18 @@ impl<K, V> Entry<K, V> {
         self.head.store(Box::into_raw(node), Ordering::Release);
     }
 
+    /// Gives the newest write, pushed before its commit had its number, that number.
+    ///
+    /// # Safety
+    ///
+    /// The entry's shard has been locked since that push (no one has seen the write), and
+    /// `version` is newer than every other write in the chain.
+    pub(crate) unsafe fn stamp_newest(&self, version: u64) {
+        let head = self.head.load(Ordering::Relaxed);
+        // SAFETY: the caller's contract; `head` is the node `push` made.
+        unsafe { (*head).version = version };
+    }
+
     /// After the commit of the newest write published it, with the versions live snapshots and
     /// transactions stood on then (`live`, ascending): trims the entry for that publication
     /// ([`Entry::trim`]), so that with no live reader older than the newest write (those

@@ -85,6 +85,33 @@ const SHARDS: usize = 2;
 
 type Table<K, V> = HashTable<Arc<Entry<K, V>>>;
 
+/// The shard of a key's hash.
+fn shard_index(hash: u64) -> usize {
+    (hash >> 32) as usize & (SHARDS - 1)
+}
+
+/// How many keys a transaction may have read to commit alone ([`Index::overwrite_alone`]).
+pub(crate) const ALONE_READS: usize = 7;
+
+/// The version a write committed alone has until its commit has its number: newer than every
+/// number, seen by no one (its shard is locked).
+const UNSTAMPED: u64 = u64::MAX;
+
+/// What [`Index::overwrite_alone`] did.
+pub(crate) enum Alone<K, V> {
+    /// Nothing: the write is not an overwrite of a live value (the key has no entry, or was
+    /// removed), for the committer lock.
+    Declined(K, V),
+    /// Nothing: this key was written after the snapshot, at this version.
+    Conflict(K, u64),
+    /// Committed: the versions live registrations stood on at the publication, and the entry
+    /// if it keeps older writes to trim.
+    Committed {
+        live: Vec<u64>,
+        keeps_older: Option<Arc<Entry<K, V>>>,
+    },
+}
+
 #[repr(align(64))]
 struct Shard<K, V>(InternalMutex<Table<K, V>>);
 
@@ -115,7 +142,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Index<K, V> {
     }
 
     fn shard(&self, hash: u64) -> &InternalMutex<Table<K, V>> {
-        &self.shards[(hash >> 32) as usize & (SHARDS - 1)].0
+        &self.shards[shard_index(hash)].0
     }
 
     /// Calls `read` with `key`'s entry (if any), its shard locked.
@@ -293,6 +320,100 @@ impl<K: Hash + Eq + Clone, V: Clone> Index<K, V> {
         let keeps_older = keeps_older.then(|| Arc::clone(entry));
         drop(shard);
         Ok((published, live_versions, keeps_older))
+    }
+
+    /// Commits an overwrite of `key`'s live value alone, without the committer lock: locks the
+    /// shards of `key` and of the keys read (`reads`, at most [`ALONE_READS`]) in shard order,
+    /// validates them against `snapshot` (the transaction's version), pushes the write (in
+    /// `spare`), calls `publish` for the write's version (which publishes it and reads the live
+    /// versions then), stamps the write with it and settles the entry, all before releasing the
+    /// shards. A reader of one of these keys that takes its shard waits for all of it, and one
+    /// that does not (`Entry::inline_at`) finds the write pushed from before its publication.
+    ///
+    /// The caller excludes commits under the committer lock meanwhile (`registry.rs`), so every
+    /// unpublished write in the index is the newest of its entry and its commit holds the
+    /// entry's shard. Two commits alone that share a key exclude each other through its shard:
+    /// the one that takes it second sees the other's write, published, and fails its validation
+    /// if it read or wrote the key; a commit numbered before it that wrote the key held the
+    /// shard while it took its number, so it published before this commit took the shard.
+    pub(crate) fn overwrite_alone<'k>(
+        &self,
+        key: K,
+        value: V,
+        reads: impl Iterator<Item = &'k K>,
+        snapshot: u64,
+        spare: Spare<V>,
+        publish: impl FnOnce() -> (u64, Vec<u64>),
+    ) -> Alone<K, V>
+    where
+        K: 'k,
+    {
+        let hash = self.hash(&key);
+        let mut read_hashes = [0u64; ALONE_READS];
+        let mut read_keys: [Option<&K>; ALONE_READS] = [None; ALONE_READS];
+        let mut shards = [0usize; ALONE_READS + 1];
+        shards[0] = shard_index(hash);
+        let mut count = 1;
+        for (at, read) in reads.enumerate() {
+            let read_hash = self.hash(read);
+            read_hashes[at] = read_hash;
+            read_keys[at] = Some(read);
+            shards[count] = shard_index(read_hash);
+            count += 1;
+        }
+        let shards = &mut shards[..count];
+        shards.sort_unstable();
+        let mut locked = 0;
+        for at in 0..shards.len() {
+            if at == 0 || shards[at] != shards[at - 1] {
+                shards[locked] = shards[at];
+                locked += 1;
+            }
+        }
+        let shards = &shards[..locked];
+        // In shard order: the only place that holds two shards at once.
+        let mut guards = [const { None }; ALONE_READS + 1];
+        for (guard, &shard) in guards.iter_mut().zip(shards) {
+            *guard = Some(self.shards[shard].0.lock());
+        }
+        let table = |hash: u64| {
+            let at = shards
+                .iter()
+                .position(|&shard| shard == shard_index(hash))
+                .expect("every key's shard is locked");
+            &**guards[at].as_ref().expect("locked")
+        };
+        for (read_hash, read) in read_hashes.iter().zip(read_keys.iter().map_while(|k| *k)) {
+            if let Some(entry) = table(*read_hash).find(*read_hash, |entry| entry.key() == read)
+                // SAFETY: the entry's shard is locked.
+                && let (written_at, _) = unsafe { entry.newest() }
+                && written_at > snapshot
+            {
+                return Alone::Conflict(read.clone(), written_at);
+            }
+        }
+        let Some(entry) = table(hash).find(hash, |entry| *entry.key() == key) else {
+            return Alone::Declined(key, value);
+        };
+        // SAFETY: the shard is locked.
+        let (written_at, newest) = unsafe { entry.newest() };
+        if written_at > snapshot {
+            return Alone::Conflict(key, written_at);
+        }
+        if newest.is_none() {
+            return Alone::Declined(key, value);
+        }
+        // SAFETY: the shard is locked and no commit under the committer lock runs; the version
+        // is newer than every write of the key (this commit's, stamped once it has its number).
+        unsafe { entry.push(UNSTAMPED, Some(value), Some(spare)) };
+        let (number, live) = publish();
+        // SAFETY: the shard has been locked since the push.
+        let keeps_older = unsafe {
+            entry.stamp_newest(number);
+            entry.settle(&live, true)
+        };
+        let keeps_older = keeps_older.then(|| Arc::clone(entry));
+        Alone::Committed { live, keeps_older }
     }
 
     /// Settles the entries of `hash` whose newest write is `at`, now published (committers

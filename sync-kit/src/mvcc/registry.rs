@@ -34,26 +34,35 @@
 //! of each entry it trims, and never touches a newer one (`entry.rs`). Loom model
 //! `transactions_keep_what_they_read`.
 
-use crate::loom::atomic::{AtomicU64, AtomicUsize, Ordering};
-use crate::loom::{dekker, global, thread_local};
+use crate::loom::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use crate::loom::{SpinWait, dekker, global, thread_local, yield_now};
 
 /// A slot's value with no registration in it.
 const FREE: u64 = 0;
 /// The low bit of a slot's value: its transaction is committing.
 const COMMITTING: u64 = 1;
+/// The next bit: its transaction is committing alone (without the committer lock).
+const ALONE: u64 = 2;
 
 /// A slot's value for a transaction that reads version `version`.
 fn reading(version: u64) -> u64 {
-    (version + 1) << 1
+    (version + 1) << 2
 }
 
 /// The version a slot's value (not `FREE`) stands on.
 fn version_of(value: u64) -> u64 {
-    (value >> 1) - 1
+    (value >> 2) - 1
 }
 
 #[repr(align(64))]
-struct Slot(AtomicU64);
+struct Slot {
+    /// `FREE`, or `reading(v)` with the `COMMITTING` and `ALONE` bits.
+    value: AtomicU64,
+    /// Commits made alone, and refused alone, by the transactions registered here (each
+    /// changed only by the slot's registered transaction: a load and a store).
+    commits: AtomicU64,
+    conflicts: AtomicU64,
+}
 
 /// The transactions' registration slots of one map.
 pub(crate) struct Slots {
@@ -92,7 +101,11 @@ impl Slots {
     pub(crate) fn new() -> Self {
         Self {
             slots: (0..slot_count())
-                .map(|_| Slot(AtomicU64::new(FREE)))
+                .map(|_| Slot {
+                    value: AtomicU64::new(FREE),
+                    commits: AtomicU64::new(0),
+                    conflicts: AtomicU64::new(0),
+                })
                 .collect(),
         }
     }
@@ -104,7 +117,7 @@ impl Slots {
     pub(crate) fn claim(&self, published: &AtomicU64) -> Option<(usize, u64)> {
         // During the thread's teardown its number may be gone: the queue then.
         let index = THREAD_NUMBER.try_with(|number| *number).ok()? & (self.slots.len() - 1);
-        let slot = &self.slots[index].0;
+        let slot = &self.slots[index].value;
         let mut version = published.load(Ordering::Acquire);
         slot.compare_exchange(FREE, reading(version), dekker::STORE, Ordering::Relaxed)
             .ok()?;
@@ -126,7 +139,7 @@ impl Slots {
     /// were made with the entries' shards locked, which orders them too).
     #[inline]
     pub(crate) fn committing(&self, slot: usize) {
-        let slot = &self.slots[slot].0;
+        let slot = &self.slots[slot].value;
         slot.store(slot.load(Ordering::Relaxed) | COMMITTING, Ordering::Release);
     }
 
@@ -134,7 +147,7 @@ impl Slots {
     /// statistics: read without a fence).
     pub(crate) fn registered(&self) -> impl Iterator<Item = u64> + '_ {
         self.slots.iter().filter_map(|slot| {
-            let value = slot.0.load(Ordering::Relaxed);
+            let value = slot.value.load(Ordering::Relaxed);
             (value != FREE).then(|| version_of(value))
         })
     }
@@ -145,13 +158,86 @@ impl Slots {
         self.slots
             .iter()
             .enumerate()
-            .any(|(index, slot)| Some(index) != own && slot.0.load(Ordering::Relaxed) != FREE)
+            .any(|(index, slot)| Some(index) != own && slot.value.load(Ordering::Relaxed) != FREE)
     }
 
     /// Ends the registration in `slot`.
     #[inline]
     pub(crate) fn release(&self, slot: usize) {
-        self.slots[slot].0.store(FREE, Ordering::Release);
+        self.slots[slot].value.store(FREE, Ordering::Release);
+    }
+
+    /// How many slots there are (numbered from 0).
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Marks the registration in `slot` committing (as [`Slots::committing`]) and alone, unless
+    /// a commit under the committer lock excludes those (`exclusive`, then only committing):
+    /// returns whether it may commit alone. Dekker's pattern against [`Slots::exclude_alone`]:
+    /// one of the two sees the other.
+    #[inline]
+    pub(crate) fn committing_alone(&self, slot: usize, exclusive: &AtomicBool) -> bool {
+        let value = &self.slots[slot].value;
+        let reading = value.load(Ordering::Relaxed);
+        value.store(reading | COMMITTING | ALONE, dekker::STORE);
+        dekker::fence();
+        if exclusive.load(dekker::LOAD) {
+            value.store(reading | COMMITTING, Ordering::Release);
+            return false;
+        }
+        true
+    }
+
+    /// Ends `slot`'s commit alone and its registration, counting the commit as made or refused
+    /// (`committed`).
+    #[inline]
+    pub(crate) fn finish_alone(&self, slot: usize, committed: bool) {
+        let slot = &self.slots[slot];
+        let counter = if committed {
+            &slot.commits
+        } else {
+            &slot.conflicts
+        };
+        counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        slot.value.store(FREE, Ordering::Release);
+    }
+
+    /// Ends `slot`'s attempt to commit alone without a commit (the commit is made under the
+    /// committer lock instead): the registration stays, committing.
+    pub(crate) fn decline_alone(&self, slot: usize) {
+        let value = &self.slots[slot].value;
+        value.store(value.load(Ordering::Relaxed) & !ALONE, Ordering::Release);
+    }
+
+    /// Excludes commits alone: sets `exclusive`, then waits until no slot's commit is alone
+    /// (they are short and never wait for a lock). The caller holds the committer lock and
+    /// clears `exclusive` (Release) when its commit is published.
+    pub(crate) fn exclude_alone(&self, exclusive: &AtomicBool) {
+        exclusive.store(true, dekker::STORE);
+        dekker::fence();
+        let mut spin = SpinWait::new();
+        for slot in self.slots.iter() {
+            // Acquire: the commit's writes and publication happen before what follows.
+            while slot.value.load(dekker::LOAD) & ALONE != 0 {
+                if !spin.spin() {
+                    // Its thread may be descheduled in the middle of it.
+                    yield_now();
+                }
+            }
+        }
+    }
+
+    /// Commits made, and refused, alone (statistics).
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        self.slots
+            .iter()
+            .fold((0, 0), |(commits, conflicts), slot| {
+                (
+                    commits + slot.commits.load(Ordering::Relaxed),
+                    conflicts + slot.conflicts.load(Ordering::Relaxed),
+                )
+            })
     }
 
     /// Adds the versions that the slots' transactions still read values at to `readers` (in
@@ -162,7 +248,7 @@ impl Slots {
     pub(crate) fn collect(&self, own: Option<usize>, readers: &mut Vec<u64>) -> Option<u64> {
         let mut oldest = None;
         for (index, slot) in self.slots.iter().enumerate() {
-            let value = slot.0.load(dekker::LOAD);
+            let value = slot.value.load(dekker::LOAD);
             if value != FREE && Some(index) != own {
                 let version = version_of(value);
                 if value & COMMITTING == 0 {

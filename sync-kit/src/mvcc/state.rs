@@ -52,11 +52,11 @@ use imbl::OrdMap;
 
 use super::MvccStats;
 use super::entry::{Entry, Spare};
-use super::index::{Index, KeyChange};
+use super::index::{ALONE_READS, Alone, Index, KeyChange};
 use super::registry::Slots;
 use super::transaction::{Conflict, KeyMap, Sorted};
 use crate::loom::InternalMutex;
-use crate::loom::atomic::{AtomicU64 as SyncAtomicU64, AtomicUsize, Ordering};
+use crate::loom::atomic::{AtomicBool, AtomicU64 as SyncAtomicU64, AtomicUsize, Ordering};
 use crate::loom::dekker;
 
 /// The keys of one or more versions of the map: the number of the version that last changed
@@ -332,10 +332,9 @@ impl<K, V> State<K, V> {
 
 /// What only committers touch (under `Shared::committer`).
 struct CommitterState<K, V> {
-    /// The latest version, as in `State::latest` and `State::number` (only committers replace
-    /// them): a commit reads its base here without taking the state lock.
+    /// The latest version's keys, as in `State::latest` (only committers replace it): a commit
+    /// reads its base here without taking the state lock.
     latest: Arc<Version<K, V>>,
-    number: u64,
     /// Transactions committed (read-only ones included) and refused.
     commits: u64,
     conflicts: u64,
@@ -461,9 +460,22 @@ pub(crate) struct Shared<K, V> {
     /// The transactions registered without a lock (`registry.rs`).
     slots: Slots,
     publication: Line<Publication>,
+    /// Read by every commit alone, written by commits under the lock alone.
+    exclusion: Line<Exclusion>,
     committer: Line<InternalMutex<CommitterState<K, V>>>,
     state: Line<InternalMutex<State<K, V>>>,
+    /// Per slot, the entries that commits alone of its transactions left with older writes for
+    /// live readers, with their versions, in commit order (as `CommitterState::trims`): trimmed
+    /// by the slot's later commits alone, or by commits under the committer lock.
+    kept_alone: Box<[KeptAlone<K, V>]>,
 }
+
+/// Entries that keep writes older than their newest for live readers, each with the version
+/// whose commit left them so, in commit order.
+type Trims<K, V> = VecDeque<(u64, Arc<Entry<K, V>>)>;
+
+/// One slot's [`Trims`] of its commits alone, on a line of its own.
+type KeptAlone<K, V> = Line<InternalMutex<Trims<K, V>>>;
 
 /// What a commit writes (`published`) and then reads (`queued`) to publish a version, on one
 /// line.
@@ -502,19 +514,27 @@ const TOMBSTONES_PER_COMMIT: usize = 64;
 impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
     pub(crate) fn new() -> Self {
         let first = Arc::new(Version::built(0, OrdMap::new()));
+        let slots = Slots::new();
+        let slots_len = slots.len();
         Self {
             state: Line(InternalMutex::new(State {
                 latest: Arc::clone(&first),
                 live: VecDeque::new(),
             })),
-            slots: Slots::new(),
+            slots,
             publication: Line(Publication {
                 published: SyncAtomicU64::new(0),
                 queued: AtomicUsize::new(0),
             }),
+            exclusion: Line(Exclusion {
+                exclusive: AtomicBool::new(false),
+                housekeeping: AtomicBool::new(false),
+            }),
+            kept_alone: (0..slots_len)
+                .map(|_| Line(InternalMutex::new(VecDeque::new())))
+                .collect(),
             committer: Line(InternalMutex::new(CommitterState {
                 latest: first,
-                number: 0,
                 commits: 0,
                 conflicts: 0,
                 tombstones: VecDeque::new(),
@@ -686,8 +706,22 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         let snapshot_version = registration.version;
         // The transaction reads no more values: the commits before this one need not keep
         // those it could have read (`registry.rs`).
+        // An overwrite of one key's value needs no order but its number's, and its shards:
+        // committed alone, without the committer lock, unless a commit under it runs.
+        let mut writes = writes;
+        let alone = matches!(writes, Sorted::One((_, Some(_)))) && reads.len() <= ALONE_READS;
         if let Claim::Slot(slot) = *claim {
-            this.slots.committing(slot);
+            if alone && this.slots.committing_alone(slot, &this.exclusion.exclusive) {
+                let Sorted::One((key, Some(value))) = writes else {
+                    unreachable!("matched above")
+                };
+                match this.commit_alone(claim, slot, snapshot_version, reads, key, value) {
+                    Ok(result) => return result,
+                    Err((key, value)) => writes = Sorted::One((key, Some(value))),
+                }
+            } else if !alone {
+                this.slots.committing(slot);
+            }
         }
         // What can be done before the committer lock is, so that other committers do not wait
         // for it: if another thread has a transaction live or a commit holds the lock now
@@ -708,8 +742,11 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         // it a while rather than park (`InternalMutex::lock_polling`).
         let mut guard = this.committer.lock_polling(COMMITTER_POLLS);
         let committer = &mut *guard;
-        // Only this commit can replace `latest` until it releases `committer`.
-        let base_number = committer.number;
+        // No commit alone runs from here until `exclusive` is dropped, after the publication
+        // and before the lock is released.
+        let exclusive = Exclusive::new(&this.slots, &this.exclusion.exclusive);
+        // Only this commit can replace `latest` or publish until it releases `committer`.
+        let base_number = this.publication.published.load(Ordering::Acquire);
         // The index holds every key's newest write, all published while `committer` is held:
         // one hash lookup per key instead of a walk down the ordered map. If nothing was
         // committed since the transaction's snapshot, nothing it read or wrote has changed.
@@ -879,7 +916,6 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             build,
             oldest,
         } = published;
-        committer.number = number;
         let oldest_live = live.first().copied();
         // The replaced version is `next`'s base or a version standing on the same base (dropping
         // it frees at most its delta list, or the few nodes a reader's build of it copied, never
@@ -905,6 +941,18 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         {
             to_trim.push(committer.trims.pop_front().expect("front exists").1);
         }
+        // And those the commits alone kept, which no commit alone runs to trim meanwhile (every
+        // one of them published before this one).
+        for kept in this.kept_alone.iter() {
+            let mut kept = kept.lock();
+            while to_trim.len() < TRIMS_PER_COMMIT
+                && let Some(&(kept_at, _)) = kept.front()
+                && oldest_live.is_none_or(|oldest| oldest >= kept_at)
+            {
+                to_trim.extend(kept.pop_front().map(|(_, entry)| entry));
+            }
+        }
+        this.exclusion.set_housekeeping(committer);
         // The live versions are needed after the lock for the trims; with none, the (empty,
         // allocated) list goes back for the next commit.
         let live = if live.is_empty() {
@@ -934,6 +982,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
                 })
             }
         };
+        drop(exclusive);
         drop(guard);
         drop(replaced);
         // Outside both locks: other commits go on while this one trims and builds its version's
@@ -947,6 +996,96 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             version.entries();
         }
         Ok(number)
+    }
+
+    /// Commits the transaction registered in `slot` (marked committing alone), which overwrites
+    /// `key`'s value, alone ([`Index::overwrite_alone`]); gives the write back, with the slot
+    /// marked committing, if it is not an overwrite of a live value.
+    fn commit_alone(
+        &self,
+        claim: &mut Claim,
+        slot: usize,
+        snapshot_version: u64,
+        reads: &KeyMap<K, ()>,
+        key: K,
+        value: V,
+    ) -> Result<Result<u64, Conflict<K>>, (K, V)> {
+        let alone = AloneCommit {
+            slots: &self.slots,
+            slot,
+        };
+        let published = &self.publication.published;
+        let mut number = 0;
+        let mut oldest = None;
+        let outcome = self.index.overwrite_alone(
+            key,
+            value,
+            reads.keys(),
+            snapshot_version,
+            Spare::new(),
+            || {
+                // The number and the publication at once (see `Index::overwrite_alone`), then
+                // the registrations (Dekker's pattern, as any publication).
+                number = published.fetch_add(1, dekker::RMW) + 1;
+                dekker::fence();
+                let mut live = Vec::new();
+                oldest = self.live_versions(Some(slot), None, &mut live);
+                (number, live)
+            },
+        );
+        let (live, keeps_older) = match outcome {
+            // `alone` dropped: committing, not alone.
+            Alone::Declined(key, value) => return Err((key, value)),
+            Alone::Conflict(key, written_at) => {
+                alone.finish(false);
+                *claim = Claim::Released;
+                return Ok(Err(Conflict {
+                    key,
+                    snapshot_version,
+                    committed_version: written_at,
+                }));
+            }
+            Alone::Committed { live, keeps_older } => (live, keeps_older),
+        };
+        // The registration ends with the commit: one store to the slot.
+        alone.finish(true);
+        *claim = Claim::Released;
+        // The entries kept for readers: this slot's queue, trimmed once no reader as old as
+        // their commits is live (at most one more than this commit queues); then the committer
+        // lock's queues, if they hold anything and the lock is free.
+        let oldest_reader = live.first().copied();
+        let eligible =
+            |kept_at: u64| kept_at <= number && oldest_reader.is_none_or(|o| o >= kept_at);
+        let mut to_trim = Vec::new();
+        {
+            let mut kept = self.kept_alone[slot].lock();
+            kept.extend(keeps_older.map(|entry| (number, entry)));
+            while to_trim.len() < 2
+                && let Some(&(kept_at, _)) = kept.front()
+                && eligible(kept_at)
+            {
+                to_trim.extend(kept.pop_front().map(|(_, entry)| entry));
+            }
+        }
+        if self.exclusion.housekeeping.load(Ordering::Relaxed)
+            && let Some(mut committer) = self.committer.try_lock()
+        {
+            // As a commit under the lock would, with this commit's publication: registrations
+            // taken since stand on `number` or later.
+            drop_old_tombstones(&self.index, &mut committer.tombstones, oldest, number);
+            while to_trim.len() < TRIMS_PER_COMMIT
+                && let Some(&(queued_at, _)) = committer.trims.front()
+                && eligible(queued_at)
+            {
+                to_trim.extend(committer.trims.pop_front().map(|(_, entry)| entry));
+            }
+            self.exclusion.set_housekeeping(&committer);
+        }
+        for entry in to_trim {
+            self.index
+                .trim(&entry, &live, number, &self.publication.queued);
+        }
+        Ok(Ok(number))
     }
 
     /// Fails with the first of `keys` (read or written) written after `snapshot_version`.
@@ -973,12 +1112,13 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
     }
 
     pub(crate) fn stats(&self) -> MvccStats {
+        let (alone, refused_alone) = self.slots.counts();
         let (tombstones, commits, conflicts) = {
             let committer = self.committer.lock();
             (
                 committer.tombstones.len(),
-                committer.commits,
-                committer.conflicts,
+                committer.commits + alone,
+                committer.conflicts + refused_alone,
             )
         };
         let state = self.state.lock();
@@ -998,6 +1138,63 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             live_snapshots: in_slots + state.live.iter().map(|&(_, count)| count).sum::<usize>(),
             tombstones,
         }
+    }
+}
+
+/// A commit alone in progress in a slot: ends it, committed or refused, with [`AloneCommit::finish`];
+/// dropped otherwise (the commit goes to the committer lock, or unwinds), it leaves the slot
+/// committing but not alone, so that commits under the lock do not wait for it.
+struct AloneCommit<'a> {
+    slots: &'a Slots,
+    slot: usize,
+}
+
+impl AloneCommit<'_> {
+    fn finish(self, committed: bool) {
+        self.slots.finish_alone(self.slot, committed);
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for AloneCommit<'_> {
+    fn drop(&mut self) {
+        self.slots.decline_alone(self.slot);
+    }
+}
+
+/// What commits under the committer lock tell the commits alone, on a line that only they
+/// write.
+struct Exclusion {
+    /// Set while a commit under the committer lock runs: commits alone wait for the lock
+    /// instead (`registry.rs`, [`Slots::exclude_alone`]).
+    exclusive: AtomicBool,
+    /// Whether the committer lock's tombstone or trim queue holds anything: a commit alone
+    /// then drains some, if it finds the lock free.
+    housekeeping: AtomicBool,
+}
+
+impl Exclusion {
+    fn set_housekeeping<K, V>(&self, committer: &CommitterState<K, V>) {
+        let pending = !committer.tombstones.is_empty() || !committer.trims.is_empty();
+        if self.housekeeping.load(Ordering::Relaxed) != pending {
+            self.housekeeping.store(pending, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Commits alone excluded (see [`Slots::exclude_alone`]) while this lives.
+struct Exclusive<'a>(&'a AtomicBool);
+
+impl<'a> Exclusive<'a> {
+    fn new(slots: &Slots, exclusive: &'a AtomicBool) -> Self {
+        slots.exclude_alone(exclusive);
+        Self(exclusive)
+    }
+}
+
+impl Drop for Exclusive<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 

@@ -53,6 +53,11 @@ impl<K: Ord, T> KeyMap<K, T> {
         }
     }
 
+    /// How many keys there are.
+    pub(crate) fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
     /// The keys, in no particular order.
     pub(crate) fn keys(&self) -> impl Iterator<Item = &K> {
         self.first
