@@ -1301,7 +1301,7 @@ fn commits_alone_and_under_the_lock_stay_serializable() {
                             tx.get(&(2 * pair + 1)).unwrap(),
                         );
                         if a + b >= 1 {
-                            let balance = if from % 2 == 0 { a } else { b };
+                            let balance = if from.is_multiple_of(2) { a } else { b };
                             tx.insert(from, balance - 1);
                             if tx.commit().is_ok() {
                                 withdrawn += 1;
