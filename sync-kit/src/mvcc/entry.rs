@@ -23,7 +23,9 @@
 //! change while the reader's registration lives):
 //!
 //! - Versions strictly decrease along the chain. The newest write may be unpublished (its commit
-//!   is between writing and publishing); then the write after it is the one published.
+//!   is between writing and publishing); then the write after it is the one published. (A commit
+//!   alone pushes its write with a placeholder version above every number, and stamps it with its
+//!   number before it releases the shard: no one sees the placeholder.)
 //! - A write is in the chain if a live snapshot or transaction stands on a version from its own
 //!   up to (not including) the next newer write's, or if it is the newest. Trims remove the
 //!   others, only after the newest write is published, using the live versions read when it was.
@@ -231,7 +233,9 @@ impl<K, V> Entry<K, V> {
     ///
     /// # Safety
     ///
-    /// The entry's shard and the map's committer lock are held.
+    /// The entry's shard is held, and the map's committer lock (or, for a commit alone, the
+    /// commits under it are excluded and `version` is the placeholder that
+    /// [`Entry::stamp_newest`] replaces before the shard is released).
     pub(crate) unsafe fn push(&self, version: u64, value: Option<V>, spare: Option<Spare<V>>) {
         let head = self.head.load(Ordering::Relaxed);
         let node = match spare {
@@ -273,8 +277,9 @@ impl<K, V> Entry<K, V> {
     ///
     /// # Safety
     ///
-    /// The entry's shard and the map's committer lock are held; the newest write was pushed
-    /// before its commit published it, and `live` was read at that publication. `untouched`: no
+    /// The entry's shard is held, and the map's committer lock (or the shard has been held since
+    /// a commit alone pushed the newest write); the newest write was pushed before its commit
+    /// published it, and `live` was read at that publication. `untouched`: no
     /// reference lent by [`Entry::at`] into the chain is held (the shard has been locked since
     /// the push, or no snapshot, the readers that keep references, is live now).
     pub(crate) unsafe fn settle(&self, live: &[u64], untouched: bool) -> bool {

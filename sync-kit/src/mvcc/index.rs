@@ -3,14 +3,15 @@
 //! commit validation and a commit's writes cost one hash lookup and touch one entry, and never
 //! walk down a B-tree. The ordered maps of the versions hold the same entries.
 //!
-//! Only committers change the index and the entries, under the committer lock: a commit pushes
+//! Only committers change the index and the entries. A commit under the committer lock pushes
 //! its writes (stamped with its new, not yet published, version number) *before* it publishes
-//! that version, trims the entries after publishing, and the next commit cannot start before
-//! that. So at most one write in the index is unpublished, the newest of its entry, and the
-//! write before it stays linked until the trim: a read of the latest version loads the published
-//! number with the entry's shard locked and takes the newest write if it is published, else the
-//! one before ([`Entry::latest`]); linearizable, and it never waits for a commit but for the
-//! shard.
+//! that version, trims the entries after publishing, and commits alone are excluded meanwhile.
+//! A commit alone ([`Index::overwrite_alone`]) pushes its write unstamped, takes its number and
+//! publishes it in one step, and stamps the write, all with its key's shard held. So every
+//! unpublished write in the index is the newest of its entry, and the write before it stays
+//! linked until the trim: a read of the latest version loads the published number with the
+//! entry's shard locked and takes the newest write if it is published, else the one before
+//! ([`Entry::latest`]); linearizable, and it never waits for a commit but for the shard.
 //!
 //! A key without an entry has no value at any version a live reader stands on: entries are
 //! created by writes and removed from the index only with their tombstone (see `state.rs`), once
@@ -18,8 +19,9 @@
 //! entry; no live reader reaches it through them.)
 //!
 //! A one-key commit pushes its write and publishes while holding its key's shard
-//! ([`Index::write_published`]), and settles the entry before releasing it (with no snapshot
-//! live, its write becomes the inline one): no second lookup. Loom model
+//! ([`Index::write_published`] under the committer lock, [`Index::overwrite_alone`] alone), and
+//! settles the entry before releasing it (with no snapshot live, its write becomes the inline
+//! one): no second lookup. Loom model
 //! `one_key_commits_publish_with_their_slot`. A snapshot's ordered read of an entry whose inline
 //! write is the newest takes no shard lock (`Entry::inline_at`; loom model
 //! `lent_values_survive_commits`).

@@ -9,8 +9,15 @@
 //! | slot | means | moves on |
 //! |---|---|---|
 //! | `FREE` | no registration | a claim by a thread given this slot: compare-and-swap to `reading(v)` |
-//! | `reading(v)` | a transaction reads version `v`, or is still confirming that `v` is the latest | its claimer stores a later version while confirming; its commit marks it `committing(v)`; its release stores `FREE` |
+//! | `reading(v)` | a transaction reads version `v`, or is still confirming that `v` is the latest | its claimer stores a later version while confirming; its commit marks it `committing(v)` (and alone, below); its release stores `FREE` |
 //! | `committing(v)` | the transaction stood on `v` and reads no more values: its commit validates it (which needs the tombstones since `v`, not the values) | its release stores `FREE` |
+//! | `committing(v)`, alone | its commit runs alone, without the committer lock (`state.rs`): commits under the lock wait until no slot is alone | the commit's end clears the bit; its release stores `FREE` |
+//!
+//! A commit marks its slot alone, then loads `exclusive`; a commit under the lock stores
+//! `exclusive`, then reads every slot and waits for those marked alone (Dekker's pattern again,
+//! [`Slots::committing_alone`] against [`Slots::exclude_alone`]): one of the two sees the other,
+//! so no commit alone runs while a commit under the lock does. A commit alone that sees
+//! `exclusive` unmarks its slot and takes the committer lock instead.
 //!
 //! A committing transaction holds no value back: under contention, transactions spend much of
 //! their life waiting for the committer lock, and the commits before theirs can then fold their

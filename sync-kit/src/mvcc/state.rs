@@ -6,42 +6,61 @@
 //! lock (`registry.rs`); snapshots (which hold a version's ordered map) and the transactions
 //! whose slot is taken register in the queue under `state`, counted in `Publication::queued`. A
 //! commit stores its version as the published one, then reads the slots (Dekker's pattern,
-//! `crate::loom::dekker`), and the queue only if that count is not zero: a commit that
-//! overwrites values takes no lock but its key's shard and the committer lock, and beginning a
-//! transaction takes none.
+//! `crate::loom::dekker`), and the queue only if that count is not zero.
 //!
-//! Two internal locks, always taken in this order:
+//! Two ways to commit:
 //!
-//! - `committer`: held by one commit from validation to publication. Commits are serialized
-//!   (each builds on the version the previous one published); the tombstone and trim queues,
-//!   the commit counters, the entries' writes and a second copy of the latest version (so that
-//!   a commit reads its base without the state lock) are theirs. Trims of the entries take
-//!   their shards' mutexes after it is released (`entry.rs`). Before taking it, a one-key commit
+//! - **Alone** ([`Shared::commit_alone`], [`Index::overwrite_alone`]): a transaction registered
+//!   in a slot that overwrites one key's live value (and read at most [`ALONE_READS`] keys)
+//!   takes no lock but the shards of its keys, in shard order. Holding them, it validates its
+//!   keys, pushes its write, takes its number and publishes it with one read-modify-write of
+//!   the published version, reads the registrations, stamps and settles the entry. Readers of
+//!   those keys wait for the shards; the others never see the unstamped write. Two such commits
+//!   on disjoint keys share no lock, so they run side by side: what lets two threads commit
+//!   faster in total than one.
+//! - **Under the committer lock**: every other commit (several keys written, a key gaining or
+//!   losing its value, a transaction registered in the queue). It takes `committer`, then
+//!   excludes commits alone until it has published ([`Slots::exclude_alone`]: it sets
+//!   `Exclusion::exclusive` and waits for the slots marked alone, Dekker's pattern against
+//!   [`Slots::committing_alone`]), so that it runs as the only commit, as all commits did
+//!   before: it numbers its version after the published one, and while it holds the lock the
+//!   latest version cannot change.
+//!
+//! Locks, always taken in this order:
+//!
+//! - `committer`: held by one commit under the lock from validation to publication. The
+//!   tombstone and trim queues, the commit counters and a second copy of the latest version's
+//!   keys (so that a commit reads its base without the state lock) are theirs. Trims of the
+//!   entries take their shards' mutexes after it is released (`entry.rs`). Commits alone take it
+//!   only with `try_lock`, after they published, to drain its queues when
+//!   `Exclusion::housekeeping` says they hold anything. Before taking it, a one-key commit
 //!   reads its key's entry and allocates a node for its write if another commit holds the lock
 //!   at that moment (`is_locked`, one load; the shard's mutex alone, as a reader takes it), so
-//!   that the other committers do not wait for that cache miss and allocation; a lone committer
-//!   takes the miss under the lock instead of paying a second shard lock for nothing.
-//! - `state`: the latest version's keys and the queued registrations. Held only to copy or swap
-//!   an `Arc`, store the published version number, update a counter and copy the queued
-//!   versions (a few numbers), never across validation, the entries' writes, the build of a
-//!   version's ordered map or the freeing of an old one, so snapshots and reads never wait for a
-//!   commit's work. A commit that changes the keys takes it once, to swap in its version and
-//!   publish it; a commit that only overwrites values, only to read the queue when a snapshot
-//!   is registered.
+//!   that the other committers do not wait for that cache miss and allocation.
+//! - An index shard's mutex (`index.rs`): one at a time, but for a commit alone, which takes
+//!   the shards of its keys in shard order.
+//! - A version's `pending` mutex, then `state`: the latest version's keys and the queued
+//!   registrations. `state` is held only to copy or swap an `Arc`, store the published version
+//!   number, update a counter and copy the queued versions (a few numbers), never across
+//!   validation, the entries' writes, the build of a version's ordered map or the freeing of an
+//!   old one, so snapshots and reads never wait for a commit's work. A commit that changes the
+//!   keys takes it once, to swap in its version and publish it; a commit that only overwrites
+//!   values, only to read the queue when a snapshot is registered.
+//! - A slot's queue of entries kept by its commits alone (`Shared::kept_alone`): taken alone by
+//!   commits alone, after `committer` by commits under the lock.
 //!
-//! Under `committer`, an index shard's mutex or a recent version's `pending` mutex may be taken,
-//! each for a moment. A one-key commit holds its key's shard mutex from its validation until its
-//! entry is settled after the publication, taking the base's `pending` mutex and
-//! then `state` inside it (lock order: committer, shard, pending, state; no path takes them the
-//! other way, readers take a shard or `state` alone). A version's `pending` is a `std` mutex and
-//! its map a `std` `OnceLock`, not loom's: neither is ever held across a loom operation (a build
-//! only takes, clones and changes `imbl` maps), so under loom they can neither block nor be
-//! interleaved, and loom still explores every interleaving of the atomics and internal mutexes
-//! around them.
+//! No path takes two of these the other way; readers take a shard or `state` alone. A version's
+//! `pending` is a `std` mutex and its map a `std` `OnceLock`, not loom's: neither is ever held
+//! across a loom operation (a build only takes, clones and changes `imbl` maps), so under loom
+//! they can neither block nor be interleaved, and loom still explores every interleaving of the
+//! atomics and internal mutexes around them.
 //!
-//! While a commit holds `committer`, the latest version cannot change, so the version it
-//! validated against is the one it replaces; if that is still the transaction's own snapshot
-//! version, nothing was committed since the transaction began and there is nothing to validate.
+//! While a commit holds `committer` and excludes commits alone, the latest version cannot
+//! change, so the version it validated against is the one it replaces; if that is still the
+//! transaction's own snapshot version, nothing was committed since the transaction began and
+//! there is nothing to validate. Loom models `write_skew_is_refused_between_commits_alone`,
+//! `write_skew_is_refused_between_a_commit_alone_and_one_under_the_lock` and
+//! `commits_alone_are_seen_in_version_order`.
 
 use std::borrow::Borrow;
 use std::collections::VecDeque;
