@@ -494,7 +494,45 @@ pub(crate) struct Shared<K, V> {
 type Trims<K, V> = VecDeque<(u64, Arc<Entry<K, V>>)>;
 
 /// One slot's [`Trims`] of its commits alone, on a line of its own.
-type KeptAlone<K, V> = Line<InternalMutex<Trims<K, V>>>;
+#[repr(align(64))]
+struct KeptAlone<K, V> {
+    entries: InternalMutex<Trims<K, V>>,
+    /// Whether `entries` holds any (written with it locked, read without: the slot's commits
+    /// alone, which alone add to it, skip the lock when it is empty and they add nothing).
+    any: AtomicBool,
+}
+
+impl<K, V> KeptAlone<K, V> {
+    fn new() -> Self {
+        Self {
+            entries: InternalMutex::new(VecDeque::new()),
+            any: AtomicBool::new(false),
+        }
+    }
+
+    /// Takes up to `limit` entries kept at versions that `eligible` accepts into `to_trim`,
+    /// adding `kept` first.
+    fn take(
+        &self,
+        kept: Option<(u64, Arc<Entry<K, V>>)>,
+        limit: usize,
+        eligible: impl Fn(u64) -> bool,
+        to_trim: &mut Vec<Arc<Entry<K, V>>>,
+    ) {
+        if kept.is_none() && !self.any.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut entries = self.entries.lock();
+        entries.extend(kept);
+        while to_trim.len() < limit
+            && let Some(&(kept_at, _)) = entries.front()
+            && eligible(kept_at)
+        {
+            to_trim.extend(entries.pop_front().map(|(_, entry)| entry));
+        }
+        self.any.store(!entries.is_empty(), Ordering::Relaxed);
+    }
+}
 
 /// What a commit writes (`published`) and then reads (`queued`) to publish a version, on one
 /// line.
@@ -549,9 +587,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
                 exclusive: AtomicBool::new(false),
                 housekeeping: AtomicBool::new(false),
             }),
-            kept_alone: (0..slots_len)
-                .map(|_| Line(InternalMutex::new(VecDeque::new())))
-                .collect(),
+            kept_alone: (0..slots_len).map(|_| KeptAlone::new()).collect(),
             committer: Line(InternalMutex::new(CommitterState {
                 latest: first,
                 commits: 0,
@@ -963,13 +999,12 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         // And those the commits alone kept, which no commit alone runs to trim meanwhile (every
         // one of them published before this one).
         for kept in this.kept_alone.iter() {
-            let mut kept = kept.lock();
-            while to_trim.len() < TRIMS_PER_COMMIT
-                && let Some(&(kept_at, _)) = kept.front()
-                && oldest_live.is_none_or(|oldest| oldest >= kept_at)
-            {
-                to_trim.extend(kept.pop_front().map(|(_, entry)| entry));
-            }
+            kept.take(
+                None,
+                TRIMS_PER_COMMIT,
+                |kept_at| oldest_live.is_none_or(|oldest| oldest >= kept_at),
+                &mut to_trim,
+            );
         }
         this.exclusion.set_housekeeping(committer);
         // The live versions are needed after the lock for the trims; with none, the (empty,
@@ -1076,16 +1111,12 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         let eligible =
             |kept_at: u64| kept_at <= number && oldest_reader.is_none_or(|o| o >= kept_at);
         let mut to_trim = Vec::new();
-        {
-            let mut kept = self.kept_alone[slot].lock();
-            kept.extend(keeps_older.map(|entry| (number, entry)));
-            while to_trim.len() < 2
-                && let Some(&(kept_at, _)) = kept.front()
-                && eligible(kept_at)
-            {
-                to_trim.extend(kept.pop_front().map(|(_, entry)| entry));
-            }
-        }
+        self.kept_alone[slot].take(
+            keeps_older.map(|entry| (number, entry)),
+            2,
+            eligible,
+            &mut to_trim,
+        );
         if self.exclusion.housekeeping.load(Ordering::Relaxed)
             && let Some(mut committer) = self.committer.try_lock()
         {
