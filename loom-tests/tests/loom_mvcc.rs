@@ -469,3 +469,31 @@ fn commits_alone_are_seen_in_version_order() {
         assert_eq!(map.stats().commits, 3);
     });
 }
+
+/// A transaction registered in a slot holds the map through the slot's lease; when the map's
+/// last handle is dropped while the transaction ends on another thread, the lease is given back
+/// exactly once, by whichever of the two comes second (Dekker's pattern between the release,
+/// which stores the free slot then loads `orphaned`, and the last handle, which stores
+/// `orphaned` then loads the slot): every value is freed, and none twice.
+#[test]
+fn leases_are_given_back_once_when_the_map_and_its_transaction_end() {
+    model(|| {
+        let tracked = std::sync::Arc::new(());
+        let map: MvccMap<&'static str, std::sync::Arc<()>> = MvccMap::new();
+        let mut setup = map.begin();
+        setup.insert("a", std::sync::Arc::clone(&tracked));
+        setup.commit().unwrap();
+        let mut tx = map.begin();
+        let other = thread::spawn(move || {
+            assert!(tx.get(&"a").is_some());
+            drop(tx);
+        });
+        drop(map);
+        other.join().unwrap();
+        assert_eq!(
+            std::sync::Arc::strong_count(&tracked),
+            1,
+            "the map was not freed"
+        );
+    });
+}

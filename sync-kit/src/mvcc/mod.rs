@@ -112,9 +112,16 @@ pub struct MvccMap<K, V> {
 
 impl<K, V> Clone for MvccMap<K, V> {
     fn clone(&self) -> Self {
+        self.shared.add_handle();
         Self {
             shared: Arc::clone(&self.shared),
         }
+    }
+}
+
+impl<K, V> Drop for MvccMap<K, V> {
+    fn drop(&mut self) {
+        self.shared.drop_handle();
     }
 }
 

@@ -41,7 +41,7 @@
 //! of each entry it trims, and never touches a newer one (`entry.rs`). Loom model
 //! `transactions_keep_what_they_read`.
 
-use crate::loom::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use crate::loom::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use crate::loom::{SpinWait, dekker, global, thread_local, yield_now};
 
 /// A slot's value with no registration in it.
@@ -69,6 +69,9 @@ struct Slot {
     /// changed only by the slot's registered transaction: a load and a store).
     commits: AtomicU64,
     conflicts: AtomicU64,
+    /// The slot's lease on the map's shared state (`state.rs`'s `Hold`): one reference count,
+    /// made by `Arc::into_raw` and taken by the first registration here, or null.
+    lease: AtomicPtr<()>,
 }
 
 /// The transactions' registration slots of one map.
@@ -112,6 +115,7 @@ impl Slots {
                     value: AtomicU64::new(FREE),
                     commits: AtomicU64::new(0),
                     conflicts: AtomicU64::new(0),
+                    lease: AtomicPtr::new(std::ptr::null_mut()),
                 })
                 .collect(),
         }
@@ -168,10 +172,45 @@ impl Slots {
             .any(|(index, slot)| Some(index) != own && slot.value.load(Ordering::Relaxed) != FREE)
     }
 
-    /// Ends the registration in `slot`.
+    /// Gives `slot` (claimed by the caller) its lease if it has none: `make` makes one.
     #[inline]
-    pub(crate) fn release(&self, slot: usize) {
-        self.slots[slot].value.store(FREE, Ordering::Release);
+    pub(crate) fn lease(&self, slot: usize, make: impl FnOnce() -> *const ()) {
+        let lease = &self.slots[slot].lease;
+        // Only the slot's registration sets it, and the last handle's drop (which takes it)
+        // happens after every claim: no race.
+        if lease.load(Ordering::Relaxed).is_null() {
+            lease.store(make().cast_mut(), Ordering::Relaxed);
+        }
+    }
+
+    /// Ends the registration in `slot`; returns its lease if the map's last handle is gone
+    /// (`orphaned`), for the caller to give back once it no longer uses the map (see
+    /// `state.rs`'s `Hold`).
+    #[inline]
+    pub(crate) fn release(&self, slot: usize, orphaned: &AtomicBool) -> Option<*const ()> {
+        let slot = &self.slots[slot];
+        slot.value.store(FREE, dekker::STORE);
+        dekker::fence();
+        if !orphaned.load(dekker::LOAD) {
+            return None;
+        }
+        Self::take_lease(slot)
+    }
+
+    /// `slot`'s lease if the slot is free (the map's last handle is being dropped, after it
+    /// set `orphaned`): a registration still in it gives it back when it ends.
+    pub(crate) fn take_lease_if_free(&self, slot: usize) -> Option<*const ()> {
+        let slot = &self.slots[slot];
+        if slot.value.load(dekker::LOAD) != FREE {
+            return None;
+        }
+        Self::take_lease(slot)
+    }
+
+    /// Takes `slot`'s lease (at most one caller gets it).
+    fn take_lease(slot: &Slot) -> Option<*const ()> {
+        let lease = slot.lease.swap(std::ptr::null_mut(), Ordering::Acquire);
+        (!lease.is_null()).then_some(lease.cast_const())
     }
 
     /// How many slots there are (numbered from 0).
@@ -196,8 +235,8 @@ impl Slots {
         true
     }
 
-    /// Ends `slot`'s commit alone and its registration, counting the commit as made or refused
-    /// (`committed`).
+    /// Ends `slot`'s commit alone, counting it as made or refused (`committed`); the
+    /// registration stays, committing, until it is released.
     #[inline]
     pub(crate) fn finish_alone(&self, slot: usize, committed: bool) {
         let slot = &self.slots[slot];
@@ -207,7 +246,10 @@ impl Slots {
             &slot.conflicts
         };
         counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        slot.value.store(FREE, Ordering::Release);
+        slot.value.store(
+            slot.value.load(Ordering::Relaxed) & !ALONE,
+            Ordering::Release,
+        );
     }
 
     /// Ends `slot`'s attempt to commit alone without a commit (the commit is made under the

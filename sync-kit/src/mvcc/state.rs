@@ -377,9 +377,72 @@ struct CommitterState<K, V> {
 /// A live snapshot's or transaction's claim on its version; released on drop unless a commit
 /// released it.
 pub(crate) struct Registration<K: Ord + Hash + Clone, V: Clone> {
-    pub(crate) shared: Arc<Shared<K, V>>,
+    pub(crate) shared: Hold<K, V>,
     pub(crate) version: u64,
     claim: Claim,
+}
+
+/// A registration's hold on the map's shared state: a reference count of its own (snapshots,
+/// transactions in the queue), or its slot's lease (transactions in a slot).
+///
+/// A slot's *lease* is one reference count taken by the first transaction that registers in
+/// the slot and kept there, so that the next ones need not take one: a transaction that
+/// began and ended changed no line that the other threads' transactions change too (the `Arc`'s
+/// counts). The map's handles (`MvccMap` and its clones) are counted apart
+/// ([`Shared::handles`]); when the last one is dropped, no transaction can begin any more, and
+/// the leases are given back ([`Shared::orphan_leases`]): at once for free slots, and by the
+/// transaction's release for a slot in use (Dekker's pattern between the two: the releaser
+/// stores `FREE` then loads `orphaned`, the last handle stores `orphaned` then loads the slot).
+pub(crate) struct Hold<K, V> {
+    shared: std::ptr::NonNull<Shared<K, V>>,
+    /// Whether this hold owns a reference count (else it stands on its slot's lease).
+    owned: bool,
+}
+
+// SAFETY: a `Hold` is a reference-counted pointer to the map's state, like the `Arc` it stands
+// for; it is `Send` and `Sync` exactly when that `Arc` would be.
+unsafe impl<K, V> Send for Hold<K, V> where Arc<Shared<K, V>>: Send {}
+// SAFETY: as above.
+unsafe impl<K, V> Sync for Hold<K, V> where Arc<Shared<K, V>>: Sync {}
+
+impl<K, V> Hold<K, V> {
+    /// A hold that owns a reference count of its own (given back by `Registration::drop`).
+    fn owned(shared: &Arc<Shared<K, V>>) -> Self {
+        let pointer = Arc::into_raw(Arc::clone(shared)).cast_mut();
+        Self {
+            shared: std::ptr::NonNull::new(pointer).expect("an Arc is never null"),
+            owned: true,
+        }
+    }
+
+    fn leased(shared: &Arc<Shared<K, V>>) -> Self {
+        Self {
+            shared: std::ptr::NonNull::from(&**shared),
+            owned: false,
+        }
+    }
+}
+
+impl<K, V> Hold<K, V> {
+    /// A hold of the same state that owns a reference count of its own.
+    fn another(&self) -> Self {
+        // SAFETY: the state is alive (this hold); the count taken is owned by the new hold.
+        unsafe { Arc::increment_strong_count(self.shared.as_ptr().cast_const()) };
+        Self {
+            shared: self.shared,
+            owned: true,
+        }
+    }
+}
+
+impl<K, V> std::ops::Deref for Hold<K, V> {
+    type Target = Shared<K, V>;
+    fn deref(&self) -> &Shared<K, V> {
+        // SAFETY: the state lives while this hold does: it owns a reference count, or its
+        // registration's slot holds a lease that is given back only by that registration's
+        // release (`Registration::drop`, which ends with it).
+        unsafe { self.shared.as_ref() }
+    }
 }
 
 /// Where a registration is recorded.
@@ -398,7 +461,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Registration<K, V> {
     pub(crate) fn latest(shared: &Arc<Shared<K, V>>) -> (Self, Arc<Version<K, V>>) {
         let (keys, number) = shared.acquire_latest();
         let registration = Self {
-            shared: Arc::clone(shared),
+            shared: Hold::owned(shared),
             version: number,
             claim: Claim::Queue,
         };
@@ -408,15 +471,21 @@ impl<K: Ord + Hash + Clone, V: Clone> Registration<K, V> {
     /// Registers a transaction at the latest version (its reads need no ordered map): in its
     /// thread's slot, without a lock, or else in the queue.
     pub(crate) fn begin(shared: &Arc<Shared<K, V>>) -> Self {
-        let (claim, version) = match shared.slots.claim(&shared.publication.published) {
-            Some((slot, version)) => (Claim::Slot(slot), version),
+        let (claim, version, hold) = match shared.slots.claim(&shared.publication.published) {
+            Some((slot, version)) => {
+                shared
+                    .slots
+                    .lease(slot, || Arc::into_raw(Arc::clone(shared)).cast());
+                (Claim::Slot(slot), version, Hold::leased(shared))
+            }
             None => (
                 Claim::Queue,
                 shared.register_queued(&mut shared.state.lock()),
+                Hold::owned(shared),
             ),
         };
         Self {
-            shared: Arc::clone(shared),
+            shared: hold,
             version,
             claim,
         }
@@ -426,7 +495,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Registration<K, V> {
     pub(crate) fn duplicate(&self) -> Self {
         self.shared.retain(self.version);
         Self {
-            shared: Arc::clone(&self.shared),
+            shared: self.shared.another(),
             version: self.version,
             claim: Claim::Queue,
         }
@@ -442,28 +511,47 @@ fn own_slot(claim: &Claim) -> Option<usize> {
 }
 
 impl Claim {
-    /// Ends the registration of `version` recorded here; `state`: the state lock, if the
-    /// caller holds it.
-    fn release<K: Ord + Hash + Clone, V: Clone>(
+    /// Ends the registration of `version` if it is in the queue; `state`: the state lock, if
+    /// the caller holds it. A registration in a slot ends when it is dropped (its commit leaves
+    /// it out of the live versions meanwhile).
+    fn release_queued<K: Ord + Hash + Clone, V: Clone>(
         &mut self,
         shared: &Shared<K, V>,
         version: u64,
         state: Option<&mut State<K, V>>,
     ) {
-        match std::mem::replace(self, Claim::Released) {
-            Claim::Slot(slot) => shared.slots.release(slot),
-            Claim::Queue => match state {
+        if *self == Claim::Queue {
+            *self = Claim::Released;
+            match state {
                 Some(state) => shared.release_queued(state, version),
                 None => shared.release(version),
-            },
-            Claim::Released => {}
+            }
         }
     }
 }
 
 impl<K: Ord + Hash + Clone, V: Clone> Drop for Registration<K, V> {
     fn drop(&mut self) {
-        self.claim.release(&self.shared, self.version, None);
+        // The last use of the shared state, unless this hold owns a count: a lease given back
+        // here may be its last reference.
+        let lease = match std::mem::replace(&mut self.claim, Claim::Released) {
+            Claim::Slot(slot) => self.shared.slots.release(slot, &self.shared.orphaned),
+            claim => {
+                let mut claim = claim;
+                claim.release_queued(&self.shared, self.version, None);
+                None
+            }
+        };
+        if self.shared.owned {
+            // SAFETY: this hold owns one reference count (`Hold::owned`, `Hold::another`), given
+            // back once.
+            drop(unsafe { Arc::from_raw(self.shared.shared.as_ptr().cast_const()) });
+        }
+        if let Some(lease) = lease {
+            // SAFETY: a lease is a reference count made by `Arc::into_raw` in `begin`, and
+            // `Slots::release` hands it over once (see `Hold`).
+            drop(unsafe { Arc::from_raw(lease.cast::<Shared<K, V>>()) });
+        }
     }
 }
 
@@ -481,6 +569,10 @@ pub(crate) struct Shared<K, V> {
     publication: Line<Publication>,
     /// Read by every commit alone, written by commits under the lock alone.
     exclusion: Line<Exclusion>,
+    /// How many `MvccMap` handles share this state (see [`Hold`]).
+    handles: AtomicUsize,
+    /// Set when the last handle is dropped: the slots' leases are given back (see [`Hold`]).
+    orphaned: AtomicBool,
     committer: Line<InternalMutex<CommitterState<K, V>>>,
     state: Line<InternalMutex<State<K, V>>>,
     /// Per slot, the entries that commits alone of its transactions left with older writes for
@@ -549,6 +641,32 @@ struct Publication {
     queued: AtomicUsize,
 }
 
+impl<K, V> Shared<K, V> {
+    /// One more `MvccMap` handle shares this state.
+    pub(crate) fn add_handle(&self) {
+        self.handles.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One `MvccMap` handle is dropped; the last one gives the slots' leases back (see
+    /// [`Hold`]): no transaction can begin any more, and those still live give theirs back
+    /// when they end. The caller still holds its own reference count, so this state outlives
+    /// the call.
+    pub(crate) fn drop_handle(&self) {
+        if self.handles.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        self.orphaned.store(true, dekker::STORE);
+        dekker::fence();
+        for slot in 0..self.slots.len() {
+            if let Some(lease) = self.slots.take_lease_if_free(slot) {
+                // SAFETY: a lease is a reference count made by `Arc::into_raw` in `begin`,
+                // handed over once; the caller's own count keeps `self` alive.
+                drop(unsafe { Arc::from_raw(lease.cast::<Self>()) });
+            }
+        }
+    }
+}
+
 /// A value starting a cache line of its own.
 #[repr(align(64))]
 struct Line<T>(T);
@@ -588,6 +706,8 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
                 housekeeping: AtomicBool::new(false),
             }),
             kept_alone: (0..slots_len).map(|_| KeptAlone::new()).collect(),
+            handles: AtomicUsize::new(1),
+            orphaned: AtomicBool::new(false),
             committer: Line(InternalMutex::new(CommitterState {
                 latest: first,
                 commits: 0,
@@ -770,7 +890,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
                 let Sorted::One((key, Some(value))) = writes else {
                     unreachable!("matched above")
                 };
-                match this.commit_alone(claim, slot, snapshot_version, reads, key, value) {
+                match this.commit_alone(slot, snapshot_version, reads, key, value) {
                     Ok(result) => return result,
                     Err((key, value)) => writes = Sorted::One((key, Some(value))),
                 }
@@ -822,7 +942,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         }
         if writes.is_empty() {
             committer.commits += 1;
-            claim.release(this, snapshot_version, None);
+            claim.release_queued(this, snapshot_version, None);
             return Ok(base_number);
         }
         let number = base_number + 1;
@@ -866,7 +986,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
                     // released once the lock is (its slot's line need not move under it).
                     let own = own_slot(claim);
                     if own.is_none() {
-                        claim.release(this, snapshot_version, None);
+                        claim.release_queued(this, snapshot_version, None);
                     }
                     this.publication.published.store(number, dekker::STORE);
                     dekker::fence();
@@ -880,11 +1000,11 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
                 }
                 Some((next, (from, from_built))) => {
                     let mut state = this.state.lock();
-                    claim.release(this, snapshot_version, Some(&mut state));
+                    claim.release_queued(this, snapshot_version, Some(&mut state));
                     this.publication.published.store(number, dekker::STORE);
                     dekker::fence();
                     let previous = std::mem::replace(&mut state.latest, Arc::clone(&next));
-                    let oldest = this.live_versions(None, Some(&state), &mut live);
+                    let oldest = this.live_versions(own_slot(claim), Some(&state), &mut live);
                     Published {
                         // Snapshots alone hold versions: they are all in the queue.
                         held: state.holds_since(from),
@@ -1057,7 +1177,6 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
     /// marked committing, if it is not an overwrite of a live value.
     fn commit_alone(
         &self,
-        claim: &mut Claim,
         slot: usize,
         snapshot_version: u64,
         reads: &KeyMap<K, ()>,
@@ -1092,7 +1211,6 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             Alone::Declined(key, value) => return Err((key, value)),
             Alone::Conflict(key, written_at) => {
                 alone.finish(false);
-                *claim = Claim::Released;
                 return Ok(Err(Conflict {
                     key,
                     snapshot_version,
@@ -1101,9 +1219,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             }
             Alone::Committed { live, keeps_older } => (live, keeps_older),
         };
-        // The registration ends with the commit: one store to the slot.
         alone.finish(true);
-        *claim = Claim::Released;
         // The entries kept for readers: this slot's queue, trimmed once no reader as old as
         // their commits is live (at most one more than this commit queues); then the committer
         // lock's queues, if they hold anything and the lock is free.
