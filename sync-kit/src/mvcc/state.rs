@@ -33,10 +33,11 @@
 //!   keys (so that a commit reads its base without the state lock) are theirs. Trims of the
 //!   entries take their shards' mutexes after it is released (`entry.rs`). Commits alone take it
 //!   only with `try_lock`, after they published, to drain its queues when
-//!   `Exclusion::housekeeping` says they hold anything. Before taking it, a one-key commit
-//!   reads its key's entry and allocates a node for its write if another commit holds the lock
-//!   at that moment (`is_locked`, one load; the shard's mutex alone, as a reader takes it), so
-//!   that the other committers do not wait for that cache miss and allocation.
+//!   `Exclusion::housekeeping` says they hold something no registration needs any more. Before
+//!   taking it, a one-key commit reads its key's entry and allocates a node for its write if
+//!   another commit holds the lock at that moment (`is_locked`, one load; the shard's mutex
+//!   alone, as a reader takes it), so that the other committers do not wait for that cache miss
+//!   and allocation.
 //! - An index shard's mutex (`index.rs`): one at a time, but for a commit alone, which takes
 //!   the shards of its keys in shard order.
 //! - A version's `pending` mutex, then `state`: the latest version's keys and the queued
@@ -703,7 +704,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             }),
             exclusion: Line(Exclusion {
                 exclusive: AtomicBool::new(false),
-                housekeeping: AtomicBool::new(false),
+                housekeeping: SyncAtomicU64::new(Exclusion::NONE),
             }),
             kept_alone: (0..slots_len).map(|_| KeptAlone::new()).collect(),
             handles: AtomicUsize::new(1),
@@ -1233,7 +1234,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
             eligible,
             &mut to_trim,
         );
-        if self.exclusion.housekeeping.load(Ordering::Relaxed)
+        if self.exclusion.housekeeping_due(number, oldest)
             && let Some(mut committer) = self.committer.try_lock()
         {
             // As a commit under the lock would, with this commit's publication: registrations
@@ -1334,17 +1335,36 @@ struct Exclusion {
     /// Set while a commit under the committer lock runs: commits alone wait for the lock
     /// instead (`registry.rs`, [`Slots::exclude_alone`]).
     exclusive: AtomicBool,
-    /// Whether the committer lock's tombstone or trim queue holds anything: a commit alone
-    /// then drains some, if it finds the lock free.
-    housekeeping: AtomicBool,
+    /// The oldest version among the committer lock's queued tombstones and trims (`NONE`:
+    /// both queues are empty): a commit alone whose publication found no registration older
+    /// than it drains some, if it finds the lock free. (Not whether they hold anything: while a
+    /// long-lived snapshot holds them back, every commit alone would take the lock for
+    /// nothing.)
+    housekeeping: SyncAtomicU64,
 }
 
 impl Exclusion {
+    /// [`Exclusion::housekeeping`] when the queues are empty.
+    const NONE: u64 = u64::MAX;
+
     fn set_housekeeping<K, V>(&self, committer: &CommitterState<K, V>) {
-        let pending = !committer.tombstones.is_empty() || !committer.trims.is_empty();
-        if self.housekeeping.load(Ordering::Relaxed) != pending {
-            self.housekeeping.store(pending, Ordering::Relaxed);
+        let tombstone = committer.tombstones.front().map(|&(version, _)| version);
+        let trim = committer.trims.front().map(|&(version, _)| version);
+        let due = tombstone
+            .into_iter()
+            .chain(trim)
+            .min()
+            .unwrap_or(Self::NONE);
+        if self.housekeeping.load(Ordering::Relaxed) != due {
+            self.housekeeping.store(due, Ordering::Relaxed);
         }
+    }
+
+    /// Whether a commit alone at `number`, whose publication found registrations at `oldest`
+    /// or later, has queued work to do under the committer lock.
+    fn housekeeping_due(&self, number: u64, oldest: Option<u64>) -> bool {
+        let due = self.housekeeping.load(Ordering::Relaxed);
+        due < number && oldest.is_none_or(|oldest| oldest >= due)
     }
 }
 
