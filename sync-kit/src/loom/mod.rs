@@ -4,19 +4,21 @@
 //! synchronisation is imported from here, so `RUSTFLAGS="--cfg loom"` model-checks the same code
 //! that ships. Items:
 //!
-//! - [`atomic`]: `AtomicU8`, `AtomicUsize`, `AtomicU64`, `AtomicPtr`, `Ordering`.
-//! - [`dekker`]: the orderings (and fence) for a store that must be ordered before a later load
-//!   of another location: `SeqCst` accesses in normal builds, a `SeqCst` fence under loom.
+//! - [`atomic`]: `AtomicBool`, `AtomicU8`, `AtomicUsize`, `AtomicU64`, `AtomicPtr`, `Ordering`.
+//! - [`dekker`]: the orderings (and fence) for a store (or read-modify-write) that must be
+//!   ordered before a later load of another location: `SeqCst` accesses in normal builds, a
+//!   `SeqCst` fence under loom.
 //! - [`thread`]: `current`, `ThreadId`.
 //! - [`cell::UnsafeCell`]: loom's `UnsafeCell` API (`get`/`get_mut` returning tracked pointers),
 //!   mirrored over `std::cell::UnsafeCell` for normal builds.
 //! - [`InternalMutex`]: a plain mutex for sync-kit's own bookkeeping (the wait-for graph, the
-//!   lock registry). It is never one of sync-kit's instrumented locks, so the detector cannot
+//!   lock registry, the MVCC map's internal locks). It is never one of sync-kit's instrumented locks, so the detector cannot
 //!   recurse into itself.
 //! - [`park`]: `park`/`unpark_one`/`unpark_all` with parking_lot_core's semantics; under loom a
 //!   per-lock emulation built from loom's `Mutex` and `Condvar`.
 //! - [`SpinWait`]: bounded spinning before parking; under loom it never spins (a spin loop would
-//!   only multiply the interleavings loom has to explore).
+//!   only multiply the interleavings loom has to explore). [`yield_now`]: std's or loom's, for a
+//!   wait that gave up spinning but cannot park.
 //! - `global!`: a lazily initialised `static` (std `LazyLock`, or `loom::lazy_static!`, which loom
 //!   resets for every explored execution).
 //! - `thread_local!`: std's or loom's.

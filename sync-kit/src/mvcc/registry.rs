@@ -19,6 +19,12 @@
 //! so no commit alone runs while a commit under the lock does. A commit alone that sees
 //! `exclusive` unmarks its slot and takes the committer lock instead.
 //!
+//! Each slot also keeps a *lease* on the map (one reference count, taken by its first
+//! registration and kept for the next ones: `state.rs`'s `Hold`), given back when the map's last
+//! handle is dropped: by that drop for a free slot, by the registration's release for a slot in
+//! use ([`Slots::release`] stores `FREE` then loads `orphaned`; the last handle stores
+//! `orphaned` then loads the slot: Dekker's pattern once more).
+//!
 //! A committing transaction holds no value back: under contention, transactions spend much of
 //! their life waiting for the committer lock, and the commits before theirs can then fold their
 //! writes into their entries at once instead of keeping the values they replace.
