@@ -326,10 +326,9 @@ impl<K: Hash + Eq + Clone, V: Clone> Index<K, V> {
 
     /// Commits an overwrite of `key`'s live value alone, without the committer lock: locks the
     /// shards of `key` and of the keys read (`reads`, at most [`ALONE_READS`]) in shard order,
-    /// validates them against `snapshot` (the transaction's version), pushes the write (in
-    /// `spare`), calls `publish` for the write's version (which publishes it and reads the live
-    /// versions then), stamps the write with it and settles the entry, all before releasing the
-    /// shards. A reader of one of these keys that takes its shard waits for all of it, and one
+    /// validates them against `snapshot` (the transaction's version), pushes the write, calls
+    /// `publish` for the write's version (which publishes it and reads the live versions then),
+    /// stamps the write with it and settles the entry, all before releasing the shards. A reader of one of these keys that takes its shard waits for all of it, and one
     /// that does not (`Entry::inline_at`) finds the write pushed from before its publication.
     ///
     /// The caller excludes commits under the committer lock meanwhile (`registry.rs`), so every
@@ -344,7 +343,6 @@ impl<K: Hash + Eq + Clone, V: Clone> Index<K, V> {
         value: V,
         reads: impl Iterator<Item = &'k K>,
         snapshot: u64,
-        spare: Spare<V>,
         publish: impl FnOnce() -> (u64, Vec<u64>),
     ) -> Alone<K, V>
     where
@@ -407,7 +405,9 @@ impl<K: Hash + Eq + Clone, V: Clone> Index<K, V> {
         }
         // SAFETY: the shard is locked and no commit under the committer lock runs; the version
         // is newer than every write of the key (this commit's, stamped once it has its number).
-        unsafe { entry.push(UNSTAMPED, Some(value), Some(spare)) };
+        // The node is allocated here, under the shard: a commit that turns out to write a new
+        // key allocates nothing before it goes to the committer lock.
+        unsafe { entry.push(UNSTAMPED, Some(value), None) };
         let (number, live) = publish();
         // SAFETY: the shard has been locked since the push.
         let keeps_older = unsafe {

@@ -1191,22 +1191,17 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         let published = &self.publication.published;
         let mut number = 0;
         let mut oldest = None;
-        let outcome = self.index.overwrite_alone(
-            key,
-            value,
-            reads.keys(),
-            snapshot_version,
-            Spare::new(),
-            || {
-                // The number and the publication at once (see `Index::overwrite_alone`), then
-                // the registrations (Dekker's pattern, as any publication).
-                number = published.fetch_add(1, dekker::RMW) + 1;
-                dekker::fence();
-                let mut live = Vec::new();
-                oldest = self.live_versions(Some(slot), None, &mut live);
-                (number, live)
-            },
-        );
+        let outcome =
+            self.index
+                .overwrite_alone(key, value, reads.keys(), snapshot_version, || {
+                    // The number and the publication at once (see `Index::overwrite_alone`), then
+                    // the registrations (Dekker's pattern, as any publication).
+                    number = published.fetch_add(1, dekker::RMW) + 1;
+                    dekker::fence();
+                    let mut live = Vec::new();
+                    oldest = self.live_versions(Some(slot), None, &mut live);
+                    (number, live)
+                });
         let (live, keeps_older) = match outcome {
             // `alone` dropped: committing, not alone.
             Alone::Declined(key, value) => return Err((key, value)),
