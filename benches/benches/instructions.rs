@@ -15,6 +15,7 @@
 //! | `sync_kit_bucket_fake_clock` | `try_acquire(1)` with a fake clock (no clock read) |
 //! | `sync_kit_mvcc_get` / `sync_kit_snapshot_get` / `dashmap_get` | one point read of a random key among 100k (`MvccMap::get`, `Snapshot::get`, `DashMap::get`) |
 //! | `sync_kit_mvcc_commit` / `rwlock_hashmap_commit` | read one random key, write another, commit (as `mvcc.rs`'s `commit_1_thread`; the floor under a `parking_lot::RwLock<HashMap>` write lock) |
+//! | `sync_kit_mvcc_insert_remove` | two commits that change the keys (under the committer lock): insert a key the map lacks, then remove it, among 100k |
 
 use std::hint::black_box;
 use std::num::NonZeroU32;
@@ -23,7 +24,7 @@ use sync_kit::ratelimit::{FakeClock, Quota, TokenBucket};
 use sync_kit_benches::mvcc::{KEYS, SEQUENCE, hash_map, mvcc_map};
 use sync_kit_benches::random_keys;
 
-const OPS: [&str; 14] = [
+const OPS: [&str; 15] = [
     "sync_kit_mutex",
     "parking_lot_mutex",
     "sync_kit_read",
@@ -38,6 +39,7 @@ const OPS: [&str; 14] = [
     "dashmap_get",
     "sync_kit_mvcc_commit",
     "rwlock_hashmap_commit",
+    "sync_kit_mvcc_insert_remove",
 ];
 
 fn main() {
@@ -138,6 +140,19 @@ fn main() {
                 let mut tx = black_box(&map).begin();
                 let v = tx.get(&keys[i & (SEQUENCE - 1)]).unwrap_or(0);
                 tx.insert(keys[(i + 1) & (SEQUENCE - 1)], v + 1);
+                tx.commit().expect("one thread: no conflict");
+            }
+        }
+        "sync_kit_mvcc_insert_remove" => {
+            let (map, keys) = (mvcc_map(KEYS), random_keys(KEYS, SEQUENCE));
+            for i in 0..n as usize {
+                // Beyond the map's keys: each commit changes which keys have a value.
+                let key = KEYS + keys[i & (SEQUENCE - 1)];
+                let mut tx = black_box(&map).begin();
+                tx.insert(key, 1);
+                tx.commit().expect("one thread: no conflict");
+                let mut tx = black_box(&map).begin();
+                tx.remove(&key);
                 tx.commit().expect("one thread: no conflict");
             }
         }

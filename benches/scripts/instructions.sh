@@ -21,7 +21,8 @@ ops=("$@")
 if [ ${#ops[@]} -eq 0 ]; then
   ops=(sync_kit_mutex parking_lot_mutex sync_kit_read parking_lot_read sync_kit_write
        parking_lot_write sync_kit_bucket sync_kit_bucket_fake_clock governor_bucket
-       sync_kit_mvcc_get sync_kit_snapshot_get dashmap_get sync_kit_mvcc_commit rwlock_hashmap_commit)
+       sync_kit_mvcc_get sync_kit_snapshot_get dashmap_get sync_kit_mvcc_commit rwlock_hashmap_commit
+       sync_kit_mvcc_insert_remove)
 fi
 
 LOW=10000

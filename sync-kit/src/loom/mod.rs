@@ -4,7 +4,8 @@
 //! synchronisation is imported from here, so `RUSTFLAGS="--cfg loom"` model-checks the same code
 //! that ships. Items:
 //!
-//! - [`atomic`]: `AtomicBool`, `AtomicU8`, `AtomicUsize`, `AtomicU64`, `AtomicPtr`, `Ordering`.
+//! - [`atomic`]: `AtomicBool`, `AtomicU8`, `AtomicU32`, `AtomicUsize`, `AtomicU64`, `AtomicPtr`,
+//!   `Ordering`.
 //! - [`dekker`]: the orderings (and fence) for a store (or read-modify-write) that must be
 //!   ordered before a later load of another location: `SeqCst` accesses in normal builds, a
 //!   `SeqCst` fence under loom.
@@ -36,18 +37,18 @@ pub(crate) mod park;
 
 #[cfg(not(loom))]
 pub(crate) mod atomic {
-    #[cfg_attr(not(feature = "mvcc"), allow(unused_imports))] // the MVCC commits alone
-    pub(crate) use std::sync::atomic::AtomicBool;
     #[cfg_attr(not(feature = "mvcc"), allow(unused_imports))] // the MVCC entries' chains alone
     pub(crate) use std::sync::atomic::AtomicPtr;
+    #[cfg_attr(not(feature = "mvcc"), allow(unused_imports))] // the MVCC commits alone
+    pub(crate) use std::sync::atomic::{AtomicBool, AtomicU32};
     pub(crate) use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 }
 #[cfg(loom)]
 pub(crate) mod atomic {
-    #[cfg_attr(not(feature = "mvcc"), allow(unused_imports))] // the MVCC commits alone
-    pub(crate) use loom::sync::atomic::AtomicBool;
     #[cfg_attr(not(feature = "mvcc"), allow(unused_imports))] // the MVCC entries' chains alone
     pub(crate) use loom::sync::atomic::AtomicPtr;
+    #[cfg_attr(not(feature = "mvcc"), allow(unused_imports))] // the MVCC commits alone
+    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU32};
     pub(crate) use loom::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 }
 

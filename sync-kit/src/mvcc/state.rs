@@ -887,6 +887,7 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         let mut writes = writes;
         let alone = matches!(writes, Sorted::One((_, Some(_)))) && reads.len() <= ALONE_READS;
         if let Claim::Slot(slot) = *claim {
+            let alone = alone && this.slots.try_alone(slot);
             if alone && this.slots.committing_alone(slot, &this.exclusion.exclusive) {
                 let Sorted::One((key, Some(value))) = writes else {
                     unreachable!("matched above")
@@ -1202,6 +1203,8 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
                     oldest = self.live_versions(Some(slot), None, &mut live);
                     (number, live)
                 });
+        self.slots
+            .tried_alone(slot, matches!(outcome, Alone::Declined(..)));
         let (live, keeps_older) = match outcome {
             // `alone` dropped: committing, not alone.
             Alone::Declined(key, value) => return Err((key, value)),
