@@ -358,3 +358,34 @@ impl Slots {
         oldest
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// After four declined attempts in a row a slot pauses for 32 commits, then tries once
+    /// more: paused again if that one is declined too, back to trying every commit if not.
+    #[test]
+    fn declined_attempts_pause_then_retry() {
+        let slots = Slots::new();
+        for _ in 0..DECLINES_BEFORE_PAUSE {
+            assert!(slots.try_alone(0));
+            slots.tried_alone(0, true);
+        }
+        let paused = (0..PAUSED_ATTEMPTS).filter(|_| !slots.try_alone(0)).count();
+        assert_eq!(paused, PAUSED_ATTEMPTS as usize);
+        assert!(slots.try_alone(0), "one more attempt after the pause");
+        slots.tried_alone(0, true);
+        assert!(!slots.try_alone(0), "declined again: paused again");
+        for _ in 1..PAUSED_ATTEMPTS {
+            assert!(!slots.try_alone(0));
+        }
+        assert!(slots.try_alone(0));
+        slots.tried_alone(0, false);
+        assert!(
+            (0..100).all(|_| slots.try_alone(0)),
+            "a commit alone ends the pause"
+        );
+        assert!(slots.try_alone(1), "other slots are not paused");
+    }
+}
