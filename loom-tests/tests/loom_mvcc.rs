@@ -283,28 +283,32 @@ fn disjoint_commits_publish_in_version_order() {
 /// yet written the key (the fifth session's attempt failed it with that check left out).
 #[test]
 fn write_skew_is_refused() {
-    model(|| {
-        let map = Arc::new(MvccMap::new());
-        let skew = |map: &MvccMap<&'static str, u32>, read: &'static str, write: &'static str| {
-            let mut tx = map.begin();
-            let seen = tx.get(&read);
-            tx.insert(write, seen.unwrap_or(0) + 1);
-            tx.commit().is_ok()
-        };
-        let other = {
-            let map = Arc::clone(&map);
-            thread::spawn(move || skew(&map, "y", "x"))
-        };
-        let mine = skew(&map, "x", "y");
-        let theirs = other.join().unwrap();
-        assert!(mine || theirs, "one of them always commits");
-        if mine && theirs {
-            // Only serializable if one of them read the other's write.
-            let (x, y) = (map.get(&"x").unwrap(), map.get(&"y").unwrap());
-            assert!(x == 2 || y == 2, "write skew committed: x = {x}, y = {y}");
-        }
-        assert_eq!(map.stats().conflicts, u64::from(!mine) + u64::from(!theirs));
-    });
+    model(|| skew_both_ways(&Arc::new(MvccMap::new())));
+}
+
+/// Two transactions on `map` (`x` and `y` absent or 0), one reading `x` and writing `y` one more,
+/// the other reading `y` and writing `x`: one always commits, and both only if one of them read
+/// the other's write.
+fn skew_both_ways(map: &Arc<MvccMap<&'static str, u32>>) {
+    let skew = |map: &MvccMap<&'static str, u32>, read: &'static str, write: &'static str| {
+        let mut tx = map.begin();
+        let seen = tx.get(&read);
+        tx.insert(write, seen.unwrap_or(0) + 1);
+        tx.commit().is_ok()
+    };
+    let other = {
+        let map = Arc::clone(map);
+        thread::spawn(move || skew(&map, "y", "x"))
+    };
+    let mine = skew(map, "x", "y");
+    let theirs = other.join().unwrap();
+    assert!(mine || theirs, "one of them always commits");
+    if mine && theirs {
+        // Only serializable if one of them read the other's write.
+        let (x, y) = (map.get(&"x").unwrap(), map.get(&"y").unwrap());
+        assert!(x == 2 || y == 2, "write skew committed: x = {x}, y = {y}");
+    }
+    assert_eq!(map.stats().conflicts, u64::from(!mine) + u64::from(!theirs));
 }
 
 /// A one-key commit publishes its version and writes its key's entry (in place, when no
@@ -377,27 +381,7 @@ fn two_live_keys() -> Arc<MvccMap<&'static str, u32>> {
 /// its number, so the later of the two sees the earlier's write, stamped, when it validates.
 #[test]
 fn write_skew_is_refused_between_commits_alone() {
-    model(|| {
-        let map = two_live_keys();
-        let skew = |map: &MvccMap<&'static str, u32>, read: &'static str, write: &'static str| {
-            let mut tx = map.begin();
-            let seen = tx.get(&read).expect("live");
-            tx.insert(write, seen + 1);
-            tx.commit().is_ok()
-        };
-        let other = {
-            let map = Arc::clone(&map);
-            thread::spawn(move || skew(&map, "y", "x"))
-        };
-        let mine = skew(&map, "x", "y");
-        let theirs = other.join().unwrap();
-        assert!(mine || theirs, "one of them always commits");
-        if mine && theirs {
-            let (x, y) = (map.get(&"x").unwrap(), map.get(&"y").unwrap());
-            assert!(x == 2 || y == 2, "write skew committed: x = {x}, y = {y}");
-        }
-        assert_eq!(map.stats().conflicts, u64::from(!mine) + u64::from(!theirs));
-    });
+    model(|| skew_both_ways(&two_live_keys()));
 }
 
 /// Write skew between a commit alone (reads `x`, overwrites `y`) and one under the committer
