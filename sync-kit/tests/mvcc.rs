@@ -31,6 +31,15 @@ fn commit_all<K: Ord + std::hash::Hash + Clone, V: Clone>(
         .unwrap_or_else(|_| panic!("an uncontended commit succeeds"))
 }
 
+/// Steps a writer thread's pseudo-random sequence (a 64-bit linear congruential generator, the
+/// same every run) and returns the new value.
+fn next_random(seed: &mut u64) -> u64 {
+    *seed = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    *seed
+}
+
 #[test]
 fn new_map_is_empty_at_version_zero() {
     let map: MvccMap<u32, u32> = MvccMap::default();
@@ -597,9 +606,7 @@ fn concurrent_transfers_preserve_the_total() {
                     start.wait();
                     let mut seed = w * 7919 + 1;
                     for _ in 0..TRANSFERS {
-                        seed = seed
-                            .wrapping_mul(6364136223846793005)
-                            .wrapping_add(1442695040888963407);
+                        next_random(&mut seed);
                         let from = (seed >> 33) % ACCOUNTS;
                         let to = (from + 1 + (seed >> 40) % (ACCOUNTS - 1)) % ACCOUNTS;
                         let amount = ((seed >> 50) % 50) as i64;
@@ -983,9 +990,7 @@ fn concurrent_disjoint_and_overlapping_commits() {
                     let (mut versions, mut refused) = (Vec::new(), 0u64);
                     let mut seed = t * 7919 + 1;
                     for round in 0..ROUNDS {
-                        seed = seed
-                            .wrapping_mul(6364136223846793005)
-                            .wrapping_add(1442695040888963407);
+                        next_random(&mut seed);
                         let mut tx = map.begin();
                         if round % 3 == 2 {
                             // Overlapping: a transfer between two shared accounts.
@@ -1282,9 +1287,7 @@ fn commits_alone_and_under_the_lock_stay_serializable() {
                     let (mut deposited, mut withdrawn) = (0i64, 0i64);
                     let mut own_key_present = false;
                     for round in 0..ROUNDS {
-                        seed = seed
-                            .wrapping_mul(6364136223846793005)
-                            .wrapping_add(1442695040888963407);
+                        next_random(&mut seed);
                         let pair = (seed >> 33) % PAIRS;
                         let from = 2 * pair + (seed >> 40) % 2;
                         if round % 2 == 0 {
