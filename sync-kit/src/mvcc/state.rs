@@ -880,23 +880,25 @@ impl<K: Ord + Hash + Clone, V: Clone> Shared<K, V> {
         let this: &Self = &registration.shared;
         let claim = &mut registration.claim;
         let snapshot_version = registration.version;
-        // The transaction reads no more values: the commits before this one need not keep
-        // those it could have read (`registry.rs`).
-        // An overwrite of one key's value needs no order but its number's, and its shards:
-        // committed alone, without the committer lock, unless a commit under it runs.
         let mut writes = writes;
         let alone = matches!(writes, Sorted::One((_, Some(_)))) && reads.len() <= ALONE_READS;
         if let Claim::Slot(slot) = *claim {
-            let alone = alone && this.slots.try_alone(slot);
-            if alone && this.slots.committing_alone(slot, &this.exclusion.exclusive) {
-                let Sorted::One((key, Some(value))) = writes else {
-                    unreachable!("matched above")
-                };
-                match this.commit_alone(slot, snapshot_version, reads, key, value) {
-                    Ok(result) => return result,
-                    Err((key, value)) => writes = Sorted::One((key, Some(value))),
+            // The transaction reads no more values: the commits before this one need not keep
+            // those it could have read (`registry.rs`), whichever way it commits.
+            if alone && this.slots.try_alone(slot) {
+                // An overwrite of one key's value needs no order but its number's, and its
+                // shards: committed alone, without the committer lock, unless a commit under
+                // it runs or the key has no value (then under the lock, the slot committing).
+                if this.slots.committing_alone(slot, &this.exclusion.exclusive) {
+                    let Sorted::One((key, Some(value))) = writes else {
+                        unreachable!("matched above")
+                    };
+                    match this.commit_alone(slot, snapshot_version, reads, key, value) {
+                        Ok(result) => return result,
+                        Err((key, value)) => writes = Sorted::One((key, Some(value))),
+                    }
                 }
-            } else if !alone {
+            } else {
                 this.slots.committing(slot);
             }
         }
