@@ -535,11 +535,10 @@ impl<K: Ord + Hash + Clone, V: Clone> Drop for Registration<K, V> {
     fn drop(&mut self) {
         // The last use of the shared state, unless this hold owns a count: a lease given back
         // here may be its last reference.
-        let lease = match std::mem::replace(&mut self.claim, Claim::Released) {
+        let lease = match self.claim {
             Claim::Slot(slot) => self.shared.slots.release(slot, &self.shared.orphaned),
-            claim => {
-                let mut claim = claim;
-                claim.release_queued(&self.shared, self.version, None);
+            Claim::Queue | Claim::Released => {
+                self.claim.release_queued(&self.shared, self.version, None);
                 None
             }
         };
