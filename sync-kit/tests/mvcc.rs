@@ -31,6 +31,43 @@ fn commit_all<K: Ord + std::hash::Hash + Clone, V: Clone>(
         .unwrap_or_else(|_| panic!("an uncontended commit succeeds"))
 }
 
+/// Runs `check` on snapshots of `map`, taken one after another on a thread of its own, until
+/// `done` is set (at least once); the thread returns how many it checked.
+fn spawn_snapshot_checker(
+    map: &MvccMap<u64, i64>,
+    done: &Arc<AtomicBool>,
+    mut check: impl FnMut(&Snapshot<u64, i64>) + Send + 'static,
+) -> thread::JoinHandle<u64> {
+    let (map, done) = (map.clone(), Arc::clone(done));
+    thread::spawn(move || {
+        let mut checks = 0u64;
+        while !done.load(Ordering::Relaxed) || checks == 0 {
+            check(&map.snapshot());
+            checks += 1;
+        }
+        checks
+    })
+}
+
+/// Starts `threads` writers on `map`, released together by a barrier: writer `t` runs
+/// `write(t, map, seed)`, its seed for [`next_random`] its own.
+fn spawn_writers<T: Send + 'static>(
+    threads: u64,
+    map: &MvccMap<u64, i64>,
+    write: impl Fn(u64, &MvccMap<u64, i64>, u64) -> T + Clone + Send + 'static,
+) -> Vec<thread::JoinHandle<T>> {
+    let start = Arc::new(Barrier::new(threads as usize));
+    (0..threads)
+        .map(|t| {
+            let (map, start, write) = (map.clone(), Arc::clone(&start), write.clone());
+            thread::spawn(move || {
+                start.wait();
+                write(t, &map, t * 7919 + 1)
+            })
+        })
+        .collect()
+}
+
 /// Steps a writer thread's pseudo-random sequence (a 64-bit linear congruential generator, the
 /// same every run) and returns the new value.
 fn next_random(seed: &mut u64) -> u64 {
@@ -957,79 +994,62 @@ fn concurrent_disjoint_and_overlapping_commits() {
         let map: MvccMap<u64, i64> = MvccMap::new();
         commit_all(&map, &(0..SHARED).map(|k| (k, 100)).collect::<Vec<_>>());
         let done = Arc::new(AtomicBool::new(false));
-        let reader = {
-            let (map, done) = (map.clone(), done.clone());
-            thread::spawn(move || {
-                let mut last = BTreeMap::new();
-                let mut checks = 0u64;
-                while !done.load(Ordering::Relaxed) || checks == 0 {
-                    let snap = map.snapshot();
-                    let entries: BTreeMap<u64, i64> = snap.iter().map(|(k, v)| (*k, *v)).collect();
-                    assert_eq!(snap.len(), entries.len(), "at version {}", snap.version());
-                    let total: i64 = (0..SHARED).map(|k| entries[&k]).sum();
-                    assert_eq!(total, 100 * SHARED as i64, "at version {}", snap.version());
-                    for t in 0..THREADS {
-                        let counter = entries.get(&(100 + t)).copied().unwrap_or(0);
-                        let before = last.insert(t, counter).unwrap_or(0);
-                        assert!(counter >= before, "thread {t}'s counter went back");
-                        // Point reads of the snapshot agree with its ordered map.
-                        assert_eq!(snap.get(&(100 + t)), entries.get(&(100 + t)).copied());
-                    }
-                    checks += 1;
-                }
-                checks
-            })
-        };
-        let start = Arc::new(Barrier::new(THREADS as usize));
-        let writers: Vec<_> = (0..THREADS)
-            .map(|t| {
-                let (map, start) = (map.clone(), start.clone());
-                thread::spawn(move || {
-                    start.wait();
-                    let (counter, toggled) = (100 + t, 200 + t);
-                    let (mut versions, mut refused) = (Vec::new(), 0u64);
-                    let mut seed = t * 7919 + 1;
-                    for round in 0..ROUNDS {
-                        next_random(&mut seed);
-                        let mut tx = map.begin();
-                        if round % 3 == 2 {
-                            // Overlapping: a transfer between two shared accounts.
-                            let from = (seed >> 33) % SHARED;
-                            let to = (from + 1 + (seed >> 40) % (SHARED - 1)) % SHARED;
-                            let (a, b) = (tx.get(&from).unwrap(), tx.get(&to).unwrap());
-                            tx.insert(from, a - 1);
-                            tx.insert(to, b + 1);
-                            match tx.commit() {
-                                Ok(version) => versions.push(version),
-                                Err(c) => {
-                                    assert!(c.key == from || c.key == to, "{c:?}");
-                                    assert!(c.committed_version > c.snapshot_version, "{c:?}");
-                                    refused += 1;
-                                }
-                            }
-                        } else {
-                            // Disjoint: this thread's own keys, never refused.
-                            let n = tx.get(&counter).unwrap_or(0) + 1;
-                            tx.insert(counter, n);
-                            let present = tx.get(&toggled).is_some();
-                            if present {
-                                tx.remove(&toggled);
-                            } else {
-                                tx.insert(toggled, n);
-                            }
-                            let version = tx.commit().expect("own keys never conflict");
-                            versions.push(version);
-                            // Returned, so every read of the latest version sees it.
-                            assert_eq!(map.get(&counter), Some(n));
-                            assert_eq!(map.contains_key(&toggled), !present);
-                            assert!(map.version() >= version);
-                            assert!(map.snapshot().version() >= version);
+        let mut last = BTreeMap::new();
+        let reader = spawn_snapshot_checker(&map, &done, move |snap| {
+            let entries: BTreeMap<u64, i64> = snap.iter().map(|(k, v)| (*k, *v)).collect();
+            assert_eq!(snap.len(), entries.len(), "at version {}", snap.version());
+            let total: i64 = (0..SHARED).map(|k| entries[&k]).sum();
+            assert_eq!(total, 100 * SHARED as i64, "at version {}", snap.version());
+            for t in 0..THREADS {
+                let counter = entries.get(&(100 + t)).copied().unwrap_or(0);
+                let before = last.insert(t, counter).unwrap_or(0);
+                assert!(counter >= before, "thread {t}'s counter went back");
+                // Point reads of the snapshot agree with its ordered map.
+                assert_eq!(snap.get(&(100 + t)), entries.get(&(100 + t)).copied());
+            }
+        });
+        let writers = spawn_writers(THREADS, &map, |t, map, mut seed| {
+            let (counter, toggled) = (100 + t, 200 + t);
+            let (mut versions, mut refused) = (Vec::new(), 0u64);
+            for round in 0..ROUNDS {
+                next_random(&mut seed);
+                let mut tx = map.begin();
+                if round % 3 == 2 {
+                    // Overlapping: a transfer between two shared accounts.
+                    let from = (seed >> 33) % SHARED;
+                    let to = (from + 1 + (seed >> 40) % (SHARED - 1)) % SHARED;
+                    let (a, b) = (tx.get(&from).unwrap(), tx.get(&to).unwrap());
+                    tx.insert(from, a - 1);
+                    tx.insert(to, b + 1);
+                    match tx.commit() {
+                        Ok(version) => versions.push(version),
+                        Err(c) => {
+                            assert!(c.key == from || c.key == to, "{c:?}");
+                            assert!(c.committed_version > c.snapshot_version, "{c:?}");
+                            refused += 1;
                         }
                     }
-                    (versions, refused)
-                })
-            })
-            .collect();
+                } else {
+                    // Disjoint: this thread's own keys, never refused.
+                    let n = tx.get(&counter).unwrap_or(0) + 1;
+                    tx.insert(counter, n);
+                    let present = tx.get(&toggled).is_some();
+                    if present {
+                        tx.remove(&toggled);
+                    } else {
+                        tx.insert(toggled, n);
+                    }
+                    let version = tx.commit().expect("own keys never conflict");
+                    versions.push(version);
+                    // Returned, so every read of the latest version sees it.
+                    assert_eq!(map.get(&counter), Some(n));
+                    assert_eq!(map.contains_key(&toggled), !present);
+                    assert!(map.version() >= version);
+                    assert!(map.snapshot().version() >= version);
+                }
+            }
+            (versions, refused)
+        });
         let mut versions = Vec::new();
         let mut refused = 0;
         for w in writers {
@@ -1255,88 +1275,71 @@ fn commits_alone_and_under_the_lock_stay_serializable() {
         let map: MvccMap<u64, i64> = MvccMap::new();
         commit_all(&map, &(0..2 * PAIRS).map(|k| (k, 5)).collect::<Vec<_>>());
         let done = Arc::new(AtomicBool::new(false));
-        let reader = {
-            let (map, done) = (map.clone(), done.clone());
-            thread::spawn(move || {
-                let mut checks = 0u64;
-                while !done.load(Ordering::Relaxed) || checks == 0 {
-                    let snap = map.snapshot();
-                    for pair in 0..PAIRS {
-                        let (a, b) = (
-                            snap.get(&(2 * pair)).unwrap(),
-                            snap.get(&(2 * pair + 1)).unwrap(),
-                        );
-                        assert!(
-                            a + b >= 0,
-                            "pair {pair} at {a} + {b}, version {}",
-                            snap.version()
-                        );
+        let reader = spawn_snapshot_checker(&map, &done, |snap| {
+            for pair in 0..PAIRS {
+                let (a, b) = (
+                    snap.get(&(2 * pair)).unwrap(),
+                    snap.get(&(2 * pair + 1)).unwrap(),
+                );
+                assert!(
+                    a + b >= 0,
+                    "pair {pair} at {a} + {b}, version {}",
+                    snap.version()
+                );
+            }
+        });
+        let writers = spawn_writers(THREADS, &map, |t, map, mut seed| {
+            let (mut deposited, mut withdrawn) = (0i64, 0i64);
+            let mut own_key_present = false;
+            for round in 0..ROUNDS {
+                next_random(&mut seed);
+                let pair = (seed >> 33) % PAIRS;
+                let from = 2 * pair + (seed >> 40) % 2;
+                if round % 2 == 0 {
+                    let mut tx = map.begin();
+                    let balance = tx.get(&(from ^ 1)).unwrap();
+                    tx.insert(from ^ 1, balance + 1);
+                    if tx.commit().is_ok() {
+                        deposited += 1;
                     }
-                    checks += 1;
                 }
-                checks
-            })
-        };
-        let start = Arc::new(Barrier::new(THREADS as usize));
-        let writers: Vec<_> = (0..THREADS)
-            .map(|t| {
-                let (map, start) = (map.clone(), start.clone());
-                thread::spawn(move || {
-                    start.wait();
-                    let mut seed = t * 7919 + 1;
-                    let (mut deposited, mut withdrawn) = (0i64, 0i64);
-                    let mut own_key_present = false;
-                    for round in 0..ROUNDS {
-                        next_random(&mut seed);
-                        let pair = (seed >> 33) % PAIRS;
-                        let from = 2 * pair + (seed >> 40) % 2;
-                        if round % 2 == 0 {
-                            let mut tx = map.begin();
-                            let balance = tx.get(&(from ^ 1)).unwrap();
-                            tx.insert(from ^ 1, balance + 1);
-                            if tx.commit().is_ok() {
-                                deposited += 1;
-                            }
-                        }
-                        let mut tx = map.begin();
-                        let (a, b) = (
-                            tx.get(&(2 * pair)).unwrap(),
-                            tx.get(&(2 * pair + 1)).unwrap(),
-                        );
-                        if a + b >= 1 {
-                            let balance = if from.is_multiple_of(2) { a } else { b };
-                            tx.insert(from, balance - 1);
-                            if tx.commit().is_ok() {
-                                withdrawn += 1;
-                            }
-                        }
-                        if round % 8 == 7 {
-                            let mut tx = map.begin();
-                            let to = (from + 2) % (2 * PAIRS);
-                            let (f, p, g) = (
-                                tx.get(&from).unwrap(),
-                                tx.get(&(from ^ 1)).unwrap(),
-                                tx.get(&to).unwrap(),
-                            );
-                            if f + p >= 1 {
-                                tx.insert(from, f - 1);
-                                tx.insert(to, g + 1);
-                            }
-                            let own = 1000 + t;
-                            if own_key_present {
-                                tx.remove(&own);
-                            } else {
-                                tx.insert(own, 1);
-                            }
-                            if tx.commit().is_ok() {
-                                own_key_present = !own_key_present;
-                            }
-                        }
+                let mut tx = map.begin();
+                let (a, b) = (
+                    tx.get(&(2 * pair)).unwrap(),
+                    tx.get(&(2 * pair + 1)).unwrap(),
+                );
+                if a + b >= 1 {
+                    let balance = if from.is_multiple_of(2) { a } else { b };
+                    tx.insert(from, balance - 1);
+                    if tx.commit().is_ok() {
+                        withdrawn += 1;
                     }
-                    (deposited, withdrawn)
-                })
-            })
-            .collect();
+                }
+                if round % 8 == 7 {
+                    let mut tx = map.begin();
+                    let to = (from + 2) % (2 * PAIRS);
+                    let (f, p, g) = (
+                        tx.get(&from).unwrap(),
+                        tx.get(&(from ^ 1)).unwrap(),
+                        tx.get(&to).unwrap(),
+                    );
+                    if f + p >= 1 {
+                        tx.insert(from, f - 1);
+                        tx.insert(to, g + 1);
+                    }
+                    let own = 1000 + t;
+                    if own_key_present {
+                        tx.remove(&own);
+                    } else {
+                        tx.insert(own, 1);
+                    }
+                    if tx.commit().is_ok() {
+                        own_key_present = !own_key_present;
+                    }
+                }
+            }
+            (deposited, withdrawn)
+        });
         let (mut deposited, mut withdrawn) = (0, 0);
         for w in writers {
             let (d, w) = w.join().unwrap();
